@@ -1,0 +1,3 @@
+from corem_ingress.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Transport adapters: bytes/sessions in, DeviceIdentity + Uplink out. No policy, no Redis here.
+
+Each adapter package exposes ``build(services) -> Listener``; app.py starts the
+configured ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from corem_ingress.config import Config
+from corem_ingress.resolver import Resolver
+from corem_ingress.session_hub import SessionHub
+from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry import Registry
+from corem_ingress.store.uplinks import UplinkStore
+
+
+@dataclass
+class Services:
+    """What the app hands to each adapter."""
+
+    config: Config
+    node_id: str
+    redis: aioredis.Redis
+    keys: KeySchema
+    registry: Registry
+    resolver: Resolver
+    sessions: SessionHub
+    uplinks: UplinkStore
+    clock: Callable[[], float] = field(default=time.time)
+
+
+class Listener(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self, deadline: float) -> None:
+        """Stop accepting, tell peers to go, finish in-flight work within ``deadline`` seconds."""
+        ...

@@ -1,0 +1,223 @@
+"""Wiring from config: Redis (embedded or URL), registry, resolver, bus, sessions, listeners.
+
+The Node owns every task and the graceful shutdown: stop accepting, tell
+devices to go, finish in-flight appends, exit within the configured deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from corem_ingress import health
+from corem_ingress.adapters import Listener, Services
+from corem_ingress.config import Config
+from corem_ingress.core.resolver_cache import ResolverCache
+from corem_ingress.embedded_redis import EmbeddedRedis
+from corem_ingress.resolver import Resolver
+from corem_ingress.session_hub import SessionHub
+from corem_ingress.store.bus import RevocationBus
+from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry import Registry
+from corem_ingress.store.uplinks import UplinkStore
+
+log = structlog.get_logger("corem.app")
+
+REDIS_URL_FILE = "redis.url"
+
+
+def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        health_check_interval=5,
+        retry_on_timeout=False,
+    )
+
+
+ListenerFactory = Callable[[Services], Listener | None]
+
+
+def default_listener_factories() -> list[ListenerFactory]:
+    """Adapters present in this build, each deciding from config whether it is enabled."""
+    factories: list[ListenerFactory] = []
+    for module in ("http", "mqtt", "coap"):
+        try:
+            mod = __import__(f"corem_ingress.adapters.{module}", fromlist=["build"])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("corem_ingress.adapters"):
+                continue
+            raise
+        factories.append(mod.build)
+    return factories
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        keyring_environ: dict[str, str] | None = None,
+        listener_factories: list[ListenerFactory] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.keyring = config.load_keyring(keyring_environ)
+        self.clock = clock
+        self._factories = (
+            listener_factories if listener_factories is not None else default_listener_factories()
+        )
+        self.embedded: EmbeddedRedis | None = None
+        self.redis_url = config.redis.url
+        self.listeners: list[Listener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._health_runner: web.AppRunner | None = None
+        self.health_port: int | None = None
+        self.services: Services | None = None
+        self.bus: RevocationBus | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        if not self.redis_url:
+            self.embedded = await asyncio.to_thread(
+                EmbeddedRedis(binary=cfg.redis.embedded_binary).start
+            )
+            self.redis_url = self.embedded.url
+            log.warning(
+                "redis.embedded_started",
+                url=self.redis_url,
+                pid=self.embedded.pid,
+                note="no redis.url configured: using a private redis-server (dev only; data is not kept)",
+            )
+            self._write_state(REDIS_URL_FILE, self.redis_url + "\n")
+        redis = redis_client(self.redis_url, socket_timeout=cfg.redis.socket_timeout_s)
+        keys = KeySchema(cfg.redis.key_prefix)
+        cache = ResolverCache(
+            ttl=cfg.resolver.cache_ttl_s,
+            negative_ttl=cfg.resolver.negative_ttl_s,
+            max_entries=cfg.resolver.cache_max_entries,
+        )
+        resolver = Resolver(redis, keys, cache, keyring=self.keyring, clock=self.clock)
+        hub = SessionHub(resolver, clock=self.clock)
+        registry = Registry(
+            redis,
+            keys,
+            keyring=self.keyring,
+            api_key_overlap=cfg.credentials.api_key_overlap_s,
+            api_key_overlap_max=cfg.credentials.api_key_overlap_max_s,
+            clock=self.clock,
+        )
+        self.services = Services(
+            config=cfg,
+            node_id=cfg.node_id,
+            redis=redis,
+            keys=keys,
+            registry=registry,
+            resolver=resolver,
+            sessions=hub,
+            uplinks=UplinkStore(redis, keys),
+            clock=self.clock,
+        )
+        self.bus = RevocationBus(
+            redis, keys.bus_channel, on_event=hub.on_event, on_resync=hub.resync
+        )
+        self._spawn(self.bus.run(), "bus")
+        self._spawn(hub.run_expiry_timer(), "expiry-timer")
+        await self._start_health()
+        for factory in self._factories:
+            listener = factory(self.services)
+            if listener is None:
+                continue
+            await listener.start()
+            self.listeners.append(listener)
+            log.info("listener.started", listener=listener.name)
+        if self.keyring is None:
+            log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
+        log.info("node.started", node=cfg.node_id, health_port=self.health_port)
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        self._tasks.append(task)
+
+    def _write_state(self, name: str, text: str) -> None:
+        state = Path(self.config.state_dir)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            (state / name).write_text(text)
+        except OSError as exc:
+            log.warning("state.write_failed", path=str(state / name), error=exc.strerror)
+
+    async def _start_health(self) -> None:
+        cfg = self.config.health
+        runner = web.AppRunner(health.build_app(self.ready_checks), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        await site.start()
+        self._health_runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.health_port = sockets[0].getsockname()[1] if sockets else cfg.port
+
+    async def ready_checks(self) -> dict[str, bool]:
+        redis_ok = False
+        if self.services is not None:
+            try:
+                redis_ok = bool(await self.services.redis.ping())
+            except (redis.exceptions.RedisError, OSError):
+                redis_ok = False
+        bus_ok = self.bus is not None and self.bus.subscribed.is_set()
+        return {"redis": redis_ok, "bus": bus_ok}
+
+    async def stop(self) -> None:
+        deadline = self.config.shutdown_deadline_s
+        log.info("node.stopping", deadline_s=deadline)
+        started = time.monotonic()
+        for listener in reversed(self.listeners):
+            remaining = max(0.1, deadline - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(listener.stop(remaining), timeout=remaining)
+            except TimeoutError:
+                log.warning("listener.stop_deadline", listener=listener.name)
+            except Exception:
+                log.exception("listener.stop_failed", listener=listener.name)
+        if self.services is not None:
+            self.services.sessions.disconnect_all("broker shutting down")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
+        if self.services is not None:
+            await self.services.redis.aclose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.close)
+            with contextlib.suppress(OSError):
+                (Path(self.config.state_dir) / REDIS_URL_FILE).unlink()
+        log.info("node.stopped")
+
+
+async def serve(config: Config) -> None:
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        await stop.wait()
+    finally:
+        await node.stop()

@@ -1,0 +1,425 @@
+"""`corem-ingress`: serve, and the operator commands. JSON on stdout.
+
+Bad input: one line on stderr, exit 2. Server-side failure (e.g. Redis
+unreachable): one line on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import redis.exceptions as redis_exceptions
+
+from corem_ingress import config as config_mod
+from corem_ingress.core.errors import IngressError, InvalidArgument, Unavailable
+from corem_ingress.core.identity import CredentialKind
+from corem_ingress.core.psk import generate_kek_line, parse_psk_hex
+
+PROG = "corem-ingress"
+EXIT_USAGE = 2
+EXIT_SERVER = 1
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def _out(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _load_config(args: argparse.Namespace) -> config_mod.Config:
+    path = args.config or os.environ.get("COREM_CONFIG") or None
+    return config_mod.load(path)
+
+
+def _redis_url(cfg: config_mod.Config) -> str:
+    if cfg.redis.url:
+        return cfg.redis.url
+    state = Path(cfg.state_dir) / "redis.url"
+    try:
+        return state.read_text().strip()
+    except OSError:
+        raise CliError(
+            "no Redis configured: set COREM_REDIS_URL (or redis.url), or start "
+            "'corem-ingress serve' with the embedded Redis first",
+            EXIT_SERVER,
+        ) from None
+
+
+def _read_pem(value: str) -> str:
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    if value == "-":
+        return sys.stdin.read()
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise CliError(f"--cert: cannot read {value}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"--cert: {value} is not a PEM text file") from None
+
+
+async def _with_registry(
+    args: argparse.Namespace, op: Callable[[Any], Awaitable[object]]
+) -> object:
+    from corem_ingress.app import redis_client
+    from corem_ingress.store.keys import KeySchema
+    from corem_ingress.store.registry import Registry
+
+    cfg = _load_config(args)
+    keyring = cfg.load_keyring()
+    client = redis_client(_redis_url(cfg), socket_timeout=cfg.redis.socket_timeout_s)
+    try:
+        registry = Registry(
+            client,
+            KeySchema(cfg.redis.key_prefix),
+            keyring=keyring,
+            api_key_overlap=cfg.credentials.api_key_overlap_s,
+            api_key_overlap_max=cfg.credentials.api_key_overlap_max_s,
+        )
+        return await op(registry)
+    finally:
+        await client.aclose()
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from corem_ingress import logs
+    from corem_ingress.app import serve
+
+    cfg = _load_config(args)
+    logs.configure(cfg.logging.format, cfg.logging.level, cfg.node_id)
+    try:
+        asyncio.run(serve(cfg))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _registry_command(build: Callable[[argparse.Namespace], Callable[[Any], Awaitable[object]]]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        result = asyncio.run(_with_registry(args, build(args)))
+        _out(result)
+        return 0
+
+    return run
+
+
+def _provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    kind = CredentialKind.parse(args.credential)
+    pem = _read_pem(args.cert) if args.cert else None
+    psk = parse_psk_hex(args.psk_hex) if args.psk_hex else None
+
+    async def op(reg: Any) -> object:
+        res = await reg.provision(
+            args.tenant, args.hardware_id, kind, actor=_actor(), cert_pem=pem,
+            psk_identity=args.psk_identity, psk_bytes=psk,
+        )
+        return res.to_json()
+
+    return op
+
+
+def _device_json(device: Any, creds: list[Any]) -> dict[str, object]:
+    out = device.to_json()
+    now = time.time()
+    out["credentials"] = [c.to_json(now) for c in creds]
+    return out
+
+
+def _devices_get(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        device = await reg.get_device(args.tenant, args.device)
+        return _device_json(device, await reg.credentials(args.tenant, args.device))
+
+    return op
+
+
+def _devices_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        if args.hardware_id:
+            device = await reg.find_device(args.tenant, args.hardware_id)
+            return {"devices": [device.to_json()], "next_cursor": None}
+        devices, cursor = await reg.list_devices(args.tenant, limit=args.limit, cursor=args.cursor)
+        return {"devices": [d.to_json() for d in devices], "next_cursor": cursor}
+
+    return op
+
+
+def _issued_key(k: Any) -> dict[str, object]:
+    out: dict[str, object] = {"key_id": k.key_id, "api_key": k.api_key, "device_id": k.device_id}
+    if k.replaces:
+        out["replaces"] = k.replaces
+        out["old_key_expires_at"] = k.old_key_expires_at
+    return out
+
+
+def _keys_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return _issued_key(await reg.create_api_key(args.tenant, args.device, actor=_actor()))
+
+    return op
+
+
+def _keys_rotate(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return _issued_key(
+            await reg.rotate_api_key(
+                args.tenant, args.key_id, actor=_actor(), device_id=args.device, overlap=args.overlap
+            )
+        )
+
+    return op
+
+
+def _keys_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        rec = await reg.revoke_api_key(args.tenant, args.key_id, actor=_actor(), device_id=args.device)
+        return rec.to_json(time.time())
+
+    return op
+
+
+def _psk_rotate(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    psk = parse_psk_hex(args.psk_hex) if args.psk_hex else None
+
+    async def op(reg: Any) -> object:
+        issued = await reg.rotate_psk(
+            args.tenant, args.device, actor=_actor(), psk_identity=args.psk_identity, psk_bytes=psk
+        )
+        return {
+            "device_id": issued.device_id,
+            "credential_id": issued.credential_id,
+            "psk_identity": issued.psk_identity,
+            "psk": issued.psk.hex(),
+        }
+
+    return op
+
+
+def _psk_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return (await reg.revoke_psk(args.tenant, args.device, actor=_actor())).to_json(time.time())
+
+    return op
+
+
+def _psk_reseal(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return {"resealed": await reg.reseal_psks(actor=_actor())}
+
+    return op
+
+
+def _certs_register(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    pem = _read_pem(args.cert)
+
+    async def op(reg: Any) -> object:
+        rec = await reg.register_cert(args.tenant, args.device, pem, actor=_actor())
+        return rec.to_json(time.time())
+
+    return op
+
+
+def _certs_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return (await reg.revoke_cert(args.tenant, args.fingerprint, actor=_actor())).to_json(time.time())
+
+    return op
+
+
+def _certs_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        records, cursor = await reg.list_certs(
+            args.tenant, device_id=args.device, limit=args.limit, cursor=args.cursor
+        )
+        now = time.time()
+        return {"certs": [r.to_json(now) for r in records], "next_cursor": cursor}
+
+    return op
+
+
+def cmd_dev_certs(args: argparse.Namespace) -> int:
+    from corem_ingress.devcerts import write_dev_certs
+
+    _out(write_dev_certs(Path(args.out)))
+    return 0
+
+
+def cmd_kek_generate(args: argparse.Namespace) -> int:
+    # Printed for the operator to put in a secret store; it is the only copy.
+    sys.stdout.write(generate_kek_line(args.id) + "\n")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of seconds >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", help="YAML config file (or COREM_CONFIG)")
+    p = _Parser(prog=PROG, description="CORE-M IoT ingress broker", parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", parents=[common], help="run all configured listeners")
+    s.set_defaults(func=cmd_serve)
+
+    def tenant(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tenant", required=True)
+
+    # devices
+    devices = sub.add_parser("devices", help="provision and look up devices").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = devices.add_parser("provision", parents=[common])
+    tenant(sp)
+    sp.add_argument("--hardware-id", required=True)
+    sp.add_argument("--credential", required=True, choices=[k.value for k in CredentialKind])
+    sp.add_argument("--cert", help="device certificate PEM file (x509), or '-' for stdin")
+    sp.add_argument("--psk-identity", help="PSK identity to assign (psk); generated if omitted")
+    sp.add_argument("--psk-hex", help="PSK to assign, hex (psk); generated if omitted")
+    sp.set_defaults(func=_registry_command(_provision))
+    sp = devices.add_parser("get", parents=[common])
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.set_defaults(func=_registry_command(_devices_get))
+    sp = devices.add_parser("list", parents=[common])
+    tenant(sp)
+    sp.add_argument("--hardware-id")
+    sp.add_argument("--limit", type=_positive_int, default=100)
+    sp.add_argument("--cursor")
+    sp.set_defaults(func=_registry_command(_devices_list))
+
+    # keys
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = keys.add_parser("create", parents=[common])
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.set_defaults(func=_registry_command(_keys_create))
+    sp = keys.add_parser("rotate", parents=[common])
+    tenant(sp)
+    sp.add_argument("--key-id", required=True)
+    sp.add_argument("--device")
+    sp.add_argument("--overlap", type=_seconds, help="seconds the old key keeps working")
+    sp.set_defaults(func=_registry_command(_keys_rotate))
+    sp = keys.add_parser("revoke", parents=[common])
+    tenant(sp)
+    sp.add_argument("--key-id", required=True)
+    sp.add_argument("--device")
+    sp.set_defaults(func=_registry_command(_keys_revoke))
+
+    # psk
+    psk = sub.add_parser("psk", help="pre-shared keys").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = psk.add_parser("rotate", parents=[common])
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.add_argument("--psk-identity")
+    sp.add_argument("--psk-hex")
+    sp.set_defaults(func=_registry_command(_psk_rotate))
+    sp = psk.add_parser("revoke", parents=[common])
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.set_defaults(func=_registry_command(_psk_revoke))
+    sp = psk.add_parser("reseal", parents=[common], help="re-seal all PSKs under the active KEK")
+    sp.set_defaults(func=_registry_command(_psk_reseal))
+
+    # certs
+    certs = sub.add_parser("certs", help="device certificates").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = certs.add_parser("register", parents=[common])
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.add_argument("--cert", required=True, help="certificate PEM file, or '-' for stdin")
+    sp.set_defaults(func=_registry_command(_certs_register))
+    sp = certs.add_parser("revoke", parents=[common])
+    tenant(sp)
+    sp.add_argument("--fingerprint", required=True)
+    sp.set_defaults(func=_registry_command(_certs_revoke))
+    sp = certs.add_parser("list", parents=[common])
+    tenant(sp)
+    sp.add_argument("--device")
+    sp.add_argument("--limit", type=_positive_int, default=100)
+    sp.add_argument("--cursor")
+    sp.set_defaults(func=_registry_command(_certs_list))
+
+    sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
+    sp.add_argument("--out", default="certs-dev")
+    sp.set_defaults(func=cmd_dev_certs)
+
+    kek = sub.add_parser("kek", help="PSK key-encryption keys").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = kek.add_parser("generate", parents=[common], help="print a new 'kid:base64' KEK line")
+    sp.add_argument("--id", default=time.strftime("k%Y%m%d"))
+    sp.set_defaults(func=cmd_kek_generate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args))
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
+    except config_mod.ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except Unavailable as exc:
+        return _fail(f"{exc.code}: {exc.message}", EXIT_SERVER)
+    except (IngressError, InvalidArgument) as exc:
+        return _fail(f"{exc.code}: {exc.message}", exc.cli_exit)
+    except (OSError, redis_exceptions.RedisError) as exc:
+        return _fail(f"cannot reach Redis: {exc}", EXIT_SERVER)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    return code

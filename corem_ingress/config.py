@@ -1,0 +1,291 @@
+"""Configuration: YAML file, then ``COREM_...`` environment overrides, validated at start.
+
+Every leaf ``section.key`` can be overridden by ``COREM_SECTION_KEY`` (upper case).
+Errors name the key and where the bad value came from; secret values are never
+echoed. Secrets (the PSK key-encryption keys) are read only from the environment
+or a file named in the config, never from the YAML itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from corem_ingress.core import psk
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass
+class RedisConfig:
+    #: redis://, rediss:// or unix:// URL. Empty: start a private redis-server child (dev).
+    url: str = ""
+    key_prefix: str = "corem"
+    #: The redis-server binary used for the embedded Redis.
+    embedded_binary: str = "redis-server"
+    socket_timeout_s: float = 2.0
+
+
+@dataclass
+class ResolverConfig:
+    cache_ttl_s: float = 30.0
+    negative_ttl_s: float = 2.0
+    cache_max_entries: int = 200_000
+
+
+@dataclass
+class CredentialsConfig:
+    #: How long a rotated API key keeps working by default.
+    api_key_overlap_s: float = 86_400.0
+    #: The largest overlap a caller may ask for.
+    api_key_overlap_max_s: float = 7 * 86_400.0
+    #: File with the PSK key-encryption keys (``kid:base64`` lines, first active).
+    #: The keys themselves may also come from the COREM_PSK_KEK environment variable.
+    psk_kek_file: str = ""
+
+
+@dataclass
+class HealthConfig:
+    host: str = "127.0.0.1"
+    port: int = 9100
+
+
+@dataclass
+class HttpConfig:
+    """Device uplink + admin API (aiohttp)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 1024
+    #: 0: the admin API shares the device listener; otherwise its own listener on this port.
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
+    #: File of operator tokens: one ``tenant_id:sha256hex[:name]`` per line (hashes, not tokens).
+    admin_tokens_file: str = ""
+
+
+@dataclass
+class MqttConfig:
+    """MQTT 3.1.1 over TLS (amqtt)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8883
+    #: "required": no client certificate, no handshake. "optional": else an API key password.
+    client_auth: str = "required"
+    server_cert: str = "certs-dev/server.pem"
+    server_key: str = "certs-dev/server.key"
+    #: CA bundles that device certificates must chain to (comma-separated in env).
+    client_ca_files: list[str] = field(default_factory=lambda: ["certs-dev/ca.pem"])
+
+
+@dataclass
+class CoapConfig:
+    """CoAP and LwM2M over DTLS 1.2 (our pyOpenSSL memory-BIO server)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5684
+    server_cert: str = "certs-dev/server.pem"
+    server_key: str = "certs-dev/server.key"
+    client_ca_files: list[str] = field(default_factory=lambda: ["certs-dev/ca.pem"])
+
+
+@dataclass
+class LoggingConfig:
+    #: "console" (readable, dev) or "json" (production).
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass
+class Config:
+    #: Identifies this broker node in logs and in Redis (session ownership).
+    node_id: str = ""
+    #: Where runtime files go (e.g. the embedded Redis URL for the CLI).
+    state_dir: str = ".corem"
+    shutdown_deadline_s: float = 10.0
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    coap: CoapConfig = field(default_factory=CoapConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        _check(0 <= self.health.port < 65536, "health.port", "must be 0..65535 (0: any free port)")
+        _check(self.shutdown_deadline_s > 0, "shutdown_deadline_s", "must be > 0")
+        _check(self.resolver.cache_ttl_s > 0, "resolver.cache_ttl_s", "must be > 0")
+        _check(self.resolver.negative_ttl_s >= 0, "resolver.negative_ttl_s", "must be >= 0")
+        _check(self.resolver.cache_max_entries >= 1, "resolver.cache_max_entries", "must be >= 1")
+        _check(self.credentials.api_key_overlap_s >= 0, "credentials.api_key_overlap_s", "must be >= 0")
+        _check(
+            self.credentials.api_key_overlap_max_s >= self.credentials.api_key_overlap_s,
+            "credentials.api_key_overlap_max_s",
+            "must be >= credentials.api_key_overlap_s",
+        )
+        _check(self.logging.format in ("console", "json"), "logging.format", "must be console or json")
+        _check(
+            self.logging.level in ("debug", "info", "warning", "error"),
+            "logging.level",
+            "must be debug, info, warning or error",
+        )
+        url = self.redis.url
+        _check(
+            url == "" or url.startswith(("redis://", "rediss://", "unix://")),
+            "redis.url",
+            "must be a redis://, rediss:// or unix:// URL (or empty for the embedded Redis)",
+        )
+        _check(bool(self.redis.key_prefix) and "{" not in self.redis.key_prefix
+               and "}" not in self.redis.key_prefix, "redis.key_prefix", "must be non-empty, without braces")
+        _check(self.redis.socket_timeout_s > 0, "redis.socket_timeout_s", "must be > 0")
+        if not self.node_id:
+            self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+
+    def load_keyring(self, environ: Mapping[str, str] | None = None) -> psk.KeyRing | None:
+        """The PSK KEK ring from COREM_PSK_KEK or the configured file; None if neither is set."""
+        env = os.environ if environ is None else environ
+        text = env.get("COREM_PSK_KEK", "")
+        source = "COREM_PSK_KEK"
+        kek_file = env.get("COREM_PSK_KEK_FILE", "") or self.credentials.psk_kek_file
+        if not text and kek_file:
+            path = Path(kek_file)
+            source = f"PSK KEK file {path}"
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+        if not text:
+            return None
+        try:
+            return psk.KeyRing.parse(text)
+        except Exception as exc:  # messages never contain key material
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config: {key}: {message}")
+
+
+def _leaves(cls: type, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    hints = typing.get_type_hints(cls)
+    out: dict[tuple[str, ...], Any] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            out.update(_leaves(hint, (*prefix, f.name)))  # type: ignore[arg-type]
+        else:
+            out[(*prefix, f.name)] = hint
+    return out
+
+
+def env_names() -> dict[str, tuple[str, ...]]:
+    """COREM_... variable name -> config path, for every leaf."""
+    return {"COREM_" + "_".join(p).upper(): p for p in _leaves(Config)}
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if isinstance(value, dict | list):
+                raise ValueError
+            return str(value)
+        if origin is list:
+            (item,) = typing.get_args(hint)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ValueError
+            return [_coerce(v, item, key, source) for v in value]
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return {str(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"config: {key}: expected {name} (from {source})") from None
+    raise ConfigError(f"config: {key}: unsupported type")
+
+
+def _apply(obj: Any, data: Mapping[str, Any], path: tuple[str, ...], source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = ".".join((*path, str(name)))
+        if name not in names:
+            raise ConfigError(f"config: {key}: unknown key (in {source})")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config: {key}: expected a mapping (in {source})")
+            _apply(getattr(obj, name), value, (*path, name), source)
+        else:
+            setattr(obj, name, _coerce(value, hint, key, source))
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {p}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config: {p} is not valid YAML{where}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config: {p}: top level must be a mapping")
+        _apply(cfg, data, (), str(p))
+    leaves = _leaves(Config)
+    for name, path_ in env_names().items():
+        if name in env:
+            holder: Any = cfg
+            for part in path_[:-1]:
+                holder = getattr(holder, part)
+            setattr(holder, path_[-1], _coerce(env[name], leaves[path_], ".".join(path_), name))
+    cfg.validate()
+    return cfg

@@ -1,0 +1,135 @@
+"""Device certificates: PEM in, exactly one end-entity certificate out, fingerprinted.
+
+The fingerprint (SHA-256 of the DER bytes, lower-case hex) is the identity anchor
+for mTLS and DTLS lookups. Errors never echo the submitted text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from corem_ingress.core.errors import InvalidArgument
+
+MIN_RSA_BITS = 2048
+ALLOWED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+MAX_PEM_BYTES = 16 * 1024
+
+_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    fingerprint: str
+    subject: str
+    issuer: str
+    serial: str
+    not_before: float
+    not_after: float
+    key_type: str
+    self_signed: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "fingerprint": self.fingerprint,
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": self.serial,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "key_type": self.key_type,
+            "self_signed": self.self_signed,
+        }
+
+
+def fingerprint_der(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def check_fingerprint(value: str) -> str:
+    if not isinstance(value, str) or not _FINGERPRINT_RE.match(value):
+        raise InvalidArgument("fingerprint must be 64 lower-case hex characters (SHA-256 of the DER)")
+    return value
+
+
+def _key_type(cert: x509.Certificate) -> str:
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError):
+        raise InvalidArgument("certificate public key type is not supported") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise InvalidArgument(f"RSA keys must be at least {MIN_RSA_BITS} bits")
+        return f"rsa{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ALLOWED_CURVES:
+            raise InvalidArgument("EC certificates must use P-256, P-384 or P-521")
+        return f"ec-{key.curve.name}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    raise InvalidArgument("certificate key type is not supported (use RSA >= 2048, ECDSA or Ed25519)")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return bool(bc.ca)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # InvalidSignature, ValueError, TypeError: all mean 'not self-signed'
+        return False
+    return True
+
+
+def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
+    """Validate a device certificate PEM and describe it. ``now`` is a UNIX timestamp."""
+    data = pem.encode("utf-8", "replace") if isinstance(pem, str) else bytes(pem)
+    if len(data) > MAX_PEM_BYTES:
+        raise InvalidArgument(f"certificate PEM is larger than {MAX_PEM_BYTES} bytes")
+    blocks = [m.group(1) for m in _BEGIN.finditer(data)]
+    if any(b"PRIVATE KEY" in label for label in blocks):
+        raise InvalidArgument(
+            "input contains a private key: send only the certificate, and treat that key as leaked"
+        )
+    cert_blocks = [label for label in blocks if label == b"CERTIFICATE"]
+    if not cert_blocks:
+        raise InvalidArgument("input is not a PEM certificate")
+    if len(cert_blocks) > 1:
+        raise InvalidArgument("input holds several certificates: send exactly one device certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise InvalidArgument("certificate PEM could not be parsed") from None
+    if _is_ca(cert):
+        raise InvalidArgument("a CA certificate cannot be a device certificate")
+    key_type = _key_type(cert)
+    not_before = cert.not_valid_before_utc.timestamp()
+    not_after = cert.not_valid_after_utc.timestamp()
+    if now < not_before:
+        raise InvalidArgument("certificate is not yet valid")
+    if now >= not_after:
+        raise InvalidArgument("certificate has expired")
+    return CertInfo(
+        fingerprint=fingerprint_der(cert.public_bytes(Encoding.DER)),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        not_before=not_before,
+        not_after=not_after,
+        key_type=key_type,
+        self_signed=_self_signed(cert),
+    )
+

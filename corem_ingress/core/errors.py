@@ -1,0 +1,112 @@
+"""One error hierarchy; each error knows the reply every transport should send.
+
+Messages are safe to show to the peer: they never echo secrets or raw input.
+The ``reason`` is for logs only (e.g. "revoked" vs "unknown"), never for the client.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+# MQTT 3.1.1 CONNACK return codes.
+CONNACK_UNACCEPTABLE_PROTOCOL = 1
+CONNACK_IDENTIFIER_REJECTED = 2
+CONNACK_SERVER_UNAVAILABLE = 3
+CONNACK_BAD_USERNAME_OR_PASSWORD = 4
+CONNACK_NOT_AUTHORIZED = 5
+
+
+class IngressError(Exception):
+    """Base of every error the broker reports to a peer or an operator."""
+
+    code: ClassVar[str] = "INTERNAL"
+    http_status: ClassVar[int] = 500
+    coap_code: ClassVar[str] = "5.00"
+    mqtt_connack: ClassVar[int] = CONNACK_SERVER_UNAVAILABLE
+    #: CLI exit code: 2 for the caller's mistake, 1 for a server-side failure.
+    cli_exit: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or message
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class Unauthenticated(IngressError):
+    code = "UNAUTHENTICATED"
+    http_status = 401
+    coap_code = "4.01"
+    mqtt_connack = CONNACK_NOT_AUTHORIZED
+    cli_exit = 2
+
+    def __init__(
+        self, message: str = "invalid or missing credential", *, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+
+
+class PermissionDenied(IngressError):
+    code = "PERMISSION_DENIED"
+    http_status = 403
+    coap_code = "4.03"
+    mqtt_connack = CONNACK_NOT_AUTHORIZED
+    cli_exit = 2
+
+
+class NotFound(IngressError):
+    code = "NOT_FOUND"
+    http_status = 404
+    coap_code = "4.04"
+    mqtt_connack = CONNACK_NOT_AUTHORIZED
+    cli_exit = 2
+
+
+class AlreadyExists(IngressError):
+    code = "ALREADY_EXISTS"
+    http_status = 409
+    coap_code = "4.09"
+    mqtt_connack = CONNACK_NOT_AUTHORIZED
+    cli_exit = 2
+
+
+class InvalidArgument(IngressError):
+    code = "INVALID_ARGUMENT"
+    http_status = 400
+    coap_code = "4.00"
+    mqtt_connack = CONNACK_BAD_USERNAME_OR_PASSWORD
+    cli_exit = 2
+
+
+class FailedPrecondition(IngressError):
+    code = "FAILED_PRECONDITION"
+    http_status = 412
+    coap_code = "4.12"
+    mqtt_connack = CONNACK_NOT_AUTHORIZED
+    cli_exit = 2
+
+
+class Unavailable(IngressError):
+    code = "UNAVAILABLE"
+    http_status = 503
+    coap_code = "5.03"
+    mqtt_connack = CONNACK_SERVER_UNAVAILABLE
+    cli_exit = 1
+
+    def __init__(
+        self, message: str = "service temporarily unavailable", *, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+
+
+ALL_ERRORS: tuple[type[IngressError], ...] = (
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    FailedPrecondition,
+    Unavailable,
+)

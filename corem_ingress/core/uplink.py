@@ -1,0 +1,120 @@
+"""The uplink envelope: what every transport turns an accepted device message into."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.core.identity import DeviceIdentity
+
+JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+
+
+class UplinkKind(StrEnum):
+    TELEMETRY = "telemetry"
+    EVENT = "event"
+    STATE = "state"
+
+    @classmethod
+    def parse(cls, value: object) -> UplinkKind:
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise InvalidArgument("kind must be one of: telemetry, event, state") from None
+
+
+class Transport(StrEnum):
+    HTTP = "http"
+    MQTT = "mqtt"
+    COAP = "coap"
+    LWM2M = "lwm2m"
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    tenant_id: str
+    device_id: str
+    transport: Transport
+    kind: UplinkKind
+    payload: JsonValue
+    received_at: float
+    message_id: str
+    #: How ``payload`` was derived from the wire bytes: "json", "text" or "base64".
+    payload_encoding: str = "json"
+
+    @classmethod
+    def new(
+        cls,
+        identity: DeviceIdentity,
+        transport: Transport,
+        kind: UplinkKind,
+        payload: JsonValue,
+        *,
+        now: float,
+        payload_encoding: str = "json",
+    ) -> Uplink:
+        return cls(
+            tenant_id=identity.tenant_id,
+            device_id=identity.device_id,
+            transport=transport,
+            kind=kind,
+            payload=payload,
+            received_at=now,
+            message_id=uuid.uuid4().hex,
+            payload_encoding=payload_encoding,
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for a Redis Stream entry; ``payload`` is JSON text."""
+        return {
+            "message_id": self.message_id,
+            "tenant_id": self.tenant_id,
+            "device_id": self.device_id,
+            "transport": self.transport.value,
+            "kind": self.kind.value,
+            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "payload_encoding": self.payload_encoding,
+            "received_at": repr(self.received_at),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Uplink:
+        return cls(
+            tenant_id=fields["tenant_id"],
+            device_id=fields["device_id"],
+            transport=Transport(fields["transport"]),
+            kind=UplinkKind(fields["kind"]),
+            payload=json.loads(fields["payload"]),
+            received_at=float(fields["received_at"]),
+            message_id=fields["message_id"],
+            payload_encoding=fields.get("payload_encoding", "json"),
+        )
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "message_id": self.message_id,
+            "tenant_id": self.tenant_id,
+            "device_id": self.device_id,
+            "transport": self.transport.value,
+            "kind": self.kind.value,
+            "payload": self.payload,
+            "payload_encoding": self.payload_encoding,
+            "received_at": self.received_at,
+        }
+
+
+def payload_from_bytes(data: bytes) -> tuple[JsonValue, str]:
+    """Binary transports (MQTT, CoAP): JSON if it parses, else UTF-8 text, else base64."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), "base64"
+    try:
+        value: JsonValue = json.loads(text)
+    except ValueError:
+        return text, "text"
+    return value, "json"

@@ -1,0 +1,170 @@
+"""The one shared credential resolver: API key, PSK identity or fingerprint -> DeviceIdentity.
+
+Adapters call nothing else to authenticate. Lookups go to the in-process cache
+first, then to Redis (one GET). The revocation bus keeps the cache current.
+Fail closed: if Redis cannot be asked, only what the cache can still vouch for
+is accepted; everything else is refused (UNAVAILABLE, which adapters treat as
+"not authenticated").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+
+from corem_ingress.core import api_keys, certs, psk
+from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unavailable
+from corem_ingress.core.events import CredentialEvent, EventType
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.resolver_cache import CacheEntry, ResolverCache
+from corem_ingress.store.keys import KeySchema
+
+log = structlog.get_logger("corem.resolver")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPsk:
+    identity: DeviceIdentity
+    psk: bytes
+
+
+class Resolver:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: KeySchema,
+        cache: ResolverCache,
+        *,
+        keyring: psk.KeyRing | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._r = redis
+        self._keys = keys
+        self.cache = cache
+        self._keyring = keyring
+        self._clock = clock
+
+    # -- async path (fills the cache) ------------------------------------------------------
+    async def resolve_api_key(self, raw: str) -> DeviceIdentity:
+        if not api_keys.is_well_formed(raw):
+            raise self._refuse(CredentialKind.API_KEY, "malformed")
+        entry = await self._resolve(CredentialKind.API_KEY, api_keys.hash_key(raw))
+        assert entry.identity is not None
+        return entry.identity
+
+    async def resolve_psk(self, identity: str) -> ResolvedPsk:
+        try:
+            psk.check_identity(identity)
+        except Exception:
+            raise self._refuse(CredentialKind.PSK, "malformed") from None
+        entry = await self._resolve(CredentialKind.PSK, identity)
+        assert entry.identity is not None and entry.secret is not None
+        return ResolvedPsk(entry.identity, entry.secret)
+
+    async def resolve_cert(self, fingerprint: str) -> DeviceIdentity:
+        try:
+            certs.check_fingerprint(fingerprint)
+        except Exception:
+            raise self._refuse(CredentialKind.X509, "malformed") from None
+        entry = await self._resolve(CredentialKind.X509, fingerprint)
+        assert entry.identity is not None
+        return entry.identity
+
+    async def resolve_lookup(self, kind: CredentialKind, lookup: str) -> DeviceIdentity:
+        """By the stored handle (key hash, PSK identity, fingerprint): used to re-validate sessions."""
+        entry = await self._resolve(kind, lookup)
+        assert entry.identity is not None
+        return entry.identity
+
+    def credential_expiry(self, kind: CredentialKind, lookup: str) -> float | None:
+        """When a resolved credential stops working (API-key overlap), if the cache knows."""
+        entry = self.cache.get(kind, lookup, self._clock())
+        return entry.credential_expires_at if entry else None
+
+    # -- sync path (DTLS handshake callbacks) ----------------------------------------------
+    def cached_psk(self, identity: str) -> ResolvedPsk | None:
+        """From the cache only. None: the cache cannot vouch (call resolve_psk to fill it).
+
+        Raises Unauthenticated when the cache knows the identity is not valid.
+        """
+        entry = self._cached(CredentialKind.PSK, identity)
+        if entry is None:
+            return None
+        assert entry.identity is not None and entry.secret is not None
+        return ResolvedPsk(entry.identity, entry.secret)
+
+    def cached_cert(self, fingerprint: str) -> DeviceIdentity | None:
+        entry = self._cached(CredentialKind.X509, fingerprint)
+        return None if entry is None else entry.identity
+
+    def _cached(self, kind: CredentialKind, lookup: str) -> CacheEntry | None:
+        now = self._clock()
+        entry = self.cache.get(kind, lookup, now)
+        if entry is None:
+            return None
+        if entry.identity is None:
+            raise self._refuse(kind, "unknown or revoked (cached)")
+        if entry.credential_expired(now):
+            raise self._refuse(kind, "overlap window ended")
+        return entry
+
+    # -- bus -------------------------------------------------------------------------------
+    def apply_event(self, event: CredentialEvent) -> None:
+        if event.type is EventType.EXPIRES and event.expires_at is not None:
+            self.cache.set_credential_expiry(event.kind, event.lookup, event.expires_at)
+        else:  # created or revoked: the next lookup asks Redis
+            self.cache.evict(event.kind, event.lookup)
+
+    def drop_cache(self) -> None:
+        self.cache.clear()
+
+    # -- internals -------------------------------------------------------------------------
+    async def _resolve(self, kind: CredentialKind, lookup: str) -> CacheEntry:
+        cached = self._cached(kind, lookup)
+        if cached is not None:
+            return cached
+        try:
+            raw = await self._r.get(self._keys.lookup(kind, lookup))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("resolver.redis_unreachable", kind=kind.value, error=str(exc))
+            raise Unavailable("credential store unreachable", reason="redis unreachable") from None
+        now = self._clock()
+        if raw is None:
+            self.cache.put_negative(kind, lookup, now)
+            raise self._refuse(kind, "unknown or revoked")
+        try:
+            value = json.loads(raw)
+            identity = DeviceIdentity(value["t"], value["d"], kind, value["c"])
+            expires_at = value.get("x")
+            secret = None
+            if kind is CredentialKind.PSK:
+                if self._keyring is None:
+                    raise FailedPrecondition("no PSK key-encryption key configured")
+                secret = self._keyring.open(value["t"], lookup, psk.SealedPsk.from_json(value))
+            if kind is CredentialKind.X509 and now >= float(value.get("na", float("inf"))):
+                raise self._refuse(kind, "certificate expired")
+        except (KeyError, TypeError, ValueError, FailedPrecondition) as exc:
+            log.error("resolver.corrupt_record", kind=kind.value, error=str(exc))
+            raise self._refuse(kind, "corrupt record") from None
+        if expires_at is not None and now >= float(expires_at):
+            raise self._refuse(kind, "overlap window ended")
+        return self.cache.put(
+            kind,
+            lookup,
+            identity,
+            now,
+            secret=secret,
+            credential_expires_at=None if expires_at is None else float(expires_at),
+        )
+
+    @staticmethod
+    def _refuse(kind: CredentialKind, reason: str) -> Unauthenticated:
+        # The reason goes to the log, never to the peer.
+        log.info("resolver.refused", kind=kind.value, reason=reason)
+        return Unauthenticated(reason=reason)

@@ -1,0 +1,136 @@
+"""Glue between the bus, the resolver cache and the adapters' live sessions on this node.
+
+Adapters register a session with a ``disconnect`` callable; a revocation event
+(or an overlap end, or a failed re-validation) turns into DisconnectOrders from
+the pure SessionRegistry, and the hub calls each session's ``disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from corem_ingress.core.errors import Unauthenticated, Unavailable
+from corem_ingress.core.events import CredentialEvent, EventType
+from corem_ingress.core.sessions import DisconnectOrder, LiveSession, SessionRegistry
+from corem_ingress.resolver import Resolver
+
+log = structlog.get_logger("corem.sessions")
+
+Disconnect = Callable[[DisconnectOrder], Awaitable[None] | None]
+
+
+class SessionHub:
+    def __init__(self, resolver: Resolver, *, clock: Callable[[], float] = time.time) -> None:
+        self.resolver = resolver
+        self.registry = SessionRegistry()
+        self._clock = clock
+        self._closers: dict[str, Disconnect] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Observers of every order carried out (metrics, tests, the simulator's node).
+        self.observers: list[Callable[[DisconnectOrder], None]] = []
+
+    def __len__(self) -> int:
+        return len(self.registry)
+
+    def register(self, session: LiveSession, disconnect: Disconnect) -> None:
+        if session.credential_expires_at is None:
+            expiry = self.resolver.credential_expiry(
+                session.identity.credential_kind, session.lookup
+            )
+            if expiry is not None:
+                session = LiveSession(
+                    session.session_id, session.transport, session.identity, session.lookup, expiry
+                )
+        self.registry.register(session)
+        self._closers[session.session_id] = disconnect
+        if session.credential_expires_at is not None:
+            self._wake.set()
+
+    def unregister(self, session_id: str) -> None:
+        self.registry.unregister(session_id)
+        self._closers.pop(session_id, None)
+
+    # -- events ------------------------------------------------------------------------------
+    def on_event(self, event: CredentialEvent) -> None:
+        self.resolver.apply_event(event)
+        if event.type is EventType.REVOKED:
+            self._execute(self.registry.revoke(event.kind, event.credential_id, "credential revoked"))
+        elif event.type is EventType.EXPIRES and event.expires_at is not None:
+            self.registry.set_credential_expiry(event.kind, event.credential_id, event.expires_at)
+            self._wake.set()
+
+    async def resync(self) -> None:
+        """After a bus gap: drop the cache, then re-validate every live session against Redis."""
+        self.resolver.drop_cache()
+        await self.revalidate()
+
+    async def revalidate(self, *, attempts: int = 20, delay: float = 0.5) -> None:
+        pending = self.registry.sessions()
+        for attempt in range(attempts):
+            unreachable: list[LiveSession] = []
+            for s in pending:
+                if s.session_id not in self.registry:
+                    continue
+                try:
+                    await self.resolver.resolve_lookup(s.identity.credential_kind, s.lookup)
+                except Unauthenticated:
+                    self._execute(self.registry.revoke_sessions([s.session_id], "credential no longer valid"))
+                except Unavailable:
+                    unreachable.append(s)
+            if not unreachable:
+                return
+            pending = unreachable
+            log.warning("sessions.revalidate_retry", remaining=len(pending), attempt=attempt + 1)
+            await asyncio.sleep(delay)
+        # Could not reach Redis to vouch for them: fail closed.
+        self._execute(
+            self.registry.revoke_sessions([s.session_id for s in pending], "could not re-validate")
+        )
+
+    async def run_expiry_timer(self) -> None:
+        """Disconnects sessions whose API key reached the end of its rotation overlap."""
+        while True:
+            self._execute(self.registry.due(self._clock()))
+            nxt = self.registry.next_expiry()
+            timeout = 1.0 if nxt is None else max(0.0, min(1.0, nxt - self._clock()))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            except TimeoutError:
+                pass
+
+    def disconnect_all(self, reason: str) -> None:
+        """Graceful shutdown: tell every session to go."""
+        self._execute(self.registry.revoke_sessions(list(self._closers), reason))
+
+    # -- carrying out orders ----------------------------------------------------------------------
+    def _execute(self, orders: list[DisconnectOrder]) -> None:
+        for order in orders:
+            closer = self._closers.pop(order.session_id, None)
+            log.info(
+                "sessions.disconnect",
+                session=order.session_id,
+                transport=order.transport,
+                tenant=order.identity.tenant_id,
+                device=order.identity.device_id,
+                reason=order.reason,
+            )
+            for observe in self.observers:
+                observe(order)
+            if closer is None:
+                continue
+            try:
+                result = closer(order)
+            except Exception:
+                log.exception("sessions.disconnect_failed", session=order.session_id)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,1 @@
+"""Redis: the key schema, registry writes, resolver reads, the revocation bus and uplink streams."""

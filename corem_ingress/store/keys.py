@@ -1,0 +1,66 @@
+"""The Redis key schema, in one place (documented in docs/redis-keys.md).
+
+Registry keys share the hash tag ``{<prefix>}`` so that every multi-key script
+runs in one Redis Cluster slot; uplink and downlink streams are tagged per
+tenant so traffic spreads across slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corem_ingress.core.identity import CredentialKind
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    prefix: str = "corem"
+
+    @property
+    def _r(self) -> str:
+        return "{" + self.prefix + "}"
+
+    # -- devices -------------------------------------------------------------------
+    def device(self, device_id: str) -> str:
+        """Hash: device_id, tenant_id, hardware_id, credential_kind, status, created_at, updated_at."""
+        return f"{self._r}:dev:{device_id}"
+
+    def device_credentials(self, device_id: str) -> str:
+        """Set of the device's credential ids (active and past)."""
+        return f"{self._r}:dev:{device_id}:creds"
+
+    def hardware(self, tenant_id: str, hardware_id: str) -> str:
+        """String -> device_id: the idempotency anchor of provisioning."""
+        return f"{self._r}:hw:{tenant_id}:{hardware_id}"
+
+    def tenant_devices(self, tenant_id: str) -> str:
+        """Sorted set of device ids by creation time."""
+        return f"{self._r}:tenant:{tenant_id}:devices"
+
+    def tenant_certs(self, tenant_id: str) -> str:
+        """Sorted set of certificate fingerprints by registration time."""
+        return f"{self._r}:tenant:{tenant_id}:certs"
+
+    # -- credentials ---------------------------------------------------------------
+    def lookup(self, kind: CredentialKind, lookup: str) -> str:
+        """String (compact JSON) read by the resolver; exists only while the credential works.
+
+        lookup = SHA-256 of an API key, a PSK identity, or a certificate fingerprint.
+        """
+        return f"{self._r}:auth:{kind.value}:{lookup}"
+
+    def credential(self, credential_id: str) -> str:
+        """Hash: the credential's record, kept after revocation (status, times, cert metadata)."""
+        return f"{self._r}:cred:{credential_id}"
+
+    # -- streams and channels --------------------------------------------------------
+    @property
+    def bus_channel(self) -> str:
+        return f"{self.prefix}:bus"
+
+    @property
+    def audit_stream(self) -> str:
+        return f"{self._r}:audit"
+
+    def uplink_stream(self, tenant_id: str) -> str:
+        return f"{self.prefix}:uplink:{{{tenant_id}}}"

@@ -1,0 +1,93 @@
+"""Shared fixtures: a real redis-server per test session, a clean database per test,
+and a broker Node started in-process with listeners on free ports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from corem_ingress.app import redis_client
+from corem_ingress.core.psk import KeyRing, generate_kek_line
+from corem_ingress.core.resolver_cache import ResolverCache
+from corem_ingress.embedded_redis import EmbeddedRedis
+from corem_ingress.resolver import Resolver
+from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry import Registry
+
+KEK_LINE = generate_kek_line("test1")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One real redis-server for the whole run (tests flush it, see ``redis``)."""
+    server = EmbeddedRedis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = redis_client(redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys() -> KeySchema:
+    return KeySchema("corem")
+
+
+@pytest.fixture
+def keyring() -> KeyRing:
+    return KeyRing.parse(KEK_LINE)
+
+
+@pytest.fixture
+def kek_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("COREM_PSK_KEK", KEK_LINE)
+    return KEK_LINE
+
+
+class Clock:
+    """A controllable clock for code that takes ``clock`` (starts at real time)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def registry(redis: aioredis.Redis, keys: KeySchema, keyring: KeyRing) -> Registry:
+    return Registry(redis, keys, keyring=keyring, api_key_overlap=60, api_key_overlap_max=3600)
+
+
+@pytest.fixture
+def resolver(redis: aioredis.Redis, keys: KeySchema, keyring: KeyRing) -> Resolver:
+    cache = ResolverCache(ttl=30, negative_ttl=2, max_entries=10_000)
+    return Resolver(redis, keys, cache, keyring=keyring)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that need binaries the machine lacks fail loudly rather than skip: CI installs them.
+    os.environ.setdefault("COREM_LOGGING_FORMAT", "console")
