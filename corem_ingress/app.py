@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -26,6 +27,7 @@ from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
 from corem_ingress.store.bus import RevocationBus
+from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
@@ -98,7 +100,7 @@ class Node:
                 "redis.embedded_started",
                 url=self.redis_url,
                 pid=self.embedded.pid,
-                note="no redis.url configured: using a private redis-server (dev only; data is not kept)",
+                note="no redis.url configured: private redis-server, dev only, data not kept",
             )
             self._write_state(REDIS_URL_FILE, self.redis_url + "\n")
         redis = redis_client(self.redis_url, socket_timeout=cfg.redis.socket_timeout_s)
@@ -127,10 +129,16 @@ class Node:
             resolver=resolver,
             sessions=hub,
             uplinks=UplinkStore(redis, keys),
+            downlinks=DownlinkRouter(),
+            downlink_publisher=DownlinkPublisher(redis, keys),
             clock=self.clock,
         )
         self.bus = RevocationBus(
-            redis, keys.bus_channel, on_event=hub.on_event, on_resync=hub.resync
+            redis,
+            keys.bus_channel,
+            on_event=hub.on_event,
+            on_resync=hub.resync,
+            extra_channels={keys.downlink_channel: self.services.downlinks.on_message},
         )
         self._spawn(self.bus.run(), "bus")
         self._spawn(hub.run_expiry_timer(), "expiry-timer")
@@ -146,8 +154,8 @@ class Node:
             log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
         log.info("node.started", node=cfg.node_id, health_port=self.health_port)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.append(task)
 

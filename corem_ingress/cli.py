@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -114,14 +115,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     logs.configure(cfg.logging.format, cfg.logging.level, cfg.node_id)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(cfg))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
-def _registry_command(build: Callable[[argparse.Namespace], Callable[[Any], Awaitable[object]]]) -> Callable[[argparse.Namespace], int]:
+def _registry_command(
+    build: Callable[[argparse.Namespace], Callable[[Any], Awaitable[object]]],
+) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         result = asyncio.run(_with_registry(args, build(args)))
         _out(result)
@@ -137,8 +138,13 @@ def _provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 
     async def op(reg: Any) -> object:
         res = await reg.provision(
-            args.tenant, args.hardware_id, kind, actor=_actor(), cert_pem=pem,
-            psk_identity=args.psk_identity, psk_bytes=psk,
+            args.tenant,
+            args.hardware_id,
+            kind,
+            actor=_actor(),
+            cert_pem=pem,
+            psk_identity=args.psk_identity,
+            psk_bytes=psk,
         )
         return res.to_json()
 
@@ -146,7 +152,7 @@ def _provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 
 
 def _device_json(device: Any, creds: list[Any]) -> dict[str, object]:
-    out = device.to_json()
+    out: dict[str, object] = device.to_json()
     now = time.time()
     out["credentials"] = [c.to_json(now) for c in creds]
     return out
@@ -190,7 +196,11 @@ def _keys_rotate(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]
     async def op(reg: Any) -> object:
         return _issued_key(
             await reg.rotate_api_key(
-                args.tenant, args.key_id, actor=_actor(), device_id=args.device, overlap=args.overlap
+                args.tenant,
+                args.key_id,
+                actor=_actor(),
+                device_id=args.device,
+                overlap=args.overlap,
             )
         )
 
@@ -199,7 +209,9 @@ def _keys_rotate(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]
 
 def _keys_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
-        rec = await reg.revoke_api_key(args.tenant, args.key_id, actor=_actor(), device_id=args.device)
+        rec = await reg.revoke_api_key(
+            args.tenant, args.key_id, actor=_actor(), device_id=args.device
+        )
         return rec.to_json(time.time())
 
     return op
@@ -248,7 +260,9 @@ def _certs_register(args: argparse.Namespace) -> Callable[[Any], Awaitable[objec
 
 def _certs_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
-        return (await reg.revoke_cert(args.tenant, args.fingerprint, actor=_actor())).to_json(time.time())
+        return (await reg.revoke_cert(args.tenant, args.fingerprint, actor=_actor())).to_json(
+            time.time()
+        )
 
     return op
 
@@ -260,6 +274,32 @@ def _certs_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
         )
         now = time.time()
         return {"certs": [r.to_json(now) for r in records], "next_cursor": cursor}
+
+    return op
+
+
+def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    from corem_ingress.core.downlink import Downlink
+
+    try:
+        payload: Any = json.loads(args.payload) if args.json else args.payload
+    except ValueError:
+        raise CliError("--payload is not valid JSON (drop --json to send it as text)") from None
+
+    async def op(reg: Any) -> object:
+        from corem_ingress.store.downlinks import DownlinkPublisher
+
+        device = await reg.get_device(args.tenant, args.device)
+        downlink = Downlink.new(
+            device.tenant_id, device.device_id, args.kind, payload, qos=args.qos, now=time.time()
+        )
+        entry = await DownlinkPublisher(reg._r, reg.keys).publish(downlink)
+        await reg._audit(_actor(), args.tenant, "downlink.send", f"device={args.device}", "OK")
+        return {
+            "message_id": downlink.message_id,
+            "stream_id": entry,
+            "device_id": device.device_id,
+        }
 
     return op
 
@@ -389,6 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=_positive_int, default=100)
     sp.add_argument("--cursor")
     sp.set_defaults(func=_registry_command(_certs_list))
+
+    sp = sub.add_parser("downlink", parents=[common], help="send a message to a device")
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.add_argument("--kind", required=True, help="e.g. config, command (a-z, 0-9, _ and -)")
+    sp.add_argument("--payload", required=True)
+    sp.add_argument("--json", action="store_true", help="the payload is JSON, not text")
+    sp.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    sp.set_defaults(func=_registry_command(_downlink))
 
     sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
     sp.add_argument("--out", default="certs-dev")

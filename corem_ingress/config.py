@@ -132,13 +132,17 @@ class Config:
         _check(self.resolver.cache_ttl_s > 0, "resolver.cache_ttl_s", "must be > 0")
         _check(self.resolver.negative_ttl_s >= 0, "resolver.negative_ttl_s", "must be >= 0")
         _check(self.resolver.cache_max_entries >= 1, "resolver.cache_max_entries", "must be >= 1")
-        _check(self.credentials.api_key_overlap_s >= 0, "credentials.api_key_overlap_s", "must be >= 0")
+        _check(
+            self.credentials.api_key_overlap_s >= 0, "credentials.api_key_overlap_s", "must be >= 0"
+        )
         _check(
             self.credentials.api_key_overlap_max_s >= self.credentials.api_key_overlap_s,
             "credentials.api_key_overlap_max_s",
             "must be >= credentials.api_key_overlap_s",
         )
-        _check(self.logging.format in ("console", "json"), "logging.format", "must be console or json")
+        _check(
+            self.logging.format in ("console", "json"), "logging.format", "must be console or json"
+        )
         _check(
             self.logging.level in ("debug", "info", "warning", "error"),
             "logging.level",
@@ -150,8 +154,13 @@ class Config:
             "redis.url",
             "must be a redis://, rediss:// or unix:// URL (or empty for the embedded Redis)",
         )
-        _check(bool(self.redis.key_prefix) and "{" not in self.redis.key_prefix
-               and "}" not in self.redis.key_prefix, "redis.key_prefix", "must be non-empty, without braces")
+        _check(
+            bool(self.redis.key_prefix)
+            and "{" not in self.redis.key_prefix
+            and "}" not in self.redis.key_prefix,
+            "redis.key_prefix",
+            "must be non-empty, without braces",
+        )
         _check(self.redis.socket_timeout_s > 0, "redis.socket_timeout_s", "must be > 0")
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"

@@ -56,7 +56,9 @@ class EmbeddedRedis:
         self.port = port
         self.persist = persist
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="corem-redis-"))
+        self.data_dir = (
+            Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="corem-redis-"))
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,12 +75,18 @@ class EmbeddedRedis:
             port = self.port or free_port()
             args = [
                 self.binary,
-                "--bind", "127.0.0.1",
-                "--port", str(port),
-                "--protected-mode", "yes",
-                "--dir", str(self.data_dir),
-                "--daemonize", "no",
-                "--loglevel", "warning",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--protected-mode",
+                "yes",
+                "--dir",
+                str(self.data_dir),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
             ]
             if self.persist:
                 args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
@@ -91,7 +99,7 @@ class EmbeddedRedis:
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started yet here
+                    preexec_fn=_die_with_parent,
                 )
             if self._wait_ready(port, timeout):
                 self.port = port

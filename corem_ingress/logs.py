@@ -20,7 +20,9 @@ _SECRET_FIELDS = re.compile(
     re.IGNORECASE,
 )
 _API_KEY_RE = re.compile(r"sk_live_[A-Za-z0-9_-]{8,}")
-_PEM_KEY_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+_PEM_KEY_RE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+)
 REDACTED = "[redacted]"
 # Fields that merely name a secret's handle, not the secret.
 _ALLOWED = frozenset({"key_id", "psk_identity", "token_name", "credential_id"})

@@ -77,7 +77,7 @@ class Resolver:
         return entry.identity
 
     async def resolve_lookup(self, kind: CredentialKind, lookup: str) -> DeviceIdentity:
-        """By the stored handle (key hash, PSK identity, fingerprint): used to re-validate sessions."""
+        """By stored handle (key hash, PSK identity, fingerprint): to re-validate sessions."""
         entry = await self._resolve(kind, lookup)
         assert entry.identity is not None
         return entry.identity

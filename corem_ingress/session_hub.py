@@ -8,6 +8,7 @@ the pure SessionRegistry, and the hub calls each session's ``disconnect``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -60,7 +61,9 @@ class SessionHub:
     def on_event(self, event: CredentialEvent) -> None:
         self.resolver.apply_event(event)
         if event.type is EventType.REVOKED:
-            self._execute(self.registry.revoke(event.kind, event.credential_id, "credential revoked"))
+            self._execute(
+                self.registry.revoke(event.kind, event.credential_id, "credential revoked")
+            )
         elif event.type is EventType.EXPIRES and event.expires_at is not None:
             self.registry.set_credential_expiry(event.kind, event.credential_id, event.expires_at)
             self._wake.set()
@@ -80,7 +83,9 @@ class SessionHub:
                 try:
                     await self.resolver.resolve_lookup(s.identity.credential_kind, s.lookup)
                 except Unauthenticated:
-                    self._execute(self.registry.revoke_sessions([s.session_id], "credential no longer valid"))
+                    self._execute(
+                        self.registry.revoke_sessions([s.session_id], "credential no longer valid")
+                    )
                 except Unavailable:
                     unreachable.append(s)
             if not unreachable:
@@ -100,10 +105,8 @@ class SessionHub:
             nxt = self.registry.next_expiry()
             timeout = 1.0 if nxt is None else max(0.0, min(1.0, nxt - self._clock()))
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
 
     def disconnect_all(self, reason: str) -> None:
         """Graceful shutdown: tell every session to go."""

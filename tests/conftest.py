@@ -91,3 +91,46 @@ def resolver(redis: aioredis.Redis, keys: KeySchema, keyring: KeyRing) -> Resolv
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests that need binaries the machine lacks fail loudly rather than skip: CI installs them.
     os.environ.setdefault("COREM_LOGGING_FORMAT", "console")
+
+
+def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[no-untyped-def]
+    """A Config for an in-process node: given Redis, every port 0 (OS-chosen), console logs."""
+    from corem_ingress.config import Config
+
+    cfg = Config()
+    cfg.redis.url = redis_url
+    cfg.health.port = 0
+    cfg.http.port = 0
+    cfg.mqtt.port = 0
+    cfg.coap.port = 0
+    cfg.logging.format = "console"
+    cfg.shutdown_deadline_s = 3.0
+    for section, values in sections.items():
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            setattr(target, key, value)
+    cfg.validate()
+    return cfg
+
+
+@pytest.fixture
+async def start_node(redis: aioredis.Redis, redis_url: str, kek_env: str):  # type: ignore[no-untyped-def]
+    """Factory: ``await start_node(factories, **sections)`` -> a started Node (stopped after)."""
+    from corem_ingress.app import Node
+
+    nodes = []
+
+    async def start(factories, clock=None, **sections):  # type: ignore[no-untyped-def]
+        cfg = make_config(redis_url, **sections)
+        kwargs = {"listener_factories": list(factories)}
+        if clock is not None:
+            kwargs["clock"] = clock
+        node = Node(cfg, **kwargs)
+        nodes.append(node)
+        await node.start()
+        await node.bus.subscribed.wait()
+        return node
+
+    yield start
+    for node in reversed(nodes):
+        await node.stop()

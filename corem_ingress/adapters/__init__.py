@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from corem_ingress.config import Config
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
+from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
@@ -33,11 +34,16 @@ class Services:
     resolver: Resolver
     sessions: SessionHub
     uplinks: UplinkStore
+    #: Local sessions that accept downlinks register a sink here (MQTT, CoAP Observe).
+    downlinks: DownlinkRouter
+    downlink_publisher: DownlinkPublisher
     clock: Callable[[], float] = field(default=time.time)
 
 
 class Listener(Protocol):
     name: str
+    #: The bound port once started (the configured one, or the OS's pick for port 0).
+    port: int
 
     async def start(self) -> None: ...
 

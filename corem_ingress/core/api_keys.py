@@ -1,4 +1,4 @@
-"""API keys: ``sk_live_`` + URL-safe base64 (no padding) of 32 random bytes; only SHA-256 is kept."""
+"""API keys: ``sk_live_`` + URL-safe base64 (no padding) of 32 random bytes; SHA-256 is kept."""
 
 from __future__ import annotations
 

@@ -54,7 +54,9 @@ def fingerprint_der(der: bytes) -> str:
 
 def check_fingerprint(value: str) -> str:
     if not isinstance(value, str) or not _FINGERPRINT_RE.match(value):
-        raise InvalidArgument("fingerprint must be 64 lower-case hex characters (SHA-256 of the DER)")
+        raise InvalidArgument(
+            "fingerprint must be 64 lower-case hex characters (SHA-256 of the DER)"
+        )
     return value
 
 
@@ -73,7 +75,9 @@ def _key_type(cert: x509.Certificate) -> str:
         return f"ec-{key.curve.name}"
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "ed25519"
-    raise InvalidArgument("certificate key type is not supported (use RSA >= 2048, ECDSA or Ed25519)")
+    raise InvalidArgument(
+        "certificate key type is not supported (use RSA >= 2048, ECDSA or Ed25519)"
+    )
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -108,7 +112,9 @@ def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
     if not cert_blocks:
         raise InvalidArgument("input is not a PEM certificate")
     if len(cert_blocks) > 1:
-        raise InvalidArgument("input holds several certificates: send exactly one device certificate")
+        raise InvalidArgument(
+            "input holds several certificates: send exactly one device certificate"
+        )
     try:
         cert = x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -132,4 +138,3 @@ def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
         key_type=key_type,
         self_signed=_self_signed(cert),
     )
-

@@ -20,9 +20,7 @@ class CredentialKind(StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise InvalidArgument(
-                "credential kind must be one of: api_key, psk, x509"
-            ) from None
+            raise InvalidArgument("credential kind must be one of: api_key, psk, x509") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +69,8 @@ _HARDWARE_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
 def check_tenant_id(value: str) -> str:
     if not isinstance(value, str) or not _TENANT_RE.match(value):
         raise InvalidArgument(
-            "tenant id must be 1-63 characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
+            "tenant id must be 1-63 characters of a-z, 0-9, '-' or '_', "
+            "starting with a letter or digit"
         )
     return value
 

@@ -72,9 +72,13 @@ class SessionRegistry:
         return list(self._sessions.values())
 
     def sessions_of(self, kind: CredentialKind, credential_id: str) -> list[LiveSession]:
-        return [self._sessions[s] for s in sorted(self._by_credential.get((kind, credential_id), ()))]
+        return [
+            self._sessions[s] for s in sorted(self._by_credential.get((kind, credential_id), ()))
+        ]
 
-    def revoke(self, kind: CredentialKind, credential_id: str, reason: str) -> list[DisconnectOrder]:
+    def revoke(
+        self, kind: CredentialKind, credential_id: str, reason: str
+    ) -> list[DisconnectOrder]:
         """Orders for every session of this credential; they leave the registry at once."""
         return self._drop(self.sessions_of(kind, credential_id), reason)
 

@@ -8,7 +8,9 @@ cache and re-validates its live sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -27,11 +29,14 @@ class RevocationBus:
         *,
         on_event: Callable[[CredentialEvent], None],
         on_resync: Callable[[], Awaitable[None]],
+        extra_channels: dict[str, Callable[[bytes | str], None]] | None = None,
         retry_delay: float = 0.2,
         max_retry_delay: float = 2.0,
     ) -> None:
         self._r = redis
         self.channel = channel
+        #: Other channels on the same connection (the downlink fan-out), raw data to a handler.
+        self._extra = dict(extra_channels or {})
         self._on_event = on_event
         self._on_resync = on_resync
         self._retry_delay = retry_delay
@@ -44,9 +49,9 @@ class RevocationBus:
         first = True
         delay = self._retry_delay
         while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            pubsub: Any = self._r.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, *self._extra)
                 self.subscribed.set()
                 delay = self._retry_delay
                 if first:
@@ -64,16 +69,23 @@ class RevocationBus:
                         continue
                     if message.get("type") != "message":
                         continue
-                    self._dispatch(message["data"])
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                    channel = message.get("channel")
+                    if channel == self.channel:
+                        self._dispatch(message["data"])
+                    elif channel in self._extra:
+                        self._extra[channel](message["data"])
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                OSError,
+            ) as exc:
                 if self.subscribed.is_set():
                     log.warning("bus.disconnected", error=str(exc))
                 self.subscribed.clear()
             finally:
-                try:
+                # Closing a dead connection may fail again: nothing to do about it.
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
-                except Exception:  # noqa: S110 - closing a dead connection may fail again
-                    pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_retry_delay)
 

@@ -22,7 +22,7 @@ class KeySchema:
 
     # -- devices -------------------------------------------------------------------
     def device(self, device_id: str) -> str:
-        """Hash: device_id, tenant_id, hardware_id, credential_kind, status, created_at, updated_at."""
+        """Hash: device_id, tenant_id, hardware_id, credential_kind, status, created/updated_at."""
         return f"{self._r}:dev:{device_id}"
 
     def device_credentials(self, device_id: str) -> str:
@@ -64,3 +64,12 @@ class KeySchema:
 
     def uplink_stream(self, tenant_id: str) -> str:
         return f"{self.prefix}:uplink:{{{tenant_id}}}"
+
+    def downlink_stream(self, tenant_id: str) -> str:
+        """Record of every downlink sent to the tenant's devices."""
+        return f"{self.prefix}:downlink:{{{tenant_id}}}"
+
+    @property
+    def downlink_channel(self) -> str:
+        """Pub/sub fan-out of downlinks to every node."""
+        return f"{self.prefix}:downlink"

@@ -138,9 +138,7 @@ class ProvisionResult:
         return out
 
 
-def _lookup_value(
-    tenant_id: str, device_id: str, credential_id: str, **extra: object
-) -> str:
+def _lookup_value(tenant_id: str, device_id: str, credential_id: str, **extra: object) -> str:
     value: dict[str, object] = {"t": tenant_id, "d": device_id, "c": credential_id}
     value.update(extra)
     return json.dumps(value, separators=(",", ":"))
@@ -163,7 +161,8 @@ class Registry:
         api_key_overlap_max: float,
         clock: Clock = time.time,
     ) -> None:
-        self._r = redis
+        # decode_responses=True: every reply is str; redis-py types them as bytes | str.
+        self._r: Any = redis
         self.keys = keys
         self._keyring = keyring
         self.api_key_overlap = api_key_overlap
@@ -213,7 +212,9 @@ class Registry:
         except redis.exceptions.RedisError as exc:
             if outcome == "OK":
                 # The change is made but could not be audited: tell the caller, do not hide it.
-                raise Unavailable("change applied but the audit record failed", reason=str(exc)) from None
+                raise Unavailable(
+                    "change applied but the audit record failed", reason=str(exc)
+                ) from None
 
     def _event(
         self,
@@ -226,9 +227,13 @@ class Registry:
         now: float,
         expires_at: float | None = None,
     ) -> str:
-        return CredentialEvent(
-            type_, kind, lookup, credential_id, tenant_id, device_id, now, expires_at
-        ).encode().decode()
+        return (
+            CredentialEvent(
+                type_, kind, lookup, credential_id, tenant_id, device_id, now, expires_at
+            )
+            .encode()
+            .decode()
+        )
 
     def _require_keyring(self) -> psk.KeyRing:
         if self._keyring is None:
@@ -260,7 +265,9 @@ class Registry:
             tenant_id,
             "devices.provision",
             f"hardware_id={hardware_id}",
-            lambda: self._do_provision(tenant_id, hardware_id, kind, cert_pem, psk_identity, psk_bytes),
+            lambda: self._do_provision(
+                tenant_id, hardware_id, kind, cert_pem, psk_identity, psk_bytes
+            ),
         )
 
     async def _do_provision(
@@ -283,14 +290,21 @@ class Registry:
         issued_key: IssuedApiKey | None = None
         issued_psk: IssuedPsk | None = None
         cert_info: certs.CertInfo | None = None
-        cred: tuple[str, str, str, dict[str, str], bool] | None = None  # lookup, id, value, record, unique
+        cred: tuple[str, str, str, dict[str, str], bool] | None = (
+            None  # lookup, id, value, record, unique
+        )
         if kind is CredentialKind.API_KEY:
             raw = api_keys.generate()
             key_id = api_keys.new_key_id()
             issued_key = IssuedApiKey(key_id, raw, device_id)
             lookup = api_keys.hash_key(raw)
-            cred = (lookup, key_id, _lookup_value(tenant_id, device_id, key_id),
-                    self._record(kind, tenant_id, device_id, key_id, lookup, now), False)
+            cred = (
+                lookup,
+                key_id,
+                _lookup_value(tenant_id, device_id, key_id),
+                self._record(kind, tenant_id, device_id, key_id, lookup, now),
+                False,
+            )
         elif kind is CredentialKind.PSK:
             issued_psk = self._new_psk(tenant_id, hardware_id, device_id, psk_identity, psk_bytes)
             cred = self._psk_cred(tenant_id, device_id, issued_psk, now)
@@ -316,11 +330,16 @@ class Registry:
                 k.tenant_certs(tenant_id),
             ],
             args=[
-                device_id, tenant_id, hardware_id, kind.value, repr(now),
+                device_id,
+                tenant_id,
+                hardware_id,
+                kind.value,
+                repr(now),
                 "1" if cred else "0",
                 cred[2] if cred else "",
                 cred[1] if cred else "",
-                k.bus_channel, event,
+                k.bus_channel,
+                event,
                 "1" if cred and cred[4] else "0",
                 *(_flatten(cred[3]) if cred else []),
             ],
@@ -392,8 +411,18 @@ class Registry:
         extra = {
             k: v
             for k, v in data.items()
-            if k not in {"credential_id", "kind", "tenant_id", "device_id", "status", "lookup",
-                         "created_at", "revoked_at", "expires_at"}
+            if k
+            not in {
+                "credential_id",
+                "kind",
+                "tenant_id",
+                "device_id",
+                "status",
+                "lookup",
+                "created_at",
+                "revoked_at",
+                "expires_at",
+            }
         }
         return CredentialRecord(
             credential_id=data["credential_id"],
@@ -447,10 +476,15 @@ class Registry:
             key_id = api_keys.new_key_id()
             lookup = api_keys.hash_key(raw)
             await self._add_credential(
-                CredentialKind.API_KEY, tenant_id, device_id, key_id, lookup,
+                CredentialKind.API_KEY,
+                tenant_id,
+                device_id,
+                key_id,
+                lookup,
                 _lookup_value(tenant_id, device_id, key_id),
                 self._record(CredentialKind.API_KEY, tenant_id, device_id, key_id, lookup, now),
-                now, unique_record=False,
+                now,
+                unique_record=False,
             )
             return IssuedApiKey(key_id, raw, device_id)
 
@@ -489,17 +523,24 @@ class Registry:
             )
 
         async def op() -> IssuedApiKey:
-            old = await self._active_credential(tenant_id, key_id, CredentialKind.API_KEY, device_id)
+            old = await self._active_credential(
+                tenant_id, key_id, CredentialKind.API_KEY, device_id
+            )
             now = self._clock()
             raw = api_keys.generate()
             new_id = api_keys.new_key_id()
             lookup = api_keys.hash_key(raw)
             expires_at = now + overlap if overlap > 0 else None
             await self._rotate_credential(
-                CredentialKind.API_KEY, tenant_id, old, new_id, lookup,
+                CredentialKind.API_KEY,
+                tenant_id,
+                old,
+                new_id,
+                lookup,
                 _lookup_value(tenant_id, old.device_id, new_id),
                 self._record(CredentialKind.API_KEY, tenant_id, old.device_id, new_id, lookup, now),
-                now, expires_at,
+                now,
+                expires_at,
             )
             return IssuedApiKey(new_id, raw, old.device_id, key_id, expires_at)
 
@@ -511,7 +552,9 @@ class Registry:
         check_tenant_id(tenant_id)
 
         async def op() -> CredentialRecord:
-            rec = await self._active_credential(tenant_id, key_id, CredentialKind.API_KEY, device_id)
+            rec = await self._active_credential(
+                tenant_id, key_id, CredentialKind.API_KEY, device_id
+            )
             return await self._revoke_credential(rec)
 
         return await self._audited(actor, tenant_id, "keys.revoke", f"key_id={key_id}", op)
@@ -573,13 +616,22 @@ class Registry:
             if device.credential_kind is not CredentialKind.PSK:
                 raise FailedPrecondition("device does not use PSK credentials")
             now = self._clock()
-            issued = self._new_psk(tenant_id, device.hardware_id, device_id, psk_identity, psk_bytes)
+            issued = self._new_psk(
+                tenant_id, device.hardware_id, device_id, psk_identity, psk_bytes
+            )
             lookup, cred_id, value, record, _ = self._psk_cred(tenant_id, device_id, issued, now)
             try:
                 old = await self._active_psk(tenant_id, device_id)
             except NotFound:
                 await self._add_credential(
-                    CredentialKind.PSK, tenant_id, device_id, cred_id, lookup, value, record, now,
+                    CredentialKind.PSK,
+                    tenant_id,
+                    device_id,
+                    cred_id,
+                    lookup,
+                    value,
+                    record,
+                    now,
                     unique_record=False,
                 )
             else:
@@ -605,10 +657,19 @@ class Registry:
         fp = info.fingerprint
         value = _lookup_value(tenant_id, device_id, fp, na=info.not_after, ss=info.self_signed)
         record = self._record(
-            CredentialKind.X509, tenant_id, device_id, fp, fp, now,
-            subject=info.subject, issuer=info.issuer, serial=info.serial,
-            not_before=repr(info.not_before), not_after=repr(info.not_after),
-            key_type=info.key_type, self_signed="1" if info.self_signed else "0",
+            CredentialKind.X509,
+            tenant_id,
+            device_id,
+            fp,
+            fp,
+            now,
+            subject=info.subject,
+            issuer=info.issuer,
+            serial=info.serial,
+            not_before=repr(info.not_before),
+            not_after=repr(info.not_after),
+            key_type=info.key_type,
+            self_signed="1" if info.self_signed else "0",
         )
         return fp, fp, value, record, True
 
@@ -621,9 +682,18 @@ class Registry:
             await self.get_device(tenant_id, device_id)
             now = self._clock()
             info = certs.parse_device_cert(pem, now=now)
-            lookup, cred_id, value, record, unique = self._cert_cred(tenant_id, device_id, info, now)
+            lookup, cred_id, value, record, unique = self._cert_cred(
+                tenant_id, device_id, info, now
+            )
             await self._add_credential(
-                CredentialKind.X509, tenant_id, device_id, cred_id, lookup, value, record, now,
+                CredentialKind.X509,
+                tenant_id,
+                device_id,
+                cred_id,
+                lookup,
+                value,
+                record,
+                now,
                 unique_record=unique,
             )
             rec = await self._credential(cred_id)
@@ -632,7 +702,9 @@ class Registry:
 
         return await self._audited(actor, tenant_id, "certs.register", f"device={device_id}", op)
 
-    async def revoke_cert(self, tenant_id: str, fingerprint: str, *, actor: str) -> CredentialRecord:
+    async def revoke_cert(
+        self, tenant_id: str, fingerprint: str, *, actor: str
+    ) -> CredentialRecord:
         check_tenant_id(tenant_id)
 
         async def op() -> CredentialRecord:
@@ -643,7 +715,9 @@ class Registry:
             rec = await self._active_credential(tenant_id, fingerprint, CredentialKind.X509, None)
             return await self._revoke_credential(rec)
 
-        return await self._audited(actor, tenant_id, "certs.revoke", f"fingerprint={fingerprint}", op)
+        return await self._audited(
+            actor, tenant_id, "certs.revoke", f"fingerprint={fingerprint}", op
+        )
 
     async def list_certs(
         self,
@@ -657,7 +731,8 @@ class Registry:
         start, limit = _page(limit, cursor)
         if device_id is not None:
             records = [
-                r for r in await self.credentials(tenant_id, device_id)
+                r
+                for r in await self.credentials(tenant_id, device_id)
                 if r.kind is CredentialKind.X509
             ]
             page = records[start : start + limit + 1]
@@ -693,8 +768,15 @@ class Registry:
                 k.tenant_certs(tenant_id),
             ],
             args=[
-                tenant_id, kind.value, repr(now), value, credential_id, k.bus_channel,
-                self._event(EventType.CREATED, kind, lookup, credential_id, tenant_id, device_id, now),
+                tenant_id,
+                kind.value,
+                repr(now),
+                value,
+                credential_id,
+                k.bus_channel,
+                self._event(
+                    EventType.CREATED, kind, lookup, credential_id, tenant_id, device_id, now
+                ),
                 "1" if unique_record else "0",
                 *_flatten(record),
             ],
@@ -723,7 +805,13 @@ class Registry:
             expires_ms = "0"
         else:
             old_event = self._event(
-                EventType.EXPIRES, kind, old.lookup, old.credential_id, tenant_id, device_id, now,
+                EventType.EXPIRES,
+                kind,
+                old.lookup,
+                old.credential_id,
+                tenant_id,
+                device_id,
+                now,
                 expires_at,
             )
             old_value = _lookup_value(tenant_id, device_id, old.credential_id, x=expires_at)
@@ -738,14 +826,24 @@ class Registry:
                 k.credential(old.credential_id),
             ],
             args=[
-                tenant_id, device_id, kind.value, repr(now), new_value, new_id, k.bus_channel,
+                tenant_id,
+                device_id,
+                kind.value,
+                repr(now),
+                new_value,
+                new_id,
+                k.bus_channel,
                 self._event(EventType.CREATED, kind, new_lookup, new_id, tenant_id, device_id, now),
-                old_event, expires_ms, old_value,
+                old_event,
+                expires_ms,
+                old_value,
                 *_flatten(new_record),
             ],
         )
         if status in ("old_not_found", "old_not_active"):
-            raise FailedPrecondition(f"{_kind_noun(kind)} is not active (revoked or already rotated)")
+            raise FailedPrecondition(
+                f"{_kind_noun(kind)} is not active (revoked or already rotated)"
+            )
         self._check_status(status, kind)
 
     async def _revoke_credential(self, rec: CredentialRecord) -> CredentialRecord:
@@ -758,10 +856,18 @@ class Registry:
                 k.device(rec.device_id),
             ],
             args=[
-                rec.tenant_id, rec.kind.value, repr(now), k.bus_channel,
+                rec.tenant_id,
+                rec.kind.value,
+                repr(now),
+                k.bus_channel,
                 self._event(
-                    EventType.REVOKED, rec.kind, rec.lookup, rec.credential_id, rec.tenant_id,
-                    rec.device_id, now,
+                    EventType.REVOKED,
+                    rec.kind,
+                    rec.lookup,
+                    rec.credential_id,
+                    rec.tenant_id,
+                    rec.device_id,
+                    now,
                 ),
             ],
         )
@@ -779,7 +885,8 @@ class Registry:
             raise NotFound("device not found")
         if status == "wrong_kind":
             raise FailedPrecondition(
-                f"device uses another credential kind; a device has exactly one ({kind.value} refused)"
+                "device uses another credential kind; a device has exactly one "
+                f"({kind.value} refused)"
             )
         if status == "conflict":
             if kind is CredentialKind.PSK:
@@ -791,7 +898,7 @@ class Registry:
 
     # -- KEK rotation ---------------------------------------------------------------------
     async def reseal_psks(self, *, actor: str) -> int:
-        """Re-seal every stored PSK under the active KEK (after adding a new KEK). Returns the count."""
+        """Re-seal every stored PSK under the active KEK (after adding one); returns the count."""
         ring = self._require_keyring()
         count = 0
         pattern = self.keys.lookup(CredentialKind.PSK, "*")

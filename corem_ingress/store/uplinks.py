@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -13,8 +14,10 @@ from corem_ingress.store.keys import KeySchema
 
 
 class UplinkStore:
-    def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, maxlen: int | None = None) -> None:
-        self._r = redis
+    def __init__(
+        self, redis: aioredis.Redis, keys: KeySchema, *, maxlen: int | None = None
+    ) -> None:
+        self._r: Any = redis  # decode_responses=True: replies are str
         self._keys = keys
         self._maxlen = maxlen
 
@@ -23,7 +26,7 @@ class UplinkStore:
         try:
             entry_id = await self._r.xadd(
                 self._keys.uplink_stream(uplink.tenant_id),
-                uplink.to_fields(),  # type: ignore[arg-type]
+                uplink.to_fields(),
                 maxlen=self._maxlen,
                 approximate=True,
             )
