@@ -1,0 +1,44 @@
+# corem_ingress — see README.md
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/dev.yaml
+
+.PHONY: setup run test lint typecheck check bench dev-certs clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install-deps.sh
+	./scripts/install-deps.sh
+	touch $@
+
+certs-dev/ca.pem: | setup
+	$(VENV)/bin/corem-ingress dev-certs --out certs-dev
+
+.corem/psk-kek:
+	mkdir -p .corem && umask 077 && $(VENV)/bin/corem-ingress kek generate --id dev > $@
+
+dev-certs: certs-dev/ca.pem
+
+# Install everything, then run the broker on the dev config (embedded Redis, dev certs, dev KEK).
+run: setup certs-dev/ca.pem .corem/psk-kek
+	COREM_PSK_KEK_FILE=.corem/psk-kek $(VENV)/bin/corem-ingress serve --config $(CONFIG)
+
+# Install everything, then run lint, type checks and the whole test suite.
+test: setup
+	$(VENV)/bin/ruff check corem_ingress tests bench
+	$(VENV)/bin/ruff format --check corem_ingress tests bench
+	$(VENV)/bin/mypy corem_ingress
+	$(VENV)/bin/pytest -q
+
+lint:
+	$(VENV)/bin/ruff check corem_ingress tests bench
+	$(VENV)/bin/ruff format --check corem_ingress tests bench
+
+typecheck:
+	$(VENV)/bin/mypy corem_ingress
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .corem .pytest_cache .mypy_cache .ruff_cache

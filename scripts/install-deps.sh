@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything corem_ingress needs on a fresh Debian machine (run as root or with sudo):
+# system packages for the broker, the real peers the tests use, and the toolchain that
+# DTLSSocket (tinydtls) compiles with; then a virtualenv with the package and its dev extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+APT_PACKAGES=(
+  redis-server          # the registry/resolver store (and the tests' real Redis)
+  mosquitto             # benchmark peer for MQTT
+  mosquitto-clients     # mosquitto_pub/mosquitto_sub: real MQTT peers in tests
+  libcoap3-bin          # coap-client-openssl/-gnutls, coap-server-openssl: real CoAP peers
+  autoconf automake libtool build-essential pkg-config  # DTLSSocket builds tinydtls
+  python3-venv python3-dev
+  curl
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The Debian package starts a system Redis where systemd runs; we never use it.
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip wheel setuptools
+.venv/bin/pip install -q -e '.[dev]'
+echo "install-deps: done"
