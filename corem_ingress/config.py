@@ -72,8 +72,33 @@ class HttpConfig:
     #: 0: the admin API shares the device listener; otherwise its own listener on this port.
     admin_port: int = 0
     admin_host: str = "127.0.0.1"
-    #: File of operator tokens: one ``tenant_id:sha256hex[:name]`` per line (hashes, not tokens).
+    #: "auto": its own listener when admin_port is set, else shared with the device listener;
+    #: "shared"; "separate" (admin_port 0: an OS-chosen port); "off": no admin API on this node.
+    admin_mode: str = "auto"
+    #: File of operator tokens: one ``tenant_id:sha256hex[:name]`` per line (hashes, not tokens;
+    #: ``#`` comments). The environment variable COREM_HTTP_ADMIN_TOKENS may hold more lines
+    #: of the same form; both sources are used. See docs/http-api.md.
     admin_tokens_file: str = ""
+    #: Seconds a device is told to wait (``Retry-After``) after a 503.
+    retry_after_s: int = 1
+
+    def validate(self) -> None:
+        """Errors name the key (``http.<key>``); called when the listener is built."""
+        _check(0 <= self.port < 65536, "http.port", "must be 0..65535 (0: any free port)")
+        _check(
+            0 <= self.admin_port < 65536, "http.admin_port", "must be 0..65535 (0: see admin_mode)"
+        )
+        _check(
+            self.admin_mode in ("auto", "shared", "separate", "off"),
+            "http.admin_mode",
+            "must be auto, shared, separate or off",
+        )
+        _check(
+            1024 <= self.max_body_bytes <= 16 * 1024 * 1024,
+            "http.max_body_bytes",
+            "must be 1024..16777216 bytes",
+        )
+        _check(0 <= self.retry_after_s <= 3600, "http.retry_after_s", "must be 0..3600")
 
 
 @dataclass
