@@ -114,6 +114,48 @@ class MqttConfig:
     server_key: str = "certs-dev/server.key"
     #: CA bundles that device certificates must chain to (comma-separated in env).
     client_ca_files: list[str] = field(default_factory=lambda: ["certs-dev/ca.pem"])
+    #: Accept a self-signed device certificate (no CA) in the handshake; its fingerprint must
+    #: still be registered (``corem-ingress certs register``), like every certificate's.
+    allow_self_signed: bool = False
+    #: Longest certificate chain accepted (leaf + intermediates).
+    verify_depth: int = 4
+    #: Largest MQTT packet accepted, fixed header included; larger closes that connection.
+    max_packet_size: int = 65_536
+    #: Seconds from TCP accept (TLS handshake included) to a complete CONNECT.
+    connect_timeout_s: float = 10.0
+    #: Keep-alive enforced when a client asks for 0 or more (closed after 1.5x without data).
+    max_keepalive_s: int = 1200
+    #: Unacknowledged QoS 1 messages per connection, each way (uplinks awaiting their
+    #: Redis append pause reading; downlinks beyond it are not delivered).
+    max_inflight: int = 16
+    #: listen() backlog.
+    backlog: int = 1024
+
+    def validate(self) -> None:
+        """Errors name the key (``mqtt.<key>``); called when the listener is built."""
+        _check(
+            self.client_auth in ("required", "optional"),
+            "mqtt.client_auth",
+            "must be required or optional",
+        )
+        _check(0 <= self.port < 65536, "mqtt.port", "must be 0..65535 (0: any free port)")
+        _check(bool(self.server_cert), "mqtt.server_cert", "must name a PEM file")
+        _check(bool(self.server_key), "mqtt.server_key", "must name a PEM file")
+        _check(
+            bool(self.client_ca_files) or self.allow_self_signed,
+            "mqtt.client_ca_files",
+            "must name at least one CA bundle (or set mqtt.allow_self_signed)",
+        )
+        _check(1 <= self.verify_depth <= 10, "mqtt.verify_depth", "must be 1..10")
+        _check(
+            128 <= self.max_packet_size <= 268_435_460,
+            "mqtt.max_packet_size",
+            "must be 128..268435460 bytes",
+        )
+        _check(self.connect_timeout_s > 0, "mqtt.connect_timeout_s", "must be > 0")
+        _check(1 <= self.max_keepalive_s <= 65535, "mqtt.max_keepalive_s", "must be 1..65535")
+        _check(1 <= self.max_inflight <= 65535, "mqtt.max_inflight", "must be 1..65535")
+        _check(self.backlog >= 1, "mqtt.backlog", "must be >= 1")
 
 
 @dataclass
@@ -126,6 +168,46 @@ class CoapConfig:
     server_cert: str = "certs-dev/server.pem"
     server_key: str = "certs-dev/server.key"
     client_ca_files: list[str] = field(default_factory=lambda: ["certs-dev/ca.pem"])
+    #: Link MTU (bytes, IP+UDP included): each datagram sent carries whole DTLS records.
+    mtu: int = 1280
+    #: A DTLS handshake must complete within this many seconds (half-open state dropped).
+    handshake_timeout_s: float = 10.0
+    #: An established DTLS session with no datagram for this long is closed.
+    idle_timeout_s: float = 300.0
+    #: Handshaking + established DTLS sessions on this listener.
+    max_sessions: int = 10_000
+    #: New handshakes per second per source IP (after the cookie exchange), and burst.
+    handshake_rate_per_s: float = 10.0
+    handshake_burst: int = 20
+    #: CoAP ACK_TIMEOUT and MAX_RETRANSMIT for our confirmable messages (RFC 7252 4.8).
+    ack_timeout_s: float = 2.0
+    max_retransmit: int = 4
+    #: Largest uplink body (block-wise assembled); more: 4.13 Request Entity Too Large.
+    max_body_bytes: int = 64 * 1024
+    #: Block2 size for large notifications: 16..1024 (a power of two).
+    block_size: int = 512
+    #: Max-Age (seconds) on 5.03 when the uplink store is unavailable.
+    unavailable_max_age_s: int = 5
+
+    def validate(self) -> None:
+        """Called by the CoAP adapter's build(); errors name the key."""
+        _check(0 <= self.port < 65536, "coap.port", "must be 0..65535 (0: any free port)")
+        _check(256 <= self.mtu <= 65_507, "coap.mtu", "must be 256..65507")
+        _check(self.handshake_timeout_s > 0, "coap.handshake_timeout_s", "must be > 0")
+        _check(self.idle_timeout_s > 0, "coap.idle_timeout_s", "must be > 0")
+        _check(self.max_sessions >= 1, "coap.max_sessions", "must be >= 1")
+        _check(self.handshake_rate_per_s >= 0, "coap.handshake_rate_per_s", "must be >= 0")
+        _check(self.handshake_burst >= 1, "coap.handshake_burst", "must be >= 1")
+        _check(self.ack_timeout_s > 0, "coap.ack_timeout_s", "must be > 0")
+        _check(0 <= self.max_retransmit <= 10, "coap.max_retransmit", "must be 0..10")
+        _check(self.max_body_bytes >= 1, "coap.max_body_bytes", "must be >= 1")
+        _check(
+            self.block_size in (16, 32, 64, 128, 256, 512, 1024)
+            and self.block_size <= self.mtu - 128,
+            "coap.block_size",
+            "must be a power of two in 16..1024, at least 128 below coap.mtu",
+        )
+        _check(self.unavailable_max_age_s >= 0, "coap.unavailable_max_age_s", "must be >= 0")
 
 
 @dataclass

@@ -1,0 +1,19 @@
+"""CoAP over DTLS 1.2: the device listener (``build``) and the reusable CoAP layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from corem_ingress.adapters.coap.endpoint import CoapEndpoint
+from corem_ingress.adapters.coap.listener import CoapListener
+
+if TYPE_CHECKING:
+    from corem_ingress.adapters import Listener, Services
+
+__all__ = ["CoapEndpoint", "CoapListener", "build"]
+
+
+def build(services: Services) -> Listener | None:
+    if not services.config.coap.enabled:
+        return None
+    return CoapListener(services)

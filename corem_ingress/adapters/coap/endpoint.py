@@ -1,0 +1,252 @@
+"""A small CoAP (RFC 7252) message layer on aiocoap's codec, over any datagram session.
+
+Reusable by every CoAP-speaking adapter on the DTLS transport (the device
+listener here, LwM2M later). It owns, per peer address:
+
+* message deduplication (a retransmitted CON gets the same response again, a
+  duplicate still being processed is ignored);
+* piggybacked responses to CON requests, NON responses to NON requests, RST for
+  an empty CON ("ping") and for malformed messages whose header still parses;
+* server-initiated confirmable messages with retransmission (``request`` for
+  requests such as LwM2M's Read/Write/Execute, ``notify`` for Observe
+  notifications); a RST to a notification reports ``on_reset``.
+
+Requests are handed to a ``RequestHandler`` coroutine that returns the response
+message (code, options, payload); the layer sets type, message id and token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from aiocoap import ACK, CON, NON, RST, Message
+from aiocoap.error import UnparsableMessage
+from aiocoap.numbers.codes import Code
+
+from corem_ingress.adapters.dtls.events import Address
+
+log = structlog.get_logger("corem.coap")
+
+#: RFC 7252 4.8 transmission parameters (ACK_TIMEOUT and MAX_RETRANSMIT configurable).
+ACK_RANDOM_FACTOR = 1.5
+EXCHANGE_LIFETIME = 247.0
+#: Remembered message ids per peer for deduplication.
+DEDUP_ENTRIES = 64
+
+SendFn = Callable[[Address, bytes], bool]
+RequestHandler = Callable[[Address, Message], Awaitable[Message]]
+
+
+@dataclass
+class _PeerState:
+    #: mid -> (encoded response, or None while being processed; time received)
+    seen: collections.OrderedDict[int, tuple[bytes | None, float]] = field(
+        default_factory=collections.OrderedDict
+    )
+    #: Our outstanding CON messages: mid -> future resolved on ACK (True) / RST (False).
+    outstanding: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+    #: Our outstanding requests: token -> future of the response.
+    requests: dict[bytes, asyncio.Future[Message]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _error_code(coap_code: str) -> Code:
+    cls, detail = coap_code.split(".")
+    return Code(int(cls) * 32 + int(detail))
+
+
+def response(code: Code, payload: bytes = b"") -> Message:
+    return Message(code=code, payload=payload)
+
+
+class CoapEndpoint:
+    def __init__(
+        self,
+        send: SendFn,
+        handler: RequestHandler,
+        *,
+        ack_timeout: float = 2.0,
+        max_retransmit: int = 4,
+        on_reset: Callable[[Address, bytes], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._handler = handler
+        self.ack_timeout = ack_timeout
+        self.max_retransmit = max_retransmit
+        self._on_reset = on_reset
+        self._clock = clock
+        self._peers: dict[Address, _PeerState] = {}
+        self._mid = random.randrange(0x10000)
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    def _next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    def new_token(self) -> bytes:
+        return random.getrandbits(64).to_bytes(8, "big")
+
+    def forget(self, addr: Address) -> None:
+        """The session is gone: drop dedup state, fail outstanding exchanges."""
+        state = self._peers.pop(addr, None)
+        if state is None:
+            return
+        for fut in state.outstanding.values():
+            if not fut.done():
+                fut.set_result(False)
+        for rfut in state.requests.values():
+            if not rfut.done():
+                rfut.set_exception(ConnectionError("session closed"))
+        for task in state.tasks:
+            task.cancel()
+
+    # -- input -----------------------------------------------------------------------------
+    def datagram_received(self, addr: Address, data: bytes) -> None:
+        try:
+            msg = Message.decode(data)
+        except UnparsableMessage:
+            self._reject_malformed(addr, data)
+            return
+        state = self._peers.setdefault(addr, _PeerState())
+        if msg.mtype in (ACK, RST):
+            self._ack_or_reset(addr, state, msg)
+            return
+        if msg.code == Code.EMPTY:
+            if msg.mtype == CON:  # CoAP ping
+                self._send_reply(addr, RST, msg.mid, Message(code=Code.EMPTY))
+            return
+        if msg.code.is_response():
+            self._response_received(addr, state, msg)
+            return
+        if not msg.code.is_request():
+            if msg.mtype == CON:
+                self._send_reply(addr, RST, msg.mid, Message(code=Code.EMPTY))
+            return
+        self._request_received(addr, state, msg)
+
+    def _reject_malformed(self, addr: Address, data: bytes) -> None:
+        self.stats["malformed"] += 1
+        # Header readable and a CON: RST (RFC 7252 4.2); anything else is silently dropped.
+        if len(data) >= 4 and data[0] >> 6 == 1 and (data[0] >> 4) & 3 == 0:
+            mid = int.from_bytes(data[2:4], "big")
+            rst = Message(code=Code.EMPTY)
+            self._send_reply(addr, RST, mid, rst)
+
+    def _request_received(self, addr: Address, state: _PeerState, msg: Message) -> None:
+        now = self._clock()
+        seen = state.seen.get(msg.mid)
+        if seen is not None and now - seen[1] < EXCHANGE_LIFETIME:
+            self.stats["duplicates"] += 1
+            if seen[0] is not None:
+                self._send(addr, seen[0])
+            return
+        state.seen[msg.mid] = (None, now)
+        while len(state.seen) > DEDUP_ENTRIES:
+            state.seen.popitem(last=False)
+        task = asyncio.ensure_future(self._handle(addr, state, msg))
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    async def _handle(self, addr: Address, state: _PeerState, msg: Message) -> None:
+        try:
+            resp = await self._handler(addr, msg)
+        except Exception:
+            log.exception("coap.handler_failed")
+            resp = response(Code.INTERNAL_SERVER_ERROR)
+        mtype = ACK if msg.mtype == CON else NON
+        mid = msg.mid if msg.mtype == CON else self._next_mid()
+        resp.token = msg.token
+        raw = self._send_reply(addr, mtype, mid, resp)
+        if self._peers.get(addr) is state and msg.mid in state.seen:
+            state.seen[msg.mid] = (raw if msg.mtype == CON else None, state.seen[msg.mid][1])
+
+    def _send_reply(self, addr: Address, mtype: object, mid: int, msg: Message) -> bytes:
+        msg.mtype = mtype
+        msg.mid = mid
+        raw: bytes = msg.encode()
+        self._send(addr, raw)
+        return raw
+
+    def _ack_or_reset(self, addr: Address, state: _PeerState, msg: Message) -> None:
+        fut = state.outstanding.pop(msg.mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.mtype == ACK)
+        if msg.mtype == RST:
+            if fut is not None and self._on_reset is not None:
+                self._on_reset(addr, getattr(fut, "_corem_token", b""))
+            return
+        if msg.code != Code.EMPTY and msg.code.is_response():
+            self._response_received(addr, state, msg, piggybacked=True)
+
+    def _response_received(
+        self, addr: Address, state: _PeerState, msg: Message, *, piggybacked: bool = False
+    ) -> None:
+        rfut = state.requests.pop(msg.token, None)
+        if not piggybacked and msg.mtype == CON:
+            self._send_reply(addr, ACK, msg.mid, Message(code=Code.EMPTY))
+        if rfut is not None and not rfut.done():
+            rfut.set_result(msg)
+
+    # -- output ----------------------------------------------------------------------------
+    async def _transmit_confirmable(self, addr: Address, msg: Message, token: bytes) -> bool:
+        """Send CON with retransmission; True once ACKed, False on RST, timeout or close."""
+        state = self._peers.setdefault(addr, _PeerState())
+        mid = self._next_mid()
+        msg.mtype = CON
+        msg.mid = mid
+        raw = msg.encode()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        fut._corem_token = token  # type: ignore[attr-defined]
+        state.outstanding[mid] = fut
+        timeout = self.ack_timeout * random.uniform(1.0, ACK_RANDOM_FACTOR)
+        try:
+            for _attempt in range(self.max_retransmit + 1):
+                if not self._send(addr, raw):
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(fut), timeout)
+                timeout *= 2
+            self.stats["con_timeouts"] += 1
+            return False
+        finally:
+            state.outstanding.pop(mid, None)
+
+    async def notify(self, addr: Address, msg: Message, *, confirmable: bool) -> bool:
+        """Send a server-initiated non-request message (an Observe notification)."""
+        token: bytes = msg.token
+        if confirmable:
+            return await self._transmit_confirmable(addr, msg, token)
+        msg.mtype = NON
+        msg.mid = self._next_mid()
+        return self._send(addr, msg.encode())
+
+    async def request(
+        self, addr: Address, msg: Message, *, response_timeout: float = 30.0
+    ) -> Message:
+        """A server-initiated confirmable request; returns the peer's response."""
+        state = self._peers.setdefault(addr, _PeerState())
+        token = self.new_token()
+        msg.token = token
+        loop = asyncio.get_running_loop()
+        rfut: asyncio.Future[Message] = loop.create_future()
+        state.requests[token] = rfut
+        try:
+            acked = await self._transmit_confirmable(addr, msg, token)
+            if not acked and not rfut.done():
+                raise TimeoutError("no acknowledgement from peer")
+            return await asyncio.wait_for(rfut, response_timeout)
+        finally:
+            state.requests.pop(token, None)
+
+
+def error_response(coap_code: str, payload: bytes = b"") -> Message:
+    return response(_error_code(coap_code), payload)

@@ -1,0 +1,162 @@
+"""The CoAP device listener: DTLS transport + CoAP endpoint + device site, wired to Services.
+
+Each established DTLS session becomes a ``DeviceSession`` registered in the
+live-session hub (revocation -> close_notify and forget); an Observe on
+``/down`` adds a downlink sink for the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from typing import TYPE_CHECKING
+
+import structlog
+from aiocoap import Message
+
+from corem_ingress.adapters.coap.endpoint import CoapEndpoint
+from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
+from corem_ingress.adapters.dtls.events import Address, Credential
+from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
+from corem_ingress.adapters.dtls.transport import DtlsTransport
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.sessions import DisconnectOrder, LiveSession
+from corem_ingress.core.uplink import Transport
+
+if TYPE_CHECKING:
+    from corem_ingress.adapters import Services
+
+log = structlog.get_logger("corem.coap")
+
+
+class CoapListener:
+    name = "coap"
+
+    def __init__(self, services: Services) -> None:
+        cfg = services.config.coap
+        cfg.validate()
+        self.services = services
+        self.port = cfg.port
+        self._ids = itertools.count(1)
+        self.sessions: dict[Address, DeviceSession] = {}
+        self.dtls_server = DtlsServer(
+            cert_file=cfg.server_cert or None,
+            key_file=cfg.server_key or None,
+            ca_files=list(cfg.client_ca_files),
+            credentials=services.resolver,
+            config=DtlsConfig(
+                mtu=cfg.mtu,
+                handshake_timeout=cfg.handshake_timeout_s,
+                idle_timeout=cfg.idle_timeout_s,
+                max_sessions=cfg.max_sessions,
+                handshake_rate=cfg.handshake_rate_per_s,
+                handshake_burst=float(cfg.handshake_burst),
+            ),
+        )
+        self.transport = DtlsTransport(
+            self.dtls_server, services.resolver, self, clock=services.clock
+        )
+        self.endpoint = CoapEndpoint(
+            self.transport.send,
+            self._request,
+            ack_timeout=cfg.ack_timeout_s,
+            max_retransmit=cfg.max_retransmit,
+            on_reset=self._reset,
+        )
+        self.site = DeviceSite(
+            services.uplinks.append,
+            limits=SiteLimits(cfg.max_body_bytes, cfg.block_size, cfg.unavailable_max_age_s),
+            clock=services.clock,
+            on_observe=self._observing,
+        )
+
+    # -- Listener ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.services.config.coap
+        self.port = await self.transport.open(cfg.host, cfg.port)
+        log.info("coap.listening", host=cfg.host, port=self.port)
+
+    async def stop(self, deadline: float) -> None:
+        for addr in list(self.sessions):
+            self.transport.close(addr, "broker shutting down")
+        self.transport.close_transport()
+
+    # -- DtlsHandler ---------------------------------------------------------------------------
+    def session_started(self, addr: Address, credential: Credential | None) -> None:
+        session_id = f"coap-{self.services.node_id}-{next(self._ids)}"
+        session = DeviceSession(addr, session_id, credential)
+        self.sessions[addr] = session
+        if credential is not None:
+            self.services.sessions.register(
+                LiveSession(
+                    session_id, Transport.COAP.value, credential.identity, credential.lookup
+                ),
+                functools.partial(self._disconnect, addr, session_id),
+            )
+        log.info(
+            "coap.session_started",
+            session=session_id,
+            device=credential.identity.device_id if credential else None,
+        )
+
+    def data_received(self, addr: Address, data: bytes) -> None:
+        self.endpoint.datagram_received(addr, data)
+
+    def session_closed(self, addr: Address, reason: str, established: bool) -> None:
+        session = self.sessions.pop(addr, None)
+        self.endpoint.forget(addr)
+        if session is None:
+            if not established:
+                log.info("coap.handshake_refused", peer=addr[0], reason=reason)
+            return
+        self.services.sessions.unregister(session.session_id)
+        if session.credential is not None:
+            self.services.downlinks.remove(
+                session.credential.identity.device_id, session.session_id
+            )
+        log.info("coap.session_closed", session=session.session_id, reason=reason)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _disconnect(self, addr: Address, session_id: str, order: DisconnectOrder) -> None:
+        session = self.sessions.get(addr)
+        if session is not None and session.session_id == session_id:
+            self.transport.close(addr, order.reason)
+
+    async def _request(self, addr: Address, msg: Message) -> Message:
+        session = self.sessions.get(addr)
+        if session is None:
+            session = DeviceSession(addr, "", None)  # -> 4.01
+        return await self.site.handle(session, msg)
+
+    def _reset(self, addr: Address, token: bytes) -> None:
+        session = self.sessions.get(addr)
+        if session is not None:
+            session.observations.pop(token, None)
+
+    def _observing(self, session: DeviceSession) -> None:
+        if session.credential is None:
+            return
+        device_id = session.credential.identity.device_id
+        addr, sid = session.addr, session.session_id
+
+        async def sink(downlink: Downlink) -> bool:
+            current = self.sessions.get(addr)
+            if current is None or current.session_id != sid or current.credential is None:
+                return False
+            ident = current.credential.identity
+            if (downlink.tenant_id, downlink.device_id) != (ident.tenant_id, ident.device_id):
+                return False
+            results = await asyncio.gather(
+                *(
+                    self.endpoint.notify(
+                        addr,
+                        self.site.notification(current, obs, downlink),
+                        confirmable=downlink.qos >= 1,
+                    )
+                    for obs in list(current.observations.values())
+                )
+            )
+            return any(results)
+
+        self.services.downlinks.add(device_id, sid, sink)

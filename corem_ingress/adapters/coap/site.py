@@ -1,0 +1,198 @@
+"""The device resources: ``POST /up/{kind}`` and ``GET /down`` (Observe), block-wise.
+
+Pure of sockets: it sees one request at a time with the peer's ``DeviceSession``
+(identity from the DTLS handshake only) and returns the response message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+
+from corem_ingress.adapters.coap.endpoint import error_response, response
+from corem_ingress.adapters.dtls.events import Address, Credential
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.errors import IngressError, InvalidArgument
+from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
+
+CF_TEXT = 0
+CF_JSON = 50
+_OBSERVE_MOD = 1 << 24
+
+
+@dataclass
+class Observation:
+    token: bytes
+    seq: int = 0
+
+    def next_seq(self) -> int:
+        self.seq = (self.seq + 1) % _OBSERVE_MOD
+        return self.seq
+
+
+@dataclass
+class DeviceSession:
+    """One DTLS session's CoAP-level state."""
+
+    addr: Address
+    session_id: str
+    credential: Credential | None
+    observations: dict[bytes, Observation] = field(default_factory=dict)
+    #: Block1 reassembly: uri path -> bytes so far.
+    block1: dict[tuple[str, ...], bytearray] = field(default_factory=dict)
+    #: The last large representation sent with Block2 (for the follow-up block requests).
+    representation: bytes = b""
+    representation_cf: int = CF_TEXT
+
+
+@dataclass
+class SiteLimits:
+    max_body_bytes: int = 64 * 1024
+    block_size: int = 512
+    unavailable_max_age_s: int = 5
+
+
+def _szx(size: int) -> int:
+    return size.bit_length() - 5
+
+
+class DeviceSite:
+    def __init__(
+        self,
+        append: Callable[[Uplink], Awaitable[str]],
+        *,
+        limits: SiteLimits,
+        clock: Callable[[], float] = time.time,
+        on_observe: Callable[[DeviceSession], None] | None = None,
+    ) -> None:
+        self._append = append
+        self.limits = limits
+        self._clock = clock
+        self._on_observe = on_observe
+
+    async def handle(self, session: DeviceSession, msg: Message) -> Message:
+        if session.credential is None:
+            return error_response("4.01")
+        path = tuple(msg.opt.uri_path)
+        try:
+            if len(path) == 2 and path[0] == "up":
+                if msg.code != Code.POST:
+                    return response(Code.METHOD_NOT_ALLOWED)
+                return await self._uplink(session, path, msg)
+            if path == ("down",):
+                if msg.code != Code.GET:
+                    return response(Code.METHOD_NOT_ALLOWED)
+                return self._down(session, msg)
+        except IngressError as exc:
+            return self._error(exc)
+        return response(Code.NOT_FOUND)
+
+    def _error(self, exc: IngressError) -> Message:
+        resp = error_response(exc.coap_code)
+        if resp.code == Code.SERVICE_UNAVAILABLE:
+            resp.opt.max_age = self.limits.unavailable_max_age_s
+        return resp
+
+    def _too_large(self) -> Message:
+        resp = response(Code.REQUEST_ENTITY_TOO_LARGE)
+        resp.opt.size1 = self.limits.max_body_bytes
+        return resp
+
+    # -- POST /up/{kind} -------------------------------------------------------------------
+    async def _uplink(self, session: DeviceSession, path: tuple[str, ...], msg: Message) -> Message:
+        assert session.credential is not None
+        kind = UplinkKind.parse(path[1])
+        limit = self.limits.max_body_bytes
+        if msg.opt.size1 is not None and msg.opt.size1 > limit:
+            return self._too_large()
+        block = msg.opt.block1
+        if block is None:
+            if len(msg.payload) > limit:
+                return self._too_large()
+            body = bytes(msg.payload)
+        else:
+            size = 1 << (block.size_exponent + 4)
+            if block.size_exponent > 6:
+                raise InvalidArgument("bad block size")
+            if block.block_number == 0:
+                session.block1[path] = bytearray()
+            so_far = session.block1.get(path)
+            if so_far is None or len(so_far) != block.block_number * size:
+                session.block1.pop(path, None)
+                return response(Code.REQUEST_ENTITY_INCOMPLETE)
+            if block.more and len(msg.payload) != size:
+                session.block1.pop(path, None)
+                raise InvalidArgument("a non-final block must be exactly the block size")
+            so_far += msg.payload
+            if len(so_far) > limit:
+                session.block1.pop(path, None)
+                return self._too_large()
+            if block.more:
+                resp = response(Code.CONTINUE)
+                resp.opt.block1 = (block.block_number, True, block.size_exponent)
+                return resp
+            body = bytes(session.block1.pop(path))
+        payload, encoding = payload_from_bytes(body)
+        uplink = Uplink.new(
+            session.credential.identity,
+            Transport.COAP,
+            kind,
+            payload,
+            now=self._clock(),
+            payload_encoding=encoding,
+        )
+        await self._append(uplink)  # Unavailable -> 5.03 with Max-Age
+        resp = response(Code.CHANGED)
+        if block is not None:
+            resp.opt.block1 = (block.block_number, False, block.size_exponent)
+        return resp
+
+    # -- GET /down ---------------------------------------------------------------------------
+    def _down(self, session: DeviceSession, msg: Message) -> Message:
+        block2 = msg.opt.block2
+        if block2 is not None and block2.block_number > 0:
+            return self._block(
+                session.representation,
+                session.representation_cf,
+                block2.block_number,
+                min(block2.size_exponent, _szx(self.limits.block_size)),
+            )
+        resp = response(Code.CONTENT)
+        if msg.opt.observe == 0:
+            obs = session.observations.get(msg.token) or Observation(msg.token)
+            session.observations[msg.token] = obs
+            resp.opt.observe = obs.seq
+            if self._on_observe is not None:
+                self._on_observe(session)
+        elif msg.opt.observe == 1:
+            session.observations.pop(msg.token, None)
+        return resp
+
+    def _block(self, data: bytes, cf: int, num: int, szx: int) -> Message:
+        size = 1 << (szx + 4)
+        chunk = data[num * size : (num + 1) * size]
+        if num > 0 and not chunk:
+            return response(Code.BAD_OPTION)
+        resp = response(Code.CONTENT, chunk)
+        resp.opt.content_format = cf
+        resp.opt.block2 = (num, (num + 1) * size < len(data), szx)
+        return resp
+
+    def notification(self, session: DeviceSession, obs: Observation, dl: Downlink) -> Message:
+        """The Observe notification carrying one downlink (first block if large)."""
+        data = dl.payload_bytes()
+        cf = CF_TEXT if isinstance(dl.payload, str) else CF_JSON
+        if len(data) > self.limits.block_size:
+            session.representation, session.representation_cf = data, cf
+            msg = self._block(data, cf, 0, _szx(self.limits.block_size))
+            msg.opt.size2 = len(data)
+        else:
+            msg = response(Code.CONTENT, data)
+            msg.opt.content_format = cf
+        msg.token = obs.token
+        msg.opt.observe = obs.next_seq()
+        return msg

@@ -1,0 +1,113 @@
+"""Every use of non-public pyOpenSSL / cryptography API in the broker lives here.
+
+pyOpenSSL has no PSK server callback and no way to set a DTLS link MTU on a
+memory-BIO connection, so we reach into cryptography's cffi binding
+(``cryptography.hazmat.bindings.openssl.binding``) and into pyOpenSSL's
+``Connection._reverse_mapping`` (SSL* -> Connection) for these three things:
+
+* ``SSL_CTX_set_psk_server_callback`` (server side, PSK cipher suites);
+* ``SSL_CTX_set_psk_client_callback`` (the in-process test/bench client only);
+* ``SSL_set_mtu`` (whole DTLS records within the configured MTU).
+
+Version ranges are pinned in pyproject.toml (``cryptography>=45,<51``,
+``pyOpenSSL>=25,<27``); ``tests/coap/test_binding.py`` fails loudly when any of
+these symbols disappears. Nothing else in the package imports ``_lib``/``_ffi``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.bindings.openssl.binding import Binding
+from OpenSSL import SSL
+
+_ffi: Any = Binding.ffi
+_lib: Any = Binding.lib
+
+#: Wire version of DTLS 1.2 (for set_min/max_proto_version).
+DTLS1_2_VERSION = 0xFEFD
+
+#: Names this module needs from the binding; the binding test checks each one.
+REQUIRED_SYMBOLS = (
+    "SSL_CTX_set_psk_server_callback",
+    "SSL_CTX_set_psk_client_callback",
+    "SSL_CTX_use_psk_identity_hint",
+    "SSL_set_mtu",
+    "SSL_OP_NO_QUERY_MTU",
+    "DTLSv1_listen",
+    "Cryptography_HAS_PSK",
+)
+
+#: (connection, identity) -> PSK bytes, or None to refuse (handshake fails with an alert).
+PskServerCallback = Callable[[SSL.Connection, bytes], bytes | None]
+#: (connection, hint) -> (identity, PSK).
+PskClientCallback = Callable[[SSL.Connection, bytes], tuple[bytes, bytes]]
+
+
+def check_binding() -> None:
+    """Raise RuntimeError naming what is missing, if the private API is not there."""
+    missing = [name for name in REQUIRED_SYMBOLS if not hasattr(_lib, name)]
+    if not getattr(_lib, "Cryptography_HAS_PSK", False):
+        missing.append("Cryptography_HAS_PSK (true)")
+    if not hasattr(SSL.Connection, "_reverse_mapping"):
+        missing.append("OpenSSL.SSL.Connection._reverse_mapping")
+    if missing:
+        raise RuntimeError(
+            "corem_ingress DTLS: the pinned cryptography/pyOpenSSL private API changed; "
+            f"missing: {', '.join(missing)}"
+        )
+
+
+def _connection(ssl: Any) -> SSL.Connection:
+    conn: SSL.Connection = SSL.Connection._reverse_mapping[ssl]
+    return conn
+
+
+def set_psk_server_callback(ctx: SSL.Context, callback: PskServerCallback) -> None:
+    """Install the PSK lookup. Exceptions in ``callback`` refuse the handshake."""
+
+    def wrapper(ssl: Any, identity: Any, psk_out: Any, max_len: int) -> int:
+        try:
+            key = callback(_connection(ssl), _ffi.string(identity))
+        except Exception:
+            return 0
+        if not key or len(key) > max_len:
+            return 0
+        _ffi.memmove(psk_out, key, len(key))
+        return len(key)
+
+    handle = _ffi.callback("unsigned int(*)(SSL *, char *, unsigned char *, unsigned int)", wrapper)
+    # Keep the cffi callback alive as long as the context.
+    ctx._corem_psk_server_cb = handle  # type: ignore[attr-defined]
+    _lib.SSL_CTX_set_psk_server_callback(ctx._context, handle)
+
+
+def set_psk_client_callback(ctx: SSL.Context, callback: PskClientCallback) -> None:
+    """Client side (tests and bench only)."""
+
+    def wrapper(
+        ssl: Any, hint: Any, identity_out: Any, max_id: int, psk_out: Any, max_psk: int
+    ) -> int:
+        try:
+            hint_b = b"" if hint == _ffi.NULL else _ffi.string(hint)
+            ident, key = callback(_connection(ssl), hint_b)
+        except Exception:
+            return 0
+        if len(ident) + 1 > max_id or len(key) > max_psk:
+            return 0
+        _ffi.memmove(identity_out, ident + b"\0", len(ident) + 1)
+        _ffi.memmove(psk_out, key, len(key))
+        return len(key)
+
+    handle = _ffi.callback(
+        "unsigned int(*)(SSL *, char *, char *, unsigned int, unsigned char *, unsigned int)",
+        wrapper,
+    )
+    ctx._corem_psk_client_cb = handle  # type: ignore[attr-defined]
+    _lib.SSL_CTX_set_psk_client_callback(ctx._context, handle)
+
+
+def set_mtu(conn: SSL.Connection, mtu: int) -> None:
+    """Link MTU for a memory-BIO DTLS connection (context needs OP_NO_QUERY_MTU)."""
+    _lib.SSL_set_mtu(conn._ssl, mtu)

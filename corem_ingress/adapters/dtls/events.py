@@ -1,0 +1,54 @@
+"""What the DTLS server core reports to its user; drained with ``DtlsServer.next_event()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What authenticated the peer, resolved through the resolver."""
+
+    kind: CredentialKind
+    #: The resolver's lookup handle: the PSK identity or the certificate fingerprint.
+    lookup: str
+    identity: DeviceIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialNeeded:
+    """The handshake waits for the resolver: resolve ``lookup`` (async), then call
+    ``DtlsServer.credential_resolved(addr, now)`` whatever the outcome."""
+
+    addr: Address
+    kind: CredentialKind
+    lookup: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    addr: Address
+    credential: Credential | None
+    cipher: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationData:
+    addr: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    addr: Address
+    #: "peer close_notify", "closed by server", "idle", "handshake failed", ...
+    reason: str
+    #: True if the handshake had completed (a HandshakeCompleted was reported).
+    established: bool
+
+
+DtlsEvent = CredentialNeeded | HandshakeCompleted | ApplicationData | SessionClosed

@@ -1,0 +1,167 @@
+"""The asyncio side of the DTLS server: it only moves bytes, runs timers and resolves.
+
+``datagram_received`` feeds the sans-I/O ``DtlsServer``; after every input the
+produced datagrams are sent and the events are handed to a ``DtlsHandler`` (the
+CoAP layer). ``CredentialNeeded`` events become resolver calls (async, they fill
+the resolver's cache) after which the held handshake continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from corem_ingress.adapters.dtls.events import (
+    Address,
+    ApplicationData,
+    Credential,
+    CredentialNeeded,
+    HandshakeCompleted,
+    SessionClosed,
+)
+from corem_ingress.adapters.dtls.server import DtlsServer
+from corem_ingress.core.errors import IngressError
+from corem_ingress.core.identity import CredentialKind
+
+log = structlog.get_logger("corem.dtls")
+
+
+class DtlsHandler(Protocol):
+    """What sits on top of the DTLS transport (CoAP, LwM2M)."""
+
+    def session_started(self, addr: Address, credential: Credential | None) -> None: ...
+
+    def data_received(self, addr: Address, data: bytes) -> None: ...
+
+    def session_closed(self, addr: Address, reason: str, established: bool) -> None: ...
+
+
+class AsyncResolver(Protocol):
+    async def resolve_psk(self, identity: str) -> Any: ...
+
+    async def resolve_cert(self, fingerprint: str) -> Any: ...
+
+
+class DtlsTransport(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        server: DtlsServer,
+        resolver: AsyncResolver,
+        handler: DtlsHandler,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.server = server
+        self._resolver = resolver
+        self.handler = handler
+        self._clock = clock
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def open(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self._transport = transport
+        self.port = int(transport.get_extra_info("sockname")[1])
+        return self.port
+
+    def close_transport(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            self.server.receive_datagram(data, (str(addr[0]), int(addr[1])), self._clock())
+        except Exception:  # never let one datagram stop the listener
+            log.exception("dtls.receive_failed")
+        self._pump()
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dtls.socket_error", error=str(exc))
+
+    # -- user API ------------------------------------------------------------------------------
+    def send(self, addr: Address, data: bytes) -> bool:
+        ok = self.server.send(addr, data)
+        self._pump()
+        return ok
+
+    def close(self, addr: Address, reason: str = "closed by server") -> bool:
+        ok = self.server.close(addr, reason)
+        self._pump()
+        return ok
+
+    # -- internals -----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        transport = self._transport
+        for datagram, addr in self.server.datagrams_to_send():
+            if transport is not None:
+                transport.sendto(datagram, addr)
+        while (event := self.server.next_event()) is not None:
+            try:
+                if isinstance(event, ApplicationData):
+                    self.handler.data_received(event.addr, event.data)
+                elif isinstance(event, HandshakeCompleted):
+                    self.handler.session_started(event.addr, event.credential)
+                elif isinstance(event, SessionClosed):
+                    self.handler.session_closed(event.addr, event.reason, event.established)
+                elif isinstance(event, CredentialNeeded):
+                    self._spawn_lookup(event)
+            except Exception:
+                log.exception("dtls.handler_failed", event=type(event).__name__)
+        # Handlers may have sent data.
+        for datagram, addr in self.server.datagrams_to_send():
+            if transport is not None:
+                transport.sendto(datagram, addr)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        now = self._clock()
+        at = self.server.next_timer(now)
+        if at is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = at
+        self._timer = loop.call_later(max(0.0, at - now) + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.server.handle_timer(self._clock())
+        self._pump()
+
+    def _spawn_lookup(self, event: CredentialNeeded) -> None:
+        task = asyncio.ensure_future(self._lookup(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lookup(self, event: CredentialNeeded) -> None:
+        with contextlib.suppress(IngressError):
+            if event.kind is CredentialKind.PSK:
+                await self._resolver.resolve_psk(event.lookup)
+            else:
+                await self._resolver.resolve_cert(event.lookup)
+        self.server.credential_resolved(event.addr, self._clock())
+        self._pump()

@@ -1,0 +1,101 @@
+"""An in-process pyOpenSSL DTLS 1.2 client (memory BIOs) for fast tests and the bench."""
+
+from __future__ import annotations
+
+import contextlib
+
+from OpenSSL import SSL
+
+from corem_ingress.adapters.dtls import _binding
+from corem_ingress.adapters.dtls.records import pack_datagrams
+
+
+def psk_context(identity: bytes, key: bytes, cipher: str = "PSK-AES128-CCM8") -> SSL.Context:
+    ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
+    ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
+    ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
+    _binding.set_psk_client_callback(ctx, lambda conn, hint: (identity, key))
+    return ctx
+
+
+def cert_context(
+    cert_file: str, key_file: str, ca_file: str | None, cipher: str = "ECDHE-ECDSA-AES128-CCM8"
+) -> SSL.Context:
+    ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
+    ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
+    ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
+    ctx.use_certificate_file(cert_file)
+    ctx.use_privatekey_file(key_file)
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: bool(a[-1]))
+    return ctx
+
+
+class Client:
+    """Sans-I/O DTLS client: ``receive(datagram)``, ``outgoing()`` -> datagrams."""
+
+    def __init__(self, ctx: SSL.Context, mtu: int = 1252) -> None:
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_connect_state()
+        _binding.set_mtu(self.conn, mtu)
+        self.mtu = mtu
+        self.done = False
+        self.failed: Exception | None = None
+        self.closed = False
+        self.received: list[bytes] = []
+
+    def start(self) -> list[bytes]:
+        self._step()
+        return self.outgoing()
+
+    def receive(self, datagram: bytes) -> None:
+        self.conn.bio_write(datagram)
+        self._step()
+
+    def _step(self) -> None:
+        if not self.done and self.failed is None:
+            try:
+                self.conn.do_handshake()
+                self.done = True
+            except SSL.WantReadError:
+                return
+            except SSL.Error as exc:
+                self.failed = exc
+                return
+        while True:
+            try:
+                self.received.append(self.conn.recv(65536))
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:
+                self.closed = True
+                return
+            except SSL.Error as exc:
+                self.failed = exc
+                return
+
+    def send(self, data: bytes) -> list[bytes]:
+        self.conn.send(data)
+        return self.outgoing()
+
+    def close(self) -> list[bytes]:
+        with contextlib.suppress(SSL.Error):
+            self.conn.shutdown()
+        return self.outgoing()
+
+    def outgoing(self) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            try:
+                chunk = self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            out.extend(pack_datagrams(chunk, self.mtu))
+        return out
