@@ -1,0 +1,37 @@
+"""HTTP adapter (aiohttp): device uplink with API keys, and the operator admin API.
+
+``build(services)`` returns the listener (None when ``http.enabled`` is false).
+Modules, one job each: ``uplink`` (device route), ``device_auth`` (which key a
+request carries), ``admin`` (operator routes), ``operators`` (operator tokens),
+``bodies`` (bounded bodies, strict JSON), ``errors`` (the one error shape),
+``openapi`` (the served document), ``listener`` (sockets and shutdown).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from corem_ingress.adapters import Services
+from corem_ingress.adapters.http.listener import HttpListener, build_apps
+from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+
+__all__ = ["HttpListener", "Operator", "OperatorTokens", "build", "build_apps"]
+
+log = structlog.get_logger("corem.http")
+
+
+def build(services: Services) -> HttpListener | None:
+    cfg = services.config.http
+    if not cfg.enabled:
+        return None
+    cfg.validate()
+    tokens: OperatorTokens | None = None
+    if cfg.admin_mode != "off":
+        tokens = OperatorTokens.load(cfg)
+        if not tokens:
+            log.warning(
+                "http.admin_no_tokens",
+                note="admin API enabled but no operator tokens configured: every call gets 401 "
+                "(set http.admin_tokens_file or COREM_HTTP_ADMIN_TOKENS)",
+            )
+    return HttpListener(services, build_apps(services, tokens))

@@ -1,0 +1,289 @@
+"""The operator admin API under ``/api/v1/devices``: provisioning and credential changes.
+
+Every request carries an operator token (``Authorization: Bearer``) that maps to
+exactly one tenant; the registry is always asked with that tenant, so another
+tenant's device, key or fingerprint is a 404 like one that does not exist.
+Writes are audited by the registry itself (actor ``admin:<token name>``); reads
+are audited here with the same record shape. Responses are ``no-store``: some
+carry a secret, returned exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from corem_ingress.adapters import Services
+from corem_ingress.adapters.http.bodies import (
+    check_text,
+    number_field,
+    page_params,
+    parse_json_object,
+    read_body,
+    text_field,
+)
+from corem_ingress.adapters.http.errors import UnsupportedMediaType
+from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
+from corem_ingress.core.identity import CredentialKind, check_hardware_id
+from corem_ingress.core.psk import parse_psk_hex
+from corem_ingress.store.registry import IssuedApiKey
+
+T = TypeVar("T")
+
+DEVICES = "/api/v1/devices"
+DEVICE = "/api/v1/devices/{device_id}"
+KEYS = "/api/v1/devices/{device_id}/keys"
+KEY = "/api/v1/devices/{device_id}/keys/{key_id}"
+KEY_ROTATE = "/api/v1/devices/{device_id}/keys/{key_id}/rotate"
+PSK = "/api/v1/devices/{device_id}/psk"
+PSK_ROTATE = "/api/v1/devices/{device_id}/psk/rotate"
+DEVICE_CERTS = "/api/v1/devices/{device_id}/certs"
+CERTS = "/api/v1/devices/certs"
+CERT = "/api/v1/devices/certs/{fingerprint}"
+
+_KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
+_PROVISION_FIELDS = frozenset(
+    {"hardware_id", "credential_kind", "cert_pem", "psk_identity", "psk_hex"}
+)
+_ROTATE_FIELDS = frozenset({"overlap_s"})
+_PSK_FIELDS = frozenset({"psk_identity", "psk_hex"})
+_CERT_FIELDS = frozenset({"pem"})
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers={**_NO_STORE, **(headers or {})})
+
+
+def _issued_key(k: IssuedApiKey) -> dict[str, object]:
+    out: dict[str, object] = {"key_id": k.key_id, "api_key": k.api_key, "device_id": k.device_id}
+    if k.replaces:
+        out["replaces"] = k.replaces
+        out["old_key_expires_at"] = k.old_key_expires_at
+    return out
+
+
+def _key_id(request: web.Request) -> str:
+    key_id = request.match_info["key_id"]
+    if not _KEY_ID_RE.fullmatch(key_id):
+        raise NotFound("API key not found")
+    return key_id
+
+
+class AdminApi:
+    def __init__(self, services: Services, tokens: OperatorTokens) -> None:
+        self._s = services
+        self._registry = services.registry
+        self._tokens = tokens
+        self._limit = services.config.http.max_body_bytes
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        # The literal /certs routes first: they would otherwise match {device_id}.
+        r.add_get(CERTS, self.list_certs)
+        r.add_delete(CERT, self.revoke_cert)
+        r.add_post(DEVICES, self.provision)
+        r.add_get(DEVICES, self.list_devices)
+        r.add_get(DEVICE, self.get_device)
+        r.add_post(KEYS, self.create_key)
+        r.add_post(KEY_ROTATE, self.rotate_key)
+        r.add_delete(KEY, self.revoke_key)
+        r.add_post(PSK_ROTATE, self.rotate_psk)
+        r.add_delete(PSK, self.revoke_psk)
+        r.add_post(DEVICE_CERTS, self.register_cert)
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _operator(self, request: web.Request) -> Operator:
+        values = request.headers.getall("Authorization", [])
+        if len(values) > 1:
+            raise Unauthenticated(reason="repeated Authorization header")
+        return self._tokens.authenticate(values[0] if values else None)
+
+    async def _audited_read(self, op: Operator, action: str, target: str, aw: Awaitable[T]) -> T:
+        audit = self._registry._audit  # the registry's own record shape for reads too
+        try:
+            result = await aw
+        except IngressError as exc:
+            await audit(op.actor, op.tenant_id, action, target, exc.code)
+            raise
+        await audit(op.actor, op.tenant_id, action, target, "OK")
+        return result
+
+    # -- devices -------------------------------------------------------------------------------
+    async def provision(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        doc = parse_json_object(await read_body(request, self._limit), allowed=_PROVISION_FIELDS)
+        hardware_id = text_field(doc, "hardware_id", required=True, max_len=128)
+        kind_text = text_field(doc, "credential_kind", required=True, max_len=16)
+        assert hardware_id is not None and kind_text is not None
+        kind = CredentialKind.parse(kind_text)
+        cert_pem = text_field(doc, "cert_pem", max_len=self._limit)
+        psk_identity = text_field(doc, "psk_identity", max_len=256)
+        psk_hex = text_field(doc, "psk_hex", max_len=256)
+        result = await self._registry.provision(
+            op.tenant_id,
+            hardware_id,
+            kind,
+            actor=op.actor,
+            cert_pem=cert_pem,
+            psk_identity=psk_identity,
+            psk_bytes=parse_psk_hex(psk_hex) if psk_hex is not None else None,
+        )
+        if result.created:
+            location = f"{DEVICES}/{result.device.device_id}"
+            return _json(result.to_json(), status=201, headers={"Location": location})
+        return _json(result.to_json())
+
+    async def get_device(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+
+        async def read() -> dict[str, object]:
+            device = await self._registry.get_device(op.tenant_id, device_id)
+            creds = await self._registry.credentials(op.tenant_id, device_id)
+            out = device.to_json()
+            now = self._s.clock()
+            out["credentials"] = [c.to_json(now) for c in creds]
+            return out
+
+        return _json(await self._audited_read(op, "devices.get", f"device={device_id}", read()))
+
+    async def list_devices(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        hardware_id = request.query.get("hardware_id")
+        if hardware_id is not None:
+            check_hardware_id(hardware_id)
+
+            async def find() -> dict[str, object]:
+                try:
+                    device = await self._registry.find_device(op.tenant_id, hardware_id)
+                except NotFound:
+                    return {"devices": [], "next_cursor": None}
+                return {"devices": [device.to_json()], "next_cursor": None}
+
+            target = f"hardware_id={hardware_id}"
+            return _json(await self._audited_read(op, "devices.find", target, find()))
+        limit, cursor = page_params(request)
+
+        async def page() -> dict[str, object]:
+            devices, nxt = await self._registry.list_devices(
+                op.tenant_id, limit=limit, cursor=cursor
+            )
+            return {"devices": [d.to_json() for d in devices], "next_cursor": nxt}
+
+        return _json(await self._audited_read(op, "devices.list", f"cursor={cursor or ''}", page()))
+
+    # -- API keys ------------------------------------------------------------------------------
+    async def create_key(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        issued = await self._registry.create_api_key(op.tenant_id, device_id, actor=op.actor)
+        return _json(_issued_key(issued), status=201)
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        key_id = _key_id(request)
+        body = await read_body(request, self._limit)
+        doc = parse_json_object(body, allowed=_ROTATE_FIELDS, empty_ok=True)
+        overlap = number_field(doc, "overlap_s")
+        issued = await self._registry.rotate_api_key(
+            op.tenant_id, key_id, actor=op.actor, device_id=device_id, overlap=overlap
+        )
+        return _json(_issued_key(issued))
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        key_id = _key_id(request)
+        rec = await self._registry.revoke_api_key(
+            op.tenant_id, key_id, actor=op.actor, device_id=device_id
+        )
+        return _json(rec.to_json(self._s.clock()))
+
+    # -- PSKs ----------------------------------------------------------------------------------
+    async def rotate_psk(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        body = await read_body(request, self._limit)
+        doc = parse_json_object(body, allowed=_PSK_FIELDS, empty_ok=True)
+        psk_identity = text_field(doc, "psk_identity", max_len=256)
+        psk_hex = text_field(doc, "psk_hex", max_len=256)
+        issued = await self._registry.rotate_psk(
+            op.tenant_id,
+            device_id,
+            actor=op.actor,
+            psk_identity=psk_identity,
+            psk_bytes=parse_psk_hex(psk_hex) if psk_hex is not None else None,
+        )
+        return _json(
+            {
+                "device_id": issued.device_id,
+                "credential_id": issued.credential_id,
+                "psk_identity": issued.psk_identity,
+                "psk": issued.psk.hex(),
+            }
+        )
+
+    async def revoke_psk(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        rec = await self._registry.revoke_psk(op.tenant_id, device_id, actor=op.actor)
+        return _json(rec.to_json(self._s.clock()))
+
+    # -- certificates ----------------------------------------------------------------------------
+    async def register_cert(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        body = await read_body(request, self._limit)
+        pem = self._pem_from_body(request.content_type, body)
+        rec = await self._registry.register_cert(op.tenant_id, device_id, pem, actor=op.actor)
+        return _json(rec.to_json(self._s.clock()), status=201)
+
+    @staticmethod
+    def _pem_from_body(content_type: str, body: bytes) -> str:
+        """JSON ``{"pem": ...}`` or the PEM text itself (any text or PEM media type)."""
+        if content_type == "application/json":
+            pem = text_field(
+                parse_json_object(body, allowed=_CERT_FIELDS),
+                "pem",
+                required=True,
+                max_len=len(body),
+            )
+            assert pem is not None
+            return pem
+        if content_type.startswith("multipart/") or content_type == (
+            "application/x-www-form-urlencoded"
+        ):
+            raise UnsupportedMediaType('send the certificate as PEM text or as JSON {"pem": ...}')
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("certificate must be PEM text (UTF-8)") from None
+
+    async def revoke_cert(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        fingerprint = check_text(request.match_info["fingerprint"], "fingerprint")
+        rec = await self._registry.revoke_cert(op.tenant_id, fingerprint, actor=op.actor)
+        return _json(rec.to_json(self._s.clock()))
+
+    async def list_certs(self, request: web.Request) -> web.Response:
+        op = self._operator(request)
+        device_id = request.query.get("device_id")
+        if device_id is not None:
+            check_text(device_id, "device_id")
+        limit, cursor = page_params(request)
+
+        async def page() -> dict[str, Any]:
+            records, nxt = await self._registry.list_certs(
+                op.tenant_id, device_id=device_id, limit=limit, cursor=cursor
+            )
+            now = self._s.clock()
+            return {"certs": [r.to_json(now) for r in records], "next_cursor": nxt}
+
+        target = f"device={device_id or '*'}"
+        return _json(await self._audited_read(op, "certs.list", target, page()))

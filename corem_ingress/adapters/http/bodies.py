@@ -1,0 +1,125 @@
+"""Request bodies and query strings: bounded reads, strict JSON, typed fields.
+
+Every problem is an InvalidArgument (400) or PayloadTooLarge (413) whose message
+names the field, never the value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from aiohttp import web
+
+from corem_ingress.adapters.http.errors import PayloadTooLarge
+from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.core.uplink import JsonValue
+
+_CURSOR_RE = re.compile(r"[0-9]{1,12}")
+_LIMIT_RE = re.compile(r"[0-9]{1,4}")
+MAX_PAGE = 500
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 beyond ``limit`` bytes (declared or sent)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    # The application's client_max_size is the same limit: a chunked body that grows past it
+    # raises HTTPRequestEntityTooLarge, which the error middleware renders as this 413.
+    body = await request.read()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> JsonValue:
+    """Strict JSON (UTF-8; no NaN or Infinity); any failure is a 400."""
+    try:
+        text = body.decode("utf-8")
+        value: JsonValue = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError covers JSONDecodeError and over-long integers.
+        raise InvalidArgument("request body is not valid JSON") from None
+    return value
+
+
+def parse_json_object(
+    body: bytes, *, allowed: frozenset[str], empty_ok: bool = False
+) -> dict[str, Any]:
+    """A JSON object with only the ``allowed`` keys; an empty body is ``{}`` if ``empty_ok``."""
+    if empty_ok and not body.strip():
+        return {}
+    value = parse_json(body)
+    if not isinstance(value, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        # Field names are the client's own input, but short and not secret; still, cap them.
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise InvalidArgument(f"unknown field(s): {shown}")
+    return value
+
+
+def text_field(
+    doc: dict[str, Any], name: str, *, required: bool = False, max_len: int = 1024
+) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise InvalidArgument(f"field '{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"field '{name}' must be a string")
+    if len(value) > max_len:
+        raise InvalidArgument(f"field '{name}' is longer than {max_len} characters")
+    check_text(value, f"field '{name}'")
+    return value
+
+
+def check_text(value: str, what: str) -> str:
+    """Refuse strings that cannot be UTF-8 encoded (lone surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode text") from None
+    return value
+
+
+def number_field(doc: dict[str, Any], name: str) -> float | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"field '{name}' must be a number")
+    number = float(value) if isinstance(value, float) else _int_as_float(value, name)
+    if not math.isfinite(number):
+        raise InvalidArgument(f"field '{name}' must be a finite number")
+    return number
+
+
+def _int_as_float(value: int, name: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgument(f"field '{name}' is out of range") from None
+
+
+def page_params(request: web.Request, *, default_limit: int = 100) -> tuple[int, str | None]:
+    """``limit`` (1..500) and ``cursor`` (opaque; digits) from the query string."""
+    raw_limit = request.query.get("limit")
+    limit = default_limit
+    if raw_limit is not None:
+        if not _LIMIT_RE.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be an integer between 1 and {MAX_PAGE}")
+        limit = int(raw_limit)
+    cursor = request.query.get("cursor")
+    if cursor is not None and cursor != "" and not _CURSOR_RE.fullmatch(cursor):
+        raise InvalidArgument("cursor is not valid")
+    return limit, (cursor or None)

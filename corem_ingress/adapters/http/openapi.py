@@ -1,0 +1,560 @@
+"""The OpenAPI 3.1 document of both HTTP APIs, built here and served as is.
+
+``docs/openapi.json`` is this document rendered by ``render()``; a test checks
+that the file, the served document and the routes agree. Regenerate it with::
+
+    .venv/bin/python -m corem_ingress.adapters.http.openapi > docs/openapi.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+
+Json = dict[str, Any]
+
+_UUID = {"type": "string", "format": "uuid"}
+_NUM = {"type": "number"}
+_STR = {"type": "string"}
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _resp(name: str) -> Json:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _json_content(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
+
+
+def _ok(description: str, schema: Json) -> Json:
+    return {"description": description, "content": _json_content(schema)}
+
+
+def _obj(required: list[str], props: Json, *, extra: bool = False) -> Json:
+    out: Json = {"type": "object", "required": required, "properties": props}
+    if not extra:
+        out["additionalProperties"] = False
+    return out
+
+
+def _errors(*statuses: int) -> Json:
+    names = {
+        400: "BadRequest",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "NotFound",
+        409: "Conflict",
+        412: "PreconditionFailed",
+        413: "PayloadTooLarge",
+        415: "UnsupportedMediaType",
+        503: "Unavailable",
+    }
+    return {str(s): _resp(names[s]) for s in statuses}
+
+
+def _path_param(name: str, description: str, schema: Json) -> Json:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _query_param(name: str, description: str, schema: Json) -> Json:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_DEVICE_ID = _path_param("device_id", "The platform-assigned device id (UUID).", _UUID)
+_KEY_ID = _path_param(
+    "key_id",
+    "An API key's id (`key_` + 16 hex).",
+    {"type": "string", "pattern": "^key_[0-9a-f]{16}$"},
+)
+_FINGERPRINT = _path_param(
+    "fingerprint",
+    "SHA-256 of the certificate's DER bytes, lower-case hex.",
+    {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+)
+_LIMIT = _query_param(
+    "limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
+)
+_CURSOR = _query_param(
+    "cursor", "`next_cursor` of the previous page.", {"type": "string", "pattern": "^[0-9]{1,12}$"}
+)
+_ADMIN: list[Json] = [{"operatorBearer": []}]
+_ADMIN_TAG = ["admin"]
+_ADMIN_ERRORS = (400, 401, 404, 503)
+
+
+def _schemas() -> Json:
+    error = _obj(
+        ["error"],
+        {
+            "error": _obj(
+                ["code", "message"],
+                {
+                    "code": {
+                        "type": "string",
+                        "description": "UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, "
+                        "ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION, "
+                        "PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, METHOD_NOT_ALLOWED, "
+                        "UNAVAILABLE, INTERNAL",
+                    },
+                    "message": {"type": "string"},
+                },
+            )
+        },
+    )
+    kind = {"type": "string", "enum": ["api_key", "psk", "x509"]}
+    device = _obj(
+        [
+            "device_id",
+            "tenant_id",
+            "hardware_id",
+            "credential_kind",
+            "status",
+            "created_at",
+            "updated_at",
+        ],
+        {
+            "device_id": _UUID,
+            "tenant_id": _STR,
+            "hardware_id": _STR,
+            "credential_kind": kind,
+            "status": {"type": "string", "enum": ["active", "disabled"]},
+            "created_at": _NUM,
+            "updated_at": _NUM,
+        },
+    )
+    credential = _obj(
+        ["credential_id", "kind", "device_id", "status", "created_at"],
+        {
+            "credential_id": _STR,
+            "kind": kind,
+            "device_id": _UUID,
+            "status": {"type": "string", "enum": ["active", "rotated", "expired", "revoked"]},
+            "created_at": _NUM,
+            "revoked_at": _NUM,
+            "expires_at": {"description": "End of a rotated API key's overlap window.", **_NUM},
+            "key_id": _STR,
+            "psk_identity": _STR,
+            "fingerprint": _STR,
+            "subject": _STR,
+            "issuer": _STR,
+            "serial": _STR,
+            "key_type": _STR,
+            "not_before": _NUM,
+            "not_after": _NUM,
+            "self_signed": {"type": "boolean"},
+        },
+    )
+    device_detail = {
+        "allOf": [
+            {**device, "additionalProperties": True},
+            {
+                "type": "object",
+                "required": ["credentials"],
+                "properties": {"credentials": {"type": "array", "items": _ref("Credential")}},
+            },
+        ],
+        "unevaluatedProperties": False,
+    }
+    issued_key = _obj(
+        ["key_id", "api_key", "device_id"],
+        {
+            "key_id": _STR,
+            "api_key": {
+                "type": "string",
+                "pattern": "^sk_live_[A-Za-z0-9_-]{43}$",
+                "description": "The raw key: returned once, never again.",
+            },
+            "device_id": _UUID,
+            "replaces": {"description": "Rotate: the key this one replaces.", **_STR},
+            "old_key_expires_at": {
+                "description": "Rotate: when the replaced key stops (null: it stopped now).",
+                "type": ["number", "null"],
+            },
+        },
+    )
+    return {
+        "Error": error,
+        "UplinkRequest": _obj(
+            ["kind", "payload"],
+            {
+                "kind": {"type": "string", "enum": ["telemetry", "event", "state"]},
+                "payload": {"description": "Any JSON value (a string, a number, an object...)."},
+            },
+        ),
+        "UplinkAccepted": _obj(
+            ["message_id", "received_at"],
+            {"message_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "received_at": _NUM},
+        ),
+        "ProvisionRequest": _obj(
+            ["hardware_id", "credential_kind"],
+            {
+                "hardware_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@+=-]{1,128}$"},
+                "credential_kind": kind,
+                "cert_pem": {"description": "x509 only: the device certificate (PEM).", **_STR},
+                "psk_identity": {"description": "psk only: identity to assign.", **_STR},
+                "psk_hex": {
+                    "description": "psk only: key to assign, hex (32-64 bytes).",
+                    "type": "string",
+                    "pattern": "^([0-9a-fA-F]{2}){32,64}$",
+                },
+            },
+        ),
+        "ProvisionResult": _obj(
+            ["device_id", "tenant_id", "hardware_id", "credential_kind", "created"],
+            {
+                "device_id": _UUID,
+                "tenant_id": _STR,
+                "hardware_id": _STR,
+                "credential_kind": kind,
+                "created": {"type": "boolean"},
+                "api_key": {"description": "Only when created with api_key: once.", **_STR},
+                "key_id": _STR,
+                "psk_identity": _STR,
+                "psk": {"description": "Only when created with psk: hex, once.", **_STR},
+                "fingerprint": _STR,
+            },
+        ),
+        "Device": device,
+        "DeviceDetail": device_detail,
+        "DeviceList": _obj(
+            ["devices", "next_cursor"],
+            {
+                "devices": {"type": "array", "items": _ref("Device")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        ),
+        "Credential": credential,
+        "CertList": _obj(
+            ["certs", "next_cursor"],
+            {
+                "certs": {"type": "array", "items": _ref("Credential")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        ),
+        "IssuedApiKey": issued_key,
+        "RotateApiKeyRequest": _obj(
+            [],
+            {
+                "overlap_s": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "Seconds the old key keeps working (default and maximum "
+                    "from credentials.api_key_overlap_s / _max_s; 0: it stops now).",
+                }
+            },
+        ),
+        "RotatePskRequest": _obj(
+            [],
+            {
+                "psk_identity": _STR,
+                "psk_hex": {"type": "string", "pattern": "^([0-9a-fA-F]{2}){32,64}$"},
+            },
+        ),
+        "IssuedPsk": _obj(
+            ["device_id", "credential_id", "psk_identity", "psk"],
+            {"device_id": _UUID, "credential_id": _STR, "psk_identity": _STR, "psk": _STR},
+        ),
+        "CertJson": _obj(["pem"], {"pem": _STR}),
+    }
+
+
+def _responses() -> Json:
+    def err(description: str, headers: Json | None = None) -> Json:
+        out: Json = {"description": description, "content": _json_content(_ref("Error"))}
+        if headers:
+            out["headers"] = headers
+        return out
+
+    return {
+        "BadRequest": err("Malformed request: bad JSON, unknown field, wrong type or value."),
+        "Unauthorized": err(
+            "Missing, malformed, unknown, revoked or expired credential (not said which).",
+            {"WWW-Authenticate": {"schema": {"type": "string", "pattern": "^Bearer"}}},
+        ),
+        "Forbidden": err("The credential is valid but not for this device."),
+        "NotFound": err("No such resource for this tenant (another tenant's is not found either)."),
+        "Conflict": err("The PSK identity or certificate is already in use."),
+        "PreconditionFailed": err(
+            "Not possible in the resource's state (e.g. another credential kind, key not active)."
+        ),
+        "PayloadTooLarge": err("The body is larger than http.max_body_bytes."),
+        "UnsupportedMediaType": err("The body's media type is not accepted here."),
+        "Unavailable": err(
+            "The store is unreachable: nothing was done; retry later.",
+            {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+        ),
+    }
+
+
+def _json_body(schema: Json, *, required: bool = True) -> Json:
+    return {"required": required, "content": _json_content(schema)}
+
+
+def _paths() -> Json:
+    admin = {"tags": _ADMIN_TAG, "security": _ADMIN}
+    return {
+        "/api/v1/devices/{device_id}/uplink": {
+            "post": {
+                "operationId": "SendUplink",
+                "tags": ["device"],
+                "summary": "A device sends one message (API key in either header).",
+                "description": "Identity comes from the key only. Both headers present and "
+                "different: 400. 202 only after the message is stored.",
+                "security": [{"deviceBearer": []}, {"deviceApiKey": []}],
+                "parameters": [_DEVICE_ID],
+                "requestBody": _json_body(_ref("UplinkRequest")),
+                "responses": {
+                    "202": _ok("Stored in the tenant's uplink stream.", _ref("UplinkAccepted")),
+                    **_errors(400, 401, 403, 404, 413, 503),
+                },
+            }
+        },
+        "/api/v1/devices": {
+            "post": {
+                **admin,
+                "operationId": "ProvisionDevice",
+                "summary": "Provision a device (idempotent on hardware_id).",
+                "requestBody": _json_body(_ref("ProvisionRequest")),
+                "responses": {
+                    "201": {
+                        **_ok(
+                            "Created; the secret is in this answer only.", _ref("ProvisionResult")
+                        ),
+                        "headers": {"Location": {"schema": _STR}},
+                    },
+                    "200": _ok(
+                        "Already provisioned: the existing device, no secret.",
+                        _ref("ProvisionResult"),
+                    ),
+                    **_errors(400, 401, 404, 409, 412, 413, 503),
+                },
+            },
+            "get": {
+                **admin,
+                "operationId": "ListDevices",
+                "summary": "The tenant's devices, or the one with a hardware_id.",
+                "parameters": [
+                    _query_param(
+                        "hardware_id",
+                        "Only the device with this hardware id (empty list if none).",
+                        {"type": "string", "pattern": "^[A-Za-z0-9._:@+=-]{1,128}$"},
+                    ),
+                    _LIMIT,
+                    _CURSOR,
+                ],
+                "responses": {
+                    "200": _ok("A page of devices.", _ref("DeviceList")),
+                    **_errors(*_ADMIN_ERRORS),
+                },
+            },
+        },
+        "/api/v1/devices/{device_id}": {
+            "get": {
+                **admin,
+                "operationId": "GetDevice",
+                "summary": "A device and its credentials (never a secret).",
+                "parameters": [_DEVICE_ID],
+                "responses": {
+                    "200": _ok("The device.", _ref("DeviceDetail")),
+                    **_errors(*_ADMIN_ERRORS),
+                },
+            }
+        },
+        "/api/v1/devices/{device_id}/keys": {
+            "post": {
+                **admin,
+                "operationId": "CreateAPIKey",
+                "summary": "A new API key for an api_key device (the raw key, once).",
+                "parameters": [_DEVICE_ID],
+                "responses": {
+                    "201": _ok("The new key.", _ref("IssuedApiKey")),
+                    **_errors(400, 401, 404, 412, 503),
+                },
+            }
+        },
+        "/api/v1/devices/{device_id}/keys/{key_id}/rotate": {
+            "post": {
+                **admin,
+                "operationId": "RotateAPIKey",
+                "summary": "Replace a key; the old one works for the overlap window.",
+                "parameters": [_DEVICE_ID, _KEY_ID],
+                "requestBody": _json_body(_ref("RotateApiKeyRequest"), required=False),
+                "responses": {
+                    "200": _ok("The new key.", _ref("IssuedApiKey")),
+                    **_errors(400, 401, 404, 412, 413, 503),
+                },
+            }
+        },
+        "/api/v1/devices/{device_id}/keys/{key_id}": {
+            "delete": {
+                **admin,
+                "operationId": "RevokeAPIKey",
+                "summary": "Revoke a key now (idempotent).",
+                "parameters": [_DEVICE_ID, _KEY_ID],
+                "responses": {
+                    "200": _ok("The key's record.", _ref("Credential")),
+                    **_errors(*_ADMIN_ERRORS),
+                },
+            }
+        },
+        "/api/v1/devices/{device_id}/psk/rotate": {
+            "post": {
+                **admin,
+                "operationId": "RotatePSK",
+                "summary": "A new PSK (and identity unless given); the old one stops now.",
+                "parameters": [_DEVICE_ID],
+                "requestBody": _json_body(_ref("RotatePskRequest"), required=False),
+                "responses": {
+                    "200": _ok("The new PSK (hex), once.", _ref("IssuedPsk")),
+                    **_errors(400, 401, 404, 409, 412, 413, 503),
+                },
+            }
+        },
+        "/api/v1/devices/{device_id}/psk": {
+            "delete": {
+                **admin,
+                "operationId": "RevokePSK",
+                "summary": "Revoke the device's PSK now.",
+                "parameters": [_DEVICE_ID],
+                "responses": {
+                    "200": _ok("The PSK's record.", _ref("Credential")),
+                    **_errors(400, 401, 404, 412, 503),
+                },
+            }
+        },
+        "/api/v1/devices/{device_id}/certs": {
+            "post": {
+                **admin,
+                "operationId": "RegisterDeviceCert",
+                "summary": "Register an x509 device's certificate (PEM body or JSON {pem}).",
+                "parameters": [_DEVICE_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-pem-file": {"schema": _STR},
+                        "text/plain": {"schema": _STR},
+                        "application/json": {"schema": _ref("CertJson")},
+                    },
+                },
+                "responses": {
+                    "201": _ok("The certificate's record.", _ref("Credential")),
+                    **_errors(400, 401, 404, 409, 412, 413, 415, 503),
+                },
+            }
+        },
+        "/api/v1/devices/certs": {
+            "get": {
+                **admin,
+                "operationId": "ListDeviceCerts",
+                "summary": "The tenant's certificates, or one device's (paginated).",
+                "parameters": [
+                    _query_param("device_id", "Only this device's.", _UUID),
+                    _LIMIT,
+                    _CURSOR,
+                ],
+                "responses": {
+                    "200": _ok("A page of certificates.", _ref("CertList")),
+                    **_errors(*_ADMIN_ERRORS),
+                },
+            }
+        },
+        "/api/v1/devices/certs/{fingerprint}": {
+            "delete": {
+                **admin,
+                "operationId": "RevokeDeviceCert",
+                "summary": "Revoke a certificate now (idempotent).",
+                "parameters": [_FINGERPRINT],
+                "responses": {
+                    "200": _ok("The certificate's record.", _ref("Credential")),
+                    **_errors(*_ADMIN_ERRORS),
+                },
+            }
+        },
+        OPENAPI_PATH: {
+            "get": {
+                "operationId": "GetOpenAPI",
+                "tags": ["meta"],
+                "summary": "This document.",
+                "security": [],
+                "responses": {"200": _ok("The OpenAPI document.", {"type": "object"})},
+            }
+        },
+    }
+
+
+def document() -> Json:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "corem_ingress HTTP API",
+            "version": "1",
+            "description": "Device uplink (API keys) and the operator admin API (per-tenant "
+            'operator tokens). Errors are always {"error": {"code", "message"}}. '
+            "See docs/http-api.md.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8080"}],
+        "tags": [
+            {"name": "device", "description": "Devices, with their API key."},
+            {"name": "admin", "description": "Operators, with a tenant's operator token."},
+            {"name": "meta"},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": _responses(),
+            "securitySchemes": {
+                "deviceBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer sk_live_...",
+                },
+                "deviceApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "operatorBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A tenant's operator token (configured as its SHA-256).",
+                },
+            },
+        },
+    }
+
+
+@cache
+def render() -> bytes:
+    """The document as served and as kept in docs/openapi.json."""
+    return (json.dumps(document(), indent=2) + "\n").encode()
+
+
+async def serve(_request: web.Request) -> web.Response:
+    return web.Response(body=render(), content_type="application/json")
+
+
+def main() -> int:
+    sys.stdout.buffer.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
