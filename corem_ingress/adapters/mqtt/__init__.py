@@ -1,0 +1,23 @@
+"""MQTT 3.1.1 over TLS (mTLS or API-key password): the device listener.
+
+A sans-I/O protocol core (``codec``, ``connection``, ``events``) plus a thin asyncio
+layer (``protocol``, ``listener``), TLS over memory BIOs (``tls``), authentication
+through the shared resolver (``auth``), topic policy (``policy``) and downlink
+delivery (``downlink``). See docs/mqtt.md for why this is not built on amqtt.
+"""
+
+from __future__ import annotations
+
+from corem_ingress.adapters import Services
+from corem_ingress.adapters.mqtt.listener import MqttListener
+
+__all__ = ["MqttListener", "build"]
+
+
+def build(services: Services) -> MqttListener | None:
+    """The listener if ``mqtt.enabled``; raises ConfigError for a bad ``mqtt.*`` value."""
+    cfg = services.config.mqtt
+    if not cfg.enabled:
+        return None
+    cfg.validate()
+    return MqttListener(services)

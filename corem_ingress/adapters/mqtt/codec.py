@@ -1,0 +1,390 @@
+"""MQTT 3.1.1 wire format: bytes <-> packet dataclasses. Pure: no I/O, no clock.
+
+Decoding raises :class:`ProtocolViolation` for anything the spec forbids; the
+connection core turns that into a close of this connection only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class PacketType(IntEnum):
+    CONNECT = 1
+    CONNACK = 2
+    PUBLISH = 3
+    PUBACK = 4
+    PUBREC = 5
+    PUBREL = 6
+    PUBCOMP = 7
+    SUBSCRIBE = 8
+    SUBACK = 9
+    UNSUBSCRIBE = 10
+    UNSUBACK = 11
+    PINGREQ = 12
+    PINGRESP = 13
+    DISCONNECT = 14
+
+
+class ProtocolViolation(Exception):
+    """The peer broke MQTT 3.1.1; ``reason`` is for logs (never echoes payload bytes)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PacketTooLarge(ProtocolViolation):
+    pass
+
+
+SUBACK_FAILURE = 0x80
+#: Fixed-header flags each packet type must carry (PUBLISH is checked separately).
+_REQUIRED_FLAGS = {
+    PacketType.PUBREL: 0b0010,
+    PacketType.SUBSCRIBE: 0b0010,
+    PacketType.UNSUBSCRIBE: 0b0010,
+}
+_MAX_REMAINING_LENGTH = 268_435_455
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    protocol_level: int
+    client_id: str
+    clean_session: bool
+    keepalive: int
+    username: str | None
+    password: bytes | None
+    will_topic: str | None = None
+    will_payload: bytes | None = None
+    will_qos: int = 0
+    will_retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    dup: bool = False
+    packet_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP."""
+
+    type: PacketType
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    packet_id: int
+    #: (topic filter, requested QoS)
+    filters: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    packet_id: int
+    filters: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    pass
+
+
+Packet = Connect | Publish | Ack | Subscribe | Unsubscribe | PingReq | Disconnect
+
+
+# -- framing -------------------------------------------------------------------------------------
+def frame(buf: bytes | bytearray, max_packet_size: int) -> tuple[int, int, int] | None:
+    """(first byte, header length, total length) of the packet at the start of ``buf``.
+
+    None if more bytes are needed. Raises for a malformed length or an oversized packet
+    (as soon as the length is known, before the body arrives).
+    """
+    n = len(buf)
+    if n < 2:
+        return None
+    remaining = 0
+    multiplier = 1
+    i = 1
+    while True:
+        if i >= n:
+            return None
+        byte = buf[i]
+        remaining += (byte & 0x7F) * multiplier
+        i += 1
+        if not byte & 0x80:
+            break
+        if i > 4:
+            raise ProtocolViolation("malformed remaining length")
+        multiplier *= 128
+    total = i + remaining
+    if total > max_packet_size:
+        raise PacketTooLarge(f"packet of {total} bytes exceeds max_packet_size {max_packet_size}")
+    return buf[0], i, total
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def u8(self) -> int:
+        if self.pos >= len(self.data):
+            raise ProtocolViolation("packet truncated")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def u16(self) -> int:
+        if self.pos + 2 > len(self.data):
+            raise ProtocolViolation("packet truncated")
+        value = int.from_bytes(self.data[self.pos : self.pos + 2], "big")
+        self.pos += 2
+        return value
+
+    def binary(self) -> bytes:
+        size = self.u16()
+        if self.pos + size > len(self.data):
+            raise ProtocolViolation("packet truncated")
+        value = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        raw = self.binary()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolViolation("string is not valid UTF-8") from None
+        if "\x00" in text:
+            raise ProtocolViolation("string contains U+0000")
+        return text
+
+    def rest(self) -> bytes:
+        value = self.data[self.pos :]
+        self.pos = len(self.data)
+        return value
+
+
+def _packet_id(r: _Reader) -> int:
+    pid = r.u16()
+    if pid == 0:
+        raise ProtocolViolation("packet identifier 0")
+    return pid
+
+
+def _check_topic_name(topic: str) -> str:
+    if not topic or "+" in topic or "#" in topic:
+        raise ProtocolViolation("invalid topic name")
+    return topic
+
+
+def check_topic_filter(topic_filter: str) -> str:
+    if not topic_filter:
+        raise ProtocolViolation("empty topic filter")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ProtocolViolation("invalid '#' in topic filter")
+        if "+" in level and level != "+":
+            raise ProtocolViolation("invalid '+' in topic filter")
+    return topic_filter
+
+
+def decode(first: int, body: bytes) -> Packet:
+    """Decode one packet sent by a client, given its first byte and its body."""
+    try:
+        ptype = PacketType(first >> 4)
+    except ValueError:
+        raise ProtocolViolation("reserved packet type") from None
+    flags = first & 0x0F
+    if ptype is not PacketType.PUBLISH and flags != _REQUIRED_FLAGS.get(ptype, 0):
+        raise ProtocolViolation(f"bad fixed-header flags for {ptype.name}")
+    r = _Reader(body)
+    packet: Packet
+    if ptype is PacketType.CONNECT:
+        packet = _decode_connect(r)
+    elif ptype is PacketType.PUBLISH:
+        qos = (flags >> 1) & 0b11
+        if qos == 3:
+            raise ProtocolViolation("PUBLISH with QoS 3")
+        dup = bool(flags & 0b1000)
+        if qos == 0 and dup:
+            raise ProtocolViolation("DUP set on a QoS 0 PUBLISH")
+        topic = _check_topic_name(r.string())
+        pid = _packet_id(r) if qos else None
+        packet = Publish(topic, r.rest(), qos, bool(flags & 1), dup, pid)
+    elif ptype in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP):
+        packet = Ack(ptype, _packet_id(r))
+    elif ptype is PacketType.SUBSCRIBE:
+        pid = _packet_id(r)
+        filters: list[tuple[str, int]] = []
+        while r.remaining():
+            topic_filter = check_topic_filter(r.string())
+            qos_byte = r.u8()
+            if qos_byte > 2:
+                raise ProtocolViolation("SUBSCRIBE with bad requested QoS")
+            filters.append((topic_filter, qos_byte))
+        if not filters:
+            raise ProtocolViolation("SUBSCRIBE without topic filters")
+        packet = Subscribe(pid, tuple(filters))
+    elif ptype is PacketType.UNSUBSCRIBE:
+        pid = _packet_id(r)
+        names: list[str] = []
+        while r.remaining():
+            names.append(check_topic_filter(r.string()))
+        if not names:
+            raise ProtocolViolation("UNSUBSCRIBE without topic filters")
+        packet = Unsubscribe(pid, tuple(names))
+    elif ptype is PacketType.PINGREQ:
+        packet = PingReq()
+    elif ptype is PacketType.DISCONNECT:
+        packet = Disconnect()
+    else:
+        raise ProtocolViolation(f"{ptype.name} is a server-to-client packet")
+    if r.remaining():
+        raise ProtocolViolation(f"trailing bytes in {ptype.name}")
+    return packet
+
+
+def _decode_connect(r: _Reader) -> Connect:
+    name = r.string()
+    level = r.u8()
+    if name not in ("MQTT", "MQIsdp"):
+        raise ProtocolViolation("not an MQTT CONNECT")
+    flags = r.u8()
+    if flags & 1:
+        raise ProtocolViolation("CONNECT reserved flag set")
+    keepalive = r.u16()
+    client_id = r.string()
+    will_flag = bool(flags & 0b100)
+    will_qos = (flags >> 3) & 0b11
+    will_retain = bool(flags & 0b100000)
+    if not will_flag and (will_qos or will_retain):
+        raise ProtocolViolation("will QoS/retain without a will")
+    if will_qos == 3:
+        raise ProtocolViolation("will QoS 3")
+    will_topic = will_payload = None
+    if will_flag:
+        will_topic = _check_topic_name(r.string())
+        will_payload = r.binary()
+    username = r.string() if flags & 0b10000000 else None
+    has_password = bool(flags & 0b1000000)
+    if has_password and username is None:
+        raise ProtocolViolation("password without user name")
+    password = r.binary() if has_password else None
+    return Connect(
+        level,
+        client_id,
+        bool(flags & 0b10),
+        keepalive,
+        username,
+        password,
+        will_topic,
+        will_payload,
+        will_qos,
+        will_retain,
+    )
+
+
+# -- encoding (server -> client) ---------------------------------------------------------------
+def _remaining_length(n: int) -> bytes:
+    if n > _MAX_REMAINING_LENGTH:
+        raise ValueError("packet too large for MQTT")
+    out = bytearray()
+    while True:
+        byte = n % 128
+        n //= 128
+        if n:
+            byte |= 0x80
+        out.append(byte)
+        if not n:
+            return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def encode_connack(session_present: bool, return_code: int) -> bytes:
+    return bytes((0x20, 2, 1 if session_present else 0, return_code))
+
+
+def encode_ack(ptype: PacketType, packet_id: int) -> bytes:
+    first = (ptype << 4) | (0b0010 if ptype is PacketType.PUBREL else 0)
+    return bytes((first, 2)) + packet_id.to_bytes(2, "big")
+
+
+def encode_suback(packet_id: int, return_codes: list[int] | tuple[int, ...]) -> bytes:
+    body = packet_id.to_bytes(2, "big") + bytes(return_codes)
+    return bytes((PacketType.SUBACK << 4,)) + _remaining_length(len(body)) + body
+
+
+def encode_unsuback(packet_id: int) -> bytes:
+    return encode_ack(PacketType.UNSUBACK, packet_id)
+
+
+PINGRESP = bytes((PacketType.PINGRESP << 4, 0))
+
+
+def encode_publish(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    packet_id: int | None = None,
+    *,
+    retain: bool = False,
+    dup: bool = False,
+) -> bytes:
+    first = (PacketType.PUBLISH << 4) | (qos << 1) | (1 if retain else 0) | (0b1000 if dup else 0)
+    head = _string(topic)
+    if qos:
+        if not packet_id:
+            raise ValueError("QoS > 0 needs a packet id")
+        head += packet_id.to_bytes(2, "big")
+    return bytes((first,)) + _remaining_length(len(head) + len(payload)) + head + payload
+
+
+def encode_connect(c: Connect) -> bytes:
+    """Client side (tests and the load generator)."""
+    flags = 0b10 if c.clean_session else 0
+    payload = _string(c.client_id)
+    if c.will_topic is not None:
+        flags |= 0b100 | (c.will_qos << 3) | (0b100000 if c.will_retain else 0)
+        payload += _string(c.will_topic) + len(c.will_payload or b"").to_bytes(2, "big")
+        payload += c.will_payload or b""
+    if c.username is not None:
+        flags |= 0b10000000
+        payload += _string(c.username)
+    if c.password is not None:
+        flags |= 0b1000000
+        payload += len(c.password).to_bytes(2, "big") + c.password
+    body = _string("MQTT") + bytes((c.protocol_level, flags)) + c.keepalive.to_bytes(2, "big")
+    body += payload
+    return bytes((PacketType.CONNECT << 4,)) + _remaining_length(len(body)) + body
+
+
+def encode_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
+    """Client side (tests and the load generator)."""
+    body = packet_id.to_bytes(2, "big") + b"".join(_string(f) + bytes((q,)) for f, q in filters)
+    return bytes(((PacketType.SUBSCRIBE << 4) | 0b0010,)) + _remaining_length(len(body)) + body

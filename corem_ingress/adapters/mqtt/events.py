@@ -1,0 +1,48 @@
+"""What the MQTT connection core reports to its caller; drained with ``next_event()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corem_ingress.adapters.mqtt.codec import Connect, Publish, Subscribe, Unsubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectReceived:
+    """A CONNECT arrived: authenticate, then call ``accept()`` or ``refuse(code)``."""
+
+    connect: Connect
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReceived:
+    """An application message from the device; call ``ack_publish`` once it is stored."""
+
+    publish: Publish
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeReceived:
+    """Decide per filter, then call ``suback(packet_id, codes)``."""
+
+    subscribe: Subscribe
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeReceived:
+    """Forget the filters; the core already queued the UNSUBACK."""
+
+    unsubscribe: Unsubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The connection is over: close the transport. ``error`` marks a peer fault or timeout."""
+
+    reason: str
+    error: bool
+
+
+Event = (
+    ConnectReceived | PublishReceived | SubscribeReceived | UnsubscribeReceived | ConnectionClosed
+)

@@ -1,0 +1,103 @@
+"""The MQTT-over-TLS listener: accepts sockets, owns the connections, stops within a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import Counter
+
+import structlog
+
+from corem_ingress.adapters import Services
+from corem_ingress.adapters.mqtt import tls
+from corem_ingress.adapters.mqtt.connection import ConnectionConfig
+from corem_ingress.adapters.mqtt.protocol import MqttProtocol
+from corem_ingress.config import MqttConfig
+
+log = structlog.get_logger("corem.mqtt")
+
+
+class MqttListener:
+    name = "mqtt"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.config: MqttConfig = services.config.mqtt
+        self.port = self.config.port
+        self.tls_context = tls.server_context(self.config)
+        self.connection_config = ConnectionConfig(
+            max_packet_size=self.config.max_packet_size,
+            connect_timeout=self.config.connect_timeout_s,
+            max_keepalive=self.config.max_keepalive_s,
+            max_inflight=self.config.max_inflight,
+        )
+        self.connections: set[MqttProtocol] = set()
+        self._by_device: dict[str, MqttProtocol] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Counters for logs/metrics and tests: connect_accepted, connect_refused,
+        #: acl_violations, subscribe_denied, protocol_closes, tls_failures, uplinks,
+        #: store_failures, downlinks, revocation_closes, takeovers.
+        self.stats: Counter[str] = Counter()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: MqttProtocol(self),
+            self.config.host,
+            self.config.port,
+            backlog=self.config.backlog,
+            reuse_address=True,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info(
+            "mqtt.listening",
+            host=self.config.host,
+            port=self.port,
+            client_auth=self.config.client_auth,
+            allow_self_signed=self.config.allow_self_signed,
+        )
+
+    async def stop(self, deadline: float) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        busy = [t for c in self.connections if (t := c.busy) is not None]
+        if busy:  # let in-flight appends finish: their PUBACKs are lost, the data is not
+            await asyncio.wait(busy, timeout=max(0.0, deadline / 2))
+        for conn in list(self.connections):
+            conn.close("broker shutting down")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), timeout=max(0.1, deadline / 2))
+        self._server = None
+
+    # -- called by connections ---------------------------------------------------------------
+    def count(self, name: str) -> None:
+        self.stats[name] += 1
+
+    def new_session_id(self) -> str:
+        return f"mqtt-{self.services.node_id}-{next(self._ids)}"
+
+    def connection_opened(self, conn: MqttProtocol) -> None:
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: MqttProtocol) -> None:
+        self.connections.discard(conn)
+        device_id = conn.device_id
+        if device_id is not None and self._by_device.get(device_id) is conn:
+            del self._by_device[device_id]
+
+    def claim(self, device_id: str, conn: MqttProtocol) -> None:
+        """One session per client id on this node: a new CONNECT takes over (MQTT 3.1.1)."""
+        old = self._by_device.get(device_id)
+        self._by_device[device_id] = conn
+        if old is not None and old is not conn:
+            self.count("takeovers")
+            old.close("session taken over by a new connection")

@@ -1,0 +1,364 @@
+"""The asyncio layer of one MQTT-over-TLS connection: it moves bytes and carries out decisions.
+
+socket -> TlsSession (memory BIOs) -> MqttConnection (sans-I/O core) -> events, which are
+handled here with the listener's services: authentication, topic policy, the Redis append
+before PUBACK, downlink delivery, revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import structlog
+
+from corem_ingress.adapters.mqtt import downlink as dl
+from corem_ingress.adapters.mqtt import policy
+from corem_ingress.adapters.mqtt.auth import Authenticated, authenticate
+from corem_ingress.adapters.mqtt.codec import Connect, Publish, Subscribe, Unsubscribe
+from corem_ingress.adapters.mqtt.connection import MqttConnection, State
+from corem_ingress.adapters.mqtt.events import (
+    ConnectionClosed,
+    ConnectReceived,
+    PublishReceived,
+    SubscribeReceived,
+    UnsubscribeReceived,
+)
+from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.errors import IngressError, PermissionDenied
+from corem_ingress.core.sessions import DisconnectOrder, LiveSession
+from corem_ingress.core.uplink import Transport, Uplink, payload_from_bytes
+
+if TYPE_CHECKING:
+    from corem_ingress.adapters.mqtt.listener import MqttListener
+
+log = structlog.get_logger("corem.mqtt")
+
+#: One socket read buffer shared by every connection: each read is consumed at once.
+_READ = bytearray(64 * 1024)
+_READ_VIEW = memoryview(_READ)
+#: Bytes queued to a slow client beyond which downlinks are not delivered.
+_WRITE_LIMIT = 256 * 1024
+
+
+class MqttProtocol(asyncio.BufferedProtocol):
+    __slots__ = (
+        "_auth",
+        "_closed",
+        "_listener",
+        "_paused",
+        "_peer",
+        "_pending",
+        "_subs",
+        "_task",
+        "_timer",
+        "_transport",
+        "_worker",
+        "mqtt",
+        "session_id",
+        "tls",
+    )
+
+    def __init__(self, listener: MqttListener) -> None:
+        self._listener = listener
+        self._transport: asyncio.Transport | None = None
+        self.tls = TlsSession(listener.tls_context)
+        self.mqtt = MqttConnection(listener.connection_config, listener.loop.time())
+        self._timer: asyncio.TimerHandle | None = None
+        self._auth: Authenticated | None = None
+        self._subs: dl.Subscriptions | None = None
+        self._pending: deque[Publish] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._paused = False
+        self._closed = False
+        self._peer = ""
+        self.session_id = ""
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._listener.connection_opened(self)
+        self._schedule_timer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closed:
+            return
+        data = bytes(_READ_VIEW[:nbytes])
+        try:
+            plain = self.tls.receive(data)
+        except TlsError as exc:
+            self._listener.count("tls_failures")
+            log.info("mqtt.tls_failed", peer=self._peer, error=str(exc))
+            self._close("TLS failure", error=True)
+            return
+        if plain:
+            self.mqtt.receive_data(plain, self._listener.loop.time())
+            self._drain()
+        if self.tls.closed:
+            self._close("peer sent close_notify", error=False)
+            return
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self._close("peer closed", error=False)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close("connection lost", error=False)
+
+    # -- events ------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while (event := self.mqtt.next_event()) is not None:
+            if isinstance(event, PublishReceived):
+                self._on_publish(event.publish)
+            elif isinstance(event, ConnectReceived):
+                self._task = self._listener.loop.create_task(self._authenticate(event.connect))
+            elif isinstance(event, SubscribeReceived):
+                self._on_subscribe(event.subscribe)
+            elif isinstance(event, UnsubscribeReceived):
+                self._on_unsubscribe(event.unsubscribe)
+            elif isinstance(event, ConnectionClosed):
+                if event.error:
+                    self._listener.count("protocol_closes")
+                    log.info("mqtt.closed", peer=self._peer, reason=event.reason)
+                self._close(event.reason, error=event.error)
+        self._flush()
+
+    async def _authenticate(self, connect: Connect) -> None:
+        listener = self._listener
+        try:
+            auth = await authenticate(
+                listener.services.resolver,
+                connect,
+                self.tls.peer_fingerprint(),
+                client_auth=listener.config.client_auth,
+            )
+        except IngressError as exc:
+            if self._closed:
+                return
+            listener.count("connect_refused")
+            log.info(
+                "mqtt.connect_refused",
+                peer=self._peer,
+                code=exc.mqtt_connack,
+                reason=exc.reason,
+            )
+            self.mqtt.refuse(exc.mqtt_connack, exc.reason)
+            self._drain()
+            return
+        if self._closed:
+            return
+        self._auth = auth
+        self.session_id = listener.new_session_id()
+        identity = auth.identity
+        listener.services.sessions.register(
+            LiveSession(self.session_id, Transport.MQTT.value, identity, auth.lookup),
+            self._disconnect,
+        )
+        listener.claim(identity.device_id, self)
+        listener.services.downlinks.add(identity.device_id, self.session_id, self.deliver)
+        self.mqtt.accept(listener.loop.time(), connect.keepalive)
+        listener.count("connect_accepted")
+        log.info(
+            "mqtt.connected",
+            peer=self._peer,
+            tenant=identity.tenant_id,
+            device=identity.device_id,
+            credential=identity.credential_kind.value,
+            session=self.session_id,
+        )
+        self._schedule_timer()
+        self._drain()
+
+    def _on_publish(self, publish: Publish) -> None:
+        auth = self._auth
+        assert auth is not None
+        try:
+            policy.uplink_kind(auth.identity, publish.topic)
+        except PermissionDenied as exc:
+            self._listener.count("acl_violations")
+            log.warning(
+                "mqtt.publish_denied",
+                peer=self._peer,
+                tenant=auth.identity.tenant_id,
+                device=auth.identity.device_id,
+                reason=exc.reason,
+            )
+            self._close("publish outside the device's topics", error=True)
+            return
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append(publish)
+        if len(self._pending) >= self._listener.config.max_inflight and not self._paused:
+            self._paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+        if self._worker is None:
+            self._worker = self._listener.loop.create_task(self._store())
+
+    async def _store(self) -> None:
+        """Append pending publishes in order; acknowledge each only after Redis took it."""
+        listener = self._listener
+        auth = self._auth
+        pending = self._pending
+        assert auth is not None and pending is not None
+        try:
+            while pending and not self._closed:
+                publish = pending[0]
+                kind = policy.uplink_kind(auth.identity, publish.topic)
+                payload, encoding = payload_from_bytes(publish.payload)
+                uplink = Uplink.new(
+                    auth.identity,
+                    Transport.MQTT,
+                    kind,
+                    payload,
+                    now=listener.services.clock(),
+                    payload_encoding=encoding,
+                )
+                try:
+                    await listener.services.uplinks.append(uplink)
+                except IngressError as exc:
+                    listener.count("store_failures")
+                    log.warning(
+                        "mqtt.uplink_not_stored",
+                        device=auth.identity.device_id,
+                        reason=exc.reason,
+                    )
+                    # Not stored: no PUBACK. The client re-sends after reconnecting.
+                    self._close("uplink storage unavailable", error=True)
+                    return
+                pending.popleft()
+                listener.count("uplinks")
+                self.mqtt.ack_publish(publish)
+                self._flush()
+                if self._paused and len(pending) < listener.config.max_inflight:
+                    self._paused = False
+                    if self._transport is not None and not self._closed:
+                        self._transport.resume_reading()
+        finally:
+            self._worker = None
+
+    def _on_subscribe(self, subscribe: Subscribe) -> None:
+        auth = self._auth
+        assert auth is not None
+        if self._subs is None:
+            self._subs = dl.Subscriptions()
+        codes: list[int] = []
+        for topic_filter, qos in subscribe.filters:
+            if policy.subscribe_allowed(auth.identity, topic_filter):
+                granted = policy.granted_qos(qos)
+                self._subs.add(topic_filter, granted)
+                codes.append(granted)
+            else:
+                self._listener.count("subscribe_denied")
+                log.info(
+                    "mqtt.subscribe_denied",
+                    device=auth.identity.device_id,
+                    tenant=auth.identity.tenant_id,
+                )
+                codes.append(policy.SUBACK_FAILURE)
+        self.mqtt.suback(subscribe.packet_id, codes)
+
+    def _on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
+        if self._subs is not None:
+            for topic_filter in unsubscribe.filters:
+                self._subs.remove(topic_filter)
+
+    # -- downlinks and revocation ------------------------------------------------------------
+    async def deliver(self, downlink: Downlink) -> bool:
+        """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed."""
+        if self._closed or self._subs is None or self._transport is None:
+            return False
+        planned = dl.plan(self._subs, downlink)
+        if planned is None or self._transport.get_write_buffer_size() > _WRITE_LIMIT:
+            return False
+        topic, qos = planned
+        sent = self.mqtt.send_publish(topic, downlink.payload_bytes(), qos)
+        self._flush()
+        if sent:
+            self._listener.count("downlinks")
+        return sent
+
+    def _disconnect(self, order: DisconnectOrder) -> None:
+        """SessionHub callback: the credential was revoked or expired."""
+        log.info("mqtt.disconnect", session=order.session_id, reason=order.reason)
+        self._listener.count("revocation_closes")
+        self.close(order.reason)
+
+    # -- closing -----------------------------------------------------------------------------
+    def close(self, reason: str) -> None:
+        """Local close (revocation, take-over, shutdown): close_notify, then the socket."""
+        if not self._closed:
+            self.mqtt.close(reason)
+            self.tls.close_notify()
+            self._close(reason, error=False)
+
+    def _close(self, reason: str, *, error: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.mqtt.state is not State.CLOSED:
+            self.mqtt.close(reason)
+        self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+        if self._pending:
+            self._pending.clear()
+        if self._auth is not None:
+            services = self._listener.services
+            services.sessions.unregister(self.session_id)
+            services.downlinks.remove(self._auth.identity.device_id, self.session_id)
+            log.info(
+                "mqtt.session_closed",
+                session=self.session_id,
+                device=self._auth.identity.device_id,
+                reason=reason,
+            )
+        self._listener.connection_closed(self)
+
+    @property
+    def device_id(self) -> str | None:
+        return self._auth.identity.device_id if self._auth else None
+
+    @property
+    def busy(self) -> asyncio.Task[None] | None:
+        """The in-flight Redis append, if any (awaited on shutdown)."""
+        return self._worker
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self.mqtt.data_to_send()
+        try:
+            if data:
+                self.tls.send(data)
+            out = self.tls.outgoing()
+        except TlsError:
+            out = b""
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out)
+
+    def _schedule_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = self.mqtt.next_timer()
+        if when is not None and not self._closed:
+            self._timer = self._listener.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.mqtt.handle_timer(self._listener.loop.time())
+        self._drain()
+        self._schedule_timer()
