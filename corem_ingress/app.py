@@ -202,11 +202,16 @@ class Node:
                 log.exception("listener.stop_failed", listener=listener.name)
         if self.services is not None:
             self.services.sessions.disconnect_all("broker shutting down")
+        if self.bus is not None:
+            self.bus.close()  # the bus task ends by itself within ~1 s
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.get_name() != "bus":
+                task.cancel()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                log.error("node.task_did_not_stop", task=task.get_name())
+                task.print_stack()
         if self._health_runner is not None:
             await self._health_runner.cleanup()
         if self.services is not None:

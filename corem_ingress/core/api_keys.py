@@ -23,7 +23,7 @@ def generate() -> str:
 
 
 def is_well_formed(raw: str) -> bool:
-    if not isinstance(raw, str) or not _FORMAT.match(raw):
+    if not isinstance(raw, str) or not _FORMAT.fullmatch(raw):
         return False
     try:
         decoded = base64.urlsafe_b64decode(raw[len(PREFIX) :] + "=")

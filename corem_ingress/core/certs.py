@@ -53,7 +53,7 @@ def fingerprint_der(der: bytes) -> str:
 
 
 def check_fingerprint(value: str) -> str:
-    if not isinstance(value, str) or not _FINGERPRINT_RE.match(value):
+    if not isinstance(value, str) or not _FINGERPRINT_RE.fullmatch(value):
         raise InvalidArgument(
             "fingerprint must be 64 lower-case hex characters (SHA-256 of the DER)"
         )

@@ -67,7 +67,7 @@ _HARDWARE_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
 
 
 def check_tenant_id(value: str) -> str:
-    if not isinstance(value, str) or not _TENANT_RE.match(value):
+    if not isinstance(value, str) or not _TENANT_RE.fullmatch(value):
         raise InvalidArgument(
             "tenant id must be 1-63 characters of a-z, 0-9, '-' or '_', "
             "starting with a letter or digit"
@@ -76,7 +76,7 @@ def check_tenant_id(value: str) -> str:
 
 
 def check_hardware_id(value: str) -> str:
-    if not isinstance(value, str) or not _HARDWARE_RE.match(value):
+    if not isinstance(value, str) or not _HARDWARE_RE.fullmatch(value):
         raise InvalidArgument(
             "hardware id must be 1-128 characters of A-Z, a-z, 0-9 and . _ : @ + = -"
         )

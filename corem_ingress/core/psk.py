@@ -102,7 +102,7 @@ class KeyRing:
         if not keys:
             raise InvalidArgument("no PSK key-encryption key configured")
         for kid, key in keys.items():
-            if not _KID_RE.match(kid):
+            if not _KID_RE.fullmatch(kid):
                 raise InvalidArgument("KEK id must be 1-32 characters of A-Z, a-z, 0-9, '_' or '-'")
             if len(key) != KEK_BYTES:
                 raise InvalidArgument(f"KEK {kid!r} must be {KEK_BYTES} bytes")
@@ -159,6 +159,6 @@ class KeyRing:
 
 def generate_kek_line(kid: str) -> str:
     """A fresh ``kid:base64`` KEK entry (for operators and the dev setup)."""
-    if not _KID_RE.match(kid):
+    if not _KID_RE.fullmatch(kid):
         raise InvalidArgument("KEK id must be 1-32 characters of A-Z, a-z, 0-9, '_' or '-'")
     return f"{kid}:{base64.b64encode(secrets.token_bytes(KEK_BYTES)).decode()}"

@@ -44,11 +44,17 @@ class RevocationBus:
         self.subscribed = asyncio.Event()
         self.resyncs = 0
         self.events_received = 0
+        self._closing = False
+        self.resync_task: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        """Stop reconnecting (redis-py may turn a cancellation into a connection error)."""
+        self._closing = True
 
     async def run(self) -> None:
         first = True
         delay = self._retry_delay
-        while True:
+        while not self._closing:
             pubsub: Any = self._r.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel, *self._extra)
@@ -59,13 +65,15 @@ class RevocationBus:
                 else:
                     self.resyncs += 1
                     log.warning("bus.resubscribed", channel=self.channel)
-                    await self._on_resync()
+                    # In its own task: events keep flowing while sessions are re-validated.
+                    self.resync_task = asyncio.ensure_future(self._on_resync())
                 first = False
-                while True:
+                # Idle connections are checked by the client's health_check_interval (PING).
+                # No cancellation here: redis-py can hang when cancelled mid-command, so
+                # close() sets a flag that this loop sees within a second.
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
-                        # Idle: make sure the connection is still alive (detects silent drops).
-                        await pubsub.ping()
                         continue
                     if message.get("type") != "message":
                         continue

@@ -1,0 +1,60 @@
+import base64
+
+import pytest
+
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
+
+ID = DeviceIdentity("t", "d", CredentialKind.API_KEY, "key_1")
+
+
+def test_envelope_fields_roundtrip() -> None:
+    u = Uplink.new(ID, Transport.HTTP, UplinkKind.TELEMETRY, {"temp": 21.5}, now=1000.25)
+    fields = u.to_fields()
+    assert set(fields) >= {
+        "tenant_id",
+        "device_id",
+        "transport",
+        "kind",
+        "payload",
+        "received_at",
+        "message_id",
+    }
+    assert Uplink.from_fields(fields) == u
+    assert u.to_json()["payload"] == {"temp": 21.5}
+
+
+def test_message_ids_are_unique() -> None:
+    ids = {
+        Uplink.new(ID, Transport.MQTT, UplinkKind.EVENT, 1, now=0).message_id for _ in range(100)
+    }
+    assert len(ids) == 100
+
+
+def test_kind_parse() -> None:
+    assert UplinkKind.parse("state") is UplinkKind.STATE
+    with pytest.raises(InvalidArgument):
+        UplinkKind.parse("logs")
+
+
+def test_payload_from_bytes() -> None:
+    assert payload_from_bytes(b'{"a":1}') == ({"a": 1}, "json")
+    assert payload_from_bytes(b"hello") == ("hello", "text")
+    raw = b"\xff\x00\x01"
+    assert payload_from_bytes(raw) == (base64.b64encode(raw).decode(), "base64")
+
+
+def test_downlink_roundtrip_and_validation() -> None:
+    d = Downlink.new("t", "d", "config", {"rate": 5}, qos=1, now=1.0)
+    assert Downlink.decode(d.encode()) == d
+    assert d.payload_bytes() == b'{"rate":5}'
+    assert Downlink.new("t", "d", "cmd", "reboot", qos=0, now=1).payload_bytes() == b"reboot"
+    for kind in ["", "Config", "a/b", "#", "x" * 65]:
+        with pytest.raises(InvalidArgument):
+            Downlink.new("t", "d", kind, 1, qos=0, now=0)
+    with pytest.raises(InvalidArgument):
+        Downlink.new("t", "d", "k", 1, qos=2, now=0)
+    with pytest.raises(ValueError):
+        Downlink.decode(b'{"kind":"x"}')
