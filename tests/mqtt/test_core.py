@@ -1,0 +1,309 @@
+"""The sans-I/O core: codec, connection state machine, topic policy. No event loop, no sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from corem_ingress.adapters.mqtt import codec, policy
+from corem_ingress.adapters.mqtt.codec import Connect, PacketType, Publish
+from corem_ingress.adapters.mqtt.connection import ConnectionConfig, MqttConnection, State
+from corem_ingress.adapters.mqtt.downlink import Subscriptions, plan
+from corem_ingress.adapters.mqtt.events import (
+    ConnectionClosed,
+    ConnectReceived,
+    PublishReceived,
+    SubscribeReceived,
+)
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.errors import PermissionDenied
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.uplink import UplinkKind
+
+DEV = "0b0e0c6a-3f1e-4a51-9a0b-2f0f5f7f1a11"
+OTHER = "9d7b1c2e-5f3a-4b6c-8d9e-0a1b2c3d4e5f"
+IDENTITY = DeviceIdentity("acme", DEV, CredentialKind.X509, "f" * 64)
+CFG = ConnectionConfig(max_packet_size=1024, connect_timeout=5, max_keepalive=100, max_inflight=2)
+
+
+def connect_bytes(client_id: str = DEV, keepalive: int = 10, level: int = 4) -> bytes:
+    return codec.encode_connect(Connect(level, client_id, True, keepalive, None, None))
+
+
+def events(conn: MqttConnection) -> list[object]:
+    out = []
+    while (e := conn.next_event()) is not None:
+        out.append(e)
+    return out
+
+
+def connected(now: float = 0.0) -> MqttConnection:
+    conn = MqttConnection(CFG, now)
+    conn.receive_data(connect_bytes(), now)
+    assert isinstance(events(conn)[0], ConnectReceived)
+    conn.accept(now, 10)
+    assert conn.data_to_send() == b"\x20\x02\x00\x00"
+    return conn
+
+
+# -- codec ----------------------------------------------------------------------------------------
+def test_connect_roundtrip_and_fields() -> None:
+    c = Connect(4, "dev", False, 30, "u", b"p", "w/t", b"bye", 1, True)
+    raw = codec.encode_connect(c)
+    first, header, total = codec.frame(raw, 1024) or (0, 0, 0)
+    assert total == len(raw)
+    assert codec.decode(first, raw[header:]) == c
+
+
+def test_frame_needs_more_bytes_and_rejects_bad_lengths() -> None:
+    assert codec.frame(b"\x30", 100) is None
+    assert codec.frame(b"\x30\x80", 100) is None
+    with pytest.raises(codec.ProtocolViolation):
+        codec.frame(b"\x30\xff\xff\xff\xff\x01", 1 << 30)
+    with pytest.raises(codec.PacketTooLarge):
+        codec.frame(b"\x30\xff\x7f", 1000)  # known too large before the body arrives
+
+
+@pytest.mark.parametrize(
+    ("first", "body", "why"),
+    [
+        (0x00, b"", "reserved type"),
+        (0x20, b"\x00\x00", "CONNACK from a client"),
+        (0x82, b"\x00\x01", "SUBSCRIBE without filters"),
+        (0x80, b"\x00\x01\x00\x01a\x00", "SUBSCRIBE with wrong flags"),
+        (0x82, b"\x00\x01\x00\x01a\x03", "SUBSCRIBE QoS 3"),
+        (0x82, b"\x00\x01\x00\x03a#b\x00", "bad #"),
+        (0x36, b"\x00\x01a\x00\x01", "PUBLISH QoS 3"),
+        (0x38, b"\x00\x01a", "DUP on QoS 0"),
+        (0x30, b"\x00\x03a/+", "wildcard in a topic name"),
+        (0x30, b"\x00\x02\xff\xfe", "invalid UTF-8"),
+        (0x32, b"\x00\x01a\x00\x00", "packet id 0"),
+        (0xC0, b"\x00", "trailing bytes in PINGREQ"),
+        (0x10, b"\x00\x04HTTP\x04\x02\x00\x0a\x00\x00", "not MQTT"),
+        (0x10, b"\x00\x04MQTT\x04\x03\x00\x0a\x00\x00", "reserved connect flag"),
+        (0x10, b"\x00\x04MQTT\x04\x42\x00\x0a\x00\x00\x00\x01x", "password without user"),
+    ],
+)
+def test_decode_rejects(first: int, body: bytes, why: str) -> None:
+    with pytest.raises(codec.ProtocolViolation):
+        codec.decode(first, body)
+
+
+def test_publish_encoding_roundtrip() -> None:
+    raw = codec.encode_publish("a/b", b"x" * 200, 1, 7)
+    first, header, _ = codec.frame(raw, 1024) or (0, 0, 0)
+    assert codec.decode(first, raw[header:]) == Publish("a/b", b"x" * 200, 1, False, False, 7)
+
+
+# -- connection core -------------------------------------------------------------------------------
+def test_connect_waits_for_a_decision_and_buffers_early_packets() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    ping = b"\xc0\x00"
+    conn.receive_data(connect_bytes() + ping, 0.0)  # bytes after CONNECT, before CONNACK
+    assert [type(e) for e in events(conn)] == [ConnectReceived]
+    assert conn.state is State.AUTHENTICATING and conn.data_to_send() == b""
+    conn.accept(1.0, 10)
+    assert conn.data_to_send() == b"\x20\x02\x00\x00\xd0\x00"  # CONNACK then PINGRESP
+
+
+def test_refuse_sends_the_code_and_closes() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(connect_bytes(), 0.0)
+    events(conn)
+    conn.refuse(5, "not authorized")
+    assert conn.data_to_send() == b"\x20\x02\x00\x05"
+    assert events(conn) == [ConnectionClosed("not authorized", True)]
+
+
+def test_protocol_level_other_than_311_gets_connack_1() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(connect_bytes(level=5), 0.0)
+    assert conn.data_to_send() == b"\x20\x02\x00\x01"
+    assert isinstance(events(conn)[0], ConnectionClosed)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xc0\x00",  # PINGREQ before CONNECT
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x10\xff\xff\xff\xff\x7f",
+        bytes(range(256)),
+    ],
+)
+def test_garbage_closes_without_raising(data: bytes) -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(data, 0.0)
+    (event,) = events(conn)
+    assert isinstance(event, ConnectionClosed) and event.error
+    conn.receive_data(b"more", 0.0)  # ignored after close
+    assert events(conn) == []
+
+
+def test_oversized_packet_closes() -> None:
+    conn = connected()
+    conn.receive_data(codec.encode_publish(f"devices/{DEV}/up/event", b"x" * 2000, 0)[:10], 0.0)
+    (event,) = events(conn)
+    assert isinstance(event, ConnectionClosed) and "max_packet_size" in event.reason
+
+
+def test_too_much_data_while_authenticating_closes() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(connect_bytes(), 0.0)
+    events(conn)
+    conn.receive_data(b"\xc0\x00" * 1500, 0.0)
+    assert isinstance(events(conn)[-1], ConnectionClosed)
+
+
+def test_connect_timeout_and_keepalive_use_the_given_clock() -> None:
+    conn = MqttConnection(CFG, 100.0)
+    assert conn.next_timer() == 105.0
+    conn.handle_timer(104.9)
+    assert events(conn) == []
+    conn.handle_timer(105.0)
+    assert events(conn) == [ConnectionClosed("no CONNECT within connect_timeout", True)]
+
+    conn = connected(0.0)  # keepalive 10 -> closed after 15 s of silence
+    assert conn.next_timer() == 15.0
+    conn.receive_data(b"\xc0\x00", 12.0)
+    conn.handle_timer(15.0)
+    assert events(conn) == [] and conn.next_timer() == 27.0
+    conn.handle_timer(27.0)
+    assert events(conn) == [ConnectionClosed("keep-alive expired", True)]
+
+
+def test_keepalive_zero_gets_the_configured_maximum() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(connect_bytes(keepalive=0), 0.0)
+    events(conn)
+    conn.accept(0.0, 0)
+    assert conn.next_timer() == 150.0
+
+
+def test_publish_acks_only_when_told() -> None:
+    conn = connected()
+    conn.receive_data(codec.encode_publish(f"devices/{DEV}/up/event", b"{}", 1, 9), 0.0)
+    (event,) = events(conn)
+    assert isinstance(event, PublishReceived)
+    assert conn.data_to_send() == b""  # no PUBACK before the caller stored it
+    conn.ack_publish(event.publish)
+    assert conn.data_to_send() == codec.encode_ack(PacketType.PUBACK, 9)
+
+
+def test_qos2_is_stored_once_and_completed() -> None:
+    conn = connected()
+    pub = codec.encode_publish(f"devices/{DEV}/up/event", b"1", 2, 3)
+    conn.receive_data(pub, 0.0)
+    (event,) = events(conn)
+    assert isinstance(event, PublishReceived)
+    conn.ack_publish(event.publish)
+    assert conn.data_to_send() == codec.encode_ack(PacketType.PUBREC, 3)
+    conn.receive_data(pub, 0.0)  # re-sent before PUBREL: acknowledged, not reported again
+    assert events(conn) == []
+    conn.receive_data(codec.encode_ack(PacketType.PUBREL, 3), 0.0)
+    assert conn.data_to_send() == codec.encode_ack(PacketType.PUBREC, 3) + codec.encode_ack(
+        PacketType.PUBCOMP, 3
+    )
+
+
+def test_outgoing_inflight_window() -> None:
+    conn = connected()
+    assert conn.send_publish("t", b"a", 1) and conn.send_publish("t", b"b", 1)
+    assert not conn.send_publish("t", b"c", 1)  # max_inflight=2
+    assert conn.send_publish("t", b"d", 0)  # QoS 0 is not windowed
+    conn.data_to_send()
+    conn.receive_data(codec.encode_ack(PacketType.PUBACK, 1), 0.0)
+    assert conn.inflight == 1 and conn.send_publish("t", b"c", 1)
+
+
+def test_subscribe_event_and_suback() -> None:
+    conn = connected()
+    conn.receive_data(codec.encode_subscribe(4, [("a/#", 1)]), 0.0)
+    (event,) = events(conn)
+    assert isinstance(event, SubscribeReceived)
+    conn.suback(4, [0x80])
+    assert conn.data_to_send() == b"\x90\x03\x00\x04\x80"
+
+
+def test_disconnect_and_second_connect() -> None:
+    conn = connected()
+    conn.receive_data(b"\xe0\x00", 0.0)
+    assert events(conn) == [ConnectionClosed("client sent DISCONNECT", False)]
+    conn = connected()
+    conn.receive_data(connect_bytes(), 0.0)
+    assert events(conn) == [ConnectionClosed("second CONNECT", True)]
+
+
+# -- policy ------------------------------------------------------------------------------------
+def test_client_id_rules() -> None:
+    assert policy.client_id_for(IDENTITY, DEV, False) == DEV
+    assert policy.client_id_for(IDENTITY, "", True) == DEV
+    for client_id, clean in (("", False), (OTHER, True), (DEV.upper(), True), ("x", True)):
+        with pytest.raises(PermissionDenied) as err:
+            policy.client_id_for(IDENTITY, client_id, clean)
+        assert err.value.mqtt_connack == 5
+
+
+def test_publish_acl() -> None:
+    assert policy.uplink_kind(IDENTITY, f"devices/{DEV}/up/telemetry") is UplinkKind.TELEMETRY
+    for topic in (
+        f"devices/{OTHER}/up/telemetry",
+        f"devices/{DEV}/up/other",
+        f"devices/{DEV}/up/telemetry/x",
+        f"devices/{DEV}/down/config",
+        f"devices/{DEV}/up",
+        "devices/x/../up/event",
+        "$SYS/broker",
+    ):
+        with pytest.raises(PermissionDenied):
+            policy.uplink_kind(IDENTITY, topic)
+
+
+def test_subscribe_acl() -> None:
+    ok = [f"devices/{DEV}/down/#", f"devices/{DEV}/down/+", f"devices/{DEV}/down/config"]
+    bad = [
+        "#",
+        "devices/#",
+        f"devices/{DEV}/#",
+        f"devices/{DEV}/+/#",
+        f"devices/{DEV}/down",
+        f"devices/{DEV}/up/#",
+        f"devices/{OTHER}/down/#",
+        "devices/+/down/#",
+        "$SYS/#",
+    ]
+    assert all(policy.subscribe_allowed(IDENTITY, f) for f in ok)
+    assert not any(policy.subscribe_allowed(IDENTITY, f) for f in bad)
+
+
+def test_downlink_plan_uses_subscription_qos() -> None:
+    subs = Subscriptions()
+    d = Downlink.new("acme", DEV, "config", {"a": 1}, qos=1, now=0.0)
+    assert plan(subs, d) is None
+    subs.add(f"devices/{DEV}/down/#", 0)
+    assert plan(subs, d) == (f"devices/{DEV}/down/config", 0)
+    subs.add(f"devices/{DEV}/down/config", 1)
+    assert plan(subs, d) == (f"devices/{DEV}/down/config", 1)
+    subs.remove(f"devices/{DEV}/down/config")
+    subs.remove(f"devices/{DEV}/down/#")
+    assert plan(subs, d) is None
+
+
+def test_topic_matching() -> None:
+    assert policy.topic_matches("a/#", "a")
+    assert policy.topic_matches("a/+/c", "a/b/c")
+    assert not policy.topic_matches("a/+", "a/b/c")
+    assert not policy.topic_matches("a/b", "a")
+
+
+def test_amqtt_is_not_loaded_by_the_adapter() -> None:
+    """The listener is ours: amqtt's fail-open defaults cannot apply to it (fresh process)."""
+    code = (
+        "import sys, corem_ingress.app, corem_ingress.adapters.mqtt; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'amqtt'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
