@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from typing import Any
 
 from OpenSSL import SSL
 
@@ -99,3 +101,88 @@ class Client:
                 break
             out.extend(pack_datagrams(chunk, self.mtu))
         return out
+
+
+class AsyncDtlsClient(asyncio.DatagramProtocol):
+    """The in-process client over a real loopback UDP socket, with DTLS retransmission."""
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self.client = Client(ctx)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.changed = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def connect(
+        cls, ctx: SSL.Context, port: int, *, timeout: float = 15.0
+    ) -> AsyncDtlsClient:
+        loop = asyncio.get_running_loop()
+        self = cls(ctx)
+        await loop.create_datagram_endpoint(lambda: self, remote_addr=("127.0.0.1", port))
+        self._send(self.client.start())
+        self._arm()
+        async with asyncio.timeout(timeout):
+            while not (self.client.done or self.client.failed or self.client.closed):
+                await self.wait_change()
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client.receive(data)
+        self._send(self.client.outgoing())
+        self.changed.set()
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        if self.transport is not None:
+            for d in datagrams:
+                self.transport.sendto(d)
+
+    def _arm(self) -> None:
+        if self.client.done or self.client.failed:
+            return
+        timeout = self.client.conn.DTLSv1_get_timeout()
+        delay = 0.2 if timeout is None else max(0.01, timeout)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        if self.client.done or self.client.failed:
+            return
+        try:
+            self.client.conn.DTLSv1_handle_timeout()
+        except SSL.Error as exc:
+            self.client.failed = exc
+            self.changed.set()
+            return
+        self._send(self.client.outgoing())
+        self._arm()
+
+    async def wait_change(self) -> None:
+        await self.changed.wait()
+        self.changed.clear()
+
+    def send(self, data: bytes) -> None:
+        self._send(self.client.send(data))
+
+    async def recv(self, timeout: float = 15.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            while not self.client.received:
+                if self.client.closed or self.client.failed:
+                    raise ConnectionError("session closed")
+                await self.wait_change()
+        return self.client.received.pop(0)
+
+    async def wait_closed(self, timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not (self.client.closed or self.client.failed):
+                await self.wait_change()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self._send(self.client.close())
+            self.transport.close()
+            self.transport = None
