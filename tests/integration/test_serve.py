@@ -1,0 +1,172 @@
+"""`corem-ingress serve` as a real process: embedded Redis, health endpoints, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from corem_ingress.embedded_redis import free_port, is_alive
+
+
+def _get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("broker never became ready")
+
+
+def _serve(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    e = dict(os.environ)
+    e.update(env)
+    e.update(
+        {
+            "COREM_HEALTH_PORT": str(port),
+            "COREM_HTTP_ENABLED": "false",
+            "COREM_MQTT_ENABLED": "false",
+            "COREM_COAP_ENABLED": "false",
+            "COREM_STATE_DIR": str(tmp_path / "state"),
+            "COREM_LOGGING_FORMAT": "json",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corem_ingress", "serve"],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, port
+
+
+def test_serve_with_embedded_redis_health_and_sigterm(tmp_path: Path, kek_env: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COREM_REDIS_URL"}
+    env["COREM_REDIS_URL"] = ""
+    proc, port = _serve(env, tmp_path)
+    try:
+        body = _wait_ready(port, proc)
+        assert body["checks"] == {"redis": True, "bus": True}
+        assert _get(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
+        url = (tmp_path / "state" / "redis.url").read_text().strip()
+        assert url.startswith("redis://127.0.0.1:")
+        # The CLI finds the embedded Redis through the state file.
+        cli_env = {
+            **os.environ,
+            "COREM_STATE_DIR": str(tmp_path / "state"),
+            "COREM_PSK_KEK": kek_env,
+        }
+        cli_env.pop("COREM_REDIS_URL", None)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "corem_ingress",
+                "devices",
+                "provision",
+                "--tenant",
+                "t",
+                "--hardware-id",
+                "h",
+                "--credential",
+                "psk",
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        logs = [
+            json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")
+        ]
+        events = [entry["event"] for entry in logs]
+        assert "redis.embedded_started" in events and "node.stopped" in events
+        embedded = next(entry for entry in logs if entry["event"] == "redis.embedded_started")
+        # The private redis-server is gone with the broker, and so is the state file.
+        for _ in range(50):
+            if not is_alive(embedded["pid"]):
+                break
+            time.sleep(0.1)
+        assert not is_alive(embedded["pid"])
+        assert not (tmp_path / "state" / "redis.url").exists()
+        # No secret in the logs.
+        assert json.loads(r.stdout)["psk"] not in "\n".join(json.dumps(x) for x in logs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_uses_configured_redis(tmp_path: Path, redis_url: str, kek_env: str) -> None:
+    proc, port = _serve({"COREM_REDIS_URL": redis_url}, tmp_path)
+    try:
+        _wait_ready(port, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "redis.embedded_started" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_readyz_reports_unreachable_redis(tmp_path: Path, kek_env: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    proc, port = _serve({"COREM_REDIS_URL": dead, "COREM_REDIS_SOCKET_TIMEOUT_S": "0.3"}, tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/readyz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert status == 503 and body["checks"] == {"redis": False, "bus": False}
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("http:\n  port: eighty\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "corem_ingress", "serve", "--config", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip()
+        == "corem-ingress: error: config: http.port: expected int (from " + str(f) + ")"
+    )
