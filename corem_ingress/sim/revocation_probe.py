@@ -92,7 +92,7 @@ def main() -> None:
     args = p.parse_args()
     from corem_ingress import logs
 
-    logs.configure("json", "warning")
+    logs.configure("json", "error")
     with contextlib.suppress(KeyboardInterrupt, TimeoutError):
         asyncio.run(run(args.redis_url, args.watch, args.max_seconds, args.stdin))
 
