@@ -1,6 +1,6 @@
 """Resolver benchmark: cache hit, cache miss beside a raw GET, and revocation propagation.
 
-    .venv/bin/python bench/resolver.py [--keys 1000] [--hits 200000] [--misses 5000] [--revocations 200]
+    .venv/bin/python bench/resolver.py [--keys N] [--hits N] [--misses N] [--revocations N]
 
 Starts its own redis-server on a free loopback port. Prints a table and a JSON line.
 Targets (issue 2): hit p99 <= 20 us; miss p50 <= 1.2x raw GET p50; propagation p99 <= 50 ms.
@@ -30,7 +30,7 @@ from corem_ingress.store.registry import Registry
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def provision(registry: Registry, n: int, prefix: str) -> list[tuple[str, str]]:
