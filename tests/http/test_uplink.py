@@ -57,3 +57,237 @@ async def test_uplink_with_each_header_is_stored_then_acknowledged(
     assert float(first["received_at"]) == clock.now
     assert json.loads(entries[1]["payload"]) == "door opened"
     assert [e["kind"] for e in entries] == ["telemetry", "event", "state"]
+
+
+async def test_key_of_another_device_is_403_and_nothing_is_written(
+    api: Api, redis: aioredis.Redis
+) -> None:
+    a = await api.provision("acme", "hw-a")
+    b = await api.provision("acme", "hw-b")
+    other_tenant = await api.provision("globex", "hw-a")
+    for target in (b["device_id"], other_tenant["device_id"], "not-a-uuid"):
+        for header in ("x-api-key", "bearer"):
+            reply = await api.uplink(target, a["api_key"], header=header)
+            assert reply.status == 403
+            assert reply.error_code == "PERMISSION_DENIED"
+    assert await stored(redis, "acme") == []
+    assert await stored(redis, "globex") == []
+
+
+async def test_every_authentication_failure_is_the_same_401(api: Api) -> None:
+    dev = await api.provision("acme", "hw-1")
+    device_id, key = dev["device_id"], dev["api_key"]
+    revoked = (await api.request("POST", f"/api/v1/devices/{device_id}/keys", tenant="acme")).body
+    assert (
+        await api.request(
+            "DELETE", f"/api/v1/devices/{device_id}/keys/{revoked['key_id']}", tenant="acme"
+        )
+    ).status == 200
+    unknown = "sk_live_" + "A" * 43
+    cases: list[dict[str, str]] = [
+        {},  # missing
+        {"X-API-Key": "not-a-key"},  # malformed
+        {"Authorization": "Basic dXNlcjpwYXNz"},  # another scheme
+        {"Authorization": "Bearer"},  # empty
+        {"Authorization": f"Bearer {key[:-1]}"},  # truncated
+        {"X-API-Key": unknown},  # well-formed, unknown
+        {"Authorization": f"Bearer {revoked['api_key']}"},  # revoked
+        {"X-API-Key": revoked["api_key"]},
+    ]
+    for headers in cases:
+        reply = await api.uplink(device_id, None, headers=headers)
+        assert reply.status == 401, headers
+        assert reply.body == UNAUTH
+        assert reply.headers["WWW-Authenticate"] == 'Bearer realm="corem-device"'
+    assert (await api.uplink(device_id, key)).status == 202
+
+
+async def test_both_headers_with_different_keys_is_400(api: Api, redis: aioredis.Redis) -> None:
+    dev = await api.provision("acme", "hw-1")
+    second = (
+        await api.request("POST", f"/api/v1/devices/{dev['device_id']}/keys", tenant="acme")
+    ).body
+    reply = await api.uplink(
+        dev["device_id"],
+        None,
+        headers={"Authorization": f"Bearer {dev['api_key']}", "X-API-Key": second["api_key"]},
+    )
+    assert reply.status == 400
+    assert reply.error_code == "INVALID_ARGUMENT"
+    # Two of the same header is as ambiguous.
+    async with api.session.post(
+        f"{api.base}/api/v1/devices/{dev['device_id']}/uplink",
+        headers=[("X-API-Key", dev["api_key"]), ("X-API-Key", second["api_key"])],
+        json={"kind": "telemetry", "payload": 1},
+    ) as resp:
+        assert resp.status == 400
+    assert await stored(redis, "acme") == []
+
+
+async def test_rotated_key_works_inside_the_overlap_window_only(api: Api, clock: Any) -> None:
+    dev = await api.provision("acme", "hw-1")
+    device_id, old = dev["device_id"], dev["api_key"]
+    detail = (await api.request("GET", f"/api/v1/devices/{device_id}", tenant="acme")).body
+    (old_id,) = [c["key_id"] for c in detail["credentials"]]
+    assert (await api.uplink(device_id, old)).status == 202  # cache warm with the old key
+    rotated = await api.request(
+        "POST",
+        f"/api/v1/devices/{device_id}/keys/{old_id}/rotate",
+        tenant="acme",
+        json={"overlap_s": 120},
+    )
+    assert rotated.status == 200
+    new = rotated.body["api_key"]
+    assert rotated.body["replaces"] == old_id
+    assert rotated.body["old_key_expires_at"] == pytest.approx(clock.now + 120)
+    # Inside the window: both keys work, through either header.
+    clock.advance(119)
+    assert (await api.uplink(device_id, old, header="bearer")).status == 202
+    assert (await api.uplink(device_id, new)).status == 202
+    # After it: the old key is refused like any unknown key, the new one works.
+    clock.advance(2)
+    for header in ("bearer", "x-api-key"):
+        reply = await api.uplink(device_id, old, header=header)
+        assert reply.status == 401
+        assert reply.body == UNAUTH
+    assert (await api.uplink(device_id, new, header="bearer")).status == 202
+    detail = (await api.request("GET", f"/api/v1/devices/{device_id}", tenant="acme")).body
+    status = {c["key_id"]: c["status"] for c in detail["credentials"]}
+    assert status[old_id] == "expired"
+
+
+async def test_rotation_without_overlap_stops_the_old_key_at_once(api: Api) -> None:
+    dev = await api.provision("acme", "hw-1")
+    device_id, old = dev["device_id"], dev["api_key"]
+    assert (await api.uplink(device_id, old)).status == 202
+    detail = (await api.request("GET", f"/api/v1/devices/{device_id}", tenant="acme")).body
+    key_id = detail["credentials"][0]["key_id"]
+    rotated = await api.request(
+        "POST",
+        f"/api/v1/devices/{device_id}/keys/{key_id}/rotate",
+        tenant="acme",
+        json={"overlap_s": 0},
+    )
+    assert rotated.status == 200
+    assert rotated.body["old_key_expires_at"] is None
+    assert (await api.uplink(device_id, old)).status == 401
+    assert (await api.uplink(device_id, rotated.body["api_key"])).status == 202
+    # Beyond the configured maximum: refused, nothing rotated.
+    too_long = await api.request(
+        "POST",
+        f"/api/v1/devices/{device_id}/keys/{rotated.body['key_id']}/rotate",
+        tenant="acme",
+        json={"overlap_s": 10**9},
+    )
+    assert too_long.status == 400
+    assert (await api.uplink(device_id, rotated.body["api_key"])).status == 202
+
+
+async def test_revoked_key_fails_on_the_next_request(api: Api) -> None:
+    dev = await api.provision("acme", "hw-1")
+    device_id, key = dev["device_id"], dev["api_key"]
+    assert (await api.uplink(device_id, key)).status == 202  # now cached in the resolver
+    revoked = await api.request(
+        "DELETE", f"/api/v1/devices/{device_id}/keys/{dev['key_id']}", tenant="acme"
+    )
+    assert revoked.status == 200
+    assert revoked.body["status"] == "revoked"
+    # The bus evicts the cached key; a bounded wait for the event to arrive, no timing assertion.
+    for _ in range(200):
+        reply = await api.uplink(device_id, key)
+        if reply.status == 401:
+            break
+    assert reply.status == 401
+    assert reply.body == UNAUTH
+
+
+BAD_BODIES: list[tuple[bytes, str]] = [
+    (b"", "INVALID_ARGUMENT"),
+    (b"{not json", "INVALID_ARGUMENT"),
+    (b"[1, 2]", "INVALID_ARGUMENT"),
+    (b'"telemetry"', "INVALID_ARGUMENT"),
+    (b'{"kind": "telemetry"}', "INVALID_ARGUMENT"),
+    (b'{"payload": 1}', "INVALID_ARGUMENT"),
+    (b'{"kind": "alarm", "payload": 1}', "INVALID_ARGUMENT"),
+    (b'{"kind": 7, "payload": 1}', "INVALID_ARGUMENT"),
+    (b'{"kind": null, "payload": 1}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": 1, "device_id": "x"}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": NaN}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": Infinity}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": 1e999999}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": "\xff\xfe"}', "INVALID_ARGUMENT"),
+    (
+        b'{"kind": "event", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "PAYLOAD_TOO_LARGE",
+    ),
+    (b'{"kind": "event", "payload": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": ' + b"9" * 5000 + b"}", "INVALID_ARGUMENT"),
+]
+
+
+async def test_bad_bodies_are_400_or_413_never_500(api: Api, redis: aioredis.Redis) -> None:
+    dev = await api.provision("acme", "hw-1")
+    for body, code in BAD_BODIES:
+        reply = await api.uplink(
+            dev["device_id"],
+            dev["api_key"],
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert reply.status == (413 if code == "PAYLOAD_TOO_LARGE" else 400), body[:60]
+        assert reply.error_code == code
+    assert await stored(redis, "acme") == []
+
+
+async def test_body_limit_declared_and_chunked(api: Api, redis: aioredis.Redis) -> None:
+    dev = await api.provision("acme", "hw-1")
+    limit = 64 * 1024
+    padding = limit - len(b'{"kind":"event","payload":""}')
+    exact = b'{"kind":"event","payload":"' + b"x" * padding + b'"}'
+    assert len(exact) == limit
+    ok = await api.uplink(dev["device_id"], dev["api_key"], data=exact)
+    assert ok.status == 202
+    over = exact[:-2] + b'x"}'
+    reply = await api.uplink(dev["device_id"], dev["api_key"], data=over)
+    assert reply.status == 413
+    assert reply.error_code == "PAYLOAD_TOO_LARGE"
+
+    async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(over), 4096):
+            yield over[i : i + 4096]
+
+    reply = await api.uplink(dev["device_id"], dev["api_key"], data=chunks())
+    assert reply.status == 413
+    assert len(await stored(redis, "acme")) == 1
+
+
+async def test_payload_values_are_kept_as_sent(api: Api, redis: aioredis.Redis) -> None:
+    dev = await api.provision("acme", "hw-1")
+    payloads: list[Any] = ["text", 0, -1.5, True, None, [], {}, {"nested": {"a": [1, "b"]}}, "é✓"]
+    for p in payloads:
+        reply = await api.uplink(
+            dev["device_id"], dev["api_key"], body={"kind": "state", "payload": p}
+        )
+        assert reply.status == 202
+    assert [json.loads(e["payload"]) for e in await stored(redis, "acme")] == payloads
+
+
+async def test_unknown_routes_and_methods_are_json_errors(api: Api) -> None:
+    for method, path, status in [
+        ("GET", "/nope", 404),
+        ("GET", "/api/v1/devices/x/uplink", 405),
+        ("PUT", "/api/v1/devices/x/uplink", 405),
+    ]:
+        async with api.session.request(method, api.base + path) as resp:
+            assert resp.status == status
+            body = await resp.json()
+            assert set(body["error"]) == {"code", "message"}
+            if status == 405:
+                assert "POST" in resp.headers["Allow"]
+
+
+async def test_openapi_document_is_served(api: Api) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{api.base}/api/v1/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc["openapi"].startswith("3.")

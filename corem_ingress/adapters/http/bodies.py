@@ -39,11 +39,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf, which has no JSON form
+        raise ValueError("number out of range")
+    return value
+
+
 def parse_json(body: bytes) -> JsonValue:
     """Strict JSON (UTF-8; no NaN or Infinity); any failure is a 400."""
     try:
         text = body.decode("utf-8")
-        value: JsonValue = json.loads(text, parse_constant=_reject_constant)
+        value: JsonValue = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (UnicodeDecodeError, ValueError, RecursionError):
         # ValueError covers JSONDecodeError and over-long integers.
         raise InvalidArgument("request body is not valid JSON") from None

@@ -1,0 +1,83 @@
+"""Redis stops for real (a private redis-server, not the shared one): every uplink is a
+503 that the device may retry, and no 202 is ever given for a message that is not stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from corem_ingress.adapters import http
+from corem_ingress.app import redis_client
+from corem_ingress.embedded_redis import EmbeddedRedis
+from corem_ingress.store.keys import KeySchema
+
+from .conftest import Api
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """Persistent (AOF, fsync always) so a restart on the same port keeps what was stored."""
+    (tmp_path / "redis").mkdir()
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", persist=True).start()
+    yield server
+    server.close()
+
+
+async def test_redis_down_is_503_and_no_202_without_a_stored_message(
+    own_redis: EmbeddedRedis, start_node: Any, operator_tokens: Any
+) -> None:
+    tokens_path, tokens = operator_tokens
+    node = await start_node(
+        [http.build],
+        redis={"url": own_redis.url},
+        http={"admin_tokens_file": str(tokens_path)},
+    )
+    acked: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, f"http://127.0.0.1:{node.listeners[0].port}", tokens)
+        dev = await api.provision("acme", "hw-1")
+        device_id, key = dev["device_id"], dev["api_key"]
+
+        async def send(i: int) -> int:
+            reply = await api.uplink(device_id, key, body={"kind": "telemetry", "payload": i})
+            if reply.status == 202:
+                acked.append(reply.body["message_id"])
+            else:
+                assert reply.status == 503, reply.body
+                assert reply.error_code == "UNAVAILABLE"
+                assert reply.headers["Retry-After"] == "1"
+            return reply.status
+
+        assert await send(0) == 202  # the key is now in the resolver's cache
+
+        own_redis.stop()  # SIGTERM to the real redis-server, then wait for it to exit
+        assert [await send(i) for i in range(1, 4)] == [503, 503, 503]
+        admin = await api.request("GET", f"/api/v1/devices/{device_id}", tenant="acme")
+        assert admin.status == 503
+
+        restarted = EmbeddedRedis(
+            port=own_redis.port, data_dir=own_redis.data_dir, persist=True
+        ).start()
+        own_redis.proc = restarted.proc  # the fixture stops whichever process runs now
+        # The device retries (bounded); every answer is 202 or 503, never anything else.
+        statuses = []
+        for i in range(4, 204):
+            statuses.append(await send(i))
+            if statuses[-1] == 202:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == 202
+
+    client = redis_client(own_redis.url)
+    try:
+        entries = await client.xrange(KeySchema("corem").uplink_stream("acme"))
+    finally:
+        await client.aclose()
+    stored_ids = [fields["message_id"] for _id, fields in entries]
+    assert len(acked) == 2
+    assert set(acked) <= set(stored_ids)
