@@ -89,7 +89,7 @@ async def provision_x509(registry: Registry, pki: Pki, tenant: str, hw: str, **k
 async def provision_key(registry: Registry, tenant: str, hw: str) -> Device:
     out = await registry.provision(tenant, hw, CredentialKind.API_KEY, actor="test")
     assert out.api_key is not None
-    return Device(tenant, out.device.device_id, api_key=out.api_key)
+    return Device(tenant, out.device.device_id, api_key=out.api_key.api_key)
 
 
 @pytest.fixture
@@ -210,6 +210,9 @@ async def wait_for(predicate: Any, *, timeout: float = 10, what: str = "conditio
 
 
 # -- paho-mqtt (threaded client; driven from a worker thread) ---------------------------------
+_V5_TO_V311 = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
+
+
 def paho_connect(
     port: int,
     pki: Pki,
@@ -242,10 +245,14 @@ def paho_connect(
         client.username_pw_set("device", password)
 
     def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        result["rc"] = reason.value if hasattr(reason, "value") else int(reason)
+        # paho 2 reports MQTT 3.1.1 CONNACK codes as MQTT 5 reason codes: map them back.
+        value = reason.value if hasattr(reason, "value") else int(reason)
+        result["rc"] = _V5_TO_V311.get(value, value)
         done.set()
 
     client.on_connect = on_connect
+    client.on_connect_fail = lambda *_a: done.set()
+    client.on_disconnect = lambda *_a: done.set()
     try:
         client.connect("127.0.0.1", port, keepalive=30)
     except (ssl.SSLError, OSError):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 from pathlib import Path
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from corem_ingress.config import MqttConfig
@@ -76,12 +77,8 @@ def server_context(cfg: MqttConfig) -> SSL.Context:
     return ctx
 
 
-def _load_pem_certs(path: Path) -> list[crypto.X509]:
-    from cryptography import x509
-
-    return [
-        crypto.X509.from_cryptography(c) for c in x509.load_pem_x509_certificates(path.read_bytes())
-    ]
+def _load_pem_certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
 
 
 class TlsSession:
