@@ -31,16 +31,21 @@ class ConfigError(Exception):
 class RedisConfig:
     #: redis://, rediss:// or unix:// URL. Empty: start a private redis-server child (dev).
     url: str = ""
+    #: Prefix of every key and channel (the registry's hash tag is ``{prefix}``).
     key_prefix: str = "corem"
     #: The redis-server binary used for the embedded Redis.
     embedded_binary: str = "redis-server"
+    #: Connect and command timeout; past it a lookup fails closed (UNAVAILABLE).
     socket_timeout_s: float = 2.0
 
 
 @dataclass
 class ResolverConfig:
+    #: How long a positive lookup is trusted without asking Redis (the bus evicts sooner).
     cache_ttl_s: float = 30.0
+    #: How long "unknown credential" is remembered (0: never).
     negative_ttl_s: float = 2.0
+    #: LRU bound of the in-process cache.
     cache_max_entries: int = 200_000
 
 
@@ -57,6 +62,7 @@ class CredentialsConfig:
 
 @dataclass
 class HealthConfig:
+    #: /healthz and /readyz (Redis reachable and bus subscribed) listen here.
     host: str = "127.0.0.1"
     port: int = 9100
 
@@ -214,6 +220,7 @@ class CoapConfig:
 class LoggingConfig:
     #: "console" (readable, dev) or "json" (production).
     format: str = "json"
+    #: debug, info, warning or error.
     level: str = "info"
 
 
@@ -223,6 +230,7 @@ class Config:
     node_id: str = ""
     #: Where runtime files go (e.g. the embedded Redis URL for the CLI).
     state_dir: str = ".corem"
+    #: Graceful shutdown: seconds to stop listeners, tell devices to go and finish appends.
     shutdown_deadline_s: float = 10.0
     redis: RedisConfig = field(default_factory=RedisConfig)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
@@ -269,6 +277,12 @@ class Config:
             "must be non-empty, without braces",
         )
         _check(self.redis.socket_timeout_s > 0, "redis.socket_timeout_s", "must be > 0")
+        # Sections that know their own rules (adapters' settings) check them here too, so a
+        # bad value stops the node at start, whether or not that listener is enabled.
+        for f in dataclasses.fields(self):
+            section_check = getattr(getattr(self, f.name), "validate", None)
+            if callable(section_check):
+                section_check()
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
