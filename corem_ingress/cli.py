@@ -304,6 +304,49 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow a tenant's uplink stream: one JSON object per line, as messages arrive."""
+    from corem_ingress.core.identity import check_device_id, check_tenant_id
+
+    check_tenant_id(args.tenant)
+    if args.device is not None:
+        check_device_id(args.device)
+    cfg = _load_config(args)
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        asyncio.run(_tail(cfg, args))
+    return 0
+
+
+async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    from corem_ingress.app import redis_client
+    from corem_ingress.store.keys import KeySchema
+    from corem_ingress.store.uplinks import UplinkStore
+
+    keys = KeySchema(cfg.redis.key_prefix)
+    client = redis_client(_redis_url(cfg), socket_timeout=max(cfg.redis.socket_timeout_s, 5.0))
+    try:
+        start = "0"
+        if not args.from_start:
+            # The id of the newest entry now, not "$": "$" read again after an empty wait
+            # would skip whatever arrived between two reads.
+            newest: Any = await client.xrevrange(keys.uplink_stream(args.tenant), count=1)
+            start = str(newest[0][0]) if newest else "0"
+        store = UplinkStore(client, keys)
+        shown = 0
+        async for stream_id, uplink in store.follow(
+            args.tenant, device_id=args.device, start=start
+        ):
+            line = uplink.to_json()
+            line["stream_id"] = stream_id
+            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                break
+    finally:
+        await client.aclose()
+
+
 def cmd_dev_certs(args: argparse.Namespace) -> int:
     from corem_ingress.devcerts import write_dev_certs
 
@@ -438,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="the payload is JSON, not text")
     sp.add_argument("--qos", type=int, choices=[0, 1], default=1)
     sp.set_defaults(func=_registry_command(_downlink))
+
+    sp = sub.add_parser(
+        "tail", parents=[common], help="follow a tenant's uplinks (JSON lines) as they arrive"
+    )
+    tenant(sp)
+    sp.add_argument("--device", help="only this device's uplinks")
+    sp.add_argument(
+        "--from-start", action="store_true", help="print the stream's kept history first"
+    )
+    sp.add_argument("--count", type=_positive_int, help="exit after this many uplinks")
+    sp.set_defaults(func=cmd_tail)
 
     sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
     sp.add_argument("--out", default="certs-dev")
