@@ -409,9 +409,9 @@ class DtlsServer:
         except SSL.WantReadError:
             self._flush(peer)
             return
-        except SSL.Error:
+        except SSL.Error as exc:
             self._flush(peer)  # the alert
-            self._drop(peer, peer.refusal or "handshake failed")
+            self._drop(peer, peer.refusal or f"handshake failed: {_ssl_reason(exc)}")
             return
         self._flush(peer)
         if peer.credential is None:
@@ -530,3 +530,10 @@ class DtlsServer:
         peer.held.clear()
         self.stats["closed:" + reason] += 1
         self._events.append(SessionClosed(peer.addr, reason, established))
+
+
+def _ssl_reason(exc: SSL.Error) -> str:
+    try:
+        return str(exc.args[0][0][2])
+    except (IndexError, TypeError):
+        return type(exc).__name__

@@ -1,0 +1,100 @@
+"""aiocoap with DTLSSocket (tinydtls, what constrained devices run) as a PSK client.
+
+Finding: the tinydtls bundled in DTLSSocket 0.2.3 refuses PSKs longer than 16 bytes
+("the psk was too long, for the pre master secret": it sends internal_error after its
+ClientKeyExchange), while the platform requires PSKs of at least 32 bytes. So the
+tinydtls device here authenticates with a 16-byte key placed in the resolver's cache
+(public ``ResolverCache.put``) rather than provisioned in Redis; everything after the
+credential lookup (DTLS, CoAP, the uplink stream, Observe, Block2) is the real path.
+``test_tinydtls_with_a_platform_psk_fails`` pins the limitation down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiocoap
+import pytest
+from aiocoap import Context, Message
+from aiocoap.numbers.codes import Code
+
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from tests.coap.conftest import coap_listener, coap_port, provision_psk, read_uplinks
+
+
+async def _client(port: int, ident: str, key: bytes) -> Context:
+    ctx = await Context.create_client_context(transports=["tinydtls"])
+    ctx.client_credentials.load_from_dict(
+        {
+            f"coaps://127.0.0.1:{port}/*": {
+                "dtls": {"psk": {"ascii": key.decode()}, "client-identity": {"ascii": ident}}
+            }
+        }
+    )
+    return ctx
+
+
+def _cache_short_psk(node: Any, ident: str, key: bytes) -> DeviceIdentity:
+    identity = DeviceIdentity("acme", "tiny-device-1", CredentialKind.PSK, "cred-tiny-1")
+    node.services.resolver.cache.put(CredentialKind.PSK, ident, identity, time.time(), secret=key)
+    return identity
+
+
+async def test_tinydtls_with_a_platform_psk_fails(coap_node: Any, registry: Any) -> None:
+    node = await coap_node()
+    _dev, ident, key = await provision_psk(registry)  # 40 bytes: valid for the platform
+    ctx = await _client(coap_port(node), ident, key)
+    try:
+        req = Message(code=Code.POST, uri=f"coaps://127.0.0.1:{coap_port(node)}/up/event")
+        with pytest.raises((TimeoutError, aiocoap.error.Error)):
+            await asyncio.wait_for(ctx.request(req).response, 8)
+    finally:
+        await ctx.shutdown()
+    stats = coap_listener(node).dtls_server.stats
+    assert stats["handshakes_completed"] == 0
+    assert any("internal error" in k for k in stats), stats
+
+
+async def test_tinydtls_psk_uplink_and_observe(coap_node: Any, redis: Any) -> None:
+    node = await coap_node()
+    port = coap_port(node)
+    ident, key = "tiny-1", b"0123456789abcdef"
+    device_id = _cache_short_psk(node, ident, key).device_id
+    ctx = await _client(port, ident, key)
+    try:
+        req = Message(
+            code=Code.POST, uri=f"coaps://127.0.0.1:{port}/up/telemetry", payload=b'{"v":1}'
+        )
+        resp = await asyncio.wait_for(ctx.request(req).response, 30)
+        assert resp.code == Code.CHANGED
+        (entry,) = await read_uplinks(redis, "acme")
+        assert entry["device_id"] == device_id and json.loads(entry["payload"]) == {"v": 1}
+
+        obs_req = Message(code=Code.GET, uri=f"coaps://127.0.0.1:{port}/down", observe=0)
+        pr = ctx.request(obs_req)
+        first = await asyncio.wait_for(pr.response, 30)
+        assert first.code == Code.CONTENT and first.opt.observe is not None
+        publisher = node.services.downlink_publisher
+        await publisher.publish(
+            Downlink.new("acme", device_id, "config", {"interval": 60}, qos=1, now=0.0)
+        )
+        notification = await asyncio.wait_for(pr.observation.__aiter__().__anext__(), 30)
+        assert json.loads(notification.payload) == {"interval": 60}
+        pr.observation.cancel()
+
+        # A large downlink goes out block-wise (Block2); aiocoap reassembles it.
+        big = "x" * 3000
+        await publisher.publish(Downlink.new("acme", device_id, "blob", big, qos=0, now=0.0))
+        get = Message(code=Code.GET, uri=f"coaps://127.0.0.1:{port}/down", observe=0)
+        pr2 = ctx.request(get)
+        await asyncio.wait_for(pr2.response, 30)
+        await publisher.publish(Downlink.new("acme", device_id, "blob", big, qos=1, now=0.0))
+        note = await asyncio.wait_for(pr2.observation.__aiter__().__anext__(), 30)
+        assert note.payload.decode() == big
+        pr2.observation.cancel()
+    finally:
+        await ctx.shutdown()
