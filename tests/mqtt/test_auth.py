@@ -67,7 +67,7 @@ async def test_required_client_auth_fails_the_handshake_without_a_cert(
     cmd = pub_cmd(pki, None, listener.port, client_id=dev.device_id, topic="devices/x/up/event")
     code, out = await run([*cmd, "-u", "d", "-P", dev.api_key or ""])
     assert code != 0 and "CONNACK" not in out
-    rc, client = await asyncio.to_thread(paho_connect, listener.port, pki, password=dev.api_key)
+    rc, _client = await asyncio.to_thread(paho_connect, listener.port, pki, password=dev.api_key)
     assert rc is None  # never reached CONNECT
     assert listener.stats["connect_accepted"] == 0 and listener.stats["tls_failures"] >= 1
     assert await stream(redis, "acme") == []

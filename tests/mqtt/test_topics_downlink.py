@@ -109,7 +109,7 @@ async def test_publish_outside_own_topics_disconnects_and_stores_nothing(
         f"devices/{thief.device_id}/down/config",  # the downlink side
     ]
     for topic in topics:
-        code, out = await run(
+        _code, out = await run(
             [
                 MOSQUITTO_PUB,
                 *tls_args(pki, thief),
