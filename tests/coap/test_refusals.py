@@ -8,7 +8,6 @@ import datetime as dt
 from typing import Any
 
 import pytest
-
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from corem_ingress import devcerts

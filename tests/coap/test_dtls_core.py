@@ -1,0 +1,366 @@
+"""The sans-I/O DTLS server core with the in-process pyOpenSSL client: no event loop,
+no sockets, the clock passed in."""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from corem_ingress import devcerts
+from corem_ingress.adapters.dtls import records
+from corem_ingress.adapters.dtls.events import (
+    ApplicationData,
+    CredentialNeeded,
+    HandshakeCompleted,
+    SessionClosed,
+)
+from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
+from corem_ingress.core.certs import fingerprint_der
+from corem_ingress.core.errors import Unauthenticated
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from tests.coap.dtls_client import Client, cert_context, psk_context
+
+KEY = b"k" * 32
+NOW = 1_800_000_000.0
+
+
+@dataclass
+class Resolved:
+    identity: DeviceIdentity
+    psk: bytes
+
+
+class FakeCache:
+    """The resolver's synchronous cache contract: known, known-bad (raises) or None."""
+
+    def __init__(self) -> None:
+        self.psks: dict[str, bytes] = {"dev1": KEY}
+        self.certs: dict[str, DeviceIdentity] = {}
+        self.bad: set[str] = {"revoked"}
+        self.unknown_to_cache: set[str] = set()
+
+    def cached_psk(self, identity: str) -> Resolved | None:
+        if identity in self.bad:
+            raise Unauthenticated()
+        if identity in self.unknown_to_cache or identity not in self.psks:
+            return None
+        return Resolved(
+            DeviceIdentity("t", identity, CredentialKind.PSK, "c-" + identity), self.psks[identity]
+        )
+
+    def cached_cert(self, fingerprint: str) -> DeviceIdentity | None:
+        if fingerprint in self.bad:
+            raise Unauthenticated()
+        return self.certs.get(fingerprint)
+
+
+def make_server(cache: FakeCache | None = None, **cfg: object) -> DtlsServer:
+    return DtlsServer(
+        cert_file=None,
+        key_file=None,
+        ca_files=[],
+        credentials=cache or FakeCache(),
+        config=DtlsConfig(**cfg),  # type: ignore[arg-type]
+    )
+
+
+def transfer(
+    server: DtlsServer, client: Client, addr: tuple[str, int], first: list[bytes], now: float = NOW
+) -> None:
+    pending = first
+    for _ in range(30):  # bounded
+        for d in pending:
+            server.receive_datagram(d, addr, now)
+        for d, to in server.datagrams_to_send():
+            assert to == addr
+            client.receive(d)
+        pending = client.outgoing()
+        if not pending:
+            return
+
+
+def handshake(
+    server: DtlsServer, addr: tuple[str, int], ident: bytes = b"dev1", key: bytes = KEY
+) -> Client:
+    client = Client(psk_context(ident, key))
+    transfer(server, client, addr, client.start())
+    return client
+
+
+ADDR = ("127.0.0.1", 40000)
+
+
+def test_psk_handshake_data_both_ways_and_close_notify_frees_at_once() -> None:
+    server = make_server()
+    client = handshake(server, ADDR)
+    assert client.done and client.failed is None
+    (ev,) = list(server.events())
+    assert isinstance(ev, HandshakeCompleted) and ev.credential is not None
+    assert ev.credential.lookup == "dev1" and ev.cipher == "PSK-AES128-CCM8"
+    transfer(server, client, ADDR, client.send(b"ping"))
+    assert list(server.events()) == [ApplicationData(ADDR, b"ping")]
+    assert server.send(ADDR, b"server-initiated")
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    assert client.received == [b"server-initiated"]
+    transfer(server, client, ADDR, client.close())
+    assert list(server.events()) == [SessionClosed(ADDR, "peer close_notify", True)]
+    assert len(server) == 0
+
+
+def test_server_close_sends_close_notify_and_forgets() -> None:
+    server = make_server()
+    client = handshake(server, ADDR)
+    list(server.events())
+    assert server.close(ADDR, "credential revoked")
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    assert client.closed
+    assert len(server) == 0 and not server.send(ADDR, b"x")
+    assert list(server.events()) == [SessionClosed(ADDR, "credential revoked", True)]
+
+
+def test_cookie_less_client_hello_flood_keeps_no_state() -> None:
+    server = make_server()
+    hello = Client(psk_context(b"dev1", KEY)).start()
+    assert records.client_hello_cookie(hello[0]) == b""
+    tracemalloc.start()
+    try:
+        for i in range(500):  # warm up
+            server.receive_datagram(hello[0], ("127.0.0.1", 1000 + i), NOW)
+            server.datagrams_to_send()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            server.receive_datagram(hello[0], (f"127.0.{i // 250}.{i % 250}", 2000 + i), NOW)
+            out = server.datagrams_to_send()
+            assert len(out) == 1  # a HelloVerifyRequest, nothing else
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(server) == 0
+    assert server.stats["hello_verify"] == 20_500
+    assert after - before < 64 * 1024, after - before
+
+
+def test_garbage_datagrams_are_dropped_and_nothing_breaks() -> None:
+    server = make_server()
+    rng = __import__("random").Random(7)
+    hello = Client(psk_context(b"dev1", KEY)).start()[0]
+    samples = [b"", b"\x00", b"\x16\xfe\xfd", os.urandom(13), hello[:40], hello + b"\x00" * 3]
+    samples += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))) for _ in range(300)]
+    # Client hellos with a mangled body or a forged cookie.
+    for _i in range(200):
+        b = bytearray(hello)
+        b[rng.randrange(13, len(b))] ^= 1 << rng.randrange(8)
+        samples.append(bytes(b))
+    for i, s in enumerate(samples):
+        server.receive_datagram(s, ("127.0.0.1", 3000 + i), NOW)
+        server.datagrams_to_send()
+    assert len(server) == 0
+    # And the server still works.
+    assert handshake(server, ADDR).done
+
+
+def test_wrong_psk_fails_with_alert_and_drops_half_open_state() -> None:
+    server = make_server()
+    client = handshake(server, ADDR, key=b"x" * 32)
+    assert not client.done and client.failed is not None
+    assert "decrypt error" in str(client.failed)
+    assert len(server) == 0
+
+
+@pytest.mark.parametrize("ident", [b"unknown", b"revoked"])
+def test_unknown_or_revoked_identity_fails_with_alert(ident: bytes) -> None:
+    cache = FakeCache()
+    server = make_server(cache)
+    client = Client(psk_context(ident, KEY))
+    transfer(server, client, ADDR, client.start())
+    if ident == b"unknown":
+        # The cache cannot vouch: the handshake waits for the async lookup.
+        (ev,) = list(server.events())
+        assert ev == CredentialNeeded(ADDR, CredentialKind.PSK, "unknown")
+        server.credential_resolved(ADDR, NOW)  # lookup done, still nothing in the cache
+        for d, _ in server.datagrams_to_send():
+            client.receive(d)
+    assert client.failed is not None and "unknown psk identity" in str(client.failed)
+    assert len(server) == 0
+
+
+def test_deferred_psk_lookup_completes_the_handshake() -> None:
+    cache = FakeCache()
+    cache.unknown_to_cache.add("dev1")
+    server = make_server(cache)
+    client = Client(psk_context(b"dev1", KEY))
+    transfer(server, client, ADDR, client.start())
+    (ev,) = list(server.events())
+    assert isinstance(ev, CredentialNeeded)
+    cache.unknown_to_cache.clear()  # the async resolve filled the cache
+    server.credential_resolved(ADDR, NOW)
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    transfer(server, client, ADDR, client.outgoing())
+    assert client.done
+    assert isinstance(next(server.events()), HandshakeCompleted)
+
+
+def test_certificate_handshake_self_signed_and_expired(tmp_path: Path) -> None:
+    import datetime as dt
+
+    ca = devcerts.make_ca("core CA")
+    srv = devcerts.issue(ca, "localhost", server=True)
+    srv.write(tmp_path / "s.pem", tmp_path / "s.key")
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    utcnow = dt.datetime.now(dt.UTC)
+    dev = devcerts.issue(
+        None,
+        "self-signed-dev",
+        not_before=utcnow - dt.timedelta(hours=1),
+        not_after=utcnow + dt.timedelta(days=1),
+    )
+    dev.write(tmp_path / "d.pem", tmp_path / "d.key")
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    fp = fingerprint_der(dev.cert.public_bytes(Encoding.DER))
+    cache = FakeCache()
+    cache.certs[fp] = DeviceIdentity("t", "d1", CredentialKind.X509, fp)
+    server = DtlsServer(
+        cert_file=str(tmp_path / "s.pem"),
+        key_file=str(tmp_path / "s.key"),
+        ca_files=[str(tmp_path / "ca.pem")],
+        credentials=cache,
+    )
+    now = dt.datetime.now(dt.UTC).timestamp()
+    ctx = cert_context(str(tmp_path / "d.pem"), str(tmp_path / "d.key"), str(tmp_path / "ca.pem"))
+    client = Client(ctx)
+    transfer(server, client, ADDR, client.start(), now=now)
+    assert client.done, client.failed
+    ev = next(server.events())
+    assert isinstance(ev, HandshakeCompleted) and ev.cipher == "ECDHE-ECDSA-AES128-CCM8"
+    assert ev.credential is not None and ev.credential.identity.device_id == "d1"
+    # Same cert, but our clock is past its notAfter: refused.
+    client2 = Client(
+        cert_context(str(tmp_path / "d.pem"), str(tmp_path / "d.key"), str(tmp_path / "ca.pem"))
+    )
+    transfer(server, client2, ("127.0.0.1", 40001), client2.start(), now=now + 2 * 86_400)
+    assert not client2.done and client2.failed is not None
+    assert server.stats["closed:certificate expired or not yet valid"] == 1
+
+
+def test_every_datagram_is_whole_records_within_the_mtu(tmp_path: Path) -> None:
+    ca = devcerts.make_ca("mtu CA")
+    # A long chain: server cert + intermediate make the server's flight exceed a small MTU.
+    srv = devcerts.issue(ca, "localhost", server=True)
+    (tmp_path / "chain.pem").write_bytes(srv.cert_pem + ca.cert_pem)
+    (tmp_path / "s.key").write_bytes(srv.key_pem)
+    server = DtlsServer(
+        cert_file=str(tmp_path / "chain.pem"),
+        key_file=str(tmp_path / "s.key"),
+        ca_files=[],
+        credentials=FakeCache(),
+        config=DtlsConfig(mtu=400),
+    )
+    # Any client cert will do: we only look at what the server sends.
+    client = Client(
+        cert_context(str(tmp_path / "chain.pem"), str(tmp_path / "s.key"), None), mtu=372
+    )
+    sizes: list[int] = []
+    pending = client.start()
+    for _ in range(10):
+        for d in pending:
+            server.receive_datagram(d, ADDR, NOW)
+        for d, _ in server.datagrams_to_send():
+            sizes.append(len(d))
+            assert len(d) <= 400 - 28
+            recs = records.split_records(d)
+            assert sum(len(r.raw) for r in recs) == len(d)  # whole records only
+            client.receive(d)
+        pending = client.outgoing()
+        if not pending:
+            break
+    assert sum(sizes) > 1000 and len(sizes) >= 4  # the certificate flight was split
+
+
+def test_handshake_timeout_and_idle_timeout() -> None:
+    server = make_server(handshake_timeout=5.0, idle_timeout=30.0)
+    # A client that stops after the cookie exchange: half-open state dropped at the timeout.
+    c = Client(psk_context(b"dev1", KEY))
+    server.receive_datagram(c.start()[0], ADDR, NOW)
+    for d, _ in server.datagrams_to_send():
+        c.receive(d)
+    server.receive_datagram(c.outgoing()[0], ADDR, NOW)  # with cookie
+    server.datagrams_to_send()  # the ServerHello flight: the client never answers
+    assert len(server) == 1
+    server.handle_timer(NOW + 4.9)
+    assert len(server) == 1
+    server.handle_timer(NOW + 5.0)
+    assert len(server) == 0
+    assert list(server.events())[-1].reason == "handshake timeout"  # type: ignore[union-attr]
+    # Established and idle.
+    addr2 = ("127.0.0.1", 40002)
+    handshake(server, addr2)
+    list(server.events())
+    server.handle_timer(NOW + 29)
+    assert len(server) == 1
+    # Idle sessions are swept every sweep_interval (min(5 s, idle_timeout / 4)).
+    server.handle_timer(NOW + 30 + server.sweep_interval)
+    assert len(server) == 0
+    assert list(server.events()) == [SessionClosed(addr2, "idle", True)]
+
+
+def test_max_sessions_and_per_source_rate_limit() -> None:
+    server = make_server(max_sessions=3, handshake_rate=0.0)
+    for i in range(3):
+        assert handshake(server, ("127.0.0.1", 41000 + i)).done
+    c = handshake(server, ("127.0.0.1", 41999))
+    assert not c.done and len(server) == 3
+    assert server.stats["refused_max_sessions"] >= 1
+
+    limited = make_server(handshake_rate=1.0, handshake_burst=2.0)
+    ok = [handshake(limited, ("10.0.0.1", 42000 + i)).done for i in range(4)]
+    assert ok == [True, True, False, False]
+    assert handshake(limited, ("10.0.0.2", 42100)).done  # another source is not affected
+    assert limited.stats["refused_rate"] >= 2
+
+
+def test_ten_thousand_handshake_and_close_cycles_leave_memory_flat() -> None:
+    server = make_server(handshake_rate=0.0)
+
+    def cycle(i: int) -> None:
+        addr = ("127.0.0.1", 10_000 + (i % 50_000))
+        client = handshake(server, addr)
+        assert client.done
+        transfer(server, client, addr, client.close())
+        list(server.events())
+
+    for i in range(500):
+        cycle(i)
+    gc.collect()
+    rss_base = _rss()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(500, 10_500):
+            cycle(i)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(server) == 0
+    assert server.stats["handshakes_completed"] == 10_500
+    assert server.stats["closed:peer close_notify"] == 10_500
+    assert grown < 256 * 1024, grown
+    # OpenSSL's own allocations are invisible to tracemalloc: the process RSS must not
+    # grow by anything like a session's worth per cycle (10 KB x 10,000 = 100 MB).
+    assert _rss() - rss_base < 8 * 1024 * 1024, _rss() - rss_base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
