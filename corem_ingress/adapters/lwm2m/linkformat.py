@@ -275,9 +275,7 @@ class ObjectList:
             objects = []
             for item in data["objects"]:
                 path = Lwm2mPath.parse(item["path"])
-                objects.append(
-                    ObjectLink(path.ids[0], path.instance_id, item.get("ver"))
-                )
+                objects.append(ObjectLink(path.ids[0], path.instance_id, item.get("ver")))
             return cls(
                 tuple(objects),
                 str(data["root"]),

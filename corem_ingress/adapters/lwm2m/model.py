@@ -14,7 +14,6 @@ from enum import StrEnum
 
 from corem_ingress.core.errors import InvalidArgument
 
-
 #: Object, instance, resource and resource-instance ids are 16-bit; 65535 is reserved.
 MAX_ID = 65534
 
@@ -153,9 +152,7 @@ class ObjectModel:
         return sorted(self._objects)
 
 
-def _obj(
-    oid: int, name: str, version: str, multiple: bool, *res: ResourceDef
-) -> ObjectDef:
+def _obj(oid: int, name: str, version: str, multiple: bool, *res: ResourceDef) -> ObjectDef:
     return ObjectDef(oid, name, version, multiple, {r.id: r for r in res})
 
 
