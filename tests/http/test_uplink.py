@@ -291,3 +291,20 @@ async def test_openapi_document_is_served(api: Api) -> None:
         assert resp.status == 200
         doc = await resp.json()
     assert doc["openapi"].startswith("3.")
+
+
+async def test_no_key_or_token_reaches_the_log(api: Api, capfd: pytest.CaptureFixture[str]) -> None:
+    dev = await api.provision("acme", "hw-1")
+    key = dev["api_key"]
+    unknown = "sk_live_" + "B" * 42 + "A"
+    await api.uplink(dev["device_id"], key)
+    await api.uplink(dev["device_id"], unknown)
+    await api.uplink(dev["device_id"], key, headers={"Authorization": f"Bearer {unknown}"})
+    await api.uplink(dev["device_id"], key, data=b"{bad")
+    await api.request("GET", "/api/v1/devices", headers={"Authorization": "Bearer wrong-token"})
+    await api.request("GET", "/api/v1/devices", tenant="acme")
+    out, err = capfd.readouterr()
+    logged = out + err
+    assert "http.unauthenticated" in logged  # the log did get the refusals...
+    for secret in (key, key[8:], unknown[8:], api.tokens["acme"], "wrong-token"):
+        assert secret not in logged  # ...but never a secret
