@@ -111,6 +111,8 @@ class CoapEndpoint:
     # -- input -----------------------------------------------------------------------------
     def datagram_received(self, addr: Address, data: bytes) -> None:
         try:
+            if len(data) < 4 or data[0] & 0x0F > 8:  # token lengths 9-15 are reserved
+                raise UnparsableMessage("bad header")
             msg = Message.decode(data)
         except UnparsableMessage:
             self._reject_malformed(addr, data)
