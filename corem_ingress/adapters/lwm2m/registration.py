@@ -317,7 +317,6 @@ class Registration:
     def location_path(self) -> tuple[str, str]:
         return (RD, self.registration_id)
 
-
     def to_json(self) -> dict[str, object]:
         """The admin API's view (``GET /api/v1/devices/{device_id}/lwm2m``) and the stored form."""
         return {
