@@ -108,6 +108,27 @@ def test_connect_waits_for_a_decision_and_buffers_early_packets() -> None:
     assert conn.data_to_send() == b"\x20\x02\x00\x00\xd0\x00"  # CONNACK then PINGRESP
 
 
+def test_packets_split_at_every_byte_boundary() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    stream = connect_bytes()
+    for i in range(len(stream)):
+        conn.receive_data(stream[i : i + 1], 0.0)
+    assert [type(e) for e in events(conn)] == [ConnectReceived]
+    conn.accept(0.0, 10)
+    conn.data_to_send()
+    pubs = [codec.encode_publish(f"devices/{DEV}/up/event", b"p%d" % i, 1, i + 1) for i in range(3)]
+    data = b"".join(pubs) + b"\xc0\x00"
+    for i in range(0, len(data), 7):
+        conn.receive_data(data[i : i + 7], 0.0)
+    got = events(conn)
+    assert [e.publish.payload for e in got if isinstance(e, PublishReceived)] == [
+        b"p0",
+        b"p1",
+        b"p2",
+    ]
+    assert conn.data_to_send() == b"\xd0\x00" and conn.state is State.CONNECTED
+
+
 def test_refuse_sends_the_code_and_closes() -> None:
     conn = MqttConnection(CFG, 0.0)
     conn.receive_data(connect_bytes(), 0.0)

@@ -159,3 +159,19 @@ async def test_no_puback_when_redis_is_down(pki, kek_env):  # type: ignore[no-un
         with contextlib.suppress(Exception):
             await admin.aclose()
         await asyncio.to_thread(server.close)
+
+
+async def test_qos0_burst_is_stored_in_full(mqtt_node, registry, pki, redis):  # type: ignore[no-untyped-def]
+    """Thousands of packets in one write: split across TLS records and socket reads."""
+    _node, listener = await mqtt_node(max_inflight=8)
+    dev = await provision_x509(registry, pki, "acme", "hw-burst")
+    c = await connected(listener.port, pki, dev)
+    topic = f"devices/{dev.device_id}/up/telemetry"
+    n = 3000
+    await c.send(b"".join(codec.encode_publish(topic, b"%d" % i, 0) for i in range(n)))
+    await c.send(b"\xc0\x00")
+    assert await c.read_packet() == b"\xd0\x00"
+    await wait_for(lambda: listener.stats["uplinks"] == n, timeout=60)
+    entries = await redis.xrange("corem:uplink:{acme}")
+    assert [e[1]["payload"] for e in entries] == [str(i) for i in range(n)]
+    await c.close()

@@ -108,13 +108,16 @@ Packet = Connect | Publish | Ack | Subscribe | Unsubscribe | PingReq | Disconnec
 
 
 # -- framing -------------------------------------------------------------------------------------
-def frame(buf: bytes | bytearray, max_packet_size: int) -> tuple[int, int, int] | None:
-    """(first byte, header length, total length) of the packet at the start of ``buf``.
+def frame(
+    buf: bytes | bytearray, max_packet_size: int, pos: int = 0
+) -> tuple[int, int, int] | None:
+    """(first byte, header length, total length) of the packet at ``buf[pos:]``.
 
-    None if more bytes are needed. Raises for a malformed length or an oversized packet
+    None if the fixed header is incomplete; the body may still be incomplete
+    (``len(buf) < total``). Raises for a malformed length or an oversized packet
     (as soon as the length is known, before the body arrives).
     """
-    n = len(buf)
+    n = len(buf) - pos
     if n < 2:
         return None
     remaining = 0
@@ -123,7 +126,7 @@ def frame(buf: bytes | bytearray, max_packet_size: int) -> tuple[int, int, int] 
     while True:
         if i >= n:
             return None
-        byte = buf[i]
+        byte = buf[pos + i]
         remaining += (byte & 0x7F) * multiplier
         i += 1
         if not byte & 0x80:
@@ -134,7 +137,7 @@ def frame(buf: bytes | bytearray, max_packet_size: int) -> tuple[int, int, int] 
     total = i + remaining
     if total > max_packet_size:
         raise PacketTooLarge(f"packet of {total} bytes exceeds max_packet_size {max_packet_size}")
-    return buf[0], i, total
+    return buf[pos], i, total
 
 
 class _Reader:
@@ -210,8 +213,8 @@ def check_topic_filter(topic_filter: str) -> str:
     return topic_filter
 
 
-def decode(first: int, body: bytes) -> Packet:
-    """Decode one packet sent by a client, given its first byte and its body."""
+def check_first_byte(first: int) -> PacketType:
+    """Packet type and flags, checked before the body arrives."""
     try:
         ptype = PacketType(first >> 4)
     except ValueError:
@@ -219,6 +222,13 @@ def decode(first: int, body: bytes) -> Packet:
     flags = first & 0x0F
     if ptype is not PacketType.PUBLISH and flags != _REQUIRED_FLAGS.get(ptype, 0):
         raise ProtocolViolation(f"bad fixed-header flags for {ptype.name}")
+    return ptype
+
+
+def decode(first: int, body: bytes) -> Packet:
+    """Decode one packet sent by a client, given its first byte and its body."""
+    ptype = check_first_byte(first)
+    flags = first & 0x0F
     r = _Reader(body)
     packet: Packet
     if ptype is PacketType.CONNECT:

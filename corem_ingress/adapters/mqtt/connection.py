@@ -197,19 +197,27 @@ class MqttConnection:
     def _parse(self, now: float) -> None:
         buf = self._buf
         max_size = self._config.max_packet_size
-        while self.state in (State.AWAIT_CONNECT, State.CONNECTED):
-            try:
-                framed = codec.frame(buf, max_size)
-                if framed is None:
+        pos = 0
+        try:
+            while self.state in (State.AWAIT_CONNECT, State.CONNECTED) and pos < len(buf):
+                try:
+                    first = buf[pos]
+                    if self.state is State.AWAIT_CONNECT and first != 0x10:
+                        raise codec.ProtocolViolation("first packet is not CONNECT")
+                    codec.check_first_byte(first)
+                    framed = codec.frame(buf, max_size, pos)
+                    if framed is None or len(buf) < pos + framed[2]:
+                        return
+                    _, header, total = framed
+                    packet = codec.decode(first, bytes(buf[pos + header : pos + total]))
+                    pos += total
+                except codec.ProtocolViolation as exc:
+                    self._fail(exc.reason)
                     return
-                first, header, total = framed
-                body = bytes(buf[header:total])
-                del buf[:total]
-                packet = codec.decode(first, body)
-            except codec.ProtocolViolation as exc:
-                self._fail(exc.reason)
-                return
-            self._handle(packet, now)
+                self._handle(packet, now)
+        finally:
+            if pos and self.state is not State.CLOSED:
+                del buf[:pos]
 
     def _handle(self, packet: codec.Packet, now: float) -> None:
         if self.state is State.AWAIT_CONNECT:

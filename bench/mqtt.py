@@ -1,0 +1,452 @@
+"""MQTT over mTLS: corem_ingress beside mosquitto 2.0, same load generator, one run.
+
+    .venv/bin/python bench/mqtt.py [--connects N] [--messages N] [--idle 1000,10000]
+
+Starts its own redis-server, our broker (``python -m corem_ingress serve``, MQTT only)
+and ``/usr/sbin/mosquitto`` (TLS, require_certificate, set_tcp_nodelay), each on a free
+loopback port with its config in a temp dir. Brokers are pinned to CPU 0; this load
+generator and Redis to CPU 1. Measures, per broker:
+
+- TLS connects/s (connect + mTLS handshake + CONNECT/CONNACK + DISCONNECT) and broker CPU
+  per connection;
+- broker CPU per QoS 0 and per QoS 1 message (ours includes the Redis append; mosquitto
+  has no subscriber, so it only parses and drops);
+- RSS per idle mTLS connection at each --idle count.
+
+Bounded: every phase has a count and a timeout. Prints a table and a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# bench/ holds http.py, which would shadow the standard library's http package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+from corem_ingress import devcerts  # noqa: E402
+from corem_ingress.adapters.mqtt import codec  # noqa: E402
+from corem_ingress.app import redis_client  # noqa: E402
+from corem_ingress.core.identity import CredentialKind  # noqa: E402
+from corem_ingress.core.psk import KeyRing, generate_kek_line  # noqa: E402
+from corem_ingress.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from corem_ingress.store.keys import KeySchema  # noqa: E402
+from corem_ingress.store.registry import Registry  # noqa: E402
+
+BROKER_CPU = 0
+LOADGEN_CPU = 1
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+# -- process measurements ----------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+@dataclass
+class Device:
+    device_id: str
+    cert: Path
+    key: Path
+    ctx: ssl.SSLContext | None = None
+
+    def context(self, ca: Path) -> ssl.SSLContext:
+        if self.ctx is None:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+            self.ctx = ctx
+        return self.ctx
+
+
+@dataclass
+class Broker:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    results: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- setup -------------------------------------------------------------------------------------
+def make_pki(d: Path, n: int) -> tuple[Path, Path, Path, list[tuple[Path, Path, str]]]:
+    ca = devcerts.make_ca("bench CA")
+    ca.write(d / "ca.pem", d / "ca.key")
+    server = devcerts.issue(ca, "localhost", server=True)
+    server.write(d / "server.pem", d / "server.key")
+    (d / "dev").mkdir()
+    devices = []
+    for i in range(n):
+        dev = devcerts.issue(ca, f"bench-{i}")
+        cert, key = d / "dev" / f"{i}.pem", d / "dev" / f"{i}.key"
+        dev.write(cert, key)
+        devices.append((cert, key, dev.cert_pem.decode()))
+    return d / "ca.pem", d / "server.pem", d / "server.key", devices
+
+
+async def provision(url: str, kek: str, pems: list[str]) -> list[str]:
+    client = redis_client(url)
+    registry = Registry(
+        client,
+        KeySchema("corem"),
+        keyring=KeyRing.parse(kek),
+        api_key_overlap=60,
+        api_key_overlap_max=3600,
+    )
+    sem = asyncio.Semaphore(64)
+
+    async def one(i: int, pem: str) -> str:
+        async with sem:
+            r = await registry.provision(
+                "bench", f"hw-{i}", CredentialKind.X509, actor="bench", cert_pem=pem
+            )
+            return r.device.device_id
+
+    ids = await asyncio.gather(*(one(i, p) for i, p in enumerate(pems)))
+    await client.aclose()
+    return list(ids)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("broker did not start listening")
+
+
+def start_ours(tmp: Path, redis_url: str, kek: str, ca: Path, cert: Path, key: Path) -> Broker:
+    port = free_port()
+    env = {
+        **os.environ,
+        "COREM_REDIS_URL": redis_url,
+        "COREM_PSK_KEK": kek,
+        "COREM_NODE_ID": "bench",
+        "COREM_STATE_DIR": str(tmp / "state"),
+        "COREM_LOGGING_FORMAT": "json",
+        "COREM_LOGGING_LEVEL": "warning",
+        "COREM_HEALTH_PORT": "0",
+        "COREM_HTTP_ENABLED": "false",
+        "COREM_COAP_ENABLED": "false",
+        "COREM_MQTT_PORT": str(port),
+        "COREM_MQTT_SERVER_CERT": str(cert),
+        "COREM_MQTT_SERVER_KEY": str(key),
+        "COREM_MQTT_CLIENT_CA_FILES": str(ca),
+        "COREM_MQTT_BACKLOG": "4096",
+    }
+    log = open(tmp / "corem.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(BROKER_CPU), sys.executable, "-m", "corem_ingress", "serve"],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    wait_port(port, proc)
+    return Broker("corem_ingress", port, proc)
+
+
+def start_mosquitto(tmp: Path, ca: Path, cert: Path, key: Path) -> Broker:
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"""per_listener_settings false
+persistence false
+log_dest none
+allow_anonymous true
+set_tcp_nodelay true
+max_keepalive 1200
+listener {port} 127.0.0.1
+cafile {ca}
+certfile {cert}
+keyfile {key}
+require_certificate true
+tls_version tlsv1.2
+"""
+    )
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(BROKER_CPU), MOSQUITTO, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "mosquitto.log", "wb"),  # noqa: SIM115
+    )
+    wait_port(port, proc)
+    return Broker("mosquitto", port, proc)
+
+
+# -- the load generator (blocking TLS sockets, threads; the same for both brokers) ---------------
+def read_packet(sock: ssl.SSLSocket) -> bytes:
+    buf = b""
+    while True:
+        framed = codec.frame(buf, 1 << 20)
+        if framed is not None and len(buf) >= framed[2]:
+            return buf[: framed[2]]
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed by broker")
+        buf += chunk
+
+
+def open_session(port: int, ca: Path, dev: Device, keepalive: int = 1200) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = dev.context(ca).wrap_socket(raw, server_hostname="localhost")
+    sock.sendall(codec.encode_connect(codec.Connect(4, dev.device_id, True, keepalive, None, None)))
+    connack = read_packet(sock)
+    if connack != b"\x20\x02\x00\x00":
+        raise ConnectionError(f"CONNACK {connack!r}")
+    return sock
+
+
+def connect_cycle(port: int, ca: Path, dev: Device) -> None:
+    sock = open_session(port, ca, dev)
+    sock.sendall(b"\xe0\x00")
+    sock.close()
+
+
+def measure(pid: int, fn: Callable[[], None]) -> tuple[float, float]:
+    """(broker CPU seconds, wall seconds) spent while ``fn`` runs."""
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    fn()
+    return cpu_seconds(pid) - c0, time.perf_counter() - t0
+
+
+def bench_connects(b: Broker, ca: Path, devices: list[Device], n: int, threads: int) -> None:
+    pool = devices[: max(threads * 4, 64)]
+    # Warm up (and fill our resolver cache, as in steady state).
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(lambda d: connect_cycle(b.port, ca, d), pool))
+
+    def run() -> None:
+        lock = threading.Lock()
+        counter = iter(range(n))
+
+        def worker(w: int) -> None:
+            mine = pool[w::threads]
+            j = 0
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                connect_cycle(b.port, ca, mine[j % len(mine)])
+                j += 1
+
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(worker, range(threads)))
+
+    cpu, wall = measure(b.pid, run)
+    b.results["connects_per_s"] = n / wall
+    b.results["cpu_us_per_connect"] = cpu / n * 1e6
+
+
+def bench_messages(
+    b: Broker, ca: Path, dev: Device, n: int, qos: int, done: Callable[[int], None]
+) -> None:
+    topic = f"devices/{dev.device_id}/up/telemetry"
+    payload = b'{"temp":21.5,"hum":40}'
+    sock = open_session(b.port, ca, dev)
+    window = 16
+
+    def run() -> None:
+        if qos == 0:
+            batch = codec.encode_publish(topic, payload, 0) * 500
+            for _ in range(n // 500):
+                sock.sendall(batch)
+            sock.sendall(b"\xc0\x00")
+            while read_packet(sock) != b"\xd0\x00":
+                pass
+            done(n)
+        else:
+            pid = 0
+            for _ in range(n // window):
+                out = []
+                for _ in range(window):
+                    pid = pid % 65535 + 1
+                    out.append(codec.encode_publish(topic, payload, 1, pid))
+                sock.sendall(b"".join(out))
+                for _ in range(window):
+                    if read_packet(sock)[0] != 0x40:
+                        raise ConnectionError("expected PUBACK")
+
+    cpu, _wall = measure(b.pid, run)
+    b.results[f"cpu_us_per_msg_qos{qos}"] = cpu / n * 1e6
+    sock.sendall(b"\xe0\x00")
+    sock.close()
+
+
+def bench_idle(b: Broker, ca: Path, devices: list[Device], n: int, threads: int) -> list[Any]:
+    time.sleep(1.0)
+    before = rss_bytes(b.pid)
+    with ThreadPoolExecutor(threads) as ex:
+        socks = list(ex.map(lambda d: open_session(b.port, ca, d), devices[:n]))
+    time.sleep(2.0)
+    after = rss_bytes(b.pid)
+    b.results[f"rss_kb_per_idle_conn_{n}"] = (after - before) / n / 1024
+    b.results[f"rss_mb_total_{n}"] = after / 2**20
+    return socks
+
+
+def close_all(socks: list[Any]) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()
+
+
+# -- main ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def started(items: list[Broker | EmbeddedRedis]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for item in reversed(items):
+            if isinstance(item, Broker):
+                item.stop()
+            else:
+                item.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--connects", type=int, default=2000)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--idle", default="1000,10000")
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--only", choices=["corem_ingress", "mosquitto"], default=None)
+    args = ap.parse_args()
+    idle_counts = [int(x) for x in args.idle.split(",") if x]
+    n_devices = max([*idle_counts, args.threads * 4, 64]) + 1
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # brokers inherit it
+    if hard < max(idle_counts, default=0) + 1000:
+        print(f"RLIMIT_NOFILE hard limit {hard} is too low for {idle_counts}", file=sys.stderr)
+        return 2
+    if not shutil.which("taskset") or not Path(MOSQUITTO).exists():
+        print("needs taskset and /usr/sbin/mosquitto", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {LOADGEN_CPU})  # children (redis) inherit CPU 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="corem-bench-mqtt-"))
+    try:
+        t0 = time.monotonic()
+        ca, srv_cert, srv_key, pki = make_pki(tmp, n_devices)
+        kek = generate_kek_line("bench")
+        redis = EmbeddedRedis().start()
+        ids = asyncio.run(provision(redis.url, kek, [p for _, _, p in pki]))
+        devices = [Device(i, c, k) for i, (c, k, _) in zip(ids, pki, strict=True)]
+        print(f"setup: {n_devices} devices in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        brokers: list[Broker] = []
+        names = [args.only] if args.only else ["corem_ingress", "mosquitto"]
+        with started([redis]):
+            for name in names:
+                if name == "corem_ingress":
+                    b = start_ours(tmp, redis.url, kek, ca, srv_cert, srv_key)
+                else:
+                    b = start_mosquitto(tmp, ca, srv_cert, srv_key)
+                brokers.append(b)
+                with started([b]):
+                    run_broker(b, ca, devices, args, idle_counts, redis)
+                print(f"{name}: done {b.results}", file=sys.stderr)
+        report(brokers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def run_broker(
+    b: Broker,
+    ca: Path,
+    devices: list[Device],
+    args: argparse.Namespace,
+    idle_counts: list[int],
+    redis: EmbeddedRedis,
+) -> None:
+    stream_len = _stream_len(redis)
+    bench_connects(b, ca, devices, args.connects, args.threads)
+    redis_pid = redis.pid or 0
+    for qos in (0, 1):
+        r0 = cpu_seconds(redis_pid)
+        base = stream_len()
+
+        def done(n: int, base: int = base) -> None:
+            if b.name != "corem_ingress":
+                return
+            end = time.monotonic() + 60
+            while stream_len() < base + n and time.monotonic() < end:
+                time.sleep(0.01)
+
+        bench_messages(b, ca, devices[-1], args.messages, qos, done)
+        if b.name == "corem_ingress":
+            b.results[f"redis_cpu_us_per_msg_qos{qos}"] = (
+                (cpu_seconds(redis_pid) - r0) / args.messages * 1e6
+            )
+    for n in idle_counts:
+        socks = bench_idle(b, ca, devices, n, args.threads)
+        close_all(socks)
+        time.sleep(1.0)
+
+
+def _stream_len(redis: EmbeddedRedis) -> Callable[[], int]:
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis.url)
+
+    def length() -> int:
+        return int(client.xlen("corem:uplink:{bench}"))
+
+    return length
+
+
+def report(brokers: list[Broker]) -> None:
+    keys = sorted({k for b in brokers for k in b.results})
+    width = max(len(k) for k in keys) if keys else 10
+    print(f"{'metric':<{width}}  " + "  ".join(f"{b.name:>14}" for b in brokers))
+    for k in keys:
+        cells = "  ".join(f"{b.results.get(k, float('nan')):>14.1f}" for b in brokers)
+        print(f"{k:<{width}}  {cells}")
+    if len(brokers) == 2:
+        ours, theirs = brokers
+        for k in ("cpu_us_per_connect", "cpu_us_per_msg_qos0", "cpu_us_per_msg_qos1"):
+            if k in ours.results and theirs.results.get(k):
+                print(f"ratio {k}: {ours.results[k] / theirs.results[k]:.2f}x mosquitto")
+    print(json.dumps({b.name: b.results for b in brokers}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
