@@ -1,0 +1,489 @@
+"""Device-management requests as data, and the device's answers interpreted.
+
+The server sends these over the device's DTLS session as server-initiated CoAP
+requests. Each builder validates the path and the body and returns a
+``DeviceRequest`` (method, Uri-Path, Uri-Query, Content-Format, Accept, payload,
+Observe) that the CoAP layer sends as is; ``interpret`` turns the device's
+response (code, content format, payload) into a ``DeviceResult`` or raises the
+matching ``IngressError``. Both travel between nodes as JSON (``to_json`` /
+``from_json``) when the request is routed to the node holding the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from corem_ingress.adapters.lwm2m.content import (
+    CF_CBOR,
+    CF_LINK_FORMAT,
+    CF_OPAQUE,
+    CF_SENML_CBOR,
+    CF_SENML_JSON,
+    CF_TEXT,
+    CF_TLV,
+    ENCODABLE,
+    Record,
+    decode,
+    encode,
+)
+from corem_ingress.adapters.lwm2m.linkformat import Link, parse_links
+from corem_ingress.adapters.lwm2m.model import (
+    DEFAULT_MODEL,
+    NUMERIC_TYPES,
+    Lwm2mPath,
+    ObjectModel,
+)
+from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Registration
+from corem_ingress.core.errors import (
+    FailedPrecondition,
+    IngressError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from corem_ingress.core.uplink import JsonValue
+
+
+class Operation(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    EXECUTE = "execute"
+    OBSERVE = "observe"
+    CANCEL_OBSERVE = "cancel-observe"
+    DISCOVER = "discover"
+    WRITE_ATTRIBUTES = "write-attributes"
+
+
+_SUCCESS = {
+    Operation.READ: "2.05",
+    Operation.OBSERVE: "2.05",
+    Operation.CANCEL_OBSERVE: "2.05",
+    Operation.DISCOVER: "2.05",
+    Operation.WRITE: "2.04",
+    Operation.EXECUTE: "2.04",
+    Operation.WRITE_ATTRIBUTES: "2.04",
+}
+_METHODS = frozenset({"GET", "PUT", "POST", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """One server-initiated CoAP request, ready to send."""
+
+    operation: Operation
+    #: The LwM2M path operated on (``uri_path`` adds the client's root path, if any).
+    path: Lwm2mPath
+    method: str
+    uri_path: tuple[str, ...]
+    uri_query: tuple[str, ...] = ()
+    #: Content-Format of ``payload`` (None without payload).
+    content_format: int | None = None
+    #: Accept option (None: let the device choose).
+    accept: int | None = None
+    payload: bytes = b""
+    #: Observe option: 0 register, 1 deregister, None absent.
+    observe: int | None = None
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "operation": self.operation.value,
+            "path": str(self.path),
+            "method": self.method,
+            "uri_path": list(self.uri_path),
+            "uri_query": list(self.uri_query),
+            "content_format": self.content_format,
+            "accept": self.accept,
+            "payload": base64.b64encode(self.payload).decode(),
+            "observe": self.observe,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> DeviceRequest:
+        try:
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            method = str(data["method"])
+            if method not in _METHODS:
+                raise ValueError("method")
+            observe = data.get("observe")
+            if observe not in (None, 0, 1):
+                raise ValueError("observe")
+            return cls(
+                operation=Operation(data["operation"]),
+                path=Lwm2mPath.parse(data["path"]),
+                method=method,
+                uri_path=tuple(str(s) for s in data["uri_path"]),
+                uri_query=tuple(str(s) for s in data.get("uri_query", [])),
+                content_format=_opt_int(data.get("content_format")),
+                accept=_opt_int(data.get("accept")),
+                payload=base64.b64decode(str(data.get("payload", "")), validate=True),
+                observe=observe,
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error, InvalidArgument) as exc:
+            raise InvalidArgument("malformed device request", reason=repr(exc)) from None
+
+
+def _opt_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("content format")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceResponse:
+    """The device's answer as the CoAP layer saw it."""
+
+    code: str
+    content_format: int | None = None
+    payload: bytes = b""
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "code": self.code,
+            "content_format": self.content_format,
+            "payload": base64.b64encode(self.payload).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> DeviceResponse:
+        try:
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            code = str(data["code"])
+            if not _CODE_RE.fullmatch(code):
+                raise ValueError("code")
+            return cls(
+                code,
+                _opt_int(data.get("content_format")),
+                base64.b64decode(str(data.get("payload", "")), validate=True),
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise InvalidArgument("malformed device response", reason=repr(exc)) from None
+
+
+_CODE_RE = re.compile(r"[245]\.[0-3][0-9]")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceResult:
+    operation: Operation
+    path: Lwm2mPath
+    code: str
+    #: Decoded values (Read, Observe, Cancel-Observe).
+    records: tuple[Record, ...] = ()
+    #: Discover's answer.
+    links: tuple[Link, ...] = ()
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {
+            "operation": self.operation.value,
+            "path": str(self.path),
+            "code": self.code,
+        }
+        if self.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
+            out["records"] = [r.to_json() for r in self.records]
+        if self.operation is Operation.DISCOVER:
+            out["links"] = [
+                {"target": link.target, "params": {k: v for k, v in link.params}}
+                for link in self.links
+            ]
+        return out
+
+
+# -- building -------------------------------------------------------------------------------
+
+
+def _path(path: Lwm2mPath | str) -> Lwm2mPath:
+    return path if isinstance(path, Lwm2mPath) else Lwm2mPath.parse(path)
+
+
+def _levels(path: Lwm2mPath, lo: int, hi: int, op: str) -> None:
+    names = ["root", "object", "object instance", "resource", "resource instance"]
+    if not lo <= path.level <= hi:
+        allowed = ", ".join(names[lo : hi + 1])
+        raise InvalidArgument(f"{op} applies to: {allowed}")
+
+
+def _uri(path: Lwm2mPath, root: str) -> tuple[str, ...]:
+    prefix = tuple(s for s in root.split("/") if s)
+    return prefix + path.uri_path
+
+
+def preferred_format(registration: Registration | None) -> int:
+    """The richest format the client announced: SenML CBOR > SenML JSON > TLV (1.0: TLV)."""
+    if registration is None or registration.version == "1.0":
+        return CF_TLV
+    announced = registration.objects.content_formats
+    for cf in (CF_SENML_CBOR, CF_SENML_JSON, CF_TLV):
+        if cf in announced:
+            return cf
+    return CF_SENML_JSON if announced else CF_TLV
+
+
+def read(path: Lwm2mPath | str, *, accept: int | None = None, root: str = "/") -> DeviceRequest:
+    p = _path(path)
+    _levels(p, 1, 4, "Read")
+    return DeviceRequest(Operation.READ, p, "GET", _uri(p, root), accept=accept)
+
+
+def observe(path: Lwm2mPath | str, *, accept: int | None = None, root: str = "/") -> DeviceRequest:
+    p = _path(path)
+    _levels(p, 1, 4, "Observe")
+    return DeviceRequest(Operation.OBSERVE, p, "GET", _uri(p, root), accept=accept, observe=0)
+
+
+def cancel_observe(
+    path: Lwm2mPath | str, *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """GET with Observe=1; the CoAP layer must reuse the token of the observation."""
+    p = _path(path)
+    _levels(p, 1, 4, "Cancel-Observe")
+    return DeviceRequest(
+        Operation.CANCEL_OBSERVE, p, "GET", _uri(p, root), accept=accept, observe=1
+    )
+
+
+def discover(path: Lwm2mPath | str, *, root: str = "/") -> DeviceRequest:
+    p = _path(path)
+    _levels(p, 1, 3, "Discover")
+    return DeviceRequest(Operation.DISCOVER, p, "GET", _uri(p, root), accept=CF_LINK_FORMAT)
+
+
+def write(
+    path: Lwm2mPath | str,
+    records: Sequence[Record],
+    *,
+    content_format: int = CF_TLV,
+    replace: bool = True,
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Write (``replace``: PUT) or Partial Update (POST) of ``records`` under ``path``."""
+    p = _path(path)
+    _levels(p, 2, 4, "Write")
+    if content_format not in ENCODABLE:
+        raise InvalidArgument("Write payloads are TLV, SenML JSON/CBOR, text, opaque or CBOR")
+    if content_format in (CF_TEXT, CF_OPAQUE, CF_CBOR) and p.level < 3:
+        raise InvalidArgument("text, opaque and CBOR write a single resource")
+    if not records:
+        raise InvalidArgument("Write needs at least one value")
+    for r in records:
+        if not p.is_prefix_of(r.path):
+            raise InvalidArgument(f"{r.path} lies outside {p}")
+        assert r.path.object_id is not None and r.path.resource_id is not None
+        res = model.resource(r.path.object_id, r.path.resource_id)
+        if res is None:
+            continue
+        if not res.writable:
+            raise InvalidArgument(f"{r.path} ({res.name}) is not writable")
+        if res.type is not r.type:
+            raise InvalidArgument(f"{r.path} ({res.name}) takes a {res.type.value} value")
+        if r.path.level == 4 and not res.multiple:
+            raise InvalidArgument(f"{r.path} ({res.name}) has no resource instances")
+    payload = encode(records, content_format, p)
+    return DeviceRequest(
+        Operation.WRITE,
+        p,
+        "PUT" if replace else "POST",
+        _uri(p, root),
+        content_format=content_format,
+        payload=payload,
+    )
+
+
+_EXEC_ARGS_RE = re.compile(
+    r"[0-9](='[\x21\x23-\x26\x28-\x5b\x5d-\x7e]*')?(,[0-9](='[\x21\x23-\x26\x28-\x5b\x5d-\x7e]*')?)*"
+)
+
+
+def execute(
+    path: Lwm2mPath | str,
+    args: str = "",
+    *,
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Execute a resource; ``args`` as in LwM2M 1.1 (``0='x',1``), sent as text."""
+    p = _path(path)
+    _levels(p, 3, 3, "Execute")
+    assert p.object_id is not None and p.resource_id is not None
+    res = model.resource(p.object_id, p.resource_id)
+    if res is not None and not res.executable:
+        raise InvalidArgument(f"{p} ({res.name}) is not executable")
+    if args and (len(args) > 1024 or not _EXEC_ARGS_RE.fullmatch(args)):
+        raise InvalidArgument("execute arguments look like 0='value',1")
+    return DeviceRequest(
+        Operation.EXECUTE,
+        p,
+        "POST",
+        _uri(p, root),
+        content_format=CF_TEXT if args else None,
+        payload=args.encode(),
+    )
+
+
+_ATTRIBUTES = ("pmin", "pmax", "gt", "lt", "st", "epmin", "epmax")
+
+
+def _attr_number(name: str, value: float | int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number")
+    if name in ("pmin", "pmax", "epmin", "epmax"):
+        if not isinstance(value, int) and not float(value).is_integer():
+            raise InvalidArgument(f"{name} is a whole number of seconds")
+        if value < 0:
+            raise InvalidArgument(f"{name} must be >= 0")
+        return str(int(value))
+    if name == "st" and value < 0:
+        raise InvalidArgument("st must be >= 0")
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def write_attributes(
+    path: Lwm2mPath | str,
+    *,
+    pmin: int | None = None,
+    pmax: int | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    st: float | None = None,
+    epmin: int | None = None,
+    epmax: int | None = None,
+    clear: Sequence[str] = (),
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Write-Attributes (PUT with the attributes as query); ``clear`` removes attributes."""
+    p = _path(path)
+    _levels(p, 1, 4, "Write-Attributes")
+    values: dict[str, float | int] = {
+        k: v
+        for k, v in {
+            "pmin": pmin, "pmax": pmax, "gt": gt, "lt": lt, "st": st,
+            "epmin": epmin, "epmax": epmax,
+        }.items()
+        if v is not None
+    }  # fmt: skip
+    for name in clear:
+        if name not in _ATTRIBUTES:
+            raise InvalidArgument(f"unknown attribute {name[:16]!r}")
+        if name in values:
+            raise InvalidArgument(f"{name} is both set and cleared")
+    if not values and not clear:
+        raise InvalidArgument("Write-Attributes needs at least one attribute")
+    query = [f"{k}={_attr_number(k, v)}" for k, v in values.items()]
+    if "pmin" in values and "pmax" in values and values["pmin"] > values["pmax"]:
+        raise InvalidArgument("pmin must not exceed pmax")
+    if "epmin" in values and "epmax" in values and values["epmin"] > values["epmax"]:
+        raise InvalidArgument("epmin must not exceed epmax")
+    if {"gt", "lt", "st"} & set(values):
+        if p.level < 3:
+            raise InvalidArgument("gt, lt and st apply to a resource")
+        assert p.object_id is not None and p.resource_id is not None
+        vtype = model.resource_type(p.object_id, p.resource_id)
+        if vtype is not None and vtype not in NUMERIC_TYPES:
+            raise InvalidArgument("gt, lt and st apply to a numeric resource")
+    if "lt" in values and "gt" in values:
+        step = values.get("st", 0)
+        if not values["lt"] + 2 * step < values["gt"]:
+            raise InvalidArgument("need lt + 2*st < gt")
+    query += list(clear)
+    return DeviceRequest(
+        Operation.WRITE_ATTRIBUTES, p, "PUT", _uri(p, root), uri_query=tuple(query)
+    )
+
+
+# -- interpreting ---------------------------------------------------------------------------
+
+_ERRORS: dict[str, tuple[type[IngressError], str]] = {
+    "4.00": (InvalidArgument, "the device rejected the request as malformed"),
+    "4.01": (PermissionDenied, "the device refused the server access"),
+    "4.02": (InvalidArgument, "the device rejected an option"),
+    "4.03": (PermissionDenied, "the device refused the operation"),
+    "4.04": (NotFound, "the device has no such object, instance or resource"),
+    "4.05": (MethodNotAllowed, "the operation is not allowed on this path"),
+    "4.06": (InvalidArgument, "the device cannot answer in the requested format"),
+    "4.08": (InvalidArgument, "the device got an incomplete request"),
+    "4.12": (FailedPrecondition, "the device's precondition failed"),
+    "4.13": (InvalidArgument, "the request is too large for the device"),
+    "4.15": (InvalidArgument, "the device does not support this content format"),
+}
+
+
+def error_for(code: str) -> IngressError:
+    """The error an operator gets for a device's non-success CoAP code."""
+    cls, message = _ERRORS.get(code, (Unavailable, "the device failed to answer properly"))
+    return cls(f"{message} ({code})", reason=f"device answered {code}")
+
+
+def timeout_error() -> Unavailable:
+    return Unavailable("the device did not answer in time", reason="timeout")
+
+
+def interpret(
+    request: DeviceRequest,
+    response: DeviceResponse,
+    *,
+    now: float,
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceResult:
+    """A success result, or the error to give the operator (a malformed body: 4.00-like)."""
+    expected = _SUCCESS[request.operation]
+    if response.code != expected:
+        if response.code.startswith("2."):
+            raise Unavailable(
+                f"the device answered {response.code}, expected {expected}",
+                reason="unexpected success code",
+            )
+        raise error_for(response.code)
+    if request.operation is Operation.DISCOVER:
+        if response.content_format not in (None, CF_LINK_FORMAT):
+            raise InvalidArgument("Discover answer is not link format")
+        return DeviceResult(request.operation, request.path, response.code,
+                            links=parse_links(response.payload))  # fmt: skip
+    if request.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
+        records = decode(
+            response.payload, response.content_format, request.path, now=now, model=model
+        )
+        return DeviceResult(request.operation, request.path, response.code, tuple(records))
+    return DeviceResult(request.operation, request.path, response.code)
+
+
+def notification_records(
+    request: DeviceRequest,
+    response: DeviceResponse,
+    *,
+    now: float,
+    model: ObjectModel = DEFAULT_MODEL,
+) -> list[Record]:
+    """The values of one Observe notification (2.05 with the observation's token)."""
+    return list(interpret(request, response, now=now, model=model).records)
+
+
+__all__ = [
+    "DeviceRequest",
+    "DeviceResponse",
+    "DeviceResult",
+    "Operation",
+    "cancel_observe",
+    "discover",
+    "error_for",
+    "execute",
+    "interpret",
+    "notification_records",
+    "observe",
+    "preferred_format",
+    "read",
+    "timeout_error",
+    "write",
+    "write_attributes",
+]
