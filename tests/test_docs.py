@@ -35,7 +35,9 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.hardware("<tenant>", "<hardware_id>"), k.tenant_devices("<tenant>"),
         k.tenant_certs("<tenant>"), k.credential("<credential_id>"), k.audit_stream,
         k.uplink_stream("<tenant>"), k.downlink_stream("<tenant>"), k.bus_channel,
-        k.downlink_channel,
+        k.downlink_channel, k.lwm2m_registration("<registration_id>"),
+        k.lwm2m_device("<device_id>"), k.lwm2m_requests("<node_id>"),
+        k.lwm2m_reply("<request_id>"),
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

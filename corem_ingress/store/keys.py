@@ -73,3 +73,20 @@ class KeySchema:
     def downlink_channel(self) -> str:
         """Pub/sub fan-out of downlinks to every node."""
         return f"{self.prefix}:downlink"
+
+    # -- LwM2M -------------------------------------------------------------------------
+    def lwm2m_registration(self, registration_id: str) -> str:
+        """String (JSON): one LwM2M registration; TTL = lifetime left + grace."""
+        return f"{self._r}:lwm2m:reg:{registration_id}"
+
+    def lwm2m_device(self, device_id: str) -> str:
+        """String -> the device's current registration id; same TTL as the registration."""
+        return f"{self._r}:lwm2m:dev:{device_id}"
+
+    def lwm2m_requests(self, node_id: str) -> str:
+        """Stream of operator requests for the devices whose DTLS session ``node_id`` holds."""
+        return f"{self.prefix}:lwm2m:req:{{{node_id}}}"
+
+    def lwm2m_reply(self, request_id: str) -> str:
+        """List holding the one reply to a routed request (short TTL)."""
+        return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"
