@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_configuration_reference_is_current() -> None:
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_config_doc.py"), "--check"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -31,12 +33,20 @@ def test_key_schema_doc_names_every_key_function() -> None:
     from corem_ingress.core.identity import CredentialKind
 
     samples = [
-        k.device("<device_id>"), k.device_credentials("<device_id>"),
-        k.hardware("<tenant>", "<hardware_id>"), k.tenant_devices("<tenant>"),
-        k.tenant_certs("<tenant>"), k.credential("<credential_id>"), k.audit_stream,
-        k.uplink_stream("<tenant>"), k.downlink_stream("<tenant>"), k.bus_channel,
-        k.downlink_channel, k.lwm2m_registration("<registration_id>"),
-        k.lwm2m_device("<device_id>"), k.lwm2m_requests("<node_id>"),
+        k.device("<device_id>"),
+        k.device_credentials("<device_id>"),
+        k.hardware("<tenant>", "<hardware_id>"),
+        k.tenant_devices("<tenant>"),
+        k.tenant_certs("<tenant>"),
+        k.credential("<credential_id>"),
+        k.audit_stream,
+        k.uplink_stream("<tenant>"),
+        k.downlink_stream("<tenant>"),
+        k.bus_channel,
+        k.downlink_channel,
+        k.lwm2m_registration("<registration_id>"),
+        k.lwm2m_device("<device_id>"),
+        k.lwm2m_requests("<node_id>"),
         k.lwm2m_reply("<request_id>"),
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
