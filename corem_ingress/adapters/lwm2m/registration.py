@@ -41,7 +41,7 @@ MAX_QUERY_PARAMS = 8
 _REG_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _SMS_RE = re.compile(r"[0-9+]{1,20}")
 _BINDINGS_10 = frozenset({"U", "UQ", "S", "SQ", "US", "UQS"})
-_BINDING_11_LETTERS = "UMHTSN"
+_BINDING_11_LETTERS = "UMHTSNQ"
 
 
 class MethodNotAllowed(IngressError):
@@ -178,7 +178,8 @@ def _binding(value: str, version: str) -> tuple[str, bool]:
         or any(c not in _BINDING_11_LETTERS for c in value)
     ):
         raise InvalidArgument("b must be letters of U, M, H, T, S, N, each at most once")
-    return value, False
+    # 1.1 has a separate Q parameter; a 1.0-style "UQ" from a 1.1 client still means queue mode.
+    return value, "Q" in value
 
 
 def _sms(value: str | None) -> str | None:
@@ -530,8 +531,7 @@ class Registrar:
         if req.binding is not None:
             binding, queue10 = _binding(req.binding, reg.version)
             changes["binding"] = binding
-            if reg.version == "1.0":
-                changes["queue_mode"] = queue10
+            changes["queue_mode"] = queue10
         if req.queue_mode is not None:
             if reg.version == "1.0":
                 raise InvalidArgument("Q is a LwM2M 1.1 parameter")
