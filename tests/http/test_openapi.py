@@ -35,7 +35,7 @@ def documented() -> set[tuple[str, str]]:
 def test_docs_file_is_the_rendered_document() -> None:
     assert DOCS.read_bytes() == openapi.render(), (
         "docs/openapi.json is stale: run "
-        "'.venv/bin/python -m corem_ingress.adapters.http.openapi > docs/openapi.json'"
+        "'.venv/bin/python -m corem_ingress.adapters.http openapi > docs/openapi.json'"
     )
 
 

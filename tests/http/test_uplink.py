@@ -3,6 +3,7 @@ overlap window, bad bodies. Real aiohttp client, real node, real redis-server.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -308,3 +309,31 @@ async def test_no_key_or_token_reaches_the_log(api: Api, capfd: pytest.CaptureFi
     assert "http.unauthenticated" in logged  # the log did get the refusals...
     for secret in (key, key[8:], unknown[8:], api.tokens["acme"], "wrong-token"):
         assert secret not in logged  # ...but never a secret
+
+
+async def test_malformed_http_is_refused_without_logging_its_bytes(
+    api: Api, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    dev = await api.provision("acme", "hw-1")
+    key = dev["api_key"]
+    port = int(api.base.rsplit(":", 1)[1])
+    requests = [
+        f"POST /api/v1/devices/{dev['device_id']}/uplink HTTP/1.1\r\nHost: x\r\n"
+        f"X-API-Key: {key}\r\nContent-Length: {key}\r\n\r\n",
+        f"{key} / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    caplog.set_level("DEBUG")
+    for raw in requests:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw.encode())
+        await writer.drain()
+        head = await reader.readline()
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head
+        await reader.read()  # aiohttp closes the connection after such a reply
+        writer.close()
+        await writer.wait_closed()
+    logged = caplog.text + "".join(capfd.readouterr())
+    assert key not in logged and key[8:] not in logged
+    assert "http.malformed_request" in caplog.text
+    # The listener is still fine.
+    assert (await api.uplink(dev["device_id"], key)).status == 202

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from corem_ingress.adapters import Services
 from corem_ingress.adapters.http import errors, openapi
@@ -23,6 +25,30 @@ from corem_ingress.adapters.http.operators import OperatorTokens
 from corem_ingress.adapters.http.uplink import DeviceApi
 
 log = structlog.get_logger("corem.http")
+
+
+class _NoRawRequestInLog(logging.Filter):
+    """aiohttp logs a malformed request with the offending raw line (which may hold a key).
+
+    Keep the event, drop the bytes: only the peer address and the error class remain.
+    (aiohttp itself answers such a request with a text/plain 400 and closes.)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "http.malformed_request peer=%s error=%s status=%s"
+            record.args = (peer, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+#: The aiohttp protocol logger of our listeners (aiohttp's own would print raw lines).
+protocol_log = logging.getLogger("corem.http.protocol")
+protocol_log.addFilter(_NoRawRequestInLog())
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +122,11 @@ class HttpListener:
         try:
             for spec in self.apps:
                 runner = web.AppRunner(
-                    spec.app, access_log=None, handle_signals=False, shutdown_timeout=deadline
+                    spec.app,
+                    access_log=None,
+                    handle_signals=False,
+                    shutdown_timeout=deadline,
+                    logger=protocol_log,
                 )
                 await runner.setup()
                 self._runners.append(runner)

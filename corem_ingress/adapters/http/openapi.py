@@ -3,7 +3,7 @@
 ``docs/openapi.json`` is this document rendered by ``render()``; a test checks
 that the file, the served document and the routes agree. Regenerate it with::
 
-    .venv/bin/python -m corem_ingress.adapters.http.openapi > docs/openapi.json
+    .venv/bin/python -m corem_ingress.adapters.http openapi > docs/openapi.json
 """
 
 from __future__ import annotations
@@ -554,7 +554,3 @@ async def serve(_request: web.Request) -> web.Response:
 def main() -> int:
     sys.stdout.buffer.write(render())
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

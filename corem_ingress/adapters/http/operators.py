@@ -14,7 +14,7 @@ variable ``COREM_HTTP_ADMIN_TOKENS``; both are read and merged)::
   also separates entries.
 * A hash may appear once: one token sees exactly one tenant.
 
-``python -m corem_ingress.adapters.http.operators --tenant acme --name ops-alice``
+``python -m corem_ingress.adapters.http token --tenant acme --name ops-alice``
 prints a new random token and the line to configure for it.
 """
 
@@ -151,7 +151,7 @@ def generate_token() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m corem_ingress.adapters.http.operators",
+        prog="python -m corem_ingress.adapters.http token",
         description="Print a new operator token (keep it secret) and its config line (hash only).",
     )
     parser.add_argument("--tenant", required=True)
@@ -169,7 +169,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         line += f":{args.name}"
     sys.stdout.write(f"token={token}\nline={line}\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
