@@ -22,10 +22,13 @@ from aiohttp import web
 from corem_ingress import health
 from corem_ingress.adapters import Listener, Services
 from corem_ingress.config import Config
+from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
 from corem_ingress.core.resolver_cache import ResolverCache
+from corem_ingress.core.throttle import AuthThrottle
 from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
+from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
@@ -38,14 +41,8 @@ REDIS_URL_FILE = "redis.url"
 
 
 def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        health_check_interval=5,
-        retry_on_timeout=False,
-    )
+    """Kept for existing callers: see ``corem_ingress.store.connection.redis_client``."""
+    return connection.redis_client(url, socket_timeout=socket_timeout)
 
 
 ListenerFactory = Callable[[Services], Listener | None]
@@ -118,6 +115,7 @@ class Node:
             keyring=self.keyring,
             api_key_overlap=cfg.credentials.api_key_overlap_s,
             api_key_overlap_max=cfg.credentials.api_key_overlap_max_s,
+            psk_min_bytes=cfg.credentials.psk_min_bytes,
             clock=self.clock,
         )
         self.services = Services(
@@ -132,6 +130,20 @@ class Node:
             downlinks=DownlinkRouter(),
             downlink_publisher=DownlinkPublisher(redis, keys),
             clock=self.clock,
+            throttle=AuthThrottle(
+                max_failures=cfg.limits.auth_fail_max,
+                window_s=cfg.limits.auth_fail_window_s,
+                block_s=cfg.limits.auth_block_s,
+                max_sources=cfg.limits.auth_max_sources,
+            ),
+            device_rate=DeviceRateLimiter(
+                rate_per_s=cfg.limits.per_device_msgs_per_s,
+                burst=cfg.limits.per_device_burst,
+                max_keys=cfg.limits.rate_limit_max_devices,
+            ),
+            tenant_connections=TenantConnections(
+                max_per_tenant=cfg.limits.per_tenant_max_connections
+            ),
         )
         self.bus = RevocationBus(
             redis,

@@ -102,6 +102,7 @@ async def _with_registry(
             keyring=keyring,
             api_key_overlap=cfg.credentials.api_key_overlap_s,
             api_key_overlap_max=cfg.credentials.api_key_overlap_max_s,
+            psk_min_bytes=cfg.credentials.psk_min_bytes,
         )
         return await op(registry)
     finally:
@@ -347,6 +348,20 @@ async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
         await client.aclose()
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from corem_ingress.sim import cli as sim_cli
+
+    async def op(reg: Any) -> object:
+        return await sim_cli.run(_load_config(args), args, reg)
+
+    try:
+        summary = asyncio.run(_with_registry(args, op))
+    except sim_cli.SimUsageError as exc:
+        raise CliError(str(exc)) from None
+    sim_cli.print_summary(summary, args.report)  # type: ignore[arg-type]
+    return 0
+
+
 def cmd_dev_certs(args: argparse.Namespace) -> int:
     from corem_ingress.devcerts import write_dev_certs
 
@@ -492,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--count", type=_positive_int, help="exit after this many uplinks")
     sp.set_defaults(func=cmd_tail)
+
+    sp = sub.add_parser("simulate", parents=[common], help="run a simulated device fleet")
+    from corem_ingress.sim.cli import add_arguments as add_sim_arguments
+
+    add_sim_arguments(sp)
+    sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
     sp.add_argument("--out", default="certs-dev")

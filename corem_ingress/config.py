@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from corem_ingress.core import psk
+from corem_ingress.store import connection
 
 
 class ConfigError(Exception):
@@ -29,7 +30,9 @@ class ConfigError(Exception):
 
 @dataclass
 class RedisConfig:
-    #: redis://, rediss:// or unix:// URL. Empty: start a private redis-server child (dev).
+    #: redis://, rediss://, unix://, redis+sentinel://h:p[,h:p]/service[/db] or
+    #: redis+cluster://h:p[,h:p] URL (see docs/deploy.md). Empty: start a private
+    #: redis-server child (dev).
     url: str = ""
     #: Prefix of every key and channel (the registry's hash tag is ``{prefix}``).
     key_prefix: str = "corem"
@@ -55,6 +58,9 @@ class CredentialsConfig:
     api_key_overlap_s: float = 86_400.0
     #: The largest overlap a caller may ask for.
     api_key_overlap_max_s: float = 7 * 86_400.0
+    #: Shortest PSK accepted, and the length of generated PSKs (16..64). The platform's rule is
+    #: 32; lower it to 16 only for fleets on stock tinydtls, which cannot use longer PSKs.
+    psk_min_bytes: int = 32
     #: File with the PSK key-encryption keys (``kid:base64`` lines, first active).
     #: The keys themselves may also come from the COREM_PSK_KEK environment variable.
     psk_kek_file: str = ""
@@ -217,6 +223,50 @@ class CoapConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """Abuse limits; each refusal is protocol-appropriate and counted (docs/operations.md)."""
+
+    #: Failed authentications from one source IP within auth_fail_window_s that block it
+    #: (0: no throttling).
+    auth_fail_max: int = 10
+    #: The window in which failed authentications of one source IP are counted.
+    auth_fail_window_s: float = 60.0
+    #: How long a throttled source IP is refused before any authentication work.
+    auth_block_s: float = 300.0
+    #: Source IPs the throttle tracks at most (least recently seen forgotten first).
+    auth_max_sources: int = 100_000
+    #: Live connections (MQTT, DTLS sessions) per tenant on this node (0: unlimited).
+    per_tenant_max_connections: int = 0
+    #: Uplink messages per second per device on this node, token bucket (0: unlimited).
+    per_device_msgs_per_s: float = 0.0
+    #: Burst of the per-device token bucket (messages accepted at once after idling).
+    per_device_burst: int = 20
+    #: Devices the rate limiter tracks at most (least recently seen forgotten first).
+    rate_limit_max_devices: int = 200_000
+
+    def validate(self) -> None:
+        _check(self.auth_fail_max >= 0, "limits.auth_fail_max", "must be >= 0 (0: off)")
+        _check(self.auth_fail_window_s > 0, "limits.auth_fail_window_s", "must be > 0")
+        _check(self.auth_block_s >= 0, "limits.auth_block_s", "must be >= 0")
+        _check(self.auth_max_sources >= 1, "limits.auth_max_sources", "must be >= 1")
+        _check(
+            self.per_tenant_max_connections >= 0,
+            "limits.per_tenant_max_connections",
+            "must be >= 0 (0: unlimited)",
+        )
+        _check(
+            self.per_device_msgs_per_s >= 0,
+            "limits.per_device_msgs_per_s",
+            "must be >= 0 (0: unlimited)",
+        )
+        _check(self.per_device_burst >= 1, "limits.per_device_burst", "must be >= 1")
+        _check(self.rate_limit_max_devices >= 1, "limits.rate_limit_max_devices", "must be >= 1")
+
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+
+
+@dataclass
 class LoggingConfig:
     #: "console" (readable, dev) or "json" (production).
     format: str = "json"
@@ -239,6 +289,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     coap: CoapConfig = field(default_factory=CoapConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
@@ -265,10 +316,16 @@ class Config:
         )
         url = self.redis.url
         _check(
-            url == "" or url.startswith(("redis://", "rediss://", "unix://")),
+            url == "" or url.startswith(REDIS_URL_SCHEMES),
             "redis.url",
-            "must be a redis://, rediss:// or unix:// URL (or empty for the embedded Redis)",
+            "must be a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL "
+            "(or empty for the embedded Redis)",
         )
+        if url:
+            try:
+                connection.check_url(url)
+            except ValueError as exc:  # the message never contains the password
+                raise ConfigError(f"config: redis.url: {exc}") from None
         _check(
             bool(self.redis.key_prefix)
             and "{" not in self.redis.key_prefix

@@ -69,9 +69,14 @@ def configure(fmt: str = "json", level: str = "info", node_id: str | None = None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Looked up at each call: whatever sys.stderr is now (tests swap it).
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
 
 
 def _add_node(node_id: str) -> Any:

@@ -20,7 +20,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from corem_ingress.core.errors import FailedPrecondition, InvalidArgument
 
+#: The platform's rule. Operators may lower it to 16 (``credentials.psk_min_bytes``) for fleets
+#: on stock tinydtls, which cannot use PSKs longer than 16 bytes (DTLS_PSK_MAX_KEY_LEN).
 MIN_PSK_BYTES = 32
+LOWEST_MIN_PSK_BYTES = 16
 MAX_PSK_BYTES = 64
 GENERATED_PSK_BYTES = 32
 MAX_IDENTITY_BYTES = 128
@@ -39,22 +42,23 @@ def check_identity(identity: str) -> str:
     return identity
 
 
-def check_psk(psk: bytes) -> bytes:
-    if not MIN_PSK_BYTES <= len(psk) <= MAX_PSK_BYTES:
-        raise InvalidArgument(f"PSK must be {MIN_PSK_BYTES} to {MAX_PSK_BYTES} bytes")
+def check_psk(psk: bytes, *, min_bytes: int = MIN_PSK_BYTES) -> bytes:
+    if not min_bytes <= len(psk) <= MAX_PSK_BYTES:
+        raise InvalidArgument(f"PSK must be {min_bytes} to {MAX_PSK_BYTES} bytes")
     return psk
 
 
 def parse_psk_hex(text: str) -> bytes:
+    """Hex text -> bytes within the absolute bounds; the registry applies the configured minimum."""
     try:
         psk = bytes.fromhex(text)
     except ValueError:
         raise InvalidArgument("PSK must be given as hexadecimal") from None
-    return check_psk(psk)
+    return check_psk(psk, min_bytes=LOWEST_MIN_PSK_BYTES)
 
 
-def generate_psk() -> bytes:
-    return secrets.token_bytes(GENERATED_PSK_BYTES)
+def generate_psk(length: int = GENERATED_PSK_BYTES) -> bytes:
+    return secrets.token_bytes(length)
 
 
 def generate_identity(tenant_id: str, hardware_id: str) -> str:

@@ -159,8 +159,12 @@ class Registry:
         keyring: psk.KeyRing | None,
         api_key_overlap: float,
         api_key_overlap_max: float,
+        psk_min_bytes: int = psk.MIN_PSK_BYTES,
         clock: Clock = time.time,
     ) -> None:
+        if not psk.LOWEST_MIN_PSK_BYTES <= psk_min_bytes <= psk.MAX_PSK_BYTES:
+            raise ValueError("psk_min_bytes out of range")
+        self.psk_min_bytes = psk_min_bytes
         # decode_responses=True: every reply is str; redis-py types them as bytes | str.
         self._r: Any = redis
         self.keys = keys
@@ -574,7 +578,11 @@ class Registry:
             if identity is not None
             else psk.generate_identity(tenant_id, hardware_id)
         )
-        key = psk.check_psk(key) if key is not None else psk.generate_psk()
+        key = (
+            psk.check_psk(key, min_bytes=self.psk_min_bytes)
+            if key is not None
+            else psk.generate_psk(self.psk_min_bytes)
+        )
         return IssuedPsk(psk.new_psk_credential_id(), identity, key, device_id)
 
     def _psk_cred(

@@ -345,3 +345,24 @@ async def test_kek_rotation_reseal(redis: aioredis.Redis, keys: KeySchema) -> No
         keyring=KeyRing.parse(new_line),
     )
     assert (await res.resolve_psk(dev.psk.psk_identity)).psk == dev.psk.psk
+
+
+async def test_psk_minimum_is_configurable_for_tinydtls_fleets(
+    redis: aioredis.Redis, keys: KeySchema, keyring: KeyRing, resolver: Resolver
+) -> None:
+    strict = Registry(redis, keys, keyring=keyring, api_key_overlap=1, api_key_overlap_max=2)
+    with pytest.raises(InvalidArgument, match="32 to 64"):
+        await strict.provision("acme", "hw-16a", CredentialKind.PSK, actor=A, psk_bytes=b"s" * 16)
+    # Stock tinydtls cannot use PSKs over 16 bytes: an operator may allow them, deliberately.
+    lenient = Registry(
+        redis, keys, keyring=keyring, api_key_overlap=1, api_key_overlap_max=2, psk_min_bytes=16
+    )
+    assigned = await lenient.provision(
+        "acme", "hw-16b", CredentialKind.PSK, actor=A, psk_bytes=b"s" * 16
+    )
+    generated = await lenient.provision("acme", "hw-16c", CredentialKind.PSK, actor=A)
+    assert assigned.psk is not None and generated.psk is not None
+    assert len(generated.psk.psk) == 16
+    assert (await resolver.resolve_psk(assigned.psk.psk_identity)).psk == b"s" * 16
+    with pytest.raises(InvalidArgument):
+        await lenient.provision("acme", "hw-15", CredentialKind.PSK, actor=A, psk_bytes=b"s" * 15)

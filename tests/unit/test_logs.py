@@ -7,6 +7,12 @@ from corem_ingress import logs
 from corem_ingress.core import api_keys
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> object:
+    yield None
+    logs.configure("console", "info")
+
+
 def test_redaction_of_secret_fields_and_key_lookalikes(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("json", "info", "node-a")
     raw = api_keys.generate()

@@ -61,6 +61,8 @@ def test_bad_keyring_text(text: str) -> None:
 
 def test_psk_length_and_identity_rules() -> None:
     assert psk.check_psk(b"a" * 32)
+    assert psk.check_psk(b"a" * 16, min_bytes=16)
+    assert psk.parse_psk_hex("ab" * 16) == b"\xab" * 16  # the configured minimum is the registry's
     with pytest.raises(InvalidArgument):
         psk.check_psk(b"a" * 31)
     with pytest.raises(InvalidArgument):
