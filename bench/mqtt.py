@@ -188,6 +188,7 @@ def start_mosquitto(tmp: Path, ca: Path, cert: Path, key: Path) -> Broker:
     conf = tmp / "mosquitto.conf"
     conf.write_text(
         f"""per_listener_settings false
+user root
 persistence false
 log_dest none
 allow_anonymous true

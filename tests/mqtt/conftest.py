@@ -139,6 +139,7 @@ class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.buf = b""
 
     @classmethod
     async def open(cls, port: int, ctx: ssl.SSLContext | None) -> RawClient:
@@ -155,18 +156,18 @@ class RawClient:
         """One whole packet, or None when the server closed the connection."""
         from corem_ingress.adapters.mqtt import codec
 
-        buf = b""
         while True:
-            framed = codec.frame(buf, 1 << 28)
-            if framed is not None and len(buf) >= framed[2]:
-                return buf
+            framed = codec.frame(self.buf, 1 << 28)
+            if framed is not None and len(self.buf) >= framed[2]:
+                packet, self.buf = self.buf[: framed[2]], self.buf[framed[2] :]
+                return packet
             try:
                 chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
             except (ConnectionError, ssl.SSLError):
                 return None
             if not chunk:
                 return None
-            buf += chunk
+            self.buf += chunk
 
     async def closed_by_server(self, timeout: float = 10) -> bool:
         """True once the server closes (anything it sends first is discarded)."""

@@ -13,6 +13,7 @@ from corem_ingress.adapters import Services
 from corem_ingress.adapters.mqtt import tls
 from corem_ingress.adapters.mqtt.connection import ConnectionConfig
 from corem_ingress.adapters.mqtt.protocol import MqttProtocol
+from corem_ingress.adapters.mqtt.uplinks import UplinkBatcher
 from corem_ingress.config import MqttConfig
 
 log = structlog.get_logger("corem.mqtt")
@@ -32,6 +33,8 @@ class MqttListener:
             max_keepalive=self.config.max_keepalive_s,
             max_inflight=self.config.max_inflight,
         )
+        self.batcher = UplinkBatcher(services.redis, services.keys, on_batch_done=self._flush_dirty)
+        self._dirty: set[MqttProtocol] = set()
         self.connections: set[MqttProtocol] = set()
         self._by_device: dict[str, MqttProtocol] = {}
         self._ids = itertools.count(1)
@@ -69,9 +72,9 @@ class MqttListener:
         if self._server is None:
             return
         self._server.close()
-        busy = [t for c in self.connections if (t := c.busy) is not None]
-        if busy:  # let in-flight appends finish: their PUBACKs are lost, the data is not
-            await asyncio.wait(busy, timeout=max(0.0, deadline / 2))
+        # Let accepted messages reach Redis (and their PUBACKs go out) before closing.
+        await self.batcher.drain(max(0.0, deadline / 2))
+        self._flush_dirty()
         for conn in list(self.connections):
             conn.close("broker shutting down")
         with contextlib.suppress(TimeoutError):
@@ -81,6 +84,15 @@ class MqttListener:
     # -- called by connections ---------------------------------------------------------------
     def count(self, name: str) -> None:
         self.stats[name] += 1
+
+    def mark_dirty(self, conn: MqttProtocol) -> None:
+        """``conn`` has output to send after the current uplink batch (PUBACKs coalesce)."""
+        self._dirty.add(conn)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush()
 
     def new_session_id(self) -> str:
         return f"mqtt-{self.services.node_id}-{next(self._ids)}"

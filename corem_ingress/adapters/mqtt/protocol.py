@@ -8,7 +8,6 @@ before PUBACK, downlink delivery, revocation.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING
 
 import structlog
@@ -27,7 +26,7 @@ from corem_ingress.adapters.mqtt.events import (
 )
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.errors import IngressError, PermissionDenied
+from corem_ingress.core.errors import IngressError, PermissionDenied, Unavailable
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport, Uplink, payload_from_bytes
 
@@ -50,12 +49,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
         "_listener",
         "_paused",
         "_peer",
-        "_pending",
         "_subs",
         "_task",
         "_timer",
         "_transport",
-        "_worker",
+        "_unacked",
         "mqtt",
         "session_id",
         "tls",
@@ -69,8 +67,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._auth: Authenticated | None = None
         self._subs: dl.Subscriptions | None = None
-        self._pending: deque[Publish] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._unacked = 0
         self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._closed = False
@@ -182,10 +179,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
     def _on_publish(self, publish: Publish) -> None:
         auth = self._auth
         assert auth is not None
+        listener = self._listener
         try:
-            policy.uplink_kind(auth.identity, publish.topic)
+            kind = policy.uplink_kind(auth.identity, publish.topic)
         except PermissionDenied as exc:
-            self._listener.count("acl_violations")
+            listener.count("acl_violations")
             log.warning(
                 "mqtt.publish_denied",
                 peer=self._peer,
@@ -195,57 +193,41 @@ class MqttProtocol(asyncio.BufferedProtocol):
             )
             self._close("publish outside the device's topics", error=True)
             return
-        if self._pending is None:
-            self._pending = deque()
-        self._pending.append(publish)
-        if len(self._pending) >= self._listener.config.max_inflight and not self._paused:
+        payload, encoding = payload_from_bytes(publish.payload)
+        uplink = Uplink.new(
+            auth.identity,
+            Transport.MQTT,
+            kind,
+            payload,
+            now=listener.services.clock(),
+            payload_encoding=encoding,
+        )
+        self._unacked += 1
+        if self._unacked >= listener.config.max_inflight and not self._paused:
             self._paused = True
             if self._transport is not None:
                 self._transport.pause_reading()
-        if self._worker is None:
-            self._worker = self._listener.loop.create_task(self._store())
+        listener.batcher.submit(uplink, lambda error: self._stored(publish, error))
 
-    async def _store(self) -> None:
-        """Append pending publishes in order; acknowledge each only after Redis took it."""
+    def _stored(self, publish: Publish, error: Unavailable | None) -> None:
+        """Batcher callback: acknowledge only what Redis took."""
         listener = self._listener
-        auth = self._auth
-        pending = self._pending
-        assert auth is not None and pending is not None
-        try:
-            while pending and not self._closed:
-                publish = pending[0]
-                kind = policy.uplink_kind(auth.identity, publish.topic)
-                payload, encoding = payload_from_bytes(publish.payload)
-                uplink = Uplink.new(
-                    auth.identity,
-                    Transport.MQTT,
-                    kind,
-                    payload,
-                    now=listener.services.clock(),
-                    payload_encoding=encoding,
-                )
-                try:
-                    await listener.services.uplinks.append(uplink)
-                except IngressError as exc:
-                    listener.count("store_failures")
-                    log.warning(
-                        "mqtt.uplink_not_stored",
-                        device=auth.identity.device_id,
-                        reason=exc.reason,
-                    )
-                    # Not stored: no PUBACK. The client re-sends after reconnecting.
-                    self._close("uplink storage unavailable", error=True)
-                    return
-                pending.popleft()
-                listener.count("uplinks")
-                self.mqtt.ack_publish(publish)
-                self._flush()
-                if self._paused and len(pending) < listener.config.max_inflight:
-                    self._paused = False
-                    if self._transport is not None and not self._closed:
-                        self._transport.resume_reading()
-        finally:
-            self._worker = None
+        self._unacked -= 1
+        if self._closed:
+            return
+        if error is not None:
+            listener.count("store_failures")
+            log.warning("mqtt.uplink_not_stored", device=self.device_id, reason=error.reason)
+            # Not stored: no PUBACK. The client re-sends after reconnecting.
+            self._close("uplink storage unavailable", error=True)
+            return
+        listener.count("uplinks")
+        self.mqtt.ack_publish(publish)
+        listener.mark_dirty(self)
+        if self._paused and self._unacked < listener.config.max_inflight:
+            self._paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
 
     def _on_subscribe(self, subscribe: Subscribe) -> None:
         auth = self._auth
@@ -314,8 +296,6 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._timer = None
         if self._transport is not None:
             self._transport.close()
-        if self._pending:
-            self._pending.clear()
         if self._auth is not None:
             services = self._listener.services
             services.sessions.unregister(self.session_id)
@@ -332,12 +312,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
     def device_id(self) -> str | None:
         return self._auth.identity.device_id if self._auth else None
 
-    @property
-    def busy(self) -> asyncio.Task[None] | None:
-        """The in-flight Redis append, if any (awaited on shutdown)."""
-        return self._worker
-
     # -- plumbing ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        if not self._closed:
+            self._flush()
+
     def _flush(self) -> None:
         data = self.mqtt.data_to_send()
         try:
