@@ -104,6 +104,10 @@ def check_value(vtype: ValueType, value: object) -> Scalar:
     if vtype is ValueType.STRING:
         if not isinstance(value, str):
             raise _bad("a string value must be text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad("a string value must be valid Unicode") from None
         return value
     if vtype is ValueType.OPAQUE:
         if not isinstance(value, bytes):
