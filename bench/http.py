@@ -182,12 +182,13 @@ def measure(
     pids: dict[str, int],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    run_loadgen(url, key, args.connections, args.warmup, 30)  # connections open, cache warm
+    warm = run_loadgen(url, key, args.connections, args.warmup, 30)  # cache warm
     before = {n: cpu_seconds(p) for n, p in pids.items()}
     result = run_loadgen(url, key, args.connections, args.requests, args.seconds)
     after = {n: cpu_seconds(p) for n, p in pids.items()}
     n = max(1, result["requests"])
     result["name"] = name
+    result["warmup_statuses"] = warm["statuses"]
     for proc_name in pids:
         used = after[proc_name] - before[proc_name]
         result[f"{proc_name}_cpu_s"] = used
@@ -258,8 +259,12 @@ def main() -> int:
             results.append(res)
         finally:
             stop(broker)
-        if res["statuses"].get("202", 0) + args.warmup != stored:
-            print(f"warning: {stored} stored vs {res['statuses']} answered", file=sys.stderr)
+        # Every request of both runs (warm-up included) must have been answered 202 and stored.
+        answered = res["requests"] + args.warmup
+        all_202 = res["statuses"] == {"202": res["requests"]}
+        if not all_202 or res["warmup_statuses"] != {"202": args.warmup} or stored != answered:
+            print(f"error: {stored} stored vs {res['statuses']} answered", file=sys.stderr)
+            return 1
 
     if not args.no_baseline:
         port = free_port()
