@@ -212,11 +212,17 @@ tls_version tlsv1.2
 
 
 # -- the load generator (blocking TLS sockets, threads; the same for both brokers) ---------------
+_BUFS: dict[int, bytes] = {}
+
+
 def read_packet(sock: ssl.SSLSocket) -> bytes:
-    buf = b""
+    """One whole packet; bytes read past it are kept for the next call on this socket."""
+    buf = _BUFS.pop(id(sock), b"")
     while True:
         framed = codec.frame(buf, 1 << 20)
         if framed is not None and len(buf) >= framed[2]:
+            if len(buf) > framed[2]:
+                _BUFS[id(sock)] = buf[framed[2] :]
             return buf[: framed[2]]
         chunk = sock.recv(65536)
         if not chunk:
