@@ -85,6 +85,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return False
+    except (x509.DuplicateExtension, ValueError):  # parsed lazily: a client's bad input
+        raise InvalidArgument("certificate extensions could not be parsed") from None
     return bool(bc.ca)
 
 

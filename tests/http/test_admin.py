@@ -367,3 +367,52 @@ async def test_admin_api_off_and_tokens_from_the_environment(
         assert (await api_off.request("GET", D, tenant="acme")).status == 404
         # The device API still works on the node without an admin API.
         assert (await api_off.uplink(dev["device_id"], dev["api_key"])).status == 202
+
+
+def duplicate_extension_cert() -> str:
+    """A parsable certificate whose extensions are not: BasicConstraints twice."""
+    import base64
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dup")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    ski_oid, bc_oid = bytes.fromhex("0603551d0e"), bytes.fromhex("0603551d13")
+    assert der.count(ski_oid) == 1
+    der = der.replace(ski_oid, bc_oid)  # same length: still a well-formed certificate
+    body = base64.encodebytes(der).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
+
+
+async def test_certificate_with_unparsable_extensions_is_400(api: Api) -> None:
+    pem = duplicate_extension_cert()
+    dev = await api.provision("acme", "hw-x", "x509")
+    reply = await api.request(
+        "POST", f"{D}/{dev['device_id']}/certs", tenant="acme", json={"pem": pem}
+    )
+    assert reply.status == 400
+    provision = await api.request(
+        "POST",
+        D,
+        tenant="acme",
+        json={"hardware_id": "hw-y", "credential_kind": "x509", "cert_pem": pem},
+    )
+    assert provision.status == 400
