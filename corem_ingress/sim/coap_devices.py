@@ -22,6 +22,27 @@ from corem_ingress.sim.fleet import DeviceError
 _CF_JSON = 50
 
 
+def _see_warning_level_close_notify() -> None:
+    """Device-side fix: aiocoap 0.4.17 acts on close_notify only at *fatal* level, but TLS/DTLS
+    send it at warning level (RFC 5246 7.2.1), which tinydtls reports as (1, 0) and aiocoap
+    only logs ("Unhandled alert level 1 code 0"). Treat it as the close it is, so the device
+    learns at once that its session ended instead of at its next request."""
+    from aiocoap.transports import tinydtls
+
+    cls: Any = tinydtls.DTLSClientConnection
+    if getattr(cls, "_corem_close_notify_patch", False):
+        return
+    original = cls._event
+
+    def _event(self: Any, level: int, code: int) -> Any:
+        if (level, code) == (tinydtls.LEVEL_WARNING, tinydtls.CODE_CLOSE_NOTIFY):
+            return self._inject_error(tinydtls.CloseNotifyReceived())
+        return original(self, level, code)
+
+    cls._event = _event
+    cls._corem_close_notify_patch = True
+
+
 class CoapPskDevice:
     delivers_on_connect = False
 
@@ -39,6 +60,7 @@ class CoapPskDevice:
         self.downlinks: list[bytes] = []
 
     async def connect(self) -> None:
+        _see_warning_level_close_notify()
         self._ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
         self._ctx.client_credentials.load_from_dict(
             {
