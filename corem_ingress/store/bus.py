@@ -17,6 +17,7 @@ import redis.exceptions
 import structlog
 
 from corem_ingress.core.events import CredentialEvent
+from corem_ingress.store.connection import pubsub_factory
 
 log = structlog.get_logger("corem.bus")
 
@@ -34,6 +35,9 @@ class RevocationBus:
         max_retry_delay: float = 2.0,
     ) -> None:
         self._r = redis
+        #: A fresh pub/sub per (re)subscription (on a cluster: through one node, the next
+        #: one after a failure).
+        self._pubsub = pubsub_factory(redis)
         self.channel = channel
         #: Other channels on the same connection (the downlink fan-out), raw data to a handler.
         self._extra = dict(extra_channels or {})
@@ -55,7 +59,9 @@ class RevocationBus:
         first = True
         delay = self._retry_delay
         while not self._closing:
-            pubsub: Any = self._r.pubsub(ignore_subscribe_messages=True)
+            # Subscribe confirmations are kept: redis-py's PubSub may reconnect and re-subscribe
+            # by itself (its connection retry), and a second confirmation is how we see that gap.
+            pubsub: Any = self._pubsub(ignore_subscribe_messages=False)
             try:
                 await pubsub.subscribe(self.channel, *self._extra)
                 self.subscribed.set()
@@ -63,11 +69,9 @@ class RevocationBus:
                 if first:
                     log.info("bus.subscribed", channel=self.channel)
                 else:
-                    self.resyncs += 1
-                    log.warning("bus.resubscribed", channel=self.channel)
-                    # In its own task: events keep flowing while sessions are re-validated.
-                    self.resync_task = asyncio.ensure_future(self._on_resync())
+                    self._resync("bus.resubscribed")
                 first = False
+                confirmed = False
                 # Idle connections are checked by the client's health_check_interval (PING).
                 # No cancellation here: redis-py can hang when cancelled mid-command, so
                 # close() sets a flag that this loop sees within a second.
@@ -75,9 +79,14 @@ class RevocationBus:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
+                    channel = message.get("channel")
+                    if message.get("type") == "subscribe" and channel == self.channel:
+                        if confirmed:  # re-subscribed after a silent reconnect: a gap
+                            self._resync("bus.reconnected")
+                        confirmed = True
+                        continue
                     if message.get("type") != "message":
                         continue
-                    channel = message.get("channel")
                     if channel == self.channel:
                         self._dispatch(message["data"])
                     elif channel in self._extra:
@@ -96,6 +105,12 @@ class RevocationBus:
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_retry_delay)
+
+    def _resync(self, why: str) -> None:
+        self.resyncs += 1
+        log.warning(why, channel=self.channel)
+        # In its own task: events keep flowing while sessions are re-validated.
+        self.resync_task = asyncio.ensure_future(self._on_resync())
 
     def _dispatch(self, data: bytes | str) -> None:
         try:

@@ -1,0 +1,168 @@
+"""Real local Redis topologies for tests: a 3-master Cluster and a master + Sentinel.
+
+Every process is started by us on loopback, on OS-chosen free ports, and stopped by its
+PID (SIGTERM, then SIGKILL). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from corem_ingress.embedded_redis import free_port
+
+
+class RedisProc:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.port = port
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc.poll() is not None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def _command(port: int, *args: str, timeout: float = 1.0) -> bytes:
+    """One inline command over a raw socket (no client library): the reply's first chunk."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall((" ".join(args) + "\r\n").encode())
+        return s.recv(65536)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class _Topology:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="corem-topology-"))
+        self.procs: list[RedisProc] = []
+
+    def _spawn(self, args: list[str], port: int, name: str) -> RedisProc:
+        log = self.dir / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        rp = RedisProc(port, proc, log)
+        self.procs.append(rp)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited: {log.read_text(errors='replace')[-400:]}")
+            return _command(port, "PING").startswith(b"+PONG")
+
+        _wait(ready, 10, f"{name} to answer PING")
+        return rp
+
+    def _server(self, name: str, *extra: str) -> RedisProc:
+        port = free_port()
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", "127.0.0.1", "--port", str(port), "--dir", str(self.dir),
+            "--save", "", "--appendonly", "no", "--loglevel", "warning",
+            "--dbfilename", f"{name}.rdb", *extra,
+        ]  # fmt: skip
+        return self._spawn(args, port, name)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterProcs(_Topology):
+    """Three masters, no replicas; a failed node leaves the other slots served."""
+
+    def start(self) -> RedisClusterProcs:
+        for i in range(3):
+            self._server(
+                f"cluster{i}",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.dir / f"nodes{i}.conf"),
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", "1500",
+                "--cluster-require-full-coverage", "no",
+            )  # fmt: skip
+        addrs = [f"127.0.0.1:{p.port}" for p in self.procs]
+        r = subprocess.run(
+            ["redis-cli", "--cluster", "create", *addrs, "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stdout[-800:] + r.stderr[-800:]
+
+        def all_ok() -> bool:
+            return all(
+                b"cluster_state:ok" in _command(p.port, "CLUSTER", "INFO") for p in self.procs
+            )
+
+        _wait(all_ok, 30, "cluster_state:ok on every node")
+        return self
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p.port}" for p in self.procs)
+
+    def by_port(self, port: int) -> RedisProc:
+        return next(p for p in self.procs if p.port == port)
+
+
+class RedisSentinelProcs(_Topology):
+    """One master watched by one sentinel (quorum 1), service name ``corem``."""
+
+    service = "corem"
+
+    def start(self) -> RedisSentinelProcs:
+        self.master = self._server("master")
+        port = free_port()
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 5000\n"
+        )
+        self.sentinel = self._spawn(
+            [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
+            port,
+            "sentinel",
+        )
+
+        def knows_master() -> bool:
+            reply = _command(port, "SENTINEL", "get-master-addr-by-name", self.service)
+            return str(self.master.port).encode() in reply
+
+        _wait(knows_master, 15, "the sentinel to know the master")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}/0"

@@ -1,0 +1,205 @@
+"""The broker on a real Redis Cluster (3 masters) and a real Sentinel setup, through the URL.
+
+Each topology: provision (API key and PSK), resolve, revoke with the bus event reaching
+another node, uplink append. Cluster only: every registry key in one slot; the bus moves
+to another node when the node it listens on dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from redis.crc import key_slot
+
+from corem_ingress.app import Node
+from corem_ingress.core import api_keys
+from corem_ingress.core.errors import Unauthenticated
+from corem_ingress.core.identity import CredentialKind
+from corem_ingress.core.sessions import DisconnectOrder, LiveSession
+from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
+from corem_ingress.store.connection import is_cluster
+from corem_ingress.store.keys import KeySchema
+from tests.ops.redis_topologies import RedisClusterProcs, RedisSentinelProcs, _command
+
+A = "cli:ops-test"
+
+
+async def _until(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def _exercise(first: Node, second: Node) -> None:
+    """Provision, resolve, revoke (the other node disconnects), uplink: on any topology."""
+    a, b = first.services, second.services
+    assert a is not None and b is not None
+    tenant = "t" + uuid.uuid4().hex[:8]
+    dev = await a.registry.provision(tenant, "SN-1", CredentialKind.API_KEY, actor=A)
+    assert dev.created and dev.api_key is not None
+    again = await a.registry.provision(tenant, "SN-1", CredentialKind.API_KEY, actor=A)
+    assert not again.created and again.device.device_id == dev.device.device_id
+    raw = dev.api_key.api_key
+    ident = await b.resolver.resolve_api_key(raw)
+    assert (ident.tenant_id, ident.device_id) == (tenant, dev.device.device_id)
+
+    p = await a.registry.provision(tenant, "SN-2", CredentialKind.PSK, actor=A)
+    assert p.psk is not None
+    resolved = await b.resolver.resolve_psk(p.psk.psk_identity)
+    assert resolved.psk == p.psk.psk
+
+    # A live session on the second node; the first node revokes; the bus event crosses.
+    orders: list[DisconnectOrder] = []
+    b.sessions.register(LiveSession("sess-1", "mqtt", ident, api_keys.hash_key(raw)), orders.append)
+    await a.registry.revoke_api_key(tenant, dev.api_key.key_id, actor=A)
+    await _until(lambda: len(orders) == 1, what="the disconnect order on the other node")
+    assert orders[0].session_id == "sess-1" and orders[0].reason == "credential revoked"
+    with pytest.raises(Unauthenticated):
+        await b.resolver.resolve_api_key(raw)
+
+    up = Uplink.new(ident, Transport.HTTP, UplinkKind.TELEMETRY, {"temp": 21.5}, now=time.time())
+    entry_id = await b.uplinks.append(up)
+    entries = await b.redis.xrange(b.keys.uplink_stream(tenant))
+    assert [e[0] for e in entries] == [entry_id]
+    assert Uplink.from_fields(entries[0][1]) == up
+
+    assert await first.ready_checks() == {"redis": True, "bus": True}
+
+
+async def test_cluster_provision_resolve_revoke_uplink(
+    redis_cluster: RedisClusterProcs, node_on
+) -> None:  # type: ignore[no-untyped-def]
+    first = await node_on(redis_cluster.url)
+    second = await node_on(redis_cluster.url)
+    assert first.services is not None and is_cluster(first.services.redis)
+    await _exercise(first, second)
+
+
+async def test_sentinel_provision_resolve_revoke_uplink(
+    redis_sentinel: RedisSentinelProcs, node_on
+) -> None:  # type: ignore[no-untyped-def]
+    first = await node_on(redis_sentinel.url)
+    second = await node_on(redis_sentinel.url)
+    await _exercise(first, second)
+    # The data is on the master the sentinel named.
+    assert b"keys=" in _command(redis_sentinel.master.port, "INFO", "keyspace")
+
+
+def test_every_registry_key_is_in_one_slot() -> None:
+    k = KeySchema("corem")
+    registry_keys = [
+        k.device("d"),
+        k.device_credentials("d"),
+        k.hardware("t", "h"),
+        k.tenant_devices("t"),
+        k.tenant_certs("t"),
+        k.credential("c"),
+        k.audit_stream,
+        *(k.lookup(kind, "x") for kind in CredentialKind),
+    ]
+    assert {key_slot(key.encode()) for key in registry_keys} == {key_slot(b"corem")}
+    # Streams spread per tenant.
+    assert key_slot(k.uplink_stream("acme").encode()) == key_slot(b"acme")
+    assert key_slot(k.downlink_stream("acme").encode()) == key_slot(b"acme")
+
+
+async def test_cluster_slots_agree_with_the_server(
+    redis_cluster: RedisClusterProcs, node_on
+) -> None:  # type: ignore[no-untyped-def]
+    node = await node_on(redis_cluster.url)
+    assert node.services is not None
+    k = node.services.keys
+    for key in (k.device("d"), k.lookup(CredentialKind.PSK, "id"), k.audit_stream):
+        assert await node.services.redis.cluster_keyslot(key) == key_slot(b"corem")
+
+
+def _subscribers(port: int, channel: str) -> int:
+    reply = _command(port, "PUBSUB", "NUMSUB", channel)
+    match = re.search(rb":(\d+)\r\n", reply)
+    return int(match.group(1)) if match else 0
+
+
+def _owner(cluster: RedisClusterProcs, slot: int) -> int:
+    """The port of the node serving ``slot`` (from CLUSTER NODES)."""
+    reply = _command(cluster.procs[0].port, "CLUSTER", "NODES").decode()
+    for line in reply.splitlines():
+        fields = line.split()
+        if len(fields) < 9 or "master" not in fields[2]:
+            continue
+        port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        for rng in fields[8:]:
+            lo, _, hi = rng.partition("-")
+            if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                return port
+    raise AssertionError(f"no owner for slot {slot}")
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterProcs]:
+    """A cluster of its own for a test that kills a node (stopped after the nodes)."""
+    procs = RedisClusterProcs()
+    try:
+        yield procs.start()
+    finally:
+        procs.close()
+
+
+async def test_cluster_bus_moves_to_another_node_when_its_node_dies(
+    own_cluster: RedisClusterProcs, node_on
+) -> None:  # type: ignore[no-untyped-def]
+    cluster = own_cluster
+    # The bus subscribes through the known nodes in name order: the first one first. That
+    # node dies here, so the registry's slot and the tenant's stream live elsewhere.
+    bus_node = min(cluster.procs, key=lambda p: f"127.0.0.1:{p.port}")
+    prefix = next(
+        f"corem{i}"
+        for i in range(100)
+        if _owner(cluster, key_slot(f"corem{i}".encode())) != bus_node.port
+    )
+    tenant = next(
+        f"t{i}" for i in range(100) if _owner(cluster, key_slot(f"t{i}".encode())) != bus_node.port
+    )
+    first = await node_on(cluster.url, redis={"key_prefix": prefix})
+    second = await node_on(cluster.url, redis={"key_prefix": prefix})
+    assert first.services is not None and second.services is not None
+    assert second.bus is not None
+    channel = second.bus.channel
+    assert _subscribers(bus_node.port, channel) == 2
+
+    # Provision and revoke once before the kill: the first call of each Lua script loads it
+    # on every master (redis-py sends SCRIPT LOAD to all primaries), which a dead master
+    # without a replica refuses. See docs/reliability.md.
+    warm = await first.services.registry.provision(tenant, "SN-0", CredentialKind.API_KEY, actor=A)
+    assert warm.api_key is not None
+    await first.services.registry.revoke_api_key(tenant, warm.api_key.key_id, actor=A)
+    dev = await first.services.registry.provision(tenant, "SN-9", CredentialKind.API_KEY, actor=A)
+    assert dev.api_key is not None
+    ident = await second.services.resolver.resolve_api_key(dev.api_key.api_key)
+    orders: list[DisconnectOrder] = []
+    second.services.sessions.register(
+        LiveSession("s-9", "mqtt", ident, api_keys.hash_key(dev.api_key.api_key)),
+        orders.append,
+    )
+
+    resyncs = second.bus.resyncs
+    victim = bus_node
+    victim.stop(kill=True)
+    await _until(
+        lambda: second.bus.resyncs > resyncs and second.bus.subscribed.is_set(),
+        timeout=30,
+        what="re-subscription through another node",
+    )
+    others = [p for p in cluster.procs if p is not victim]
+    assert sum(_subscribers(p.port, channel) for p in others) >= 1
+    # The resync re-validates the live session against Redis: it still resolves, it stays.
+    assert second.bus.resync_task is not None
+    await asyncio.wait_for(second.bus.resync_task, 20)
+    assert "s-9" in second.services.sessions.registry
+
+    await first.services.registry.revoke_api_key(tenant, dev.api_key.key_id, actor=A)
+    await _until(lambda: len(orders) == 1, what="the revocation after the node died")
