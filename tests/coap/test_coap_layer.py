@@ -61,8 +61,8 @@ class Harness:
         self.appended.append(uplink)
         return "1-0"
 
-    async def _handle(self, addr: Any, msg: Message) -> Message:
-        return await self.site.handle(self.session, msg)
+    def _handle(self, addr: Any, msg: Message) -> Any:
+        return self.site.handle(self.session, msg)
 
     async def exchange(self, data: bytes) -> Message | None:
         n = len(self.sent)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -123,11 +124,11 @@ class CoapListener:
         if session is not None and session.session_id == session_id:
             self.transport.close(addr, order.reason)
 
-    async def _request(self, addr: Address, msg: Message) -> Message:
+    def _request(self, addr: Address, msg: Message) -> Message | Awaitable[Message]:
         session = self.sessions.get(addr)
         if session is None:
             session = DeviceSession(addr, "", None)  # -> 4.01
-        return await self.site.handle(session, msg)
+        return self.site.handle(session, msg)
 
     def _reset(self, addr: Address, token: bytes) -> None:
         session = self.sessions.get(addr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
@@ -74,7 +75,8 @@ class DeviceSite:
         self._clock = clock
         self._on_observe = on_observe
 
-    async def handle(self, session: DeviceSession, msg: Message) -> Message:
+    def handle(self, session: DeviceSession, msg: Message) -> Message | Awaitable[Message]:
+        """The response, or an awaitable of it when an uplink must be appended first."""
         if session.credential is None:
             return error_response("4.01")
         path = tuple(msg.opt.uri_path)
@@ -82,7 +84,7 @@ class DeviceSite:
             if len(path) == 2 and path[0] == "up":
                 if msg.code != Code.POST:
                     return response(Code.METHOD_NOT_ALLOWED)
-                return await self._uplink(session, path, msg)
+                return self._uplink(session, path, msg)
             if path == ("down",):
                 if msg.code != Code.GET:
                     return response(Code.METHOD_NOT_ALLOWED)
@@ -103,7 +105,9 @@ class DeviceSite:
         return resp
 
     # -- POST /up/{kind} -------------------------------------------------------------------
-    async def _uplink(self, session: DeviceSession, path: tuple[str, ...], msg: Message) -> Message:
+    def _uplink(
+        self, session: DeviceSession, path: tuple[str, ...], msg: Message
+    ) -> Message | Awaitable[Message]:
         assert session.credential is not None
         kind = UplinkKind.parse(path[1])
         limit = self.limits.max_body_bytes
@@ -145,7 +149,13 @@ class DeviceSite:
             now=self._clock(),
             payload_encoding=encoding,
         )
-        await self._append(uplink)  # Unavailable -> 5.03 with Max-Age
+        return self._store(uplink, block)
+
+    async def _store(self, uplink: Uplink, block: Any) -> Message:
+        try:
+            await self._append(uplink)
+        except IngressError as exc:  # Unavailable -> 5.03 with Max-Age, never 2.04
+            return self._error(exc)
         resp = response(Code.CHANGED)
         if block is not None:
             resp.opt.block1 = (block.block_number, False, block.size_exponent)

@@ -479,10 +479,13 @@ class DtlsServer:
     # -- established -----------------------------------------------------------------------
     def _application_datagram(self, peer: _Peer, data: bytes) -> None:
         peer.conn.bio_write(data)
-        self._read_application(peer)
+        # One SSL_read per record at most: saves the WantReadError after the last one.
+        self._read_application(peer, max_reads=max(1, len(split_records(data))))
 
-    def _read_application(self, peer: _Peer) -> None:
-        while peer.addr in self._peers:
+    def _read_application(self, peer: _Peer, max_reads: int = 1_000) -> None:
+        for _ in range(max_reads):
+            if peer.addr not in self._peers:
+                return
             try:
                 data = peer.conn.recv(_READ_CHUNK)
             except SSL.WantReadError:
@@ -519,6 +522,8 @@ class DtlsServer:
                 return sent
             sent = chunk
             self._out.extend((d, addr) for d in pack_datagrams(chunk, mtu))
+            if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
+                return sent
 
     def _drop(self, peer: _Peer, reason: str) -> None:
         if self._peers.get(peer.addr) is not peer:
