@@ -133,6 +133,9 @@ def test_strict_json() -> None:
     for bad in [b"NaN", b"1e400", b"\xc3(", b"[" * 50_000, b"1" * 5000]:
         with pytest.raises(InvalidArgument):
             parse_json(bad)
+    assert parse_json(b"[" * 64 + b"]" * 64) is not None  # 64 levels: fine
+    with pytest.raises(InvalidArgument, match="deeper"):
+        parse_json(b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}")
     assert parse_json_object(b"  ", allowed=frozenset(), empty_ok=True) == {}
     with pytest.raises(InvalidArgument, match="unknown field"):
         parse_json_object(b'{"x": 1}', allowed=frozenset({"y"}))

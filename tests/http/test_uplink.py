@@ -222,6 +222,11 @@ BAD_BODIES: list[tuple[bytes, str]] = [
         "PAYLOAD_TOO_LARGE",
     ),
     (b'{"kind": "event", "payload": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": ' + b"[" * 900 + b"]" * 900 + b"}", "INVALID_ARGUMENT"),
+    (
+        b'{"kind": "event", "payload": ' + b'{"a":' * 64 + b"1" + b"}" * 64 + b"}",
+        "INVALID_ARGUMENT",
+    ),
     (b'{"kind": "event", "payload": ' + b"9" * 5000 + b"}", "INVALID_ARGUMENT"),
 ]
 

@@ -20,6 +20,8 @@ from corem_ingress.core.uplink import JsonValue
 _CURSOR_RE = re.compile(r"[0-9]{1,12}")
 _LIMIT_RE = re.compile(r"[0-9]{1,4}")
 MAX_PAGE = 500
+#: Deeper JSON is refused: consumers of the stream must be able to decode what we store.
+MAX_JSON_DEPTH = 64
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -56,7 +58,28 @@ def parse_json(body: bytes) -> JsonValue:
     except (UnicodeDecodeError, ValueError, RecursionError):
         # ValueError covers JSONDecodeError and over-long integers.
         raise InvalidArgument("request body is not valid JSON") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidArgument(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _depth(value: JsonValue) -> int:
+    """Nesting depth of arrays and objects (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[JsonValue, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: list[JsonValue] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def parse_json_object(
