@@ -121,7 +121,7 @@ async def main() -> None:
     ap.add_argument("--json-out")
     args = ap.parse_args()
     logs.configure("json", "error")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     random.seed(7)
     work = Path(tempfile.mkdtemp(prefix="corem-bench-rev-"))
@@ -246,7 +246,8 @@ async def main() -> None:
             await client.aclose()
     print(
         f"revocation end to end: {result['nodes']} nodes, {result['sessions']} sessions "
-        f"({result['connected']} connected in {result['connect_all_s']} s), {result['revoked']} revoked"
+        f"({result['connected']} connected in {result['connect_all_s']} s), "
+        f"{result['revoked']} revoked"
     )
     print(
         f"  API 200 -> device sees close: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
