@@ -342,11 +342,12 @@ class Lwm2mRequestServer:
         except redis.exceptions.RedisError as exc:
             log.error("lwm2m.reply_failed", device=routed.device_id, error=str(exc))
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set; Redis hiccups are logged and retried."""
+    async def run(self, stop: asyncio.Event, *, block_ms: int = 1000) -> None:
+        """Serve until ``stop`` is set (within ``block_ms``); Redis hiccups are logged, retried."""
+        await self.start_position()
         while not stop.is_set():
             try:
-                await self.poll()
+                await self.poll(block_ms=block_ms)
             except redis.exceptions.RedisError as exc:
                 log.warning("lwm2m.request_stream_error", error=str(exc))
                 await asyncio.sleep(0.5)
