@@ -364,3 +364,62 @@ def test_ten_thousand_handshake_and_close_cycles_leave_memory_flat() -> None:
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize(
+    "cipher",
+    ["PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256", "PSK-AES256-GCM-SHA384", "PSK-AES128-CCM"],
+)
+def test_psk_suites(cipher: str) -> None:
+    server = make_server()
+    client = Client(psk_context(b"dev1", KEY, cipher=cipher))
+    transfer(server, client, ADDR, client.start())
+    assert client.done
+    ev = next(server.events())
+    assert isinstance(ev, HandshakeCompleted) and ev.cipher == cipher
+
+
+def test_dtls_1_0_and_unlisted_suites_are_refused() -> None:
+    from OpenSSL import SSL
+
+    server = make_server()
+    ctx = psk_context(b"dev1", KEY)
+    ctx.set_max_proto_version(0xFEFF)  # DTLS 1.0
+    ctx.set_min_proto_version(0xFEFF)
+    client = Client(ctx)
+    transfer(server, client, ADDR, client.start())
+    assert not client.done and len(server) == 0
+    weak = Client(psk_context(b"dev1", KEY, cipher="PSK-AES128-CBC-SHA"))
+    transfer(server, weak, ("127.0.0.1", 40009), weak.start())
+    assert not weak.done and len(server) == 0
+    assert SSL  # the refusals came from OpenSSL's own checks
+
+
+def test_lost_flight_is_retransmitted_by_the_timer() -> None:
+    import time
+
+    server = make_server()
+    client = Client(psk_context(b"dev1", KEY))
+    server.receive_datagram(client.start()[0], ADDR, NOW)
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    server.receive_datagram(client.outgoing()[0], ADDR, NOW)
+    lost = server.datagrams_to_send()  # the ServerHello flight never arrives
+    assert lost
+    retransmitted: list[tuple[bytes, tuple[str, int]]] = []
+    for _ in range(60):  # OpenSSL's DTLS timer runs on the real clock (1 s): bounded wait
+        server.handle_timer(NOW + 0.5)
+        retransmitted = server.datagrams_to_send()
+        if retransmitted:
+            break
+        time.sleep(0.05)
+
+    def fragments(out: list[tuple[bytes, tuple[str, int]]]) -> list[bytes]:
+        return [r.fragment for d, _ in out for r in records.split_records(d)]
+
+    # The same handshake messages, in new records (new record sequence numbers).
+    assert fragments(retransmitted) == fragments(lost)
+    for d, _ in retransmitted:
+        client.receive(d)
+    transfer(server, client, ADDR, client.outgoing())
+    assert client.done

@@ -248,3 +248,66 @@ async def test_revocation_closes_live_observe_sessions_on_two_nodes(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_garbage_and_malformed_coap_do_not_break_the_listener(
+    coap_node: Any, registry: Any
+) -> None:
+    node = await coap_node()
+    port = coap_port(node)
+    _dev, ident, key = await provision_psk(registry)
+    loop = asyncio.get_running_loop()
+    raw, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port)
+    )
+    rnd = __import__("random").Random(5)
+    for n in range(300):
+        raw.sendto(bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 200))))
+        if n % 50 == 0:
+            await asyncio.sleep(0)
+    raw.sendto(b"\x16\xfe\xfd" + b"\x00" * 10)  # a truncated record header
+    raw.close()
+    c = await AsyncDtlsClient.connect(psk_context(ident.encode(), key), port)
+    # Malformed CoAP inside the session: CON with a reserved token length -> RST.
+    c.send(bytes([0x49, 0x01, 0xAB, 0xCD]) + b"x" * 9)
+    rst = Message.decode(await c.recv())
+    assert rst.mtype.name == "RST" and rst.mid == 0xABCD
+    c.send(b"\xff")  # not even a header: dropped
+    ok = await coap(c, Code.POST, "up/telemetry", b"still fine")
+    assert ok.code == Code.CHANGED
+    c.close()
+
+
+async def test_server_initiated_request_mount_and_close_session(
+    coap_node: Any, registry: Any
+) -> None:
+    """What LwM2M builds on: a request from the server to the device over its session,
+    a mounted resource beside /up and /down, and closing one peer's session."""
+    node = await coap_node()
+    listener = coap_listener(node)
+    seen: list[str] = []
+
+    def rd(session: Any, msg: Message) -> Message:
+        seen.append(session.credential.identity.device_id)
+        return Message(code=Code.CREATED)
+
+    listener.mount("rd", rd)
+    device_id, ident, key = await provision_psk(registry)
+    c = await AsyncDtlsClient.connect(psk_context(ident.encode(), key), coap_port(node))
+    created = await coap(c, Code.POST, "rd", b"</3/0>")
+    assert created.code == Code.CREATED and seen == [device_id]
+    (addr,) = list(listener.sessions)
+    read = Message(code=Code.GET)
+    read.opt.uri_path = ("3", "0", "0")
+    pending = asyncio.ensure_future(listener.request(addr, read, response_timeout=10))
+    req = Message.decode(await c.recv())
+    assert req.code == Code.GET and req.opt.uri_path == ("3", "0", "0") and req.mtype == CON
+    ack = Message(code=Code.CONTENT, payload=b"corem-device")
+    ack.mtype, ack.mid, ack.token = req.mtype.__class__.ACK, req.mid, req.token
+    c.send(ack.encode())
+    resp = await asyncio.wait_for(pending, 10)
+    assert resp.payload == b"corem-device"
+    assert listener.close_session(addr, "operator")
+    await c.wait_closed()
+    assert c.client.closed and listener.sessions == {} and len(node.services.sessions) == 0
+    c.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("corem.coap")
 
+#: A resource handler mounted beside the device site (e.g. LwM2M's ``/rd``).
+MountedHandler = Callable[[DeviceSession, Message], Message | Awaitable[Message]]
+
 
 class CoapListener:
     name = "coap"
@@ -41,6 +44,10 @@ class CoapListener:
         self.port = cfg.port
         self._ids = itertools.count(1)
         self.sessions: dict[Address, DeviceSession] = {}
+        #: First URI path segment -> handler, consulted before the device site.
+        self.mounts: dict[str, MountedHandler] = {}
+        #: Called with (session, started: bool) when a DTLS session starts or ends.
+        self.session_hooks: list[Callable[[DeviceSession, bool], None]] = []
         self.dtls_server = DtlsServer(
             cert_file=cfg.server_cert or None,
             key_file=cfg.server_key or None,
@@ -95,6 +102,8 @@ class CoapListener:
                 ),
                 functools.partial(self._disconnect, addr, session_id),
             )
+        for hook in self.session_hooks:
+            hook(session, True)
         log.info(
             "coap.session_started",
             session=session_id,
@@ -112,6 +121,8 @@ class CoapListener:
                 log.info("coap.handshake_refused", peer=addr[0], reason=reason)
             return
         self.services.sessions.unregister(session.session_id)
+        for hook in self.session_hooks:
+            hook(session, False)
         if session.credential is not None:
             self.services.downlinks.remove(
                 session.credential.identity.device_id, session.session_id
@@ -128,7 +139,28 @@ class CoapListener:
         session = self.sessions.get(addr)
         if session is None:
             session = DeviceSession(addr, "", None)  # -> 4.01
+        path = msg.opt.uri_path
+        mounted = self.mounts.get(path[0]) if path else None
+        if mounted is not None and session.credential is not None:
+            return mounted(session, msg)
         return self.site.handle(session, msg)
+
+    # -- for other CoAP adapters on this port (LwM2M) -------------------------------------------
+    def mount(self, first_segment: str, handler: MountedHandler) -> None:
+        """Route requests whose path starts with ``first_segment`` to ``handler``."""
+        if first_segment in ("up", "down"):
+            raise ValueError(f"/{first_segment} belongs to the device site")
+        self.mounts[first_segment] = handler
+
+    async def request(
+        self, addr: Address, msg: Message, *, response_timeout: float = 30.0
+    ) -> Message:
+        """A server-initiated CoAP request to the peer over its DTLS session."""
+        return await self.endpoint.request(addr, msg, response_timeout=response_timeout)
+
+    def close_session(self, addr: Address, reason: str = "closed by server") -> bool:
+        """close_notify and forget this peer's DTLS session."""
+        return self.transport.close(addr, reason)
 
     def _reset(self, addr: Address, token: bytes) -> None:
         session = self.sessions.get(addr)
