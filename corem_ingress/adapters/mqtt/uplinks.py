@@ -1,11 +1,12 @@
-"""Pipelined uplink appends: every connection's accepted publishes, one Redis round trip per batch.
+"""Batched uplink appends: every connection's accepted publishes, one Redis round trip per batch.
 
 The same write as ``UplinkStore.append`` (XADD of ``Uplink.to_fields()`` to the tenant's
-stream), issued as a non-transactional pipeline so a busy listener pays one round trip
-and one await for many messages. Each item's callback runs after its batch: with
-``None`` once Redis has taken it (then, and only then, the PUBACK goes out), or with an
-:class:`Unavailable` error. Items are appended in submission order, so a connection's
-PUBACKs keep the order of its PUBLISHes.
+stream), issued as one EVAL per stream per batch, so a busy listener pays one round trip
+and one await for many messages. A failed EVAL may have stored some of its entries: they
+are all reported failed (no PUBACK), so the client re-sends: at least once, never lost.
+Each item's callback runs after its batch: with ``None`` once Redis has taken it (then,
+and only then, the PUBACK goes out), or with an :class:`Unavailable` error. Items are
+appended in submission order, so a connection's PUBACKs keep the order of its PUBLISHes.
 """
 
 from __future__ import annotations
@@ -71,20 +72,73 @@ class UplinkBatcher:
             self._task = None
 
     async def _write(self, batch: list[tuple[Uplink, Done]]) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        for uplink, _done in batch:
-            pipe.xadd(self._keys.uplink_stream(uplink.tenant_id), uplink.to_fields())  # type: ignore[arg-type]
-        results: list[object]
+        groups: dict[str, list[int]] = {}
+        for i, (uplink, _done) in enumerate(batch):
+            groups.setdefault(self._keys.uplink_stream(uplink.tenant_id), []).append(i)
+        errors: list[Exception | None] = [None] * len(batch)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            replies = await self._execute(
+                b"".join(
+                    pack_append(key, [batch[i][0] for i in idx]) for key, idx in groups.items()
+                ),
+                len(groups),
+            )
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("mqtt.uplink_batch_failed", size=len(batch), error=str(exc))
-            results = [exc] * len(batch)
-        for (_uplink, done), result in zip(batch, results, strict=False):
+            replies = [exc] * len(groups)
+        for idx, reply in zip(groups.values(), replies, strict=True):
+            if isinstance(reply, Exception):
+                for i in idx:
+                    errors[i] = reply
+        for (_uplink, done), err in zip(batch, errors, strict=True):
             error = None
-            if isinstance(result, Exception):
-                error = Unavailable("uplink storage is unavailable", reason=str(result))
+            if err is not None:
+                error = Unavailable("uplink storage is unavailable", reason=str(err))
             try:
                 done(error)
             except Exception:
                 log.exception("mqtt.uplink_callback_failed")
+
+    async def _execute(self, packed: bytes, count: int) -> list[object]:
+        """Send pre-packed commands on one pooled connection; one reply (or error) each."""
+        pool = self._r.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed)
+            replies: list[object] = []
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response())
+                except redis.exceptions.ResponseError as exc:  # reply consumed: still in sync
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+
+# One EVAL per stream: XADD each entry (ARGV: field count, then field/value pairs).
+_APPEND_SCRIPT = (
+    b"local j = 1 for _ = 1, tonumber(ARGV[1]) do j = j + 1 "
+    b"local n = tonumber(ARGV[j]) "
+    b"redis.call('XADD', KEYS[1], '*', unpack(ARGV, j + 1, j + n)) j = j + n end "
+    b"return tonumber(ARGV[1])"
+)
+
+
+def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
+    """RESP for one EVAL that appends ``uplinks`` (``Uplink.to_fields()``) to stream ``key``.
+
+    Packed here rather than by redis-py: its per-argument encoding was most of the
+    broker's CPU per message (see docs/benchmarks.md).
+    """
+    args: list[bytes] = [b"EVAL", _APPEND_SCRIPT, b"1", key.encode(), b"%d" % len(uplinks)]
+    for uplink in uplinks:
+        fields = uplink.to_fields()
+        args.append(b"%d" % (2 * len(fields)))
+        for name, value in fields.items():
+            args.append(name.encode())
+            args.append(value.encode())
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
