@@ -134,11 +134,15 @@ class Lwm2mStore:
         except redis.exceptions.RedisError as exc:
             raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
 
-    async def delete_device(self, device_id: str) -> Registration | None:
-        """Revocation: remove whatever registration the device has; returns it."""
+    async def delete_device(
+        self, device_id: str, *, credential_id: str | None = None
+    ) -> Registration | None:
+        """Revocation: remove the device's registration (only one made with ``credential_id``,
+        when given: a registration made with the device's new credential stays)."""
         reg = await self.get_by_device(device_id, include_expired=True)
-        if reg is not None:
-            await self.delete(reg)
+        if reg is None or (credential_id is not None and reg.credential_id != credential_id):
+            return None
+        await self.delete(reg)
         return reg
 
 

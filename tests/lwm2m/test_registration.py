@@ -319,13 +319,6 @@ def test_deregister(registrar: Registrar) -> None:
 # -- storage form ---------------------------------------------------------------------------
 
 
-def test_storage_ttl_is_lifetime_left_plus_grace(registrar: Registrar) -> None:
-    reg = registered(registrar)  # lt=300 at NOW
-    assert registrar.storage_ttl_s(reg, NOW) == 330
-    assert registrar.storage_ttl_s(reg, NOW + 299.5) == 31
-    assert registrar.storage_ttl_s(reg, NOW + 10_000) == 1
-
-
 @pytest.mark.parametrize("bad", [None, [], {"registration_id": "x"}, {"lifetime_s": "x"}])
 def test_registration_from_bad_json(bad: object) -> None:
     with pytest.raises(InvalidArgument):

@@ -140,7 +140,10 @@ async def test_deleting_an_old_registration_keeps_the_devices_newer_one(
     await store.put(new)
     await store.delete(old)
     assert await store.get_by_device(DEV) == new
-    assert await store.delete_device(DEV) == new  # revocation removes whatever is there
+    # Revoking another credential of the device leaves a registration made with psk_1 alone.
+    assert await store.delete_device(DEV, credential_id="psk_other") is None
+    assert await store.get_by_device(DEV) == new
+    assert await store.delete_device(DEV, credential_id="psk_1") == new
     assert await store.get_by_device(DEV) is None
     assert await store.delete_device(DEV) is None
 

@@ -68,7 +68,7 @@ class RegistrationConfig:
     allow_nosec: bool = False
     min_lifetime_s: int = 1
     max_lifetime_s: int = 2**32 - 1
-    #: Extra seconds a registration lives in storage past its lifetime (Redis TTL).
+    #: Extra seconds a registration lives in storage past its lifetime (``Lwm2mStore`` grace).
     expiry_grace_s: int = 30
 
     def __post_init__(self) -> None:
@@ -549,10 +549,6 @@ class Registrar:
         self.check_peer(peer)
         reg = self._owned(req.registration_id, peer, current, now)
         return Outcome(Reply("2.02"), Deregistered(reg), None, reg)
-
-    def storage_ttl_s(self, reg: Registration, now: float) -> int:
-        """Seconds the stored record should live from ``now``: lifetime left + grace (>= 1)."""
-        return max(1, int(reg.expires_at - now + self.config.expiry_grace_s + 0.999))
 
 
 __all__ = [
