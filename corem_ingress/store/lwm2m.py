@@ -36,7 +36,7 @@ from corem_ingress.adapters.lwm2m.operations import (
     DeviceResponse,
     timeout_error,
 )
-from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Registration
+from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Outcome, Registration
 from corem_ingress.core.errors import ALL_ERRORS, IngressError, InvalidArgument, Unavailable
 from corem_ingress.store.keys import KeySchema
 
@@ -89,6 +89,13 @@ class Lwm2mStore:
                 await pipe.execute()
         except redis.exceptions.RedisError as exc:
             raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
+
+    async def apply(self, outcome: Outcome) -> None:
+        """Persist a ``Registrar`` outcome (before replying to the device)."""
+        if outcome.save is not None:
+            await self.put(outcome.save, replaced=outcome.delete)
+        elif outcome.delete is not None:
+            await self.delete(outcome.delete)
 
     async def get(
         self, registration_id: str, *, include_expired: bool = False

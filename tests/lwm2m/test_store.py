@@ -101,7 +101,7 @@ async def test_register_update_deregister_flow(redis: aioredis.Redis, keys: KeyS
     req = parse_request("POST", ["rd"], [f"ep={HW}", "lt=300", "lwm2m=1.1"], 40, OBJECTS)
     out = registrar.handle(req, peer(), existing, now=clock.now)
     assert out.save is not None and out.delete == first
-    await store.put(out.save, replaced=out.delete)
+    await store.apply(out)
     second = out.save
     assert await store.get(first.registration_id) is None
     assert await store.get_by_device(DEV) == second
@@ -111,7 +111,7 @@ async def test_register_update_deregister_flow(redis: aioredis.Redis, keys: KeyS
     current = await store.get(second.registration_id)
     out = registrar.handle(upd, peer("node-b"), current, now=clock.now)
     assert out.save is not None
-    await store.put(out.save)
+    await store.apply(out)
     stored = await store.get_by_device(DEV)
     assert stored is not None and stored.node_id == "node-b" and stored.lifetime_s == 600
     assert 625 <= await redis.ttl(keys.lwm2m_registration(second.registration_id)) <= 630
@@ -122,8 +122,8 @@ async def test_register_update_deregister_flow(redis: aioredis.Redis, keys: KeyS
     # De-register.
     dereg = parse_request("DELETE", ["rd", second.registration_id], [], None, b"")
     out = registrar.handle(dereg, peer(), await store.get(second.registration_id), now=clock.now)
-    assert out.delete is not None
-    await store.delete(out.delete)
+    assert out.delete is not None and out.save is None
+    await store.apply(out)
     assert await store.get_by_device(DEV) is None
     assert await redis.keys("*lwm2m*") == []
 
