@@ -19,7 +19,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from corem_ingress import health
+from corem_ingress import health, metrics
 from corem_ingress.adapters import Listener, Services
 from corem_ingress.config import Config
 from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
@@ -109,6 +109,7 @@ class Node:
         )
         resolver = Resolver(redis, keys, cache, keyring=self.keyring, clock=self.clock)
         hub = SessionHub(resolver, clock=self.clock)
+        metrics.track(resolver=resolver, hub=hub)
         registry = Registry(
             redis,
             keys,
@@ -227,6 +228,7 @@ class Node:
         if self._health_runner is not None:
             await self._health_runner.cleanup()
         if self.services is not None:
+            metrics.untrack(resolver=self.services.resolver, hub=self.services.sessions)
             await self.services.redis.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.close)

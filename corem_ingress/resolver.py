@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
+from corem_ingress import metrics
 from corem_ingress.core import api_keys, certs, psk
 from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
@@ -131,7 +132,9 @@ class Resolver:
             return cached
         try:
             raw = await self._r.get(self._keys.lookup(kind, lookup))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except redis.exceptions.RedisError as exc:
+            # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed.
+            metrics.redis_error("resolver")
             log.warning("resolver.redis_unreachable", kind=kind.value, error=str(exc))
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None
         now = self._clock()
@@ -167,4 +170,5 @@ class Resolver:
     def _refuse(kind: CredentialKind, reason: str) -> Unauthenticated:
         # The reason goes to the log, never to the peer.
         log.info("resolver.refused", kind=kind.value, reason=reason)
+        metrics.resolver_refused(kind.value, reason)
         return Unauthenticated(reason=reason)

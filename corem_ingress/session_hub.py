@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from corem_ingress import metrics
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession, SessionRegistry
@@ -61,8 +62,10 @@ class SessionHub:
     def on_event(self, event: CredentialEvent) -> None:
         self.resolver.apply_event(event)
         if event.type is EventType.REVOKED:
-            self._execute(
-                self.registry.revoke(event.kind, event.credential_id, "credential revoked")
+            orders = self.registry.revoke(event.kind, event.credential_id, "credential revoked")
+            self._execute(orders)
+            metrics.revocation_received(
+                event.kind.value, disconnected=len(orders), latency_s=self._clock() - event.at
             )
         elif event.type is EventType.EXPIRES and event.expires_at is not None:
             self.registry.set_credential_expiry(event.kind, event.credential_id, event.expires_at)
@@ -124,6 +127,7 @@ class SessionHub:
                 device=order.identity.device_id,
                 reason=order.reason,
             )
+            metrics.disconnect_ordered(order.transport, order.reason)
             for observe in self.observers:
                 observe(order)
             if closer is None:

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
+from corem_ingress import metrics
 from corem_ingress.core.events import CredentialEvent
 from corem_ingress.store.connection import pubsub_factory
 
@@ -98,6 +99,7 @@ class RevocationBus:
             ) as exc:
                 if self.subscribed.is_set():
                     log.warning("bus.disconnected", error=str(exc))
+                    metrics.redis_error("bus")
                 self.subscribed.clear()
             finally:
                 # Closing a dead connection may fail again: nothing to do about it.
@@ -108,6 +110,7 @@ class RevocationBus:
 
     def _resync(self, why: str) -> None:
         self.resyncs += 1
+        metrics.bus_resync()
         log.warning(why, channel=self.channel)
         # In its own task: events keep flowing while sessions are re-validated.
         self.resync_task = asyncio.ensure_future(self._on_resync())
@@ -119,6 +122,7 @@ class RevocationBus:
             log.error("bus.bad_message", error=str(exc))
             return
         self.events_received += 1
+        metrics.bus_event(event.type.value)
         try:
             self._on_event(event)
         except Exception:

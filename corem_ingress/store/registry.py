@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from corem_ingress import metrics
 from corem_ingress.core import api_keys, certs, psk
 from corem_ingress.core.errors import (
     AlreadyExists,
@@ -189,10 +190,16 @@ class Registry:
         try:
             result = await op()
         except IngressError as exc:
+            metrics.credential_operation(action, exc.code)
+            if isinstance(exc, Unavailable):
+                metrics.redis_error("registry")
             await self._audit(actor, tenant_id, action, target, exc.code)
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            metrics.credential_operation(action, Unavailable.code)
+            metrics.redis_error("registry")
             raise Unavailable("registry storage is unreachable", reason=str(exc)) from None
+        metrics.credential_operation(action, "OK")
         await self._audit(actor, tenant_id, action, target, "OK")
         return result
 
@@ -934,6 +941,7 @@ class Registry:
                     count += 1
                 except redis.exceptions.WatchError:
                     continue
+        metrics.credential_operation("psk.reseal", "OK")
         await self._audit(actor, "*", "psk.reseal", f"count={count}", "OK")
         return count
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from corem_ingress import metrics
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.store.keys import KeySchema
@@ -23,6 +25,7 @@ class UplinkStore:
 
     async def append(self, uplink: Uplink) -> str:
         """Append; returns the stream entry id. Raises Unavailable if Redis did not take it."""
+        started = time.perf_counter()
         try:
             entry_id = await self._r.xadd(
                 self._keys.uplink_stream(uplink.tenant_id),
@@ -31,7 +34,9 @@ class UplinkStore:
                 approximate=True,
             )
         except redis.exceptions.RedisError as exc:
+            metrics.uplink_failed(uplink.transport.value)
             raise Unavailable("uplink storage is unavailable", reason=str(exc)) from None
+        metrics.uplink_appended(uplink.transport.value, time.perf_counter() - started)
         return str(entry_id)
 
     async def follow(

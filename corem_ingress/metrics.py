@@ -1,0 +1,362 @@
+"""Prometheus metrics, served on the health port at ``/metrics`` (see docs/operations.md).
+
+One process-wide registry (``REGISTRY``). The foundation records what it can measure
+itself (resolver, session hub, registry, bus, uplink appends); adapters call the small
+helpers below, one line each, e.g.::
+
+    metrics.connection_opened("mqtt")
+    metrics.handshake("coap", ok=False)
+    metrics.auth_failure("http", exc.reason)          # the Unauthenticated's reason
+    metrics.session_opened("mqtt", identity.tenant_id)
+    metrics.limit_refused("mqtt", "auth_throttle")
+
+Label cardinality is bounded: ``transport`` and ``kind`` are small enums, ``reason``,
+``limit``, ``action`` and ``outcome`` come from fixed sets (anything else is ``other``),
+and the ``tenant`` label -- only on session metrics -- keeps the first
+``MAX_TENANT_LABELS`` tenants seen by this process; later ones are counted as ``_other``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections import Counter as _Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from corem_ingress.resolver import Resolver
+    from corem_ingress.session_hub import SessionHub
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Distinct tenant label values this process reports; more tenants are summed as "_other".
+MAX_TENANT_LABELS = 1000
+OTHER = "other"
+TRANSPORTS = frozenset({"mqtt", "coap", "lwm2m", "http", "dtls"})
+#: Normalised authentication failure reasons (the resolver's, the adapters' and the limits').
+AUTH_REASONS = frozenset(
+    {
+        "malformed",
+        "unknown_or_revoked",
+        "overlap_ended",
+        "certificate_expired",
+        "corrupt_record",
+        "unavailable",
+        "no_credential",
+        "bad_certificate",
+        "throttled",
+        "handshake_failed",
+        "identity_mismatch",
+    }
+)
+LIMITS = frozenset(
+    {"auth_throttle", "tenant_connections", "device_rate", "max_size", "max_sessions"}
+)
+DISCONNECT_REASONS = frozenset(
+    {
+        "credential_revoked",
+        "credential_expired",
+        "credential_no_longer_valid",
+        "could_not_re_validate",
+        "broker_shutting_down",
+    }
+)
+
+# Latency buckets (seconds): Redis appends take ~0.1-5 ms; revocations cross nodes in ms.
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+CONNECTIONS = Counter(
+    "corem_connections",
+    "Connections (TCP) or DTLS peers accepted, before authentication.",
+    ["transport"],
+    registry=REGISTRY,
+)
+SESSIONS = Counter(
+    "corem_sessions_opened",
+    "Authenticated sessions opened.",
+    ["transport", "tenant"],
+    registry=REGISTRY,
+)
+HANDSHAKES = Counter(
+    "corem_handshakes",
+    "TLS/DTLS handshakes by outcome (ok, failed).",
+    ["transport", "outcome"],
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "corem_auth_failures",
+    "Refused authentications, by transport and normalised reason.",
+    ["transport", "reason"],
+    registry=REGISTRY,
+)
+RESOLVER_REFUSALS = Counter(
+    "corem_resolver_refusals",
+    "Credentials the resolver refused, by credential kind and normalised reason.",
+    ["kind", "reason"],
+    registry=REGISTRY,
+)
+LIMIT_REFUSALS = Counter(
+    "corem_limit_refusals",
+    "Connections, handshakes or messages refused by a limit.",
+    ["transport", "limit"],
+    registry=REGISTRY,
+)
+UPLINKS = Counter(
+    "corem_uplinks",
+    "Uplink appends to the tenant stream, by outcome (ok: acknowledged; failed: not).",
+    ["transport", "outcome"],
+    registry=REGISTRY,
+)
+UPLINK_APPEND_SECONDS = Histogram(
+    "corem_uplink_append_seconds",
+    "Time to append one uplink to its Redis stream (successful appends).",
+    ["transport"],
+    buckets=_FAST,
+    registry=REGISTRY,
+)
+REVOCATIONS = Counter(
+    "corem_revocations",
+    "Revoked-credential events received by this node from the bus.",
+    ["kind"],
+    registry=REGISTRY,
+)
+REVOKE_TO_DISCONNECT_SECONDS = Histogram(
+    "corem_revoke_to_disconnect_seconds",
+    "From the revocation (registry clock) to this node ordering its sessions to disconnect.",
+    buckets=_FAST,
+    registry=REGISTRY,
+)
+DISCONNECTS = Counter(
+    "corem_disconnect_orders",
+    "Sessions this node told to go, by transport and reason.",
+    ["transport", "reason"],
+    registry=REGISTRY,
+)
+CREDENTIAL_OPERATIONS = Counter(
+    "corem_credential_operations",
+    "Registry operations (provision, create, rotate, revoke, register, reseal) by outcome.",
+    ["action", "outcome"],
+    registry=REGISTRY,
+)
+BUS_EVENTS = Counter(
+    "corem_bus_events",
+    "Credential events received on the revocation bus, by type.",
+    ["type"],
+    registry=REGISTRY,
+)
+BUS_RESYNCS = Counter(
+    "corem_bus_resyncs",
+    "Bus re-subscriptions after a gap (cache dropped, live sessions re-validated).",
+    registry=REGISTRY,
+)
+REDIS_ERRORS = Counter(
+    "corem_redis_errors",
+    "Redis commands that failed (unreachable, timeout, cluster down), by component.",
+    ["component"],
+    registry=REGISTRY,
+)
+
+_ACTIONS = frozenset(
+    {
+        "devices.provision",
+        "keys.create",
+        "keys.rotate",
+        "keys.revoke",
+        "psk.rotate",
+        "psk.revoke",
+        "psk.reseal",
+        "certs.register",
+        "certs.revoke",
+    }
+)
+_COMPONENTS = frozenset({"resolver", "registry", "uplinks", "bus", "downlinks", "adapter"})
+
+_tenants: set[str] = set()
+_tenants_lock = threading.Lock()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _one_of(value: str, allowed: frozenset[str]) -> str:
+    return value if value in allowed else OTHER
+
+
+def _transport(transport: str) -> str:
+    return _one_of(str(transport).lower(), TRANSPORTS)
+
+
+def tenant_label(tenant_id: str) -> str:
+    """The tenant itself for the first MAX_TENANT_LABELS tenants, else ``_other``."""
+    with _tenants_lock:
+        if tenant_id in _tenants:
+            return tenant_id
+        if len(_tenants) < MAX_TENANT_LABELS:
+            _tenants.add(tenant_id)
+            return tenant_id
+    return "_other"
+
+
+def auth_reason(reason: str) -> str:
+    """Normalise a refusal reason (the resolver's free text, or an adapter's) to a label."""
+    slug = _slug(reason)
+    if slug in AUTH_REASONS:
+        return slug
+    if slug.startswith("unknown_or_revoked"):
+        return "unknown_or_revoked"
+    if "overlap" in slug:
+        return "overlap_ended"
+    if "expired" in slug:
+        return "certificate_expired"
+    if "corrupt" in slug:
+        return "corrupt_record"
+    if "unreachable" in slug or "unavailable" in slug:
+        return "unavailable"
+    return OTHER
+
+
+# -- helpers for adapters (one line each) ----------------------------------------------------
+def connection_opened(transport: str) -> None:
+    CONNECTIONS.labels(_transport(transport)).inc()
+
+
+def session_opened(transport: str, tenant_id: str) -> None:
+    SESSIONS.labels(_transport(transport), tenant_label(tenant_id)).inc()
+
+
+def handshake(transport: str, *, ok: bool) -> None:
+    HANDSHAKES.labels(_transport(transport), "ok" if ok else "failed").inc()
+
+
+def auth_failure(transport: str, reason: str) -> None:
+    AUTH_FAILURES.labels(_transport(transport), auth_reason(reason)).inc()
+
+
+def limit_refused(transport: str, limit: str) -> None:
+    """``limit``: auth_throttle, tenant_connections, device_rate, max_size or max_sessions."""
+    LIMIT_REFUSALS.labels(_transport(transport), _one_of(limit, LIMITS)).inc()
+
+
+def redis_error(component: str) -> None:
+    REDIS_ERRORS.labels(_one_of(component, _COMPONENTS)).inc()
+
+
+# -- used by the foundation ------------------------------------------------------------------
+def resolver_refused(kind: str, reason: str) -> None:
+    RESOLVER_REFUSALS.labels(kind, auth_reason(reason)).inc()
+
+
+def uplink_appended(transport: str, seconds: float) -> None:
+    t = _transport(transport)
+    UPLINKS.labels(t, "ok").inc()
+    UPLINK_APPEND_SECONDS.labels(t).observe(max(0.0, seconds))
+
+
+def uplink_failed(transport: str) -> None:
+    UPLINKS.labels(_transport(transport), "failed").inc()
+    redis_error("uplinks")
+
+
+def disconnect_ordered(transport: str, reason: str) -> None:
+    DISCONNECTS.labels(_transport(transport), _one_of(_slug(reason), DISCONNECT_REASONS)).inc()
+
+
+def revocation_received(kind: str, *, disconnected: int, latency_s: float) -> None:
+    REVOCATIONS.labels(kind).inc()
+    if disconnected:
+        REVOKE_TO_DISCONNECT_SECONDS.observe(max(0.0, latency_s))
+
+
+def credential_operation(action: str, outcome: str) -> None:
+    CREDENTIAL_OPERATIONS.labels(_one_of(action, _ACTIONS), outcome).inc()
+
+
+def bus_event(type_: str) -> None:
+    BUS_EVENTS.labels(type_).inc()
+
+
+def bus_resync() -> None:
+    BUS_RESYNCS.inc()
+
+
+# -- values read at scrape time ----------------------------------------------------------------
+class _NodeCollector(Collector):
+    """Resolver cache hits/misses/ratio and live sessions, summed over this process's nodes."""
+
+    def __init__(self) -> None:
+        self.resolvers: weakref.WeakSet[Resolver] = weakref.WeakSet()
+        self.hubs: weakref.WeakSet[SessionHub] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        resolvers = list(self.resolvers)
+        hits = sum(r.cache.hits for r in resolvers)
+        misses = sum(r.cache.misses for r in resolvers)
+        yield CounterMetricFamily(
+            "corem_resolver_cache_hits", "Resolver lookups answered by the cache.", value=hits
+        )
+        yield CounterMetricFamily(
+            "corem_resolver_cache_misses", "Resolver lookups that asked Redis.", value=misses
+        )
+        yield GaugeMetricFamily(
+            "corem_resolver_cache_hit_ratio",
+            "hits / (hits + misses) since start (0 before any lookup).",
+            value=hits / (hits + misses) if hits + misses else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "corem_resolver_cache_entries",
+            "Entries in the resolver cache (positive and negative).",
+            value=sum(len(r.cache) for r in resolvers),
+        )
+        live = GaugeMetricFamily(
+            "corem_sessions_live",
+            "Authenticated sessions registered with the session hub now.",
+            labels=["transport", "tenant"],
+        )
+        tally: _Tally[tuple[str, str]] = _Tally()
+        for hub in list(self.hubs):
+            for s in hub.registry.sessions():
+                tally[(_transport(s.transport), tenant_label(s.identity.tenant_id))] += 1
+        for (transport, tenant), n in sorted(tally.items()):
+            live.add_metric([transport, tenant], n)
+        yield live
+
+
+_node_collector = _NodeCollector()
+REGISTRY.register(_node_collector)
+
+
+def track(*, resolver: Resolver | None = None, hub: SessionHub | None = None) -> None:
+    """Report this resolver's cache and this hub's live sessions (app.Node does it)."""
+    if resolver is not None:
+        _node_collector.resolvers.add(resolver)
+    if hub is not None:
+        _node_collector.hubs.add(hub)
+
+
+def untrack(*, resolver: Resolver | None = None, hub: SessionHub | None = None) -> None:
+    if resolver is not None:
+        _node_collector.resolvers.discard(resolver)
+    if hub is not None:
+        _node_collector.hubs.discard(hub)
+
+
+def exposition() -> bytes:
+    """The text format for ``GET /metrics``."""
+    return generate_latest(REGISTRY)
