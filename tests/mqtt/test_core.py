@@ -328,3 +328,27 @@ def test_amqtt_is_not_loaded_by_the_adapter() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_packed_append_is_valid_resp() -> None:
+    """The self-packed EVAL parses as the RESP array redis-py would have sent."""
+    from corem_ingress.adapters.mqtt.uplinks import pack_append
+    from corem_ingress.core.uplink import Transport, Uplink
+
+    ups = [
+        Uplink.new(IDENTITY, Transport.MQTT, UplinkKind.EVENT, {"é": i}, now=1.5) for i in range(2)
+    ]
+    raw = pack_append("corem:uplink:{acme}", ups)
+    assert raw.startswith(b"*%d\r\n" % (5 + 2 * 17))
+    args, pos = [], raw.index(b"\r\n") + 2
+    while pos < len(raw):
+        assert raw[pos : pos + 1] == b"$"
+        end = raw.index(b"\r\n", pos)
+        size = int(raw[pos + 1 : end])
+        args.append(raw[end + 2 : end + 2 + size])
+        assert raw[end + 2 + size : end + 4 + size] == b"\r\n"
+        pos = end + 4 + size
+    assert args[0] == b"EVAL" and args[3] == b"corem:uplink:{acme}" and args[4] == b"2"
+    assert args[5] == b"16"
+    fields = dict(zip(args[6:22:2], args[7:22:2], strict=True))
+    assert {k.decode(): v.decode() for k, v in fields.items()} == ups[0].to_fields()

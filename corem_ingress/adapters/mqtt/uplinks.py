@@ -134,11 +134,34 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
     Packed here rather than by redis-py: its per-argument encoding was most of the
     broker's CPU per message (see docs/benchmarks.md).
     """
-    args: list[bytes] = [b"EVAL", _APPEND_SCRIPT, b"1", key.encode(), b"%d" % len(uplinks)]
+    head = [b"EVAL", _APPEND_SCRIPT, b"1", key.encode(), b"%d" % len(uplinks)]
+    parts = [_bulk(a) for a in head]
+    count = 5
     for uplink in uplinks:
         fields = uplink.to_fields()
-        args.append(b"%d" % (2 * len(fields)))
+        parts.append(_bulk(b"%d" % (2 * len(fields))))
         for name, value in fields.items():
-            args.append(name.encode())
-            args.append(value.encode())
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+            parts.append(_NAMES.get(name) or _bulk(name.encode()))
+            raw = value.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        count += 1 + 2 * len(fields)
+    return b"*%d\r\n%s" % (count, b"".join(parts))
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_NAMES = {
+    name: _bulk(name.encode())
+    for name in (
+        "message_id",
+        "tenant_id",
+        "device_id",
+        "transport",
+        "kind",
+        "payload",
+        "payload_encoding",
+        "received_at",
+    )
+}
