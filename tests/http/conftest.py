@@ -163,7 +163,13 @@ def operator_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pa
 @pytest.fixture
 async def http_node(start_node, operator_tokens, clock):  # type: ignore[no-untyped-def]
     path, _ = operator_tokens
-    return await start_node([http.build], clock=clock, http={"admin_tokens_file": str(path)})
+    # These tests fail authentication on purpose, often: no throttle here (see test_limits.py).
+    return await start_node(
+        [http.build],
+        clock=clock,
+        http={"admin_tokens_file": str(path)},
+        limits={"auth_fail_max": 0},
+    )
 
 
 @pytest.fixture

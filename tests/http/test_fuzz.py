@@ -126,7 +126,9 @@ async def test_fuzz_both_apis_from_the_openapi_document(
     start_node: Any, operator_tokens: Any
 ) -> None:
     path, tokens = operator_tokens
-    node = await start_node([http.build], http={"admin_tokens_file": str(path)})
+    node = await start_node(
+        [http.build], http={"admin_tokens_file": str(path)}, limits={"auth_fail_max": 0}
+    )
     base = f"http://127.0.0.1:{node.listeners[0].port}"
     cert = devcerts.issue(devcerts.make_ca(), "fuzz")
     async with aiohttp.ClientSession() as session:

@@ -26,6 +26,7 @@ from corem_ingress.adapters.http.bodies import (
     text_field,
 )
 from corem_ingress.adapters.http.errors import UnsupportedMediaType
+from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
@@ -79,6 +80,7 @@ class AdminApi:
         self._s = services
         self._registry = services.registry
         self._tokens = tokens
+        self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
 
     def add_routes(self, app: web.Application) -> None:
@@ -97,11 +99,14 @@ class AdminApi:
         r.add_post(DEVICE_CERTS, self.register_cert)
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _operator(self, request: web.Request) -> Operator:
-        values = request.headers.getall("Authorization", [])
-        if len(values) > 1:
-            raise Unauthenticated(reason="repeated Authorization header")
-        return self._tokens.authenticate(values[0] if values else None)
+    async def _operator(self, request: web.Request) -> Operator:
+        async def attempt() -> Operator:
+            values = request.headers.getall("Authorization", [])
+            if len(values) > 1:
+                raise Unauthenticated(reason="malformed")
+            return self._tokens.authenticate(values[0] if values else None)
+
+        return await self._guard.authenticate(request, attempt)
 
     async def _audited_read(self, op: Operator, action: str, target: str, aw: Awaitable[T]) -> T:
         audit = self._registry._audit  # the registry's own record shape for reads too
@@ -115,7 +120,7 @@ class AdminApi:
 
     # -- devices -------------------------------------------------------------------------------
     async def provision(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         doc = parse_json_object(await read_body(request, self._limit), allowed=_PROVISION_FIELDS)
         hardware_id = text_field(doc, "hardware_id", required=True, max_len=128)
         kind_text = text_field(doc, "credential_kind", required=True, max_len=16)
@@ -139,7 +144,7 @@ class AdminApi:
         return _json(result.to_json())
 
     async def get_device(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
 
         async def read() -> dict[str, object]:
@@ -153,7 +158,7 @@ class AdminApi:
         return _json(await self._audited_read(op, "devices.get", f"device={device_id}", read()))
 
     async def list_devices(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         hardware_id = request.query.get("hardware_id")
         if hardware_id is not None:
             check_hardware_id(hardware_id)
@@ -179,13 +184,13 @@ class AdminApi:
 
     # -- API keys ------------------------------------------------------------------------------
     async def create_key(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         issued = await self._registry.create_api_key(op.tenant_id, device_id, actor=op.actor)
         return _json(_issued_key(issued), status=201)
 
     async def rotate_key(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         key_id = _key_id(request)
         body = await read_body(request, self._limit)
@@ -197,7 +202,7 @@ class AdminApi:
         return _json(_issued_key(issued))
 
     async def revoke_key(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         key_id = _key_id(request)
         rec = await self._registry.revoke_api_key(
@@ -207,7 +212,7 @@ class AdminApi:
 
     # -- PSKs ----------------------------------------------------------------------------------
     async def rotate_psk(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         body = await read_body(request, self._limit)
         doc = parse_json_object(body, allowed=_PSK_FIELDS, empty_ok=True)
@@ -230,14 +235,14 @@ class AdminApi:
         )
 
     async def revoke_psk(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         rec = await self._registry.revoke_psk(op.tenant_id, device_id, actor=op.actor)
         return _json(rec.to_json(self._s.clock()))
 
     # -- certificates ----------------------------------------------------------------------------
     async def register_cert(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         body = await read_body(request, self._limit)
         pem = self._pem_from_body(request.content_type, body)
@@ -266,13 +271,13 @@ class AdminApi:
             raise InvalidArgument("certificate must be PEM text (UTF-8)") from None
 
     async def revoke_cert(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         fingerprint = check_text(request.match_info["fingerprint"], "fingerprint")
         rec = await self._registry.revoke_cert(op.tenant_id, fingerprint, actor=op.actor)
         return _json(rec.to_json(self._s.clock()))
 
     async def list_certs(self, request: web.Request) -> web.Response:
-        op = self._operator(request)
+        op = await self._operator(request)
         device_id = request.query.get("device_id")
         if device_id is not None:
             check_text(device_id, "device_id")

@@ -24,7 +24,7 @@ def bearer_token(value: str) -> str:
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_CREDENTIAL_CHARS:
-        raise Unauthenticated(reason="malformed Authorization header")
+        raise Unauthenticated(reason="malformed")
     return token
 
 
@@ -49,7 +49,7 @@ def api_key_from_headers(headers: MultiMapping[str]) -> str:
     if x_api_key is not None:
         x_api_key = x_api_key.strip()
         if not x_api_key or len(x_api_key) > MAX_CREDENTIAL_CHARS:
-            raise Unauthenticated(reason="malformed X-API-Key header")
+            raise Unauthenticated(reason="malformed")
     if from_bearer is not None and x_api_key is not None:
         if not _same(from_bearer, x_api_key):
             raise InvalidArgument(
@@ -58,5 +58,5 @@ def api_key_from_headers(headers: MultiMapping[str]) -> str:
         return from_bearer
     key = from_bearer if from_bearer is not None else x_api_key
     if key is None:
-        raise Unauthenticated(reason="no credential header")
+        raise Unauthenticated(reason="no_credential")
     return key

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from corem_ingress import metrics
 from corem_ingress.core.errors import (
     IngressError,
     InvalidArgument,
@@ -57,6 +58,19 @@ class UnsupportedMediaType(IngressError):
     cli_exit = 2
 
 
+class TooManyRequests(IngressError):
+    """A limit refused the request (auth throttle per source IP, per-device rate)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+    coap_code = "4.29"
+    cli_exit = 1
+
+    def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = max(1, retry_after_s)
+
+
 class Internal(IngressError):
     """Our bug, never the client's: the message says nothing more."""
 
@@ -78,6 +92,8 @@ def error_response(
         out["WWW-Authenticate"] = f'Bearer realm="{realm}"'
     elif isinstance(exc, Unavailable):
         out["Retry-After"] = str(retry_after_s)
+    elif isinstance(exc, TooManyRequests):
+        out["Retry-After"] = str(exc.retry_after_s)
     return web.json_response(exc.to_json(), status=exc.http_status, headers=out)
 
 
@@ -105,12 +121,16 @@ def middleware(*, realm_for: Callable[[web.Request], str], retry_after_s: int) -
         try:
             return await handler(request)
         except IngressError as exc:
+            if isinstance(exc, PayloadTooLarge):
+                metrics.limit_refused("http", "max_size")
             _log_refusal(request, exc)
             return error_response(exc, realm=realm_for(request), retry_after_s=retry_after_s)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             err, headers = _from_http_exception(exc)
+            if isinstance(err, PayloadTooLarge):
+                metrics.limit_refused("http", "max_size")
             return error_response(
                 err, realm=realm_for(request), retry_after_s=retry_after_s, headers=headers
             )
@@ -133,5 +153,7 @@ def _log_refusal(request: web.Request, exc: IngressError) -> None:
     elif isinstance(exc, Unauthenticated):
         # The reason (malformed, unknown or revoked, overlap ended...) is for operators only.
         log.info("http.unauthenticated", path=request.path, reason=exc.reason)
+    elif isinstance(exc, TooManyRequests):
+        log.info("http.limited", path=request.path, reason=exc.reason)
     else:
         log.debug("http.refused", path=request.path, code=exc.code)

@@ -57,6 +57,7 @@ def _errors(*statuses: int) -> Json:
         412: "PreconditionFailed",
         413: "PayloadTooLarge",
         415: "UnsupportedMediaType",
+        429: "TooManyRequests",
         503: "Unavailable",
     }
     return {str(s): _resp(names[s]) for s in statuses}
@@ -101,7 +102,7 @@ _CURSOR = _query_param(
 )
 _ADMIN: list[Json] = [{"operatorBearer": []}]
 _ADMIN_TAG = ["admin"]
-_ADMIN_ERRORS = (400, 401, 404, 503)
+_ADMIN_ERRORS = (400, 401, 404, 429, 503)
 
 
 def _schemas() -> Json:
@@ -116,7 +117,7 @@ def _schemas() -> Json:
                         "description": "UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, "
                         "ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION, "
                         "PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, METHOD_NOT_ALLOWED, "
-                        "UNAVAILABLE, INTERNAL",
+                        "RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL",
                     },
                     "message": {"type": "string"},
                 },
@@ -301,6 +302,11 @@ def _responses() -> Json:
         ),
         "PayloadTooLarge": err("The body is larger than http.max_body_bytes."),
         "UnsupportedMediaType": err("The body's media type is not accepted here."),
+        "TooManyRequests": err(
+            "A limit refused the request: too many failed authentications from this address, "
+            "or the device's uplink rate.",
+            {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+        ),
         "Unavailable": err(
             "The store is unreachable: nothing was done; retry later.",
             {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
@@ -327,7 +333,7 @@ def _paths() -> Json:
                 "requestBody": _json_body(_ref("UplinkRequest")),
                 "responses": {
                     "202": _ok("Stored in the tenant's uplink stream.", _ref("UplinkAccepted")),
-                    **_errors(400, 401, 403, 404, 413, 503),
+                    **_errors(400, 401, 403, 404, 413, 429, 503),
                 },
             }
         },
@@ -348,7 +354,7 @@ def _paths() -> Json:
                         "Already provisioned: the existing device, no secret.",
                         _ref("ProvisionResult"),
                     ),
-                    **_errors(400, 401, 404, 409, 412, 413, 503),
+                    **_errors(400, 401, 404, 409, 412, 413, 429, 503),
                 },
             },
             "get": {
@@ -390,7 +396,7 @@ def _paths() -> Json:
                 "parameters": [_DEVICE_ID],
                 "responses": {
                     "201": _ok("The new key.", _ref("IssuedApiKey")),
-                    **_errors(400, 401, 404, 412, 503),
+                    **_errors(400, 401, 404, 412, 429, 503),
                 },
             }
         },
@@ -403,7 +409,7 @@ def _paths() -> Json:
                 "requestBody": _json_body(_ref("RotateApiKeyRequest"), required=False),
                 "responses": {
                     "200": _ok("The new key.", _ref("IssuedApiKey")),
-                    **_errors(400, 401, 404, 412, 413, 503),
+                    **_errors(400, 401, 404, 412, 413, 429, 503),
                 },
             }
         },
@@ -428,7 +434,7 @@ def _paths() -> Json:
                 "requestBody": _json_body(_ref("RotatePskRequest"), required=False),
                 "responses": {
                     "200": _ok("The new PSK (hex), once.", _ref("IssuedPsk")),
-                    **_errors(400, 401, 404, 409, 412, 413, 503),
+                    **_errors(400, 401, 404, 409, 412, 413, 429, 503),
                 },
             }
         },
@@ -440,7 +446,7 @@ def _paths() -> Json:
                 "parameters": [_DEVICE_ID],
                 "responses": {
                     "200": _ok("The PSK's record.", _ref("Credential")),
-                    **_errors(400, 401, 404, 412, 503),
+                    **_errors(400, 401, 404, 412, 429, 503),
                 },
             }
         },
@@ -460,7 +466,7 @@ def _paths() -> Json:
                 },
                 "responses": {
                     "201": _ok("The certificate's record.", _ref("Credential")),
-                    **_errors(400, 401, 404, 409, 412, 413, 415, 503),
+                    **_errors(400, 401, 404, 409, 412, 413, 415, 429, 503),
                 },
             }
         },

@@ -133,7 +133,7 @@ class OperatorTokens:
     def authenticate(self, authorization: str | None) -> Operator:
         """The operator for an ``Authorization: Bearer <token>`` value, or Unauthenticated."""
         if authorization is None:
-            raise Unauthenticated(reason="no Authorization header")
+            raise Unauthenticated(reason="no_credential")
         token = bearer_token(authorization)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         found: Operator | None = None
@@ -141,7 +141,7 @@ class OperatorTokens:
             if hmac.compare_digest(digest, entry.digest):
                 found = entry.operator
         if found is None:
-            raise Unauthenticated(reason="unknown operator token")
+            raise Unauthenticated(reason="unknown_or_revoked")
         return found
 
 

@@ -1,7 +1,8 @@
 """``POST /api/v1/devices/{device_id}/uplink``: a device sends one message with its API key.
 
-Order of checks: the key (401), the key's device against the path (403), then the
-body (413, 400). Identity comes from the key only. The device gets 202 only after
+Order of checks: which key (400 if two differ), the source address's auth throttle (429),
+the key (401), the key's device against the path (403), the device's rate (429), then
+the body (413, 400). Identity comes from the key only. The device gets 202 only after
 the envelope is in the tenant's Redis stream; if the append fails it gets 503 and
 may retry (the message id is new on every attempt).
 """
@@ -15,6 +16,7 @@ from aiohttp import web
 from corem_ingress.adapters import Services
 from corem_ingress.adapters.http.bodies import parse_json_object, read_body
 from corem_ingress.adapters.http.device_auth import api_key_from_headers
+from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.core.errors import InvalidArgument, PermissionDenied
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
 
@@ -38,6 +40,7 @@ def parse_uplink_body(body: bytes) -> tuple[UplinkKind, Any]:
 class DeviceApi:
     def __init__(self, services: Services) -> None:
         self._services = services
+        self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
 
     def add_routes(self, app: web.Application) -> None:
@@ -45,9 +48,12 @@ class DeviceApi:
 
     async def uplink(self, request: web.Request) -> web.Response:
         raw_key = api_key_from_headers(request.headers)
-        identity = await self._services.resolver.resolve_api_key(raw_key)
+        identity = await self._guard.authenticate(
+            request, lambda: self._services.resolver.resolve_api_key(raw_key)
+        )
         if request.match_info["device_id"] != identity.device_id:
             raise PermissionDenied("this API key does not belong to that device")
+        self._guard.uplink_allowed(identity.device_id)
         body = await read_body(request, self._limit)
         kind, payload = parse_uplink_body(body)
         uplink = Uplink.new(identity, Transport.HTTP, kind, payload, now=self._services.clock())
