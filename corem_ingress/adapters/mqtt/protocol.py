@@ -161,6 +161,20 @@ class MqttProtocol(asyncio.BufferedProtocol):
             LiveSession(self.session_id, Transport.MQTT.value, identity, auth.lookup),
             self._disconnect,
         )
+        # A revocation that landed between the lookup and the registration evicted the
+        # cache entry: ask again now that any later revocation reaches this session.
+        try:
+            await listener.services.resolver.resolve_lookup(identity.credential_kind, auth.lookup)
+        except IngressError as exc:
+            listener.services.sessions.unregister(self.session_id)
+            self._auth = None
+            if not self._closed:
+                listener.count("connect_refused")
+                self.mqtt.refuse(exc.mqtt_connack, exc.reason)
+                self._drain()
+            return
+        if self._closed:
+            return
         listener.claim(identity.device_id, self)
         listener.services.downlinks.add(identity.device_id, self.session_id, self.deliver)
         self.mqtt.accept(listener.loop.time(), connect.keepalive)
