@@ -114,7 +114,9 @@ class DtlsTransport(asyncio.DatagramProtocol):
         for datagram, addr in self.server.datagrams_to_send():
             if transport is not None:
                 transport.sendto(datagram, addr)
+        handled = False
         while (event := self.server.next_event()) is not None:
+            handled = True
             try:
                 if isinstance(event, ApplicationData):
                     self.handler.data_received(event.addr, event.data)
@@ -126,10 +128,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
                     self._spawn_lookup(event)
             except Exception:
                 log.exception("dtls.handler_failed", event=type(event).__name__)
-        # Handlers may have sent data.
-        for datagram, addr in self.server.datagrams_to_send():
-            if transport is not None:
-                transport.sendto(datagram, addr)
+        if handled:  # handlers may have sent data
+            for datagram, addr in self.server.datagrams_to_send():
+                if transport is not None:
+                    transport.sendto(datagram, addr)
         self._schedule()
 
     def _schedule(self) -> None:
