@@ -10,6 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 APT_PACKAGES=(
   redis-server          # the registry/resolver store (and the tests' real Redis)
+  redis-tools           # redis-cli: cluster creation and sentinel checks in tests/ops
   mosquitto             # benchmark peer for MQTT
   mosquitto-clients     # mosquitto_pub/mosquitto_sub: real MQTT peers in tests
   libcoap3-bin          # coap-client-openssl/-gnutls, coap-server-openssl: real CoAP peers
