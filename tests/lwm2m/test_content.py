@@ -393,7 +393,7 @@ def _valid_text(v: object) -> bool:
 
 
 @given(_resources(with_time=False), st.integers(1, 2))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 def test_tlv_round_trip(data: tuple[ObjectModel, list[Record]], level: int) -> None:
     model, records = data
     base = Lwm2mPath(records[0].path.ids[:level])
@@ -404,7 +404,7 @@ def test_tlv_round_trip(data: tuple[ObjectModel, list[Record]], level: int) -> N
 @given(
     _resources(with_time=True), st.sampled_from([CF_SENML_JSON, CF_SENML_CBOR]), st.integers(0, 2)
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 def test_senml_round_trip(data: tuple[ObjectModel, list[Record]], cf: int, level: int) -> None:
     model, records = data
     base = Lwm2mPath(records[0].path.ids[:level])
@@ -415,7 +415,7 @@ def test_senml_round_trip(data: tuple[ObjectModel, list[Record]], cf: int, level
 
 
 @given(_resources(with_time=False), st.sampled_from([CF_TEXT, CF_CBOR, CF_TLV]))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 def test_single_value_round_trip(data: tuple[ObjectModel, list[Record]], cf: int) -> None:
     model, records = data
     r = records[0]
@@ -438,7 +438,7 @@ def _check_only_invalid_argument(payload: bytes, cf: int | None, path: str) -> N
 
 
 @given(st.binary(max_size=300), _CFS, _PATHS)
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1500, deadline=None, derandomize=True, database=None)
 def test_garbage_bytes_never_raise_anything_but_invalid_argument(
     payload: bytes, cf: int | None, path: str
 ) -> None:
@@ -460,7 +460,7 @@ _json_values = st.recursive(
 
 
 @given(_json_values, _PATHS)
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=800, deadline=None, derandomize=True, database=None)
 def test_structured_garbage_never_raises_anything_but_invalid_argument(
     value: object, path: str
 ) -> None:
