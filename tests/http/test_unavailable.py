@@ -55,7 +55,15 @@ async def test_redis_down_is_503_and_no_202_without_a_stored_message(
 
         assert await send(0) == 202  # the key is now in the resolver's cache
 
-        own_redis.stop()  # SIGTERM to the real redis-server, then wait for it to exit
+        # Under load: Redis stops while 60 uplinks are in flight on 12 connections. Each
+        # answer is 202 or 503 (send() checks it); which is which depends on timing, what
+        # was answered 202 must be stored whatever the timing (checked at the end).
+        async def burst() -> None:
+            for i in range(5):
+                await send(1000 + i)
+
+        stopping = asyncio.create_task(asyncio.to_thread(own_redis.stop))  # SIGTERM, wait
+        await asyncio.gather(*(burst() for _ in range(12)), stopping)
         assert [await send(i) for i in range(1, 4)] == [503, 503, 503]
         admin = await api.request("GET", f"/api/v1/devices/{device_id}", tenant="acme")
         assert admin.status == 503
@@ -79,5 +87,5 @@ async def test_redis_down_is_503_and_no_202_without_a_stored_message(
     finally:
         await client.aclose()
     stored_ids = [fields["message_id"] for _id, fields in entries]
-    assert len(acked) == 2
+    assert len(acked) >= 2
     assert set(acked) <= set(stored_ids)

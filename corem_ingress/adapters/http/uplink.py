@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from corem_ingress.adapters import Services
+from corem_ingress.adapters.http.appender import Appender
 from corem_ingress.adapters.http.bodies import parse_json_object, read_body
 from corem_ingress.adapters.http.device_auth import api_key_from_headers
 from corem_ingress.adapters.http.guard import AuthGuard
@@ -42,6 +43,7 @@ class DeviceApi:
         self._services = services
         self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
+        self.appender = Appender(services)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(UPLINK_PATH, self.uplink)
@@ -57,7 +59,7 @@ class DeviceApi:
         body = await read_body(request, self._limit)
         kind, payload = parse_uplink_body(body)
         uplink = Uplink.new(identity, Transport.HTTP, kind, payload, now=self._services.clock())
-        await self._services.uplinks.append(uplink)  # Unavailable -> 503, nothing acknowledged
+        await self.appender.append(uplink)  # Unavailable -> 503, nothing acknowledged
         return web.json_response(
             {"message_id": uplink.message_id, "received_at": uplink.received_at}, status=202
         )
