@@ -5,5 +5,6 @@ object list), ``registration`` (Register/Update/De-register decisions), ``record
 ``senml`` / ``tlv`` / ``content`` (content formats <-> one JSON shape), ``operations``
 (device-management requests as data, answers interpreted), ``reporting`` (observe plan,
 Send, uplinks), ``observations`` (Observe tokens), ``client_objects`` (the simulated
-client). ``service`` ties them to a registration store and an uplink ``append``.
+client). ``service`` ties them to a registration store and an uplink ``append``;
+``coap`` translates aiocoap messages for the CoAP listener's ``mount``/``request``.
 """
