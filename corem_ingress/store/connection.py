@@ -26,7 +26,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 SENTINEL = "redis+sentinel"
 CLUSTER = "redis+cluster"
@@ -184,7 +186,11 @@ def pubsub_factory(client: aioredis.Redis) -> Callable[..., PubSub]:
         node = sorted(nodes, key=lambda n: n.name)[next(counter) % len(nodes)]
         plain = clients.get(node.name)
         if plain is None:
-            plain = aioredis.Redis(host=node.host, port=int(node.port), **kwargs)
+            # No silent reconnects to the same node: a failure ends this pub/sub at once and
+            # the bus moves on to the next node (its own backoff) and resyncs.
+            plain = aioredis.Redis(
+                host=node.host, port=int(node.port), retry=Retry(NoBackoff(), 0), **kwargs
+            )
             clients[node.name] = plain
         return plain.pubsub(**pubsub_kwargs)
 

@@ -189,11 +189,13 @@ async def test_cluster_bus_moves_to_another_node_when_its_node_dies(
     resyncs = second.bus.resyncs
     victim = bus_node
     victim.stop(kill=True)
+    killed_at = time.monotonic()
     await _until(
         lambda: second.bus.resyncs > resyncs and second.bus.subscribed.is_set(),
         timeout=30,
         what="re-subscription through another node",
     )
+    print(f"\ncluster node SIGKILL: bus re-subscribed after {time.monotonic() - killed_at:.2f}s")
     others = [p for p in cluster.procs if p is not victim]
     assert sum(_subscribers(p.port, channel) for p in others) >= 1
     # The resync re-validates the live session against Redis: it still resolves, it stays.
