@@ -213,15 +213,25 @@ def check_topic_filter(topic_filter: str) -> str:
     return topic_filter
 
 
+def _first_byte_table() -> dict[int, PacketType]:
+    table: dict[int, PacketType] = {}
+    for ptype in PacketType:
+        for flags in range(16):
+            if ptype is PacketType.PUBLISH or flags == _REQUIRED_FLAGS.get(ptype, 0):
+                table[(ptype << 4) | flags] = ptype
+    return table
+
+
+_FIRST_BYTES = _first_byte_table()
+
+
 def check_first_byte(first: int) -> PacketType:
     """Packet type and flags, checked before the body arrives."""
-    try:
-        ptype = PacketType(first >> 4)
-    except ValueError:
-        raise ProtocolViolation("reserved packet type") from None
-    flags = first & 0x0F
-    if ptype is not PacketType.PUBLISH and flags != _REQUIRED_FLAGS.get(ptype, 0):
-        raise ProtocolViolation(f"bad fixed-header flags for {ptype.name}")
+    ptype = _FIRST_BYTES.get(first)
+    if ptype is None:
+        if first >> 4 in (0, 15):
+            raise ProtocolViolation("reserved packet type")
+        raise ProtocolViolation(f"bad fixed-header flags for {PacketType(first >> 4).name}")
     return ptype
 
 
@@ -229,20 +239,12 @@ def decode(first: int, body: bytes) -> Packet:
     """Decode one packet sent by a client, given its first byte and its body."""
     ptype = check_first_byte(first)
     flags = first & 0x0F
+    if ptype is PacketType.PUBLISH:
+        return _decode_publish(flags, body)
     r = _Reader(body)
     packet: Packet
     if ptype is PacketType.CONNECT:
         packet = _decode_connect(r)
-    elif ptype is PacketType.PUBLISH:
-        qos = (flags >> 1) & 0b11
-        if qos == 3:
-            raise ProtocolViolation("PUBLISH with QoS 3")
-        dup = bool(flags & 0b1000)
-        if qos == 0 and dup:
-            raise ProtocolViolation("DUP set on a QoS 0 PUBLISH")
-        topic = _check_topic_name(r.string())
-        pid = _packet_id(r) if qos else None
-        packet = Publish(topic, r.rest(), qos, bool(flags & 1), dup, pid)
     elif ptype in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP):
         packet = Ack(ptype, _packet_id(r))
     elif ptype is PacketType.SUBSCRIBE:
@@ -274,6 +276,35 @@ def decode(first: int, body: bytes) -> Packet:
     if r.remaining():
         raise ProtocolViolation(f"trailing bytes in {ptype.name}")
     return packet
+
+
+def _decode_publish(flags: int, body: bytes) -> Publish:
+    """The hot path: no reader object."""
+    qos = (flags >> 1) & 0b11
+    if qos == 3:
+        raise ProtocolViolation("PUBLISH with QoS 3")
+    dup = bool(flags & 0b1000)
+    if qos == 0 and dup:
+        raise ProtocolViolation("DUP set on a QoS 0 PUBLISH")
+    if len(body) < 2:
+        raise ProtocolViolation("packet truncated")
+    end = 2 + ((body[0] << 8) | body[1])
+    if len(body) < end + (2 if qos else 0):
+        raise ProtocolViolation("packet truncated")
+    try:
+        topic = body[2:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation("string is not valid UTF-8") from None
+    if "\x00" in topic:
+        raise ProtocolViolation("string contains U+0000")
+    _check_topic_name(topic)
+    pid = None
+    if qos:
+        pid = (body[end] << 8) | body[end + 1]
+        if pid == 0:
+            raise ProtocolViolation("packet identifier 0")
+        end += 2
+    return Publish(topic, body[end:], qos, bool(flags & 1), dup, pid)
 
 
 def _decode_connect(r: _Reader) -> Connect:

@@ -139,11 +139,20 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
     count = 5
     for uplink in uplinks:
         fields = uplink.to_fields()
-        parts.append(_bulk(b"%d" % (2 * len(fields))))
-        for name, value in fields.items():
-            parts.append(_NAMES.get(name) or _bulk(name.encode()))
-            raw = value.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        if tuple(fields) == _FIELDS:  # the usual case: one format operation per entry
+            v = [x.encode() for x in fields.values()]
+            parts.append(
+                _ENTRY
+                % (
+                    len(v[0]), v[0], len(v[1]), v[1], len(v[2]), v[2], len(v[3]), v[3],
+                    len(v[4]), v[4], len(v[5]), v[5], len(v[6]), v[6], len(v[7]), v[7],
+                )
+            )  # fmt: skip
+        else:
+            parts.append(_bulk(b"%d" % (2 * len(fields))))
+            for name, value in fields.items():
+                parts.append(_bulk(name.encode()))
+                parts.append(_bulk(value.encode()))
         count += 1 + 2 * len(fields)
     return b"*%d\r\n%s" % (count, b"".join(parts))
 
@@ -152,16 +161,17 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_NAMES = {
-    name: _bulk(name.encode())
-    for name in (
-        "message_id",
-        "tenant_id",
-        "device_id",
-        "transport",
-        "kind",
-        "payload",
-        "payload_encoding",
-        "received_at",
-    )
-}
+_FIELDS = (
+    "message_id",
+    "tenant_id",
+    "device_id",
+    "transport",
+    "kind",
+    "payload",
+    "payload_encoding",
+    "received_at",
+)
+#: Field count, then each name followed by a value slot.
+_ENTRY = _bulk(b"%d" % (2 * len(_FIELDS))) + b"".join(
+    _bulk(name.encode()).replace(b"%", b"%%") + b"$%d\r\n%s\r\n" for name in _FIELDS
+)
