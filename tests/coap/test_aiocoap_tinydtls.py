@@ -2,18 +2,17 @@
 
 Finding: the tinydtls bundled in DTLSSocket 0.2.3 refuses PSKs longer than 16 bytes
 ("the psk was too long, for the pre master secret": it sends internal_error after its
-ClientKeyExchange), while the platform requires PSKs of at least 32 bytes. So the
-tinydtls device here authenticates with a 16-byte key placed in the resolver's cache
-(public ``ResolverCache.put``) rather than provisioned in Redis; everything after the
-credential lookup (DTLS, CoAP, the uplink stream, Observe, Block2) is the real path.
-``test_tinydtls_with_a_platform_psk_fails`` pins the limitation down.
+ClientKeyExchange; DTLS_PSK_MAX_KEY_LEN is DTLS_KEY_LENGTH = 16). The platform's rule is
+32 bytes; an operator with a stock-tinydtls fleet lowers ``credentials.psk_min_bytes`` to
+16. These tests provision such a PSK through the real registry (a registry configured with
+that minimum) and go through every real step: Redis, resolver, DTLS, CoAP, the uplink
+stream, Observe, Block2. ``test_tinydtls_with_a_platform_psk_fails`` pins the limitation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import aiocoap
@@ -22,7 +21,8 @@ from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.identity import CredentialKind
+from corem_ingress.store.registry import Registry
 from tests.coap.conftest import coap_listener, coap_port, provision_psk, read_uplinks
 
 
@@ -38,10 +38,17 @@ async def _client(port: int, ident: str, key: bytes) -> Context:
     return ctx
 
 
-def _cache_short_psk(node: Any, ident: str, key: bytes) -> DeviceIdentity:
-    identity = DeviceIdentity("acme", "tiny-device-1", CredentialKind.PSK, "cred-tiny-1")
-    node.services.resolver.cache.put(CredentialKind.PSK, ident, identity, time.time(), secret=key)
-    return identity
+async def _provision_16_byte_psk(
+    redis: Any, keys: Any, keyring: Any, ident: str, key: bytes
+) -> str:
+    """Through the registry, as an operator with ``credentials.psk_min_bytes: 16`` would."""
+    registry = Registry(
+        redis, keys, keyring=keyring, api_key_overlap=60, api_key_overlap_max=600, psk_min_bytes=16
+    )
+    res = await registry.provision(
+        "acme", "tiny-hw-1", CredentialKind.PSK, actor="test", psk_identity=ident, psk_bytes=key
+    )
+    return res.device.device_id
 
 
 async def test_tinydtls_with_a_platform_psk_fails(coap_node: Any, registry: Any) -> None:
@@ -59,11 +66,13 @@ async def test_tinydtls_with_a_platform_psk_fails(coap_node: Any, registry: Any)
     assert any("internal error" in k for k in stats), stats
 
 
-async def test_tinydtls_psk_uplink_and_observe(coap_node: Any, redis: Any) -> None:
+async def test_tinydtls_psk_uplink_and_observe(
+    coap_node: Any, redis: Any, keys: Any, keyring: Any
+) -> None:
     node = await coap_node()
     port = coap_port(node)
     ident, key = "tiny-1", b"0123456789abcdef"
-    device_id = _cache_short_psk(node, ident, key).device_id
+    device_id = await _provision_16_byte_psk(redis, keys, keyring, ident, key)
     ctx = await _client(port, ident, key)
     try:
         req = Message(
