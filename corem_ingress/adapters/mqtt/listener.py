@@ -75,6 +75,7 @@ class MqttListener:
         # Let accepted messages reach Redis (and their PUBACKs go out) before closing.
         await self.batcher.drain(max(0.0, deadline / 2))
         self._flush_dirty()
+        await self.batcher.close()
         for conn in list(self.connections):
             conn.close("broker shutting down")
         with contextlib.suppress(TimeoutError):

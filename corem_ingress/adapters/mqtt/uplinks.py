@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -43,6 +44,7 @@ class UplinkBatcher:
         self._queue: deque[tuple[Uplink, Done]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._on_batch_done = on_batch_done
+        self._conn: Any = None
         self.batches = 0
 
     def __len__(self) -> int:
@@ -100,11 +102,17 @@ class UplinkBatcher:
                 log.exception("mqtt.uplink_callback_failed")
 
     async def _execute(self, packed: bytes, count: int) -> list[object]:
-        """Send pre-packed commands on one pooled connection; one reply (or error) each."""
+        """Send pre-packed commands on the batcher's own connection; one reply (or error) each.
+
+        The connection is taken from the client's pool once and kept (batches are
+        sequential); after an error it is disconnected and handed back.
+        """
         pool = self._r.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        if self._conn is None:
+            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
         try:
-            await conn.send_packed_command(packed)
+            await conn.send_packed_command(packed, check_health=False)
             replies: list[object] = []
             for _ in range(count):
                 try:
@@ -113,10 +121,16 @@ class UplinkBatcher:
                     replies.append(exc)
             return replies
         except BaseException:
+            self._conn = None
             await conn.disconnect()
-            raise
-        finally:
             await pool.release(conn)
+            raise
+
+    async def close(self) -> None:
+        """Hand the kept connection back to the pool."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._r.connection_pool.release(conn)
 
 
 # One EVAL per stream: XADD each entry (ARGV: field count, then field/value pairs).
