@@ -309,6 +309,7 @@ async def test_no_key_or_token_reaches_the_log(api: Api, capfd: pytest.CaptureFi
     await api.uplink(dev["device_id"], key, data=b"{bad")
     await api.request("GET", "/api/v1/devices", headers={"Authorization": "Bearer wrong-token"})
     await api.request("GET", "/api/v1/devices", tenant="acme")
+    await api.uplink(unknown, unknown)  # a key in the path too
     out, err = capfd.readouterr()
     logged = out + err
     assert "http.unauthenticated" in logged  # the log did get the refusals...

@@ -136,24 +136,31 @@ def middleware(*, realm_for: Callable[[web.Request], str], retry_after_s: int) -
             )
         except redis.exceptions.RedisError as exc:
             # Anything the store did not map itself: the store is the problem, not the client.
-            log.warning("http.redis_error", path=request.path, error=type(exc).__name__)
+            log.warning("http.redis_error", route=route_of(request), error=type(exc).__name__)
             return error_response(Unavailable(), retry_after_s=retry_after_s)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("http.internal_error", method=request.method, path=request.path)
+            log.exception("http.internal_error", method=request.method, route=route_of(request))
             return error_response(Internal())
 
     return errors
 
 
+def route_of(request: web.Request) -> str:
+    """The route template, never the raw path (a client may put anything there, even a key)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
+
 def _log_refusal(request: web.Request, exc: IngressError) -> None:
+    route = route_of(request)
     if isinstance(exc, Unavailable):
-        log.warning("http.unavailable", path=request.path, reason=exc.reason)
+        log.warning("http.unavailable", route=route, reason=exc.reason)
     elif isinstance(exc, Unauthenticated):
         # The reason (malformed, unknown or revoked, overlap ended...) is for operators only.
-        log.info("http.unauthenticated", path=request.path, reason=exc.reason)
+        log.info("http.unauthenticated", route=route, reason=exc.reason)
     elif isinstance(exc, TooManyRequests):
-        log.info("http.limited", path=request.path, reason=exc.reason)
+        log.info("http.limited", route=route, reason=exc.reason)
     else:
-        log.debug("http.refused", path=request.path, code=exc.code)
+        log.debug("http.refused", route=route, code=exc.code)
