@@ -135,12 +135,23 @@ class RedisClusterProcs(_Topology):
 
 
 class RedisSentinelProcs(_Topology):
-    """One master watched by one sentinel (quorum 1), service name ``corem``."""
+    """One master (and ``replicas`` replicas) watched by one sentinel (quorum 1), service
+    name ``corem``."""
 
     service = "corem"
 
+    def __init__(self, *, replicas: int = 0, down_after_ms: int = 5000) -> None:
+        super().__init__()
+        self.replica_count = replicas
+        self.down_after_ms = down_after_ms
+        self.replicas: list[RedisProc] = []
+
     def start(self) -> RedisSentinelProcs:
         self.master = self._server("master")
+        for i in range(self.replica_count):
+            self.replicas.append(
+                self._server(f"replica{i}", "--replicaof", "127.0.0.1", str(self.master.port))
+            )
         port = free_port()
         conf = self.dir / "sentinel.conf"
         conf.write_text(
@@ -148,7 +159,8 @@ class RedisSentinelProcs(_Topology):
             "bind 127.0.0.1\n"
             f"dir {self.dir}\n"
             f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
-            f"sentinel down-after-milliseconds {self.service} 5000\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} 10000\n"
         )
         self.sentinel = self._spawn(
             [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
@@ -161,7 +173,19 @@ class RedisSentinelProcs(_Topology):
             return str(self.master.port).encode() in reply
 
         _wait(knows_master, 15, "the sentinel to know the master")
+        for r in self.replicas:
+
+            def knows_replica(r: RedisProc = r) -> bool:
+                reply = _command(port, "SENTINEL", "replicas", self.service)
+                link = _command(r.port, "INFO", "replication")
+                return str(r.port).encode() in reply and b"master_link_status:up" in link
+
+            _wait(knows_replica, 20, "the sentinel to know the replica")
         return self
+
+    def master_port(self) -> int:
+        reply = _command(self.sentinel.port, "SENTINEL", "get-master-addr-by-name", self.service)
+        return int(reply.split(b"\r\n")[4])
 
     @property
     def url(self) -> str:

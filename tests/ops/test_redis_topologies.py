@@ -205,3 +205,66 @@ async def test_cluster_bus_moves_to_another_node_when_its_node_dies(
 
     await first.services.registry.revoke_api_key(tenant, dev.api_key.key_id, actor=A)
     await _until(lambda: len(orders) == 1, what="the revocation after the node died")
+
+
+@pytest.fixture
+def sentinel_with_replica() -> Iterator[RedisSentinelProcs]:
+    procs = RedisSentinelProcs(replicas=1, down_after_ms=1000)
+    try:
+        yield procs.start()
+    finally:
+        procs.close()
+
+
+async def test_sentinel_failover_is_followed(
+    sentinel_with_replica: RedisSentinelProcs, node_on
+) -> None:  # type: ignore[no-untyped-def]
+    topo = sentinel_with_replica
+    first = await node_on(topo.url)
+    second = await node_on(topo.url)
+    assert first.services is not None and second.services is not None
+    assert second.bus is not None
+    tenant = "t" + uuid.uuid4().hex[:8]
+    dev = await first.services.registry.provision(tenant, "SN-F", CredentialKind.API_KEY, actor=A)
+    assert dev.api_key is not None
+    raw = dev.api_key.api_key
+    ident = await second.services.resolver.resolve_api_key(raw)
+    orders: list[DisconnectOrder] = []
+    second.services.sessions.register(
+        LiveSession("s-f", "mqtt", ident, api_keys.hash_key(raw)), orders.append
+    )
+    # The replica has the device before the master dies (replication is asynchronous).
+    async with asyncio.timeout(10):
+        while b"keys=" not in _command(topo.replicas[0].port, "INFO", "keyspace"):
+            await asyncio.sleep(0.05)
+
+    resyncs = second.bus.resyncs
+    topo.master.stop(kill=True)
+    killed_at = time.monotonic()
+    await _until(
+        lambda: topo.master_port() == topo.replicas[0].port, timeout=30, what="the failover"
+    )
+    promoted_after = time.monotonic() - killed_at
+    await _until(
+        lambda: second.bus.resyncs > resyncs and second.bus.subscribed.is_set(),
+        timeout=30,
+        what="the bus on the new master",
+    )
+    bus_after = time.monotonic() - killed_at
+    async with asyncio.timeout(30):
+        while not all((await first.ready_checks()).values()):
+            await asyncio.sleep(0.1)
+    ready_after = time.monotonic() - killed_at
+    print(
+        f"\nsentinel failover: promoted after {promoted_after:.2f}s, bus re-subscribed after "
+        f"{bus_after:.2f}s, /readyz 200 after {ready_after:.2f}s"
+    )
+    assert second.bus.resync_task is not None
+    await asyncio.wait_for(second.bus.resync_task, 20)
+    assert "s-f" in second.services.sessions.registry  # still valid on the new master
+
+    # Writes and events go through the new master.
+    await first.services.registry.revoke_api_key(tenant, dev.api_key.key_id, actor=A)
+    await _until(lambda: len(orders) == 1, what="the revocation through the new master")
+    with pytest.raises(Unauthenticated):
+        await second.services.resolver.resolve_api_key(raw)
