@@ -3,6 +3,7 @@ every route, audit records, operator-token failures. Real client, node and redis
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -416,3 +417,22 @@ async def test_certificate_with_unparsable_extensions_is_400(api: Api) -> None:
         json={"hardware_id": "hw-y", "credential_kind": "x509", "cert_pem": pem},
     )
     assert provision.status == 400
+
+
+async def test_concurrent_provisioning_makes_one_device_and_one_secret(api: Api) -> None:
+    replies = await asyncio.gather(
+        *(
+            api.request(
+                "POST",
+                D,
+                tenant="acme",
+                json={"hardware_id": "hw-race", "credential_kind": "api_key"},
+            )
+            for _ in range(12)
+        )
+    )
+    assert sorted(r.status for r in replies) == [200] * 11 + [201]
+    assert len({r.body["device_id"] for r in replies}) == 1
+    assert sum("api_key" in r.body for r in replies) == 1
+    listed = await api.request("GET", D, tenant="acme")
+    assert [d["hardware_id"] for d in listed.body["devices"]] == ["hw-race"]
