@@ -9,7 +9,6 @@ a :class:`ConnectionClosed` event.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -67,12 +66,13 @@ class MqttConnection:
         self.state = State.AWAIT_CONNECT
         self._buf = bytearray()
         self._out: list[bytes] = []
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # a deque costs ~700 B even when empty
         self._deadline = now + config.connect_timeout
         self._keepalive = 0.0
         self._last_rx = now
-        self._inflight: set[int] = set()
-        self._awaiting_rel: set[int] = set()
+        # Created on first use: an empty set costs ~200 B per idle connection.
+        self._inflight: set[int] | None = None
+        self._awaiting_rel: set[int] | None = None
         self._next_pid = 1
         self.close_reason: str | None = None
 
@@ -109,7 +109,7 @@ class MqttConnection:
 
     # -- outputs -----------------------------------------------------------------------------
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def data_to_send(self) -> bytes:
         if not self._out:
@@ -145,6 +145,8 @@ class MqttConnection:
         if publish.qos == 1:
             self._out.append(codec.encode_ack(PacketType.PUBACK, publish.packet_id))
         elif publish.qos == 2:
+            if self._awaiting_rel is None:
+                self._awaiting_rel = set()
             self._awaiting_rel.add(publish.packet_id)
             self._out.append(codec.encode_ack(PacketType.PUBREC, publish.packet_id))
 
@@ -159,27 +161,29 @@ class MqttConnection:
         if qos == 0:
             self._out.append(codec.encode_publish(topic, payload, 0))
             return True
+        if self._inflight is None:
+            self._inflight = set()
         if len(self._inflight) >= self._config.max_inflight:
             return False
-        pid = self._allocate_pid()
+        pid = self._allocate_pid(self._inflight)
         self._inflight.add(pid)
         self._out.append(codec.encode_publish(topic, payload, 1, pid))
         return True
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self._inflight) if self._inflight else 0
 
     def close(self, reason: str) -> None:
         """Local close (revocation, shutdown, policy): no further output."""
         self._close(reason, error=False)
 
     # -- internals ---------------------------------------------------------------------------
-    def _allocate_pid(self) -> int:
+    def _allocate_pid(self, inflight: set[int]) -> int:
         for _ in range(65535):
             pid = self._next_pid
             self._next_pid = pid % 65535 + 1
-            if pid not in self._inflight:
+            if pid not in inflight:
                 return pid
         raise RuntimeError("no free packet identifier")  # unreachable: max_inflight < 65535
 
@@ -232,16 +236,18 @@ class MqttConnection:
             self._events.append(ConnectReceived(packet))
             return
         if isinstance(packet, Publish):
-            if packet.qos == 2 and packet.packet_id in self._awaiting_rel:
+            if packet.qos == 2 and self._awaiting_rel and packet.packet_id in self._awaiting_rel:
                 # A re-sent QoS 2 message we already stored: acknowledge, do not store twice.
                 self._out.append(codec.encode_ack(PacketType.PUBREC, packet.packet_id))
                 return
             self._events.append(PublishReceived(packet))
         elif isinstance(packet, Ack):
             if packet.type is PacketType.PUBACK:
-                self._inflight.discard(packet.packet_id)
+                if self._inflight:
+                    self._inflight.discard(packet.packet_id)
             elif packet.type is PacketType.PUBREL:
-                self._awaiting_rel.discard(packet.packet_id)
+                if self._awaiting_rel:
+                    self._awaiting_rel.discard(packet.packet_id)
                 self._out.append(codec.encode_ack(PacketType.PUBCOMP, packet.packet_id))
             else:  # PUBREC/PUBCOMP: we never send QoS 2
                 self._fail(f"unexpected {packet.type.name}")

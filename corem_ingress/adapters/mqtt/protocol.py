@@ -131,6 +131,12 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._flush()
 
     async def _authenticate(self, connect: Connect) -> None:
+        try:
+            await self._authenticate_inner(connect)
+        finally:
+            self._task = None  # an idle connection keeps no finished task
+
+    async def _authenticate_inner(self, connect: Connect) -> None:
         listener = self._listener
         try:
             auth = await authenticate(
