@@ -28,9 +28,11 @@ from corem_ingress.adapters.http.bodies import (
 from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.psk import parse_psk_hex
+from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.registry import IssuedApiKey
 
 T = TypeVar("T")
@@ -45,6 +47,9 @@ PSK_ROTATE = "/api/v1/devices/{device_id}/psk/rotate"
 DEVICE_CERTS = "/api/v1/devices/{device_id}/certs"
 CERTS = "/api/v1/devices/certs"
 CERT = "/api/v1/devices/certs/{fingerprint}"
+LWM2M = "/api/v1/devices/{device_id}/lwm2m"
+#: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
+LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _PROVISION_FIELDS = frozenset(
@@ -82,6 +87,16 @@ class AdminApi:
         self._tokens = tokens
         self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
+        lwm2m = services.config.lwm2m
+        self._lwm2m = OperatorCalls(
+            services.registry,
+            Lwm2mStore(
+                services.redis, services.keys, grace_s=lwm2m.expiry_grace_s, clock=services.clock
+            ),
+            Lwm2mRouter(services.redis, services.keys, clock=services.clock),
+            default_timeout_s=lwm2m.request_timeout_s,
+            clock=services.clock,
+        )
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -97,9 +112,14 @@ class AdminApi:
         r.add_post(PSK_ROTATE, self.rotate_psk)
         r.add_delete(PSK, self.revoke_psk)
         r.add_post(DEVICE_CERTS, self.register_cert)
+        r.add_get(LWM2M, self.lwm2m_registration)
+        for operation in OPERATIONS:
+            r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
 
     # -- plumbing ----------------------------------------------------------------------------
-    async def _operator(self, request: web.Request) -> Operator:
+    async def operator(self, request: web.Request) -> Operator:
+        """The calling operator (throttled, 401 otherwise): the one way into every admin route."""
+
         async def attempt() -> Operator:
             values = request.headers.getall("Authorization", [])
             if len(values) > 1:
@@ -108,7 +128,8 @@ class AdminApi:
 
         return await self._guard.authenticate(request, attempt)
 
-    async def _audited_read(self, op: Operator, action: str, target: str, aw: Awaitable[T]) -> T:
+    async def audited_read(self, op: Operator, action: str, target: str, aw: Awaitable[T]) -> T:
+        """Await a read and write its audit record (outcome OK or the error code)."""
         audit = self._registry._audit  # the registry's own record shape for reads too
         try:
             result = await aw
@@ -120,7 +141,7 @@ class AdminApi:
 
     # -- devices -------------------------------------------------------------------------------
     async def provision(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         doc = parse_json_object(await read_body(request, self._limit), allowed=_PROVISION_FIELDS)
         hardware_id = text_field(doc, "hardware_id", required=True, max_len=128)
         kind_text = text_field(doc, "credential_kind", required=True, max_len=16)
@@ -144,7 +165,7 @@ class AdminApi:
         return _json(result.to_json())
 
     async def get_device(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
 
         async def read() -> dict[str, object]:
@@ -155,10 +176,10 @@ class AdminApi:
             out["credentials"] = [c.to_json(now) for c in creds]
             return out
 
-        return _json(await self._audited_read(op, "devices.get", f"device={device_id}", read()))
+        return _json(await self.audited_read(op, "devices.get", f"device={device_id}", read()))
 
     async def list_devices(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         hardware_id = request.query.get("hardware_id")
         if hardware_id is not None:
             check_hardware_id(hardware_id)
@@ -171,7 +192,7 @@ class AdminApi:
                 return {"devices": [device.to_json()], "next_cursor": None}
 
             target = f"hardware_id={hardware_id}"
-            return _json(await self._audited_read(op, "devices.find", target, find()))
+            return _json(await self.audited_read(op, "devices.find", target, find()))
         limit, cursor = page_params(request)
 
         async def page() -> dict[str, object]:
@@ -180,17 +201,17 @@ class AdminApi:
             )
             return {"devices": [d.to_json() for d in devices], "next_cursor": nxt}
 
-        return _json(await self._audited_read(op, "devices.list", f"cursor={cursor or ''}", page()))
+        return _json(await self.audited_read(op, "devices.list", f"cursor={cursor or ''}", page()))
 
     # -- API keys ------------------------------------------------------------------------------
     async def create_key(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         issued = await self._registry.create_api_key(op.tenant_id, device_id, actor=op.actor)
         return _json(_issued_key(issued), status=201)
 
     async def rotate_key(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         key_id = _key_id(request)
         body = await read_body(request, self._limit)
@@ -202,7 +223,7 @@ class AdminApi:
         return _json(_issued_key(issued))
 
     async def revoke_key(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         key_id = _key_id(request)
         rec = await self._registry.revoke_api_key(
@@ -212,7 +233,7 @@ class AdminApi:
 
     # -- PSKs ----------------------------------------------------------------------------------
     async def rotate_psk(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         body = await read_body(request, self._limit)
         doc = parse_json_object(body, allowed=_PSK_FIELDS, empty_ok=True)
@@ -235,14 +256,14 @@ class AdminApi:
         )
 
     async def revoke_psk(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         rec = await self._registry.revoke_psk(op.tenant_id, device_id, actor=op.actor)
         return _json(rec.to_json(self._s.clock()))
 
     # -- certificates ----------------------------------------------------------------------------
     async def register_cert(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         body = await read_body(request, self._limit)
         pem = self._pem_from_body(request.content_type, body)
@@ -271,13 +292,13 @@ class AdminApi:
             raise InvalidArgument("certificate must be PEM text (UTF-8)") from None
 
     async def revoke_cert(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         fingerprint = check_text(request.match_info["fingerprint"], "fingerprint")
         rec = await self._registry.revoke_cert(op.tenant_id, fingerprint, actor=op.actor)
         return _json(rec.to_json(self._s.clock()))
 
     async def list_certs(self, request: web.Request) -> web.Response:
-        op = await self._operator(request)
+        op = await self.operator(request)
         device_id = request.query.get("device_id")
         if device_id is not None:
             check_text(device_id, "device_id")
@@ -291,4 +312,32 @@ class AdminApi:
             return {"certs": [r.to_json(now) for r in records], "next_cursor": nxt}
 
         target = f"device={device_id or '*'}"
-        return _json(await self._audited_read(op, "certs.list", target, page()))
+        return _json(await self.audited_read(op, "certs.list", target, page()))
+
+    # -- LwM2M -----------------------------------------------------------------------------------
+    async def lwm2m_registration(self, request: web.Request) -> web.Response:
+        op = await self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+
+        async def read() -> dict[str, object]:
+            reg = await self._lwm2m.registration(op.tenant_id, device_id)
+            return reg.to_json()
+
+        return _json(await self._audited_read(op, "lwm2m.get", f"device={device_id}", read()))
+
+    async def lwm2m_call(self, request: web.Request) -> web.Response:
+        """Read / Write / Execute / Observe / Cancel-Observe / Discover on the device."""
+        op = await self._operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        operation = request.path.rsplit("/", 1)[-1]
+        body = await read_body(request, self._limit)
+        params = parse_json_object(body, allowed=PARAM_FIELDS)
+        path = params.get("path")
+        target = f"device={device_id} path={path if isinstance(path, str) else ''}"
+        result = await self._audited_read(
+            op,
+            f"lwm2m.{operation}",
+            target,
+            self._lwm2m.call(op.tenant_id, device_id, operation, params),
+        )
+        return _json(result)
