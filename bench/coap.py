@@ -50,9 +50,9 @@ from corem_ingress.app import redis_client  # noqa: E402
 from corem_ingress.core.identity import CredentialKind  # noqa: E402
 from corem_ingress.core.psk import KeyRing, generate_kek_line  # noqa: E402
 from corem_ingress.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from corem_ingress.sim.dtls_client import Client, cert_context, psk_context  # noqa: E402
 from corem_ingress.store.keys import KeySchema  # noqa: E402
 from corem_ingress.store.registry import Registry  # noqa: E402
-from tests.coap.dtls_client import Client, cert_context, psk_context  # noqa: E402
 
 HOST = "127.0.0.1"
 TICK = os.sysconf("SC_CLK_TCK")

@@ -21,7 +21,7 @@ from corem_ingress.sim.stats import render_table
 SUPPORTED = {
     "http": ("api_key",),
     "mqtt": ("x509", "api_key"),
-    "coap": ("psk",),
+    "coap": ("psk", "x509"),
 }
 
 
@@ -88,6 +88,11 @@ def _device_factory(
                 tls=client_tls_context(target.server_ca),
                 api_key=c.api_key,
             )
+        if transport == "coap" and kind is CredentialKind.X509:
+            from corem_ingress.sim.coap_devices import CoapCertDevice
+
+            assert c.cert_path and c.key_path
+            return CoapCertDevice(name, target, c.cert_path, c.key_path)
         if transport == "coap":
             from corem_ingress.sim.coap_devices import CoapPskDevice
 

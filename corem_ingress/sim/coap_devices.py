@@ -1,8 +1,14 @@
-"""CoAP over DTLS devices: PSK with tinydtls (aiocoap + DTLSSocket, what constrained devices run).
+"""CoAP over DTLS devices.
+
+* ``CoapPskDevice``: PSK with tinydtls (aiocoap + DTLSSocket, what constrained devices run);
+  stock tinydtls caps PSKs at 16 bytes.
+* ``CoapCertDevice``: a device certificate (ECDHE-ECDSA) over OpenSSL, through the
+  in-process DTLS client of ``corem_ingress.sim.dtls_client``;
+  ``CoapOpenSslPskDevice``: PSK over the same OpenSSL client (any PSK length).
 
 Each device holds an Observe on ``/down`` for the life of its session: the
-broker's close_notify (on revocation) ends that observation with an error, which
-is how the device learns its session is gone.
+broker's close_notify (on revocation) ends that session, which is how the device
+learns it is gone (``closed_at``, wall clock, taken when the alert arrives).
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from typing import Any
 
 import aiocoap
-from aiocoap import Code, Message
+from aiocoap import ACK, CON, Code, Message
+from OpenSSL import SSL
 
 from corem_ingress.sim.devices import Target
+from corem_ingress.sim.dtls_client import AsyncDtlsClient, cert_context, psk_context
 from corem_ingress.sim.fleet import DeviceError
 
 _CF_JSON = 50
@@ -127,3 +136,179 @@ class CoapPskDevice:
         if self._ctx is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ctx.shutdown(), timeout=5)
+
+
+#: RFC 7252 4.8 transmission parameters (ACK_RANDOM_FACTOR left out: one device, loopback).
+_ACK_TIMEOUT = 2.0
+_MAX_RETRANSMIT = 4
+
+
+class CoapOpenSslDevice:
+    """CoAP over the in-process OpenSSL DTLS client: CON requests with retransmission,
+    an Observe on ``/down`` (notifications acknowledged), close_notify = end of session."""
+
+    delivers_on_connect = False
+
+    def __init__(self, name: str, target: Target, ctx_factory: Any) -> None:
+        self.name = name
+        self._target = target
+        self._ctx_factory = ctx_factory
+        self._dtls: AsyncDtlsClient | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._waiting: dict[bytes, asyncio.Future[Message]] = {}
+        self._acked: set[int] = set()
+        self._observe_token = b""
+        self._mid = int.from_bytes(os.urandom(2), "big")
+        self._closing = False
+        self.closed = asyncio.Event()
+        self.closed_at: float | None = None
+        self.downlinks: list[bytes] = []
+
+    async def connect(self) -> None:
+        try:
+            ctx: SSL.Context = self._ctx_factory()
+        except (OSError, SSL.Error) as exc:
+            raise DeviceError("tls", exc.__class__.__name__) from None
+        try:
+            self._dtls = await AsyncDtlsClient.connect(
+                ctx, self._target.port, host=self._target.host, timeout=15
+            )
+        except TimeoutError:
+            raise DeviceError("timeout") from None
+        except OSError as exc:
+            raise DeviceError("io", exc.__class__.__name__) from None
+        if not self._dtls.client.done:
+            self._dtls.close()
+            raise DeviceError("refused", "handshake")
+        self._pump = asyncio.ensure_future(self._receive_loop())
+        self._observe_token = os.urandom(4)
+        try:
+            first = await self._request(Code.GET, ("down",), token=self._observe_token, observe=0)
+        except DeviceError:
+            await self.close()
+            raise
+        if not first.code.is_successful():
+            await self.close()
+            raise DeviceError(f"coap_{first.code.dotted}")
+
+    def _next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    async def _request(
+        self,
+        code: Code,
+        path: tuple[str, ...],
+        payload: bytes = b"",
+        *,
+        token: bytes | None = None,
+        observe: int | None = None,
+        content_format: int | None = None,
+    ) -> Message:
+        dtls = self._dtls
+        if dtls is None or self.closed.is_set():
+            raise DeviceError("closed")
+        m = Message(code=code, payload=payload)
+        m.mtype, m.mid, m.token = CON, self._next_mid(), token or os.urandom(4)
+        m.opt.uri_path = path
+        if observe is not None:
+            m.opt.observe = observe
+        if content_format is not None:
+            m.opt.content_format = content_format
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[m.token] = fut
+        data = m.encode()
+        wait = _ACK_TIMEOUT
+        try:
+            for _ in range(_MAX_RETRANSMIT + 1):
+                if self.closed.is_set():
+                    raise DeviceError("closed")
+                dtls.send(data)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), timeout=wait)
+                except TimeoutError:
+                    if m.mid in self._acked:  # separate response coming: stop retransmitting
+                        return await asyncio.wait_for(fut, timeout=15)
+                    wait *= 2
+            raise DeviceError("timeout")
+        except TimeoutError:
+            raise DeviceError("timeout") from None
+        except ConnectionError:
+            raise DeviceError("closed") from None
+        finally:
+            self._waiting.pop(m.token, None)
+            self._acked.discard(m.mid)
+
+    async def _receive_loop(self) -> None:
+        dtls = self._dtls
+        assert dtls is not None
+        try:
+            while True:
+                try:
+                    data = await dtls.recv(timeout=3600)
+                except TimeoutError:
+                    continue
+                self._on_message(data)
+        except ConnectionError:
+            pass  # close_notify (client.closed) or a fatal alert (client.failed)
+        finally:
+            if not self.closed.is_set():
+                if not self._closing:
+                    self.closed_at = time.time()
+                self.closed.set()
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("closed"))
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            m = Message.decode(data)
+        except Exception:  # a datagram it cannot parse: ignored, as a device would
+            return
+        if m.mtype == CON and self._dtls is not None:
+            ack = Message(code=Code.EMPTY)
+            ack.mtype, ack.mid = ACK, m.mid
+            self._dtls.send(ack.encode())
+        if m.code == Code.EMPTY:
+            if m.mtype == ACK:
+                self._acked.add(m.mid)
+            return
+        fut = self._waiting.get(m.token)
+        if fut is not None and not fut.done():
+            fut.set_result(m)
+        elif m.token == self._observe_token and m.opt.observe is not None:
+            self.downlinks.append(m.payload)
+
+    async def send(self, seq: int) -> None:
+        payload = json.dumps({"seq": seq, "t": time.time()}).encode()
+        response = await self._request(
+            Code.POST, ("up", "telemetry"), payload, content_format=_CF_JSON
+        )
+        if response.code != Code.CHANGED:
+            raise DeviceError(f"coap_{response.code.dotted}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._dtls is not None:
+            self._dtls.close()  # close_notify unless the server already sent one
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        if not self.closed.is_set():
+            self.closed.set()
+
+
+class CoapCertDevice(CoapOpenSslDevice):
+    """A device certificate from the simulator's CA; the server's chain checked against
+    ``target.server_ca``."""
+
+    def __init__(self, name: str, target: Target, cert_path: str, key_path: str) -> None:
+        super().__init__(name, target, lambda: cert_context(cert_path, key_path, target.server_ca))
+
+
+class CoapOpenSslPskDevice(CoapOpenSslDevice):
+    """PSK over OpenSSL: no 16-byte cap (the broker's default 32-byte PSKs work)."""
+
+    def __init__(self, name: str, target: Target, psk_identity: str, psk: bytes) -> None:
+        super().__init__(name, target, lambda: psk_context(psk_identity.encode(), psk))

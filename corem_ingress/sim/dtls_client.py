@@ -1,4 +1,10 @@
-"""An in-process pyOpenSSL DTLS 1.2 client (memory BIOs) for fast tests and the bench."""
+"""An in-process pyOpenSSL DTLS 1.2 client (memory BIOs): the simulator's OpenSSL device side.
+
+``Client`` is sans-I/O (feed datagrams in, take datagrams out); ``AsyncDtlsClient``
+runs it over a real UDP socket with DTLS retransmission. The CoAP certificate
+devices of ``corem-ingress simulate``, the tests and bench/ (coap, scale) use it.
+A close_notify from the server shows as ``client.closed``.
+"""
 
 from __future__ import annotations
 
@@ -114,16 +120,28 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
 
     @classmethod
     async def connect(
-        cls, ctx: SSL.Context, port: int, *, timeout: float = 15.0
+        cls,
+        ctx: SSL.Context,
+        port: int,
+        *,
+        timeout: float = 15.0,  # noqa: ASYNC109
+        host: str = "127.0.0.1",
     ) -> AsyncDtlsClient:
+        """Handshake; returns with ``client.done`` or ``client.failed`` set (check them).
+
+        On a timeout the socket is closed before ``TimeoutError`` propagates."""
         loop = asyncio.get_running_loop()
         self = cls(ctx)
-        await loop.create_datagram_endpoint(lambda: self, remote_addr=("127.0.0.1", port))
+        await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
         self._send(self.client.start())
         self._arm()
-        async with asyncio.timeout(timeout):
-            while not (self.client.done or self.client.failed or self.client.closed):
-                await self.wait_change()
+        try:
+            async with asyncio.timeout(timeout):
+                while not (self.client.done or self.client.failed or self.client.closed):
+                    await self.wait_change()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -165,7 +183,7 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
     def send(self, data: bytes) -> None:
         self._send(self.client.send(data))
 
-    async def recv(self, timeout: float = 15.0) -> bytes:
+    async def recv(self, timeout: float = 15.0) -> bytes:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             while not self.client.received:
                 if self.client.closed or self.client.failed:
@@ -173,7 +191,7 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
                 await self.wait_change()
         return self.client.received.pop(0)
 
-    async def wait_closed(self, timeout: float = 15.0) -> None:
+    async def wait_closed(self, timeout: float = 15.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             while not (self.client.closed or self.client.failed):
                 await self.wait_change()

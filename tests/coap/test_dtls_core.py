@@ -23,7 +23,7 @@ from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.errors import Unauthenticated
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
-from tests.coap.dtls_client import Client, cert_context, psk_context
+from corem_ingress.sim.dtls_client import Client, cert_context, psk_context
 
 KEY = b"k" * 32
 NOW = 1_800_000_000.0

@@ -18,6 +18,7 @@ from corem_ingress.app import Node, redis_client
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.psk import KeyRing
 from corem_ingress.embedded_redis import EmbeddedRedis, free_port
+from corem_ingress.sim.dtls_client import AsyncDtlsClient, psk_context
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from tests.coap.conftest import (
@@ -31,7 +32,6 @@ from tests.coap.conftest import (
     run_client,
     url,
 )
-from tests.coap.dtls_client import AsyncDtlsClient, psk_context
 from tests.conftest import KEK_LINE, make_config
 
 _mids = iter(range(1, 60_000))

@@ -92,7 +92,13 @@ async def stored_per_device(redis: aioredis.Redis) -> dict[str, int]:
 
 @pytest.mark.parametrize(
     ("transport", "credential"),
-    [("http", "api_key"), ("mqtt", "x509"), ("mqtt", "api_key"), ("coap", "psk")],
+    [
+        ("http", "api_key"),
+        ("mqtt", "x509"),
+        ("mqtt", "api_key"),
+        ("coap", "psk"),
+        ("coap", "x509"),
+    ],
 )
 async def test_fleet_run_with_revocations(
     broker: dict[str, Any],
