@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from corem_ingress.embedded_redis import free_port
 from tests.conftest import KEK_LINE
 from tests.mqtt.conftest import (
     MOSQUITTO_PUB,
@@ -33,7 +32,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def second_node(redis_url: str, pki: Pki, tmp_path) -> AsyncIterator[int]:  # type: ignore[no-untyped-def]
     """``python -m corem_ingress serve`` with only MQTT enabled; yields its MQTT port."""
-    port = free_port()
     env = {
         **os.environ,
         "COREM_REDIS_URL": redis_url,
@@ -44,7 +42,7 @@ async def second_node(redis_url: str, pki: Pki, tmp_path) -> AsyncIterator[int]:
         "COREM_HEALTH_PORT": "0",
         "COREM_HTTP_ENABLED": "false",
         "COREM_COAP_ENABLED": "false",
-        "COREM_MQTT_PORT": str(port),
+        "COREM_MQTT_PORT": "0",  # the OS picks; read back from the node's log
         "COREM_MQTT_CLIENT_AUTH": "optional",
         "COREM_MQTT_SERVER_CERT": str(pki.server_cert),
         "COREM_MQTT_SERVER_KEY": str(pki.server_key),
@@ -57,10 +55,15 @@ async def second_node(redis_url: str, pki: Pki, tmp_path) -> AsyncIterator[int]:
     try:
         async with asyncio.timeout(30):
             while True:
-                assert proc.poll() is None, (tmp_path / "node-b.log").read_text()
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                text = (tmp_path / "node-b.log").read_text(errors="replace")
+                assert proc.poll() is None, text
+                found = re.search(r"mqtt\.listening .*port=(\d+)", text)
+                if found:
+                    port = int(found.group(1))
                     break
                 await asyncio.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
         yield port
     finally:
         proc.terminate()
