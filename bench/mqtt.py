@@ -351,7 +351,7 @@ def started(items: list[Broker | EmbeddedRedis]) -> Iterator[None]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--connects", type=int, default=2000)
-    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--idle", default="1000,10000")
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--only", choices=["corem_ingress", "mosquitto"], default=None)
