@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything corem_ingress needs on a fresh Debian machine (run as root or with sudo):
 # system packages for the broker, the real peers the tests use, and the toolchain that
-# DTLSSocket (tinydtls) compiles with; then a virtualenv with the package and its dev extra.
+# DTLSSocket (tinydtls) compiles with; then a virtualenv with the package, its dev extra and
+# its bench extra (matplotlib, for `make bench`'s plots; the tests do not need it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +35,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip wheel setuptools
-.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/pip install -q -e '.[dev,bench]'
 echo "install-deps: done"
