@@ -132,7 +132,7 @@ class Resolver:
             return cached
         try:
             raw = await self._r.get(self._keys.lookup(kind, lookup))
-        except redis.exceptions.RedisError as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed.
             metrics.redis_error("resolver")
             log.warning("resolver.redis_unreachable", kind=kind.value, error=str(exc))

@@ -24,11 +24,22 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+
+#: Errors that mean "Redis cannot serve this now" (fail closed, try later), cluster ones included:
+#: CLUSTERDOWN, TRYAGAIN, a slot no node covers (not even a RedisError in redis-py).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+)
 
 SENTINEL = "redis+sentinel"
 CLUSTER = "redis+cluster"

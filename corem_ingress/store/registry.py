@@ -38,6 +38,7 @@ from corem_ingress.core.identity import (
     check_tenant_id,
     new_device_id,
 )
+from corem_ingress.store.connection import UNAVAILABLE_ERRORS
 from corem_ingress.store.keys import KeySchema
 
 T = TypeVar("T")
@@ -191,17 +192,27 @@ class Registry:
             result = await op()
         except IngressError as exc:
             metrics.credential_operation(action, exc.code)
-            if isinstance(exc, Unavailable):
-                metrics.redis_error("registry")
             await self._audit(actor, tenant_id, action, target, exc.code)
             raise
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             metrics.credential_operation(action, Unavailable.code)
             metrics.redis_error("registry")
             raise Unavailable("registry storage is unreachable", reason=str(exc)) from None
         metrics.credential_operation(action, "OK")
         await self._audit(actor, tenant_id, action, target, "OK")
         return result
+
+    async def _eval(self, script: Any, *, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, or EVAL when the server lacks the script.
+
+        Both are routed by the keys, so on a cluster only the node serving the slot is asked;
+        redis-py's own fallback would SCRIPT LOAD on every master, which fails while one of
+        them is down (docs/reliability.md).
+        """
+        try:
+            return await self._r.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await self._r.eval(script.script, len(keys), *keys, *args)
 
     async def _audit(
         self, actor: str, tenant_id: str, action: str, target: str, outcome: str
@@ -330,7 +341,8 @@ class Registry:
             if cred
             else ""
         )
-        status, value = await self._provision(
+        status, value = await self._eval(
+            self._provision,
             keys=[
                 k.hardware(tenant_id, hardware_id),
                 k.device(device_id),
@@ -451,7 +463,8 @@ class Registry:
     async def _wrap(self, aw: Awaitable[T]) -> T:
         try:
             return await aw
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except UNAVAILABLE_ERRORS as exc:
+            metrics.redis_error("registry")
             raise Unavailable("registry storage is unreachable", reason=str(exc)) from None
 
     @staticmethod
@@ -774,7 +787,8 @@ class Registry:
         unique_record: bool,
     ) -> None:
         k = self.keys
-        status = await self._add(
+        status = await self._eval(
+            self._add,
             keys=[
                 k.device(device_id),
                 k.lookup(kind, lookup),
@@ -831,7 +845,8 @@ class Registry:
             )
             old_value = _lookup_value(tenant_id, device_id, old.credential_id, x=expires_at)
             expires_ms = str(max(1, math.ceil(expires_at * 1000)))
-        status = await self._rotate(
+        status = await self._eval(
+            self._rotate,
             keys=[
                 k.device(device_id),
                 k.lookup(kind, new_lookup),
@@ -864,7 +879,8 @@ class Registry:
     async def _revoke_credential(self, rec: CredentialRecord) -> CredentialRecord:
         k = self.keys
         now = self._clock()
-        status = await self._revoke(
+        status = await self._eval(
+            self._revoke,
             keys=[
                 k.credential(rec.credential_id),
                 k.lookup(rec.kind, rec.lookup),

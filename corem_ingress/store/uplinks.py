@@ -33,7 +33,7 @@ class UplinkStore:
                 maxlen=self._maxlen,
                 approximate=True,
             )
-        except redis.exceptions.RedisError as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             metrics.uplink_failed(uplink.transport.value)
             raise Unavailable("uplink storage is unavailable", reason=str(exc)) from None
         metrics.uplink_appended(uplink.transport.value, time.perf_counter() - started)
