@@ -275,3 +275,26 @@ async def test_registry_runs_its_scripts_after_a_script_flush(registry, redis) -
     await redis.script_flush()
     rec = await registry.revoke_api_key("flush", out.api_key.key_id, actor=A)
     assert rec.status == "revoked"
+
+
+async def test_cluster_psk_reseal_under_a_new_kek(
+    redis_cluster: RedisClusterProcs, node_on
+) -> None:  # type: ignore[no-untyped-def]
+    """KEK rotation on a cluster: SCAN walks every master, WATCH/MULTI in the registry slot."""
+    from corem_ingress.core.psk import KeyRing, generate_kek_line
+    from corem_ingress.store.registry import Registry
+    from tests.conftest import KEK_LINE
+
+    node = await node_on(redis_cluster.url)
+    s = node.services
+    tenant = "t" + uuid.uuid4().hex[:8]
+    out = await s.registry.provision(tenant, "SN-K", CredentialKind.PSK, actor=A)
+    assert out.psk is not None
+    ring = KeyRing.parse(generate_kek_line("k2") + "\n" + KEK_LINE)
+    rotated = Registry(s.redis, s.keys, keyring=ring, api_key_overlap=1, api_key_overlap_max=1)
+    assert await rotated.reseal_psks(actor=A) >= 1
+    raw = await s.redis.get(s.keys.lookup(CredentialKind.PSK, out.psk.psk_identity))
+    assert '"kid":"k2"' in raw
+    s.resolver.drop_cache()
+    with pytest.raises(Unauthenticated):  # the old ring alone cannot open it any more
+        await s.resolver.resolve_psk(out.psk.psk_identity)
