@@ -146,6 +146,7 @@ class Node:
                 max_per_tenant=cfg.limits.per_tenant_max_connections
             ),
         )
+        metrics.track(throttle=self.services.throttle)
         self.bus = RevocationBus(
             redis,
             keys.bus_channel,
@@ -228,7 +229,11 @@ class Node:
         if self._health_runner is not None:
             await self._health_runner.cleanup()
         if self.services is not None:
-            metrics.untrack(resolver=self.services.resolver, hub=self.services.sessions)
+            metrics.untrack(
+                resolver=self.services.resolver,
+                hub=self.services.sessions,
+                throttle=self.services.throttle,
+            )
             await self.services.redis.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.close)

@@ -37,6 +37,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from corem_ingress.core.throttle import AuthThrottle
     from corem_ingress.resolver import Resolver
     from corem_ingress.session_hub import SessionHub
 
@@ -303,6 +304,7 @@ class _NodeCollector(Collector):
     def __init__(self) -> None:
         self.resolvers: weakref.WeakSet[Resolver] = weakref.WeakSet()
         self.hubs: weakref.WeakSet[SessionHub] = weakref.WeakSet()
+        self.throttles: weakref.WeakSet[AuthThrottle] = weakref.WeakSet()
 
     def collect(self) -> Iterator[Metric]:
         resolvers = list(self.resolvers)
@@ -336,25 +338,50 @@ class _NodeCollector(Collector):
         for (transport, tenant), n in sorted(tally.items()):
             live.add_metric([transport, tenant], n)
         yield live
+        throttles = list(self.throttles)
+        yield CounterMetricFamily(
+            "corem_auth_throttle_blocks",
+            "Source addresses blocked by the failed-authentication throttle (each block).",
+            value=sum(t.blocks for t in throttles),
+        )
+        yield GaugeMetricFamily(
+            "corem_auth_throttle_sources",
+            "Source addresses the throttle currently tracks (bounded by limits.auth_max_sources).",
+            value=sum(len(t) for t in throttles),
+        )
 
 
 _node_collector = _NodeCollector()
 REGISTRY.register(_node_collector)
 
 
-def track(*, resolver: Resolver | None = None, hub: SessionHub | None = None) -> None:
-    """Report this resolver's cache and this hub's live sessions (app.Node does it)."""
+def track(
+    *,
+    resolver: Resolver | None = None,
+    hub: SessionHub | None = None,
+    throttle: AuthThrottle | None = None,
+) -> None:
+    """Report this resolver's cache, hub's live sessions, throttle's blocks (app.Node does it)."""
     if resolver is not None:
         _node_collector.resolvers.add(resolver)
     if hub is not None:
         _node_collector.hubs.add(hub)
+    if throttle is not None:
+        _node_collector.throttles.add(throttle)
 
 
-def untrack(*, resolver: Resolver | None = None, hub: SessionHub | None = None) -> None:
+def untrack(
+    *,
+    resolver: Resolver | None = None,
+    hub: SessionHub | None = None,
+    throttle: AuthThrottle | None = None,
+) -> None:
     if resolver is not None:
         _node_collector.resolvers.discard(resolver)
     if hub is not None:
         _node_collector.hubs.discard(hub)
+    if throttle is not None:
+        _node_collector.throttles.discard(throttle)
 
 
 def exposition() -> bytes:

@@ -36,7 +36,7 @@ from corem_ingress.adapters.http import openapi
 
 from .conftest import Api
 
-EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30}
+EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
 POSITIVE_CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -101,6 +101,17 @@ async def test_metrics_move_after_provision_resolve_revoke_uplink(start_node) ->
     assert d("corem_uplinks_total", transport="http", outcome="ok") == 1
     assert d("corem_uplink_append_seconds_count", transport="http") == 1
 
+    # The throttle shared by the node's listeners reports its blocks.
+    for now in range(s.throttle.max_failures):
+        s.throttle.failure("192.0.2.7", float(now))
+    throttled = await scrape(node)
+    assert (
+        value(throttled, "corem_auth_throttle_blocks_total")
+        - value(after, "corem_auth_throttle_blocks_total")
+        == 1
+    )
+    assert value(throttled, "corem_auth_throttle_sources") >= 1
+
     # Health endpoints are unchanged next to /metrics.
     async with aiohttp.ClientSession() as http:
         for path, status in (("/healthz", 200), ("/readyz", 200)):
