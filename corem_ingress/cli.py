@@ -305,6 +305,51 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
+def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    """An LwM2M operation on a registered device, routed to the node holding its session."""
+    params: dict[str, Any] = {}
+    if args.operation != "registration":
+        params["path"] = args.path
+        if args.timeout is not None:
+            params["timeout_s"] = args.timeout
+    if getattr(args, "accept", None) is not None:
+        params["accept"] = args.accept
+    if getattr(args, "args", None):
+        params["args"] = args.args
+    if args.operation == "write":
+        try:
+            values = json.loads(args.values)
+        except ValueError:
+            raise CliError("--values is not valid JSON") from None
+        params["values"] = values if isinstance(values, list) else [values]
+        params["replace"] = not args.partial
+
+    async def op(reg: Any) -> object:
+        from corem_ingress.adapters.lwm2m.operator import OperatorCalls
+        from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+
+        cfg = _load_config(args)
+        calls = OperatorCalls(
+            reg,
+            Lwm2mStore(reg._r, reg.keys, grace_s=cfg.lwm2m.expiry_grace_s),
+            Lwm2mRouter(reg._r, reg.keys),
+            default_timeout_s=cfg.lwm2m.request_timeout_s,
+        )
+        target = f"device={args.device}"
+        try:
+            if args.operation == "registration":
+                result: object = (await calls.registration(args.tenant, args.device)).to_json()
+            else:
+                result = await calls.call(args.tenant, args.device, args.operation, params)
+        except IngressError as exc:
+            await reg._audit(_actor(), args.tenant, f"lwm2m.{args.operation}", target, exc.code)
+            raise
+        await reg._audit(_actor(), args.tenant, f"lwm2m.{args.operation}", target, "OK")
+        return result
+
+    return op
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     """Follow a tenant's uplink stream: one JSON object per line, as messages arrive."""
     from corem_ingress.core.identity import check_device_id, check_tenant_id
@@ -496,6 +541,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="the payload is JSON, not text")
     sp.add_argument("--qos", type=int, choices=[0, 1], default=1)
     sp.set_defaults(func=_registry_command(_downlink))
+
+    lwm2m = sub.add_parser(
+        "lwm2m", help="LwM2M operations on a registered device (via its session's node)"
+    ).add_subparsers(dest="operation", required=True, parser_class=_Parser)
+    sp = lwm2m.add_parser("registration", parents=[common], help="the device's registration")
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.set_defaults(func=_registry_command(_lwm2m))
+    for name, text in (
+        ("read", "read a resource, instance or object"),
+        ("write", "write values (--values JSON)"),
+        ("execute", "execute a resource"),
+        ("observe", "observe a path (notifications become uplinks)"),
+        ("cancel-observe", "cancel an observation"),
+        ("discover", "discover what is under a path"),
+    ):
+        sp = lwm2m.add_parser(name, parents=[common], help=text)
+        tenant(sp)
+        sp.add_argument("--device", required=True)
+        sp.add_argument("--path", required=True, help="e.g. /3/0/0")
+        sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
+        if name in ("read", "observe", "cancel-observe"):
+            sp.add_argument("--accept", type=int, help="content format to ask for")
+        if name == "execute":
+            sp.add_argument("--args", help="arguments, e.g. 0='x',1")
+        if name == "write":
+            sp.add_argument(
+                "--values",
+                required=True,
+                help='JSON: [{"path": "/1/0/1", "value": 60}] (type optional for known resources)',
+            )
+            sp.add_argument("--partial", action="store_true", help="partial update (POST)")
+        sp.set_defaults(func=_registry_command(_lwm2m))
 
     sp = sub.add_parser(
         "tail", parents=[common], help="follow a tenant's uplinks (JSON lines) as they arrive"

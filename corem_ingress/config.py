@@ -223,6 +223,63 @@ class CoapConfig:
 
 
 @dataclass
+class Lwm2mConfig:
+    """LwM2M 1.1 server (1.0 clients accepted) on the CoAP/DTLS listener (docs/lwm2m.md)."""
+
+    #: Mount /rd and /dp on the CoAP listener (needs coap.enabled).
+    enabled: bool = True
+    #: What a registration's endpoint name must equal for the device the DTLS credential
+    #: resolved to: hardware_id or device_id. Otherwise 4.03 and nothing is stored.
+    endpoint_binding: str = "hardware_id"
+    #: DEV ONLY: accept registrations without a DTLS credential (NoSec). Off in production.
+    allow_nosec: bool = False
+    #: Accepted registration lifetimes (seconds); a Register/Update outside them gets 4.00.
+    min_lifetime_s: int = 1
+    #: Longest accepted registration lifetime (seconds).
+    max_lifetime_s: int = 2**32 - 1
+    #: Seconds a registration is kept in Redis past its lifetime (then Redis drops it).
+    expiry_grace_s: int = 30
+    #: Object paths observed after every registration (those the client announced).
+    observe_paths: list[str] = field(default_factory=lambda: ["/3/0", "/3303"])
+    #: Per-tenant override of observe_paths: tenant id -> comma-separated paths ("" : none).
+    tenant_observe_paths: dict[str, str] = field(default_factory=dict)
+    #: How long an operator's Read/Write/Execute/... waits for the device's answer.
+    request_timeout_s: float = 10.0
+
+    def paths_for(self, tenant_id: str) -> list[str]:
+        """The paths to observe for a tenant's devices."""
+        override = self.tenant_observe_paths.get(tenant_id)
+        if override is None:
+            return list(self.observe_paths)
+        return [p.strip() for p in override.split(",") if p.strip()]
+
+    def validate(self) -> None:
+        _check(
+            self.endpoint_binding in ("hardware_id", "device_id"),
+            "lwm2m.endpoint_binding",
+            "must be hardware_id or device_id",
+        )
+        _check(
+            1 <= self.min_lifetime_s <= self.max_lifetime_s,
+            "lwm2m.min_lifetime_s",
+            "need 1 <= min_lifetime_s <= max_lifetime_s",
+        )
+        _check(self.expiry_grace_s >= 0, "lwm2m.expiry_grace_s", "must be >= 0")
+        _check(self.request_timeout_s > 0, "lwm2m.request_timeout_s", "must be > 0")
+        from corem_ingress.adapters.lwm2m.model import Lwm2mPath
+        from corem_ingress.core.errors import InvalidArgument
+
+        for tenant in ["", *self.tenant_observe_paths]:
+            for text in self.paths_for(tenant) if tenant else self.observe_paths:
+                try:
+                    ok = Lwm2mPath.parse(text).level >= 1
+                except InvalidArgument:
+                    ok = False
+                key = f"lwm2m.tenant_observe_paths.{tenant}" if tenant else "lwm2m.observe_paths"
+                _check(ok, key, f"{text!r} is not an LwM2M object/instance/resource path")
+
+
+@dataclass
 class LimitsConfig:
     """Abuse limits; each refusal is protocol-appropriate and counted (docs/operations.md)."""
 
@@ -289,6 +346,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     coap: CoapConfig = field(default_factory=CoapConfig)
+    lwm2m: Lwm2mConfig = field(default_factory=Lwm2mConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 

@@ -16,4 +16,9 @@ __all__ = ["CoapEndpoint", "CoapListener", "build"]
 def build(services: Services) -> Listener | None:
     if not services.config.coap.enabled:
         return None
-    return CoapListener(services)
+    listener = CoapListener(services)
+    if services.config.lwm2m.enabled:
+        from corem_ingress.adapters.lwm2m.server import Lwm2mServer
+
+        listener.lwm2m = Lwm2mServer(services, listener)
+    return listener

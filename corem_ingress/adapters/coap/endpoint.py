@@ -56,6 +56,8 @@ class _PeerState:
     outstanding: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     #: Our outstanding requests: token -> future of the response.
     requests: dict[bytes, asyncio.Future[Message]] = field(default_factory=dict)
+    #: Our Observe registrations at the peer: token -> called with each later notification.
+    observers: dict[bytes, Callable[[Message], None]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -207,10 +209,20 @@ class CoapEndpoint:
         self, addr: Address, state: _PeerState, msg: Message, *, piggybacked: bool = False
     ) -> None:
         rfut = state.requests.pop(msg.token, None)
+        observer = state.observers.get(msg.token)
+        if rfut is None and observer is None and not piggybacked and msg.mtype != ACK:
+            # A notification for an observation we do not hold: RST ends it (RFC 7641 3.6).
+            self._send_reply(addr, RST, msg.mid, Message(code=Code.EMPTY))
+            return
         if not piggybacked and msg.mtype == CON:
             self._send_reply(addr, ACK, msg.mid, Message(code=Code.EMPTY))
         if rfut is not None and not rfut.done():
             rfut.set_result(msg)
+        elif observer is not None:
+            try:
+                observer(msg)
+            except Exception:
+                log.exception("coap.observer_failed")
 
     # -- output ----------------------------------------------------------------------------
     async def _transmit_confirmable(self, addr: Address, msg: Message, token: bytes) -> bool:
@@ -247,12 +259,25 @@ class CoapEndpoint:
         return self._send(addr, msg.encode())
 
     async def request(
-        self, addr: Address, msg: Message, *, response_timeout: float = 30.0
+        self,
+        addr: Address,
+        msg: Message,
+        *,
+        response_timeout: float = 30.0,
+        token: bytes | None = None,
+        on_notification: Callable[[Message], None] | None = None,
     ) -> Message:
-        """A server-initiated confirmable request; returns the peer's response."""
+        """A server-initiated confirmable request; returns the peer's response.
+
+        ``on_notification``: the request is an Observe registration; each later response
+        with its token (a notification) is passed to it until ``stop_observing``.
+        ``token``: reuse a token (a Cancel-Observe must carry the observation's).
+        """
         state = self._peers.setdefault(addr, _PeerState())
-        token = self.new_token()
+        token = self.new_token() if token is None else token
         msg.token = token
+        if on_notification is not None:
+            state.observers[token] = on_notification
         loop = asyncio.get_running_loop()
         rfut: asyncio.Future[Message] = loop.create_future()
         state.requests[token] = rfut
@@ -261,8 +286,18 @@ class CoapEndpoint:
             if not acked and not rfut.done():
                 raise TimeoutError("no acknowledgement from peer")
             return await asyncio.wait_for(rfut, response_timeout)
+        except BaseException:
+            if on_notification is not None:
+                state.observers.pop(token, None)
+            raise
         finally:
             state.requests.pop(token, None)
+
+    def stop_observing(self, addr: Address, token: bytes) -> None:
+        """Forget an observation: later notifications with ``token`` get a RST."""
+        state = self._peers.get(addr)
+        if state is not None:
+            state.observers.pop(token, None)
 
 
 def error_response(coap_code: str, payload: bytes = b"") -> Message:

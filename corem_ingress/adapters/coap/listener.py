@@ -27,6 +27,7 @@ from corem_ingress.core.uplink import Transport
 
 if TYPE_CHECKING:
     from corem_ingress.adapters import Services
+    from corem_ingress.adapters.lwm2m.server import Lwm2mServer
 
 log = structlog.get_logger("corem.coap")
 
@@ -48,6 +49,8 @@ class CoapListener:
         self.mounts: dict[str, MountedHandler] = {}
         #: Called with (session, started: bool) when a DTLS session starts or ends.
         self.session_hooks: list[Callable[[DeviceSession, bool], None]] = []
+        #: The LwM2M server mounted on this listener (``lwm2m.enabled``), set by ``build``.
+        self.lwm2m: Lwm2mServer | None = None
         self.dtls_server = DtlsServer(
             cert_file=cfg.server_cert or None,
             key_file=cfg.server_key or None,
@@ -86,6 +89,8 @@ class CoapListener:
         log.info("coap.listening", host=cfg.host, port=self.port)
 
     async def stop(self, deadline: float) -> None:
+        if self.lwm2m is not None:
+            await self.lwm2m.stop()
         for addr in list(self.sessions):
             self.transport.close(addr, "broker shutting down")
         self.transport.close_transport()
@@ -153,10 +158,23 @@ class CoapListener:
         self.mounts[first_segment] = handler
 
     async def request(
-        self, addr: Address, msg: Message, *, response_timeout: float = 30.0
+        self,
+        addr: Address,
+        msg: Message,
+        *,
+        response_timeout: float = 30.0,
+        token: bytes | None = None,
+        on_notification: Callable[[Message], None] | None = None,
     ) -> Message:
-        """A server-initiated CoAP request to the peer over its DTLS session."""
-        return await self.endpoint.request(addr, msg, response_timeout=response_timeout)
+        """A server-initiated CoAP request to the peer over its DTLS session (an Observe
+        registration with ``on_notification``; see ``CoapEndpoint.request``)."""
+        return await self.endpoint.request(
+            addr,
+            msg,
+            response_timeout=response_timeout,
+            token=token,
+            on_notification=on_notification,
+        )
 
     def close_session(self, addr: Address, reason: str = "closed by server") -> bool:
         """close_notify and forget this peer's DTLS session."""

@@ -28,9 +28,11 @@ from corem_ingress.adapters.http.bodies import (
 from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.psk import parse_psk_hex
+from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.registry import IssuedApiKey
 
 T = TypeVar("T")
@@ -45,6 +47,9 @@ PSK_ROTATE = "/api/v1/devices/{device_id}/psk/rotate"
 DEVICE_CERTS = "/api/v1/devices/{device_id}/certs"
 CERTS = "/api/v1/devices/certs"
 CERT = "/api/v1/devices/certs/{fingerprint}"
+LWM2M = "/api/v1/devices/{device_id}/lwm2m"
+#: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
+LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _PROVISION_FIELDS = frozenset(
@@ -82,6 +87,16 @@ class AdminApi:
         self._tokens = tokens
         self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
+        lwm2m = services.config.lwm2m
+        self._lwm2m = OperatorCalls(
+            services.registry,
+            Lwm2mStore(
+                services.redis, services.keys, grace_s=lwm2m.expiry_grace_s, clock=services.clock
+            ),
+            Lwm2mRouter(services.redis, services.keys, clock=services.clock),
+            default_timeout_s=lwm2m.request_timeout_s,
+            clock=services.clock,
+        )
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -97,6 +112,9 @@ class AdminApi:
         r.add_post(PSK_ROTATE, self.rotate_psk)
         r.add_delete(PSK, self.revoke_psk)
         r.add_post(DEVICE_CERTS, self.register_cert)
+        r.add_get(LWM2M, self.lwm2m_registration)
+        for operation in OPERATIONS:
+            r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
 
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:
@@ -295,3 +313,31 @@ class AdminApi:
 
         target = f"device={device_id or '*'}"
         return _json(await self.audited_read(op, "certs.list", target, page()))
+
+    # -- LwM2M -----------------------------------------------------------------------------------
+    async def lwm2m_registration(self, request: web.Request) -> web.Response:
+        op = await self.operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+
+        async def read() -> dict[str, object]:
+            reg = await self._lwm2m.registration(op.tenant_id, device_id)
+            return reg.to_json()
+
+        return _json(await self.audited_read(op, "lwm2m.get", f"device={device_id}", read()))
+
+    async def lwm2m_call(self, request: web.Request) -> web.Response:
+        """Read / Write / Execute / Observe / Cancel-Observe / Discover on the device."""
+        op = await self.operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        operation = request.path.rsplit("/", 1)[-1]
+        body = await read_body(request, self._limit)
+        params = parse_json_object(body, allowed=PARAM_FIELDS)
+        path = params.get("path")
+        target = f"device={device_id} path={path if isinstance(path, str) else ''}"
+        result = await self.audited_read(
+            op,
+            f"lwm2m.{operation}",
+            target,
+            self._lwm2m.call(op.tenant_id, device_id, operation, params),
+        )
+        return _json(result)

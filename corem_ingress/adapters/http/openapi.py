@@ -53,6 +53,7 @@ def _errors(*statuses: int) -> Json:
         401: "Unauthorized",
         403: "Forbidden",
         404: "NotFound",
+        405: "MethodNotAllowed",
         409: "Conflict",
         412: "PreconditionFailed",
         413: "PayloadTooLarge",
@@ -103,6 +104,14 @@ _CURSOR = _query_param(
 _ADMIN: list[Json] = [{"operatorBearer": []}]
 _ADMIN_TAG = ["admin"]
 _ADMIN_ERRORS = (400, 401, 404, 429, 503)
+_LWM2M_OPERATIONS = {
+    "read": "Read a resource, instance or object (the device's values, decoded).",
+    "write": "Write values (PUT replace, or POST partial update with replace=false).",
+    "execute": "Execute a resource (optional arguments).",
+    "observe": "Observe a path: the first value is returned, later notifications are uplinks.",
+    "cancel-observe": "Cancel an observation (the device answers with the current value).",
+    "discover": "Discover the attributes and resources under a path (links).",
+}
 
 
 def _schemas() -> Json:
@@ -278,6 +287,139 @@ def _schemas() -> Json:
             {"device_id": _UUID, "credential_id": _STR, "psk_identity": _STR, "psk": _STR},
         ),
         "CertJson": _obj(["pem"], {"pem": _STR}),
+        "Lwm2mRegistration": _obj(
+            [
+                "registration_id",
+                "endpoint",
+                "tenant_id",
+                "device_id",
+                "credential_id",
+                "security",
+                "version",
+                "lifetime_s",
+                "binding",
+                "queue_mode",
+                "objects",
+                "node_id",
+                "registered_at",
+                "expires_at",
+            ],
+            {
+                "registration_id": _STR,
+                "endpoint": {**_STR, "description": "The LwM2M endpoint client name."},
+                "tenant_id": _STR,
+                "device_id": _UUID,
+                "credential_id": _STR,
+                "security": {"type": "string", "enum": ["psk", "x509", "nosec"]},
+                "version": {"type": "string", "enum": ["1.0", "1.1"]},
+                "lifetime_s": {"type": "integer"},
+                "binding": _STR,
+                "queue_mode": {"type": "boolean"},
+                "sms": {"type": ["string", "null"]},
+                "objects": _obj(
+                    ["root", "content_formats", "objects"],
+                    {
+                        "root": _STR,
+                        "content_formats": {"type": "array", "items": {"type": "integer"}},
+                        "objects": {
+                            "type": "array",
+                            "items": _obj(["path"], {"path": _STR, "ver": _STR}),
+                        },
+                    },
+                ),
+                "node_id": {**_STR, "description": "The node holding the device's DTLS session."},
+                "session_id": _STR,
+                "registered_at": _NUM,
+                "updated_at": _NUM,
+                "expires_at": _NUM,
+            },
+        ),
+        "Lwm2mRecord": _obj(
+            ["path", "type", "value"],
+            {
+                "path": _STR,
+                "type": {
+                    "type": "string",
+                    "enum": [
+                        "string",
+                        "integer",
+                        "unsigned",
+                        "float",
+                        "boolean",
+                        "opaque",
+                        "time",
+                        "objlnk",
+                    ],
+                },
+                "value": {"type": ["string", "number", "boolean"]},
+                "time": {"type": ["number", "null"]},
+            },
+        ),
+        "Lwm2mRequest": _obj(
+            ["path"],
+            {
+                "path": {
+                    "type": "string",
+                    "pattern": "^(/[0-9]{1,5}){1,4}$",
+                    "description": "LwM2M path: /object[/instance[/resource[/instance]]].",
+                },
+                "values": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 256,
+                    "items": _obj(
+                        ["path", "value"],
+                        {
+                            "path": _STR,
+                            "value": {"type": ["string", "number", "boolean"]},
+                            "type": _STR,
+                            "time": _NUM,
+                        },
+                    ),
+                    "description": "Write: the values (type may be left out for resources "
+                    "of objects 1, 3 and 3303; opaque as base64).",
+                },
+                "args": {**_STR, "description": "Execute arguments, e.g. 0='x',1."},
+                "accept": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 65535,
+                    "description": "Read/Observe: the content format to ask for.",
+                },
+                "replace": {
+                    "type": "boolean",
+                    "description": "Write: true (PUT, replace) or false (POST, partial update).",
+                },
+                "timeout_s": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 60,
+                    "description": "How long to wait for the device (default "
+                    "lwm2m.request_timeout_s).",
+                },
+            },
+        ),
+        "Lwm2mResult": _obj(
+            ["device_id", "registration_id", "operation", "path", "code"],
+            {
+                "device_id": _UUID,
+                "registration_id": _STR,
+                "operation": {
+                    "type": "string",
+                    "enum": ["read", "write", "execute", "observe", "cancel-observe", "discover"],
+                },
+                "path": _STR,
+                "code": {**_STR, "description": "The device's CoAP response code (2.xx)."},
+                "records": {"type": "array", "items": _ref("Lwm2mRecord")},
+                "links": {
+                    "type": "array",
+                    "items": _obj(
+                        ["target", "params"],
+                        {"target": _STR, "params": {"type": "object"}},
+                    ),
+                },
+            },
+        ),
     }
 
 
@@ -296,6 +438,7 @@ def _responses() -> Json:
         ),
         "Forbidden": err("The credential is valid but not for this device."),
         "NotFound": err("No such resource for this tenant (another tenant's is not found either)."),
+        "MethodNotAllowed": err("The device refused the operation on this path (CoAP 4.05)."),
         "Conflict": err("The PSK identity or certificate is already in use."),
         "PreconditionFailed": err(
             "Not possible in the resource's state (e.g. another credential kind, key not active)."
@@ -497,6 +640,37 @@ def _paths() -> Json:
                     **_errors(*_ADMIN_ERRORS),
                 },
             }
+        },
+        "/api/v1/devices/{device_id}/lwm2m": {
+            "get": {
+                **admin,
+                "operationId": "GetLwm2mRegistration",
+                "summary": "The device's LwM2M registration (404 when not registered).",
+                "parameters": [_DEVICE_ID],
+                "responses": {
+                    "200": _ok("The registration.", _ref("Lwm2mRegistration")),
+                    **_errors(*_ADMIN_ERRORS),
+                },
+            }
+        },
+        **{
+            f"/api/v1/devices/{{device_id}}/lwm2m/{name}": {
+                "post": {
+                    **admin,
+                    "operationId": "Lwm2m" + name.title().replace("-", ""),
+                    "summary": summary,
+                    "description": "Sent as a CoAP request over the device's DTLS session "
+                    "from the node holding it (routed through Redis). A device's error code "
+                    "maps to 400/403/404/405/412; no answer in time: 503.",
+                    "parameters": [_DEVICE_ID],
+                    "requestBody": _json_body(_ref("Lwm2mRequest")),
+                    "responses": {
+                        "200": _ok("The device's answer.", _ref("Lwm2mResult")),
+                        **_errors(400, 401, 403, 404, 405, 412, 413, 429, 503),
+                    },
+                }
+            }
+            for name, summary in _LWM2M_OPERATIONS.items()
         },
         OPENAPI_PATH: {
             "get": {

@@ -1,0 +1,130 @@
+"""Operator requests to a registered device, shared by the admin API and the CLI.
+
+``OperatorCalls.call(tenant, device, operation, params)``: the device must belong to the
+tenant (registry), have a live registration (Redis), then the request is built from the
+operator's parameters, routed through Redis to the node holding the device's DTLS session
+(``Lwm2mRouter``) and the device's answer interpreted (``operations.interpret``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from corem_ingress.adapters.lwm2m import operations as ops
+from corem_ingress.adapters.lwm2m.content import CF_TEXT
+from corem_ingress.adapters.lwm2m.operations import DeviceRequest, Operation
+from corem_ingress.adapters.lwm2m.records import Record
+from corem_ingress.adapters.lwm2m.registration import Registration
+from corem_ingress.core.errors import InvalidArgument, NotFound
+from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+from corem_ingress.store.registry import Registry
+
+#: The operations operators call (``write-attributes`` is not exposed).
+OPERATIONS = ("read", "write", "execute", "observe", "cancel-observe", "discover")
+#: Fields of an operation's parameters (admin API body, CLI options).
+PARAM_FIELDS = frozenset({"path", "values", "args", "accept", "replace", "timeout_s"})
+MAX_TIMEOUT_S = 60.0
+
+
+def _accept(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise InvalidArgument("accept is a CoAP content format number (0..65535)")
+    return value
+
+
+def build_request(operation: str, reg: Registration, params: Mapping[str, Any]) -> DeviceRequest:
+    """The device request for an operator's ``operation`` with ``params``; InvalidArgument
+    for anything malformed (the path, values, arguments)."""
+    unknown = set(params) - PARAM_FIELDS
+    if unknown:
+        raise InvalidArgument(f"unknown parameter: {sorted(unknown)[0]}")
+    path = params.get("path")
+    if not isinstance(path, str):
+        raise InvalidArgument("path is required (e.g. /3/0/0)")
+    root = reg.objects.root
+    accept = _accept(params.get("accept"))
+    if operation == Operation.READ:
+        return ops.read(path, accept=accept, root=root)
+    if operation == Operation.OBSERVE:
+        return ops.observe(path, accept=accept, root=root)
+    if operation == Operation.CANCEL_OBSERVE:
+        return ops.cancel_observe(path, accept=accept, root=root)
+    if operation == Operation.DISCOVER:
+        return ops.discover(path, root=root)
+    if operation == Operation.EXECUTE:
+        args = params.get("args", "")
+        if not isinstance(args, str):
+            raise InvalidArgument("args is text, e.g. 0='x',1")
+        return ops.execute(path, args, root=root)
+    if operation == Operation.WRITE:
+        values = params.get("values")
+        if not isinstance(values, list) or not values or len(values) > 256:
+            raise InvalidArgument("values is a list of 1..256 {path, value, type?} objects")
+        records = [Record.from_json(v) for v in values]
+        replace = params.get("replace", True)
+        if not isinstance(replace, bool):
+            raise InvalidArgument("replace is true (Write, PUT) or false (Partial Update)")
+        cf = ops.preferred_format(reg)
+        single = len(records) == 1 and str(records[0].path) == path
+        if single and records[0].path.level == 3 and reg.version == "1.0":
+            cf = CF_TEXT
+        return ops.write(path, records, content_format=cf, replace=replace, root=root)
+    raise NotFound("no such LwM2M operation")
+
+
+def timeout_of(params: Mapping[str, Any], default: float) -> float:
+    value = params.get("timeout_s", default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument("timeout_s is a number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise InvalidArgument(f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}]")
+    return float(value)
+
+
+class OperatorCalls:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Lwm2mStore,
+        router: Lwm2mRouter,
+        *,
+        default_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self.store = store
+        self._router = router
+        self._timeout = default_timeout_s
+        self._clock = clock
+
+    async def registration(self, tenant_id: str, device_id: str) -> Registration:
+        """The tenant's device's live registration; NotFound if none (or not the tenant's)."""
+        await self._registry.get_device(tenant_id, device_id)
+        reg = await self.store.get_by_device(device_id)
+        if reg is None or reg.tenant_id != tenant_id:
+            raise NotFound("the device has no LwM2M registration", reason="not registered")
+        return reg
+
+    async def call(
+        self, tenant_id: str, device_id: str, operation: str, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        if operation not in OPERATIONS:
+            raise NotFound("no such LwM2M operation")
+        timeout = timeout_of(params, self._timeout)
+        reg = await self.registration(tenant_id, device_id)
+        request = build_request(operation, reg, params)
+        response = await self._router.call(reg, request, timeout_s=timeout)
+        result = ops.interpret(request, response, now=self._clock())
+        out: dict[str, Any] = {
+            "device_id": device_id,
+            "registration_id": reg.registration_id,
+            **result.to_json(),
+        }
+        return out
+
+
+__all__ = ["OPERATIONS", "OperatorCalls", "build_request", "timeout_of"]

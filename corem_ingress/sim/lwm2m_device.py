@@ -1,0 +1,396 @@
+"""A simulated LwM2M client over CoAP/DTLS (PSK or certificate, OpenSSL's DTLS 1.2 client).
+
+It drives ``adapters.lwm2m.client_objects.SimulatedClient`` (objects 1, 3, 3303): it
+registers, updates, answers the server's Read / Write / Execute / Discover / Observe /
+Cancel-Observe, sends notifications when its temperature changes, and LwM2M 1.1 Send
+(``POST /dp``). ``send(seq)`` (the fleet runner's one message) changes the temperature
+and notifies every observer of it, or sends it with Send when nothing observes it.
+
+The CoAP part is a small client+server over one DTLS session: confirmable requests with
+retransmission, piggybacked answers to the server's requests, NON notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiocoap import ACK, CON, NON, RST, Message
+from aiocoap.error import UnparsableMessage
+from aiocoap.numbers.codes import Code
+
+from corem_ingress.adapters.lwm2m.client_objects import (
+    LifetimeChanged,
+    SimulatedClient,
+    UpdateTriggered,
+)
+from corem_ingress.adapters.lwm2m.coap import code_of, dotted
+from corem_ingress.adapters.lwm2m.model import Lwm2mPath
+from corem_ingress.sim.devices import Target
+from corem_ingress.sim.fleet import DeviceError
+
+_METHOD_NAMES = {int(Code.GET): "GET", int(Code.PUT): "PUT", int(Code.POST): "POST"}
+_METHOD_NAMES[int(Code.DELETE)] = "DELETE"
+CF_LINK_FORMAT = 40
+REQUEST_TIMEOUT_S = 10.0
+ACK_TIMEOUT_S = 1.0
+
+
+@dataclass
+class _Observed:
+    path: Lwm2mPath
+    uri_path: tuple[str, ...]
+    accept: int | None
+    seq: int = 0
+
+
+class CoapDtlsChannel:
+    """CoAP client and server on one DTLS session (``corem_ingress.sim.dtls_client``)."""
+
+    def __init__(self, dtls: Any, handler: Any) -> None:
+        self.dtls = dtls
+        self._handler = handler  # (Message) -> Message: answers a server request
+        self._mid = random.randrange(0x10000)
+        self._acks: dict[int, asyncio.Future[Message]] = {}
+        self._responses: dict[bytes, asyncio.Future[Message]] = {}
+        self._answered: dict[int, bytes] = {}
+        self.closed = asyncio.Event()
+        self.closed_at: float | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reader = asyncio.ensure_future(self._read())
+
+    def _next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    def _send(self, msg: Message) -> None:
+        if not self.closed.is_set():
+            self.dtls.send(msg.encode())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    data = await self.dtls.recv(timeout=3600)
+                except TimeoutError:
+                    continue
+                self._received(data)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if not self.closed.is_set():
+                self.closed_at = time.time()
+                self.closed.set()
+            for fut in [*self._acks.values(), *self._responses.values()]:
+                if not fut.done():
+                    fut.set_exception(ConnectionError("session closed"))
+
+    def _received(self, data: bytes) -> None:
+        try:
+            msg = Message.decode(data)
+        except UnparsableMessage:
+            return
+        if msg.mtype in (ACK, RST):
+            fut = self._acks.pop(msg.mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            if msg.mtype == ACK and msg.code.is_response():
+                self._response(msg)
+            return
+        if msg.code.is_request():
+            if msg.mtype == CON and msg.mid in self._answered:  # a retransmission
+                self.dtls.send(self._answered[msg.mid])
+                return
+            answer: Message = self._handler(msg)
+            answer.token = msg.token
+            answer.mtype = ACK if msg.mtype == CON else NON
+            answer.mid = msg.mid if msg.mtype == CON else self._next_mid()
+            raw = answer.encode()
+            if msg.mtype == CON:
+                self._answered[msg.mid] = raw
+                while len(self._answered) > 64:
+                    self._answered.pop(next(iter(self._answered)))
+            self._send(answer)
+            return
+        if msg.code.is_response():
+            if msg.mtype == CON:
+                self._send(Message(mtype=ACK, mid=msg.mid, code=Code.EMPTY))
+            self._response(msg)
+
+    def _response(self, msg: Message) -> None:
+        fut = self._responses.pop(msg.token, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def request(self, msg: Message, *, timeout_s: float = REQUEST_TIMEOUT_S) -> Message:
+        """A confirmable request with retransmission; the server's response."""
+        if self.closed.is_set():
+            raise DeviceError("closed")
+        loop = asyncio.get_running_loop()
+        msg.token = random.getrandbits(64).to_bytes(8, "big")
+        msg.mtype = CON
+        msg.mid = self._next_mid()
+        response: asyncio.Future[Message] = loop.create_future()
+        self._responses[msg.token] = response
+        try:
+            async with asyncio.timeout(timeout_s):
+                delay = ACK_TIMEOUT_S
+                while True:
+                    ack: asyncio.Future[Message] = loop.create_future()
+                    self._acks[msg.mid] = ack
+                    self._send(msg)
+                    done, _ = await asyncio.wait({ack, response}, timeout=delay)
+                    if response in done or ack in done:
+                        break
+                    delay *= 2
+                if ack.done() and not ack.exception() and ack.result().mtype == RST:
+                    raise DeviceError("reset")
+                return await response
+        except TimeoutError:
+            raise DeviceError("timeout") from None
+        except ConnectionError:
+            raise DeviceError("closed") from None
+        finally:
+            self._responses.pop(msg.token, None)
+            self._acks.pop(msg.mid, None)
+
+    def notify(self, token: bytes, msg: Message) -> None:
+        msg.token = token
+        msg.mtype = NON
+        msg.mid = self._next_mid()
+        self._send(msg)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.dtls.close()
+
+
+class Lwm2mDevice:
+    """A ``SimDevice``: one LwM2M client on its own DTLS session."""
+
+    delivers_on_connect = False
+
+    def __init__(
+        self,
+        name: str,
+        target: Target,
+        *,
+        endpoint: str,
+        psk_identity: str | None = None,
+        psk: bytes | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        version: str = "1.1",
+        lifetime_s: int = 300,
+        clock: Any = time.time,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.client = SimulatedClient(endpoint, clock=clock, version=version, lifetime_s=lifetime_s)
+        self._psk = (psk_identity, psk)
+        self._cert = (cert_file, key_file)
+        self.channel: CoapDtlsChannel | None = None
+        self.location: tuple[str, ...] = ()
+        self.observed: dict[bytes, _Observed] = {}
+        #: Every server request seen, as (method, "/path", observe option) (for tests).
+        self.requests: list[tuple[str, str, int | None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = asyncio.Event()
+        self.closed_at: float | None = None
+
+    # -- session -----------------------------------------------------------------------------
+    def _context(self) -> Any:
+        from corem_ingress.sim import dtls_client
+
+        identity, psk = self._psk
+        if identity is not None and psk is not None:
+            return dtls_client.psk_context(identity.encode(), psk)
+        cert, key = self._cert
+        if cert is None or key is None:
+            raise DeviceError("config", "a PSK or a certificate is needed")
+        return dtls_client.cert_context(cert, key, self.target.server_ca)
+
+    async def open_session(self) -> None:
+        """The DTLS handshake only (tests then send their own Register)."""
+        from corem_ingress.sim import dtls_client
+
+        try:
+            dtls = await dtls_client.AsyncDtlsClient.connect(
+                self._context(), self.target.port, timeout=REQUEST_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise DeviceError("timeout", "DTLS handshake") from None
+        if not dtls.client.done:
+            dtls.close()
+            raise DeviceError("refused", "DTLS handshake")
+        self.channel = CoapDtlsChannel(dtls, self._answer)
+        self.channel.start()
+        watch = asyncio.ensure_future(self._watch(self.channel))
+        self._tasks.add(watch)
+
+    async def _watch(self, channel: CoapDtlsChannel) -> None:
+        await channel.closed.wait()
+        if channel is self.channel and not self.closed.is_set():
+            self.closed_at = channel.closed_at
+            self.closed.set()
+
+    async def connect(self) -> None:
+        await self.open_session()
+        response = await self.register()
+        if response.code != Code.CREATED:
+            await self.close()
+            raise DeviceError(f"coap_{dotted(response.code)}")
+
+    async def request(
+        self,
+        method: Any,
+        uri_path: Sequence[str],
+        *,
+        query: Sequence[str] = (),
+        payload: bytes = b"",
+        content_format: int | None = None,
+    ) -> Message:
+        if self.channel is None:
+            raise DeviceError("closed")
+        msg = Message(code=method, payload=payload)
+        msg.opt.uri_path = tuple(uri_path)
+        if query:
+            msg.opt.uri_query = tuple(query)
+        if content_format is not None:
+            msg.opt.content_format = content_format
+        return await self.channel.request(msg)
+
+    # -- registration interface --------------------------------------------------------------
+    async def register(
+        self, *, query: Sequence[str] | None = None, payload: bytes | None = None
+    ) -> Message:
+        response = await self.request(
+            Code.POST,
+            ("rd",),
+            query=self.client.register_query() if query is None else query,
+            payload=self.client.register_payload() if payload is None else payload,
+            content_format=CF_LINK_FORMAT,
+        )
+        if response.code == Code.CREATED:
+            self.location = tuple(response.opt.location_path)
+        return response
+
+    async def update(
+        self,
+        *,
+        lifetime_s: int | None = None,
+        objects: bool = False,
+        location: Sequence[str] | None = None,
+    ) -> Message:
+        query = [f"lt={lifetime_s}"] if lifetime_s is not None else []
+        return await self.request(
+            Code.POST,
+            self.location if location is None else location,
+            query=query,
+            payload=self.client.register_payload() if objects else b"",
+            content_format=CF_LINK_FORMAT if objects else None,
+        )
+
+    async def deregister(self) -> Message:
+        response = await self.request(Code.DELETE, self.location)
+        if response.code == Code.DELETED:
+            self.location = ()
+        return response
+
+    async def send_dp(self, paths: Sequence[str] = ("/3303/0",)) -> Message:
+        cf, body = self.client.send_payload(paths)
+        return await self.request(Code.POST, ("dp",), payload=body, content_format=cf)
+
+    # -- answering the server ----------------------------------------------------------------
+    def _answer(self, msg: Message) -> Message:
+        method = _METHOD_NAMES.get(int(msg.code), "?")
+        uri = tuple(msg.opt.uri_path)
+        observe = msg.opt.observe
+        self.requests.append((method, "/" + "/".join(uri), observe))
+        accept = None if msg.opt.accept is None else int(msg.opt.accept)
+        cf = None if msg.opt.content_format is None else int(msg.opt.content_format)
+        answer = self.client.handle(
+            method,
+            uri,
+            uri_query=tuple(msg.opt.uri_query),
+            content_format=cf,
+            accept=accept,
+            payload=bytes(msg.payload),
+        )
+        out = Message(code=code_of(answer.code), payload=answer.payload)
+        if answer.content_format is not None:
+            out.opt.content_format = answer.content_format
+        if method == "GET" and observe == 0 and answer.code == "2.05":
+            path = Lwm2mPath.parse("/" + "/".join(uri))
+            obs = _Observed(path, uri, accept)
+            self.observed[bytes(msg.token)] = obs
+            out.opt.observe = obs.seq
+        elif method == "GET" and observe == 1:
+            self.observed.pop(bytes(msg.token), None)
+        self._after_request()
+        return out
+
+    def _after_request(self) -> None:
+        while (event := self.client.next_event()) is not None:
+            if isinstance(event, LifetimeChanged | UpdateTriggered):
+                lifetime = event.lifetime_s if isinstance(event, LifetimeChanged) else None
+                task = asyncio.ensure_future(self._update_quietly(lifetime))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _update_quietly(self, lifetime_s: int | None) -> None:
+        with contextlib.suppress(DeviceError):
+            await self.update(lifetime_s=lifetime_s)
+
+    def notify(self, changed: Sequence[Lwm2mPath]) -> int:
+        """Send a notification to every observation covering a changed path."""
+        if self.channel is None:
+            return 0
+        sent = 0
+        for token, obs in list(self.observed.items()):
+            if not any(obs.path.is_prefix_of(p) for p in changed):
+                continue
+            answer = self.client.read(obs.path, obs.accept)
+            obs.seq = (obs.seq + 1) % (1 << 24)
+            msg = Message(code=code_of(answer.code), payload=answer.payload)
+            if answer.content_format is not None:
+                msg.opt.content_format = answer.content_format
+            msg.opt.observe = obs.seq
+            self.channel.notify(token, msg)
+            sent += 1
+        return sent
+
+    # -- SimDevice -----------------------------------------------------------------------------
+    async def send(self, seq: int) -> None:
+        if self.channel is None or self.closed.is_set():
+            raise DeviceError("closed")
+        records = self.client.set_temperature(20.0 + (seq % 20) / 4)
+        if self.notify([r.path for r in records]):
+            return
+        response = await self.send_dp()
+        if response.code != Code.CHANGED:
+            raise DeviceError(f"coap_{dotted(response.code)}")
+
+    async def close(self) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        if self.location and not channel.closed.is_set():
+            with contextlib.suppress(DeviceError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.deregister()
+        self.channel = None
+        channel.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+__all__ = ["CoapDtlsChannel", "Lwm2mDevice"]

@@ -1,0 +1,168 @@
+"""Operator requests routed through Redis to the node holding the device's DTLS session
+(the second node a real ``python -m corem_ingress serve`` process), and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import KEK_LINE
+from tests.lwm2m.conftest import WAIT_S, provision
+
+pytestmark = pytest.mark.integration
+
+
+async def cli(redis_url: str, *args: str) -> tuple[int, Any, str]:
+    """Run ``corem-ingress lwm2m ...``; -> (exit code, stdout JSON or None, stderr)."""
+    env = {**os.environ, "COREM_REDIS_URL": redis_url, "COREM_PSK_KEK": KEK_LINE}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "corem_ingress",
+        "lwm2m",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    text = out.decode()
+    return proc.returncode, json.loads(text) if text.strip() else None, err.decode()
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    redis_url: str, certs: Any, tmp_path: Path, node_id: str
+) -> AsyncIterator[int]:
+    """A second node (CoAP + LwM2M only) as its own process; yields its CoAP port."""
+    env = {
+        **os.environ,
+        "COREM_REDIS_URL": redis_url,
+        "COREM_PSK_KEK": KEK_LINE,
+        "COREM_NODE_ID": node_id,
+        "COREM_STATE_DIR": str(tmp_path / node_id),
+        "COREM_HTTP_ENABLED": "0",
+        "COREM_MQTT_ENABLED": "0",
+        "COREM_HEALTH_PORT": "0",
+        "COREM_COAP_HOST": "127.0.0.1",
+        "COREM_COAP_PORT": "0",
+        "COREM_COAP_SERVER_CERT": str(certs.server_pem),
+        "COREM_COAP_SERVER_KEY": str(certs.server_key),
+        "COREM_COAP_CLIENT_CA_FILES": str(certs.ca_pem),
+        "COREM_COAP_HANDSHAKE_RATE_PER_S": "0",
+        "COREM_LWM2M_OBSERVE_PATHS": "",
+        "COREM_LOGGING_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "corem_ingress",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    drain: asyncio.Task[None] | None = None
+    try:
+        port = None
+        async with asyncio.timeout(WAIT_S * 2):
+            while port is None:
+                line = await proc.stderr.readline()
+                assert line, "the node exited before listening"
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "coap.listening":
+                        port = int(event["port"])
+
+        async def discard(stream: asyncio.StreamReader) -> None:
+            while await stream.readline():
+                pass
+
+        drain = asyncio.ensure_future(discard(proc.stderr))
+        yield port
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if drain is not None:
+            drain.cancel()
+
+
+async def test_requests_are_routed_to_the_node_holding_the_session(
+    lwm2m_node: Any, redis_url: str, tmp_path: Path
+) -> None:
+    a = await lwm2m_node(observe_paths=[])
+    async with serve_process(redis_url, a.certs, tmp_path, "node-b") as port_b:
+        p = await provision(a.registry, a.certs, "psk")
+        dev = a.device(p, port=port_b)
+        await dev.connect()
+        reg = (await a.registration(p.device_id)).body
+        assert reg["node_id"] == "node-b"
+        # Through node A's admin API, answered by the device over node B's session.
+        r = await a.op(p.device_id, "read", path="/3/0/1")
+        assert r.status == 200 and r.body["records"][0]["value"] == "corem-sim-1"
+        assert ("GET", "/3/0/1", None) in dev.requests
+        # And through the CLI (no node of its own: Redis only).
+        rc, out, err = await cli(
+            redis_url, "read", "--tenant", "acme", "--device", p.device_id, "--path", "/3/0/0"
+        )
+        assert rc == 0, err
+        assert out["code"] == "2.05" and out["records"][0]["value"] == "CORE-M"
+        rc, out, err = await cli(
+            redis_url,
+            "write",
+            "--tenant",
+            "acme",
+            "--device",
+            p.device_id,
+            "--path",
+            "/1/0/2",
+            "--values",
+            '[{"path": "/1/0/2", "value": 5}]',
+        )
+        assert rc == 0 and out["code"] == "2.04", err
+        assert {str(k): v for k, v in dev.client.values.items()}["/1/0/2"] == 5
+        rc, out, err = await cli(
+            redis_url, "execute", "--tenant", "acme", "--device", p.device_id, "--path", "/1/0/8"
+        )
+        assert rc == 0 and out["code"] == "2.04", err
+        rc, out, err = await cli(
+            redis_url, "discover", "--tenant", "acme", "--device", p.device_id, "--path", "/3/0"
+        )
+        assert rc == 0 and out["links"], err
+        rc, out, err = await cli(
+            redis_url, "registration", "--tenant", "acme", "--device", p.device_id
+        )
+        assert rc == 0 and out["node_id"] == "node-b", err
+        # Refusals: one line on stderr, exit 2.
+        rc, out, err = await cli(
+            redis_url, "read", "--tenant", "acme", "--device", p.device_id, "--path", "/3/0/99"
+        )
+        assert rc == 2 and out is None and err.count("\n") == 1 and "NOT_FOUND" in err
+        rc, out, err = await cli(
+            redis_url, "read", "--tenant", "acme", "--device", p.device_id, "--path", "nope"
+        )
+        assert rc == 2 and err.count("\n") == 1 and "INVALID_ARGUMENT" in err
+        rc, out, err = await cli(
+            redis_url, "read", "--tenant", "globex", "--device", p.device_id, "--path", "/3/0/0"
+        )
+        assert rc == 2 and "NOT_FOUND" in err
+        rc, out, err = await cli(redis_url, "read", "--tenant", "acme", "--path", "/3/0/0")
+        assert rc == 2 and "--device" in err
+    # Node B is gone: nobody serves its stream, the caller times out (503).
+    r = await a.op(p.device_id, "read", path="/3/0/0", timeout_s=1)
+    assert r.status == 503

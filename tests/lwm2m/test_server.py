@@ -1,0 +1,214 @@
+"""The LwM2M server end to end: the simulator's LwM2M client over real DTLS (loopback),
+a real node (CoAP listener with /rd and /dp mounted, admin API) and the real Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiocoap.numbers.codes import Code
+
+from corem_ingress.sim.fleet import DeviceError
+from tests.lwm2m.conftest import provision, until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_register_psk_update_deregister(lwm2m_node: Any) -> None:
+    n = await lwm2m_node()
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.connect()
+    assert dev.location[0] == "rd" and len(dev.location) == 2
+    reply = await n.registration(p.device_id)
+    assert reply.status == 200
+    reg = reply.body
+    assert reg["endpoint"] == p.hardware_id and reg["security"] == "psk"
+    assert reg["registration_id"] == dev.location[1]
+    assert reg["node_id"] == n.node.config.node_id
+    assert reg["credential_id"] == p.credential_id
+    assert {o["path"] for o in reg["objects"]["objects"]} == {"/1/0", "/3/0", "/3303/0"}
+
+    response = await dev.update(lifetime_s=120)
+    assert response.code == Code.CHANGED
+    assert (await n.registration(p.device_id)).body["lifetime_s"] == 120
+
+    response = await dev.deregister()
+    assert response.code == Code.DELETED
+    assert (await n.registration(p.device_id)).status == 404
+
+
+async def test_register_with_a_certificate(lwm2m_node: Any) -> None:
+    n = await lwm2m_node()
+    p = await provision(n.registry, n.certs, "x509")
+    dev = n.device(p, version="1.0")
+    await dev.connect()
+    reg = (await n.registration(p.device_id)).body
+    assert reg["security"] == "x509" and reg["version"] == "1.0"
+    assert reg["credential_id"] == p.credential_id
+
+
+async def test_refusals_store_nothing(lwm2m_node: Any, redis: Any) -> None:
+    n = await lwm2m_node()
+    p = await provision(n.registry, n.certs, "psk")
+    other = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.open_session()
+    # Another device's endpoint name with this credential: 4.03, nothing stored.
+    wrong = [f"ep={other.hardware_id}", "lt=60", "lwm2m=1.1", "b=U"]
+    assert (await dev.register(query=wrong)).code == Code.FORBIDDEN
+    # Malformed link format: 4.00.
+    assert (await dev.register(payload=b"</3/0>,<bad")).code == Code.BAD_REQUEST
+    assert (await dev.register(payload=b"</3/0>;;")).code == Code.BAD_REQUEST
+    assert await redis.keys("corem*lwm2m*") == []
+    assert (await n.registration(p.device_id)).status == 404
+    assert (await n.registration(other.device_id)).status == 404
+    # Update / De-register of an unknown registration id: 4.04.
+    assert (await dev.update(location=("rd", "nosuchreg123"))).code == Code.NOT_FOUND
+    dev.location = ("rd", "nosuchreg123")
+    assert (await dev.deregister()).code == Code.NOT_FOUND
+    # Register for real, then another device's session cannot update it.
+    assert (await dev.register()).code == Code.CREATED
+    intruder = n.device(other)
+    await intruder.open_session()
+    assert (await intruder.update(location=dev.location)).code == Code.NOT_FOUND
+    assert (await n.registration(other.device_id)).status == 404
+
+
+async def test_expiry(lwm2m_node: Any, clock: Any) -> None:
+    n = await lwm2m_node(clock=clock)
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p, lifetime_s=60)
+    await dev.connect()
+    assert (await n.registration(p.device_id)).status == 200
+    clock.advance(61)
+    assert (await n.registration(p.device_id)).status == 404
+    assert (await dev.update()).code == Code.NOT_FOUND
+    # Registering again works.
+    assert (await dev.register()).code == Code.CREATED
+    assert (await n.registration(p.device_id)).status == 200
+
+
+async def test_observe_notifications_and_send_become_uplinks(lwm2m_node: Any) -> None:
+    n = await lwm2m_node(tenant_observe_paths={"acme": "/3303/0,/3/0/9"})
+    p = await provision(n.registry, n.certs, "x509")
+    dev = n.device(p)
+    await dev.connect()
+    # The tenant's configured paths are observed: their first values are uplinks.
+    await until(lambda: len(dev.observed) == 2)
+    assert {str(o.path) for o in dev.observed.values()} == {"/3303/0", "/3/0/9"}
+    first = await n.uplinks(at_least=2)
+    assert {u["payload"]["path"] for u in first} == {"/3303/0", "/3/0/9"}
+    assert all(u["device_id"] == p.device_id and u["payload"]["source"] == "notify" for u in first)
+
+    await dev.send(6)  # temperature 21.5 -> a notification of /3303/0
+    ups = await n.uplinks(at_least=3)
+    note = ups[2]["payload"]
+    assert note["path"] == "/3303/0" and note["endpoint"] == p.hardware_id
+    values = {r["path"]: r["value"] for r in note["records"]}
+    assert values["/3303/0/5700"] == 21.5
+
+    response = await dev.send_dp(["/3303/0/5700", "/3/0/9"])
+    assert response.code == Code.CHANGED
+    ups = await n.uplinks(at_least=4)
+    sent = ups[3]["payload"]
+    assert sent["source"] == "send" and sent["path"] is None
+    assert {r["path"] for r in sent["records"]} == {"/3303/0/5700", "/3/0/9"}
+
+
+async def test_send_needs_a_registration(lwm2m_node: Any) -> None:
+    n = await lwm2m_node()
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.open_session()
+    assert (await dev.send_dp()).code == Code.NOT_FOUND
+
+
+async def test_operator_operations_through_the_admin_api(lwm2m_node: Any) -> None:
+    n = await lwm2m_node(observe_paths=[])
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.connect()
+    d = p.device_id
+
+    r = await n.op(d, "read", path="/3/0/0")
+    assert r.status == 200, r.body
+    assert r.body["code"] == "2.05" and r.body["records"][0]["value"] == "CORE-M"
+    r = await n.op(d, "read", path="/3303/0")
+    assert {x["path"] for x in r.body["records"]} >= {"/3303/0/5700", "/3303/0/5701"}
+
+    # Write the lifetime: the client answers 2.04 and announces it in an Update.
+    r = await n.op(d, "write", path="/1/0/1", values=[{"path": "/1/0/1", "value": 90}])
+    assert r.status == 200 and r.body["code"] == "2.04", r.body
+
+    async def updated() -> bool:
+        return bool((await n.registration(d)).body["lifetime_s"] == 90)
+
+    await until(updated)
+    r = await n.op(d, "execute", path="/3/0/4")
+    assert r.status == 200 and r.body["code"] == "2.04"
+    r = await n.op(d, "discover", path="/3303/0")
+    assert r.status == 200
+    assert "</3303/0/5700>" in {link["target"] for link in r.body["links"]} or any(
+        link["target"].endswith("/3303/0/5700") for link in r.body["links"]
+    )
+
+    # Observe by an operator: the answer now, then notifications as uplinks; then cancel.
+    r = await n.op(d, "observe", path="/3303/0/5700")
+    assert r.status == 200 and r.body["records"][0]["path"] == "/3303/0/5700"
+    await dev.send(1)
+    ups = await n.uplinks(at_least=1)
+    assert ups[-1]["payload"]["path"] == "/3303/0/5700"
+    r = await n.op(d, "cancel-observe", path="/3303/0/5700")
+    assert r.status == 200 and r.body["code"] == "2.05"
+    assert dev.observed == {}
+    assert (await n.op(d, "cancel-observe", path="/3303/0/5700")).status == 404
+
+    # The device's refusals, and the operator's mistakes.
+    assert (await n.op(d, "read", path="/3/0/4")).status == 405  # executable
+    assert (await n.op(d, "read", path="/3/0/99")).status == 404
+    assert (await n.op(d, "execute", path="/3/0/0")).status == 400
+    assert (await n.op(d, "read", path="3/0")).status == 400
+    bad_write = await n.op(d, "write", path="/3/0/0", values=[{"path": "/3/0/0", "value": "x"}])
+    assert bad_write.status == 400  # Manufacturer is read-only
+    # Tenant-scoped: another tenant's operator sees nothing.
+    assert (await n.registration(d, tenant="globex")).status == 404
+    assert (await n.op(d, "read", tenant="globex", path="/3/0/0")).status == 404
+
+
+async def test_operator_request_times_out(lwm2m_node: Any) -> None:
+    n = await lwm2m_node(observe_paths=[])
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.connect()
+    assert dev.channel is not None
+    dev.channel._handler = lambda msg: None  # a device that stops answering
+
+    def silent(data: bytes) -> None:
+        return None
+
+    dev.channel._received = silent  # type: ignore[method-assign]
+    r = await n.op(p.device_id, "read", path="/3/0/0", timeout_s=1)
+    assert r.status == 503 and "did not answer" in r.body["error"]["message"]
+
+
+async def test_revocation_closes_the_session_and_removes_the_registration(
+    lwm2m_node: Any,
+) -> None:
+    n = await lwm2m_node()
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.connect()
+    assert (await n.registration(p.device_id)).status == 200
+    revoked = await n.api.request("DELETE", f"/api/v1/devices/{p.device_id}/psk", tenant="acme")
+    assert revoked.status == 200
+    await until(dev.closed.is_set)
+
+    async def gone() -> bool:
+        return bool((await n.registration(p.device_id)).status == 404)
+
+    await until(gone)
+    # The revoked credential cannot come back.
+    again = n.device(p)
+    with pytest.raises(DeviceError, match=r"refused|timeout"):
+        await again.connect()
