@@ -22,6 +22,8 @@ from aiohttp import web
 from corem_ingress import health, metrics
 from corem_ingress.adapters import Listener, Services
 from corem_ingress.config import Config
+from corem_ingress.core.errors import Unavailable
+from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
 from corem_ingress.core.resolver_cache import ResolverCache
 from corem_ingress.core.throttle import AuthThrottle
@@ -32,6 +34,7 @@ from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
 
@@ -85,6 +88,9 @@ class Node:
         self.health_port: int | None = None
         self.services: Services | None = None
         self.bus: RevocationBus | None = None
+        self._lwm2m_stop = asyncio.Event()
+        self._lwm2m_store: Lwm2mStore | None = None
+        self._event_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         cfg = self.config
@@ -146,11 +152,13 @@ class Node:
                 max_per_tenant=cfg.limits.per_tenant_max_connections
             ),
         )
+        if cfg.lwm2m.enabled:
+            self._lwm2m_store = Lwm2mStore(redis, keys, grace_s=cfg.lwm2m.expiry_grace_s)
         metrics.track(throttle=self.services.throttle)
         self.bus = RevocationBus(
             redis,
             keys.bus_channel,
-            on_event=hub.on_event,
+            on_event=self._on_credential_event,
             on_resync=hub.resync,
             extra_channels={keys.downlink_channel: self.services.downlinks.on_message},
         )
@@ -164,9 +172,40 @@ class Node:
             await listener.start()
             self.listeners.append(listener)
             log.info("listener.started", listener=listener.name)
+            lwm2m = getattr(listener, "lwm2m", None)
+            if lwm2m is not None:
+                # Operator requests for the LwM2M sessions this node holds (routed via Redis).
+                await lwm2m.request_server.start_position()
+                self._spawn(lwm2m.request_server.run(self._lwm2m_stop), "lwm2m-requests")
         if self.keyring is None:
             log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
         log.info("node.started", node=cfg.node_id, health_port=self.health_port)
+
+    def _on_credential_event(self, event: CredentialEvent) -> None:
+        assert self.services is not None
+        self.services.sessions.on_event(event)  # closes this node's sessions of the credential
+        if event.type is EventType.REVOKED and self._lwm2m_store is not None:
+            # Every node does it (idempotent): the registration goes even if no node holds
+            # a session for the device any more.
+            task = asyncio.ensure_future(self._drop_registration(event))
+            self._event_tasks.add(task)
+            task.add_done_callback(self._event_tasks.discard)
+
+    async def _drop_registration(self, event: CredentialEvent) -> None:
+        assert self._lwm2m_store is not None
+        try:
+            reg = await self._lwm2m_store.delete_device(
+                event.device_id, credential_id=event.credential_id
+            )
+        except Unavailable as exc:
+            log.warning("lwm2m.revocation_delete_failed", device=event.device_id, error=str(exc))
+            return
+        if reg is not None:
+            log.info(
+                "lwm2m.deregistered_on_revocation",
+                device=event.device_id,
+                registration=reg.registration_id,
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -205,6 +244,7 @@ class Node:
     async def stop(self) -> None:
         deadline = self.config.shutdown_deadline_s
         log.info("node.stopping", deadline_s=deadline)
+        self._lwm2m_stop.set()
         started = time.monotonic()
         for listener in reversed(self.listeners):
             remaining = max(0.1, deadline - (time.monotonic() - started))

@@ -354,8 +354,10 @@ class Lwm2mRequestServer:
             log.error("lwm2m.reply_failed", device=routed.device_id, error=str(exc))
 
     async def run(self, stop: asyncio.Event, *, block_ms: int = 1000) -> None:
-        """Serve until ``stop`` is set (within ``block_ms``); Redis hiccups are logged, retried."""
-        await self.start_position()
+        """Serve until ``stop`` is set (within ``block_ms``); Redis hiccups are logged, retried.
+        Serves requests sent since ``start_position`` if the caller already called it."""
+        if self._last == "$":
+            await self.start_position()
         while not stop.is_set():
             try:
                 await self.poll(block_ms=block_ms)
