@@ -22,6 +22,7 @@ SUPPORTED = {
     "http": ("api_key",),
     "mqtt": ("x509", "api_key"),
     "coap": ("psk", "x509"),
+    "lwm2m": ("psk", "x509"),
 }
 
 
@@ -98,6 +99,18 @@ def _device_factory(
 
             assert c.psk_identity and c.psk_hex
             return CoapPskDevice(name, target, c.psk_identity, bytes.fromhex(c.psk_hex))
+        if transport == "lwm2m":
+            from corem_ingress.sim.lwm2m_device import Lwm2mDevice
+
+            return Lwm2mDevice(
+                name,
+                target,
+                endpoint=c.hardware_id,
+                psk_identity=c.psk_identity,
+                psk=bytes.fromhex(c.psk_hex) if c.psk_hex else None,
+                cert_file=c.cert_path,
+                key_file=c.key_path,
+            )
         raise SimUsageError(f"transport {transport} is not supported by the simulator yet")
 
     return make

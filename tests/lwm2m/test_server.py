@@ -212,3 +212,36 @@ async def test_revocation_closes_the_session_and_removes_the_registration(
     again = n.device(p)
     with pytest.raises(DeviceError, match=r"refused|timeout"):
         await again.connect()
+
+
+async def test_simulator_fleet_of_lwm2m_devices(lwm2m_node: Any) -> None:
+    """The fleet runner drives the LwM2M client (``simulate --transport lwm2m``'s device)."""
+    from corem_ingress.core.identity import CredentialKind
+    from corem_ingress.sim.cli import SUPPORTED, _device_factory
+    from corem_ingress.sim.devices import Target
+    from corem_ingress.sim.fleet import Fleet, FleetSpec
+    from corem_ingress.sim.provision import SimCredential
+
+    assert SUPPORTED["lwm2m"] == ("psk", "x509")
+    n = await lwm2m_node(observe_paths=["/3303/0"])
+    creds = []
+    for i, kind in enumerate(("psk", "x509", "psk")):
+        p = await provision(n.registry, n.certs, kind)
+        creds.append(
+            SimCredential(
+                i, p.hardware_id, p.device_id, kind, p.credential_id,
+                psk_identity=p.psk_identity, psk_hex=p.psk.hex() if p.psk else None,
+                cert_path=p.cert, key_path=p.key,
+            )
+        )  # fmt: skip
+    target = Target("127.0.0.1", n.port, str(n.certs.ca_pem))
+    make_psk = _device_factory("lwm2m", CredentialKind.PSK, target, creds)
+    spec = FleetSpec(devices=3, ramp_per_s=50, rate_per_device=5, duration_s=1.5, grace_s=3)
+    summary = await Fleet(spec, make_psk, progress=None).run()
+    assert summary["devices_connected"] == 3 and summary["errors"] == {}
+    sent = summary["messages_delivered"]
+    assert isinstance(sent, int) and sent >= 6
+    # Each message is a notification of the observed /3303/0 (plus the 3 first values).
+    ups = await n.uplinks(at_least=3 + sent)
+    assert {u["device_id"] for u in ups} == {c.device_id for c in creds}
+    assert {u["payload"]["source"] for u in ups} == {"notify"}
