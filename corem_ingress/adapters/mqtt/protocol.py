@@ -223,7 +223,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
             payload_encoding=encoding,
         )
         self._unacked += 1
-        if self._unacked >= listener.config.max_inflight and not self._paused:
+        if self._unacked > listener.config.max_inflight and not self._paused:
             self._paused = True
             if self._transport is not None:
                 self._transport.pause_reading()
@@ -244,7 +244,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         listener.count("uplinks")
         self.mqtt.ack_publish(publish)
         listener.mark_dirty(self)
-        if self._paused and self._unacked < listener.config.max_inflight:
+        if self._paused and self._unacked <= listener.config.max_inflight:
             self._paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
