@@ -294,8 +294,8 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
         downlink = Downlink.new(
             device.tenant_id, device.device_id, args.kind, payload, qos=args.qos, now=time.time()
         )
-        entry = await DownlinkPublisher(reg._r, reg.keys).publish(downlink)
-        await reg._audit(_actor(), args.tenant, "downlink.send", f"device={args.device}", "OK")
+        entry = await DownlinkPublisher(reg.redis, reg.keys).publish(downlink)
+        await reg.audit(_actor(), args.tenant, "downlink.send", f"device={args.device}")
         return {
             "message_id": downlink.message_id,
             "stream_id": entry,

@@ -70,6 +70,7 @@ class CredentialsConfig:
 class HealthConfig:
     #: /healthz and /readyz (Redis reachable and bus subscribed) listen here.
     host: str = "127.0.0.1"
+    #: Port of /healthz, /readyz (and /metrics).
     port: int = 9100
 
 
@@ -77,12 +78,17 @@ class HealthConfig:
 class HttpConfig:
     """Device uplink + admin API (aiohttp)."""
 
+    #: Serve HTTP on this node (device uplink, and the admin API unless admin_mode is off).
     enabled: bool = True
+    #: Address of the device listener (0.0.0.0 in containers; put a TLS proxy in front).
     host: str = "127.0.0.1"
+    #: Port of the device listener (and of the admin API when it is shared).
     port: int = 8080
+    #: Largest request body accepted (413 beyond).
     max_body_bytes: int = 64 * 1024
     #: 0: the admin API shares the device listener; otherwise its own listener on this port.
     admin_port: int = 0
+    #: Address of the separate admin listener (when admin_port or admin_mode asks for one).
     admin_host: str = "127.0.0.1"
     #: "auto": its own listener when admin_port is set, else shared with the device listener;
     #: "shared"; "separate" (admin_port 0: an OS-chosen port); "off": no admin API on this node.
@@ -174,11 +180,17 @@ class MqttConfig:
 class CoapConfig:
     """CoAP and LwM2M over DTLS 1.2 (our pyOpenSSL memory-BIO server)."""
 
+    #: Serve CoAP (and LwM2M) over DTLS on this node.
     enabled: bool = True
+    #: UDP address of the DTLS listener (PSK and certificates on one port).
     host: str = "127.0.0.1"
+    #: UDP port (5684 is coaps).
     port: int = 5684
+    #: The server's certificate chain (PEM); an EC key enables ECDHE-ECDSA (LwM2M).
     server_cert: str = "certs-dev/server.pem"
+    #: The server's private key (PEM file, never in Redis or logs).
     server_key: str = "certs-dev/server.key"
+    #: CA bundles device certificates must chain to (self-signed: by registered fingerprint).
     client_ca_files: list[str] = field(default_factory=lambda: ["certs-dev/ca.pem"])
     #: Link MTU (bytes, IP+UDP included): each datagram sent carries whole DTLS records.
     mtu: int = 1280
@@ -190,9 +202,11 @@ class CoapConfig:
     max_sessions: int = 10_000
     #: New handshakes per second per source IP (after the cookie exchange), and burst.
     handshake_rate_per_s: float = 10.0
+    #: Burst of handshakes a source may start at once before the rate applies.
     handshake_burst: int = 20
     #: CoAP ACK_TIMEOUT and MAX_RETRANSMIT for our confirmable messages (RFC 7252 4.8).
     ack_timeout_s: float = 2.0
+    #: Retransmissions of a confirmable message before giving up.
     max_retransmit: int = 4
     #: Largest uplink body (block-wise assembled); more: 4.13 Request Entity Too Large.
     max_body_bytes: int = 64 * 1024

@@ -179,6 +179,11 @@ class Registry:
         self._rotate = redis.register_script(_script("rotate"))
         self._revoke = redis.register_script(_script("revoke"))
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client the registry writes with (for companions: downlinks, LwM2M store)."""
+        return self._r  # type: ignore[no-any-return]
+
     # -- plumbing ------------------------------------------------------------------------
     async def _audited(
         self,
@@ -213,6 +218,10 @@ class Registry:
             return await self._r.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return await self._r.eval(script.script, len(keys), *keys, *args)
+
+    async def audit(self, actor: str, tenant_id: str, action: str, target: str) -> None:
+        """Record an operation done outside the registry's own methods (reads, downlinks)."""
+        await self._audit(actor, tenant_id, action, target, "OK")
 
     async def _audit(
         self, actor: str, tenant_id: str, action: str, target: str, outcome: str
@@ -971,6 +980,6 @@ def _page(limit: int, cursor: str | None) -> tuple[int, int]:
         raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE}")
     if cursor is None or cursor == "":
         return 0, limit
-    if not cursor.isdigit() or len(cursor) > 12:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 12:
         raise InvalidArgument("cursor is not valid")
     return int(cursor), limit

@@ -50,6 +50,11 @@ class UplinkStore:
         """Yield new entries (from ``start``: "$" for only new, "0" for all), forever."""
         stream = self._keys.uplink_stream(tenant_id)
         last = start
+        if last == "$":
+            # Pin "$" to the newest id now: a later XREAD with "$" would skip whatever
+            # arrived between two calls.
+            newest = await self._r.xrevrange(stream, count=1)
+            last = newest[0][0] if newest else "0-0"
         while True:
             result = await self._r.xread({stream: last}, block=block_ms, count=100)
             for _name, entries in result or []:
