@@ -300,6 +300,8 @@ async def test_devices_get_list_and_tenant_isolation(registry: Registry) -> None
         await registry.list_devices("acme", limit=0)
     with pytest.raises(InvalidArgument):
         await registry.list_devices("acme", cursor="abc")
+    with pytest.raises(InvalidArgument):
+        await registry.list_devices("acme", cursor="\u00b2")  # isdigit() but not a number
     assert (await registry.list_devices("globex"))[0] == []
 
 
