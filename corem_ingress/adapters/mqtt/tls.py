@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from corem_ingress.config import MqttConfig
+from corem_ingress.config import ConfigError, MqttConfig
 
 #: TLS 1.2 suites: forward secrecy and AEAD only.
 TLS12_CIPHERS = (
@@ -61,13 +62,16 @@ def server_context(cfg: MqttConfig) -> SSL.Context:
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # No resumption: every connection presents and proves its certificate.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.use_certificate_chain_file(cfg.server_cert)
-    ctx.use_privatekey_file(cfg.server_key)
-    ctx.check_privatekey()
+    with _naming("mqtt.server_cert", cfg.server_cert):
+        ctx.use_certificate_chain_file(cfg.server_cert)
+    with _naming("mqtt.server_key", cfg.server_key):
+        ctx.use_privatekey_file(cfg.server_key)
+        ctx.check_privatekey()
     for ca_file in cfg.client_ca_files:
-        ctx.load_verify_locations(ca_file)
-        for cert in _load_pem_certs(Path(ca_file)):
-            ctx.add_client_ca(cert)
+        with _naming("mqtt.client_ca_files", ca_file):
+            ctx.load_verify_locations(ca_file)
+            for cert in _load_pem_certs(Path(ca_file)):
+                ctx.add_client_ca(cert)
     mode = SSL.VERIFY_PEER
     if cfg.client_auth == "required":
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
@@ -75,6 +79,16 @@ def server_context(cfg: MqttConfig) -> SSL.Context:
     ctx.set_verify(mode, callback)
     ctx.set_verify_depth(cfg.verify_depth)
     return ctx
+
+
+@contextlib.contextmanager
+def _naming(key: str, path: str) -> Iterator[None]:
+    """Turn a file or OpenSSL error into a ConfigError that names the key and the file."""
+    try:
+        yield
+    except (OSError, ValueError, SSL.Error) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"config: {key}: cannot load {path}: {detail}") from None
 
 
 def _load_pem_certs(path: Path) -> list[x509.Certificate]:
