@@ -330,16 +330,18 @@ def test_amqtt_is_not_loaded_by_the_adapter() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_packed_append_is_valid_resp() -> None:
-    """The self-packed EVAL parses as the RESP array redis-py would have sent."""
+def test_packed_append_is_valid_resp_with_exactly_the_envelope_fields() -> None:
+    """The self-packed EVAL parses as RESP and carries ``Uplink.to_fields()`` verbatim."""
     from corem_ingress.adapters.mqtt.uplinks import pack_append
     from corem_ingress.core.uplink import Transport, Uplink
 
+    payloads: list[object] = [{"é": 1, "a": [1.5, None]}, "text ✓", [1, 2], None, 3.25, True]
     ups = [
-        Uplink.new(IDENTITY, Transport.MQTT, UplinkKind.EVENT, {"é": i}, now=1.5) for i in range(2)
+        Uplink.new(IDENTITY, Transport.MQTT, UplinkKind.EVENT, p, now=1700000000.123456)  # type: ignore[arg-type]
+        for p in payloads
     ]
     raw = pack_append("corem:uplink:{acme}", ups)
-    assert raw.startswith(b"*%d\r\n" % (5 + 2 * 17))
+    assert raw.startswith(b"*%d\r\n" % (5 + len(ups) * 17))
     args, pos = [], raw.index(b"\r\n") + 2
     while pos < len(raw):
         assert raw[pos : pos + 1] == b"$"
@@ -348,7 +350,10 @@ def test_packed_append_is_valid_resp() -> None:
         args.append(raw[end + 2 : end + 2 + size])
         assert raw[end + 2 + size : end + 4 + size] == b"\r\n"
         pos = end + 4 + size
-    assert args[0] == b"EVAL" and args[3] == b"corem:uplink:{acme}" and args[4] == b"2"
-    assert args[5] == b"16"
-    fields = dict(zip(args[6:22:2], args[7:22:2], strict=True))
-    assert {k.decode(): v.decode() for k, v in fields.items()} == ups[0].to_fields()
+    assert args[0] == b"EVAL" and args[3] == b"corem:uplink:{acme}"
+    assert args[4] == str(len(ups)).encode()
+    for i, up in enumerate(ups):
+        entry = args[5 + 17 * i : 5 + 17 * (i + 1)]
+        assert entry[0] == b"16"
+        fields = {k.decode(): v.decode() for k, v in zip(entry[1::2], entry[2::2], strict=True)}
+        assert list(fields.items()) == list(up.to_fields().items())
