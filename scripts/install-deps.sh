@@ -12,6 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   redis-server          # the registry/resolver store (and the tests' real Redis)
   redis-tools           # redis-cli: cluster creation and sentinel checks in tests/ops
+  nginx libnginx-mod-stream  # deploy/nginx.conf run for real in tests (nginx -t, failover)
   mosquitto             # benchmark peer for MQTT
   mosquitto-clients     # mosquitto_pub/mosquitto_sub: real MQTT peers in tests
   libcoap3-bin          # coap-client-openssl/-gnutls, coap-server-openssl: real CoAP peers
@@ -28,7 +29,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The Debian package starts a system Redis where systemd runs; we never use it.
+# The Debian packages start a system Redis (and nginx on :80) where systemd runs; we never use them.
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

@@ -9,6 +9,7 @@ import pytest
 
 from corem_ingress.app import Node
 from tests.conftest import make_config
+from tests.ops.brokers import brokers, pki  # noqa: F401  (fixtures)
 from tests.ops.redis_topologies import RedisClusterProcs, RedisSentinelProcs
 
 

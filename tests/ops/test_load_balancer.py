@@ -1,0 +1,85 @@
+"""Through the shipped load balancer (deploy/nginx.conf run by a real nginx): two real
+``corem-ingress serve`` nodes, one killed under a connected MQTT device. The device
+reconnects to the same load-balancer address and lands on the surviving node; its uplinks
+are stored and a revocation still disconnects it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from corem_ingress.core.identity import CredentialKind
+from corem_ingress.embedded_redis import free_port
+from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry import Registry
+from tests.ops.brokers import Broker, Device, metric, wait_ready
+from tests.ops.nginx import Nginx, render
+
+pytestmark = pytest.mark.integration
+
+LIVE = 'corem_sessions_live{tenant="lb",transport="mqtt"}'
+
+
+async def test_node_killed_behind_nginx(
+    brokers: Callable[[str], Broker],
+    registry: Registry,
+    redis: aioredis.Redis,
+    keys: KeySchema,
+    pki: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    a, b = brokers("node-a"), brokers("node-b")
+    await asyncio.gather(wait_ready(a), wait_ready(b))
+    by_name = {"node-a": a, "node-b": b}
+    backends = {
+        "broker-a:8883": a.mqtt_port,
+        "broker-b:8883": b.mqtt_port,
+        # HTTP and CoAP are not started here: their upstreams point at closed ports.
+        **{f"broker-{n}:{p}": free_port() for n in "ab" for p in (8080, 5684)},
+    }
+    listens = {8883: free_port(), 8080: free_port(), 5684: free_port()}
+    (tmp_path / "lb").mkdir()
+    lb = Nginx(render(backends, listens, tmp_path / "lb"), tmp_path / "lb")
+    lb.start(wait_port=listens[8883])
+    out = await registry.provision("lb", "SN-LB", CredentialKind.API_KEY, actor="test")
+    assert out.api_key is not None
+    dev = Device(out.device.device_id, out.api_key.api_key, pki["ca"])
+    try:
+        assert await asyncio.to_thread(dev.connect, listens[8883]) == 0
+        await asyncio.to_thread(dev.publish, 1)
+        holders = [n for n, br in by_name.items() if await asyncio.to_thread(metric, br, LIVE)]
+        assert len(holders) == 1, holders
+        first, survivor = by_name[holders[0]], by_name[({"node-a", "node-b"} - set(holders)).pop()]
+
+        first.proc.kill()
+        killed_at = time.monotonic()
+        await asyncio.to_thread(first.proc.wait, 5)
+        assert await asyncio.to_thread(dev.disconnected.wait, 10), "the device noticed nothing"
+        dev.close()
+        # Same address as before: nginx finds the dead upstream and uses the other one.
+        assert await asyncio.to_thread(dev.connect, listens[8883]) == 0
+        reconnected_after = time.monotonic() - killed_at
+        assert await asyncio.to_thread(metric, survivor, LIVE) == 1
+        await asyncio.to_thread(dev.publish, 2)
+        entries = await redis.xrange(keys.uplink_stream("lb"))
+        assert [e[1]["payload"] for e in entries] == ['{"n":1}', '{"n":2}']
+
+        revoked_at = time.monotonic()
+        await registry.revoke_api_key("lb", out.api_key.key_id, actor="test")
+        assert await asyncio.to_thread(dev.disconnected.wait, 10), "revocation did not apply"
+        revoke_to_disconnect = time.monotonic() - revoked_at
+        dev.close()
+        assert await asyncio.to_thread(dev.connect, listens[8883]) not in (0, None)
+        print(
+            f"\nnode SIGKILL behind nginx: reconnected through the load balancer "
+            f"{reconnected_after:.2f}s after the kill (to {survivor.name}); revoke -> "
+            f"disconnect {revoke_to_disconnect * 1000:.0f} ms; uplinks stored {len(entries)}/2"
+        )
+    finally:
+        dev.close()
+        lb.stop()
