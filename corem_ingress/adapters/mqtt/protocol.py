@@ -26,7 +26,12 @@ from corem_ingress.adapters.mqtt.events import (
 )
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.errors import IngressError, PermissionDenied, Unavailable
+from corem_ingress.core.errors import (
+    CONNACK_SERVER_UNAVAILABLE,
+    IngressError,
+    PermissionDenied,
+    Unavailable,
+)
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport, Uplink, payload_from_bytes
 
@@ -133,6 +138,12 @@ class MqttProtocol(asyncio.BufferedProtocol):
     async def _authenticate(self, connect: Connect) -> None:
         try:
             await self._authenticate_inner(connect)
+        except Exception:  # a bug must not leave the socket hanging in AUTHENTICATING
+            log.exception("mqtt.authenticate_failed", peer=self._peer)
+            if not self._closed:
+                self.mqtt.refuse(CONNACK_SERVER_UNAVAILABLE, "internal error")  # if not yet
+                self._drain()
+                self.close("internal error")  # _close unregisters whatever was registered
         finally:
             self._task = None  # an idle connection keeps no finished task
 
