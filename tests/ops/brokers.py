@@ -33,6 +33,7 @@ class Broker:
     mqtt_port: int
     health_port: int
     log: Path
+    coap_port: int | None = None
 
 
 @pytest.fixture
@@ -50,12 +51,12 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 async def brokers(
     redis_url: str, redis: aioredis.Redis, pki: dict[str, Path], tmp_path: Path
-) -> AsyncIterator[Callable[[str], Broker]]:
+) -> AsyncIterator[Callable[..., Broker]]:
     """Factory of ``corem-ingress serve`` processes with only MQTT (and health) enabled."""
     started: list[Broker] = []
 
-    def start(name: str) -> Broker:
-        mqtt_port, health_port = free_port(), free_port()
+    def start(name: str, *, coap: bool = False) -> Broker:
+        mqtt_port, health_port, coap_port = free_port(), free_port(), free_port()
         env = {
             **os.environ,
             "COREM_REDIS_URL": redis_url,
@@ -66,7 +67,13 @@ async def brokers(
             "COREM_LOGGING_FORMAT": "console",
             "COREM_HEALTH_PORT": str(health_port),
             "COREM_HTTP_ENABLED": "false",
-            "COREM_COAP_ENABLED": "false",
+            "COREM_COAP_ENABLED": "true" if coap else "false",
+            "COREM_COAP_PORT": str(coap_port),
+            "COREM_COAP_SERVER_CERT": str(pki["server"]),
+            "COREM_COAP_SERVER_KEY": str(pki["server_key"]),
+            "COREM_COAP_CLIENT_CA_FILES": str(pki["ca"]),
+            # Behind a load balancer every datagram comes from its address: no per-IP limit.
+            "COREM_COAP_HANDSHAKE_RATE_PER_S": "0",
             "COREM_MQTT_PORT": str(mqtt_port),
             "COREM_MQTT_CLIENT_AUTH": "optional",
             "COREM_MQTT_SERVER_CERT": str(pki["server"]),
@@ -78,7 +85,7 @@ async def brokers(
             proc = subprocess.Popen(
                 [sys.executable, "-m", "corem_ingress", "serve"], env=env, stdout=out, stderr=out
             )
-        broker = Broker(name, proc, mqtt_port, health_port, log)
+        broker = Broker(name, proc, mqtt_port, health_port, log, coap_port if coap else None)
         started.append(broker)
         return broker
 
