@@ -1,4 +1,7 @@
-"""Batched uplink appends: every connection's accepted publishes, one Redis round trip per batch.
+"""Batched uplink appends: many devices' accepted messages, one Redis round trip per batch.
+
+Shared by the MQTT and HTTP adapters (CoAP and LwM2M append one by one through
+``UplinkStore``).
 
 The same write as ``UplinkStore.append`` (XADD of ``Uplink.to_fields()`` to the tenant's
 stream), issued as one EVAL per stream per batch, so a busy listener pays one round trip
@@ -23,9 +26,10 @@ import structlog
 
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.uplink import Uplink
+from corem_ingress.store.connection import is_cluster
 from corem_ingress.store.keys import KeySchema
 
-log = structlog.get_logger("corem.mqtt")
+log = structlog.get_logger("corem.uplinks")
 
 Done = Callable[[Unavailable | None], None]
 
@@ -46,6 +50,8 @@ class UplinkBatcher:
         self._task: asyncio.Task[None] | None = None
         self._on_batch_done = on_batch_done
         self._conn: Any = None
+        #: A cluster client routes by slot: one EVAL per stream through the client itself.
+        self._cluster = is_cluster(redis)
         self.batches = 0
 
     def __len__(self) -> int:
@@ -80,14 +86,17 @@ class UplinkBatcher:
             groups.setdefault(self._keys.uplink_stream(uplink.tenant_id), []).append(i)
         errors: list[Exception | None] = [None] * len(batch)
         try:
-            replies = await self._execute(
-                b"".join(
-                    pack_append(key, [batch[i][0] for i in idx]) for key, idx in groups.items()
-                ),
-                len(groups),
-            )
+            if self._cluster:
+                replies = await self._execute_on_cluster(batch, groups)
+            else:
+                replies = await self._execute(
+                    b"".join(
+                        pack_append(key, [batch[i][0] for i in idx]) for key, idx in groups.items()
+                    ),
+                    len(groups),
+                )
         except (redis.exceptions.RedisError, OSError) as exc:
-            log.warning("mqtt.uplink_batch_failed", size=len(batch), error=str(exc))
+            log.warning("uplinks.batch_failed", size=len(batch), error=str(exc))
             replies = [exc] * len(groups)
         for idx, reply in zip(groups.values(), replies, strict=True):
             if isinstance(reply, Exception):
@@ -100,7 +109,23 @@ class UplinkBatcher:
             try:
                 done(error)
             except Exception:
-                log.exception("mqtt.uplink_callback_failed")
+                log.exception("uplinks.callback_failed")
+
+    async def _execute_on_cluster(
+        self, batch: list[tuple[Uplink, Done]], groups: dict[str, list[int]]
+    ) -> list[object]:
+        replies: list[object] = []
+        client: Any = self._r
+        for key, idx in groups.items():
+            try:
+                replies.append(
+                    await client.execute_command(
+                        "EVAL", _APPEND_SCRIPT, 1, key, *append_args([batch[i][0] for i in idx])
+                    )
+                )
+            except redis.exceptions.RedisError as exc:
+                replies.append(exc)
+        return replies
 
     async def _execute(self, packed: bytes, count: int) -> list[object]:
         """Send pre-packed commands on the batcher's own connection; one reply (or error) each.
@@ -129,7 +154,7 @@ class UplinkBatcher:
 
     async def close(self) -> None:
         """Hand the kept connection back to the pool."""
-        if self._conn is not None:
+        if self._conn is not None and not self._cluster:
             conn, self._conn = self._conn, None
             await self._r.connection_pool.release(conn)
 
@@ -174,6 +199,17 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
         )  # fmt: skip
         count += 1 + 2 * len(_FIELDS)
     return b"*%d\r\n%s" % (count, b"".join(parts))
+
+
+def append_args(uplinks: list[Uplink]) -> list[str]:
+    """The EVAL arguments ``pack_append`` packs, for clients that pack themselves (cluster)."""
+    args = [str(len(uplinks))]
+    for u in uplinks:
+        fields = u.to_fields()
+        args.append(str(2 * len(fields)))
+        for name in _FIELDS:
+            args += [name, fields[name]]
+    return args
 
 
 def _bulk(data: bytes) -> bytes:

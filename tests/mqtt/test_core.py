@@ -332,8 +332,8 @@ def test_amqtt_is_not_loaded_by_the_adapter() -> None:
 
 def test_packed_append_is_valid_resp_with_exactly_the_envelope_fields() -> None:
     """The self-packed EVAL parses as RESP and carries ``Uplink.to_fields()`` verbatim."""
-    from corem_ingress.adapters.mqtt.uplinks import pack_append
     from corem_ingress.core.uplink import Transport, Uplink
+    from corem_ingress.store.uplink_batcher import pack_append
 
     payloads: list[object] = [{"é": 1, "a": [1.5, None]}, "text ✓", [1, 2], None, 3.25, True]
     ups = [

@@ -8,11 +8,11 @@ import inspect
 import pytest
 import redis.asyncio as aioredis
 
-from corem_ingress.adapters.mqtt.uplinks import UplinkBatcher
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.uplink_batcher import UplinkBatcher
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from corem_ingress.adapters import Services
 from corem_ingress.adapters.mqtt import tls
 from corem_ingress.adapters.mqtt.connection import ConnectionConfig
 from corem_ingress.adapters.mqtt.protocol import MqttProtocol
-from corem_ingress.adapters.mqtt.uplinks import UplinkBatcher
 from corem_ingress.config import MqttConfig
+from corem_ingress.store.uplink_batcher import UplinkBatcher
 
 log = structlog.get_logger("corem.mqtt")
 
