@@ -19,6 +19,10 @@ import redis.asyncio as aioredis
 
 from corem_ingress import devcerts
 from corem_ingress.adapters import coap, http, mqtt
+from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.identity import CredentialKind
+from corem_ingress.sim.coap_devices import CoapOpenSslPskDevice
+from corem_ingress.sim.devices import Target
 
 SIM_TENANT = "simtest"
 
@@ -207,3 +211,33 @@ async def test_bad_arguments(
     code, out, err = await simulate(broker, redis_url, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+async def test_openssl_psk_device_observes_downlinks_and_sees_close_notify(
+    broker: dict[str, Any], registry: Any
+) -> None:
+    """The OpenSSL device side (no tinydtls 16-byte cap): a 32-byte PSK, an uplink, a
+    downlink on its Observe of /down, then revocation ends the session by close_notify."""
+    psk = bytes(range(32))
+    res = await registry.provision(
+        SIM_TENANT, "ossl-1", CredentialKind.PSK, actor="test", psk_identity="ossl-1", psk_bytes=psk
+    )
+    target = Target("127.0.0.1", broker["ports"]["coap"], str(broker["certs"] / "ca.pem"))
+    device = CoapOpenSslPskDevice("ossl-1", target, "ossl-1", psk)
+    await device.connect()
+    try:
+        await device.send(1)
+        await broker["node"].services.downlink_publisher.publish(
+            Downlink.new(SIM_TENANT, res.device.device_id, "ping", "hello", qos=0, now=0.0)
+        )
+        for _ in range(250):  # bounded: 5 s
+            if device.downlinks:
+                break
+            await asyncio.sleep(0.02)
+        assert device.downlinks == [b"hello"]
+        await registry.revoke_psk(SIM_TENANT, res.device.device_id, actor="test")
+        await asyncio.wait_for(device.closed.wait(), 10)
+        assert device.closed_at is not None
+        assert device._dtls is not None and device._dtls.client.closed  # close_notify
+    finally:
+        await device.close()
