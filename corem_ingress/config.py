@@ -148,6 +148,10 @@ class MqttConfig:
     max_inflight: int = 16
     #: listen() backlog.
     backlog: int = 1024
+    #: Store a device's will as an uplink when its connection ends without DISCONNECT (only
+    #: a will on its own devices/{id}/up/{kind} topic; not after a revocation). Wills and
+    #: retained messages are never routed to other devices: this broker is ingress only.
+    wills_as_uplinks: bool = False
 
     def validate(self) -> None:
         """Errors name the key (``mqtt.<key>``); called when the listener is built."""

@@ -23,6 +23,9 @@ from corem_ingress.adapters.mqtt.events import (
     UnsubscribeReceived,
 )
 
+#: The close reason of a graceful DISCONNECT (no will is published then).
+CLIENT_DISCONNECT = "client sent DISCONNECT"
+
 
 class State(Enum):
     AWAIT_CONNECT = "await_connect"
@@ -259,6 +262,6 @@ class MqttConnection:
         elif isinstance(packet, codec.PingReq):
             self._out.append(codec.PINGRESP)
         elif isinstance(packet, codec.Disconnect):
-            self._close("client sent DISCONNECT", error=False)
+            self._close(CLIENT_DISCONNECT, error=False)
         else:  # a second CONNECT
             self._fail("second CONNECT")

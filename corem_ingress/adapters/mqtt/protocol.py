@@ -16,7 +16,7 @@ from corem_ingress.adapters.mqtt import downlink as dl
 from corem_ingress.adapters.mqtt import policy
 from corem_ingress.adapters.mqtt.auth import Authenticated, authenticate
 from corem_ingress.adapters.mqtt.codec import Connect, Publish, Subscribe, Unsubscribe
-from corem_ingress.adapters.mqtt.connection import MqttConnection, State
+from corem_ingress.adapters.mqtt.connection import CLIENT_DISCONNECT, MqttConnection, State
 from corem_ingress.adapters.mqtt.events import (
     ConnectionClosed,
     ConnectReceived,
@@ -59,6 +59,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         "_timer",
         "_transport",
         "_unacked",
+        "_will",
         "mqtt",
         "session_id",
         "tls",
@@ -71,6 +72,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self.mqtt = MqttConnection(listener.connection_config, listener.loop.time())
         self._timer: asyncio.TimerHandle | None = None
         self._auth: Authenticated | None = None
+        #: The CONNECT's will, kept only when ``wills_as_uplinks`` is on.
+        self._will: Publish | None = None
         self._subs: dl.Subscriptions | None = None
         self._unacked = 0
         self._task: asyncio.Task[None] | None = None
@@ -172,6 +175,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
         if self._closed:
             return
         self._auth = auth
+        if listener.config.wills_as_uplinks and connect.will_topic is not None:
+            self._will = Publish(connect.will_topic, connect.will_payload or b"", 1)
         self.session_id = listener.new_session_id()
         identity = auth.identity
         listener.services.sessions.register(
@@ -311,6 +316,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
     def close(self, reason: str) -> None:
         """Local close (revocation, take-over, shutdown): close_notify, then the socket."""
         if not self._closed:
+            self._will = None  # a local close (revocation, take-over, shutdown): no will
             self.mqtt.close(reason)
             self.tls.close_notify()
             self._close(reason, error=False)
@@ -329,6 +335,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._transport.close()
         if self._auth is not None:
             services = self._listener.services
+            if self._will is not None and reason != CLIENT_DISCONNECT:
+                self._store_will(self._auth, self._will)
             services.sessions.unregister(self.session_id)
             services.downlinks.remove(self._auth.identity.device_id, self.session_id)
             log.info(
@@ -338,6 +346,26 @@ class MqttProtocol(asyncio.BufferedProtocol):
                 reason=reason,
             )
         self._listener.connection_closed(self)
+
+    def _store_will(self, auth: Authenticated, will: Publish) -> None:
+        """The device went away without DISCONNECT: its will becomes an uplink (if allowed)."""
+        listener = self._listener
+        try:
+            kind = policy.uplink_kind(auth.identity, will.topic)
+        except PermissionDenied:
+            log.info("mqtt.will_ignored", device=auth.identity.device_id, reason="foreign topic")
+            return
+        payload, encoding = payload_from_bytes(will.payload)
+        uplink = Uplink.new(
+            auth.identity,
+            Transport.MQTT,
+            kind,
+            payload,
+            now=listener.services.clock(),
+            payload_encoding=encoding,
+        )
+        listener.count("wills_stored")
+        listener.batcher.submit(uplink, lambda _error: None)
 
     @property
     def device_id(self) -> str | None:
