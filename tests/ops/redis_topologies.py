@@ -97,10 +97,15 @@ class _Topology:
 
 
 class RedisClusterProcs(_Topology):
-    """Three masters, no replicas; a failed node leaves the other slots served."""
+    """Three masters (``replicas`` replicas each, default none); a failed master without a
+    replica leaves the other slots served."""
+
+    def __init__(self, *, replicas: int = 0) -> None:
+        super().__init__()
+        self.replica_count = replicas
 
     def start(self) -> RedisClusterProcs:
-        for i in range(3):
+        for i in range(3 * (1 + self.replica_count)):
             self._server(
                 f"cluster{i}",
                 "--cluster-enabled", "yes",
@@ -111,11 +116,12 @@ class RedisClusterProcs(_Topology):
             )  # fmt: skip
         addrs = [f"127.0.0.1:{p.port}" for p in self.procs]
         r = subprocess.run(
-            ["redis-cli", "--cluster", "create", *addrs, "--cluster-yes"],
+            ["redis-cli", "--cluster", "create", *addrs,
+             "--cluster-replicas", str(self.replica_count), "--cluster-yes"],
             capture_output=True,
             text=True,
             timeout=60,
-        )
+        )  # fmt: skip
         assert r.returncode == 0, r.stdout[-800:] + r.stderr[-800:]
 
         def all_ok() -> bool:
@@ -124,7 +130,31 @@ class RedisClusterProcs(_Topology):
             )
 
         _wait(all_ok, 30, "cluster_state:ok on every node")
+        if self.replica_count:
+
+            def replicas_synced() -> bool:
+                links = [_command(p.port, "INFO", "replication") for p in self.procs]
+                return sum(b"master_link_status:up" in x for x in links) == 3 * self.replica_count
+
+            _wait(replicas_synced, 30, "every replica in sync")
         return self
+
+    def live(self) -> list[RedisProc]:
+        return [p for p in self.procs if p.proc.poll() is None]
+
+    def slot_owner(self, slot: int) -> int:
+        """The port of the master serving ``slot``, as a live node's CLUSTER NODES says."""
+        reply = _command(self.live()[0].port, "CLUSTER", "NODES").decode()
+        for line in reply.splitlines():
+            fields = line.split()
+            if len(fields) < 9 or "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for rng in fields[8:]:
+                lo, _, hi = rng.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return port
+        raise AssertionError(f"no live owner for slot {slot}")
 
     @property
     def url(self) -> str:
