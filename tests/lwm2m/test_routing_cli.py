@@ -166,3 +166,13 @@ async def test_requests_are_routed_to_the_node_holding_the_session(
     # Node B is gone: nobody serves its stream, the caller times out (503).
     r = await a.op(p.device_id, "read", path="/3/0/0", timeout_s=1)
     assert r.status == 503
+    # The device re-handshakes with node A and updates: the registration follows it there.
+    assert dev.channel is not None
+    dev.channel.close()
+    dev.channel = None
+    dev.target = a.device(p).target
+    await dev.open_session()
+    assert (await dev.update()).code.dotted == "2.04"
+    assert (await a.registration(p.device_id)).body["node_id"] == a.node.config.node_id
+    r = await a.op(p.device_id, "read", path="/3/0/0")
+    assert r.status == 200 and r.body["records"][0]["value"] == "CORE-M"

@@ -19,6 +19,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.coap.site import DeviceSession
 from corem_ingress.adapters.lwm2m import operations as ops
@@ -90,9 +92,9 @@ class Lwm2mServer:
         #: registration_id -> registration, for registrations made on this node.
         self._regs: dict[str, Registration] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        handler = mounted_handler(self.service, self.peer_of)
-        listener.mount(RD, handler)
-        listener.mount(DP, handler)
+        self._handler = mounted_handler(self.service, self.peer_of)
+        listener.mount(RD, self._blockwise)
+        listener.mount(DP, self._blockwise)
         listener.session_hooks.append(self._session_hook)
         self.stats = {"notifications": 0, "observe_failed": 0}
 
@@ -122,6 +124,40 @@ class Lwm2mServer:
         if self._sessions.get(ident.device_id) is session:
             self._peers[session.session_id] = peer
         return peer
+
+    def _blockwise(self, session: DeviceSession, msg: Any) -> Any:
+        """Block1 (RFC 7959) reassembly of Register/Update/Send bodies, then the handler."""
+        block = msg.opt.block1
+        if block is None:
+            return self._handler(session, msg)
+        key = ("lwm2m", *msg.opt.uri_path, *msg.opt.uri_query)
+        size = 1 << (block.size_exponent + 4)
+        limit = self.services.config.coap.max_body_bytes
+        if block.size_exponent > 6:
+            return Message(code=Code.BAD_REQUEST)
+        if block.block_number == 0:
+            session.block1[key] = bytearray()
+        so_far = session.block1.get(key)
+        if so_far is None or len(so_far) != block.block_number * size:
+            session.block1.pop(key, None)
+            return Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
+        if (block.more and len(msg.payload) != size) or len(so_far) + len(msg.payload) > limit:
+            session.block1.pop(key, None)
+            return Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
+        so_far += msg.payload
+        if block.more:
+            resp = Message(code=Code.CONTINUE)
+            resp.opt.block1 = (block.block_number, True, block.size_exponent)
+            return resp
+        msg.payload = bytes(session.block1.pop(key))
+        msg.opt.block1 = None
+        return self._finish_block(self._handler(session, msg), block)
+
+    @staticmethod
+    async def _finish_block(pending: Any, block: Any) -> Any:
+        resp = await pending
+        resp.opt.block1 = (block.block_number, False, block.size_exponent)
+        return resp
 
     # -- registration events -------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
