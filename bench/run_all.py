@@ -42,7 +42,13 @@ BENCHES: list[tuple[str, list[str], float]] = [
     ("http", [], 300),
     ("mqtt", [], 900),
     ("coap", ["--handshakes", "1000", "--requests", "5000", "--idle", "500"], 600),
-    ("lwm2m", [], 600),
+    # Its defaults (200 devices, 10,000 notifications) overran its own 120 s bound on the
+    # shared machine: a smaller run, with a longer bound.
+    (
+        "lwm2m",
+        ["--devices", "100", "--notifications", "3000", "--reads", "300", "--timeout", "240"],
+        400,
+    ),
     ("revocation", [], 600),
     ("latency", [], 480),
     ("scale", ["--max-seconds", "360"], 480),
@@ -298,11 +304,33 @@ def render_lwm2m(e: dict[str, Any] | None) -> list[str]:
     r = (e or {}).get("result")
     if not r:
         return lines
-    flat: list[tuple[str, Any]] = []
-    _flatten("", r, flat)
-    rows = [[k, fmt(v)] for k, v in flat if k != "bench"]
-    lines += table(["measure", "figure"], rows)
-    return [*lines, "", "No peer figure: no LwM2M server is installed beside ours.", ""]
+    phases = {
+        "register": "Register (DTLS session open; Redis write, observe /3303/0, first value)",
+        "update": "Update (lifetime refresh)",
+        "notify": "Observe notifications (NON) stored as uplinks",
+        "read": "operator Read of /3/0/0 routed through Redis to the device",
+    }
+    rows = []
+    for key, label in phases.items():
+        p = r.get(key)
+        if isinstance(p, dict):
+            extra = f"{fmt(p.get('lost'))} lost" if "lost" in p else ""
+            rows.append(
+                [label, fmt(p.get("n")), fmt(p.get("per_s")), fmt(p.get("server_cpu_us")), extra]
+            )
+    if rows:
+        lines += table(["phase", "n", "ops/s", "server CPU/op (µs)", ""], rows)
+    else:
+        flat: list[tuple[str, Any]] = []
+        _flatten("", r, flat)
+        lines += table(["measure", "figure"], [[k, fmt(v)] for k, v in flat if k != "bench"])
+    return [
+        *lines,
+        "",
+        "No peer figure: no other LwM2M server runs beside ours here; no target is set "
+        "(issue 6 asks for the figures). CPU is read in 10 ms ticks: small phases are coarse.",
+        "",
+    ]
 
 
 def render_revocation(e: dict[str, Any] | None) -> list[str]:
