@@ -111,6 +111,8 @@ class Lwm2mServer:
             del self._sessions[device_id]
             # The endpoint forgot the session's observers; forget our side too.
             self.observations.remove_device(device_id)
+            for reg_id in [r for r, reg in self._regs.items() if reg.device_id == device_id]:
+                del self._regs[reg_id]
 
     async def peer_of(self, session: DeviceSession) -> Peer:
         peer = self._peers.get(session.session_id)
