@@ -249,8 +249,14 @@ class Lwm2mConfig:
     #: What a registration's endpoint name must equal for the device the DTLS credential
     #: resolved to: hardware_id or device_id. Otherwise 4.03 and nothing is stored.
     endpoint_binding: str = "hardware_id"
-    #: DEV ONLY: accept registrations without a DTLS credential (NoSec). Off in production.
+    #: DEV ONLY: accept LwM2M without DTLS (NoSec) on a separate plain-UDP port, for the
+    #: devices of nosec_tenant (the endpoint name selects the device). Off in production.
     allow_nosec: bool = False
+    #: The NoSec (coap://) listener's address, only with allow_nosec (port 0: any free port).
+    nosec_host: str = "127.0.0.1"
+    nosec_port: int = 5683
+    #: The tenant whose devices may register with NoSec (required with allow_nosec).
+    nosec_tenant: str = ""
     #: Accepted registration lifetimes (seconds); a Register/Update outside them gets 4.00.
     min_lifetime_s: int = 1
     #: Longest accepted registration lifetime (seconds).
@@ -284,6 +290,12 @@ class Lwm2mConfig:
         )
         _check(self.expiry_grace_s >= 0, "lwm2m.expiry_grace_s", "must be >= 0")
         _check(self.request_timeout_s > 0, "lwm2m.request_timeout_s", "must be > 0")
+        _check(0 <= self.nosec_port < 65536, "lwm2m.nosec_port", "must be 0..65535")
+        _check(
+            not self.allow_nosec or bool(self.nosec_tenant),
+            "lwm2m.nosec_tenant",
+            "is required with lwm2m.allow_nosec",
+        )
         from corem_ingress.adapters.lwm2m.model import Lwm2mPath
         from corem_ingress.core.errors import InvalidArgument
 

@@ -49,6 +49,42 @@ class _Observed:
     seq: int = 0
 
 
+class PlainUdp(asyncio.DatagramProtocol):
+    """DEV ONLY NoSec: the same send/recv/close surface as the DTLS client, without DTLS."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> PlainUdp:
+        self = cls()
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.put_nowait(data)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data)
+
+    async def recv(self, timeout: float = 15.0) -> bytes:  # noqa: ASYNC109
+        if self.transport is None:
+            raise ConnectionError("closed")
+        async with asyncio.timeout(timeout):
+            return await self.received.get()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
 class CoapDtlsChannel:
     """CoAP client and server on one DTLS session (``corem_ingress.sim.dtls_client``)."""
 
@@ -191,12 +227,15 @@ class Lwm2mDevice:
         version: str = "1.1",
         lifetime_s: int = 300,
         clock: Any = time.time,
+        nosec: bool = False,
     ) -> None:
         self.name = name
         self.target = target
         self.client = SimulatedClient(endpoint, clock=clock, version=version, lifetime_s=lifetime_s)
         self._psk = (psk_identity, psk)
         self._cert = (cert_file, key_file)
+        #: DEV ONLY: plain UDP to the server's NoSec port (``lwm2m.allow_nosec``).
+        self.nosec = nosec
         self.channel: CoapDtlsChannel | None = None
         self.location: tuple[str, ...] = ()
         self.observed: dict[bytes, _Observed] = {}
@@ -222,6 +261,11 @@ class Lwm2mDevice:
         """The DTLS handshake only (tests then send their own Register)."""
         from corem_ingress.sim import dtls_client
 
+        if self.nosec:
+            udp = await PlainUdp.connect(self.target.host, self.target.port)
+            self.channel = CoapDtlsChannel(udp, self._answer)
+            self.channel.start()
+            return
         try:
             dtls = await dtls_client.AsyncDtlsClient.connect(
                 self._context(), self.target.port, timeout=REQUEST_TIMEOUT_S
@@ -393,4 +437,4 @@ class Lwm2mDevice:
             task.cancel()
 
 
-__all__ = ["CoapDtlsChannel", "Lwm2mDevice"]
+__all__ = ["CoapDtlsChannel", "Lwm2mDevice", "PlainUdp"]

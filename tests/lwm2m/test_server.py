@@ -279,3 +279,35 @@ async def test_blockwise_register(lwm2m_node: Any) -> None:
     msg.opt.uri_path = ("rd",)
     msg.opt.block1 = (2, True, 4)
     assert (await dev.channel.request(msg)).code == Code.REQUEST_ENTITY_INCOMPLETE
+
+
+async def test_nosec_only_when_enabled_in_a_dev_config(lwm2m_node: Any) -> None:
+    """Off by default (no plain-UDP port at all); enabled, a device of the dev tenant
+    registers over coap:// by its endpoint name and works as over DTLS."""
+    from corem_ingress.sim.devices import Target
+
+    default = await lwm2m_node()
+    assert next(x for x in default.node.listeners if x.name == "coap").lwm2m.nosec is None
+
+    n = await lwm2m_node(
+        allow_nosec=True, nosec_port=0, nosec_tenant="acme", observe_paths=["/3303/0"]
+    )
+    nosec = next(x for x in n.node.listeners if x.name == "coap").lwm2m.nosec
+    assert nosec is not None and nosec.port != n.port
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p, nosec=True)
+    dev.target = Target("127.0.0.1", nosec.port)
+    await dev.open_session()
+    # Update before any Register from this address: 4.01.
+    assert (await dev.update(location=("rd", "whatever"))).code == Code.UNAUTHORIZED
+    # An endpoint name that is no device of the dev tenant: 4.03.
+    unknown = ["ep=SN-nobody", "lt=60", "lwm2m=1.1", "b=U"]
+    assert (await dev.register(query=unknown)).code == Code.FORBIDDEN
+    assert (await dev.register()).code == Code.CREATED
+    reg = (await n.registration(p.device_id)).body
+    assert reg["security"] == "nosec" and reg["endpoint"] == p.hardware_id
+    ups = await n.uplinks(at_least=1)
+    assert ups[0]["payload"]["path"] == "/3303/0"
+    r = await n.op(p.device_id, "read", path="/3/0/0")
+    assert r.status == 200 and r.body["records"][0]["value"] == "CORE-M"
+    assert (await dev.deregister()).code == Code.DELETED

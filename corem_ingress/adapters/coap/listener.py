@@ -87,6 +87,8 @@ class CoapListener:
         cfg = self.services.config.coap
         self.port = await self.transport.open(cfg.host, cfg.port)
         log.info("coap.listening", host=cfg.host, port=self.port)
+        if self.lwm2m is not None:
+            await self.lwm2m.start()
 
     async def stop(self, deadline: float) -> None:
         if self.lwm2m is not None:

@@ -22,9 +22,11 @@ import structlog
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
+from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession
 from corem_ingress.adapters.lwm2m import operations as ops
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
+from corem_ingress.adapters.lwm2m.nosec import NoSecListener
 from corem_ingress.adapters.lwm2m.observations import ObservationTable
 from corem_ingress.adapters.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.adapters.lwm2m.registration import (
@@ -97,16 +99,38 @@ class Lwm2mServer:
         listener.mount(DP, self._blockwise)
         listener.session_hooks.append(self._session_hook)
         self.stats = {"notifications": 0, "observe_failed": 0}
+        #: DEV ONLY: the plain-UDP NoSec listener (``lwm2m.allow_nosec``).
+        self.nosec: NoSecListener | None = None
+        if self.config.allow_nosec:
+            self.nosec = NoSecListener(self)
+        self._nosec_sessions: set[str] = set()
+
+    @property
+    def registrar_binding_is_device_id(self) -> bool:
+        return self.service.registrar.config.endpoint_binding is EndpointBinding.DEVICE_ID
+
+    async def start(self) -> None:
+        if self.nosec is not None:
+            await self.nosec.start()
 
     # -- sessions ----------------------------------------------------------------------------
     def _session_hook(self, session: DeviceSession, started: bool) -> None:
+        self.session_changed(session, started)
+
+    def session_changed(
+        self, session: DeviceSession, started: bool, *, nosec: bool = False
+    ) -> None:
+        """A device session (DTLS, or a NoSec address) started or ended."""
         if session.credential is None:
             return
         device_id = session.credential.identity.device_id
         if started:
             self._sessions[device_id] = session
+            if nosec:
+                self._nosec_sessions.add(session.session_id)
             return
         self._peers.pop(session.session_id, None)
+        self._nosec_sessions.discard(session.session_id)
         if self._sessions.get(device_id) is session:
             del self._sessions[device_id]
             # The endpoint forgot the session's observers; forget our side too.
@@ -161,6 +185,11 @@ class Lwm2mServer:
         resp.opt.block1 = (block.block_number, False, block.size_exponent)
         return resp
 
+    def _endpoint_of(self, session: DeviceSession) -> CoapEndpoint:
+        if session.session_id in self._nosec_sessions and self.nosec is not None:
+            return self.nosec.endpoint
+        return self.listener.endpoint
+
     # -- registration events -------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -171,7 +200,7 @@ class Lwm2mServer:
         for obs in self.observations.remove_registration(registration_id):
             session = self._sessions.get(obs.device_id)
             if session is not None:
-                self.listener.endpoint.stop_observing(session.addr, obs.token)
+                self._endpoint_of(session).stop_observing(session.addr, obs.token)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Registered):
@@ -215,8 +244,8 @@ class Lwm2mServer:
         old = self.observations.for_path(reg.device_id, request.path)
         if old is not None:  # observing again replaces the previous observation
             self.observations.remove(old.token)
-            self.listener.endpoint.stop_observing(session.addr, old.token)
-        token = self.listener.endpoint.new_token()
+            self._endpoint_of(session).stop_observing(session.addr, old.token)
+        token = self._endpoint_of(session).new_token()
         self.observations.add(token, reg.registration_id, reg.device_id, request, now=self._clock())
 
         def notified(msg: Any) -> None:
@@ -231,7 +260,7 @@ class Lwm2mServer:
         seq = answer.opt.observe
         if response.code != "2.05" or seq is None:
             self.observations.remove(token)
-            self.listener.endpoint.stop_observing(session.addr, token)
+            self._endpoint_of(session).stop_observing(session.addr, token)
         else:
             self.observations.notification(token, seq, now=self._clock())
         return response
@@ -248,7 +277,7 @@ class Lwm2mServer:
             self.observations.remove(token)
             session = self._sessions.get(obs.device_id)
             if session is not None:
-                self.listener.endpoint.stop_observing(session.addr, token)
+                self._endpoint_of(session).stop_observing(session.addr, token)
             if reg is None or reg.expired(self._clock()) or not response.code.startswith("2."):
                 return
         await self._notified_uplink(reg, obs.request, response)
@@ -265,7 +294,14 @@ class Lwm2mServer:
     # -- server-initiated requests --------------------------------------------------------------
     def _session(self, device_id: str) -> DeviceSession:
         session = self._sessions.get(device_id)
-        if session is None or self.listener.sessions.get(session.addr) is not session:
+        live = (
+            self.nosec.sessions
+            if session is not None
+            and session.session_id in self._nosec_sessions
+            and self.nosec is not None
+            else self.listener.sessions
+        )
+        if session is None or live.get(session.addr) is not session:
             raise NotFound("the device has no DTLS session on its node", reason="no session")
         return session
 
@@ -280,7 +316,7 @@ class Lwm2mServer:
     ) -> Any:
         try:
             async with asyncio.timeout(max(0.01, timeout_s)):
-                return await self.listener.request(
+                return await self._endpoint_of(session).request(
                     session.addr,
                     request_message(request),
                     response_timeout=timeout_s,
@@ -306,7 +342,7 @@ class Lwm2mServer:
             if obs is None:
                 raise NotFound(f"{request.path} is not observed", reason="not observed")
             self.observations.remove(obs.token)
-            self.listener.endpoint.stop_observing(session.addr, obs.token)
+            self._endpoint_of(session).stop_observing(session.addr, obs.token)
             token = obs.token
         return device_response(await self._send(session, request, timeout_s, token=token))
 
@@ -319,6 +355,8 @@ class Lwm2mServer:
         return await self.call(reg, routed.request, timeout_s=left)
 
     async def stop(self) -> None:
+        if self.nosec is not None:
+            self.nosec.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
