@@ -10,8 +10,6 @@ from corem_ingress import devcerts
 from corem_ingress.core import certs
 from corem_ingress.core.errors import InvalidArgument
 
-NOW = time.time()
-
 
 @pytest.fixture(scope="module")
 def ca() -> devcerts.Issued:
@@ -20,24 +18,24 @@ def ca() -> devcerts.Issued:
 
 def test_parse_valid_device_cert(ca: devcerts.Issued) -> None:
     leaf = devcerts.issue(ca, "dev-1")
-    info = certs.parse_device_cert(leaf.cert_pem, now=NOW)
+    info = certs.parse_device_cert(leaf.cert_pem, now=time.time())
     der = leaf.cert.public_bytes(serialization.Encoding.DER)
     assert info.fingerprint == certs.fingerprint_der(der) == leaf.fingerprint
     assert info.fingerprint == info.fingerprint.lower() and len(info.fingerprint) == 64
     assert "CN=dev-1" in info.subject
     assert info.key_type == "ec-secp256r1"
     assert not info.self_signed
-    assert info.not_before < NOW < info.not_after
+    assert info.not_before < time.time() < info.not_after
 
 
 def test_self_signed_is_detected() -> None:
     leaf = devcerts.issue(None, "self")
-    assert certs.parse_device_cert(leaf.cert_pem, now=NOW).self_signed
+    assert certs.parse_device_cert(leaf.cert_pem, now=time.time()).self_signed
 
 
 def _err(pem: bytes | str) -> str:
     with pytest.raises(InvalidArgument) as e:
-        certs.parse_device_cert(pem, now=NOW)
+        certs.parse_device_cert(pem, now=time.time())
     return e.value.message
 
 
@@ -82,7 +80,7 @@ def test_small_rsa_refused(ca: devcerts.Issued) -> None:
     cert = _build(key, ca)
     assert "2048" in _err(cert.public_bytes(serialization.Encoding.PEM))
     ok = devcerts.issue(ca, "r", key_kind="rsa2048")
-    assert certs.parse_device_cert(ok.cert_pem, now=NOW).key_type == "rsa2048"
+    assert certs.parse_device_cert(ok.cert_pem, now=time.time()).key_type == "rsa2048"
 
 
 def test_unsupported_key_types(ca: devcerts.Issued) -> None:
