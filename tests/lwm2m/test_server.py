@@ -46,6 +46,20 @@ async def test_register_with_a_certificate(lwm2m_node: Any) -> None:
     reg = (await n.registration(p.device_id)).body
     assert reg["security"] == "x509" and reg["version"] == "1.0"
     assert reg["credential_id"] == p.credential_id
+    # A 1.0 client answers in TLV: decoded into the one JSON shape.
+    r = await n.op(p.device_id, "read", path="/3/0")
+    assert r.status == 200, r.body
+    values = {x["path"]: (x["type"], x["value"]) for x in r.body["records"]}
+    assert values["/3/0/0"] == ("string", "CORE-M") and values["/3/0/9"] == ("integer", 100)
+    # Write to a 1.0 client: TLV for an instance, text for a single resource.
+    for path, body in (
+        ("/1/0", [{"path": "/1/0/2", "value": 7}, {"path": "/1/0/3", "value": 70}]),
+        ("/1/0/2", [{"path": "/1/0/2", "value": 8}]),
+    ):
+        r = await n.op(p.device_id, "write", path=path, values=body, replace=False)
+        assert r.status == 200 and r.body["code"] == "2.04", r.body
+    r = await n.op(p.device_id, "read", path="/1/0/2", accept=0)
+    assert r.body["records"][0]["value"] == 8
 
 
 async def test_refusals_store_nothing(lwm2m_node: Any, redis: Any) -> None:
