@@ -14,6 +14,7 @@ from typing import Any
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
+from corem_ingress import metrics
 from corem_ingress.adapters.coap.endpoint import error_response, response
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.core.downlink import Downlink
@@ -93,13 +94,24 @@ class DeviceSite:
             return self._error(exc)
         return response(Code.NOT_FOUND)
 
+    def limit_uplinks(
+        self,
+        wrap: Callable[[Callable[[Uplink], Awaitable[str]]], Callable[[Uplink], Awaitable[str]]],
+    ) -> None:
+        """Put ``wrap`` around the uplink append (the per-device rate, coap/guard.py)."""
+        self._append = wrap(self._append)
+
     def _error(self, exc: IngressError) -> Message:
         resp = error_response(exc.coap_code)
         if resp.code == Code.SERVICE_UNAVAILABLE:
             resp.opt.max_age = self.limits.unavailable_max_age_s
+        retry_after = getattr(exc, "retry_after_s", None)
+        if isinstance(retry_after, int):  # 4.29 Too Many Requests: when to try again
+            resp.opt.max_age = retry_after
         return resp
 
     def _too_large(self) -> Message:
+        metrics.limit_refused("coap", "max_size")
         resp = response(Code.REQUEST_ENTITY_TOO_LARGE)
         resp.opt.size1 = self.limits.max_body_bytes
         return resp

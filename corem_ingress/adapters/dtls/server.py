@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -154,6 +154,11 @@ class DtlsServer:
         self._events: collections.deque[DtlsEvent] = collections.deque()
         self._next_sweep = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
+        #: Asked (source IP) before any work on a ClientHello: True drops it silently
+        #: (failed-authentication throttling; see adapters/coap/guard.py).
+        self.source_blocked: Callable[[str], bool] | None = None
+        #: Told when a source passed the cookie exchange and gets handshake state.
+        self.on_handshake_started: Callable[[Address], None] | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
@@ -249,6 +254,9 @@ class DtlsServer:
             if cookie is None:
                 self.stats["dropped_no_session"] += 1
                 return
+            if self.source_blocked is not None and self.source_blocked(addr[0]):
+                self.stats["dropped_throttled"] += 1
+                return
             self._stateless(data, addr, cookie, replacing=peer)
             return
         peer.last_seen = now
@@ -338,6 +346,8 @@ class DtlsServer:
         self._peers[addr] = peer
         self._pending[addr] = peer
         self.stats["handshakes_started"] += 1
+        if self.on_handshake_started is not None:
+            self.on_handshake_started(addr)
         self._advance(peer)
 
     def _new_connection(self) -> SSL.Connection:

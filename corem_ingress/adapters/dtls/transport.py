@@ -41,6 +41,18 @@ class DtlsHandler(Protocol):
     def session_closed(self, addr: Address, reason: str, established: bool) -> None: ...
 
 
+class DtlsGuard(Protocol):
+    """Limits and metrics around the sessions (``adapters/coap/guard.py``)."""
+
+    def source_blocked(self, ip: str) -> bool: ...
+
+    def handshake_started(self, addr: Address) -> None: ...
+
+    def admit(self, addr: Address, credential: Credential | None) -> bool: ...
+
+    def closed(self, addr: Address, reason: str, established: bool) -> None: ...
+
+
 class AsyncResolver(Protocol):
     async def resolve_psk(self, identity: str) -> Any: ...
 
@@ -57,6 +69,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.server = server
+        self.guard: DtlsGuard | None = None
         self._resolver = resolver
         self.handler = handler
         self._clock = clock
@@ -98,6 +111,12 @@ class DtlsTransport(asyncio.DatagramProtocol):
         log.debug("dtls.socket_error", error=str(exc))
 
     # -- user API ------------------------------------------------------------------------------
+    def set_guard(self, guard: DtlsGuard) -> None:
+        """Limits and metrics: consulted on ClientHellos and told of sessions starting/ending."""
+        self.guard = guard
+        self.server.source_blocked = guard.source_blocked
+        self.server.on_handshake_started = guard.handshake_started
+
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
         self._pump()
@@ -121,8 +140,15 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 if isinstance(event, ApplicationData):
                     self.handler.data_received(event.addr, event.data)
                 elif isinstance(event, HandshakeCompleted):
+                    guard = self.guard
+                    if guard is not None and not guard.admit(event.addr, event.credential):
+                        # Refused by a limit: close_notify now; its SessionClosed follows.
+                        self.server.close(event.addr, "tenant session limit")
+                        continue
                     self.handler.session_started(event.addr, event.credential)
                 elif isinstance(event, SessionClosed):
+                    if self.guard is not None:
+                        self.guard.closed(event.addr, event.reason, event.established)
                     self.handler.session_closed(event.addr, event.reason, event.established)
                 elif isinstance(event, CredentialNeeded):
                     self._spawn_lookup(event)

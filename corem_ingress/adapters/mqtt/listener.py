@@ -42,7 +42,8 @@ class MqttListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Counters for logs/metrics and tests: connect_accepted, connect_refused,
         #: acl_violations, subscribe_denied, protocol_closes, tls_failures, uplinks,
-        #: store_failures, downlinks, revocation_closes, takeovers.
+        #: store_failures, downlinks, revocation_closes, takeovers, throttled, tenant_limit,
+        #: rate_limited.
         self.stats: Counter[str] = Counter()
 
     @property
@@ -106,6 +107,10 @@ class MqttListener:
         device_id = conn.device_id
         if device_id is not None and self._by_device.get(device_id) is conn:
             del self._by_device[device_id]
+
+    def holder(self, device_id: str) -> MqttProtocol | None:
+        """The connection of ``device_id`` on this node, if any."""
+        return self._by_device.get(device_id)
 
     def claim(self, device_id: str, conn: MqttProtocol) -> None:
         """One session per client id on this node: a new CONNECT takes over (MQTT 3.1.1)."""

@@ -8,10 +8,12 @@ before PUBACK, downlink delivery, revocation.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import structlog
 
+from corem_ingress import metrics
 from corem_ingress.adapters.mqtt import downlink as dl
 from corem_ingress.adapters.mqtt import policy
 from corem_ingress.adapters.mqtt.auth import Authenticated, authenticate
@@ -27,8 +29,10 @@ from corem_ingress.adapters.mqtt.events import (
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import (
+    CONNACK_NOT_AUTHORIZED,
     CONNACK_SERVER_UNAVAILABLE,
     IngressError,
+    InvalidArgument,
     PermissionDenied,
     Unavailable,
 )
@@ -45,15 +49,31 @@ _READ = bytearray(64 * 1024)
 _READ_VIEW = memoryview(_READ)
 #: Bytes queued to a slow client beyond which downlinks are not delivered.
 _WRITE_LIMIT = 256 * 1024
+TRANSPORT = "mqtt"
+
+
+def _auth_reason(exc: IngressError) -> str:
+    """The metrics label of a refused CONNECT (see metrics.AUTH_REASONS)."""
+    if isinstance(exc, Unavailable):
+        return "unavailable"
+    if isinstance(exc, InvalidArgument):
+        return "malformed"
+    if isinstance(exc, PermissionDenied):
+        return "identity_mismatch"  # client id is not the device id
+    if exc.reason.startswith("no "):  # no client certificate / no certificate and no password
+        return "no_credential"
+    return exc.reason
 
 
 class MqttProtocol(asyncio.BufferedProtocol):
     __slots__ = (
         "_auth",
         "_closed",
+        "_ip",
         "_listener",
         "_paused",
         "_peer",
+        "_slot",
         "_subs",
         "_task",
         "_timer",
@@ -80,6 +100,9 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._paused = False
         self._closed = False
         self._peer = ""
+        self._ip = ""
+        #: The tenant whose connection slot this connection holds (limits), if any.
+        self._slot: str | None = None
         self.session_id = ""
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -88,7 +111,17 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self._listener.connection_opened(self)
+        self._ip = str(peer[0]) if peer else "?"
+        listener = self._listener
+        listener.connection_opened(self)
+        metrics.connection_opened(TRANSPORT)
+        services = listener.services
+        if services.throttle.blocked(self._ip, services.clock()):
+            # Throttled source: closed before any TLS work (the handshake is the costly part).
+            listener.count("throttled")
+            metrics.limit_refused(TRANSPORT, "auth_throttle")
+            self._close("source address throttled", error=True)
+            return
         self._schedule_timer()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -98,13 +131,18 @@ class MqttProtocol(asyncio.BufferedProtocol):
         if self._closed:
             return
         data = bytes(_READ_VIEW[:nbytes])
+        handshaking = not self.tls.handshake_done
         try:
             plain = self.tls.receive(data)
         except TlsError as exc:
             self._listener.count("tls_failures")
             log.info("mqtt.tls_failed", peer=self._peer, error=str(exc))
+            if handshaking:
+                self._handshake_failed()
             self._close("TLS failure", error=True)
             return
+        if handshaking and self.tls.handshake_done:
+            metrics.handshake(TRANSPORT, ok=True)
         if plain:
             self.mqtt.receive_data(plain, self._listener.loop.time())
             self._drain()
@@ -134,6 +172,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
             elif isinstance(event, ConnectionClosed):
                 if event.error:
                     self._listener.count("protocol_closes")
+                    if "exceeds max_packet_size" in event.reason:
+                        metrics.limit_refused(TRANSPORT, "max_size")
                     log.info("mqtt.closed", peer=self._peer, reason=event.reason)
                 self._close(event.reason, error=event.error)
         self._flush()
@@ -150,8 +190,26 @@ class MqttProtocol(asyncio.BufferedProtocol):
         finally:
             self._task = None  # an idle connection keeps no finished task
 
+    def _handshake_failed(self) -> None:
+        """A failed TLS handshake (e.g. a client certificate we do not accept) counts as a
+        failed authentication of the source address."""
+        services = self._listener.services
+        metrics.handshake(TRANSPORT, ok=False)
+        metrics.auth_failure(TRANSPORT, "handshake_failed")
+        if services.throttle.failure(self._ip, services.clock()):
+            log.warning("mqtt.source_blocked", peer=self._ip, block_s=services.throttle.block_s)
+
     async def _authenticate_inner(self, connect: Connect) -> None:
         listener = self._listener
+        services = listener.services
+        now = services.clock()
+        if services.throttle.blocked(self._ip, now):
+            # Blocked while this connection was being set up: no credential work.
+            listener.count("throttled")
+            metrics.limit_refused(TRANSPORT, "auth_throttle")
+            self.mqtt.refuse(CONNACK_NOT_AUTHORIZED, "source address throttled")
+            self._drain()
+            return
         try:
             auth = await authenticate(
                 listener.services.resolver,
@@ -160,6 +218,10 @@ class MqttProtocol(asyncio.BufferedProtocol):
                 client_auth=listener.config.client_auth,
             )
         except IngressError as exc:
+            metrics.auth_failure(TRANSPORT, _auth_reason(exc))
+            # UNAVAILABLE (Redis down) is not the device's fault: not counted against it.
+            if not isinstance(exc, Unavailable) and services.throttle.failure(self._ip, now):
+                log.warning("mqtt.source_blocked", peer=self._ip, block_s=services.throttle.block_s)
             if self._closed:
                 return
             listener.count("connect_refused")
@@ -172,6 +234,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self.mqtt.refuse(exc.mqtt_connack, exc.reason)
             self._drain()
             return
+        services.throttle.success(self._ip)
         if self._closed:
             return
         self._auth = auth
@@ -190,6 +253,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         except IngressError as exc:
             listener.services.sessions.unregister(self.session_id)
             self._auth = None
+            metrics.auth_failure(TRANSPORT, _auth_reason(exc))
             if not self._closed:
                 listener.count("connect_refused")
                 self.mqtt.refuse(exc.mqtt_connack, exc.reason)
@@ -197,10 +261,23 @@ class MqttProtocol(asyncio.BufferedProtocol):
             return
         if self._closed:
             return
+        if not self._take_slot(identity.tenant_id, identity.device_id):
+            # The tenant's connections on this node are at limits.per_tenant_max_connections:
+            # CONNACK 3 (server unavailable), retried by clients with back-off (another node
+            # behind the load balancer may have room); not an authentication failure.
+            listener.services.sessions.unregister(self.session_id)
+            self._auth = None
+            listener.count("tenant_limit")
+            metrics.limit_refused(TRANSPORT, "tenant_connections")
+            log.info("mqtt.connect_refused", peer=self._peer, code=3, reason="tenant limit")
+            self.mqtt.refuse(CONNACK_SERVER_UNAVAILABLE, "tenant connection limit")
+            self._drain()
+            return
         listener.claim(identity.device_id, self)
         listener.services.downlinks.add(identity.device_id, self.session_id, self.deliver)
         self.mqtt.accept(listener.loop.time(), connect.keepalive)
         listener.count("connect_accepted")
+        metrics.session_opened(TRANSPORT, identity.tenant_id)
         log.info(
             "mqtt.connected",
             peer=self._peer,
@@ -229,6 +306,18 @@ class MqttProtocol(asyncio.BufferedProtocol):
             )
             self._close("publish outside the device's topics", error=True)
             return
+        services = listener.services
+        if not services.device_rate.allow(auth.identity.device_id, services.clock()):
+            # Over limits.per_device_msgs_per_s: never stored, never acknowledged. QoS 0 is
+            # dropped (at most once allows it); QoS 1/2 closes the connection: an MQTT 3.1.1
+            # client re-sends its unacknowledged messages after reconnecting (no loss), and
+            # a message left without PUBACK on a live connection would stall its window.
+            listener.count("rate_limited")
+            metrics.limit_refused(TRANSPORT, "device_rate")
+            if publish.qos > 0:
+                log.info("mqtt.rate_limited", peer=self._peer, device=auth.identity.device_id)
+                self._close("device message rate exceeded", error=True)
+            return
         payload, encoding = payload_from_bytes(publish.payload)
         uplink = Uplink.new(
             auth.identity,
@@ -243,12 +332,17 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._paused = True
             if self._transport is not None:
                 self._transport.pause_reading()
-        listener.batcher.submit(uplink, lambda error: self._stored(publish, error))
+        started = time.perf_counter()
+        listener.batcher.submit(uplink, lambda error: self._stored(publish, error, started))
 
-    def _stored(self, publish: Publish, error: Unavailable | None) -> None:
+    def _stored(self, publish: Publish, error: Unavailable | None, started: float) -> None:
         """Batcher callback: acknowledge only what Redis took."""
         listener = self._listener
         self._unacked -= 1
+        if error is None:
+            metrics.uplink_appended(TRANSPORT, time.perf_counter() - started)
+        else:
+            metrics.uplink_failed(TRANSPORT)
         if self._closed:
             return
         if error is not None:
@@ -333,6 +427,9 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._timer = None
         if self._transport is not None:
             self._transport.close()
+        if self._slot is not None:
+            self._listener.services.tenant_connections.release(self._slot)
+            self._slot = None
         if self._auth is not None:
             services = self._listener.services
             if self._will is not None and reason != CLIENT_DISCONNECT:
@@ -365,7 +462,24 @@ class MqttProtocol(asyncio.BufferedProtocol):
             payload_encoding=encoding,
         )
         listener.count("wills_stored")
-        listener.batcher.submit(uplink, lambda _error: None)
+        started = time.perf_counter()
+        listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
+
+    def _take_slot(self, tenant_id: str, device_id: str) -> bool:
+        """A connection slot of the tenant (limits.per_tenant_max_connections), if free.
+
+        A device reconnecting while its old connection is still open takes that one's
+        slot: the take-over closes the old connection first.
+        """
+        slots = self._listener.services.tenant_connections
+        old = self._listener.holder(device_id)
+        full = slots.max_per_tenant and slots.count(tenant_id) >= slots.max_per_tenant
+        if full and old is not None and old is not self:
+            self._listener.claim(device_id, self)
+        if not slots.acquire(tenant_id):
+            return False
+        self._slot = tenant_id
+        return True
 
     @property
     def device_id(self) -> str | None:
@@ -400,3 +514,10 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self.mqtt.handle_timer(self._listener.loop.time())
         self._drain()
         self._schedule_timer()
+
+
+def _will_stored(error: Unavailable | None, started: float) -> None:
+    if error is None:
+        metrics.uplink_appended(TRANSPORT, time.perf_counter() - started)
+    else:
+        metrics.uplink_failed(TRANSPORT)
