@@ -102,6 +102,8 @@ async def stored_per_device(redis: aioredis.Redis) -> dict[str, int]:
         ("mqtt", "api_key"),
         ("coap", "psk"),
         ("coap", "x509"),
+        ("lwm2m", "psk"),
+        ("lwm2m", "x509"),
     ],
 )
 async def test_fleet_run_with_revocations(
