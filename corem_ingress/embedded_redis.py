@@ -100,6 +100,9 @@ class EmbeddedRedis:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     preexec_fn=_die_with_parent,
+                    # Its own session: a Ctrl-C at the terminal reaches the broker, which then
+                    # stops this child itself after its graceful shutdown (not before it).
+                    start_new_session=True,
                 )
             if self._wait_ready(port, timeout):
                 self.port = port
