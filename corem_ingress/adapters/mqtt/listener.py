@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import Counter
 
 import structlog
 
+from corem_ingress import metrics
 from corem_ingress.adapters import Services
 from corem_ingress.adapters.mqtt import tls
 from corem_ingress.adapters.mqtt.connection import ConnectionConfig
@@ -17,6 +19,10 @@ from corem_ingress.config import MqttConfig
 from corem_ingress.store.uplink_batcher import UplinkBatcher
 
 log = structlog.get_logger("corem.mqtt")
+
+#: Uplink metrics, labelled once; fed once per batch (see ``stored``).
+_UPLINK_OK = metrics.UPLINKS.labels("mqtt", "ok")
+_APPEND_SECONDS = metrics.UPLINK_APPEND_SECONDS.labels("mqtt")
 
 
 class MqttListener:
@@ -35,6 +41,9 @@ class MqttListener:
         )
         self.batcher = UplinkBatcher(services.redis, services.keys, on_batch_done=self._flush_dirty)
         self._dirty: set[MqttProtocol] = set()
+        #: Messages of the current batch Redis took, and the oldest one's submission time.
+        self._batch_stored = 0
+        self._batch_oldest = 0.0
         self.connections: set[MqttProtocol] = set()
         self._by_device: dict[str, MqttProtocol] = {}
         self._ids = itertools.count(1)
@@ -91,7 +100,20 @@ class MqttListener:
         """``conn`` has output to send after the current uplink batch (PUBACKs coalesce)."""
         self._dirty.add(conn)
 
+    def stored(self, submitted: float) -> None:
+        """One uplink Redis took (``submitted``: its ``time.perf_counter()`` at submission)."""
+        if not self._batch_stored or submitted < self._batch_oldest:
+            self._batch_oldest = submitted
+        self._batch_stored += 1
+
     def _flush_dirty(self) -> None:
+        if self._batch_stored:
+            # Counted per batch, not per message: labelled inc + observe per message cost
+            # ~2 us, a tenth of the broker's CPU per QoS 0 message. One latency observation
+            # per batch: its oldest message's wait, an upper bound for the others.
+            _UPLINK_OK.inc(self._batch_stored)
+            _APPEND_SECONDS.observe(time.perf_counter() - self._batch_oldest)
+            self._batch_stored = 0
         dirty, self._dirty = self._dirty, set()
         for conn in dirty:
             conn.flush()

@@ -307,7 +307,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._close("publish outside the device's topics", error=True)
             return
         services = listener.services
-        if not services.device_rate.allow(auth.identity.device_id, services.clock()):
+        rate = services.device_rate
+        if rate.enabled and not rate.allow(auth.identity.device_id, services.clock()):
             # Over limits.per_device_msgs_per_s: never stored, never acknowledged. QoS 0 is
             # dropped (at most once allows it); QoS 1/2 closes the connection: an MQTT 3.1.1
             # client re-sends its unacknowledged messages after reconnecting (no loss), and
@@ -340,7 +341,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         listener = self._listener
         self._unacked -= 1
         if error is None:
-            metrics.uplink_appended(TRANSPORT, time.perf_counter() - started)
+            listener.stored(started)  # uplink metrics, per batch
         else:
             metrics.uplink_failed(TRANSPORT)
         if self._closed:
