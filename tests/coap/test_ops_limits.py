@@ -182,3 +182,16 @@ async def test_oversized_uplink_is_counted(start_node: Any, certs: Any, registry
     c.close()
     assert resp.code == Code.REQUEST_ENTITY_TOO_LARGE
     assert sample("corem_limit_refusals_total", transport="coap", limit="max_size") - before == 1
+
+
+async def test_max_sessions_refusal_is_counted(start_node: Any, certs: Any, registry: Any) -> None:
+    node = await limited_node(start_node, certs, coap_extra={"max_sessions": 1})
+    _d1, i1, k1 = await provision_psk(registry, "ms")
+    _d2, i2, k2 = await provision_psk(registry, "ms")
+    before = sample("corem_limit_refusals_total", transport="coap", limit="max_sessions")
+    first = await AsyncDtlsClient.connect(psk_context(i1.encode(), k1), coap_port(node))
+    assert first.client.done
+    with pytest.raises(TimeoutError):  # its verified ClientHellos are ignored
+        await AsyncDtlsClient.connect(psk_context(i2.encode(), k2), coap_port(node), timeout=1.5)
+    first.close()
+    assert sample("corem_limit_refusals_total", transport="coap", limit="max_sessions") > before

@@ -89,6 +89,10 @@ class CoapGuard:
         """The source passed the cookie exchange: it now has handshake state."""
         metrics.connection_opened(self.transport)
 
+    def max_sessions_reached(self, addr: Address) -> None:
+        """A verified ClientHello ignored because ``coap.max_sessions`` peers exist."""
+        metrics.limit_refused(self.transport, "max_sessions")
+
     def admit(self, addr: Address, credential: Credential | None) -> bool:
         """A completed handshake: False refuses the session (the transport closes it)."""
         metrics.handshake(self.transport, ok=True)

@@ -159,6 +159,8 @@ class DtlsServer:
         self.source_blocked: Callable[[str], bool] | None = None
         #: Told when a source passed the cookie exchange and gets handshake state.
         self.on_handshake_started: Callable[[Address], None] | None = None
+        #: Told when a handshake with a valid cookie is refused because ``max_sessions`` is full.
+        self.on_max_sessions: Callable[[Address], None] | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
@@ -318,6 +320,8 @@ class DtlsServer:
         if valid:
             if replacing is None and len(self._peers) >= self.config.max_sessions:
                 self.stats["refused_max_sessions"] += 1
+                if self.on_max_sessions is not None:
+                    self.on_max_sessions(addr)
                 return
             if not self._rate.allow(addr[0], self._now):
                 self.stats["refused_rate"] += 1

@@ -48,6 +48,8 @@ class DtlsGuard(Protocol):
 
     def handshake_started(self, addr: Address) -> None: ...
 
+    def max_sessions_reached(self, addr: Address) -> None: ...
+
     def admit(self, addr: Address, credential: Credential | None) -> bool: ...
 
     def closed(self, addr: Address, reason: str, established: bool) -> None: ...
@@ -116,6 +118,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.guard = guard
         self.server.source_blocked = guard.source_blocked
         self.server.on_handshake_started = guard.handshake_started
+        self.server.on_max_sessions = guard.max_sessions_reached
 
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
