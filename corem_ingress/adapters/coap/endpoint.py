@@ -88,6 +88,9 @@ class CoapEndpoint:
         self._on_reset = on_reset
         self._clock = clock
         self._peers: dict[Address, _PeerState] = {}
+        #: Graceful shutdown: new requests get 5.03 (with this Max-Age) while in-flight ones finish.
+        self.draining = False
+        self.draining_max_age = 5
         self._mid = random.randrange(0x10000)
         self.stats: collections.Counter[str] = collections.Counter()
 
@@ -97,6 +100,13 @@ class CoapEndpoint:
 
     def new_token(self) -> bytes:
         return random.getrandbits(64).to_bytes(8, "big")
+
+    async def drain(self, within: float) -> None:
+        """Stop taking requests; wait (bounded) for those in hand (uplink appends) to answer."""
+        self.draining = True
+        tasks = [t for state in self._peers.values() for t in state.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
 
     def forget(self, addr: Address) -> None:
         """The session is gone: drop dedup state, fail outstanding exchanges."""
@@ -157,6 +167,12 @@ class CoapEndpoint:
         state.seen[msg.mid] = (None, now)
         while len(state.seen) > DEDUP_ENTRIES:
             state.seen.popitem(last=False)
+        if self.draining:  # shutting down: nothing new is taken on, the device retries elsewhere
+            self.stats["refused_draining"] += 1
+            busy = response(Code.SERVICE_UNAVAILABLE)
+            busy.opt.max_age = self.draining_max_age
+            self._respond(addr, state, msg, busy)
+            return
         try:
             result = self._handler(addr, msg)
         except Exception:

@@ -91,6 +91,10 @@ class CoapListener:
             await self.lwm2m.start()
 
     async def stop(self, deadline: float) -> None:
+        # Finish what devices already sent (2.04 only after the append), refuse new requests
+        # with 5.03 meanwhile, then close_notify every session.
+        self.endpoint.draining_max_age = self.services.config.coap.unavailable_max_age_s
+        await self.endpoint.drain(max(0.0, deadline / 2))
         if self.lwm2m is not None:
             await self.lwm2m.stop()
         for addr in list(self.sessions):
