@@ -64,7 +64,7 @@ def refusal_reason(reason: str) -> tuple[str | None, bool]:
     if reason.startswith(("certificate chain error", "certificate error")):
         return "bad_certificate", True
     if reason.startswith(("finished did not verify", "handshake failed")):
-        return "handshake_failed", True  # wrong PSK, no common suite, DTLS 1.0, ...
+        return "handshake_failed", True  # wrong PSK, no common suite, ...
     if reason == "no credential":
         return "no_credential", True
     return None, False  # handshake timeout and other transport trouble
