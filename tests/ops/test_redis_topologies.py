@@ -309,6 +309,13 @@ def cluster_with_replicas() -> Iterator[RedisClusterProcs]:
         procs.close()
 
 
+def _replica_caught_up(port: int) -> bool:
+    info = _command(port, "INFO", "replication", timeout=2.0).decode(errors="replace")
+    master = re.search(r"master_repl_offset:(\d+)", info)
+    replicas = re.findall(r"slave\d+:.*?offset=(\d+)", info)
+    return bool(master and replicas) and all(int(r) >= int(master.group(1)) for r in replicas)
+
+
 async def test_cluster_master_failover_with_replicas(
     cluster_with_replicas: RedisClusterProcs, node_on
 ) -> None:  # type: ignore[no-untyped-def]
@@ -328,6 +335,9 @@ async def test_cluster_master_failover_with_replicas(
     )
     slot = key_slot(b"corem")
     victim = cluster.by_port(cluster.slot_owner(slot))
+    # Replication is asynchronous: kill the master only once its replica has the writes
+    # above, or the promoted replica may not know the device (a real loss, but not this test's).
+    await _until(lambda: _replica_caught_up(victim.port), timeout=10, what="replica in sync")
     victim.stop(kill=True)
     killed_at = time.monotonic()
 
