@@ -67,7 +67,14 @@ AUTH_REASONS = frozenset(
     }
 )
 LIMITS = frozenset(
-    {"auth_throttle", "tenant_connections", "device_rate", "max_size", "max_sessions"}
+    {
+        "auth_throttle",
+        "tenant_connections",
+        "device_rate",
+        "max_size",
+        "max_sessions",
+        "handshake_rate",
+    }
 )
 DISCONNECT_REASONS = frozenset(
     {
@@ -251,7 +258,8 @@ def auth_failure(transport: str, reason: str) -> None:
 
 
 def limit_refused(transport: str, limit: str) -> None:
-    """``limit``: auth_throttle, tenant_connections, device_rate, max_size or max_sessions."""
+    """``limit``: auth_throttle, tenant_connections, device_rate, max_size, max_sessions or
+    handshake_rate."""
     LIMIT_REFUSALS.labels(_transport(transport), _one_of(limit, LIMITS)).inc()
 
 

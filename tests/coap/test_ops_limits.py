@@ -195,3 +195,19 @@ async def test_max_sessions_refusal_is_counted(start_node: Any, certs: Any, regi
         await AsyncDtlsClient.connect(psk_context(i2.encode(), k2), coap_port(node), timeout=1.5)
     first.close()
     assert sample("corem_limit_refusals_total", transport="coap", limit="max_sessions") > before
+
+
+async def test_handshake_rate_refusal_is_counted(
+    start_node: Any, certs: Any, registry: Any
+) -> None:
+    node = await limited_node(
+        start_node, certs, coap_extra={"handshake_rate_per_s": 0.01, "handshake_burst": 1}
+    )
+    _d1, i1, k1 = await provision_psk(registry, "hr")
+    before = sample("corem_limit_refusals_total", transport="coap", limit="handshake_rate")
+    first = await AsyncDtlsClient.connect(psk_context(i1.encode(), k1), coap_port(node))
+    assert first.client.done
+    first.close()
+    with pytest.raises(TimeoutError):  # the source's burst is spent: its hellos are ignored
+        await AsyncDtlsClient.connect(psk_context(i1.encode(), k1), coap_port(node), timeout=1.5)
+    assert sample("corem_limit_refusals_total", transport="coap", limit="handshake_rate") > before

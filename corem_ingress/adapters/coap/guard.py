@@ -89,6 +89,10 @@ class CoapGuard:
         """The source passed the cookie exchange: it now has handshake state."""
         metrics.connection_opened(self.transport)
 
+    def handshake_rate_limited(self, addr: Address) -> None:
+        """A verified ClientHello ignored by ``coap.handshake_rate_per_s`` for its source."""
+        metrics.limit_refused(self.transport, "handshake_rate")
+
     def max_sessions_reached(self, addr: Address) -> None:
         """A verified ClientHello ignored because ``coap.max_sessions`` peers exist."""
         metrics.limit_refused(self.transport, "max_sessions")

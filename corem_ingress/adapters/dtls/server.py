@@ -161,6 +161,8 @@ class DtlsServer:
         self.on_handshake_started: Callable[[Address], None] | None = None
         #: Told when a handshake with a valid cookie is refused because ``max_sessions`` is full.
         self.on_max_sessions: Callable[[Address], None] | None = None
+        #: Told when a handshake with a valid cookie is refused by the per-source rate limit.
+        self.on_rate_limited: Callable[[Address], None] | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
@@ -325,6 +327,8 @@ class DtlsServer:
                 return
             if not self._rate.allow(addr[0], self._now):
                 self.stats["refused_rate"] += 1
+                if self.on_rate_limited is not None:
+                    self.on_rate_limited(addr)
                 return
         listener = self._listener
         if listener is None:

@@ -50,6 +50,8 @@ class DtlsGuard(Protocol):
 
     def max_sessions_reached(self, addr: Address) -> None: ...
 
+    def handshake_rate_limited(self, addr: Address) -> None: ...
+
     def admit(self, addr: Address, credential: Credential | None) -> bool: ...
 
     def closed(self, addr: Address, reason: str, established: bool) -> None: ...
@@ -119,6 +121,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.server.source_blocked = guard.source_blocked
         self.server.on_handshake_started = guard.handshake_started
         self.server.on_max_sessions = guard.max_sessions_reached
+        self.server.on_rate_limited = guard.handshake_rate_limited
 
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
