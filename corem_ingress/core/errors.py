@@ -88,6 +88,21 @@ class FailedPrecondition(IngressError):
     cli_exit = 2
 
 
+class ResourceExhausted(IngressError):
+    """A limit refused the request (per-device message rate, per-source auth throttle)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+    coap_code = "4.29"
+    mqtt_connack = CONNACK_SERVER_UNAVAILABLE
+    cli_exit = 1
+
+    def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        #: Sent as ``Retry-After`` (HTTP) or Max-Age (CoAP 4.29).
+        self.retry_after_s = max(1, retry_after_s)
+
+
 class Unavailable(IngressError):
     code = "UNAVAILABLE"
     http_status = 503
@@ -108,5 +123,6 @@ ALL_ERRORS: tuple[type[IngressError], ...] = (
     AlreadyExists,
     InvalidArgument,
     FailedPrecondition,
+    ResourceExhausted,
     Unavailable,
 )

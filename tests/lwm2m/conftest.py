@@ -134,13 +134,15 @@ async def lwm2m_node(
     made: list[Lwm2mNode] = []
     path, tokens = operator_tokens
 
-    async def start(clock: Any = None, **lwm2m: Any) -> Lwm2mNode:
+    async def start(
+        clock: Any = None, limits: dict[str, Any] | None = None, **lwm2m: Any
+    ) -> Lwm2mNode:
         node = await start_node(
             [coap.build, http.build],
             clock=clock,
             coap=coap_section(certs),
             http={"admin_tokens_file": str(path)},
-            limits={"auth_fail_max": 0},
+            limits={"auth_fail_max": 0, **(limits or {})},
             lwm2m=lwm2m,
         )
         coap_listener = next(x for x in node.listeners if x.name == "coap")

@@ -138,6 +138,20 @@ async def test_send_needs_a_registration(lwm2m_node: Any) -> None:
     assert (await dev.send_dp()).code == Code.NOT_FOUND
 
 
+async def test_send_over_the_device_rate_gets_4_29_and_is_not_stored(lwm2m_node: Any) -> None:
+    n = await lwm2m_node(
+        observe_paths=[], limits={"per_device_msgs_per_s": 0.01, "per_device_burst": 1}
+    )
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.connect()
+    assert (await dev.send_dp()).code == Code.CHANGED
+    refused = await dev.send_dp()
+    assert refused.code == Code.TOO_MANY_REQUESTS
+    assert refused.opt.max_age is not None and refused.opt.max_age >= 1
+    assert len(await n.uplinks(at_least=1)) == 1  # only the first Send was stored
+
+
 async def test_operator_operations_through_the_admin_api(lwm2m_node: Any) -> None:
     n = await lwm2m_node(observe_paths=[])
     p = await provision(n.registry, n.certs, "psk")

@@ -54,11 +54,12 @@ def test_every_error_carries_its_replies() -> None:
         errors.AlreadyExists: ("ALREADY_EXISTS", 409, "4.09", 5, 2),
         errors.InvalidArgument: ("INVALID_ARGUMENT", 400, "4.00", 4, 2),
         errors.FailedPrecondition: ("FAILED_PRECONDITION", 412, "4.12", 5, 2),
+        errors.ResourceExhausted: ("RESOURCE_EXHAUSTED", 429, "4.29", 3, 1),
         errors.Unavailable: ("UNAVAILABLE", 503, "5.03", 3, 1),
     }
     assert set(expected) == set(errors.ALL_ERRORS)
     for cls, (code, http, coap, connack, cli) in expected.items():
-        e = cls("m")
+        e = cls("m", retry_after_s=1) if cls is errors.ResourceExhausted else cls("m")
         assert isinstance(e, errors.IngressError)
         assert (e.code, e.http_status, e.coap_code, e.mqtt_connack, e.cli_exit) == (
             code,

@@ -24,5 +24,8 @@ def build(services: Services) -> Listener | None:
     if services.config.lwm2m.enabled:
         from corem_ingress.adapters.lwm2m.server import Lwm2mServer
 
-        listener.lwm2m = Lwm2mServer(services, listener)
+        # Send and notifications count against the device's message rate like /up does.
+        listener.lwm2m = Lwm2mServer(
+            services, listener, append=guard.rate_limited(services.uplinks.append)
+        )
     return listener

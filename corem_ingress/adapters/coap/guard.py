@@ -28,7 +28,7 @@ import structlog
 
 from corem_ingress import metrics
 from corem_ingress.adapters.dtls.events import Address, Credential
-from corem_ingress.core.errors import IngressError
+from corem_ingress.core.errors import ResourceExhausted
 from corem_ingress.core.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -42,15 +42,8 @@ TENANT_LIMIT = "tenant session limit"
 _NEUTRAL = ("replaced by a new handshake", "broker shutting down", TENANT_LIMIT)
 
 
-class TooManyRequests(IngressError):
-    code = "RESOURCE_EXHAUSTED"
-    http_status = 429
-    coap_code = "4.29"
-
-    def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
-        super().__init__(message, reason=reason)
-        #: Sent as Max-Age with the 4.29.
-        self.retry_after_s = retry_after_s
+#: The core's ResourceExhausted: 4.29 with Max-Age = ``retry_after_s``.
+TooManyRequests = ResourceExhausted
 
 
 def refusal_reason(reason: str) -> tuple[str | None, bool]:

@@ -22,6 +22,7 @@ from corem_ingress.core.errors import (
     IngressError,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -58,17 +59,8 @@ class UnsupportedMediaType(IngressError):
     cli_exit = 2
 
 
-class TooManyRequests(IngressError):
-    """A limit refused the request (auth throttle per source IP, per-device rate)."""
-
-    code = "RESOURCE_EXHAUSTED"
-    http_status = 429
-    coap_code = "4.29"
-    cli_exit = 1
-
-    def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
-        super().__init__(message, reason=reason)
-        self.retry_after_s = max(1, retry_after_s)
+#: The core's ResourceExhausted (429 / 4.29), under the name this adapter uses.
+TooManyRequests = ResourceExhausted
 
 
 class Internal(IngressError):

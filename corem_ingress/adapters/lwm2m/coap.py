@@ -76,6 +76,8 @@ def reply_message(reply: DeviceReply) -> Any:
     msg = Message(code=code_of(reply.code))
     if reply.location_path:
         msg.opt.location_path = reply.location_path
+    if reply.max_age is not None:
+        msg.opt.max_age = reply.max_age
     return msg
 
 

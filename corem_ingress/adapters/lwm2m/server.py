@@ -16,6 +16,7 @@ Update on a new session observes again what is missing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -44,6 +45,7 @@ from corem_ingress.adapters.lwm2m.registration import (
 from corem_ingress.adapters.lwm2m.reporting import DP, paths_to_observe
 from corem_ingress.adapters.lwm2m.service import Lwm2mDeviceService
 from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated
+from corem_ingress.core.uplink import Uplink
 from corem_ingress.store.lwm2m import Lwm2mRequestServer, Lwm2mStore, RoutedRequest
 
 if TYPE_CHECKING:
@@ -67,7 +69,13 @@ def registration_config(services: Services) -> RegistrationConfig:
 class Lwm2mServer:
     """One per CoAP listener (``listener.lwm2m``); the node runs ``request_server``."""
 
-    def __init__(self, services: Services, listener: CoapListener) -> None:
+    def __init__(
+        self,
+        services: Services,
+        listener: CoapListener,
+        *,
+        append: Callable[[Uplink], Awaitable[str]] | None = None,
+    ) -> None:
         self.services = services
         self.listener = listener
         self.config = services.config.lwm2m
@@ -79,7 +87,8 @@ class Lwm2mServer:
         self.service = Lwm2mDeviceService(
             Registrar(reg_cfg),
             self.store,
-            services.uplinks.append,
+            # Behind the per-device message rate (coap/guard.py) when the listener has one.
+            append or services.uplinks.append,
             clock=self._clock,
             on_event=self._on_event,
         )

@@ -58,6 +58,8 @@ class DeviceReply:
 
     code: str
     location_path: tuple[str, ...] = ()
+    #: Max-Age (seconds) to send with the reply, e.g. with 4.29 when a rate limit refused it.
+    max_age: int | None = None
 
 
 class Lwm2mDeviceService:
@@ -114,7 +116,7 @@ class Lwm2mDeviceService:
                 code=exc.coap_code,
                 reason=exc.reason,
             )
-            return DeviceReply(exc.coap_code)
+            return DeviceReply(exc.coap_code, max_age=getattr(exc, "retry_after_s", None))
         if self._on_event is not None:
             self._on_event(outcome.event)
         return DeviceReply(outcome.reply.code, outcome.reply.location_path)
