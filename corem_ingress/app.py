@@ -34,6 +34,7 @@ from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.limits_sync import LimitsSync
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
@@ -88,6 +89,7 @@ class Node:
         self.health_port: int | None = None
         self.services: Services | None = None
         self.bus: RevocationBus | None = None
+        self.limits_sync: LimitsSync | None = None
         self._lwm2m_stop = asyncio.Event()
         self._lwm2m_store: Lwm2mStore | None = None
         self._event_tasks: set[asyncio.Task[None]] = set()
@@ -164,6 +166,20 @@ class Node:
         )
         self._spawn(self.bus.run(), "bus")
         self._spawn(hub.run_expiry_timer(), "expiry-timer")
+        limits = cfg.limits
+        if limits.sync_interval_s > 0 and (
+            limits.per_tenant_max_connections > 0 or self.services.throttle.enabled
+        ):
+            self.limits_sync = LimitsSync(
+                redis,
+                keys,
+                cfg.node_id,
+                self.services.tenant_connections,
+                self.services.throttle,
+                interval_s=limits.sync_interval_s,
+                clock=self.clock,
+            )
+            self._spawn(self.limits_sync.run(), "limits-sync")
         await self._start_health()
         for factory in self._factories:
             listener = factory(self.services)

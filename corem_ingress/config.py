@@ -330,6 +330,10 @@ class LimitsConfig:
     per_device_burst: int = 20
     #: Devices the rate limiter tracks at most (least recently seen forgotten first).
     rate_limit_max_devices: int = 200_000
+    #: Seconds between the nodes sharing, through Redis, their per-tenant connection counts
+    #: and the auth blocks they started, so both limits hold for the whole deployment
+    #: (0: each node alone). A node that stops sharing drops out after 3 intervals.
+    sync_interval_s: float = 1.0
 
     def validate(self) -> None:
         _check(self.auth_fail_max >= 0, "limits.auth_fail_max", "must be >= 0 (0: off)")
@@ -347,6 +351,11 @@ class LimitsConfig:
             "must be >= 0 (0: unlimited)",
         )
         _check(self.per_device_burst >= 1, "limits.per_device_burst", "must be >= 1")
+        _check(
+            self.sync_interval_s == 0 or 0.05 <= self.sync_interval_s <= 60,
+            "limits.sync_interval_s",
+            "must be 0 (not shared) or 0.05..60",
+        )
         _check(self.rate_limit_max_devices >= 1, "limits.rate_limit_max_devices", "must be >= 1")
 
 

@@ -130,8 +130,14 @@ class Resolver:
         cached = self._cached(kind, lookup)
         if cached is not None:
             return cached
+        key = self._keys.lookup(kind, lookup)
         try:
-            raw = await self._r.get(self._keys.lookup(kind, lookup))
+            try:
+                raw = await self._r.get(key)
+            except redis.exceptions.ConnectionError:
+                # A pooled connection that died with a Redis restart fails once; the read is
+                # idempotent, so one retry on a fresh connection tells "restarted" from "down".
+                raw = await self._r.get(key)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed.
             metrics.redis_error("resolver")

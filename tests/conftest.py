@@ -105,6 +105,10 @@ def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[
     cfg.coap.port = 0
     cfg.logging.format = "console"
     cfg.shutdown_deadline_s = 3.0
+    # Unique per node: several in-process nodes must not share an id (hostname-pid would).
+    import uuid
+
+    cfg.node_id = f"test-{uuid.uuid4().hex[:8]}"
     for section, values in sections.items():
         target = getattr(cfg, section)
         for key, value in values.items():

@@ -94,6 +94,9 @@ class TenantConnections:
             raise ValueError("max_per_tenant must be >= 0")
         self.max_per_tenant = max_per_tenant
         self._counts: dict[str, int] = {}
+        #: The same tenants' connections on the other nodes, as last shared through Redis
+        #: (store/limits_sync.py): the limit applies to the deployment, not to one node.
+        self._others: dict[str, int] = {}
         #: Connections refused since creation.
         self.refused = 0
 
@@ -104,10 +107,19 @@ class TenantConnections:
         """Tenants with at least one connection (entries at 0 are removed: bounded)."""
         return len(self._counts)
 
+    def local_counts(self) -> dict[str, int]:
+        """This node's counts (what it shares with the others)."""
+        return dict(self._counts)
+
+    def set_others(self, counts: dict[str, int]) -> None:
+        """The other nodes' counts per tenant (replaces the previous snapshot)."""
+        self._others = {t: n for t, n in counts.items() if n > 0}
+
     def acquire(self, tenant_id: str) -> bool:
         """Take a slot for one more connection of ``tenant_id``; False: refuse it."""
         n = self._counts.get(tenant_id, 0)
-        if self.max_per_tenant and n >= self.max_per_tenant:
+        total = n + self._others.get(tenant_id, 0)
+        if self.max_per_tenant and total >= self.max_per_tenant:
             self.refused += 1
             return False
         self._counts[tenant_id] = n + 1

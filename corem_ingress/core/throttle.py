@@ -49,6 +49,8 @@ class AuthThrottle:
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         #: Blocks started since creation (each N-th failure within the window).
         self.blocks = 0
+        #: Blocks started here and not yet shared with the other nodes: (source, until).
+        self._new_blocks: list[tuple[str, float]] = []
 
     @property
     def enabled(self) -> bool:
@@ -102,7 +104,25 @@ class AuthThrottle:
             return False
         state.blocked_until = now + self.block_s
         self.blocks += 1
+        if len(self._new_blocks) < self.max_sources:
+            self._new_blocks.append((source, state.blocked_until))
         return True
+
+    def drain_new_blocks(self) -> list[tuple[str, float]]:
+        """Blocks started on this node since the last call (to share through Redis)."""
+        out, self._new_blocks = self._new_blocks, []
+        return out
+
+    def block_until(self, source: str, until: float) -> None:
+        """Apply a block another node started (not counted as a block of this node)."""
+        state = self._sources.get(source)
+        if state is None:
+            state = _Source()
+            self._sources[source] = state
+            self._evict()
+        if until > state.blocked_until:
+            state.blocked_until = until
+            state.failures.clear()
 
     def success(self, source: str) -> None:
         """A successful authentication forgets the address's failures (not an active block)."""

@@ -87,6 +87,21 @@ class KeySchema:
         """Stream of operator requests for the devices whose DTLS session ``node_id`` holds."""
         return f"{self.prefix}:lwm2m:req:{{{node_id}}}"
 
+    # -- limits shared by the nodes (store/limits_sync.py) -----------------------------------
+    @property
+    def limits_nodes(self) -> str:
+        """Sorted set: node ids by the time they last shared their counts."""
+        return f"{self._r}:limits:nodes"
+
+    def limits_connections(self, node_id: str) -> str:
+        """Hash tenant_id -> live connections on that node (expires with the node)."""
+        return f"{self._r}:limits:conns:{node_id}"
+
+    @property
+    def limits_blocks(self) -> str:
+        """Sorted set: source addresses blocked for failed authentications, by block end."""
+        return f"{self._r}:limits:blocks"
+
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"

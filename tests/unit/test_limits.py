@@ -82,3 +82,15 @@ def test_bad_parameters() -> None:
         DeviceRateLimiter(burst=0)
     with pytest.raises(ValueError):
         TenantConnections(max_per_tenant=-1)
+
+
+def test_tenant_limit_counts_the_other_nodes_connections() -> None:
+    from corem_ingress.core.limits import TenantConnections
+
+    conns = TenantConnections(max_per_tenant=3)
+    assert conns.acquire("t") and conns.local_counts() == {"t": 1}
+    conns.set_others({"t": 2, "u": 0})
+    assert not conns.acquire("t")  # 1 here + 2 elsewhere = the limit
+    assert conns.acquire("u")
+    conns.set_others({})
+    assert conns.acquire("t")

@@ -116,3 +116,17 @@ def test_bad_parameters_are_refused() -> None:
         AuthThrottle(window_s=0)
     with pytest.raises(ValueError):
         AuthThrottle(max_sources=0)
+
+
+def test_blocks_are_exported_once_and_imported_without_counting() -> None:
+    from corem_ingress.core.throttle import AuthThrottle
+
+    here = AuthThrottle(max_failures=2, window_s=60, block_s=30)
+    assert not here.failure("1.2.3.4", 100.0)
+    assert here.failure("1.2.3.4", 101.0)
+    assert here.drain_new_blocks() == [("1.2.3.4", 131.0)]
+    assert here.drain_new_blocks() == []
+    there = AuthThrottle(max_failures=2, window_s=60, block_s=30)
+    there.block_until("1.2.3.4", 131.0)
+    assert there.blocked("1.2.3.4", 120.0) and not there.blocked("1.2.3.4", 131.0)
+    assert there.blocks == 0 and there.drain_new_blocks() == []
