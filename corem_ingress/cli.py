@@ -178,32 +178,20 @@ def _devices_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]
     return op
 
 
-def _issued_key(k: Any) -> dict[str, object]:
-    out: dict[str, object] = {"key_id": k.key_id, "api_key": k.api_key, "device_id": k.device_id}
-    if k.replaces:
-        out["replaces"] = k.replaces
-        out["old_key_expires_at"] = k.old_key_expires_at
-    return out
-
-
 def _keys_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
-        return _issued_key(await reg.create_api_key(args.tenant, args.device, actor=_actor()))
+        issued = await reg.create_api_key(args.tenant, args.device, actor=_actor())
+        return issued.to_json()
 
     return op
 
 
 def _keys_rotate(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
-        return _issued_key(
-            await reg.rotate_api_key(
-                args.tenant,
-                args.key_id,
-                actor=_actor(),
-                device_id=args.device,
-                overlap=args.overlap,
-            )
+        issued = await reg.rotate_api_key(
+            args.tenant, args.key_id, actor=_actor(), device_id=args.device, overlap=args.overlap
         )
+        return issued.to_json()
 
     return op
 

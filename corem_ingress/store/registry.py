@@ -104,6 +104,18 @@ class IssuedApiKey:
     replaces: str | None = None
     old_key_expires_at: float | None = None
 
+    def to_json(self) -> dict[str, object]:
+        """What the caller gets back once (CLI and admin API alike)."""
+        out: dict[str, object] = {
+            "key_id": self.key_id,
+            "api_key": self.api_key,
+            "device_id": self.device_id,
+        }
+        if self.replaces:
+            out["replaces"] = self.replaces
+            out["old_key_expires_at"] = self.old_key_expires_at
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class IssuedPsk:

@@ -33,7 +33,6 @@ from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, U
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.psk import parse_psk_hex
 from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
-from corem_ingress.store.registry import IssuedApiKey
 
 T = TypeVar("T")
 
@@ -63,14 +62,6 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(data, status=status, headers={**_NO_STORE, **(headers or {})})
-
-
-def _issued_key(k: IssuedApiKey) -> dict[str, object]:
-    out: dict[str, object] = {"key_id": k.key_id, "api_key": k.api_key, "device_id": k.device_id}
-    if k.replaces:
-        out["replaces"] = k.replaces
-        out["old_key_expires_at"] = k.old_key_expires_at
-    return out
 
 
 def _key_id(request: web.Request) -> str:
@@ -208,7 +199,7 @@ class AdminApi:
         op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         issued = await self._registry.create_api_key(op.tenant_id, device_id, actor=op.actor)
-        return _json(_issued_key(issued), status=201)
+        return _json(issued.to_json(), status=201)
 
     async def rotate_key(self, request: web.Request) -> web.Response:
         op = await self.operator(request)
@@ -220,7 +211,7 @@ class AdminApi:
         issued = await self._registry.rotate_api_key(
             op.tenant_id, key_id, actor=op.actor, device_id=device_id, overlap=overlap
         )
-        return _json(_issued_key(issued))
+        return _json(issued.to_json())
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         op = await self.operator(request)
