@@ -37,7 +37,7 @@ from corem_ingress.core.errors import (
     Unavailable,
 )
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
-from corem_ingress.core.uplink import Transport, Uplink, payload_from_bytes
+from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.mqtt.listener import MqttListener
@@ -319,15 +319,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
                 log.info("mqtt.rate_limited", peer=self._peer, device=auth.identity.device_id)
                 self._close("device message rate exceeded", error=True)
             return
-        payload, encoding = payload_from_bytes(publish.payload)
-        uplink = Uplink.new(
-            auth.identity,
-            Transport.MQTT,
-            kind,
-            payload,
-            now=listener.services.clock(),
-            payload_encoding=encoding,
-        )
+        uplink = self._uplink(auth, kind, publish.payload)
         self._unacked += 1
         if self._unacked > listener.config.max_inflight and not self._paused:
             self._paused = True
@@ -445,6 +437,18 @@ class MqttProtocol(asyncio.BufferedProtocol):
             )
         self._listener.connection_closed(self)
 
+    def _uplink(self, auth: Authenticated, kind: UplinkKind, data: bytes) -> Uplink:
+        """The envelope of a message from this device (a PUBLISH or its will)."""
+        payload, encoding = payload_from_bytes(data)
+        return Uplink.new(
+            auth.identity,
+            Transport.MQTT,
+            kind,
+            payload,
+            now=self._listener.services.clock(),
+            payload_encoding=encoding,
+        )
+
     def _store_will(self, auth: Authenticated, will: Publish) -> None:
         """The device went away without DISCONNECT: its will becomes an uplink (if allowed)."""
         listener = self._listener
@@ -453,15 +457,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         except PermissionDenied:
             log.info("mqtt.will_ignored", device=auth.identity.device_id, reason="foreign topic")
             return
-        payload, encoding = payload_from_bytes(will.payload)
-        uplink = Uplink.new(
-            auth.identity,
-            Transport.MQTT,
-            kind,
-            payload,
-            now=listener.services.clock(),
-            payload_encoding=encoding,
-        )
+        uplink = self._uplink(auth, kind, will.payload)
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
