@@ -45,6 +45,7 @@ from aiocoap import CON, Message  # noqa: E402
 from aiocoap.numbers.codes import Code  # noqa: E402
 from OpenSSL import SSL  # noqa: E402
 
+from bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
 from corem_ingress import devcerts  # noqa: E402
 from corem_ingress.app import redis_client  # noqa: E402
 from corem_ingress.core.identity import CredentialKind  # noqa: E402
@@ -55,21 +56,8 @@ from corem_ingress.store.keys import KeySchema  # noqa: E402
 from corem_ingress.store.registry import Registry  # noqa: E402
 
 HOST = "127.0.0.1"
-TICK = os.sysconf("SC_CLK_TCK")
 PSK_ID = "bench-device"
 PSK = b"bench-psk-0123456789-0123456789-abcdef"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class Session:

@@ -20,6 +20,7 @@ import sys
 # the standard library's http package (that aiohttp and urllib import): drop the folder.
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     sys.path.pop(0)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import asyncio
@@ -31,20 +32,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import cpu_seconds, pct
+
 BODY = json.dumps({"kind": "telemetry", "payload": {"temp": 21.5, "rh": 40}}).encode()
 
 
 # -- /proc --------------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    data = Path(f"/proc/{pid}/stat").read_text()
-    fields = data[data.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # -- load generator (its own process) ------------------------------------------------------------

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import cpu_seconds
 from corem_ingress import devcerts
 from corem_ingress.adapters.lwm2m import operations as ops
 from corem_ingress.adapters.lwm2m.model import Lwm2mPath
@@ -47,13 +48,7 @@ from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.registry import Registry
 
 HOST = "127.0.0.1"
-TICK = os.sysconf("SC_CLK_TCK")
 TENANT = "bench"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def provision(registry: Registry, n: int) -> list[tuple[str, str, str, bytes]]:

@@ -40,7 +40,9 @@ from typing import Any
 
 # bench/ holds http.py, which would shadow the standard library's http package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.*
 
+from bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
 from corem_ingress import devcerts  # noqa: E402
 from corem_ingress.adapters.mqtt import codec  # noqa: E402
 from corem_ingress.app import redis_client  # noqa: E402
@@ -52,19 +54,10 @@ from corem_ingress.store.registry import Registry  # noqa: E402
 
 BROKER_CPU = 0
 LOADGEN_CPU = 1
-TICK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 # -- process measurements ----------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
 @dataclass

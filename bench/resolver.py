@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from bench.procstat import pct
 from corem_ingress import logs
 from corem_ingress.app import redis_client
 from corem_ingress.core import api_keys
@@ -26,11 +27,6 @@ from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def provision(registry: Registry, n: int, prefix: str) -> list[tuple[str, str]]:

@@ -39,26 +39,15 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from bench.procstat import cpu_seconds, rss_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 # bench/ holds http.py and mqtt.py: never let them shadow the standard library.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 HOST = "127.0.0.1"
-TICK = os.sysconf("SC_CLK_TCK")
 TENANT = "scale"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def raise_nofile() -> int:
