@@ -28,6 +28,30 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def redis_cluster():  # type: ignore[no-untyped-def]
+    """A real local Redis Cluster (3 masters), for the tests of one module."""
+    from tests.ops.redis_topologies import RedisClusterProcs
+
+    procs = RedisClusterProcs()
+    try:
+        yield procs.start()
+    finally:
+        procs.close()
+
+
+@pytest.fixture(scope="module")
+def redis_sentinel():  # type: ignore[no-untyped-def]
+    """A real local Sentinel setup (a master and a sentinel), for the tests of one module."""
+    from tests.ops.redis_topologies import RedisSentinelProcs
+
+    procs = RedisSentinelProcs()
+    try:
+        yield procs.start()
+    finally:
+        procs.close()
+
+
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url

@@ -4,34 +4,14 @@ the same 202-after-append, through whichever client the Redis URL gives."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from corem_ingress.adapters import http
 from tests.ops.redis_topologies import RedisClusterProcs, RedisSentinelProcs
 
 from .conftest import Api
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterProcs]:
-    procs = RedisClusterProcs()
-    try:
-        yield procs.start()
-    finally:
-        procs.close()
-
-
-@pytest.fixture(scope="module")
-def sentinel() -> Iterator[RedisSentinelProcs]:
-    procs = RedisSentinelProcs()
-    try:
-        yield procs.start()
-    finally:
-        procs.close()
 
 
 async def exercise(start_node: Any, operator_tokens: Any, url: str) -> None:
@@ -63,12 +43,12 @@ async def exercise(start_node: Any, operator_tokens: Any, url: str) -> None:
 
 
 async def test_http_on_redis_cluster(
-    cluster: RedisClusterProcs, start_node: Any, operator_tokens: Any
+    redis_cluster: RedisClusterProcs, start_node: Any, operator_tokens: Any
 ) -> None:
-    await exercise(start_node, operator_tokens, cluster.url)
+    await exercise(start_node, operator_tokens, redis_cluster.url)
 
 
 async def test_http_on_redis_sentinel(
-    sentinel: RedisSentinelProcs, start_node: Any, operator_tokens: Any
+    redis_sentinel: RedisSentinelProcs, start_node: Any, operator_tokens: Any
 ) -> None:
-    await exercise(start_node, operator_tokens, sentinel.url)
+    await exercise(start_node, operator_tokens, redis_sentinel.url)

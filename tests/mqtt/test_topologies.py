@@ -4,7 +4,6 @@ tenants whose streams live on different masters, and revocation through the clus
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,19 +17,10 @@ from tests.ops.redis_topologies import RedisClusterProcs
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterProcs]:
-    procs = RedisClusterProcs()
-    try:
-        yield procs.start()
-    finally:
-        procs.close()
-
-
 async def test_mqtt_uplinks_and_revocation_on_a_cluster(
-    start_node: Any, pki: Any, cluster: RedisClusterProcs
+    start_node: Any, pki: Any, redis_cluster: RedisClusterProcs
 ) -> None:
-    node = await start_node([mqtt.build], redis={"url": cluster.url}, mqtt=mqtt_section(pki))
+    node = await start_node([mqtt.build], redis={"url": redis_cluster.url}, mqtt=mqtt_section(pki))
     (listener,) = node.listeners
     registry = node.services.registry
     clients = []

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from corem_ingress.app import Node
 from tests.conftest import make_config
 from tests.ops.brokers import brokers, pki  # noqa: F401  (fixtures)
-from tests.ops.redis_topologies import RedisClusterProcs, RedisSentinelProcs
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterProcs]:
-    procs = RedisClusterProcs()
-    try:
-        yield procs.start()
-    finally:
-        procs.close()
-
-
-@pytest.fixture(scope="module")
-def redis_sentinel() -> Iterator[RedisSentinelProcs]:
-    procs = RedisSentinelProcs()
-    try:
-        yield procs.start()
-    finally:
-        procs.close()
 
 
 @pytest.fixture
