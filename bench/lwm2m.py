@@ -35,12 +35,12 @@ from typing import Any
 
 from bench.procstat import cpu_seconds
 from corem_ingress import devcerts
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath
 from corem_ingress.app import redis_client
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.psk import KeyRing, generate_kek_line
 from corem_ingress.embedded_redis import EmbeddedRedis, free_port
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.model import Lwm2mPath
 from corem_ingress.sim.devices import Target
 from corem_ingress.sim.lwm2m_device import Lwm2mDevice
 from corem_ingress.store.keys import KeySchema

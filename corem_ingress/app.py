@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from corem_ingress import health, metrics
-from corem_ingress.adapters import Listener, Services
+from corem_ingress.adapters import Listener
 from corem_ingress.config import Config
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
@@ -29,6 +29,7 @@ from corem_ingress.core.resolver_cache import ResolverCache
 from corem_ingress.core.throttle import AuthThrottle
 from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
+from corem_ingress.services import Services, Stores
 from corem_ingress.session_hub import SessionHub
 from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
@@ -88,6 +89,9 @@ class Node:
         self._health_runner: web.AppRunner | None = None
         self.health_port: int | None = None
         self.services: Services | None = None
+        #: The node's one Redis client (store objects and health checks use it).
+        self.redis: aioredis.Redis | None = None
+        self.keys = KeySchema(config.redis.key_prefix)
         self.bus: RevocationBus | None = None
         self.limits_sync: LimitsSync | None = None
         self._lwm2m_stop = asyncio.Event()
@@ -109,7 +113,8 @@ class Node:
             )
             self._write_state(REDIS_URL_FILE, self.redis_url + "\n")
         redis = redis_client(self.redis_url, socket_timeout=cfg.redis.socket_timeout_s)
-        keys = KeySchema(cfg.redis.key_prefix)
+        self.redis = redis
+        keys = self.keys
         cache = ResolverCache(
             ttl=cfg.resolver.cache_ttl_s,
             negative_ttl=cfg.resolver.negative_ttl_s,
@@ -130,8 +135,7 @@ class Node:
         self.services = Services(
             config=cfg,
             node_id=cfg.node_id,
-            redis=redis,
-            keys=keys,
+            stores=Stores(redis, keys),
             registry=registry,
             resolver=resolver,
             sessions=hub,
@@ -249,9 +253,9 @@ class Node:
 
     async def ready_checks(self) -> dict[str, bool]:
         redis_ok = False
-        if self.services is not None:
+        if self.redis is not None:
             try:
-                redis_ok = bool(await self.services.redis.ping())
+                redis_ok = bool(await self.redis.ping())
             except (redis.exceptions.RedisError, OSError):
                 redis_ok = False
         bus_ok = self.bus is not None and self.bus.subscribed.is_set()
@@ -290,7 +294,8 @@ class Node:
                 hub=self.services.sessions,
                 throttle=self.services.throttle,
             )
-            await self.services.redis.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.close)
             with contextlib.suppress(OSError):

@@ -296,8 +296,8 @@ class Lwm2mConfig:
             "lwm2m.nosec_tenant",
             "is required with lwm2m.allow_nosec",
         )
-        from corem_ingress.adapters.lwm2m.model import Lwm2mPath
         from corem_ingress.core.errors import InvalidArgument
+        from corem_ingress.lwm2m.model import Lwm2mPath
 
         for tenant in ["", *self.tenant_observe_paths]:
             for text in self.paths_for(tenant) if tenant else self.observe_paths:

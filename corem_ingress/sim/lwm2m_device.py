@@ -24,13 +24,13 @@ from aiocoap import ACK, CON, NON, RST, Message
 from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
-from corem_ingress.adapters.lwm2m.client_objects import (
+from corem_ingress.adapters.lwm2m.coap import code_of, dotted
+from corem_ingress.lwm2m.client_objects import (
     LifetimeChanged,
     SimulatedClient,
     UpdateTriggered,
 )
-from corem_ingress.adapters.lwm2m.coap import code_of, dotted
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath
+from corem_ingress.lwm2m.model import Lwm2mPath
 from corem_ingress.sim.devices import Target
 from corem_ingress.sim.fleet import DeviceError
 

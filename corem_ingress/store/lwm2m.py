@@ -31,13 +31,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from corem_ingress.adapters.lwm2m.operations import (
+from corem_ingress.core.errors import ALL_ERRORS, IngressError, InvalidArgument, Unavailable
+from corem_ingress.lwm2m.operations import (
     DeviceRequest,
     DeviceResponse,
     timeout_error,
 )
-from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Outcome, Registration
-from corem_ingress.core.errors import ALL_ERRORS, IngressError, InvalidArgument, Unavailable
+from corem_ingress.lwm2m.registration import MethodNotAllowed, Outcome, Registration
 from corem_ingress.store.keys import KeySchema
 
 log = structlog.get_logger("corem.lwm2m")

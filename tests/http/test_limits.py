@@ -96,5 +96,5 @@ async def test_device_rate_limit_is_429_and_nothing_is_written(
         assert (await api.uplink(b["device_id"], b["api_key"])).status == 202
         clock.advance(2)
         assert (await api.uplink(a["device_id"], a["api_key"])).status == 202
-    entries = await redis.xlen(node.services.keys.uplink_stream("acme"))
+    entries = await redis.xlen(node.keys.uplink_stream("acme"))
     assert entries == 5

@@ -31,12 +31,12 @@ async def exercise(start_node: Any, operator_tokens: Any, url: str) -> None:
         assert [r.status for r in replies] == [202] * 15
         detail = await api.request("GET", f"/api/v1/devices/{dev['device_id']}", tenant="acme")
         assert detail.status == 200
-    redis = node.services.redis
+    redis = node.redis
     for tenant, device, n, answered in (
         ("acme", dev, 10, replies[:10]),
         ("globex", other, 5, replies[10:]),
     ):
-        entries = await redis.xrange(node.services.keys.uplink_stream(tenant))
+        entries = await redis.xrange(node.keys.uplink_stream(tenant))
         assert len(entries) == n
         assert {f["message_id"] for _id, f in entries} == {r.body["message_id"] for r in answered}
         assert {f["device_id"] for _id, f in entries} == {device["device_id"]}

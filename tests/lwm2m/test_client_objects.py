@@ -2,8 +2,9 @@
 
 import pytest
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.client_objects import (
+from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.client_objects import (
     ClientResponse,
     Executed,
     LifetimeChanged,
@@ -11,7 +12,7 @@ from corem_ingress.adapters.lwm2m.client_objects import (
     SimulatedClient,
     UpdateTriggered,
 )
-from corem_ingress.adapters.lwm2m.content import (
+from corem_ingress.lwm2m.content import (
     CF_SENML_CBOR,
     CF_SENML_JSON,
     CF_TEXT,
@@ -19,10 +20,9 @@ from corem_ingress.adapters.lwm2m.content import (
     Record,
     decode,
 )
-from corem_ingress.adapters.lwm2m.linkformat import parse_links
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath, ValueType
-from corem_ingress.adapters.lwm2m.registration import Registrar, parse_request
-from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound
+from corem_ingress.lwm2m.linkformat import parse_links
+from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
+from corem_ingress.lwm2m.registration import Registrar, parse_request
 
 P = Lwm2mPath.parse
 V = ValueType

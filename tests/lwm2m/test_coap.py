@@ -8,8 +8,6 @@ import redis.asyncio as aioredis
 from aiocoap import ACK, CON, Message
 from aiocoap.numbers.codes import Code
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.client_objects import SimulatedClient
 from corem_ingress.adapters.lwm2m.coap import (
     code_of,
     device_response,
@@ -19,12 +17,14 @@ from corem_ingress.adapters.lwm2m.coap import (
     request_fields,
     request_message,
 )
-from corem_ingress.adapters.lwm2m.content import Record
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath, ValueType
-from corem_ingress.adapters.lwm2m.registration import Peer, Registrar
-from corem_ingress.adapters.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.core.errors import NotFound
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.client_objects import SimulatedClient
+from corem_ingress.lwm2m.content import Record
+from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
+from corem_ingress.lwm2m.registration import Peer, Registrar
+from corem_ingress.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.uplinks import UplinkStore

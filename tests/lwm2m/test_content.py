@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corem_ingress.adapters.lwm2m.content import (
+from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.content import (
     CF_CBOR,
     CF_LWM2M_JSON,
     CF_OPAQUE,
@@ -22,7 +23,7 @@ from corem_ingress.adapters.lwm2m.content import (
     encode,
     records_to_json,
 )
-from corem_ingress.adapters.lwm2m.model import (
+from corem_ingress.lwm2m.model import (
     EMPTY_MODEL,
     Lwm2mPath,
     ObjectDef,
@@ -30,7 +31,6 @@ from corem_ingress.adapters.lwm2m.model import (
     ResourceDef,
     ValueType,
 )
-from corem_ingress.core.errors import InvalidArgument
 
 P = Lwm2mPath.parse
 V = ValueType

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corem_ingress.adapters.lwm2m.linkformat import (
+from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.linkformat import (
     Link,
     LinkFormatError,
     ObjectLink,
@@ -15,8 +16,7 @@ from corem_ingress.adapters.lwm2m.linkformat import (
     parse_object_list,
     serialize_links,
 )
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath
-from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.model import Lwm2mPath
 
 ISSUE_EXAMPLE = '</>;rt="oma.lwm2m";ct=11543,</1/0>,</3/0>,</3303/0>;ver=1.1'
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath
-from corem_ingress.adapters.lwm2m.observations import ObservationTable, is_fresher
 from corem_ingress.core.errors import AlreadyExists, InvalidArgument
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.model import Lwm2mPath
+from corem_ingress.lwm2m.observations import ObservationTable, is_fresher
 
 
 def test_freshness_rule() -> None:

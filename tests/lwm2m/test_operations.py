@@ -2,19 +2,6 @@
 
 import pytest
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.content import (
-    CF_LINK_FORMAT,
-    CF_SENML_CBOR,
-    CF_SENML_JSON,
-    CF_TEXT,
-    CF_TLV,
-    Record,
-)
-from corem_ingress.adapters.lwm2m.linkformat import ObjectList, parse_object_list
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath, ValueType
-from corem_ingress.adapters.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
-from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Registration
 from corem_ingress.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -22,6 +9,19 @@ from corem_ingress.core.errors import (
     PermissionDenied,
     Unavailable,
 )
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.content import (
+    CF_LINK_FORMAT,
+    CF_SENML_CBOR,
+    CF_SENML_JSON,
+    CF_TEXT,
+    CF_TLV,
+    Record,
+)
+from corem_ingress.lwm2m.linkformat import ObjectList, parse_object_list
+from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
+from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
+from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 
 P = Lwm2mPath.parse
 NOW = 1_700_000_000.0

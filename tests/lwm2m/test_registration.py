@@ -5,7 +5,15 @@ from itertools import count
 
 import pytest
 
-from corem_ingress.adapters.lwm2m.registration import (
+from corem_ingress.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.lwm2m.registration import (
     DEFAULT_LIFETIME_S,
     Deregistered,
     DeregisterRequest,
@@ -21,14 +29,6 @@ from corem_ingress.adapters.lwm2m.registration import (
     UpdateRequest,
     parse_request,
 )
-from corem_ingress.core.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-)
-from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 
 DEV = "0b7c6f62-3f0e-4c39-9a55-6a1f0f1b2c3d"
 OTHER = "5d3c2b1a-0000-4000-8000-000000000001"

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.client_objects import SimulatedClient
-from corem_ingress.adapters.lwm2m.content import CF_TLV
-from corem_ingress.adapters.lwm2m.linkformat import parse_object_list
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath
-from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Registration
-from corem_ingress.adapters.lwm2m.reporting import parse_send, paths_to_observe, uplink
 from corem_ingress.core.errors import InvalidArgument, NotFound
 from corem_ingress.core.uplink import Transport, Uplink
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.client_objects import SimulatedClient
+from corem_ingress.lwm2m.content import CF_TLV
+from corem_ingress.lwm2m.linkformat import parse_object_list
+from corem_ingress.lwm2m.model import Lwm2mPath
+from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
+from corem_ingress.lwm2m.reporting import parse_send, paths_to_observe, uplink
 
 NOW = 1_700_000_000.0
 OBJECTS = parse_object_list("</1/0>,</3/0>,</3303/0>,</3303/1>")

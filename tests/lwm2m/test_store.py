@@ -7,20 +7,20 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.client_objects import SimulatedClient
-from corem_ingress.adapters.lwm2m.content import Record
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath, ValueType
-from corem_ingress.adapters.lwm2m.registration import (
+from corem_ingress.app import redis_client
+from corem_ingress.core.errors import NotFound, Unavailable
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.client_objects import SimulatedClient
+from corem_ingress.lwm2m.content import Record
+from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
+from corem_ingress.lwm2m.registration import (
     Peer,
     Registrar,
     Registration,
     RegistrationConfig,
     parse_request,
 )
-from corem_ingress.app import redis_client
-from corem_ingress.core.errors import NotFound, Unavailable
-from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import (
     Lwm2mRequestServer,

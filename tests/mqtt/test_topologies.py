@@ -42,9 +42,9 @@ async def test_mqtt_uplinks_and_revocation_on_a_cluster(
             for pid in range(1, 6):
                 assert await client.read_packet() == codec.encode_ack(codec.PacketType.PUBACK, pid)
             sent[tenant] = 5
-        redis = node.services.redis
+        redis = node.redis
         for tenant, n in sent.items():
-            entries = await redis.xrange(node.services.keys.uplink_stream(tenant))
+            entries = await redis.xrange(node.keys.uplink_stream(tenant))
             assert len(entries) == n  # every PUBACKed message is in its tenant's stream
         # Revocation through the cluster's pub/sub bus closes that device's connection only.
         tenant, victim, fingerprint = clients[0]

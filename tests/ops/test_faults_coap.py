@@ -188,7 +188,7 @@ async def test_redis_killed_under_coap_load(
         async with asyncio.timeout(20):
             await asyncio.gather(*tasks)
 
-        entries = await node.services.redis.xrange(node.services.keys.uplink_stream("fcoap"))
+        entries = await node.redis.xrange(node.keys.uplink_stream("fcoap"))
         stored = {(f["device_id"], f["payload"]) for _id, f in entries}
         acked = {(ld.device_id, f'{{"n":{n}}}') for ld in loads for n in ld.acked}
         lost = acked - stored

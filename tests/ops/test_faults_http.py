@@ -124,7 +124,7 @@ async def test_redis_killed_under_http_load(durable_redis: EmbeddedRedis, kek_en
         async with asyncio.timeout(20):
             await asyncio.gather(*tasks)
 
-        entries = await node.services.redis.xrange(node.services.keys.uplink_stream("fhttp"))
+        entries = await node.redis.xrange(node.keys.uplink_stream("fhttp"))
         entries = [(i, f) for i, f in entries if f["device_id"] != fresh_id]  # the load's only
         stored = {(f["device_id"], f["payload"]) for _id, f in entries}
         acked = {(ld.device_id, f'{{"n":{n}}}') for ld in loads for n in ld.acked}

@@ -123,7 +123,7 @@ async def test_redis_killed_under_mqtt_load(
         async with asyncio.timeout(20):
             await asyncio.gather(*threads)
 
-        entries = await node.services.redis.xrange(node.services.keys.uplink_stream("fmq"))
+        entries = await node.redis.xrange(node.keys.uplink_stream("fmq"))
         stored = {(f["device_id"], f["payload"]) for _id, f in entries}
         acked = {(ld.dev.device_id, f'{{"n":{n}}}') for ld in loads for n in ld.acked}
         lost = acked - stored

@@ -76,7 +76,7 @@ async def test_cluster_provision_resolve_revoke_uplink(
 ) -> None:  # type: ignore[no-untyped-def]
     first = await node_on(redis_cluster.url)
     second = await node_on(redis_cluster.url)
-    assert first.services is not None and is_cluster(first.services.redis)
+    assert first.services is not None and is_cluster(first.redis)
     await _exercise(first, second)
 
 
@@ -113,9 +113,9 @@ async def test_cluster_slots_agree_with_the_server(
 ) -> None:  # type: ignore[no-untyped-def]
     node = await node_on(redis_cluster.url)
     assert node.services is not None
-    k = node.services.keys
+    k = node.keys
     for key in (k.device("d"), k.lookup(CredentialKind.PSK, "id"), k.audit_stream):
-        assert await node.services.redis.cluster_keyslot(key) == key_slot(b"corem")
+        assert await node.redis.cluster_keyslot(key) == key_slot(b"corem")
 
 
 def _subscribers(port: int, channel: str) -> int:

@@ -9,7 +9,8 @@ from corem_ingress.adapters.coap.guard import CoapGuard
 from corem_ingress.adapters.coap.listener import CoapListener
 
 if TYPE_CHECKING:
-    from corem_ingress.adapters import Listener, Services
+    from corem_ingress.adapters import Listener
+    from corem_ingress.services import Services
 
 __all__ = ["CoapEndpoint", "CoapListener", "build"]
 

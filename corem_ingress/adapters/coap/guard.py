@@ -32,7 +32,7 @@ from corem_ingress.core.errors import ResourceExhausted
 from corem_ingress.core.uplink import Uplink
 
 if TYPE_CHECKING:
-    from corem_ingress.adapters import Services
+    from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.coap")
 

@@ -26,8 +26,8 @@ from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport
 
 if TYPE_CHECKING:
-    from corem_ingress.adapters import Services
     from corem_ingress.adapters.lwm2m.server import Lwm2mServer
+    from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.coap")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import structlog
 
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.http.listener import HttpListener, build_apps
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.services import Services
 
 __all__ = ["HttpListener", "Operator", "OperatorTokens", "build", "build_apps"]
 

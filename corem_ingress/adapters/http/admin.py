@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.http.bodies import (
     check_text,
     number_field,
@@ -32,7 +31,7 @@ from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, Oper
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.psk import parse_psk_hex
-from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+from corem_ingress.services import Services
 
 T = TypeVar("T")
 
@@ -81,10 +80,8 @@ class AdminApi:
         lwm2m = services.config.lwm2m
         self._lwm2m = OperatorCalls(
             services.registry,
-            Lwm2mStore(
-                services.redis, services.keys, grace_s=lwm2m.expiry_grace_s, clock=services.clock
-            ),
-            Lwm2mRouter(services.redis, services.keys, clock=services.clock),
+            services.stores.lwm2m_store(grace_s=lwm2m.expiry_grace_s, clock=services.clock),
+            services.stores.lwm2m_router(clock=services.clock),
             default_timeout_s=lwm2m.request_timeout_s,
             clock=services.clock,
         )

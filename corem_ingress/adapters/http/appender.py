@@ -14,17 +14,16 @@ import asyncio
 import time
 
 from corem_ingress import metrics
-from corem_ingress.adapters import Services
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.uplink import Uplink
-from corem_ingress.store.uplink_batcher import UplinkBatcher
+from corem_ingress.services import Services
 
 TRANSPORT = "http"
 
 
 class Appender:
     def __init__(self, services: Services) -> None:
-        self._batcher = UplinkBatcher(services.redis, services.keys)
+        self._batcher = services.stores.uplink_batcher()
         #: The longest a request waits for its batch (several Redis timeouts: batches queue).
         self.append_wait_s = max(5.0, 5 * services.config.redis.socket_timeout_s)
 

@@ -20,9 +20,9 @@ import structlog
 from aiohttp import web
 
 from corem_ingress import metrics
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.http.errors import TooManyRequests
 from corem_ingress.core.errors import Unauthenticated, Unavailable
+from corem_ingress.services import Services
 
 T = TypeVar("T")
 TRANSPORT = "http"

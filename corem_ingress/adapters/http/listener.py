@@ -18,11 +18,11 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.http import errors, openapi
 from corem_ingress.adapters.http.admin import AdminApi
 from corem_ingress.adapters.http.operators import OperatorTokens
 from corem_ingress.adapters.http.uplink import DeviceApi
+from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.http")
 

@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.http.appender import Appender
 from corem_ingress.adapters.http.bodies import parse_json_object, read_body
 from corem_ingress.adapters.http.device_auth import api_key_from_headers
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.core.errors import InvalidArgument, PermissionDenied
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
+from corem_ingress.services import Services
 
 UPLINK_PATH = "/api/v1/devices/{device_id}/uplink"
 _FIELDS = frozenset({"kind", "payload"})

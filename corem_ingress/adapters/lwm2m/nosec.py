@@ -22,10 +22,10 @@ from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.lwm2m.coap import code_of, reply_message, request_fields
-from corem_ingress.adapters.lwm2m.registration import RD, Peer
-from corem_ingress.adapters.lwm2m.reporting import DP
 from corem_ingress.core.errors import IngressError, NotFound, PermissionDenied, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.lwm2m.registration import RD, Peer
+from corem_ingress.lwm2m.reporting import DP
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.lwm2m.server import Lwm2mServer

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from corem_ingress.adapters.lwm2m import operations as ops
-from corem_ingress.adapters.lwm2m.content import CF_TEXT
-from corem_ingress.adapters.lwm2m.operations import DeviceRequest, Operation
-from corem_ingress.adapters.lwm2m.records import Record
-from corem_ingress.adapters.lwm2m.registration import Registration
 from corem_ingress.core.errors import InvalidArgument, NotFound
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.content import CF_TEXT
+from corem_ingress.lwm2m.operations import DeviceRequest, Operation
+from corem_ingress.lwm2m.records import Record
+from corem_ingress.lwm2m.registration import Registration
 from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.registry import Registry
 

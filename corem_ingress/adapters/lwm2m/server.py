@@ -25,12 +25,14 @@ from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession
-from corem_ingress.adapters.lwm2m import operations as ops
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
-from corem_ingress.adapters.lwm2m.observations import ObservationTable
-from corem_ingress.adapters.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
-from corem_ingress.adapters.lwm2m.registration import (
+from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated
+from corem_ingress.core.uplink import Uplink
+from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.observations import ObservationTable
+from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
+from corem_ingress.lwm2m.registration import (
     RD,
     Deregistered,
     EndpointBinding,
@@ -42,15 +44,13 @@ from corem_ingress.adapters.lwm2m.registration import (
     RegistrationConfig,
     Updated,
 )
-from corem_ingress.adapters.lwm2m.reporting import DP, paths_to_observe
-from corem_ingress.adapters.lwm2m.service import Lwm2mDeviceService
-from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated
-from corem_ingress.core.uplink import Uplink
-from corem_ingress.store.lwm2m import Lwm2mRequestServer, Lwm2mStore, RoutedRequest
+from corem_ingress.lwm2m.reporting import DP, paths_to_observe
+from corem_ingress.lwm2m.service import Lwm2mDeviceService
+from corem_ingress.store.lwm2m import RoutedRequest
 
 if TYPE_CHECKING:
-    from corem_ingress.adapters import Services
     from corem_ingress.adapters.coap.listener import CoapListener
+    from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.lwm2m")
 
@@ -81,9 +81,7 @@ class Lwm2mServer:
         self.config = services.config.lwm2m
         self._clock = services.clock
         reg_cfg = registration_config(services)
-        self.store = Lwm2mStore(
-            services.redis, services.keys, grace_s=reg_cfg.expiry_grace_s, clock=self._clock
-        )
+        self.store = services.stores.lwm2m_store(grace_s=reg_cfg.expiry_grace_s, clock=self._clock)
         self.service = Lwm2mDeviceService(
             Registrar(reg_cfg),
             self.store,
@@ -93,8 +91,8 @@ class Lwm2mServer:
             on_event=self._on_event,
         )
         self.observations = ObservationTable()
-        self.request_server = Lwm2mRequestServer(
-            services.redis, services.keys, services.node_id, self.handle_routed, clock=self._clock
+        self.request_server = services.stores.lwm2m_request_server(
+            services.node_id, self.handle_routed, clock=self._clock
         )
         #: device_id -> its DTLS session on this node.
         self._sessions: dict[str, DeviceSession] = {}

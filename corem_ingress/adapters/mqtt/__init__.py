@@ -8,8 +8,8 @@ delivery (``downlink``). See docs/mqtt.md for why this is not built on amqtt.
 
 from __future__ import annotations
 
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.mqtt.listener import MqttListener
+from corem_ingress.services import Services
 
 __all__ = ["MqttListener", "build"]
 

@@ -11,12 +11,11 @@ from collections import Counter
 import structlog
 
 from corem_ingress import metrics
-from corem_ingress.adapters import Services
 from corem_ingress.adapters.mqtt import tls
 from corem_ingress.adapters.mqtt.connection import ConnectionConfig
 from corem_ingress.adapters.mqtt.protocol import MqttProtocol
 from corem_ingress.config import MqttConfig
-from corem_ingress.store.uplink_batcher import UplinkBatcher
+from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.mqtt")
 
@@ -39,7 +38,7 @@ class MqttListener:
             max_keepalive=self.config.max_keepalive_s,
             max_inflight=self.config.max_inflight,
         )
-        self.batcher = UplinkBatcher(services.redis, services.keys, on_batch_done=self._flush_dirty)
+        self.batcher = services.stores.uplink_batcher(on_batch_done=self._flush_dirty)
         self._dirty: set[MqttProtocol] = set()
         #: Messages of the current batch Redis took, and the oldest one's submission time.
         self._batch_stored = 0

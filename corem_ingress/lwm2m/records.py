@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from corem_ingress.adapters.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel, ValueType
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.uplink import JsonValue
+from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel, ValueType
 
 MAX_RECORDS = 4096
 #: SenML: times below 2**28 are relative to "now" (RFC 8428 4.5.3).

@@ -6,9 +6,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
-from corem_ingress.adapters.lwm2m.records import MAX_RECORDS, Record, malformed, model_type
 from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.records import MAX_RECORDS, Record, malformed, model_type
 
 # -- TLV (11542) ---------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import cbor2
 
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
-from corem_ingress.adapters.lwm2m.records import (
+from corem_ingress.core.errors import IngressError
+from corem_ingress.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.records import (
     MAX_RECORDS,
     Record,
     absolute_time,
@@ -23,7 +24,6 @@ from corem_ingress.adapters.lwm2m.records import (
     refine,
     under,
 )
-from corem_ingress.core.errors import IngressError
 
 # -- SenML (JSON 110 and CBOR 112) ---------------------------------------------------------
 

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from corem_ingress.adapters.lwm2m.linkformat import CF_LINK_FORMAT, ObjectList, parse_object_list
 from corem_ingress.core.errors import (
     FailedPrecondition,
     IngressError,
@@ -33,6 +32,7 @@ from corem_ingress.core.errors import (
     Unauthenticated,
 )
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.lwm2m.linkformat import CF_LINK_FORMAT, ObjectList, parse_object_list
 
 RD = "rd"
 SUPPORTED_VERSIONS = ("1.0", "1.1")

@@ -19,7 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from corem_ingress.adapters.lwm2m.content import (
+from corem_ingress.core.errors import (
+    FailedPrecondition,
+    IngressError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from corem_ingress.core.uplink import JsonValue
+from corem_ingress.lwm2m.content import (
     CF_CBOR,
     CF_LINK_FORMAT,
     CF_OPAQUE,
@@ -32,23 +41,14 @@ from corem_ingress.adapters.lwm2m.content import (
     decode,
     encode,
 )
-from corem_ingress.adapters.lwm2m.linkformat import Link, parse_links
-from corem_ingress.adapters.lwm2m.model import (
+from corem_ingress.lwm2m.linkformat import Link, parse_links
+from corem_ingress.lwm2m.model import (
     DEFAULT_MODEL,
     NUMERIC_TYPES,
     Lwm2mPath,
     ObjectModel,
 )
-from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Registration
-from corem_ingress.core.errors import (
-    FailedPrecondition,
-    IngressError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
-from corem_ingress.core.uplink import JsonValue
+from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 
 
 class Operation(StrEnum):

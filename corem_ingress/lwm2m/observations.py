@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from corem_ingress.adapters.lwm2m.model import Lwm2mPath
-from corem_ingress.adapters.lwm2m.operations import DeviceRequest, Operation
 from corem_ingress.core.errors import AlreadyExists, InvalidArgument
+from corem_ingress.lwm2m.model import Lwm2mPath
+from corem_ingress.lwm2m.operations import DeviceRequest, Operation
 
 #: RFC 7641 3.4: sequence numbers are 24-bit; an older notification is stale unless 128 s passed.
 _SEQ_HALF = 1 << 23

@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 
-from corem_ingress.adapters.lwm2m.content import CF_SENML_CBOR, CF_SENML_JSON, Record, decode
-from corem_ingress.adapters.lwm2m.linkformat import ObjectList
-from corem_ingress.adapters.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel
-from corem_ingress.adapters.lwm2m.registration import MethodNotAllowed, Registration
 from corem_ingress.core.errors import InvalidArgument, NotFound
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
+from corem_ingress.lwm2m.content import CF_SENML_CBOR, CF_SENML_JSON, Record, decode
+from corem_ingress.lwm2m.linkformat import ObjectList
+from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel
+from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 
 DP = "dp"
 

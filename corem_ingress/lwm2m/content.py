@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 import cbor2
 
-from corem_ingress.adapters.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel, ValueType
-from corem_ingress.adapters.lwm2m.records import (
+from corem_ingress.core.errors import IngressError, InvalidArgument
+from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.records import (
     INT64,
     MAX_RECORDS,
     RELATIVE_TIME_LIMIT,
@@ -40,15 +41,14 @@ from corem_ingress.adapters.lwm2m.records import (
     records_to_json,
     refine,
 )
-from corem_ingress.adapters.lwm2m.senml import (
+from corem_ingress.lwm2m.senml import (
     decode_lwm2m_json,
     decode_senml,
     encode_senml,
     load_cbor,
     load_json,
 )
-from corem_ingress.adapters.lwm2m.tlv import decode_tlv, encode_tlv
-from corem_ingress.core.errors import IngressError, InvalidArgument
+from corem_ingress.lwm2m.tlv import decode_tlv, encode_tlv
 
 CF_TEXT = 0
 CF_LINK_FORMAT = 40

@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from corem_ingress.adapters.lwm2m.model import MAX_ID, Lwm2mPath
 from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.model import MAX_ID, Lwm2mPath
 
 CF_LINK_FORMAT = 40
 MAX_DOCUMENT_BYTES = 64 * 1024

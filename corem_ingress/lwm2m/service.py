@@ -17,13 +17,15 @@ from typing import Protocol
 
 import structlog
 
-from corem_ingress.adapters.lwm2m.model import DEFAULT_MODEL, ObjectModel
-from corem_ingress.adapters.lwm2m.operations import (
+from corem_ingress.core.errors import IngressError, NotFound
+from corem_ingress.core.uplink import Uplink
+from corem_ingress.lwm2m.model import DEFAULT_MODEL, ObjectModel
+from corem_ingress.lwm2m.operations import (
     DeviceRequest,
     DeviceResponse,
     notification_records,
 )
-from corem_ingress.adapters.lwm2m.registration import (
+from corem_ingress.lwm2m.registration import (
     RD,
     Event,
     Outcome,
@@ -33,9 +35,7 @@ from corem_ingress.adapters.lwm2m.registration import (
     Registration,
     parse_request,
 )
-from corem_ingress.adapters.lwm2m.reporting import DP, parse_send, uplink
-from corem_ingress.core.errors import IngressError, NotFound
-from corem_ingress.core.uplink import Uplink
+from corem_ingress.lwm2m.reporting import DP, parse_send, uplink
 
 log = structlog.get_logger("corem.lwm2m")
 

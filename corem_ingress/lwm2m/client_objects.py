@@ -15,7 +15,8 @@ import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from corem_ingress.adapters.lwm2m.content import (
+from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.content import (
     CF_CBOR,
     CF_LINK_FORMAT,
     CF_OPAQUE,
@@ -28,15 +29,14 @@ from corem_ingress.adapters.lwm2m.content import (
     decode,
     encode,
 )
-from corem_ingress.adapters.lwm2m.linkformat import (
+from corem_ingress.lwm2m.linkformat import (
     LWM2M_RT,
     Link,
     ObjectLink,
     ObjectList,
     serialize_links,
 )
-from corem_ingress.adapters.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ResourceDef, ValueType
-from corem_ingress.core.errors import InvalidArgument
+from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ResourceDef, ValueType
 
 Value = int | float | bool | str | bytes
 
