@@ -17,6 +17,7 @@ APT_PACKAGES=(
   mosquitto-clients     # mosquitto_pub/mosquitto_sub: real MQTT peers in tests
   libcoap3-bin          # coap-client-openssl/-gnutls, coap-server-openssl: real CoAP peers
   autoconf automake libtool build-essential pkg-config  # DTLSSocket builds tinydtls
+  cmake                 # the device-side peers (Wakaama, mbedTLS) built from ../shared/peers
   python3-venv python3-dev
   curl
 )
@@ -37,4 +38,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip wheel setuptools
 .venv/bin/pip install -q -e '.[dev,bench]'
+# Device-side peers the interop tests run (Wakaama LwM2M client with tinydtls, mbedTLS
+# ssl_client2, tinydtls dtls-client), built from the sources in ../shared/peers into
+# ~/.cache/corem-peers (tests/peers.py finds them there; COREM_PEERS_SRC/_DIR override).
+PEERS_SRC="${COREM_PEERS_SRC:-../shared/peers}"
+if [ -x "$PEERS_SRC/build.sh" ] || [ -f "$PEERS_SRC/build.sh" ]; then
+  bash "$PEERS_SRC/build.sh" ${COREM_PEERS_DIR:+"$COREM_PEERS_DIR"} >/dev/null
+  echo "install-deps: device peers built"
+else
+  echo "install-deps: $PEERS_SRC/build.sh not found: the interop tests that run device peers will fail" >&2
+fi
 echo "install-deps: done"
