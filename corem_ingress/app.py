@@ -22,6 +22,8 @@ from aiohttp import web
 from corem_ingress import health, metrics
 from corem_ingress.adapters import Listener
 from corem_ingress.config import Config
+from corem_ingress.core.access import AccessPolicy
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
@@ -143,24 +145,26 @@ class Node:
             downlinks=DownlinkRouter(),
             downlink_publisher=DownlinkPublisher(redis, keys),
             clock=self.clock,
-            throttle=AuthThrottle(
-                max_failures=cfg.limits.auth_fail_max,
-                window_s=cfg.limits.auth_fail_window_s,
-                block_s=cfg.limits.auth_block_s,
-                max_sources=cfg.limits.auth_max_sources,
-            ),
-            device_rate=DeviceRateLimiter(
-                rate_per_s=cfg.limits.per_device_msgs_per_s,
-                burst=cfg.limits.per_device_burst,
-                max_keys=cfg.limits.rate_limit_max_devices,
-            ),
-            tenant_connections=TenantConnections(
-                max_per_tenant=cfg.limits.per_tenant_max_connections
+            access=AccessPolicy(
+                throttle=AuthThrottle(
+                    max_failures=cfg.limits.auth_fail_max,
+                    window_s=cfg.limits.auth_fail_window_s,
+                    block_s=cfg.limits.auth_block_s,
+                    max_sources=cfg.limits.auth_max_sources,
+                ),
+                device_rate=DeviceRateLimiter(
+                    rate_per_s=cfg.limits.per_device_msgs_per_s,
+                    burst=cfg.limits.per_device_burst,
+                    max_keys=cfg.limits.rate_limit_max_devices,
+                ),
+                tenant_connections=TenantConnections(
+                    max_per_tenant=cfg.limits.per_tenant_max_connections
+                ),
             ),
         )
         if cfg.lwm2m.enabled:
             self._lwm2m_store = Lwm2mStore(redis, keys, grace_s=cfg.lwm2m.expiry_grace_s)
-        metrics.track(throttle=self.services.throttle)
+        metrics.track(throttle=self.services.access.throttle)
         self.bus = RevocationBus(
             redis,
             keys.bus_channel,
@@ -172,14 +176,14 @@ class Node:
         self._spawn(hub.run_expiry_timer(), "expiry-timer")
         limits = cfg.limits
         if limits.sync_interval_s > 0 and (
-            limits.per_tenant_max_connections > 0 or self.services.throttle.enabled
+            limits.per_tenant_max_connections > 0 or self.services.access.throttle.enabled
         ):
             self.limits_sync = LimitsSync(
                 redis,
                 keys,
                 cfg.node_id,
-                self.services.tenant_connections,
-                self.services.throttle,
+                self.services.access.tenant_connections,
+                self.services.access.throttle,
                 interval_s=limits.sync_interval_s,
                 clock=self.clock,
             )
@@ -275,7 +279,7 @@ class Node:
             except Exception:
                 log.exception("listener.stop_failed", listener=listener.name)
         if self.services is not None:
-            self.services.sessions.disconnect_all("broker shutting down")
+            self.services.sessions.disconnect_all(Cause.SHUTTING_DOWN)
         if self.bus is not None:
             self.bus.close()  # the bus task ends by itself within ~1 s
         for task in self._tasks:
@@ -292,7 +296,7 @@ class Node:
             metrics.untrack(
                 resolver=self.services.resolver,
                 hub=self.services.sessions,
-                throttle=self.services.throttle,
+                throttle=self.services.access.throttle,
             )
         if self.redis is not None:
             await self.redis.aclose()

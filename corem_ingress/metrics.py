@@ -6,19 +6,19 @@ helpers below, one line each, e.g.::
 
     metrics.connection_opened("mqtt")
     metrics.handshake("coap", ok=False)
-    metrics.auth_failure("http", exc.reason)          # the Unauthenticated's reason
+    metrics.auth_failure("http", exc.cause)           # a core.causes.Cause
     metrics.session_opened("mqtt", identity.tenant_id)
-    metrics.limit_refused("mqtt", "auth_throttle")
+    metrics.limit_refused("mqtt", Cause.AUTH_THROTTLE)
 
-Label cardinality is bounded: ``transport`` and ``kind`` are small enums, ``reason``,
-``limit``, ``action`` and ``outcome`` come from fixed sets (anything else is ``other``),
+Label cardinality is bounded: ``transport`` and ``kind`` are small enums, ``reason`` and
+``limit`` are ``Cause`` labels, ``action`` and ``outcome`` come from fixed sets (anything
+else is ``other``),
 and the ``tenant`` label -- only on session metrics -- keeps the first
 ``MAX_TENANT_LABELS`` tenants seen by this process; later ones are counted as ``_other``.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import weakref
 from collections import Counter as _Tally
@@ -36,6 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from corem_ingress.core.causes import AUTH_CAUSES, END_CAUSES, LIMIT_CAUSES, Cause
+
 if TYPE_CHECKING:
     from corem_ingress.core.throttle import AuthThrottle
     from corem_ingress.resolver import Resolver
@@ -50,41 +52,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 MAX_TENANT_LABELS = 1000
 OTHER = "other"
 TRANSPORTS = frozenset({"mqtt", "coap", "lwm2m", "http", "dtls"})
-#: Normalised authentication failure reasons (the resolver's, the adapters' and the limits').
-AUTH_REASONS = frozenset(
-    {
-        "malformed",
-        "unknown_or_revoked",
-        "overlap_ended",
-        "certificate_expired",
-        "corrupt_record",
-        "unavailable",
-        "no_credential",
-        "bad_certificate",
-        "throttled",
-        "handshake_failed",
-        "identity_mismatch",
-    }
-)
-LIMITS = frozenset(
-    {
-        "auth_throttle",
-        "tenant_connections",
-        "device_rate",
-        "max_size",
-        "max_sessions",
-        "handshake_rate",
-    }
-)
-DISCONNECT_REASONS = frozenset(
-    {
-        "credential_revoked",
-        "credential_expired",
-        "credential_no_longer_valid",
-        "could_not_re_validate",
-        "broker_shutting_down",
-    }
-)
+#: Label values of the three cause groups (``core/causes.py``): fixed sets.
+AUTH_REASONS = frozenset(c.label for c in AUTH_CAUSES)
+LIMITS = frozenset(c.label for c in LIMIT_CAUSES)
+DISCONNECT_REASONS = frozenset(c.label for c in END_CAUSES)
 
 # Latency buckets (seconds): Redis appends take ~0.1-5 ms; revocations cross nodes in ms.
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -199,10 +170,6 @@ _tenants: set[str] = set()
 _tenants_lock = threading.Lock()
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
 def _one_of(value: str, allowed: frozenset[str]) -> str:
     return value if value in allowed else OTHER
 
@@ -222,24 +189,6 @@ def tenant_label(tenant_id: str) -> str:
     return "_other"
 
 
-def auth_reason(reason: str) -> str:
-    """Normalise a refusal reason (the resolver's free text, or an adapter's) to a label."""
-    slug = _slug(reason)
-    if slug in AUTH_REASONS:
-        return slug
-    if slug.startswith("unknown_or_revoked"):
-        return "unknown_or_revoked"
-    if "overlap" in slug:
-        return "overlap_ended"
-    if "expired" in slug:
-        return "certificate_expired"
-    if "corrupt" in slug:
-        return "corrupt_record"
-    if "unreachable" in slug or "unavailable" in slug:
-        return "unavailable"
-    return OTHER
-
-
 # -- helpers for adapters (one line each) ----------------------------------------------------
 def connection_opened(transport: str) -> None:
     CONNECTIONS.labels(_transport(transport)).inc()
@@ -253,14 +202,14 @@ def handshake(transport: str, *, ok: bool) -> None:
     HANDSHAKES.labels(_transport(transport), "ok" if ok else "failed").inc()
 
 
-def auth_failure(transport: str, reason: str) -> None:
-    AUTH_FAILURES.labels(_transport(transport), auth_reason(reason)).inc()
+def auth_failure(transport: str, cause: Cause) -> None:
+    """A refused (or uncheckable) credential: ``cause`` is one of the AUTH group."""
+    AUTH_FAILURES.labels(_transport(transport), _one_of(cause.label, AUTH_REASONS)).inc()
 
 
-def limit_refused(transport: str, limit: str) -> None:
-    """``limit``: auth_throttle, tenant_connections, device_rate, max_size, max_sessions or
-    handshake_rate."""
-    LIMIT_REFUSALS.labels(_transport(transport), _one_of(limit, LIMITS)).inc()
+def limit_refused(transport: str, cause: Cause) -> None:
+    """A limit refused a connection, handshake or message: ``cause`` is one of the LIMIT group."""
+    LIMIT_REFUSALS.labels(_transport(transport), _one_of(cause.label, LIMITS)).inc()
 
 
 def redis_error(component: str) -> None:
@@ -268,8 +217,8 @@ def redis_error(component: str) -> None:
 
 
 # -- used by the foundation ------------------------------------------------------------------
-def resolver_refused(kind: str, reason: str) -> None:
-    RESOLVER_REFUSALS.labels(kind, auth_reason(reason)).inc()
+def resolver_refused(kind: str, cause: Cause) -> None:
+    RESOLVER_REFUSALS.labels(kind, _one_of(cause.label, AUTH_REASONS)).inc()
 
 
 def uplink_appended(transport: str, seconds: float) -> None:
@@ -283,8 +232,8 @@ def uplink_failed(transport: str) -> None:
     redis_error("uplinks")
 
 
-def disconnect_ordered(transport: str, reason: str) -> None:
-    DISCONNECTS.labels(_transport(transport), _one_of(_slug(reason), DISCONNECT_REASONS)).inc()
+def disconnect_ordered(transport: str, cause: Cause) -> None:
+    DISCONNECTS.labels(_transport(transport), _one_of(cause.label, DISCONNECT_REASONS)).inc()
 
 
 def revocation_received(kind: str, *, disconnected: int, latency_s: float) -> None:

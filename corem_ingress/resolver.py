@@ -20,6 +20,7 @@ import structlog
 
 from corem_ingress import metrics
 from corem_ingress.core import api_keys, certs, psk
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
@@ -54,7 +55,7 @@ class Resolver:
     # -- async path (fills the cache) ------------------------------------------------------
     async def resolve_api_key(self, raw: str) -> DeviceIdentity:
         if not api_keys.is_well_formed(raw):
-            raise self._refuse(CredentialKind.API_KEY, "malformed")
+            raise self._refuse(CredentialKind.API_KEY, Cause.MALFORMED)
         entry = await self._resolve(CredentialKind.API_KEY, api_keys.hash_key(raw))
         assert entry.identity is not None
         return entry.identity
@@ -63,7 +64,7 @@ class Resolver:
         try:
             psk.check_identity(identity)
         except Exception:
-            raise self._refuse(CredentialKind.PSK, "malformed") from None
+            raise self._refuse(CredentialKind.PSK, Cause.MALFORMED) from None
         entry = await self._resolve(CredentialKind.PSK, identity)
         assert entry.identity is not None and entry.secret is not None
         return ResolvedPsk(entry.identity, entry.secret)
@@ -72,7 +73,7 @@ class Resolver:
         try:
             certs.check_fingerprint(fingerprint)
         except Exception:
-            raise self._refuse(CredentialKind.X509, "malformed") from None
+            raise self._refuse(CredentialKind.X509, Cause.MALFORMED) from None
         entry = await self._resolve(CredentialKind.X509, fingerprint)
         assert entry.identity is not None
         return entry.identity
@@ -110,9 +111,9 @@ class Resolver:
         if entry is None:
             return None
         if entry.identity is None:
-            raise self._refuse(kind, "unknown or revoked (cached)")
+            raise self._refuse(kind, Cause.UNKNOWN_OR_REVOKED, "cached")
         if entry.credential_expired(now):
-            raise self._refuse(kind, "overlap window ended")
+            raise self._refuse(kind, Cause.OVERLAP_ENDED)
         return entry
 
     # -- bus -------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ class Resolver:
         now = self._clock()
         if raw is None:
             self.cache.put_negative(kind, lookup, now)
-            raise self._refuse(kind, "unknown or revoked")
+            raise self._refuse(kind, Cause.UNKNOWN_OR_REVOKED)
         try:
             value = json.loads(raw)
             identity = DeviceIdentity(value["t"], value["d"], kind, value["c"])
@@ -157,12 +158,12 @@ class Resolver:
                     raise FailedPrecondition("no PSK key-encryption key configured")
                 secret = self._keyring.open(value["t"], lookup, psk.SealedPsk.from_json(value))
             if kind is CredentialKind.X509 and now >= float(value.get("na", float("inf"))):
-                raise self._refuse(kind, "certificate expired")
+                raise self._refuse(kind, Cause.CERTIFICATE_EXPIRED)
         except (KeyError, TypeError, ValueError, FailedPrecondition) as exc:
             log.error("resolver.corrupt_record", kind=kind.value, error=str(exc))
-            raise self._refuse(kind, "corrupt record") from None
+            raise self._refuse(kind, Cause.CORRUPT_RECORD) from None
         if expires_at is not None and now >= float(expires_at):
-            raise self._refuse(kind, "overlap window ended")
+            raise self._refuse(kind, Cause.OVERLAP_ENDED)
         return self.cache.put(
             kind,
             lookup,
@@ -173,8 +174,8 @@ class Resolver:
         )
 
     @staticmethod
-    def _refuse(kind: CredentialKind, reason: str) -> Unauthenticated:
-        # The reason goes to the log, never to the peer.
-        log.info("resolver.refused", kind=kind.value, reason=reason)
-        metrics.resolver_refused(kind.value, reason)
-        return Unauthenticated(reason=reason)
+    def _refuse(kind: CredentialKind, cause: Cause, detail: str = "") -> Unauthenticated:
+        # The cause goes to the log and the metrics, never to the peer.
+        log.info("resolver.refused", kind=kind.value, cause=cause.label, detail=detail)
+        metrics.resolver_refused(kind.value, cause)
+        return Unauthenticated(reason=f"{cause.label} {detail}".strip(), cause=cause)

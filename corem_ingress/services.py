@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from corem_ingress.config import Config
-from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
-from corem_ingress.core.throttle import AuthThrottle
+from corem_ingress.core.access import AccessPolicy
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
@@ -61,11 +60,7 @@ class Services:
     downlinks: DownlinkRouter
     downlink_publisher: DownlinkPublisher
     clock: Callable[[], float] = field(default=time.time)
-    #: Failed-authentication throttling per source IP (shared by every listener of the node):
-    #: ``blocked(ip, now)`` before authenticating, ``failure(ip, now)`` on UNAUTHENTICATED,
-    #: ``success(ip)`` on success. See corem_ingress/core/throttle.py.
-    throttle: AuthThrottle = field(default_factory=AuthThrottle)
-    #: Per-device uplink rate limit: ``allow(device_id, now)`` (unlimited unless configured).
-    device_rate: DeviceRateLimiter = field(default_factory=DeviceRateLimiter)
-    #: Per-tenant live connections on this node: ``acquire(tenant)`` / ``release(tenant)``.
-    tenant_connections: TenantConnections = field(default_factory=TenantConnections)
+    #: The node's limits (failed-auth throttle per source, per-tenant connection slots,
+    #: per-device message rate), one policy for every transport: ``core/access.py``;
+    #: adapters use it through ``access_gate.AccessGate``.
+    access: AccessPolicy = field(default_factory=AccessPolicy)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from corem_ingress import metrics
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession, SessionRegistry
@@ -54,6 +55,18 @@ class SessionHub:
         if session.credential_expires_at is not None:
             self._wake.set()
 
+    async def register_verified(self, session: LiveSession, disconnect: Disconnect) -> None:
+        """Register, then ask the resolver again: a revocation that landed between the
+        caller's lookup and this registration evicted the cache entry, and any later one
+        now reaches the session. Raises (and unregisters) if the credential no longer
+        resolves."""
+        self.register(session, disconnect)
+        try:
+            await self.resolver.resolve_lookup(session.identity.credential_kind, session.lookup)
+        except Exception:
+            self.unregister(session.session_id)
+            raise
+
     def unregister(self, session_id: str) -> None:
         self.registry.unregister(session_id)
         self._closers.pop(session_id, None)
@@ -62,7 +75,7 @@ class SessionHub:
     def on_event(self, event: CredentialEvent) -> None:
         self.resolver.apply_event(event)
         if event.type is EventType.REVOKED:
-            orders = self.registry.revoke(event.kind, event.credential_id, "credential revoked")
+            orders = self.registry.revoke(event.kind, event.credential_id, Cause.CREDENTIAL_REVOKED)
             self._execute(orders)
             metrics.revocation_received(
                 event.kind.value, disconnected=len(orders), latency_s=self._clock() - event.at
@@ -87,7 +100,7 @@ class SessionHub:
                     await self.resolver.resolve_lookup(s.identity.credential_kind, s.lookup)
                 except Unauthenticated:
                     self._execute(
-                        self.registry.revoke_sessions([s.session_id], "credential no longer valid")
+                        self.registry.revoke_sessions([s.session_id], Cause.NO_LONGER_VALID)
                     )
                 except Unavailable:
                     unreachable.append(s)
@@ -98,7 +111,9 @@ class SessionHub:
             await asyncio.sleep(delay)
         # Could not reach Redis to vouch for them: fail closed.
         self._execute(
-            self.registry.revoke_sessions([s.session_id for s in pending], "could not re-validate")
+            self.registry.revoke_sessions(
+                [s.session_id for s in pending], Cause.COULD_NOT_REVALIDATE
+            )
         )
 
     async def run_expiry_timer(self) -> None:
@@ -111,9 +126,9 @@ class SessionHub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    def disconnect_all(self, reason: str) -> None:
+    def disconnect_all(self, cause: Cause = Cause.SHUTTING_DOWN) -> None:
         """Graceful shutdown: tell every session to go."""
-        self._execute(self.registry.revoke_sessions(list(self._closers), reason))
+        self._execute(self.registry.revoke_sessions(list(self._closers), cause))
 
     # -- carrying out orders ----------------------------------------------------------------------
     def _execute(self, orders: list[DisconnectOrder]) -> None:
@@ -125,9 +140,9 @@ class SessionHub:
                 transport=order.transport,
                 tenant=order.identity.tenant_id,
                 device=order.identity.device_id,
-                reason=order.reason,
+                cause=order.cause.label,
             )
-            metrics.disconnect_ordered(order.transport, order.reason)
+            metrics.disconnect_ordered(order.transport, order.cause)
             for observe in self.observers:
                 observe(order)
             if closer is None:

@@ -1,12 +1,16 @@
 """One error hierarchy; each error knows the reply every transport should send.
 
 Messages are safe to show to the peer: they never echo secrets or raw input.
-The ``reason`` is for logs only (e.g. "revoked" vs "unknown"), never for the client.
+The ``reason`` is free text for logs only (e.g. "revoked" vs "unknown"), never for the
+client; the ``cause`` (``core/causes.py``) is what code decides on (metric labels, whether
+a failure counts against the source address).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from corem_ingress.core.causes import Cause
 
 # MQTT 3.1.1 CONNACK return codes.
 CONNACK_UNACCEPTABLE_PROTOCOL = 1
@@ -25,11 +29,16 @@ class IngressError(Exception):
     mqtt_connack: ClassVar[int] = CONNACK_SERVER_UNAVAILABLE
     #: CLI exit code: 2 for the caller's mistake, 1 for a server-side failure.
     cli_exit: ClassVar[int] = 1
+    #: The cause when none is given (each refusal path names its own where it matters).
+    default_cause: ClassVar[Cause] = Cause.CLOSED_BY_SERVER
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, cause: Cause | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or message
+        self.cause: Cause = cause or self.default_cause
 
     def to_json(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -41,11 +50,16 @@ class Unauthenticated(IngressError):
     coap_code = "4.01"
     mqtt_connack = CONNACK_NOT_AUTHORIZED
     cli_exit = 2
+    default_cause = Cause.UNKNOWN_OR_REVOKED
 
     def __init__(
-        self, message: str = "invalid or missing credential", *, reason: str | None = None
+        self,
+        message: str = "invalid or missing credential",
+        *,
+        reason: str | None = None,
+        cause: Cause | None = None,
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message, reason=reason, cause=cause)
 
 
 class PermissionDenied(IngressError):
@@ -54,6 +68,7 @@ class PermissionDenied(IngressError):
     coap_code = "4.03"
     mqtt_connack = CONNACK_NOT_AUTHORIZED
     cli_exit = 2
+    default_cause = Cause.IDENTITY_MISMATCH
 
 
 class NotFound(IngressError):
@@ -78,6 +93,7 @@ class InvalidArgument(IngressError):
     coap_code = "4.00"
     mqtt_connack = CONNACK_BAD_USERNAME_OR_PASSWORD
     cli_exit = 2
+    default_cause = Cause.MALFORMED
 
 
 class FailedPrecondition(IngressError):
@@ -96,9 +112,17 @@ class ResourceExhausted(IngressError):
     coap_code = "4.29"
     mqtt_connack = CONNACK_SERVER_UNAVAILABLE
     cli_exit = 1
+    default_cause = Cause.DEVICE_RATE
 
-    def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
-        super().__init__(message, reason=reason)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: int,
+        reason: str | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, cause=cause)
         #: Sent as ``Retry-After`` (HTTP) or Max-Age (CoAP 4.29).
         self.retry_after_s = max(1, retry_after_s)
 
@@ -109,11 +133,16 @@ class Unavailable(IngressError):
     coap_code = "5.03"
     mqtt_connack = CONNACK_SERVER_UNAVAILABLE
     cli_exit = 1
+    default_cause = Cause.UNAVAILABLE
 
     def __init__(
-        self, message: str = "service temporarily unavailable", *, reason: str | None = None
+        self,
+        message: str = "service temporarily unavailable",
+        *,
+        reason: str | None = None,
+        cause: Cause | None = None,
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message, reason=reason, cause=cause)
 
 
 ALL_ERRORS: tuple[type[IngressError], ...] = (

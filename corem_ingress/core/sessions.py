@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 
 
@@ -29,7 +30,7 @@ class DisconnectOrder:
     session_id: str
     transport: str
     identity: DeviceIdentity
-    reason: str
+    cause: Cause
 
 
 _CredKey = tuple[CredentialKind, str]
@@ -77,14 +78,14 @@ class SessionRegistry:
         ]
 
     def revoke(
-        self, kind: CredentialKind, credential_id: str, reason: str
+        self, kind: CredentialKind, credential_id: str, cause: Cause = Cause.CREDENTIAL_REVOKED
     ) -> list[DisconnectOrder]:
         """Orders for every session of this credential; they leave the registry at once."""
-        return self._drop(self.sessions_of(kind, credential_id), reason)
+        return self._drop(self.sessions_of(kind, credential_id), cause)
 
-    def revoke_sessions(self, session_ids: Iterable[str], reason: str) -> list[DisconnectOrder]:
+    def revoke_sessions(self, session_ids: Iterable[str], cause: Cause) -> list[DisconnectOrder]:
         found = [self._sessions[s] for s in session_ids if s in self._sessions]
-        return self._drop(found, reason)
+        return self._drop(found, cause)
 
     def set_credential_expiry(
         self, kind: CredentialKind, credential_id: str, expires_at: float
@@ -109,11 +110,11 @@ class SessionRegistry:
             for s in self._sessions.values()
             if s.credential_expires_at is not None and now >= s.credential_expires_at
         ]
-        return self._drop(expired, "credential expired")
+        return self._drop(expired, Cause.CREDENTIAL_EXPIRED)
 
-    def _drop(self, sessions: list[LiveSession], reason: str) -> list[DisconnectOrder]:
+    def _drop(self, sessions: list[LiveSession], cause: Cause) -> list[DisconnectOrder]:
         orders = []
         for s in sessions:
             self.unregister(s.session_id)
-            orders.append(DisconnectOrder(s.session_id, s.transport, s.identity, reason))
+            orders.append(DisconnectOrder(s.session_id, s.transport, s.identity, cause))
         return orders

@@ -46,7 +46,7 @@ async def run(redis_url: str, watches: list[str], max_seconds: float, from_stdin
             {
                 "order": order.session_id,
                 "credential_id": order.identity.credential_id,
-                "reason": order.reason,
+                "reason": order.cause.label,
                 "at": time.time(),
             }
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiocoap
 import pytest
+import structlog.testing
 from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 
@@ -56,14 +57,18 @@ async def test_tinydtls_with_a_platform_psk_fails(coap_node: Any, registry: Any)
     _dev, ident, key = await provision_psk(registry)  # 40 bytes: valid for the platform
     ctx = await _client(coap_port(node), ident, key)
     try:
-        req = Message(code=Code.POST, uri=f"coaps://127.0.0.1:{coap_port(node)}/up/event")
-        with pytest.raises((TimeoutError, aiocoap.error.Error)):
-            await asyncio.wait_for(ctx.request(req).response, 8)
+        with structlog.testing.capture_logs() as logs:
+            req = Message(code=Code.POST, uri=f"coaps://127.0.0.1:{coap_port(node)}/up/event")
+            with pytest.raises((TimeoutError, aiocoap.error.Error)):
+                await asyncio.wait_for(ctx.request(req).response, 8)
     finally:
         await ctx.shutdown()
     stats = coap_listener(node).dtls_server.stats
     assert stats["handshakes_completed"] == 0
-    assert any("internal error" in k for k in stats), stats
+    assert stats["closed:handshake_failed"] == 1, stats
+    refused = [e for e in logs if e["event"] == "coap.handshake_refused"]
+    assert [e["cause"] for e in refused] == ["handshake_failed"], logs
+    assert "internal error" in refused[0]["detail"], refused
 
 
 async def test_tinydtls_psk_uplink_and_observe(

@@ -15,6 +15,7 @@ from aiocoap import CON, Message
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.app import Node, redis_client
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.psk import KeyRing
 from corem_ingress.embedded_redis import EmbeddedRedis, free_port
@@ -127,7 +128,7 @@ async def test_handshake_close_churn_over_udp_leaves_nothing(coap_node: Any, reg
         c.close()
     await _until(lambda: len(listener.dtls_server) == 0, "sessions freed")
     assert len(node.services.sessions) == 0 and listener.sessions == {}
-    assert listener.dtls_server.stats["closed:peer close_notify"] == 200
+    assert listener.dtls_server.stats["closed:peer_closed"] == 200
 
 
 async def test_uplink_is_503_with_max_age_when_redis_is_stopped(
@@ -307,7 +308,7 @@ async def test_server_initiated_request_mount_and_close_session(
     c.send(ack.encode())
     resp = await asyncio.wait_for(pending, 10)
     assert resp.payload == b"corem-device"
-    assert listener.close_session(addr, "operator")
+    assert listener.close_session(addr, Cause.CLOSED_BY_SERVER)
     await c.wait_closed()
     assert c.client.closed and listener.sessions == {} and len(node.services.sessions) == 0
     c.close()

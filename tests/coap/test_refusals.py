@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from corem_ingress import devcerts
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.certs import fingerprint_der
 from tests.coap.conftest import (
     CertSet,
@@ -35,7 +36,7 @@ async def _no_sessions(node: Any) -> None:
     raise AssertionError(f"{len(server)} DTLS sessions left")
 
 
-async def _refused(node: Any, redis: Any, args: list[str], reason_prefix: str) -> None:
+async def _refused(node: Any, redis: Any, args: list[str], cause: Cause) -> None:
     res = await run_client(
         ["-m", "post", "-B", "5", *args, "-e", "x", url(coap_port(node), "up/event")]
     )
@@ -44,38 +45,38 @@ async def _refused(node: Any, redis: Any, args: list[str], reason_prefix: str) -
     await _no_sessions(node)
     stats = coap_listener(node).dtls_server.stats
     reasons = [k for k in stats if k.startswith("closed:")]
-    assert any(r.startswith("closed:" + reason_prefix) for r in reasons), (reasons, res.stderr)
+    assert reasons == ["closed:" + cause.label], (reasons, res.stderr)
     assert stats["handshakes_completed"] == 0
 
 
 async def test_unknown_psk_identity(coap_node: Any, redis: Any) -> None:
     node = await coap_node()
-    await _refused(node, redis, psk_args("nobody", b"k" * 32), "psk")
+    await _refused(node, redis, psk_args("nobody", b"k" * 32), Cause.UNKNOWN_OR_REVOKED)
 
 
 async def test_wrong_psk(coap_node: Any, registry: Any, redis: Any) -> None:
     node = await coap_node()
     _dev, ident, key = await provision_psk(registry)
-    await _refused(node, redis, psk_args(ident, b"x" * len(key)), "finished did not verify")
+    await _refused(node, redis, psk_args(ident, b"x" * len(key)), Cause.WRONG_KEY)
 
 
 async def test_revoked_psk(coap_node: Any, registry: Any, redis: Any) -> None:
     node = await coap_node()
     dev, ident, key = await provision_psk(registry)
     await registry.revoke_psk("acme", dev, actor="test")
-    await _refused(node, redis, psk_args(ident, key), "psk")
+    await _refused(node, redis, psk_args(ident, key), Cause.UNKNOWN_OR_REVOKED)
 
 
 async def test_unregistered_ca_signed_cert(coap_node: Any, redis: Any, certs: CertSet) -> None:
     node = await coap_node()
     _issued, cert, key = certs.device("unregistered")
-    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), "certificate")
+    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.UNKNOWN_OR_REVOKED)
 
 
 async def test_unregistered_self_signed_cert(coap_node: Any, redis: Any, certs: CertSet) -> None:
     node = await coap_node()
     _issued, cert, key = certs.device("rogue", ca=None)
-    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), "certificate")
+    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.UNKNOWN_OR_REVOKED)
 
 
 async def test_registered_cert_from_untrusted_ca(
@@ -86,7 +87,7 @@ async def test_registered_cert_from_untrusted_ca(
     other_ca = devcerts.make_ca("someone else's CA")
     issued, cert, key = certs.device("other-ca", ca=other_ca)
     await provision_cert(registry, issued.cert_pem)
-    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), "certificate")
+    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.BAD_CERTIFICATE)
 
 
 async def test_revoked_cert(coap_node: Any, registry: Any, redis: Any, certs: CertSet) -> None:
@@ -96,7 +97,7 @@ async def test_revoked_cert(coap_node: Any, registry: Any, redis: Any, certs: Ce
     await registry.revoke_cert(
         "acme", fingerprint_der(issued.cert.public_bytes(Encoding.DER)), actor="test"
     )
-    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), "certificate")
+    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.UNKNOWN_OR_REVOKED)
 
 
 async def test_expired_cert(
@@ -110,7 +111,7 @@ async def test_expired_cert(
     await provision_cert(registry, issued.cert_pem)
     clock.advance(2 * 86_400)
     node = await coap_node(clock=clock)
-    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), "certificate")
+    await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.CERTIFICATE_EXPIRED)
 
 
 @pytest.mark.parametrize("kind", ["psk", "x509"])

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from corem_ingress import devcerts
 from corem_ingress.app import Node, redis_client
 from corem_ingress.core import api_keys
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
@@ -125,7 +126,7 @@ async def test_overlap_end_disconnects_sessions_of_the_old_key(
         LiveSession("s-new", "mqtt", new_ident, api_keys.hash_key(new.api_key)), lambda o: None
     )
     got = await orders.wait(1)
-    assert [(o.session_id, o.reason) for o in got] == [("s-old", "credential expired")]
+    assert [(o.session_id, o.cause) for o in got] == [("s-old", Cause.CREDENTIAL_EXPIRED)]
     assert len(hub) == 1
     with pytest.raises(Unauthenticated):
         await resolver.resolve_api_key(dev.api_key.api_key)
@@ -151,7 +152,7 @@ async def test_bus_gap_triggers_resync_and_revalidation(
     got = await orders.wait(1)
     assert node.bus.resync_task is not None
     await asyncio.wait_for(node.bus.resync_task, 10)
-    assert [(o.session_id, o.reason) for o in got] == [("s-a", "credential no longer valid")]
+    assert [(o.session_id, o.cause) for o in got] == [("s-a", Cause.NO_LONGER_VALID)]
     assert node.bus.resyncs == resyncs + 1
     assert resolver.cached_psk("gap-2") is not None  # refilled by re-validation
     with pytest.raises(Unauthenticated):
@@ -244,7 +245,7 @@ async def test_revocation_reaches_another_process(registry: Registry, redis_url:
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 10)
         order = json.loads(line)
         assert order["credential_id"] == dev.api_key.key_id
-        assert order["reason"] == "credential revoked"
+        assert order["reason"] == "credential_revoked"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

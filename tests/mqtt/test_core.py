@@ -17,6 +17,7 @@ from corem_ingress.adapters.mqtt.events import (
     PublishReceived,
     SubscribeReceived,
 )
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import PermissionDenied
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
@@ -133,9 +134,9 @@ def test_refuse_sends_the_code_and_closes() -> None:
     conn = MqttConnection(CFG, 0.0)
     conn.receive_data(connect_bytes(), 0.0)
     events(conn)
-    conn.refuse(5, "not authorized")
+    conn.refuse(Cause.UNKNOWN_OR_REVOKED)
     assert conn.data_to_send() == b"\x20\x02\x00\x05"
-    assert events(conn) == [ConnectionClosed("not authorized", True)]
+    assert events(conn) == [ConnectionClosed(Cause.UNKNOWN_OR_REVOKED, True)]
 
 
 def test_protocol_level_other_than_311_gets_connack_1() -> None:
@@ -167,7 +168,7 @@ def test_oversized_packet_closes() -> None:
     conn = connected()
     conn.receive_data(codec.encode_publish(f"devices/{DEV}/up/event", b"x" * 2000, 0)[:10], 0.0)
     (event,) = events(conn)
-    assert isinstance(event, ConnectionClosed) and "max_packet_size" in event.reason
+    assert isinstance(event, ConnectionClosed) and event.cause is Cause.MAX_SIZE
 
 
 def test_too_much_data_while_authenticating_closes() -> None:
@@ -184,7 +185,9 @@ def test_connect_timeout_and_keepalive_use_the_given_clock() -> None:
     conn.handle_timer(104.9)
     assert events(conn) == []
     conn.handle_timer(105.0)
-    assert events(conn) == [ConnectionClosed("no CONNECT within connect_timeout", True)]
+    assert events(conn) == [
+        ConnectionClosed(Cause.HANDSHAKE_TIMEOUT, True, "no CONNECT within connect_timeout")
+    ]
 
     conn = connected(0.0)  # keepalive 10 -> closed after 15 s of silence
     assert conn.next_timer() == 15.0
@@ -192,7 +195,7 @@ def test_connect_timeout_and_keepalive_use_the_given_clock() -> None:
     conn.handle_timer(15.0)
     assert events(conn) == [] and conn.next_timer() == 27.0
     conn.handle_timer(27.0)
-    assert events(conn) == [ConnectionClosed("keep-alive expired", True)]
+    assert events(conn) == [ConnectionClosed(Cause.IDLE, True, "keep-alive expired")]
 
 
 def test_keepalive_zero_gets_the_configured_maximum() -> None:
@@ -251,10 +254,10 @@ def test_subscribe_event_and_suback() -> None:
 def test_disconnect_and_second_connect() -> None:
     conn = connected()
     conn.receive_data(b"\xe0\x00", 0.0)
-    assert events(conn) == [ConnectionClosed("client sent DISCONNECT", False)]
+    assert events(conn) == [ConnectionClosed(Cause.PEER_CLOSED, False, "DISCONNECT")]
     conn = connected()
     conn.receive_data(connect_bytes(), 0.0)
-    assert events(conn) == [ConnectionClosed("second CONNECT", True)]
+    assert events(conn) == [ConnectionClosed(Cause.PROTOCOL_ERROR, True, "second CONNECT")]
 
 
 # -- policy ------------------------------------------------------------------------------------

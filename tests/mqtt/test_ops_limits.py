@@ -64,7 +64,7 @@ async def test_failed_auth_throttle_per_source_ip(start_node, registry, pki, clo
         client, packet = await connack(port, pki, stranger, "stranger")
         assert packet == CONNACK_NOT_AUTHORIZED
         await client.close()
-    assert node.services.throttle.blocks == 1
+    assert node.services.access.throttle.blocks == 1
 
     # Blocked: a CONNECT on the already open connection gets CONNACK 5 without a lookup ...
     await early.send(connect_packet(good.device_id))
@@ -116,7 +116,7 @@ async def test_tls_handshake_failures_count_and_throttle(start_node, pki, clock,
         await client.send(connect_packet("foreign"))
         assert await client.read_packet() is None
         await client.close()
-    await wait_for(lambda: node.services.throttle.blocks == 1)
+    await wait_for(lambda: node.services.access.throttle.blocks == 1)
     assert sample("corem_handshakes_total", transport="mqtt", outcome="failed") - failed0 == 2
 
 
@@ -144,10 +144,10 @@ async def test_per_tenant_connection_limit(start_node, registry, pki):  # type: 
     c1b, p1b = await connack(port, pki, a1.cert, a1.device_id)
     assert p1b == CONNACK_OK
     assert await c1.closed_by_server()
-    assert node.services.tenant_connections.count("tl-a") == 2
+    assert node.services.access.tenant_connections.count("tl-a") == 2
 
     await c2.close()
-    await wait_for(lambda: node.services.tenant_connections.count("tl-a") == 1)
+    await wait_for(lambda: node.services.access.tenant_connections.count("tl-a") == 1)
     c3, p3 = await connack(port, pki, a3.cert, a3.device_id)
     assert p3 == CONNACK_OK
     assert (
@@ -158,7 +158,7 @@ async def test_per_tenant_connection_limit(start_node, registry, pki):  # type: 
     assert sample("corem_sessions_opened_total", transport="mqtt", tenant="tl-a") - opened0 == 4
     for c in (c1b, c3, cb):
         await c.close()
-    await wait_for(lambda: len(node.services.tenant_connections) == 0)
+    await wait_for(lambda: len(node.services.access.tenant_connections) == 0)
 
 
 async def test_per_device_message_rate(start_node, registry, pki, redis, clock):  # type: ignore[no-untyped-def]

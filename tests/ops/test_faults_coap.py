@@ -170,7 +170,7 @@ async def test_redis_killed_under_coap_load(
         attempt.close()
         # Refused as "unavailable", not held against the source address by the throttle.
         unavailable_refusals = sample("unavailable") - unavailable0
-        throttle_sources_while_down = len(node.services.throttle)
+        throttle_sources_while_down = len(node.services.access.throttle)
         await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - killed_at)))
         acked_while_down = sum(len(ld.acked) for ld in loads) - acked_at_kill
         await asyncio.to_thread(durable_redis.start)

@@ -28,7 +28,7 @@ async def test_tenant_limit_and_auth_blocks_span_the_nodes(start_node: Any) -> N
     }
     a = await start_node([], limits=limits)
     b = await start_node([], limits=limits)
-    ca, cb = a.services.tenant_connections, b.services.tenant_connections
+    ca, cb = a.services.access.tenant_connections, b.services.access.tenant_connections
     assert ca.acquire("acme") and ca.acquire("acme")
     await synced(a, b)
     assert not cb.acquire("acme")  # the tenant has its 2 connections, on node a
@@ -39,21 +39,21 @@ async def test_tenant_limit_and_auth_blocks_span_the_nodes(start_node: Any) -> N
 
     now = a.clock()
     for i in range(3):
-        a.services.throttle.failure("192.0.2.7", now + i)
-    assert a.services.throttle.blocked("192.0.2.7", now + 3)
-    assert not b.services.throttle.blocked("192.0.2.7", b.clock())
+        a.services.access.throttle.failure("192.0.2.7", now + i)
+    assert a.services.access.throttle.blocked("192.0.2.7", now + 3)
+    assert not b.services.access.throttle.blocked("192.0.2.7", b.clock())
     await synced(a, b)
-    assert b.services.throttle.blocked("192.0.2.7", b.clock())  # blocked on every node
+    assert b.services.access.throttle.blocked("192.0.2.7", b.clock())  # blocked on every node
 
 
 async def test_a_node_that_stops_drops_out_of_the_counts(start_node: Any) -> None:
     limits = {"per_tenant_max_connections": 1, "sync_interval_s": 0.05}
     a = await start_node([], limits=limits)
     b = await start_node([], limits=limits)
-    assert a.services.tenant_connections.acquire("acme")
+    assert a.services.access.tenant_connections.acquire("acme")
     await synced(a, b)
-    assert not b.services.tenant_connections.acquire("acme")
+    assert not b.services.access.tenant_connections.acquire("acme")
     await a.stop()  # its hash expires after 3 intervals and it leaves the live set
     async with asyncio.timeout(10):
-        while not b.services.tenant_connections.acquire("acme"):
+        while not b.services.access.tenant_connections.acquire("acme"):
             await asyncio.sleep(0.05)

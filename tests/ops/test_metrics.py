@@ -102,8 +102,8 @@ async def test_metrics_move_after_provision_resolve_revoke_uplink(start_node) ->
     assert d("corem_uplink_append_seconds_count", transport="http") == 1
 
     # The throttle shared by the node's listeners reports its blocks.
-    for now in range(s.throttle.max_failures):
-        s.throttle.failure("192.0.2.7", float(now))
+    for now in range(s.access.throttle.max_failures):
+        s.access.throttle.failure("192.0.2.7", float(now))
     throttled = await scrape(node)
     assert (
         value(throttled, "corem_auth_throttle_blocks_total")

@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from corem_ingress.app import Node
 from corem_ingress.core import api_keys
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
@@ -58,7 +59,7 @@ async def _exercise(first: Node, second: Node) -> None:
     b.sessions.register(LiveSession("sess-1", "mqtt", ident, api_keys.hash_key(raw)), orders.append)
     await a.registry.revoke_api_key(tenant, dev.api_key.key_id, actor=A)
     await _until(lambda: len(orders) == 1, what="the disconnect order on the other node")
-    assert orders[0].session_id == "sess-1" and orders[0].reason == "credential revoked"
+    assert orders[0].session_id == "sess-1" and orders[0].cause is Cause.CREDENTIAL_REVOKED
     with pytest.raises(Unauthenticated):
         await b.resolver.resolve_api_key(raw)
 

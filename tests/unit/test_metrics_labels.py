@@ -1,23 +1,25 @@
 """Metric label normalisation keeps cardinality bounded (no I/O: the registry is in-process)."""
 
 from corem_ingress import metrics
+from corem_ingress.core.causes import Cause
 
 
-def test_auth_reasons_are_normalised() -> None:
-    assert metrics.auth_reason("unknown or revoked") == "unknown_or_revoked"
-    assert metrics.auth_reason("unknown or revoked (cached)") == "unknown_or_revoked"
-    assert metrics.auth_reason("overlap window ended") == "overlap_ended"
-    assert metrics.auth_reason("certificate expired") == "certificate_expired"
-    assert metrics.auth_reason("corrupt record") == "corrupt_record"
-    assert metrics.auth_reason("redis unreachable") == "unavailable"
-    assert metrics.auth_reason("malformed") == "malformed"
-    assert metrics.auth_reason("throttled") == "throttled"
-    assert metrics.auth_reason("client sent 'DROP TABLE' 12345") == "other"
+def test_auth_failure_labels_are_cause_labels() -> None:
+    """Labels come from the Cause enum: no text is parsed, cardinality is fixed."""
+    c = metrics.AUTH_FAILURES.labels("mqtt", "wrong_key")
+    before = c._value.get()
+    metrics.auth_failure("mqtt", Cause.WRONG_KEY)
+    assert c._value.get() == before + 1
+    # A cause of another group passed by mistake is bounded to "other", never a new label.
+    other = metrics.AUTH_FAILURES.labels("mqtt", "other")
+    before = other._value.get()
+    metrics.auth_failure("mqtt", Cause.IDLE)
+    assert other._value.get() == before + 1
 
 
 def test_unknown_transports_and_limits_become_other() -> None:
     before = metrics.LIMIT_REFUSALS.labels("other", "other")._value.get()
-    metrics.limit_refused("carrier-pigeon", "moon-phase")
+    metrics.limit_refused("carrier-pigeon", Cause.PEER_CLOSED)
     assert metrics.LIMIT_REFUSALS.labels("other", "other")._value.get() == before + 1
 
 

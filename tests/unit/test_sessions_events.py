@@ -1,5 +1,6 @@
 import pytest
 
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.sessions import LiveSession, SessionRegistry
@@ -20,17 +21,17 @@ def reg() -> SessionRegistry:
 
 def test_revoke_orders_exactly_that_credentials_sessions() -> None:
     r = reg()
-    orders = r.revoke(CredentialKind.X509, "fp-a", "credential revoked")
+    orders = r.revoke(CredentialKind.X509, "fp-a", Cause.CREDENTIAL_REVOKED)
     assert sorted(o.session_id for o in orders) == ["s1", "s2"]
     assert {o.transport for o in orders} == {"mqtt", "coap"}
-    assert all(o.identity == A and o.reason == "credential revoked" for o in orders)
+    assert all(o.identity == A and o.cause is Cause.CREDENTIAL_REVOKED for o in orders)
     assert len(r) == 2 and "s1" not in r
-    assert r.revoke(CredentialKind.X509, "fp-a", "again") == []
+    assert r.revoke(CredentialKind.X509, "fp-a") == []
 
 
 def test_same_id_other_kind_is_not_touched() -> None:
     r = reg()
-    assert r.revoke(CredentialKind.API_KEY, "fp-a", "x") == []
+    assert r.revoke(CredentialKind.API_KEY, "fp-a") == []
     assert len(r) == 4
 
 
@@ -50,13 +51,13 @@ def test_overlap_expiry() -> None:
     assert r.next_expiry() == 50.0
     assert r.due(49.9) == []
     orders = r.due(50.0)
-    assert [o.session_id for o in orders] == ["s4"] and orders[0].reason == "credential expired"
+    assert [o.session_id for o in orders] == ["s4"] and orders[0].cause is Cause.CREDENTIAL_EXPIRED
     assert r.next_expiry() is None
 
 
 def test_revoke_sessions_by_id() -> None:
     r = reg()
-    orders = r.revoke_sessions(["s3", "nope"], "re-validation failed")
+    orders = r.revoke_sessions(["s3", "nope"], Cause.NO_LONGER_VALID)
     assert [o.session_id for o in orders] == ["s3"]
 
 

@@ -1,4 +1,5 @@
-"""Metrics and limits of the CoAP/DTLS listener (issue 8), kept out of the protocol code.
+"""Metrics and limits of the CoAP/DTLS listener, kept out of the protocol code (the one
+access policy, ``core/access.py``, through ``access_gate.AccessGate``).
 
 The DTLS transport calls it on its events; the device site's uplink append is wrapped:
 
@@ -20,14 +21,15 @@ appends are counted by ``UplinkStore.append`` (transport ``coap``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
 
 from corem_ingress import metrics
+from corem_ingress.access_gate import AccessGate
 from corem_ingress.adapters.dtls.events import Address, Credential
+from corem_ingress.core.causes import Cause, CauseGroup
 from corem_ingress.core.errors import ResourceExhausted
 from corem_ingress.core.uplink import Uplink
 
@@ -36,47 +38,22 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("corem.coap")
 
-#: The close reason of a session refused by the per-tenant limit.
-TENANT_LIMIT = "tenant session limit"
-#: Closes of handshakes that say nothing about the peer's credential.
-_NEUTRAL = ("replaced by a new handshake", "broker shutting down", TENANT_LIMIT)
-
-
-#: The core's ResourceExhausted: 4.29 with Max-Age = ``retry_after_s``.
-TooManyRequests = ResourceExhausted
-
-
-def refusal_reason(reason: str) -> tuple[str | None, bool]:
-    """(auth-failure label or None, counts against the source) for a failed handshake."""
-    if "not vouched for" in reason:  # the cache cannot vouch: Redis unreachable
-        return "unavailable", False
-    if reason in ("psk refused", "certificate refused"):
-        return "unknown_or_revoked", True
-    if reason.startswith("certificate expired"):
-        return "certificate_expired", True
-    if reason.startswith(("certificate chain error", "certificate error")):
-        return "bad_certificate", True
-    if reason.startswith(("finished did not verify", "handshake failed")):
-        return "handshake_failed", True  # wrong PSK, no common suite, ...
-    if reason == "no credential":
-        return "no_credential", True
-    return None, False  # handshake timeout and other transport trouble
+#: Closes of handshakes that say nothing about the peer or its credential.
+_NEUTRAL = frozenset({Cause.REPLACED, Cause.SHUTTING_DOWN, Cause.TENANT_CONNECTIONS})
 
 
 class CoapGuard:
     def __init__(self, services: Services, transport: str = "coap") -> None:
         self._s = services
         self.transport = transport
+        self.gate = AccessGate(services.access, transport, services.clock)
         #: Admitted sessions -> the tenant whose slot each holds.
         self._slots: dict[Address, str] = {}
 
     # -- called by the DTLS server/transport -------------------------------------------------
     def source_blocked(self, ip: str) -> bool:
         """Before any work on a ClientHello: True drops it (the source is throttled)."""
-        if self._s.throttle.blocked(ip, self._s.clock()):
-            metrics.limit_refused(self.transport, "auth_throttle")
-            return True
-        return False
+        return self.gate.check_source(ip) is not None
 
     def handshake_started(self, addr: Address) -> None:
         """The source passed the cookie exchange: it now has handshake state."""
@@ -84,59 +61,58 @@ class CoapGuard:
 
     def handshake_rate_limited(self, addr: Address) -> None:
         """A verified ClientHello ignored by ``coap.handshake_rate_per_s`` for its source."""
-        metrics.limit_refused(self.transport, "handshake_rate")
+        self.gate.refused(Cause.HANDSHAKE_RATE)
 
     def max_sessions_reached(self, addr: Address) -> None:
         """A verified ClientHello ignored because ``coap.max_sessions`` peers exist."""
-        metrics.limit_refused(self.transport, "max_sessions")
+        self.gate.refused(Cause.MAX_SESSIONS)
 
     def admit(self, addr: Address, credential: Credential | None) -> bool:
         """A completed handshake: False refuses the session (the transport closes it)."""
         metrics.handshake(self.transport, ok=True)
         if credential is None:
             return True
-        self._s.throttle.success(addr[0])
+        self.gate.auth_succeeded(addr[0])
         tenant = credential.identity.tenant_id
-        if not self._s.tenant_connections.acquire(tenant):
-            metrics.limit_refused(self.transport, "tenant_connections")
-            log.info("coap.session_refused", peer=addr[0], tenant=tenant, reason=TENANT_LIMIT)
+        if self.gate.open_session(tenant) is not None:
+            log.info(
+                "coap.session_refused",
+                peer=addr[0],
+                tenant=tenant,
+                cause=Cause.TENANT_CONNECTIONS.label,
+            )
             return False
         self._slots[addr] = tenant
         metrics.session_opened(self.transport, tenant)
         return True
 
-    def closed(self, addr: Address, reason: str, established: bool) -> None:
+    def closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None:
         tenant = self._slots.pop(addr, None)
         if tenant is not None:
-            self._s.tenant_connections.release(tenant)
-        if established or reason in _NEUTRAL:
+            self.gate.close_session(tenant)
+        if established or cause in _NEUTRAL:
             return
         metrics.handshake(self.transport, ok=False)
-        label, counts = refusal_reason(reason)
-        if label is None:
-            return
-        metrics.auth_failure(self.transport, label)
-        if counts and self._s.throttle.failure(addr[0], self._s.clock()):
-            log.warning("coap.source_blocked", peer=addr[0], block_s=self._s.throttle.block_s)
+        if cause.group is CauseGroup.AUTH:
+            # Only handshakes that passed the cookie exchange get here: the address is real.
+            self.gate.auth_failed(addr[0], cause)
 
     # -- uplinks -------------------------------------------------------------------------------
     def rate_limited(
         self, append: Callable[[Uplink], Awaitable[str]]
     ) -> Callable[[Uplink], Awaitable[str]]:
-        """``append`` behind the per-device message rate (TooManyRequests beyond it)."""
-        rate = self._s.device_rate
-        if not rate.enabled:
+        """``append`` behind the per-device message rate (4.29 + Max-Age beyond it)."""
+        if not self._s.access.device_rate.enabled:
             return append
-        clock = self._s.clock
-        transport = self.transport
+        gate = self.gate
 
         async def limited(uplink: Uplink) -> str:
-            if not rate.allow(uplink.device_id, clock()):
-                metrics.limit_refused(transport, "device_rate")
-                raise TooManyRequests(
+            refusal = gate.check_message(uplink.device_id)
+            if refusal is not None:
+                raise ResourceExhausted(
                     "this device's message rate limit is exceeded",
-                    retry_after_s=max(1, math.ceil(1 / rate.rate_per_s)),
-                    reason="device rate",
+                    retry_after_s=refusal.retry_after_s,
+                    cause=refusal.cause,
                 )
             return await append(uplink)
 

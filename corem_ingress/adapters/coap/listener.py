@@ -21,6 +21,7 @@ from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimi
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.adapters.dtls.transport import DtlsTransport
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport
@@ -98,7 +99,7 @@ class CoapListener:
         if self.lwm2m is not None:
             await self.lwm2m.stop()
         for addr in list(self.sessions):
-            self.transport.close(addr, "broker shutting down")
+            self.transport.close(addr, Cause.SHUTTING_DOWN)
         self.transport.close_transport()
 
     # -- DtlsHandler ---------------------------------------------------------------------------
@@ -124,12 +125,12 @@ class CoapListener:
     def data_received(self, addr: Address, data: bytes) -> None:
         self.endpoint.datagram_received(addr, data)
 
-    def session_closed(self, addr: Address, reason: str, established: bool) -> None:
+    def session_closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None:
         session = self.sessions.pop(addr, None)
         self.endpoint.forget(addr)
         if session is None:
             if not established:
-                log.info("coap.handshake_refused", peer=addr[0], reason=reason)
+                log.info("coap.handshake_refused", peer=addr[0], cause=cause.label, detail=detail)
             return
         self.services.sessions.unregister(session.session_id)
         for hook in self.session_hooks:
@@ -138,13 +139,13 @@ class CoapListener:
             self.services.downlinks.remove(
                 session.credential.identity.device_id, session.session_id
             )
-        log.info("coap.session_closed", session=session.session_id, reason=reason)
+        log.info("coap.session_closed", session=session.session_id, cause=cause.label)
 
     # -- internals -----------------------------------------------------------------------------
     def _disconnect(self, addr: Address, session_id: str, order: DisconnectOrder) -> None:
         session = self.sessions.get(addr)
         if session is not None and session.session_id == session_id:
-            self.transport.close(addr, order.reason)
+            self.transport.close(addr, order.cause)
 
     def _request(self, addr: Address, msg: Message) -> Message | Awaitable[Message]:
         session = self.sessions.get(addr)
@@ -182,9 +183,9 @@ class CoapListener:
             on_notification=on_notification,
         )
 
-    def close_session(self, addr: Address, reason: str = "closed by server") -> bool:
+    def close_session(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
         """close_notify and forget this peer's DTLS session."""
-        return self.transport.close(addr, reason)
+        return self.transport.close(addr, cause)
 
     def _reset(self, addr: Address, token: bytes) -> None:
         session = self.sessions.get(addr)

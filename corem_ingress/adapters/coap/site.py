@@ -17,6 +17,7 @@ from aiocoap.numbers.codes import Code
 from corem_ingress import metrics
 from corem_ingress.adapters.coap.endpoint import error_response, response
 from corem_ingress.adapters.dtls.events import Address, Credential
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import IngressError, InvalidArgument
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
@@ -111,7 +112,7 @@ class DeviceSite:
         return resp
 
     def _too_large(self) -> Message:
-        metrics.limit_refused("coap", "max_size")
+        metrics.limit_refused("coap", Cause.MAX_SIZE)
         resp = response(Code.REQUEST_ENTITY_TOO_LARGE)
         resp.opt.size1 = self.limits.max_body_bytes
         return resp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 
 Address = tuple[str, int]
@@ -45,10 +46,12 @@ class ApplicationData:
 @dataclass(frozen=True, slots=True)
 class SessionClosed:
     addr: Address
-    #: "peer close_notify", "closed by server", "idle", "handshake failed", ...
-    reason: str
+    #: Why: PEER_CLOSED, IDLE, HANDSHAKE_TIMEOUT, WRONG_KEY, UNKNOWN_OR_REVOKED, ...
+    cause: Cause
     #: True if the handshake had completed (a HandshakeCompleted was reported).
     established: bool
+    #: Free text for the log (e.g. OpenSSL's reason, a certificate error number).
+    detail: str = ""
 
 
 DtlsEvent = CredentialNeeded | HandshakeCompleted | ApplicationData | SessionClosed

@@ -57,6 +57,7 @@ from corem_ingress.adapters.dtls.records import (
     server_hello_suite,
     split_records,
 )
+from corem_ingress.core.causes import ALERT_DECRYPT_ERROR, Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
@@ -72,7 +73,6 @@ CIPHERS = (
 
 _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _MAX_HELD = 32
-_ALERT_DECRYPT_ERROR = 51
 _READ_CHUNK = 65_536
 
 
@@ -122,7 +122,8 @@ class _Peer:
     peek: HandshakePeek = field(default_factory=HandshakePeek)
     held: list[bytes] = field(default_factory=list)
     looked_up: set[tuple[CredentialKind, str]] = field(default_factory=set)
-    refusal: str | None = None
+    #: Why the handshake was refused, when a callback refused it (cause, detail).
+    refusal: tuple[Cause, str] | None = None
     #: The suite our ServerHello chose (peeked from our own output).
     suite: int | None = None
 
@@ -219,12 +220,12 @@ class DtlsServer:
         try:
             peer.conn.send(data)
         except SSL.Error:
-            self._drop(peer, "write failed")
+            self._drop(peer, Cause.TRANSPORT_ERROR, "write failed")
             return False
         self._flush(peer)
         return True
 
-    def close(self, addr: Address, reason: str = "closed by server") -> bool:
+    def close(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
         """Send close_notify and forget the session at once."""
         peer = self._peers.get(addr)
         if peer is None:
@@ -233,7 +234,7 @@ class DtlsServer:
             with contextlib.suppress(SSL.Error):
                 peer.conn.shutdown()
             self._flush(peer)
-        self._drop(peer, reason)
+        self._drop(peer, cause)
         return True
 
     def credential_resolved(self, addr: Address, now: float) -> None:
@@ -279,18 +280,18 @@ class DtlsServer:
             for peer in list(self._peers.values()):
                 idle = now - peer.last_seen >= self.config.idle_timeout
                 if peer.state is PeerState.ESTABLISHED and idle:
-                    self.close(peer.addr, "idle")
+                    self.close(peer.addr, Cause.IDLE)
         for peer in list(self._pending.values()):
             if now - peer.started >= self.config.handshake_timeout:
-                self._drop(peer, "handshake timeout")
+                self._drop(peer, Cause.HANDSHAKE_TIMEOUT)
                 continue
             if peer.state is PeerState.HANDSHAKE:
                 timeout = peer.conn.DTLSv1_get_timeout()
                 if timeout is not None and timeout <= 0:
                     try:
                         peer.conn.DTLSv1_handle_timeout()
-                    except SSL.Error:
-                        self._drop(peer, "handshake failed")
+                    except SSL.Error as exc:
+                        self._drop(peer, Cause.HANDSHAKE_FAILED, _ssl_reason(exc))
                         continue
                     self._flush(peer)
 
@@ -348,7 +349,7 @@ class DtlsServer:
         # Cookie verified by OpenSSL too: this SSL object becomes the peer's.
         self._listener = None
         if replacing is not None:
-            self._drop(replacing, "replaced by a new handshake")
+            self._drop(replacing, Cause.REPLACED)
         peer = _Peer(addr, listener, self._now, self._now)
         listener.set_app_data(peer)
         self._peers[addr] = peer
@@ -395,8 +396,8 @@ class DtlsServer:
             return
         kinds = [(r.content_type, r.epoch) for r in split_records(data)]
         if (CT_CHANGE_CIPHER_SPEC, 0) in kinds and (CT_HANDSHAKE, 1) in kinds:
-            self._out.append((alert_record(_ALERT_DECRYPT_ERROR), peer.addr))
-            self._drop(peer, peer.refusal or "finished did not verify (wrong key)")
+            self._out.append((alert_record(ALERT_DECRYPT_ERROR), peer.addr))
+            self._drop(peer, *(peer.refusal or (Cause.WRONG_KEY, "finished did not verify")))
 
     def _peek(self, peer: _Peer, data: bytes) -> tuple[CredentialKind, str] | None:
         """A credential in this datagram that the cache cannot vouch for yet, if any."""
@@ -434,13 +435,13 @@ class DtlsServer:
             return
         except SSL.Error as exc:
             self._flush(peer)  # the alert
-            self._drop(peer, peer.refusal or f"handshake failed: {_ssl_reason(exc)}")
+            self._drop(peer, *(peer.refusal or (Cause.HANDSHAKE_FAILED, _ssl_reason(exc))))
             return
         self._flush(peer)
         if peer.credential is None:
             # Cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT and the PSK callback, but
             # never keep an unauthenticated session.
-            self.close(peer.addr, "no credential")
+            self.close(peer.addr, Cause.NO_CREDENTIAL)
             return
         peer.state = PeerState.ESTABLISHED
         self._pending.pop(peer.addr, None)
@@ -457,12 +458,16 @@ class DtlsServer:
         peer: _Peer = conn.get_app_data()
         try:
             text = identity.decode()
+        except UnicodeDecodeError:
+            peer.refusal = (Cause.MALFORMED, "psk identity is not UTF-8")
+            return None
+        try:
             resolved = self._credentials.cached_psk(text)
-        except (UnicodeDecodeError, IngressError):
-            peer.refusal = "psk refused"
+        except IngressError as exc:
+            peer.refusal = (exc.cause, "psk")
             return None
         if resolved is None:
-            peer.refusal = "psk not vouched for (resolver cache)"
+            peer.refusal = (Cause.UNAVAILABLE, "psk not vouched for by the resolver cache")
             return None
         peer.credential = Credential(CredentialKind.PSK, text, resolved.identity)
         key: bytes = resolved.psk
@@ -476,25 +481,25 @@ class DtlsServer:
             return False
         if depth > 0:
             if not ok:
-                peer.refusal = f"certificate chain error {errno}"
+                peer.refusal = (Cause.BAD_CERTIFICATE, f"chain error {errno}")
             return bool(ok)
         if not ok and errno != _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-            peer.refusal = f"certificate error {errno}"
+            peer.refusal = (Cause.BAD_CERTIFICATE, f"certificate error {errno}")
             return False
         c = cert.to_cryptography()
         if self.config.check_cert_validity:
             now = datetime.fromtimestamp(self._now, UTC)
             if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-                peer.refusal = "certificate expired or not yet valid"
+                peer.refusal = (Cause.CERTIFICATE_EXPIRED, "outside its validity period")
                 return False
         fp = fingerprint_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
         try:
             identity = self._credentials.cached_cert(fp)
-        except IngressError:
-            peer.refusal = "certificate refused"
+        except IngressError as exc:
+            peer.refusal = (exc.cause, "certificate")
             return False
         if identity is None:
-            peer.refusal = "certificate not vouched for (resolver cache)"
+            peer.refusal = (Cause.UNAVAILABLE, "certificate not vouched for by the resolver cache")
             return False
         peer.credential = Credential(CredentialKind.X509, fp, identity)
         return True
@@ -518,11 +523,11 @@ class DtlsServer:
                 with contextlib.suppress(SSL.Error):
                     peer.conn.shutdown()
                 self._flush(peer)
-                self._drop(peer, "peer close_notify")
+                self._drop(peer, Cause.PEER_CLOSED, "close_notify")
                 return
-            except SSL.Error:
+            except SSL.Error as exc:
                 self._flush(peer)
-                self._drop(peer, "protocol error")
+                self._drop(peer, Cause.PROTOCOL_ERROR, _ssl_reason(exc))
                 return
             self._events.append(ApplicationData(peer.addr, data))
         self._flush(peer)
@@ -548,7 +553,7 @@ class DtlsServer:
             if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
                 return sent
 
-    def _drop(self, peer: _Peer, reason: str) -> None:
+    def _drop(self, peer: _Peer, cause: Cause, detail: str = "") -> None:
         if self._peers.get(peer.addr) is not peer:
             return
         del self._peers[peer.addr]
@@ -556,8 +561,8 @@ class DtlsServer:
         established = peer.state is PeerState.ESTABLISHED
         peer.conn.set_app_data(None)
         peer.held.clear()
-        self.stats["closed:" + reason] += 1
-        self._events.append(SessionClosed(peer.addr, reason, established))
+        self.stats["closed:" + cause.label] += 1
+        self._events.append(SessionClosed(peer.addr, cause, established, detail))
 
 
 def _ssl_reason(exc: SSL.Error) -> str:

@@ -25,6 +25,7 @@ from corem_ingress.adapters.dtls.events import (
     SessionClosed,
 )
 from corem_ingress.adapters.dtls.server import DtlsServer
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind
 
@@ -38,7 +39,9 @@ class DtlsHandler(Protocol):
 
     def data_received(self, addr: Address, data: bytes) -> None: ...
 
-    def session_closed(self, addr: Address, reason: str, established: bool) -> None: ...
+    def session_closed(
+        self, addr: Address, cause: Cause, established: bool, detail: str
+    ) -> None: ...
 
 
 class DtlsGuard(Protocol):
@@ -54,7 +57,7 @@ class DtlsGuard(Protocol):
 
     def admit(self, addr: Address, credential: Credential | None) -> bool: ...
 
-    def closed(self, addr: Address, reason: str, established: bool) -> None: ...
+    def closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None: ...
 
 
 class AsyncResolver(Protocol):
@@ -128,8 +131,8 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._pump()
         return ok
 
-    def close(self, addr: Address, reason: str = "closed by server") -> bool:
-        ok = self.server.close(addr, reason)
+    def close(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
+        ok = self.server.close(addr, cause)
         self._pump()
         return ok
 
@@ -149,17 +152,20 @@ class DtlsTransport(asyncio.DatagramProtocol):
                     guard = self.guard
                     if guard is not None and not guard.admit(event.addr, event.credential):
                         # Refused by a limit: close_notify now; its SessionClosed follows.
-                        self.server.close(event.addr, "tenant session limit")
+                        self.server.close(event.addr, Cause.TENANT_CONNECTIONS)
                         continue
                     self.handler.session_started(event.addr, event.credential)
                 elif isinstance(event, SessionClosed):
                     if self.guard is not None:
-                        self.guard.closed(event.addr, event.reason, event.established)
-                    self.handler.session_closed(event.addr, event.reason, event.established)
+                        self.guard.closed(event.addr, event.cause, event.established, event.detail)
+                    self.handler.session_closed(
+                        event.addr, event.cause, event.established, event.detail
+                    )
                 elif isinstance(event, CredentialNeeded):
                     self._spawn_lookup(event)
             except Exception:
-                log.exception("dtls.handler_failed", event=type(event).__name__)
+                # structlog's first argument is the event name: the DTLS event is "dtls_event".
+                log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
         if handled:  # handlers may have sent data
             for datagram, addr in self.server.datagrams_to_send():
                 if transport is not None:

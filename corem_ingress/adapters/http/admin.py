@@ -28,6 +28,7 @@ from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
 from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.psk import parse_psk_hex
@@ -111,7 +112,7 @@ class AdminApi:
         async def attempt() -> Operator:
             values = request.headers.getall("Authorization", [])
             if len(values) > 1:
-                raise Unauthenticated(reason="malformed")
+                raise Unauthenticated(cause=Cause.MALFORMED)
             return self._tokens.authenticate(values[0] if values else None)
 
         return await self._guard.authenticate(request, attempt)

@@ -11,6 +11,7 @@ import hmac
 
 from multidict import MultiMapping
 
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import InvalidArgument, Unauthenticated
 
 AUTHORIZATION = "Authorization"
@@ -24,7 +25,7 @@ def bearer_token(value: str) -> str:
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_CREDENTIAL_CHARS:
-        raise Unauthenticated(reason="malformed")
+        raise Unauthenticated(cause=Cause.MALFORMED)
     return token
 
 
@@ -49,7 +50,7 @@ def api_key_from_headers(headers: MultiMapping[str]) -> str:
     if x_api_key is not None:
         x_api_key = x_api_key.strip()
         if not x_api_key or len(x_api_key) > MAX_CREDENTIAL_CHARS:
-            raise Unauthenticated(reason="malformed")
+            raise Unauthenticated(cause=Cause.MALFORMED)
     if from_bearer is not None and x_api_key is not None:
         if not _same(from_bearer, x_api_key):
             raise InvalidArgument(
@@ -58,5 +59,5 @@ def api_key_from_headers(headers: MultiMapping[str]) -> str:
         return from_bearer
     key = from_bearer if from_bearer is not None else x_api_key
     if key is None:
-        raise Unauthenticated(reason="no_credential")
+        raise Unauthenticated(cause=Cause.NO_CREDENTIAL)
     return key

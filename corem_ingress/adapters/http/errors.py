@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from corem_ingress import metrics
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import (
     IngressError,
     InvalidArgument,
@@ -59,10 +60,6 @@ class UnsupportedMediaType(IngressError):
     cli_exit = 2
 
 
-#: The core's ResourceExhausted (429 / 4.29), under the name this adapter uses.
-TooManyRequests = ResourceExhausted
-
-
 class Internal(IngressError):
     """Our bug, never the client's: the message says nothing more."""
 
@@ -84,7 +81,7 @@ def error_response(
         out["WWW-Authenticate"] = f'Bearer realm="{realm}"'
     elif isinstance(exc, Unavailable):
         out["Retry-After"] = str(retry_after_s)
-    elif isinstance(exc, TooManyRequests):
+    elif isinstance(exc, ResourceExhausted):
         out["Retry-After"] = str(exc.retry_after_s)
     return web.json_response(exc.to_json(), status=exc.http_status, headers=out)
 
@@ -114,7 +111,7 @@ def middleware(*, realm_for: Callable[[web.Request], str], retry_after_s: int) -
             return await handler(request)
         except IngressError as exc:
             if isinstance(exc, PayloadTooLarge):
-                metrics.limit_refused("http", "max_size")
+                metrics.limit_refused("http", Cause.MAX_SIZE)
             _log_refusal(request, exc)
             return error_response(exc, realm=realm_for(request), retry_after_s=retry_after_s)
         except web.HTTPException as exc:
@@ -122,7 +119,7 @@ def middleware(*, realm_for: Callable[[web.Request], str], retry_after_s: int) -
                 raise
             err, headers = _from_http_exception(exc)
             if isinstance(err, PayloadTooLarge):
-                metrics.limit_refused("http", "max_size")
+                metrics.limit_refused("http", Cause.MAX_SIZE)
             return error_response(
                 err, realm=realm_for(request), retry_after_s=retry_after_s, headers=headers
             )
@@ -152,7 +149,7 @@ def _log_refusal(request: web.Request, exc: IngressError) -> None:
     elif isinstance(exc, Unauthenticated):
         # The reason (malformed, unknown or revoked, overlap ended...) is for operators only.
         log.info("http.unauthenticated", route=route, reason=exc.reason)
-    elif isinstance(exc, TooManyRequests):
+    elif isinstance(exc, ResourceExhausted):
         log.info("http.limited", route=route, reason=exc.reason)
     else:
         log.debug("http.refused", route=route, code=exc.code)

@@ -1,9 +1,10 @@
-"""Limits around authentication, shared by both HTTP APIs, with their metrics.
+"""Limits around authentication, shared by both HTTP APIs (``core/access.py`` through
+``access_gate.AccessGate``).
 
-* Failed-authentication throttle per source address (``services.throttle``, shared by
-  every listener of the node): a blocked address gets 429 before any credential work;
-  each UNAUTHENTICATED counts a failure; a success forgets the address's failures.
-* Per-device uplink rate (``services.device_rate``): 429 beyond it.
+* Failed-authentication throttle per source address: a blocked address gets 429 with
+  ``Retry-After`` before any credential work; each refused credential counts a failure
+  when its cause is the peer's doing.
+* Per-device uplink rate: 429 beyond it.
 
 The address is the TCP peer: ``X-Forwarded-For`` is not trusted. Behind a reverse proxy
 every device shares the proxy's address, so set ``limits.auth_fail_max: 0`` there (or
@@ -12,27 +13,37 @@ throttle at the proxy).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import structlog
 from aiohttp import web
 
-from corem_ingress import metrics
-from corem_ingress.adapters.http.errors import TooManyRequests
-from corem_ingress.core.errors import Unauthenticated, Unavailable
+from corem_ingress.access_gate import AccessGate
+from corem_ingress.core.access import Refusal
+from corem_ingress.core.errors import ResourceExhausted, Unauthenticated, Unavailable
 from corem_ingress.services import Services
 
 T = TypeVar("T")
 TRANSPORT = "http"
 
-log = structlog.get_logger("corem.http")
+_MESSAGES = {
+    "auth_throttle": "too many failed authentications from this address: retry later",
+    "device_rate": "this device's uplink rate limit is exceeded: retry later",
+}
+
+
+def _too_many(refusal: Refusal) -> ResourceExhausted:
+    return ResourceExhausted(
+        _MESSAGES.get(refusal.cause.label, "rate limit exceeded: retry later"),
+        retry_after_s=refusal.retry_after_s,
+        reason=refusal.cause.label,
+        cause=refusal.cause,
+    )
 
 
 class AuthGuard:
     def __init__(self, services: Services) -> None:
-        self._s = services
+        self._gate = AccessGate(services.access, TRANSPORT, services.clock)
 
     @staticmethod
     def peer(request: web.Request) -> str:
@@ -41,34 +52,18 @@ class AuthGuard:
     async def authenticate(self, request: web.Request, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` (which raises Unauthenticated) unless the peer is throttled."""
         peer = self.peer(request)
-        now = self._s.clock()
-        until = self._s.throttle.blocked_until(peer, now)
-        if until is not None:
-            metrics.limit_refused(TRANSPORT, "auth_throttle")
-            raise TooManyRequests(
-                "too many failed authentications from this address: retry later",
-                retry_after_s=math.ceil(until - now),
-                reason="auth throttle",
-            )
+        refusal = self._gate.check_source(peer)
+        if refusal is not None:
+            raise _too_many(refusal)
         try:
             result = await attempt()
-        except Unauthenticated as exc:
-            metrics.auth_failure(TRANSPORT, exc.reason)
-            if self._s.throttle.failure(peer, now):
-                log.warning("http.source_blocked", peer=peer, block_s=self._s.throttle.block_s)
+        except (Unauthenticated, Unavailable) as exc:
+            self._gate.auth_failed(peer, exc.cause)
             raise
-        except Unavailable:
-            metrics.auth_failure(TRANSPORT, "unavailable")
-            raise
-        self._s.throttle.success(peer)
+        self._gate.auth_succeeded(peer)
         return result
 
     def uplink_allowed(self, device_id: str) -> None:
-        rate = self._s.device_rate
-        if not rate.allow(device_id, self._s.clock()):
-            metrics.limit_refused(TRANSPORT, "device_rate")
-            raise TooManyRequests(
-                "this device's uplink rate limit is exceeded: retry later",
-                retry_after_s=math.ceil(1 / rate.rate_per_s) if rate.rate_per_s > 0 else 1,
-                reason="device rate",
-            )
+        refusal = self._gate.check_message(device_id)
+        if refusal is not None:
+            raise _too_many(refusal)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from corem_ingress.adapters.http.device_auth import bearer_token
 from corem_ingress.config import ConfigError, HttpConfig
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import InvalidArgument, Unauthenticated
 from corem_ingress.core.identity import check_tenant_id
 
@@ -133,7 +134,7 @@ class OperatorTokens:
     def authenticate(self, authorization: str | None) -> Operator:
         """The operator for an ``Authorization: Bearer <token>`` value, or Unauthenticated."""
         if authorization is None:
-            raise Unauthenticated(reason="no_credential")
+            raise Unauthenticated(cause=Cause.NO_CREDENTIAL)
         token = bearer_token(authorization)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         found: Operator | None = None
@@ -141,7 +142,7 @@ class OperatorTokens:
             if hmac.compare_digest(digest, entry.digest):
                 found = entry.operator
         if found is None:
-            raise Unauthenticated(reason="unknown_or_revoked")
+            raise Unauthenticated(cause=Cause.UNKNOWN_OR_REVOKED)
         return found
 
 

@@ -27,6 +27,7 @@ from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
@@ -150,7 +151,7 @@ class Lwm2mServer:
         if peer is not None:
             return peer
         if session.credential is None:  # the listener only routes credentialed sessions here
-            raise Unauthenticated("LwM2M needs a DTLS credential", reason="no credential")
+            raise Unauthenticated("LwM2M needs a DTLS credential", cause=Cause.NO_CREDENTIAL)
         ident = session.credential.identity
         device = await self.services.registry.get_device(ident.tenant_id, ident.device_id)
         peer = Peer(ident, device.hardware_id, self.services.node_id, session.session_id)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from corem_ingress.adapters.mqtt import policy
 from corem_ingress.adapters.mqtt.codec import Connect
 from corem_ingress.core import api_keys
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import InvalidArgument, Unauthenticated
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.resolver import Resolver
@@ -33,10 +34,12 @@ async def authenticate(
         identity = await resolver.resolve_cert(fingerprint)
         lookup = fingerprint
     elif client_auth == "required":
-        raise Unauthenticated(reason="no client certificate")  # the handshake prevents this
+        raise Unauthenticated(
+            cause=Cause.NO_CREDENTIAL, reason="no client certificate"
+        )  # the handshake prevents this
     else:
         if connect.password is None:
-            raise Unauthenticated(reason="no certificate and no password")
+            raise Unauthenticated(cause=Cause.NO_CREDENTIAL, reason="no certificate, no password")
         try:
             raw = connect.password.decode("ascii")
         except UnicodeDecodeError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from corem_ingress.core.causes import Cause
+
 
 class PacketType(IntEnum):
     CONNECT = 1
@@ -30,15 +32,18 @@ class PacketType(IntEnum):
 class ProtocolViolation(Exception):
     """The peer broke MQTT 3.1.1; ``reason`` is for logs (never echoes payload bytes)."""
 
+    cause = Cause.PROTOCOL_ERROR
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
 class PacketTooLarge(ProtocolViolation):
-    pass
+    cause = Cause.MAX_SIZE
 
 
+#: SUBACK return code of a refused topic filter.
 SUBACK_FAILURE = 0x80
 #: Fixed-header flags each packet type must carry (PUBLISH is checked separately).
 _REQUIRED_FLAGS = {

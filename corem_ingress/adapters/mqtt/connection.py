@@ -22,9 +22,7 @@ from corem_ingress.adapters.mqtt.events import (
     SubscribeReceived,
     UnsubscribeReceived,
 )
-
-#: The close reason of a graceful DISCONNECT (no will is published then).
-CLIENT_DISCONNECT = "client sent DISCONNECT"
+from corem_ingress.core.causes import Cause
 
 
 class State(Enum):
@@ -60,7 +58,8 @@ class MqttConnection:
         "_last_rx",
         "_next_pid",
         "_out",
-        "close_reason",
+        "close_cause",
+        "disconnected",
         "state",
     )
 
@@ -77,7 +76,9 @@ class MqttConnection:
         self._inflight: set[int] | None = None
         self._awaiting_rel: set[int] | None = None
         self._next_pid = 1
-        self.close_reason: str | None = None
+        self.close_cause: Cause | None = None
+        #: The client ended with DISCONNECT (MQTT 3.1.1: its will is then discarded).
+        self.disconnected = False
 
     # -- inputs ------------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
@@ -88,7 +89,7 @@ class MqttConnection:
         if self.state is State.AUTHENTICATING:
             # The client may send before CONNACK; keep it (bounded) until accept().
             if len(self._buf) > 2 * self._config.max_packet_size:
-                self._fail("too much data before CONNACK")
+                self._fail(Cause.MAX_SIZE, "too much data before CONNACK")
             return
         self._parse(now)
 
@@ -97,10 +98,10 @@ class MqttConnection:
             return
         if self.state in (State.AWAIT_CONNECT, State.AUTHENTICATING):
             if self.state is State.AWAIT_CONNECT and now >= self._deadline:
-                self._fail("no CONNECT within connect_timeout")
+                self._fail(Cause.HANDSHAKE_TIMEOUT, "no CONNECT within connect_timeout")
             return
         if now >= self._last_rx + self._keepalive:
-            self._fail("keep-alive expired")
+            self._fail(Cause.IDLE, "keep-alive expired")
 
     def next_timer(self) -> float | None:
         """When ``handle_timer`` should next be called (monotonic), or None."""
@@ -135,11 +136,11 @@ class MqttConnection:
         self._out.append(codec.encode_connack(False, 0))
         self._parse(now)
 
-    def refuse(self, return_code: int, reason: str) -> None:
-        """CONNACK with a non-zero code, then close."""
+    def refuse(self, cause: Cause, detail: str = "") -> None:
+        """CONNACK with the cause's return code, then close."""
         if self.state in (State.AWAIT_CONNECT, State.AUTHENTICATING):
-            self._out.append(codec.encode_connack(False, return_code))
-            self._close(reason, error=True)
+            self._out.append(codec.encode_connack(False, cause.connack))
+            self._close(cause, detail, error=True)
 
     def ack_publish(self, publish: Publish) -> None:
         """The message is stored: PUBACK (QoS 1) or PUBREC (QoS 2); nothing for QoS 0."""
@@ -177,9 +178,9 @@ class MqttConnection:
     def inflight(self) -> int:
         return len(self._inflight) if self._inflight else 0
 
-    def close(self, reason: str) -> None:
+    def close(self, cause: Cause, detail: str = "") -> None:
         """Local close (revocation, shutdown, policy): no further output."""
-        self._close(reason, error=False)
+        self._close(cause, detail, error=False)
 
     # -- internals ---------------------------------------------------------------------------
     def _allocate_pid(self, inflight: set[int]) -> int:
@@ -190,16 +191,16 @@ class MqttConnection:
                 return pid
         raise RuntimeError("no free packet identifier")  # unreachable: max_inflight < 65535
 
-    def _fail(self, reason: str) -> None:
-        self._close(reason, error=True)
+    def _fail(self, cause: Cause, detail: str = "") -> None:
+        self._close(cause, detail, error=True)
 
-    def _close(self, reason: str, *, error: bool) -> None:
+    def _close(self, cause: Cause, detail: str, *, error: bool) -> None:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self.close_reason = reason
+        self.close_cause = cause
         self._buf.clear()
-        self._events.append(ConnectionClosed(reason, error))
+        self._events.append(ConnectionClosed(cause, error, detail))
 
     def _parse(self, now: float) -> None:
         buf = self._buf
@@ -219,7 +220,7 @@ class MqttConnection:
                     packet = codec.decode(first, bytes(buf[pos + header : pos + total]))
                     pos += total
                 except codec.ProtocolViolation as exc:
-                    self._fail(exc.reason)
+                    self._fail(exc.cause, exc.reason)
                     return
                 self._handle(packet, now)
         finally:
@@ -229,11 +230,11 @@ class MqttConnection:
     def _handle(self, packet: codec.Packet, now: float) -> None:
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(packet, codec.Connect):
-                self._fail("first packet is not CONNECT")
+                self._fail(Cause.PROTOCOL_ERROR, "first packet is not CONNECT")
                 return
             if packet.protocol_level != 4:
                 self._out.append(codec.encode_connack(False, 1))
-                self._close("unsupported protocol level", error=True)
+                self._fail(Cause.PROTOCOL_ERROR, "unsupported protocol level")
                 return
             self.state = State.AUTHENTICATING
             self._events.append(ConnectReceived(packet))
@@ -253,7 +254,7 @@ class MqttConnection:
                     self._awaiting_rel.discard(packet.packet_id)
                 self._out.append(codec.encode_ack(PacketType.PUBCOMP, packet.packet_id))
             else:  # PUBREC/PUBCOMP: we never send QoS 2
-                self._fail(f"unexpected {packet.type.name}")
+                self._fail(Cause.PROTOCOL_ERROR, f"unexpected {packet.type.name}")
         elif isinstance(packet, codec.Subscribe):
             self._events.append(SubscribeReceived(packet))
         elif isinstance(packet, codec.Unsubscribe):
@@ -262,6 +263,7 @@ class MqttConnection:
         elif isinstance(packet, codec.PingReq):
             self._out.append(codec.PINGRESP)
         elif isinstance(packet, codec.Disconnect):
-            self._close(CLIENT_DISCONNECT, error=False)
+            self.disconnected = True
+            self._close(Cause.PEER_CLOSED, "DISCONNECT", error=False)
         else:  # a second CONNECT
-            self._fail("second CONNECT")
+            self._fail(Cause.PROTOCOL_ERROR, "second CONNECT")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from corem_ingress.adapters.mqtt.codec import Connect, Publish, Subscribe, Unsubscribe
+from corem_ingress.core.causes import Cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +40,10 @@ class UnsubscribeReceived:
 class ConnectionClosed:
     """The connection is over: close the transport. ``error`` marks a peer fault or timeout."""
 
-    reason: str
+    cause: Cause
     error: bool
+    #: Free text for the log (never echoes payload bytes).
+    detail: str = ""
 
 
 Event = (

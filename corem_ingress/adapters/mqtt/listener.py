@@ -11,10 +11,12 @@ from collections import Counter
 import structlog
 
 from corem_ingress import metrics
+from corem_ingress.access_gate import AccessGate
 from corem_ingress.adapters.mqtt import tls
 from corem_ingress.adapters.mqtt.connection import ConnectionConfig
 from corem_ingress.adapters.mqtt.protocol import MqttProtocol
 from corem_ingress.config import MqttConfig
+from corem_ingress.core.causes import Cause
 from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.mqtt")
@@ -38,6 +40,7 @@ class MqttListener:
             max_keepalive=self.config.max_keepalive_s,
             max_inflight=self.config.max_inflight,
         )
+        self.gate = AccessGate(services.access, "mqtt", services.clock)
         self.batcher = services.stores.uplink_batcher(on_batch_done=self._flush_dirty)
         self._dirty: set[MqttProtocol] = set()
         #: Messages of the current batch Redis took, and the oldest one's submission time.
@@ -86,7 +89,7 @@ class MqttListener:
         self._flush_dirty()
         await self.batcher.close()
         for conn in list(self.connections):
-            conn.close("broker shutting down")
+            conn.close(Cause.SHUTTING_DOWN)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), timeout=max(0.1, deadline / 2))
         self._server = None
@@ -139,4 +142,4 @@ class MqttListener:
         self._by_device[device_id] = conn
         if old is not None and old is not conn:
             self.count("takeovers")
-            old.close("session taken over by a new connection")
+            old.close(Cause.TAKEN_OVER)

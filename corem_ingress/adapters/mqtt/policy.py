@@ -7,11 +7,10 @@ credential, so a stolen credential can never speak for another device or tenant.
 
 from __future__ import annotations
 
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import PermissionDenied
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.core.uplink import UplinkKind
-
-SUBACK_FAILURE = 0x80
 
 
 def client_id_for(identity: DeviceIdentity, client_id: str, clean_session: bool) -> str:
@@ -20,19 +19,25 @@ def client_id_for(identity: DeviceIdentity, client_id: str, clean_session: bool)
         return client_id
     if client_id == "" and clean_session:
         return identity.device_id
-    raise PermissionDenied("client id must equal the device id", reason="client id mismatch")
+    raise PermissionDenied(
+        "client id must equal the device id", cause=Cause.IDENTITY_MISMATCH, reason="client id"
+    )
 
 
 def uplink_kind(identity: DeviceIdentity, topic: str) -> UplinkKind:
     """The uplink kind of an allowed publish topic; PermissionDenied for any other topic."""
     prefix = f"devices/{identity.device_id}/up/"
     if not topic.startswith(prefix):
-        raise PermissionDenied("publish outside the device's uplink topics", reason="acl topic")
+        raise PermissionDenied(
+            "publish outside the device's uplink topics", cause=Cause.ACL_VIOLATION, reason="topic"
+        )
     kind = topic[len(prefix) :]
     try:
         return UplinkKind(kind)
     except ValueError:
-        raise PermissionDenied("unknown uplink kind", reason="acl kind") from None
+        raise PermissionDenied(
+            "unknown uplink kind", cause=Cause.ACL_VIOLATION, reason="kind"
+        ) from None
 
 
 def downlink_topic(device_id: str, kind: str) -> str:

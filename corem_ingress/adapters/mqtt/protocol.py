@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from corem_ingress import metrics
+from corem_ingress.access_gate import AccessGate
+from corem_ingress.adapters.mqtt import codec, policy
 from corem_ingress.adapters.mqtt import downlink as dl
-from corem_ingress.adapters.mqtt import policy
-from corem_ingress.adapters.mqtt.auth import Authenticated, authenticate
+from corem_ingress.adapters.mqtt.admission import Admitted, admit
+from corem_ingress.adapters.mqtt.auth import Authenticated
 from corem_ingress.adapters.mqtt.codec import Connect, Publish, Subscribe, Unsubscribe
-from corem_ingress.adapters.mqtt.connection import CLIENT_DISCONNECT, MqttConnection, State
+from corem_ingress.adapters.mqtt.connection import MqttConnection, State
 from corem_ingress.adapters.mqtt.events import (
     ConnectionClosed,
     ConnectReceived,
@@ -27,16 +29,10 @@ from corem_ingress.adapters.mqtt.events import (
     UnsubscribeReceived,
 )
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.errors import (
-    CONNACK_NOT_AUTHORIZED,
-    CONNACK_SERVER_UNAVAILABLE,
-    IngressError,
-    InvalidArgument,
-    PermissionDenied,
-    Unavailable,
-)
-from corem_ingress.core.sessions import DisconnectOrder, LiveSession
+from corem_ingress.core.errors import PermissionDenied, Unavailable
+from corem_ingress.core.sessions import DisconnectOrder
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
 
 if TYPE_CHECKING:
@@ -52,23 +48,11 @@ _WRITE_LIMIT = 256 * 1024
 TRANSPORT = "mqtt"
 
 
-def _auth_reason(exc: IngressError) -> str:
-    """The metrics label of a refused CONNECT (see metrics.AUTH_REASONS)."""
-    if isinstance(exc, Unavailable):
-        return "unavailable"
-    if isinstance(exc, InvalidArgument):
-        return "malformed"
-    if isinstance(exc, PermissionDenied):
-        return "identity_mismatch"  # client id is not the device id
-    if exc.reason.startswith("no "):  # no client certificate / no certificate and no password
-        return "no_credential"
-    return exc.reason
-
-
 class MqttProtocol(asyncio.BufferedProtocol):
     __slots__ = (
         "_auth",
         "_closed",
+        "_gate",
         "_ip",
         "_listener",
         "_paused",
@@ -87,6 +71,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
 
     def __init__(self, listener: MqttListener) -> None:
         self._listener = listener
+        self._gate: AccessGate = listener.gate
         self._transport: asyncio.Transport | None = None
         self.tls = TlsSession(listener.tls_context)
         self.mqtt = MqttConnection(listener.connection_config, listener.loop.time())
@@ -115,12 +100,10 @@ class MqttProtocol(asyncio.BufferedProtocol):
         listener = self._listener
         listener.connection_opened(self)
         metrics.connection_opened(TRANSPORT)
-        services = listener.services
-        if services.throttle.blocked(self._ip, services.clock()):
+        if self._gate.check_source(self._ip) is not None:
             # Throttled source: closed before any TLS work (the handshake is the costly part).
             listener.count("throttled")
-            metrics.limit_refused(TRANSPORT, "auth_throttle")
-            self._close("source address throttled", error=True)
+            self._close(Cause.AUTH_THROTTLE, error=True)
             return
         self._schedule_timer()
 
@@ -138,8 +121,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._listener.count("tls_failures")
             log.info("mqtt.tls_failed", peer=self._peer, error=str(exc))
             if handshaking:
-                self._handshake_failed()
-            self._close("TLS failure", error=True)
+                # A failed TLS handshake (e.g. a client certificate we do not accept) counts
+                # as a failed authentication of the source address.
+                metrics.handshake(TRANSPORT, ok=False)
+                self._gate.auth_failed(self._ip, Cause.HANDSHAKE_FAILED)
+            self._close(Cause.HANDSHAKE_FAILED, error=True)
             return
         if handshaking and self.tls.handshake_done:
             metrics.handshake(TRANSPORT, ok=True)
@@ -147,16 +133,16 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self.mqtt.receive_data(plain, self._listener.loop.time())
             self._drain()
         if self.tls.closed:
-            self._close("peer sent close_notify", error=False)
+            self._close(Cause.PEER_CLOSED, error=False)
             return
         self._flush()
 
     def eof_received(self) -> bool | None:
-        self._close("peer closed", error=False)
+        self._close(Cause.PEER_CLOSED, error=False)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._close("connection lost", error=False)
+        self._close(Cause.PEER_CLOSED, error=False)
 
     # -- events ------------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -172,107 +158,56 @@ class MqttProtocol(asyncio.BufferedProtocol):
             elif isinstance(event, ConnectionClosed):
                 if event.error:
                     self._listener.count("protocol_closes")
-                    if "exceeds max_packet_size" in event.reason:
-                        metrics.limit_refused(TRANSPORT, "max_size")
-                    log.info("mqtt.closed", peer=self._peer, reason=event.reason)
-                self._close(event.reason, error=event.error)
+                    if event.cause is Cause.MAX_SIZE:
+                        self._gate.refused(Cause.MAX_SIZE)
+                    log.info(
+                        "mqtt.closed", peer=self._peer, cause=event.cause.label, detail=event.detail
+                    )
+                self._close(event.cause, error=event.error)
         self._flush()
 
     async def _authenticate(self, connect: Connect) -> None:
         try:
-            await self._authenticate_inner(connect)
+            outcome = await admit(
+                self._listener,
+                self._gate,
+                connect,
+                self,
+                ip=self._ip,
+                peer=self._peer,
+                fingerprint=self.tls.peer_fingerprint(),
+                disconnect=self._disconnect,
+                is_closed=lambda: self._closed,
+            )
         except Exception:  # a bug must not leave the socket hanging in AUTHENTICATING
             log.exception("mqtt.authenticate_failed", peer=self._peer)
             if not self._closed:
-                self.mqtt.refuse(CONNACK_SERVER_UNAVAILABLE, "internal error")  # if not yet
+                self.mqtt.refuse(Cause.CLOSED_BY_SERVER, "internal error")
                 self._drain()
-                self.close("internal error")  # _close unregisters whatever was registered
+                self.close(Cause.CLOSED_BY_SERVER)  # _close unregisters what was registered
+            return
         finally:
             self._task = None  # an idle connection keeps no finished task
-
-    def _handshake_failed(self) -> None:
-        """A failed TLS handshake (e.g. a client certificate we do not accept) counts as a
-        failed authentication of the source address."""
-        services = self._listener.services
-        metrics.handshake(TRANSPORT, ok=False)
-        metrics.auth_failure(TRANSPORT, "handshake_failed")
-        if services.throttle.failure(self._ip, services.clock()):
-            log.warning("mqtt.source_blocked", peer=self._ip, block_s=services.throttle.block_s)
-
-    async def _authenticate_inner(self, connect: Connect) -> None:
-        listener = self._listener
-        services = listener.services
-        now = services.clock()
-        if services.throttle.blocked(self._ip, now):
-            # Blocked while this connection was being set up: no credential work.
-            listener.count("throttled")
-            metrics.limit_refused(TRANSPORT, "auth_throttle")
-            self.mqtt.refuse(CONNACK_NOT_AUTHORIZED, "source address throttled")
-            self._drain()
-            return
-        try:
-            auth = await authenticate(
-                listener.services.resolver,
-                connect,
-                self.tls.peer_fingerprint(),
-                client_auth=listener.config.client_auth,
-            )
-        except IngressError as exc:
-            metrics.auth_failure(TRANSPORT, _auth_reason(exc))
-            # UNAVAILABLE (Redis down) is not the device's fault: not counted against it.
-            if not isinstance(exc, Unavailable) and services.throttle.failure(self._ip, now):
-                log.warning("mqtt.source_blocked", peer=self._ip, block_s=services.throttle.block_s)
-            if self._closed:
-                return
-            listener.count("connect_refused")
-            log.info(
-                "mqtt.connect_refused",
-                peer=self._peer,
-                code=exc.mqtt_connack,
-                reason=exc.reason,
-            )
-            self.mqtt.refuse(exc.mqtt_connack, exc.reason)
-            self._drain()
-            return
-        services.throttle.success(self._ip)
         if self._closed:
+            if isinstance(outcome, Admitted):
+                self._listener.services.sessions.unregister(outcome.session_id)
+                self._gate.close_session(outcome.slot)
             return
+        if not isinstance(outcome, Admitted):
+            self.mqtt.refuse(outcome.cause, outcome.detail)
+            self._drain()
+            return
+        self._start_session(connect, outcome)
+
+    def _start_session(self, connect: Connect, admitted: Admitted) -> None:
+        listener = self._listener
+        auth = admitted.auth
+        identity = auth.identity
         self._auth = auth
+        self._slot = admitted.slot
+        self.session_id = admitted.session_id
         if listener.config.wills_as_uplinks and connect.will_topic is not None:
             self._will = Publish(connect.will_topic, connect.will_payload or b"", 1)
-        self.session_id = listener.new_session_id()
-        identity = auth.identity
-        listener.services.sessions.register(
-            LiveSession(self.session_id, Transport.MQTT.value, identity, auth.lookup),
-            self._disconnect,
-        )
-        # A revocation that landed between the lookup and the registration evicted the
-        # cache entry: ask again now that any later revocation reaches this session.
-        try:
-            await listener.services.resolver.resolve_lookup(identity.credential_kind, auth.lookup)
-        except IngressError as exc:
-            listener.services.sessions.unregister(self.session_id)
-            self._auth = None
-            metrics.auth_failure(TRANSPORT, _auth_reason(exc))
-            if not self._closed:
-                listener.count("connect_refused")
-                self.mqtt.refuse(exc.mqtt_connack, exc.reason)
-                self._drain()
-            return
-        if self._closed:
-            return
-        if not self._take_slot(identity.tenant_id, identity.device_id):
-            # The tenant's connections on this node are at limits.per_tenant_max_connections:
-            # CONNACK 3 (server unavailable), retried by clients with back-off (another node
-            # behind the load balancer may have room); not an authentication failure.
-            listener.services.sessions.unregister(self.session_id)
-            self._auth = None
-            listener.count("tenant_limit")
-            metrics.limit_refused(TRANSPORT, "tenant_connections")
-            log.info("mqtt.connect_refused", peer=self._peer, code=3, reason="tenant limit")
-            self.mqtt.refuse(CONNACK_SERVER_UNAVAILABLE, "tenant connection limit")
-            self._drain()
-            return
         listener.claim(identity.device_id, self)
         listener.services.downlinks.add(identity.device_id, self.session_id, self.deliver)
         self.mqtt.accept(listener.loop.time(), connect.keepalive)
@@ -304,20 +239,17 @@ class MqttProtocol(asyncio.BufferedProtocol):
                 device=auth.identity.device_id,
                 reason=exc.reason,
             )
-            self._close("publish outside the device's topics", error=True)
+            self._close(Cause.ACL_VIOLATION, error=True)
             return
-        services = listener.services
-        rate = services.device_rate
-        if rate.enabled and not rate.allow(auth.identity.device_id, services.clock()):
+        if self._gate.check_message(auth.identity.device_id) is not None:
             # Over limits.per_device_msgs_per_s: never stored, never acknowledged. QoS 0 is
             # dropped (at most once allows it); QoS 1/2 closes the connection: an MQTT 3.1.1
             # client re-sends its unacknowledged messages after reconnecting (no loss), and
             # a message left without PUBACK on a live connection would stall its window.
             listener.count("rate_limited")
-            metrics.limit_refused(TRANSPORT, "device_rate")
             if publish.qos > 0:
                 log.info("mqtt.rate_limited", peer=self._peer, device=auth.identity.device_id)
-                self._close("device message rate exceeded", error=True)
+                self._close(Cause.DEVICE_RATE, error=True)
             return
         uplink = self._uplink(auth, kind, publish.payload)
         self._unacked += 1
@@ -342,7 +274,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
             listener.count("store_failures")
             log.warning("mqtt.uplink_not_stored", device=self.device_id, reason=error.reason)
             # Not stored: no PUBACK. The client re-sends after reconnecting.
-            self._close("uplink storage unavailable", error=True)
+            self._close(Cause.STORAGE_UNAVAILABLE, error=True)
             return
         listener.count("uplinks")
         self.mqtt.ack_publish(publish)
@@ -370,7 +302,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
                     device=auth.identity.device_id,
                     tenant=auth.identity.tenant_id,
                 )
-                codes.append(policy.SUBACK_FAILURE)
+                codes.append(codec.SUBACK_FAILURE)
         self.mqtt.suback(subscribe.packet_id, codes)
 
     def _on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
@@ -395,25 +327,25 @@ class MqttProtocol(asyncio.BufferedProtocol):
 
     def _disconnect(self, order: DisconnectOrder) -> None:
         """SessionHub callback: the credential was revoked or expired."""
-        log.info("mqtt.disconnect", session=order.session_id, reason=order.reason)
+        log.info("mqtt.disconnect", session=order.session_id, cause=order.cause.label)
         self._listener.count("revocation_closes")
-        self.close(order.reason)
+        self.close(order.cause)
 
     # -- closing -----------------------------------------------------------------------------
-    def close(self, reason: str) -> None:
+    def close(self, cause: Cause) -> None:
         """Local close (revocation, take-over, shutdown): close_notify, then the socket."""
         if not self._closed:
             self._will = None  # a local close (revocation, take-over, shutdown): no will
-            self.mqtt.close(reason)
+            self.mqtt.close(cause)
             self.tls.close_notify()
-            self._close(reason, error=False)
+            self._close(cause, error=False)
 
-    def _close(self, reason: str, *, error: bool) -> None:
+    def _close(self, cause: Cause, *, error: bool) -> None:
         if self._closed:
             return
         self._closed = True
         if self.mqtt.state is not State.CLOSED:
-            self.mqtt.close(reason)
+            self.mqtt.close(cause)
         self._flush()
         if self._timer is not None:
             self._timer.cancel()
@@ -421,11 +353,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.close()
         if self._slot is not None:
-            self._listener.services.tenant_connections.release(self._slot)
+            self._gate.close_session(self._slot)
             self._slot = None
         if self._auth is not None:
             services = self._listener.services
-            if self._will is not None and reason != CLIENT_DISCONNECT:
+            if self._will is not None and not self.mqtt.disconnected:
                 self._store_will(self._auth, self._will)
             services.sessions.unregister(self.session_id)
             services.downlinks.remove(self._auth.identity.device_id, self.session_id)
@@ -433,7 +365,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
                 "mqtt.session_closed",
                 session=self.session_id,
                 device=self._auth.identity.device_id,
-                reason=reason,
+                cause=cause.label,
             )
         self._listener.connection_closed(self)
 
@@ -461,22 +393,6 @@ class MqttProtocol(asyncio.BufferedProtocol):
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
-
-    def _take_slot(self, tenant_id: str, device_id: str) -> bool:
-        """A connection slot of the tenant (limits.per_tenant_max_connections), if free.
-
-        A device reconnecting while its old connection is still open takes that one's
-        slot: the take-over closes the old connection first.
-        """
-        slots = self._listener.services.tenant_connections
-        old = self._listener.holder(device_id)
-        full = slots.max_per_tenant and slots.count(tenant_id) >= slots.max_per_tenant
-        if full and old is not None and old is not self:
-            self._listener.claim(device_id, self)
-        if not slots.acquire(tenant_id):
-            return False
-        self._slot = tenant_id
-        return True
 
     @property
     def device_id(self) -> str | None:
