@@ -16,10 +16,10 @@ from aiohttp import web
 from corem_ingress.adapters.http.errors import PayloadTooLarge
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.uplink import JsonValue
+from corem_ingress.store.registry.records import MAX_PAGE
 
 _CURSOR_RE = re.compile(r"[0-9]{1,12}")
 _LIMIT_RE = re.compile(r"[0-9]{1,4}")
-MAX_PAGE = 500
 #: Deeper JSON is refused: consumers of the stream must be able to decode what we store.
 MAX_JSON_DEPTH = 64
 

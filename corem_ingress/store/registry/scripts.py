@@ -1,0 +1,190 @@
+"""One typed wrapper per Lua script of the registry (``store/lua/*.lua``).
+
+Each wrapper names its KEYS and ARGV instead of callers building positional lists:
+the scripts write the records and PUBLISH the credential event in one step, so a
+change and its event cannot diverge.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from corem_ingress.core.identity import CredentialKind
+from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry.records import CredentialWrite
+
+
+def _source(name: str) -> str:
+    return resources.files("corem_ingress.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+class _Script:
+    def __init__(self, r: Any, name: str) -> None:
+        self._r = r
+        self._script = r.register_script(_source(name))
+
+    async def __call__(self, keys: list[str], args: list[str]) -> Any:
+        """EVALSHA, or EVAL when the server lacks the script.
+
+        Both are routed by the keys, so on a cluster only the node serving the slot is asked;
+        redis-py's own fallback would SCRIPT LOAD on every master, which fails while one of
+        them is down (docs/reliability.md).
+        """
+        try:
+            return await self._r.evalsha(self._script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await self._r.eval(self._script.script, len(keys), *keys, *args)
+
+
+class RegistryScripts:
+    def __init__(self, r: aioredis.Redis, keys: KeySchema) -> None:
+        self.keys = keys
+        self._provision = _Script(r, "provision")
+        self._add = _Script(r, "add_credential")
+        self._rotate = _Script(r, "rotate")
+        self._revoke = _Script(r, "revoke")
+
+    async def provision(
+        self,
+        *,
+        device_id: str,
+        tenant_id: str,
+        hardware_id: str,
+        kind: CredentialKind,
+        now: float,
+        credential: CredentialWrite | None,
+        created_event: str,
+    ) -> tuple[str, str]:
+        """("created" | "existing" | "conflict", device_id of the winner)."""
+        k = self.keys
+        anchor = k.hardware(tenant_id, hardware_id)
+        c = credential
+        status, value = await self._provision(
+            keys=[
+                anchor,
+                k.device(device_id),
+                k.tenant_devices(tenant_id),
+                k.lookup(kind, c.lookup) if c else anchor,
+                k.credential(c.credential_id) if c else anchor,
+                k.device_credentials(device_id),
+                k.tenant_certs(tenant_id),
+            ],
+            args=[
+                device_id,
+                tenant_id,
+                hardware_id,
+                kind.value,
+                repr(now),
+                "1" if c else "0",
+                c.value if c else "",
+                c.credential_id if c else "",
+                k.bus_channel,
+                created_event,
+                "1" if c and c.unique else "0",
+                *(c.record_args() if c else []),
+            ],
+        )
+        return str(status), str(value)
+
+    async def add_credential(
+        self,
+        *,
+        tenant_id: str,
+        device_id: str,
+        credential: CredentialWrite,
+        now: float,
+        created_event: str,
+    ) -> str:
+        """ "ok" | "not_found" | "wrong_kind" | "conflict"."""
+        k = self.keys
+        c = credential
+        status = await self._add(
+            keys=[
+                k.device(device_id),
+                k.lookup(c.kind, c.lookup),
+                k.credential(c.credential_id),
+                k.device_credentials(device_id),
+                k.tenant_certs(tenant_id),
+            ],
+            args=[
+                tenant_id,
+                c.kind.value,
+                repr(now),
+                c.value,
+                c.credential_id,
+                k.bus_channel,
+                created_event,
+                "1" if c.unique else "0",
+                *c.record_args(),
+            ],
+        )
+        return str(status)
+
+    async def rotate(
+        self,
+        *,
+        tenant_id: str,
+        device_id: str,
+        new: CredentialWrite,
+        old_lookup: str,
+        old_credential_id: str,
+        now: float,
+        created_event: str,
+        old_event: str,
+        old_expires_ms: str,
+        old_value: str,
+    ) -> str:
+        """ "ok" | "not_found" | "wrong_kind" | "old_not_found" | "old_not_active" | "conflict".
+
+        ``old_expires_ms`` "0": the old credential stops now; otherwise it keeps resolving
+        (with ``old_value``) until then, enforced by Redis itself (PEXPIREAT).
+        """
+        k = self.keys
+        status = await self._rotate(
+            keys=[
+                k.device(device_id),
+                k.lookup(new.kind, new.lookup),
+                k.credential(new.credential_id),
+                k.device_credentials(device_id),
+                k.lookup(new.kind, old_lookup),
+                k.credential(old_credential_id),
+            ],
+            args=[
+                tenant_id,
+                device_id,
+                new.kind.value,
+                repr(now),
+                new.value,
+                new.credential_id,
+                k.bus_channel,
+                created_event,
+                old_event,
+                old_expires_ms,
+                old_value,
+                *new.record_args(),
+            ],
+        )
+        return str(status)
+
+    async def revoke(
+        self,
+        *,
+        tenant_id: str,
+        device_id: str,
+        kind: CredentialKind,
+        lookup: str,
+        credential_id: str,
+        now: float,
+        revoked_event: str,
+    ) -> str:
+        """ "revoked" | "already" | "not_found"."""
+        k = self.keys
+        status = await self._revoke(
+            keys=[k.credential(credential_id), k.lookup(kind, lookup), k.device(device_id)],
+            args=[tenant_id, kind.value, repr(now), k.bus_channel, revoked_event],
+        )
+        return str(status)
