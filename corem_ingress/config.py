@@ -121,7 +121,7 @@ class HttpConfig:
 
 @dataclass
 class MqttConfig:
-    """MQTT 3.1.1 over TLS (amqtt)."""
+    """MQTT 3.1.1 over TLS (our sans-I/O MQTT core over pyOpenSSL memory BIOs; docs/mqtt.md)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"

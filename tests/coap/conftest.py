@@ -16,6 +16,7 @@ import pytest
 
 from corem_ingress import devcerts
 from corem_ingress.adapters import coap
+from corem_ingress.adapters.coap.listener import CoapListener
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
@@ -86,9 +87,9 @@ def coap_port(node: Any) -> int:
     return int(listener.port)
 
 
-def coap_listener(node: Any) -> coap.CoapListener:
+def coap_listener(node: Any) -> CoapListener:
     (listener,) = node.listeners
-    assert isinstance(listener, coap.CoapListener)
+    assert isinstance(listener, CoapListener)
     return listener
 
 

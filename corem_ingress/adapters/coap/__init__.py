@@ -1,25 +1,24 @@
-"""CoAP over DTLS 1.2: the device listener (``build``) and the reusable CoAP layer."""
+"""CoAP over DTLS 1.2: the device listener (``build``) and the reusable CoAP layer
+(``endpoint``, ``site``, ``listener``, ``guard``). Nothing is imported here until
+``build`` runs."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corem_ingress.adapters.coap.endpoint import CoapEndpoint
-from corem_ingress.adapters.coap.guard import CoapGuard
-from corem_ingress.adapters.coap.listener import CoapListener
-
 if TYPE_CHECKING:
     from corem_ingress.adapters import Listener
     from corem_ingress.services import Services
 
-__all__ = ["CoapEndpoint", "CoapListener", "build"]
-
 
 def build(services: Services) -> Listener | None:
+    from corem_ingress.adapters.coap.guard import CoapGuard
+    from corem_ingress.adapters.coap.listener import CoapListener
+
     if not services.config.coap.enabled:
         return None
     listener = CoapListener(services)
-    guard = CoapGuard(services)  # limits and metrics (issue 8)
+    guard = CoapGuard(services)  # limits and metrics
     listener.transport.set_guard(guard)
     listener.site.limit_uplinks(guard.rate_limited)
     if services.config.lwm2m.enabled:

@@ -9,18 +9,19 @@ request carries), ``admin`` (operator routes), ``operators`` (operator tokens),
 
 from __future__ import annotations
 
-import structlog
+from typing import TYPE_CHECKING
 
-from corem_ingress.adapters.http.listener import HttpListener, build_apps
-from corem_ingress.adapters.http.operators import Operator, OperatorTokens
-from corem_ingress.services import Services
-
-__all__ = ["HttpListener", "Operator", "OperatorTokens", "build", "build_apps"]
-
-log = structlog.get_logger("corem.http")
+if TYPE_CHECKING:
+    from corem_ingress.adapters.http.listener import HttpListener
+    from corem_ingress.services import Services
 
 
 def build(services: Services) -> HttpListener | None:
+    import structlog
+
+    from corem_ingress.adapters.http.listener import HttpListener, build_apps
+    from corem_ingress.adapters.http.operators import OperatorTokens
+
     cfg = services.config.http
     if not cfg.enabled:
         return None
@@ -29,7 +30,7 @@ def build(services: Services) -> HttpListener | None:
     if cfg.admin_mode != "off":
         tokens = OperatorTokens.load(cfg)
         if not tokens:
-            log.warning(
+            structlog.get_logger("corem.http").warning(
                 "http.admin_no_tokens",
                 note="admin API enabled but no operator tokens configured: every call gets 401 "
                 "(set http.admin_tokens_file or COREM_HTTP_ADMIN_TOKENS)",
