@@ -121,7 +121,7 @@ async def test_redis_killed_and_restarted_under_load(
         async with asyncio.timeout(10):
             await asyncio.gather(*tasks)
 
-        entries = await s.redis.xrange(s.keys.uplink_stream("faults"))
+        entries = await node.redis.xrange(node.keys.uplink_stream("faults"))
         stored = [fields["message_id"] for _id, fields in entries]
         acked = [m for d in devices for m in d.acked]
         lost = set(acked) - set(stored)

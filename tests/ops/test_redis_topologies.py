@@ -65,7 +65,7 @@ async def _exercise(first: Node, second: Node) -> None:
 
     up = Uplink.new(ident, Transport.HTTP, UplinkKind.TELEMETRY, {"temp": 21.5}, now=time.time())
     entry_id = await b.uplinks.append(up)
-    entries = await b.redis.xrange(b.keys.uplink_stream(tenant))
+    entries = await second.redis.xrange(second.keys.uplink_stream(tenant))
     assert [e[0] for e in entries] == [entry_id]
     assert Uplink.from_fields(entries[0][1]) == up
 
@@ -292,9 +292,9 @@ async def test_cluster_psk_reseal_under_a_new_kek(
     out = await s.registry.provision(tenant, "SN-K", CredentialKind.PSK, actor=A)
     assert out.psk is not None
     ring = KeyRing.parse(generate_kek_line("k2") + "\n" + KEK_LINE)
-    rotated = Registry(s.redis, s.keys, keyring=ring, api_key_overlap=1, api_key_overlap_max=1)
+    rotated = Registry(node.redis, node.keys, keyring=ring, api_key_overlap=1, api_key_overlap_max=1)
     assert await rotated.reseal_psks(actor=A) >= 1
-    raw = await s.redis.get(s.keys.lookup(CredentialKind.PSK, out.psk.psk_identity))
+    raw = await node.redis.get(node.keys.lookup(CredentialKind.PSK, out.psk.psk_identity))
     assert '"kid":"k2"' in raw
     s.resolver.drop_cache()
     with pytest.raises(Unauthenticated):  # the old ring alone cannot open it any more
