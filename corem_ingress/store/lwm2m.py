@@ -31,7 +31,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from corem_ingress.core.errors import ALL_ERRORS, IngressError, InvalidArgument, Unavailable
+from corem_ingress.core.errors import (
+    ALL_ERRORS,
+    DeviceFailed,
+    IngressError,
+    InvalidArgument,
+    Unavailable,
+)
 from corem_ingress.lwm2m.operations import (
     DeviceRequest,
     DeviceResponse,
@@ -141,6 +147,35 @@ class Lwm2mStore:
         except redis.exceptions.RedisError as exc:
             raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
 
+    async def set_unreachable(self, registration_id: str, session_id: str) -> bool:
+        """The session ``session_id`` ended: its registration (if still bound to it) shows
+        ``reachable: false`` until an Update over a new session. Keeps the TTL; a concurrent
+        Update (which rebinds the registration) wins (optimistic WATCH transaction)."""
+        key = self._keys.lwm2m_registration(registration_id)
+        try:
+            async with self._r.pipeline(transaction=True) as pipe:
+                for _attempt in range(5):
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        if raw is None:
+                            return False
+                        data = json.loads(raw)
+                        if data.get("session_id") != session_id or not data.get("reachable", True):
+                            return False
+                        data["reachable"] = False
+                        pipe.multi()
+                        pipe.set(key, json.dumps(data, separators=(",", ":")), keepttl=True)
+                        await pipe.execute()
+                        return True
+                    except redis.exceptions.WatchError:
+                        continue
+                    finally:
+                        await pipe.reset()
+        except (redis.exceptions.RedisError, ValueError, AttributeError) as exc:
+            raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
+        return False
+
     async def delete_device(
         self, device_id: str, *, credential_id: str | None = None
     ) -> Registration | None:
@@ -201,7 +236,7 @@ _ERRORS_BY_CODE: dict[str, type[IngressError]] = {cls.code: cls for cls in _ROUT
 
 def encode_reply(outcome: DeviceResponse | IngressError) -> str:
     if isinstance(outcome, IngressError):
-        return json.dumps({"error": {"code": outcome.code, "message": outcome.message}})
+        return json.dumps(outcome.to_json())
     return json.dumps({"response": outcome.to_json()}, separators=(",", ":"))
 
 
@@ -210,8 +245,15 @@ def decode_reply(data: str) -> DeviceResponse:
     try:
         raw = json.loads(data)
         if "error" in raw:
-            cls = _ERRORS_BY_CODE.get(str(raw["error"]["code"]), Unavailable)
-            err = cls(str(raw["error"]["message"]), reason="routed")
+            body = raw["error"]
+            cls = _ERRORS_BY_CODE.get(str(body["code"]), Unavailable)
+            message = str(body["message"])
+            if cls is DeviceFailed:
+                err: IngressError = DeviceFailed(
+                    message, device_code=body.get("coap_code"), reason="routed"
+                )
+            else:
+                err = cls(message, reason="routed")
         else:
             return DeviceResponse.from_json(raw["response"])
     except (KeyError, TypeError, ValueError, InvalidArgument) as exc:

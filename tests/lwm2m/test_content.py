@@ -207,17 +207,17 @@ def test_senml_cbor() -> None:
     payload = cbor2.dumps([
         {-2: "/3303/0/", 0: "5700", 2: 21.5, 6: 1700000000},
         {0: "5701", 3: "Cel"},
-        {0: "5750", 8: b"\x01\x02"},
-        {0: "5751", 4: False},
-        {0: "5752", "vlo": "1:0"},
+        {0: "5760", 8: b"\x01\x02"},
+        {0: "5761", 4: False},
+        {0: "5762", "vlo": "1:0"},
     ])  # fmt: skip
     recs = decode(payload, CF_SENML_CBOR, "/3303/0", now=NOW)
     assert [(str(r.path), r.type, r.value, r.time) for r in recs] == [
         ("/3303/0/5700", V.FLOAT, 21.5, 1700000000),
         ("/3303/0/5701", V.STRING, "Cel", None),
-        ("/3303/0/5750", V.OPAQUE, b"\x01\x02", None),
-        ("/3303/0/5751", V.BOOLEAN, False, None),
-        ("/3303/0/5752", V.OBJLNK, "1:0", None),
+        ("/3303/0/5760", V.OPAQUE, b"\x01\x02", None),
+        ("/3303/0/5761", V.BOOLEAN, False, None),
+        ("/3303/0/5762", V.OBJLNK, "1:0", None),
     ]
     for bad in [cbor2.dumps({0: 1}), cbor2.dumps([{0: "/3/0/9", 8: "text"}]),
                 cbor2.dumps([{99: 1}]), cbor2.dumps([{0: 5, 2: 1}]), b"\x9f"]:  # fmt: skip
@@ -233,8 +233,8 @@ def test_lwm2m_json_10() -> None:
             {"n": "9", "v": 95},
             {"n": "6/0", "v": 1},
             {"n": "13", "v": 1367491215, "t": -5},
-            {"n": "17", "bv": True},
-            {"n": "18", "ov": "3:0"},
+            {"n": "30", "bv": True},
+            {"n": "31", "ov": "3:0"},
         ],
     }).encode()  # fmt: skip
     recs = decode(payload, CF_LWM2M_JSON, "/3/0", now=NOW)
@@ -243,8 +243,8 @@ def test_lwm2m_json_10() -> None:
         ("/3/0/9", V.INTEGER, 95, None),
         ("/3/0/6/0", V.INTEGER, 1, None),
         ("/3/0/13", V.TIME, 1367491215, NOW - 5),
-        ("/3/0/17", V.BOOLEAN, True, None),
-        ("/3/0/18", V.OBJLNK, "3:0", None),
+        ("/3/0/30", V.BOOLEAN, True, None),
+        ("/3/0/31", V.OBJLNK, "3:0", None),
     ]
     # Without bn the request path is the base; a single resource has an empty n.
     single = decode(b'{"e":[{"n":"","v":21.5}]}', CF_LWM2M_JSON, "/3303/0/5700", now=NOW)
