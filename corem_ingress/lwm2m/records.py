@@ -199,6 +199,8 @@ def conform(record: Record, model: ObjectModel) -> Record:
         if typed.type is not want:
             raise malformed(f"{record.path} takes a {want.value} value")
         return Record(record.path, want, typed.value, record.time)
+    if record.type is ValueType.BOOLEAN and want is not ValueType.STRING:
+        raise malformed(f"{record.path} takes a {want.value} value, not a boolean")
     if isinstance(record.value, bytes):  # opaque bytes hold text as UTF-8 (as TLV does)
         if want is not ValueType.STRING:
             raise malformed(f"{record.path} takes a {want.value} value, not opaque bytes")
