@@ -316,3 +316,22 @@ async def test_registration_lifecycle_is_logged(lwm2m_node: Any, clock: Any) -> 
         assert events(name) and all(e["log_level"] == "info" for e in events(name)), name
     assert events("lwm2m.registered")[0]["endpoint"] == p.hardware_id
     assert events("lwm2m.expired")[0]["registration"] == again.location[1]
+
+
+async def test_nosec_refusals_are_logged(lwm2m_node: Any) -> None:
+    """Issue 11.12: a NoSec request refused before it reaches the registrar is logged."""
+    from corem_ingress.sim.devices import Target
+
+    n = await lwm2m_node(allow_nosec=True, nosec_port=0, nosec_tenant="acme", observe_paths=[])
+    nosec = _listener(n).lwm2m.nosec
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p, nosec=True)
+    dev.target = Target("127.0.0.1", nosec.port)
+    await dev.open_session()
+    with capture_logs() as logs:
+        assert (await dev.update(location=("rd", "whatever"))).code == Code.UNAUTHORIZED
+        unknown = ["ep=SN-nobody", "lt=60", "lwm2m=1.1", "b=U"]
+        assert (await dev.register(query=unknown)).code == Code.FORBIDDEN
+    refused = [e for e in logs if e["event"] == "lwm2m.nosec_refused"]
+    assert [e["code"] for e in refused] == ["4.01", "4.03"]
+    assert all(e["log_level"] == "info" for e in refused)

@@ -111,10 +111,10 @@ class CoapListener:
         # with 5.03 meanwhile, then close_notify every session.
         self.endpoint.draining_max_age = self.services.config.coap.unavailable_max_age_s
         await self.endpoint.drain(max(0.0, deadline / 2))
-        if self.lwm2m is not None:
-            await self.lwm2m.stop()
         for addr in list(self.sessions):
             self.transport.close(addr, Cause.SHUTTING_DOWN)
+        if self.lwm2m is not None:  # after the sessions: their registrations are unreachable
+            await self.lwm2m.stop()
         self.transport.close_transport()
 
     # -- DtlsHandler ---------------------------------------------------------------------------

@@ -116,9 +116,13 @@ class Lwm2mServer:
         self._peers: dict[str, Peer] = {}
         #: registration_id -> registration, for registrations made or updated on this node.
         self._regs: dict[str, Registration] = {}
-        #: (expires_at, registration_id): registrations to check for expiry, soonest first.
+        #: (expires_at, registration_id): registrations to check for expiry, soonest first;
+        #: ``_checks`` holds the soonest check queued per registration (one entry each).
         self._expiry: list[tuple[float, str]] = []
+        self._checks: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Registration writes (reachable: false) that shutdown waits for, never cancels.
+        self._writes: set[asyncio.Task[Any]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
         self._handler = mounted_handler(self.service, self.peer_of)
         listener.mount(RD, self._blockwise)
@@ -170,7 +174,9 @@ class Lwm2mServer:
                 registration=reg.registration_id,
                 session=sid,
             )
-            self._spawn(self._mark_unreachable(reg))
+            write = asyncio.ensure_future(self._mark_unreachable(reg))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
 
     async def _mark_unreachable(self, reg: Registration) -> None:
         try:
@@ -263,8 +269,14 @@ class Lwm2mServer:
 
     def _bind(self, reg: Registration) -> None:
         self._regs[reg.registration_id] = reg
-        heapq.heappush(self._expiry, (reg.expires_at, reg.registration_id))
+        self._check_expiry_at(reg.registration_id, reg.expires_at)
         self._keep(reg, reg.expires_at + self._grace_s)
+
+    def _check_expiry_at(self, registration_id: str, at: float) -> None:
+        queued = self._checks.get(registration_id)
+        if queued is None or at < queued:
+            self._checks[registration_id] = at
+            heapq.heappush(self._expiry, (at, registration_id))
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Registered):
@@ -336,10 +348,16 @@ class Lwm2mServer:
         """Registrations made here whose lifetime passed: their observations end."""
         expired = []
         while self._expiry and self._expiry[0][0] <= now:
-            _at, reg_id = heapq.heappop(self._expiry)
+            at, reg_id = heapq.heappop(self._expiry)
+            if self._checks.get(reg_id) != at:
+                continue  # superseded by a sooner check
+            del self._checks[reg_id]
             reg = self._regs.get(reg_id)
-            if reg is None or not reg.expired(now):
-                continue  # gone, or updated since (a later entry is queued)
+            if reg is None:
+                continue
+            if not reg.expired(now):  # updated since: check again at its new expiry
+                self._check_expiry_at(reg_id, reg.expires_at)
+                continue
             self._cancel_at_device(self.observations.remove_registration(reg_id))
             del self._regs[reg_id]
             # The session stays until lifetime + grace (``_bind``), then idles out.
@@ -539,6 +557,8 @@ class Lwm2mServer:
         pending = [t for t in (*self._tasks, self._expiry_task) if t is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._writes:  # the sessions just closed: their registrations say unreachable
+            await asyncio.wait(list(self._writes), timeout=2.0)
 
 
 __all__ = ["Lwm2mServer", "registration_config"]
