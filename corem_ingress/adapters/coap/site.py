@@ -7,7 +7,7 @@ Pure of sockets: it sees one request at a time with the peer's ``DeviceSession``
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,31 @@ class SiteLimits:
     unavailable_max_age_s: int = 5
 
 
+def receive_block1(
+    session: DeviceSession, key: Hashable, msg: Message, *, max_body: int
+) -> Complete | Message:
+    """One Block1 block of ``msg`` into the session's receiver: the whole body once complete,
+    else the reply to send now (2.31 Continue, or the refusal)."""
+    block = msg.opt.block1
+    try:
+        step = session.block1.feed(
+            key,
+            block.block_number,
+            block.more,
+            block.size_exponent,
+            bytes(msg.payload),
+            max_body=max_body,
+            size1=msg.opt.size1,
+        )
+    except BlockError as exc:
+        return block1_refusal(exc)
+    if isinstance(step, Complete):
+        return step
+    resp = response(Code.CONTINUE)
+    resp.opt.block1 = (step.num, True, step.szx)
+    return resp
+
+
 def block1_refusal(exc: BlockError) -> Message:
     """The reply to a refused Block1 block (4.00 / 4.08 / 4.13 with Size1)."""
     if exc.code == "4.13":
@@ -74,12 +99,6 @@ def block1_refusal(exc: BlockError) -> Message:
     resp = error_response(exc.code)
     if exc.size1 is not None:
         resp.opt.size1 = exc.size1
-    return resp
-
-
-def block1_continue(num: int, szx: int) -> Message:
-    resp = response(Code.CONTINUE)
-    resp.opt.block1 = (num, True, szx)
     return resp
 
 
@@ -152,19 +171,9 @@ class DeviceSite:
                 return self._too_large()
             body = bytes(msg.payload)
         else:
-            try:
-                step = session.block1.feed(
-                    path,
-                    block.block_number,
-                    block.more,
-                    block.size_exponent,
-                    bytes(msg.payload),
-                    max_body=limit,
-                )
-            except BlockError as exc:
-                return block1_refusal(exc)
+            step = receive_block1(session, path, msg, max_body=limit)
             if not isinstance(step, Complete):
-                return block1_continue(step.num, step.szx)
+                return step
             body = step.body
         payload, encoding = payload_from_bytes(body)
         uplink = Uplink.new(

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiocoap.numbers.codes import Code
 
-from corem_ingress.adapters.coap.blockwise import BlockError, Complete
+from corem_ingress.adapters.coap.blockwise import Complete
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
-from corem_ingress.adapters.coap.site import DeviceSession, block1_continue, block1_refusal
+from corem_ingress.adapters.coap.site import DeviceSession, receive_block1
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
 from corem_ingress.core.causes import Cause
@@ -204,20 +204,9 @@ class Lwm2mServer:
         if block is None:
             return self._handle(session, msg, None)
         key = ("lwm2m", *msg.opt.uri_path, "?", *msg.opt.uri_query)
-        try:
-            step = session.block1.feed(
-                key,
-                block.block_number,
-                block.more,
-                block.size_exponent,
-                bytes(msg.payload),
-                max_body=self.services.config.coap.max_body_bytes,
-                size1=msg.opt.size1,
-            )
-        except BlockError as exc:
-            return block1_refusal(exc)
+        step = receive_block1(session, key, msg, max_body=self.services.config.coap.max_body_bytes)
         if not isinstance(step, Complete):
-            return block1_continue(step.num, step.szx)
+            return step
         msg.payload = step.body
         msg.opt.block1 = None
         return self._handle(session, msg, step)
