@@ -309,7 +309,7 @@ async def test_registration_lifecycle_is_logged(lwm2m_node: Any, clock: Any) -> 
         again = n.device(p, lifetime_s=60)
         await again.connect()
         clock.advance(61)
-        expired = lwm2m.expire(clock())
+        expired = await lwm2m.expire(clock())
     assert [r.device_id for r in expired] == [p.device_id]
     events: Callable[[str], list[Any]] = lambda name: [e for e in logs if e["event"] == name]  # noqa: E731
     for name in ("lwm2m.registered", "lwm2m.updated", "lwm2m.deregistered", "lwm2m.expired"):
@@ -335,3 +335,30 @@ async def test_nosec_refusals_are_logged(lwm2m_node: Any) -> None:
     refused = [e for e in logs if e["event"] == "lwm2m.nosec_refused"]
     assert [e["code"] for e in refused] == ["4.01", "4.03"]
     assert all(e["log_level"] == "info" for e in refused)
+
+
+async def test_a_registration_that_moved_to_another_node_is_not_reported_expired(
+    lwm2m_node: Any, clock: Any
+) -> None:
+    """The node a device left (it updated over a session with another node) drops its copy
+    of the registration quietly at the old expiry: no false ``lwm2m.expired``, and the old
+    session is no longer kept open for it."""
+    a = await lwm2m_node(clock=clock, tenant_observe_paths={"acme": "/3303/0"})
+    b = await lwm2m_node(clock=clock, observe_paths=[])
+    p = await provision(a.registry, a.certs, "psk")
+    on_a = a.device(p, lifetime_s=60)
+    await on_a.connect()
+    await until(lambda: len(on_a.observed) == 1)
+    clock.advance(30)
+    on_b = b.device(p, port=b.port)
+    await on_b.open_session()
+    on_b.location = on_a.location
+    assert (await on_b.update()).code == Code.CHANGED
+    assert (await a.registration(p.device_id)).body["node_id"] == b.node.config.node_id
+    clock.advance(31)  # past the lifetime a knows of, within the one b set
+    lwm2m_a = _listener(a).lwm2m
+    with capture_logs() as logs:
+        assert await lwm2m_a.expire(clock()) == []
+    assert not [e for e in logs if e["event"] == "lwm2m.expired"]
+    assert len(lwm2m_a.observations) == 0 and lwm2m_a._regs == {}
+    await _read_ok(a, p.device_id)  # answered over b's session

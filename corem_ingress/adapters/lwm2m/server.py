@@ -333,9 +333,9 @@ class Lwm2mServer:
         if known is not None:
             self._keep(known, 0.0)
 
-    def expire(self, now: float) -> list[Registration]:
-        """Registrations made here whose lifetime passed: their observations end."""
-        expired = []
+    def _due(self, now: float) -> list[Registration]:
+        """Registrations held here whose lifetime passed by this node's account."""
+        due = []
         while self._expiry and self._expiry[0][0] <= now:
             at, reg_id = heapq.heappop(self._expiry)
             if self._checks.get(reg_id) != at:
@@ -347,15 +347,39 @@ class Lwm2mServer:
             if not reg.expired(now):  # updated since: check again at its new expiry
                 self._check_expiry_at(reg_id, reg.expires_at)
                 continue
-            self._cancel_at_device(self.observations.remove_registration(reg_id))
-            del self._regs[reg_id]
+            due.append(reg)
+        return due
+
+    async def expire(self, now: float) -> list[Registration]:
+        """Registrations held here whose lifetime passed: their observations end, their
+        session goes back to the idle timeout (after lifetime + grace). One that another
+        node updated or replaced meanwhile (the device moved) is dropped here quietly."""
+        expired = []
+        for reg in self._due(now):
+            try:
+                current = await self.store.get_by_device(reg.device_id, include_expired=True)
+            except IngressError:
+                current = None  # Redis cannot tell: this node's account stands
+            if current is not None and current.registration_id == reg.registration_id:
+                if not current.expired(now):  # updated on another node (or session)
+                    if (current.node_id, current.session_id) == (reg.node_id, reg.session_id):
+                        self._regs[reg.registration_id] = current
+                        self._check_expiry_at(reg.registration_id, current.expires_at)
+                        continue
+                    self._drop(reg)
+                    continue
+            elif current is not None:  # replaced by a newer registration elsewhere
+                self._drop(reg)
+                continue
+            self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+            self._regs.pop(reg.registration_id, None)
             # The session stays until lifetime + grace (``_bind``), then idles out.
             expired.append(reg)
             log.info(
                 "lwm2m.expired",
                 device=reg.device_id,
                 endpoint=reg.endpoint,
-                registration=reg_id,
+                registration=reg.registration_id,
                 lifetime_s=reg.lifetime_s,
             )
         return expired
@@ -363,7 +387,10 @@ class Lwm2mServer:
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_CHECK_S)
-            self.expire(self._clock())
+            try:
+                await self.expire(self._clock())
+            except Exception:  # never let the loop die
+                log.exception("lwm2m.expiry_check_failed")
 
     async def _observe_configured(self, reg: Registration) -> None:
         """Observe the tenant's configured paths the client announced and not yet observed."""
