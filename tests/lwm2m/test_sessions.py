@@ -146,7 +146,7 @@ async def test_the_session_lives_as_long_as_the_registration(lwm2m_node: Any) ->
     assert (await n.registration(p.device_id)).body["reachable"] is True
     # The session ends without a De-register (here: closed by the server).
     (session,) = _session_of(n, p.device_id)
-    _listener(n).close_session(session.addr, "test")
+    _listener(n).close_session(session.addr)
     await until(dev.closed.is_set)
 
     async def unreachable() -> bool:
@@ -174,8 +174,9 @@ async def test_deregister_closes_the_session(lwm2m_node: Any) -> None:
         assert (await dev.deregister()).code == Code.DELETED
         await until(dev.closed.is_set)
     assert _session_of(n, p.device_id) == []
+    assert any(e["event"] == "lwm2m.deregistered_session_closed" for e in logs)
     assert any(
-        e["event"] == "coap.session_closed" and e["reason"] == "lwm2m de-registered" for e in logs
+        e["event"] == "coap.session_closed" and e["cause"] == "closed_by_server" for e in logs
     )
 
 
