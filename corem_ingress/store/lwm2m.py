@@ -61,6 +61,27 @@ return 1
 """
 
 
+#: KEYS[1] the registration, ARGV[1] the session that ended. The stored JSON is ours
+#: (json.dumps with compact separators): its only ``"reachable":true`` is the top-level key
+#: (a quote inside a string value is always escaped), so it is flipped as text and the rest
+#: of the record stays byte for byte (cjson would re-encode empty lists as objects).
+_UNREACHABLE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, reg = pcall(cjson.decode, raw)
+if not ok or reg['session_id'] ~= ARGV[1] or reg['reachable'] == false then return 0 end
+local new
+local at = string.find(raw, '"reachable":true', 1, true)
+if at then
+  new = string.sub(raw, 1, at - 1) .. '"reachable":false' .. string.sub(raw, at + 16)
+else
+  new = string.sub(raw, 1, -2) .. ',"reachable":false}'
+end
+redis.call('SET', KEYS[1], new, 'KEEPTTL')
+return 1
+"""
+
+
 class Lwm2mStore:
     def __init__(
         self,
@@ -75,6 +96,7 @@ class Lwm2mStore:
         self.grace_s = grace_s
         self._clock = clock
         self._delete = redis.register_script(_DELETE)
+        self._unreachable = redis.register_script(_UNREACHABLE)
 
     def ttl_s(self, reg: Registration) -> int:
         return max(1, int(reg.expires_at - self._clock() + self.grace_s + 0.999))
@@ -149,32 +171,15 @@ class Lwm2mStore:
 
     async def set_unreachable(self, registration_id: str, session_id: str) -> bool:
         """The session ``session_id`` ended: its registration (if still bound to it) shows
-        ``reachable: false`` until an Update over a new session. Keeps the TTL; a concurrent
-        Update (which rebinds the registration) wins (optimistic WATCH transaction)."""
-        key = self._keys.lwm2m_registration(registration_id)
+        ``reachable: false`` until an Update over a new session. One script, so a concurrent
+        Update (which rebinds the registration) is never overwritten; the TTL is kept."""
         try:
-            async with self._r.pipeline(transaction=True) as pipe:
-                for _attempt in range(5):
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        if raw is None:
-                            return False
-                        data = json.loads(raw)
-                        if data.get("session_id") != session_id or not data.get("reachable", True):
-                            return False
-                        data["reachable"] = False
-                        pipe.multi()
-                        pipe.set(key, json.dumps(data, separators=(",", ":")), keepttl=True)
-                        await pipe.execute()
-                        return True
-                    except redis.exceptions.WatchError:
-                        continue
-                    finally:
-                        await pipe.reset()
-        except (redis.exceptions.RedisError, ValueError, AttributeError) as exc:
+            done = await self._unreachable(
+                keys=[self._keys.lwm2m_registration(registration_id)], args=[session_id]
+            )
+        except redis.exceptions.RedisError as exc:
             raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
-        return False
+        return bool(done)
 
     async def delete_device(
         self, device_id: str, *, credential_id: str | None = None
