@@ -145,6 +145,35 @@ class Unavailable(IngressError):
         super().__init__(message, reason=reason, cause=cause)
 
 
+class DeviceFailed(IngressError):
+    """A device answered an operator's request with a server error (5.xx), an unexpected
+    code or a body that cannot be put together: the device is at fault, not the broker
+    (HTTP 502, not the retryable 503). ``device_code`` is the device's CoAP code."""
+
+    code = "DEVICE_ERROR"
+    http_status = 502
+    coap_code = "5.02"
+    mqtt_connack = CONNACK_SERVER_UNAVAILABLE
+    cli_exit = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device_code: str | None = None,
+        reason: str | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, cause=cause)
+        self.device_code = device_code
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        out = super().to_json()
+        if self.device_code is not None:
+            out["error"]["coap_code"] = self.device_code
+        return out
+
+
 ALL_ERRORS: tuple[type[IngressError], ...] = (
     Unauthenticated,
     PermissionDenied,
@@ -154,4 +183,5 @@ ALL_ERRORS: tuple[type[IngressError], ...] = (
     FailedPrecondition,
     ResourceExhausted,
     Unavailable,
+    DeviceFailed,
 )

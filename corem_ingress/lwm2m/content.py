@@ -16,9 +16,7 @@ Malformed input raises ``InvalidArgument`` (CoAP 4.00), never anything else.
 
 from __future__ import annotations
 
-import base64
 import math
-import re
 import struct
 from collections.abc import Sequence
 
@@ -32,14 +30,16 @@ from corem_ingress.lwm2m.records import (
     RELATIVE_TIME_LIMIT,
     Record,
     Scalar,
-    b64decode,
     check_objlnk,
     check_records,
     check_value,
+    conform,
     malformed,
     model_type,
+    parse_text,
     records_to_json,
     refine,
+    text_form,
 )
 from corem_ingress.lwm2m.senml import (
     decode_lwm2m_json,
@@ -80,9 +80,6 @@ ENCODABLE = frozenset({CF_TEXT, CF_OPAQUE, CF_CBOR, CF_SENML_JSON, CF_SENML_CBOR
 
 # -- single values: text (0), opaque (42), CBOR (60) --------------------------------------
 
-_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
-_FLOAT_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-
 
 def _single(base: Lwm2mPath) -> Lwm2mPath:
     if base.level < 3:
@@ -97,34 +94,9 @@ def _text(payload: bytes, base: Lwm2mPath, model: ObjectModel) -> list[Record]:
     except UnicodeDecodeError:
         raise malformed("text is not UTF-8") from None
     vtype = model_type(path, model) or ValueType.STRING
-    if vtype in (ValueType.INTEGER, ValueType.TIME, ValueType.UNSIGNED):
-        if not _INT_RE.fullmatch(text) or len(text) > 21:
-            raise malformed("expected an integer")
-        return [Record(path, vtype, int(text))]
-    if vtype is ValueType.FLOAT:
-        if not _FLOAT_RE.fullmatch(text) or len(text) > 64:
-            raise malformed("expected a number")
-        return [Record(path, vtype, float(text))]
-    if vtype is ValueType.BOOLEAN:
-        if text not in ("0", "1"):
-            raise malformed("expected 0 or 1")
-        return [Record(path, vtype, text == "1")]
-    if vtype is ValueType.OPAQUE:
-        return [Record(path, vtype, b64decode(text, urlsafe=False))]
-    if vtype is ValueType.OBJLNK:
-        return [Record(path, vtype, check_objlnk(text))]
-    return [Record(path, ValueType.STRING, text)]
-
-
-def _text_encode(r: Record) -> bytes:
-    v = r.value
-    if r.type is ValueType.BOOLEAN:
-        return b"1" if v else b"0"
-    if r.type is ValueType.FLOAT:
-        return repr(v).encode()
-    if isinstance(v, bytes):
-        return base64.b64encode(v)
-    return str(v).encode("utf-8")
+    if vtype is ValueType.NONE:
+        vtype = ValueType.STRING
+    return [Record(path, vtype, parse_text(text, vtype))]
 
 
 def _cbor_single(payload: bytes, base: Lwm2mPath, model: ObjectModel) -> list[Record]:
@@ -169,6 +141,12 @@ def decode(
     text (RFC 7252 default for LwM2M single values). Raises only ``InvalidArgument``.
     """
     base = path if isinstance(path, Lwm2mPath) else Lwm2mPath.parse(path)
+    return [conform(r, model) for r in _decode(payload, content_format, base, now, model)]
+
+
+def _decode(
+    payload: bytes, content_format: int | None, base: Lwm2mPath, now: float, model: ObjectModel
+) -> list[Record]:
     cf = CF_TEXT if content_format is None else content_format
     try:
         if cf == CF_SENML_JSON:
@@ -212,7 +190,7 @@ def encode(records: Sequence[Record], content_format: int, path: Lwm2mPath | str
             raise InvalidArgument("this content format carries one value, at the path itself")
         r = records[0]
         if content_format == CF_TEXT:
-            return _text_encode(r)
+            return text_form(r.type, r.value).encode("utf-8")
         if content_format == CF_CBOR:
             return cbor2.dumps(_cbor_value(r))
         if r.type is not ValueType.OPAQUE:

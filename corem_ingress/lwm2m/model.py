@@ -1,9 +1,11 @@
 """LwM2M object definitions: resource ids, value types and allowed operations.
 
-Only what the decoders, the request builders and the simulated client need:
-objects 1 (Server), 3 (Device) and 3303 (IPSO Temperature). Unknown objects are
-allowed everywhere; the model only sharpens types and refuses operations it knows
-a resource does not support.
+The OMA core objects a server meets on every client — 1 (Server), 2 (Access Control),
+3 (Device), 4 (Connectivity Monitoring), 5 (Firmware Update), 6 (Location),
+7 (Connectivity Statistics) — and 3303 (IPSO Temperature). Every decoder types a known
+resource by this model, whatever the content format (``records.conform``). Unknown
+objects are allowed everywhere; the model only sharpens types and refuses operations it
+knows a resource does not support.
 """
 
 from __future__ import annotations
@@ -156,13 +158,15 @@ def _obj(oid: int, name: str, version: str, multiple: bool, *res: ResourceDef) -
     return ObjectDef(oid, name, version, multiple, {r.id: r for r in res})
 
 
-S, INT, U, F, B, T = (
+S, INT, U, F, B, T, OPQ, LNK = (
     ValueType.STRING,
     ValueType.INTEGER,
     ValueType.UNSIGNED,
     ValueType.FLOAT,
     ValueType.BOOLEAN,
     ValueType.TIME,
+    ValueType.OPAQUE,
+    ValueType.OBJLNK,
 )
 N = ValueType.NONE
 R = ResourceDef
@@ -178,6 +182,29 @@ SERVER = _obj(
     R(6, "Notification Storing When Disabled or Offline", B, "RW", mandatory=True),
     R(7, "Binding", S, "RW", mandatory=True),
     R(8, "Registration Update Trigger", N, "E", mandatory=True),
+    R(9, "Bootstrap-Request Trigger", N, "E"),
+    R(10, "APN Link", LNK, "RW"),
+    R(11, "TLS-DTLS Alert Code", U, "R"),
+    R(12, "Last Bootstrapped", T, "R"),
+    R(13, "Registration Priority Order", U, "RW"),
+    R(14, "Initial Registration Delay Timer", U, "RW"),
+    R(15, "Registration Failure Block", B, "RW"),
+    R(16, "Bootstrap on Registration Failure", B, "RW"),
+    R(17, "Communication Retry Count", U, "RW"),
+    R(18, "Communication Retry Timer", U, "RW"),
+    R(19, "Communication Sequence Delay Timer", U, "RW"),
+    R(20, "Communication Sequence Retry Count", U, "RW"),
+    R(21, "Trigger", B, "RW"),
+    R(22, "Preferred Transport", S, "RW"),
+    R(23, "Mute Send", B, "RW"),
+)  # fmt: skip
+
+ACCESS_CONTROL = _obj(
+    2, "LwM2M Access Control", "1.0", True,
+    R(0, "Object ID", INT, "R", mandatory=True),
+    R(1, "Object Instance ID", INT, "R", mandatory=True),
+    R(2, "ACL", INT, "RW", multiple=True),
+    R(3, "Access Control Owner", INT, "RW", mandatory=True),
 )  # fmt: skip
 
 DEVICE = _obj(
@@ -206,6 +233,64 @@ DEVICE = _obj(
     R(21, "Memory Total", INT, "R"),
 )  # fmt: skip
 
+CONNECTIVITY_MONITORING = _obj(
+    4, "Connectivity Monitoring", "1.2", False,
+    R(0, "Network Bearer", INT, "R", mandatory=True),
+    R(1, "Available Network Bearer", INT, "R", multiple=True, mandatory=True),
+    R(2, "Radio Signal Strength", INT, "R", mandatory=True),
+    R(3, "Link Quality", INT, "R"),
+    R(4, "IP Addresses", S, "R", multiple=True, mandatory=True),
+    R(5, "Router IP Addresses", S, "R", multiple=True),
+    R(6, "Link Utilization", INT, "R"),
+    R(7, "APN", S, "R", multiple=True),
+    R(8, "Cell ID", INT, "R"),
+    R(9, "SMNC", INT, "R"),
+    R(10, "SMCC", INT, "R"),
+    R(11, "SignalSNR", INT, "R"),
+    R(12, "LAC", INT, "R"),
+)  # fmt: skip
+
+FIRMWARE_UPDATE = _obj(
+    5, "Firmware Update", "1.1", False,
+    R(0, "Package", OPQ, "W", mandatory=True),
+    R(1, "Package URI", S, "RW", mandatory=True),
+    R(2, "Update", N, "E", mandatory=True),
+    R(3, "State", INT, "R", mandatory=True),
+    R(5, "Update Result", INT, "R", mandatory=True),
+    R(6, "PkgName", S, "R"),
+    R(7, "PkgVersion", S, "R"),
+    R(8, "Firmware Update Protocol Support", INT, "R", multiple=True),
+    R(9, "Firmware Update Delivery Method", INT, "R", mandatory=True),
+    R(10, "Cancel", N, "E"),
+    R(11, "Severity", INT, "RW"),
+    R(12, "Last State Change Time", T, "R"),
+    R(13, "Maximum Defer Period", U, "RW"),
+)  # fmt: skip
+
+LOCATION = _obj(
+    6, "Location", "1.0", False,
+    R(0, "Latitude", F, "R", mandatory=True),
+    R(1, "Longitude", F, "R", mandatory=True),
+    R(2, "Altitude", F, "R"),
+    R(3, "Radius", F, "R"),
+    R(4, "Velocity", OPQ, "R"),
+    R(5, "Timestamp", T, "R", mandatory=True),
+    R(6, "Speed", F, "R"),
+)  # fmt: skip
+
+CONNECTIVITY_STATISTICS = _obj(
+    7, "Connectivity Statistics", "1.0", False,
+    R(0, "SMS Tx Counter", INT, "R"),
+    R(1, "SMS Rx Counter", INT, "R"),
+    R(2, "Tx Data", INT, "R"),
+    R(3, "Rx Data", INT, "R"),
+    R(4, "Max Message Size", INT, "R"),
+    R(5, "Average Message Size", INT, "R"),
+    R(6, "Start", N, "E", mandatory=True),
+    R(7, "Stop", N, "E"),
+    R(8, "Collection Period", INT, "RW"),
+)  # fmt: skip
+
 TEMPERATURE = _obj(
     3303, "Temperature", "1.1", True,
     R(5518, "Timestamp", T, "R"),
@@ -219,13 +304,29 @@ TEMPERATURE = _obj(
     R(5750, "Application Type", S, "RW"),
 )  # fmt: skip
 
-DEFAULT_MODEL = ObjectModel([SERVER, DEVICE, TEMPERATURE])
+DEFAULT_MODEL = ObjectModel(
+    [
+        SERVER,
+        ACCESS_CONTROL,
+        DEVICE,
+        CONNECTIVITY_MONITORING,
+        FIRMWARE_UPDATE,
+        LOCATION,
+        CONNECTIVITY_STATISTICS,
+        TEMPERATURE,
+    ]
+)
 EMPTY_MODEL = ObjectModel()
 
 __all__ = [
+    "ACCESS_CONTROL",
+    "CONNECTIVITY_MONITORING",
+    "CONNECTIVITY_STATISTICS",
     "DEFAULT_MODEL",
     "DEVICE",
     "EMPTY_MODEL",
+    "FIRMWARE_UPDATE",
+    "LOCATION",
     "MAX_ID",
     "NUMERIC_TYPES",
     "SERVER",

@@ -1,15 +1,23 @@
 """Server-side Observe bookkeeping for one node: which token observes which path of which
-registration, and whether a notification is fresh (RFC 7641 3.4). Pure, time passed in.
+registration over which session, who wants it, and whether a notification is fresh
+(RFC 7641 3.4). Pure, time passed in.
 
-The CoAP glue adds an observation when it sends an Observe request (``operations.observe``)
-with a fresh token, matches each notification's token here, feeds fresh ones to
-``Lwm2mDeviceService.notification``, and drops a device's observations when its
-registration is replaced, de-registered or its credential revoked.
+* Every observation belongs to one registration and one session: it dies with either
+  (De-register, a new Register of the device, expiry, the session ending). A device that
+  registers again never inherits an observation of its previous registration.
+* One CoAP observation per (registration, path), shared by its owners: the automatic
+  feed of the tenant's configured paths (``Owner.AUTO``) and operators (``Owner.OPERATOR``).
+  A client keeps one observation per path and server (Wakaama replaces the token of a
+  second Observe of the same path), so the two are reference-counted rather than sent
+  twice: an operator's Cancel-Observe only removes the operator's interest, and the
+  observation is cancelled at the device only when no owner is left.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from corem_ingress.core.errors import AlreadyExists, InvalidArgument
 from corem_ingress.lwm2m.model import Lwm2mPath
@@ -29,13 +37,25 @@ def is_fresher(v1: int, t1: float, v2: int, t2: float) -> bool:
     )
 
 
+class Owner(StrEnum):
+    """Who wants an observation kept."""
+
+    #: The tenant's configured paths, observed after every Register / Update.
+    AUTO = "auto"
+    #: An operator's Observe (admin API, CLI).
+    OPERATOR = "operator"
+
+
 @dataclass
 class Observation:
     token: bytes
     registration_id: str
     device_id: str
+    #: The session the Observe was sent over (its notifications come only on it).
+    session_id: str
     request: DeviceRequest
     started_at: float
+    owners: set[Owner] = field(default_factory=set)
     last_seq: int | None = None
     last_at: float | None = None
 
@@ -47,7 +67,7 @@ class Observation:
 class ObservationTable:
     def __init__(self) -> None:
         self._by_token: dict[bytes, Observation] = {}
-        self._by_device: dict[str, dict[Lwm2mPath, bytes]] = {}
+        self._by_registration: dict[str, dict[Lwm2mPath, bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -57,7 +77,9 @@ class ObservationTable:
         token: bytes,
         registration_id: str,
         device_id: str,
+        session_id: str,
         request: DeviceRequest,
+        owner: Owner,
         *,
         now: float,
     ) -> Observation:
@@ -67,19 +89,19 @@ class ObservationTable:
             raise InvalidArgument("a CoAP token is 1-8 bytes")
         if token in self._by_token:
             raise AlreadyExists("token already in use")
-        if request.path in self._by_device.get(device_id, {}):
+        if request.path in self._by_registration.get(registration_id, {}):
             raise AlreadyExists(f"{request.path} is already observed")
-        obs = Observation(token, registration_id, device_id, request, now)
+        obs = Observation(token, registration_id, device_id, session_id, request, now, {owner})
         self._by_token[token] = obs
-        self._by_device.setdefault(device_id, {})[request.path] = token
+        self._by_registration.setdefault(registration_id, {})[request.path] = token
         return obs
 
     def get(self, token: bytes) -> Observation | None:
         return self._by_token.get(token)
 
-    def for_path(self, device_id: str, path: Lwm2mPath) -> Observation | None:
-        """The observation to cancel for Cancel-Observe (it must reuse this token)."""
-        token = self._by_device.get(device_id, {}).get(path)
+    def for_path(self, registration_id: str, path: Lwm2mPath) -> Observation | None:
+        """The registration's observation of ``path`` (a Cancel-Observe reuses its token)."""
+        token = self._by_registration.get(registration_id, {}).get(path)
         return None if token is None else self._by_token[token]
 
     def notification(self, token: bytes, seq: int | None, *, now: float) -> Observation | None:
@@ -99,23 +121,44 @@ class ObservationTable:
             obs.last_seq, obs.last_at = seq, now
         return obs
 
+    def release(self, token: bytes, owner: Owner) -> Observation | None:
+        """``owner`` no longer wants the observation; returns it when nobody does any more
+        (it is then removed: cancel it at the device), None while others still want it."""
+        obs = self._by_token.get(token)
+        if obs is None:
+            return None
+        obs.owners.discard(owner)
+        if obs.owners:
+            return None
+        return self.remove(token)
+
     def remove(self, token: bytes) -> Observation | None:
         obs = self._by_token.pop(token, None)
         if obs is not None:
-            paths = self._by_device.get(obs.device_id, {})
+            paths = self._by_registration.get(obs.registration_id, {})
             paths.pop(obs.path, None)
             if not paths:
-                self._by_device.pop(obs.device_id, None)
+                self._by_registration.pop(obs.registration_id, None)
         return obs
 
-    def remove_device(self, device_id: str) -> list[Observation]:
-        """Forget every observation of a device (replaced or gone registration, revocation)."""
-        tokens = list(self._by_device.pop(device_id, {}).values())
-        return [self._by_token.pop(t) for t in tokens]
+    def _remove_where(self, keep: Callable[[Observation], bool]) -> list[Observation]:
+        gone = [o for o in self._by_token.values() if not keep(o)]
+        return [o for o in gone if self.remove(o.token) is not None]
 
     def remove_registration(self, registration_id: str) -> list[Observation]:
-        tokens = [t for t, o in self._by_token.items() if o.registration_id == registration_id]
-        return [o for t in tokens if (o := self.remove(t)) is not None]
+        """De-register, replaced or expired registration: its observations are void."""
+        return self._remove_where(lambda o: o.registration_id != registration_id)
+
+    def remove_session(self, session_id: str) -> list[Observation]:
+        """The session ended or the registration moved to another session."""
+        return self._remove_where(lambda o: o.session_id != session_id)
+
+    def remove_device_except(self, device_id: str, registration_id: str) -> list[Observation]:
+        """A new registration of the device: every observation of its older ones goes,
+        even of a registration that expired unseen (Redis dropped it)."""
+        return self._remove_where(
+            lambda o: o.device_id != device_id or o.registration_id == registration_id
+        )
 
 
-__all__ = ["Observation", "ObservationTable", "is_fresher"]
+__all__ = ["Observation", "ObservationTable", "Owner", "is_fresher"]

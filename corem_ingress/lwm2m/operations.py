@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from corem_ingress.core.errors import (
+    DeviceFailed,
     FailedPrecondition,
     IngressError,
     InvalidArgument,
@@ -36,6 +37,7 @@ from corem_ingress.lwm2m.content import (
     CF_SENML_JSON,
     CF_TEXT,
     CF_TLV,
+    DECODABLE,
     ENCODABLE,
     Record,
     decode,
@@ -219,7 +221,11 @@ def _uri(path: Lwm2mPath, root: str) -> tuple[str, ...]:
 
 
 def preferred_format(registration: Registration | None) -> int:
-    """The richest format the client announced: SenML CBOR > SenML JSON > TLV (1.0: TLV)."""
+    """The richest format the client announced: SenML CBOR > SenML JSON > TLV (1.0: TLV).
+
+    Used as the Write payload format and as the Accept of Read / Observe when the operator
+    gives none: a client that announced ``ct=110`` and has no TLV (Wakaama's default build)
+    answers 5.00 to a request without Accept (TLV is its default)."""
     if registration is None or registration.version == "1.0":
         return CF_TLV
     announced = registration.objects.content_formats
@@ -227,6 +233,17 @@ def preferred_format(registration: Registration | None) -> int:
         if cf in announced:
             return cf
     return CF_SENML_JSON if announced else CF_TLV
+
+
+def check_accept(accept: int | None) -> int | None:
+    """An operator's Accept must be a format we can decode: refused before the device is
+    asked (LwM2M CBOR 11544, LwM2M 1.2, is not decoded)."""
+    if accept is not None and accept not in DECODABLE:
+        known = ", ".join(str(cf) for cf in sorted(DECODABLE))
+        raise InvalidArgument(
+            f"accept {accept} is not a content format this server decodes ({known})"
+        )
+    return accept
 
 
 def read(path: Lwm2mPath | str, *, accept: int | None = None, root: str = "/") -> DeviceRequest:
@@ -420,8 +437,17 @@ _ERRORS: dict[str, tuple[type[IngressError], str]] = {
 
 
 def error_for(code: str) -> IngressError:
-    """The error an operator gets for a device's non-success CoAP code."""
-    cls, message = _ERRORS.get(code, (Unavailable, "the device failed to answer properly"))
+    """The error an operator gets for a device's non-success CoAP code: the matching 4xx,
+    or ``DeviceFailed`` (HTTP 502, ``coap_code`` in the body) for a 5.xx or any other code:
+    the device's failure is not the broker's (503 would say "retry")."""
+    known = _ERRORS.get(code)
+    if known is None:
+        return DeviceFailed(
+            f"the device failed to answer the request ({code})",
+            device_code=code,
+            reason=f"device answered {code}",
+        )
+    cls, message = known
     return cls(f"{message} ({code})", reason=f"device answered {code}")
 
 
@@ -440,8 +466,9 @@ def interpret(
     expected = _SUCCESS[request.operation]
     if response.code != expected:
         if response.code.startswith("2."):
-            raise Unavailable(
+            raise DeviceFailed(
                 f"the device answered {response.code}, expected {expected}",
+                device_code=response.code,
                 reason="unexpected success code",
             )
         raise error_for(response.code)
@@ -475,6 +502,7 @@ __all__ = [
     "DeviceResult",
     "Operation",
     "cancel_observe",
+    "check_accept",
     "discover",
     "error_for",
     "execute",

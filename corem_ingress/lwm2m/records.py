@@ -149,6 +149,69 @@ def b64decode(text: str, *, urlsafe: bool) -> bytes:
         raise malformed("bad base64 data") from None
 
 
+_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
+_FLOAT_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def parse_text(text: str, vtype: ValueType) -> Scalar:
+    """A value in its LwM2M plain-text form (content format 0) as ``vtype``."""
+    if vtype in (ValueType.INTEGER, ValueType.TIME, ValueType.UNSIGNED):
+        if not _INT_RE.fullmatch(text) or len(text) > 21:
+            raise malformed(f"expected an integer for a {vtype.value} resource")
+        return int(text)
+    if vtype is ValueType.FLOAT:
+        if not _FLOAT_RE.fullmatch(text) or len(text) > 64:
+            raise malformed("expected a number for a float resource")
+        return float(text)
+    if vtype is ValueType.BOOLEAN:
+        if text not in ("0", "1"):
+            raise malformed("expected 0 or 1 for a boolean resource")
+        return text == "1"
+    if vtype is ValueType.OPAQUE:
+        return b64decode(text, urlsafe=False)
+    if vtype is ValueType.OBJLNK:
+        return check_objlnk(text)
+    return text
+
+
+def text_form(vtype: ValueType, value: Scalar) -> str:
+    """The LwM2M plain-text form of a value (booleans 0/1, opaque as base64)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return str(value)
+
+
+def conform(record: Record, model: ObjectModel) -> Record:
+    """``record`` with the type the object model gives its resource, whatever the content
+    format carried: numbers convert between numeric types where exact, anything else goes
+    through its plain-text form (SenML ``"vs": "1"`` for an Integer resource is 1). A value
+    the model's type cannot hold is malformed. Unknown resources keep the wire's type."""
+    want = model_type(record.path, model)
+    if want is None or want is ValueType.NONE or want is record.type:
+        return record
+    numeric = (ValueType.INTEGER, ValueType.UNSIGNED, ValueType.FLOAT, ValueType.TIME)
+    if record.type in numeric and want in numeric:
+        typed = refine(record.path, record.type, record.value, model)
+        if typed.type is not want:
+            raise malformed(f"{record.path} takes a {want.value} value")
+        return Record(record.path, want, typed.value, record.time)
+    if record.type is ValueType.BOOLEAN and want is not ValueType.STRING:
+        raise malformed(f"{record.path} takes a {want.value} value, not a boolean")
+    if isinstance(record.value, bytes):  # opaque bytes hold text as UTF-8 (as TLV does)
+        if want is not ValueType.STRING:
+            raise malformed(f"{record.path} takes a {want.value} value, not opaque bytes")
+        try:
+            return Record(record.path, want, record.value.decode("utf-8"), record.time)
+        except UnicodeDecodeError:
+            raise malformed(f"{record.path} takes text (UTF-8)") from None
+    value = parse_text(text_form(record.type, record.value), want)
+    return Record(record.path, want, value, record.time)
+
+
 def refine(path: Lwm2mPath, wire: ValueType, value: Scalar, model: ObjectModel) -> Record:
     """Type a value decoded from a self-describing format with the model where they agree."""
     want = model_type(path, model)

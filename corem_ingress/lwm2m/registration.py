@@ -13,6 +13,11 @@ Every refusal is an ``IngressError`` carrying its CoAP code: malformed query or
 object list -> 4.00, endpoint not the credential's device -> 4.03, unknown or
 expired registration id -> 4.04, unsupported LwM2M version -> 4.12, NoSec not
 enabled -> 4.01. A refusal changes nothing.
+
+LwM2M 1.2 clients are registered as 1.1-compatible (``version`` "1.2" is kept): their
+Register has the 1.1 parameters and this server speaks only 1.1 operations to them, with
+an explicit Accept, so the 1.2 additions are never asked for. Refusing them with 4.12
+would only cost each registration a round trip (the client falls back to 1.1).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.lwm2m.linkformat import CF_LINK_FORMAT, ObjectList, parse_object_list
 
 RD = "rd"
-SUPPORTED_VERSIONS = ("1.0", "1.1")
+SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
 DEFAULT_LIFETIME_S = 86400
 MAX_QUERY_PARAMS = 8
 _REG_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -211,7 +216,7 @@ def parse_register(
     _known(params, _REGISTER_PARAMS)
     version = _value(params, "lwm2m") or "1.0"
     if version not in SUPPORTED_VERSIONS:
-        raise FailedPrecondition("LwM2M version not supported (1.0 and 1.1 are)")
+        raise FailedPrecondition("LwM2M version not supported (1.0, 1.1 and 1.2 are)")
     endpoint = _value(params, "ep")
     if endpoint is not None and len(endpoint) > 128:
         raise InvalidArgument("ep is too long")
@@ -306,6 +311,10 @@ class Registration:
     registered_at: float
     #: Last Register or Update: the lifetime counts from here.
     updated_at: float
+    #: Whether the DTLS session the registration is bound to is still open (it sent the
+    #: Register or the last Update). False once it ended: requests cannot reach the device
+    #: until it sends an Update (or registers) over a new session.
+    reachable: bool = True
 
     @property
     def expires_at(self) -> float:
@@ -338,6 +347,7 @@ class Registration:
             "registered_at": self.registered_at,
             "updated_at": self.updated_at,
             "expires_at": self.expires_at,
+            "reachable": self.reachable,
         }
 
     @classmethod
@@ -363,6 +373,7 @@ class Registration:
                 session_id=str(data["session_id"]),
                 registered_at=float(data["registered_at"]),
                 updated_at=float(data["updated_at"]),
+                reachable=bool(data.get("reachable", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument("malformed stored registration", reason=repr(exc)) from None
@@ -525,6 +536,7 @@ class Registrar:
             "node_id": peer.node_id,
             "session_id": peer.session_id,
             "credential_id": peer.identity.credential_id,
+            "reachable": True,
         }
         if req.lifetime_s is not None:
             changes["lifetime_s"] = self._lifetime(req.lifetime_s)

@@ -143,11 +143,23 @@ def load_cbor(payload: bytes) -> object:
 # -- LwM2M JSON (11543, LwM2M 1.0) -------------------------------------------------------
 
 
+def _lwm2m_json_name(bn: str | None, n: str, base: Lwm2mPath) -> str:
+    """LwM2M 1.0 JSON: a record's path is the plain concatenation of ``bn`` and ``n``
+    (``"/3/0/"`` + ``"0"``, ``"/3/0"`` + ``"/0"``). Without ``bn``, a relative ``n`` is
+    relative to the requested path."""
+    if bn is not None:
+        return bn + n
+    if n.startswith("/"):
+        return n
+    prefix = str(base) if base.level else ""
+    return prefix + "/" + n if n else str(base)
+
+
 def decode_lwm2m_json(obj: object, base: Lwm2mPath, now: float, model: ObjectModel) -> list[Record]:
     if not isinstance(obj, dict) or not isinstance(obj.get("e"), list):
         raise malformed('LwM2M JSON is an object with an "e" array')
-    bn = obj.get("bn", str(base))
-    if not isinstance(bn, str):
+    bn = obj.get("bn")
+    if bn is not None and not isinstance(bn, str):
         raise malformed("bn must be text")
     bt = _number(obj.get("bt", 0), "bt")
     has_bt = "bt" in obj
@@ -161,8 +173,7 @@ def decode_lwm2m_json(obj: object, base: Lwm2mPath, now: float, model: ObjectMod
         n = e.get("n", "")
         if not isinstance(n, str):
             raise malformed("n must be text")
-        name = bn + n if (not n or bn.endswith("/")) else bn + "/" + n
-        path = under(record_path(name), base)
+        path = under(record_path(_lwm2m_json_name(bn, n, base)), base)
         present = [k for k in ("v", "sv", "bv", "ov") if k in e]
         if len(present) != 1:
             raise malformed("an entry carries exactly one of v, sv, bv, ov")

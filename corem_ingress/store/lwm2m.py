@@ -31,7 +31,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from corem_ingress.core.errors import ALL_ERRORS, IngressError, InvalidArgument, Unavailable
+from corem_ingress.core.errors import (
+    ALL_ERRORS,
+    DeviceFailed,
+    IngressError,
+    InvalidArgument,
+    Unavailable,
+)
 from corem_ingress.lwm2m.operations import (
     DeviceRequest,
     DeviceResponse,
@@ -55,6 +61,27 @@ return 1
 """
 
 
+#: KEYS[1] the registration, ARGV[1] the session that ended. The stored JSON is ours
+#: (json.dumps with compact separators): its only ``"reachable":true`` is the top-level key
+#: (a quote inside a string value is always escaped), so it is flipped as text and the rest
+#: of the record stays byte for byte (cjson would re-encode empty lists as objects).
+_UNREACHABLE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, reg = pcall(cjson.decode, raw)
+if not ok or reg['session_id'] ~= ARGV[1] or reg['reachable'] == false then return 0 end
+local new
+local at = string.find(raw, '"reachable":true', 1, true)
+if at then
+  new = string.sub(raw, 1, at - 1) .. '"reachable":false' .. string.sub(raw, at + 16)
+else
+  new = string.sub(raw, 1, -2) .. ',"reachable":false}'
+end
+redis.call('SET', KEYS[1], new, 'KEEPTTL')
+return 1
+"""
+
+
 class Lwm2mStore:
     def __init__(
         self,
@@ -69,6 +96,7 @@ class Lwm2mStore:
         self.grace_s = grace_s
         self._clock = clock
         self._delete = redis.register_script(_DELETE)
+        self._unreachable = redis.register_script(_UNREACHABLE)
 
     def ttl_s(self, reg: Registration) -> int:
         return max(1, int(reg.expires_at - self._clock() + self.grace_s + 0.999))
@@ -141,6 +169,18 @@ class Lwm2mStore:
         except redis.exceptions.RedisError as exc:
             raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
 
+    async def set_unreachable(self, registration_id: str, session_id: str) -> bool:
+        """The session ``session_id`` ended: its registration (if still bound to it) shows
+        ``reachable: false`` until an Update over a new session. One script, so a concurrent
+        Update (which rebinds the registration) is never overwritten; the TTL is kept."""
+        try:
+            done = await self._unreachable(
+                keys=[self._keys.lwm2m_registration(registration_id)], args=[session_id]
+            )
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("registration storage is unavailable", reason=str(exc)) from None
+        return bool(done)
+
     async def delete_device(
         self, device_id: str, *, credential_id: str | None = None
     ) -> Registration | None:
@@ -201,7 +241,7 @@ _ERRORS_BY_CODE: dict[str, type[IngressError]] = {cls.code: cls for cls in _ROUT
 
 def encode_reply(outcome: DeviceResponse | IngressError) -> str:
     if isinstance(outcome, IngressError):
-        return json.dumps({"error": {"code": outcome.code, "message": outcome.message}})
+        return json.dumps(outcome.to_json())
     return json.dumps({"response": outcome.to_json()}, separators=(",", ":"))
 
 
@@ -210,8 +250,15 @@ def decode_reply(data: str) -> DeviceResponse:
     try:
         raw = json.loads(data)
         if "error" in raw:
-            cls = _ERRORS_BY_CODE.get(str(raw["error"]["code"]), Unavailable)
-            err = cls(str(raw["error"]["message"]), reason="routed")
+            body = raw["error"]
+            cls = _ERRORS_BY_CODE.get(str(body["code"]), Unavailable)
+            message = str(body["message"])
+            if cls is DeviceFailed:
+                err: IngressError = DeviceFailed(
+                    message, device_code=body.get("coap_code"), reason="routed"
+                )
+            else:
+                err = cls(message, reason="routed")
         else:
             return DeviceResponse.from_json(raw["response"])
     except (KeyError, TypeError, ValueError, InvalidArgument) as exc:

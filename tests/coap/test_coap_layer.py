@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiocoap import ACK, CON, NON, RST, Message
 from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
 
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
@@ -289,3 +290,165 @@ async def test_server_initiated_request_gets_the_piggybacked_response() -> None:
     assert (await asyncio.wait_for(task, 5)).code == Code.CHANGED
     assert sent[-1].mtype == ACK and sent[-1].mid == 999
     ep.forget(ADDR)
+
+
+# -- issue 11.6: critical options we do not implement ---------------------------------------------
+
+
+@pytest.mark.parametrize("number", [1, 5, 9, 2049, 65001])
+async def test_unsupported_critical_option_is_4_02_and_nothing_is_stored(number: int) -> None:
+    h = Harness()
+    m = Message(code=Code.POST, payload=b"x")
+    m.mtype, m.mid, m.token = CON, 7, b"c1"
+    m.opt.uri_path = ("up", "telemetry")
+    m.opt.add_option(OpaqueOption(number, b"\x01"))
+    r = await h.exchange(m.encode())
+    assert r is not None and r.code == Code.BAD_OPTION and r.mtype == ACK and r.token == b"c1"
+    assert str(number) in r.payload.decode()
+    # The same in a NON request: ignored, no answer (RFC 7252 5.4.1), nothing stored.
+    m.mtype, m.mid = NON, 8
+    assert await h.exchange(m.encode()) is None
+    assert h.appended == []
+
+
+async def test_elective_unknown_options_are_ignored_and_proxy_uri_is_5_05() -> None:
+    h = Harness()
+    m = Message(code=Code.POST, payload=b"x")
+    m.mtype, m.mid, m.token = CON, 9, b"e1"
+    m.opt.uri_path = ("up", "telemetry")
+    m.opt.add_option(OpaqueOption(2048, b"\x01"))  # even: elective
+    r = await h.exchange(m.encode())
+    assert r is not None and r.code == Code.CHANGED and len(h.appended) == 1
+    p = Message(code=Code.GET)
+    p.mtype, p.mid, p.token = CON, 10, b"p1"
+    p.opt.proxy_uri = "coap://example.org/x"
+    r = await h.exchange(p.encode())
+    assert r is not None and r.code == Code.PROXYING_NOT_SUPPORTED
+
+
+async def test_an_undecodable_uri_path_is_4_02_not_an_exception() -> None:
+    """Issue 11.4: Uri-Path bytes ff fe (not UTF-8) made the codec raise through the DTLS
+    layer (no reply, two tracebacks); now it is 4.02 with the request's token."""
+    h = Harness()
+    raw = bytes([0x42, 0x02, 0x12, 0x34]) + b"tk" + bytes([0xB2]) + b"\xff\xfe"
+    r = await h.exchange(raw)
+    assert r is not None and r.code == Code.BAD_OPTION and r.mtype == ACK
+    assert r.mid == 0x1234 and r.token == b"tk"
+    # Not a request (a response with a bad option): not answered with 4.02.
+    n = len(h.sent)
+    h.endpoint.datagram_received(ADDR, bytes([0x62, 0x45, 0, 1]) + b"tk\xb2\xff\xfe")
+    assert all(m.code != Code.BAD_OPTION for m in h.sent[n:])
+    assert h.appended == []
+
+
+# -- issue 11.7: large notifications carry an ETag; their blocks never mix ------------------------
+
+
+async def test_two_large_notifications_keep_their_own_blocks() -> None:
+    h = Harness(block_size=64)
+    await h.exchange(req(Code.GET, "down", mid=1, token=b"ob", observe=0))
+    obs = h.session.observations[b"ob"]
+    a_text, b_text = "A" * 200, "B" * 150
+    a = h.site.notification(
+        h.session, obs, Downlink.new("acme", "dev-1", "c", a_text, qos=0, now=0)
+    )
+    assert a.opt.etag is not None and a.opt.block2.more
+    b = h.site.notification(
+        h.session, obs, Downlink.new("acme", "dev-1", "c", b_text, qos=0, now=0)
+    )
+    assert b.opt.etag not in (None, a.opt.etag)
+    for first, text in ((a, a_text), (b, b_text)):
+        got, num = bytearray(first.payload), 1
+        while True:  # the client names the representation by its ETag
+            r = await h.exchange(
+                req(
+                    Code.GET,
+                    "down",
+                    mid=100 + len(h.sent),
+                    token=b"b2",
+                    block2=(num, False, 2),
+                    etag=first.opt.etag,
+                )
+            )
+            assert r is not None and r.code == Code.CONTENT and r.opt.etag == first.opt.etag
+            got += r.payload
+            if not r.opt.block2.more:
+                break
+            num += 1
+        assert got.decode() == text
+
+
+# -- issue 11.9: a peer's answers and notifications in Block2 blocks are put together -------------
+
+
+class Peer:
+    """Plays the device: answers our requests for /3/0 in 16-byte blocks."""
+
+    def __init__(self, body: bytes, etag: bytes = b"v1") -> None:
+        self.body, self.etag = body, etag
+        self.requests: list[Message] = []
+        self.ep = CoapEndpoint(self._send, self._handle, ack_timeout=1.0, max_body=1000)
+
+    def _send(self, addr: Any, data: bytes) -> bool:
+        msg = Message.decode(data)
+        if msg.mtype == CON and msg.code.is_request():
+            self.requests.append(msg)
+            num = msg.opt.block2.block_number if msg.opt.block2 else 0
+            chunk = self.body[num * 16 : (num + 1) * 16]
+            resp = Message(code=Code.CONTENT, payload=chunk)
+            resp.mtype, resp.mid, resp.token = ACK, msg.mid, msg.token
+            resp.opt.block2 = (num, (num + 1) * 16 < len(self.body), 0)
+            resp.opt.etag = self.etag
+            if msg.opt.observe == 0:
+                resp.opt.observe = 1
+            asyncio.get_running_loop().call_soon(self.ep.datagram_received, ADDR, resp.encode())
+        return True
+
+    @staticmethod
+    async def _handle(addr: Any, msg: Message) -> Message:
+        return Message(code=Code.NOT_FOUND)
+
+
+async def test_a_block2_answer_is_fetched_and_put_together() -> None:
+    body = bytes(range(50))
+    peer = Peer(body)
+    read = Message(code=Code.GET)
+    read.opt.uri_path, read.opt.accept = ("3", "0"), 110
+    got = await asyncio.wait_for(peer.ep.request(ADDR, read), 5)
+    assert got.payload == body and got.opt.block2 is None and got.code == Code.CONTENT
+    assert [m.opt.block2.block_number if m.opt.block2 else 0 for m in peer.requests] == [0, 1, 2, 3]
+    follow = peer.requests[1]  # same resource and Accept, no Observe
+    assert follow.opt.uri_path == ("3", "0") and follow.opt.accept == 110
+    assert peer.ep.stats["block2_assembled"] == 1
+
+
+async def test_a_block2_notification_is_delivered_whole() -> None:
+    body = b"n" * 40
+    peer = Peer(body)
+    notes: list[Message] = []
+    obs = Message(code=Code.GET)
+    obs.opt.uri_path, obs.opt.observe = ("3", "0"), 0
+    first = await asyncio.wait_for(peer.ep.request(ADDR, obs, on_notification=notes.append), 5)
+    assert first.payload == body and first.opt.observe == 1
+    assert all(m.opt.observe is None for m in peer.requests[1:])  # follow-ups do not observe
+    # A later notification: its first block comes NON, the rest is fetched.
+    peer.body = b"m" * 40
+    note = Message(code=Code.CONTENT, payload=peer.body[:16])
+    note.mtype, note.mid, note.token = NON, 77, first.token
+    note.opt.observe, note.opt.block2, note.opt.etag = 2, (0, True, 0), b"v2"
+    peer.etag = b"v2"
+    peer.ep.datagram_received(ADDR, note.encode())
+    for _ in range(200):
+        if notes:
+            break
+        await asyncio.sleep(0.005)
+    assert [n.payload for n in notes] == [b"m" * 40] and notes[0].opt.observe == 2
+    # A representation that changes between blocks is not delivered mixed.
+    note.mid, note.opt.observe, note.opt.etag = 78, 3, b"v3"
+    peer.ep.datagram_received(ADDR, note.encode())
+    for _ in range(200):
+        if peer.ep.stats["block2_failed"]:
+            break
+        await asyncio.sleep(0.005)
+    assert peer.ep.stats["block2_failed"] == 1 and len(notes) == 1
+    peer.ep.forget(ADDR)

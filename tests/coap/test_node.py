@@ -312,3 +312,65 @@ async def test_server_initiated_request_mount_and_close_session(
     await c.wait_closed()
     assert c.client.closed and listener.sessions == {} and len(node.services.sessions) == 0
     c.close()
+
+
+async def test_undecodable_option_gets_4_02_and_a_handler_error_is_logged_once(
+    coap_node: Any, registry: Any
+) -> None:
+    """Issue 11.4: a CON POST with Uri-Path ``ff fe`` (not UTF-8) is answered 4.02; an error
+    raised while handling a DTLS event is logged once (no TypeError on the log call, no
+    second traceback) and the session goes on."""
+    from structlog.testing import capture_logs
+
+    node = await coap_node()
+    listener = coap_listener(node)
+    _dev, ident, key = await provision_psk(registry)
+    c = await AsyncDtlsClient.connect(psk_context(ident.encode(), key), coap_port(node))
+    c.send(bytes([0x42, 0x02, 0x12, 0x34]) + b"tk" + bytes([0xB2]) + b"\xff\xfe")
+    bad = Message.decode(await c.recv())
+    assert bad.code == Code.BAD_OPTION and bad.mid == 0x1234 and bad.token == b"tk"
+
+    real = listener.endpoint.datagram_received
+    calls = 0
+
+    def fails_once(addr: Any, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("handler bug")
+        real(addr, data)
+
+    listener.endpoint.datagram_received = fails_once  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        c.send(b"\x40\x00\x00\x01")  # an empty CON: would get a RST
+        await _until(lambda: calls >= 1, "the failing handler")
+        ok = await coap(c, Code.POST, "up/telemetry", b"still fine")
+    assert ok.code == Code.CHANGED
+    failed = [e for e in logs if e["event"] == "dtls.handler_failed"]
+    assert len(failed) == 1 and failed[0]["dtls_event"] == "ApplicationData"
+    assert not [e for e in logs if e["event"] == "dtls.receive_failed"]
+    c.close()
+
+
+async def test_libcoap_two_large_downlinks_back_to_back_are_not_mixed(
+    coap_node: Any, registry: Any
+) -> None:
+    """Issue 11.7: each large notification has an ETag, and the next one goes out only once
+    the device fetched the blocks of the previous one: libcoap reassembles both intact."""
+    import re
+
+    node = await coap_node()
+    device_id, ident, key = await provision_psk(registry)
+    listener = coap_listener(node)
+    client = asyncio.ensure_future(
+        run_client(["-m", "get", "-s", "3", *psk_args(ident, key), url(coap_port(node), "down")])
+    )
+    await _until(lambda: any(s.observations for s in listener.sessions.values()), "observe")
+    # Both arrive at once (as from one burst on the bus): A's blocks are still being fetched
+    # when B is ready to go out.
+    for text in ("A" * 2000, "B" * 2000):
+        dl = Downlink.new("acme", device_id, "config", text, qos=0, now=0.0)
+        node.services.downlinks.on_message(dl.encode())
+    res = await client
+    runs = [(m.group(0)[0], len(m.group(0))) for m in re.finditer(r"A+|B+", res.stdout)]
+    assert runs == [("A", 2000), ("B", 2000)], (runs, res.stderr[-500:])

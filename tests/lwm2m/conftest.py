@@ -135,12 +135,15 @@ async def lwm2m_node(
     path, tokens = operator_tokens
 
     async def start(
-        clock: Any = None, limits: dict[str, Any] | None = None, **lwm2m: Any
+        clock: Any = None,
+        limits: dict[str, Any] | None = None,
+        coap_extra: dict[str, Any] | None = None,
+        **lwm2m: Any,
     ) -> Lwm2mNode:
         node = await start_node(
             [coap.build, http.build],
             clock=clock,
-            coap=coap_section(certs),
+            coap=coap_section(certs, **(coap_extra or {})),
             http={"admin_tokens_file": str(path)},
             limits={"auth_fail_max": 0, **(limits or {})},
             lwm2m=lwm2m,

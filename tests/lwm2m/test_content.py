@@ -207,17 +207,17 @@ def test_senml_cbor() -> None:
     payload = cbor2.dumps([
         {-2: "/3303/0/", 0: "5700", 2: 21.5, 6: 1700000000},
         {0: "5701", 3: "Cel"},
-        {0: "5750", 8: b"\x01\x02"},
-        {0: "5751", 4: False},
-        {0: "5752", "vlo": "1:0"},
+        {0: "5760", 8: b"\x01\x02"},
+        {0: "5761", 4: False},
+        {0: "5762", "vlo": "1:0"},
     ])  # fmt: skip
     recs = decode(payload, CF_SENML_CBOR, "/3303/0", now=NOW)
     assert [(str(r.path), r.type, r.value, r.time) for r in recs] == [
         ("/3303/0/5700", V.FLOAT, 21.5, 1700000000),
         ("/3303/0/5701", V.STRING, "Cel", None),
-        ("/3303/0/5750", V.OPAQUE, b"\x01\x02", None),
-        ("/3303/0/5751", V.BOOLEAN, False, None),
-        ("/3303/0/5752", V.OBJLNK, "1:0", None),
+        ("/3303/0/5760", V.OPAQUE, b"\x01\x02", None),
+        ("/3303/0/5761", V.BOOLEAN, False, None),
+        ("/3303/0/5762", V.OBJLNK, "1:0", None),
     ]
     for bad in [cbor2.dumps({0: 1}), cbor2.dumps([{0: "/3/0/9", 8: "text"}]),
                 cbor2.dumps([{99: 1}]), cbor2.dumps([{0: 5, 2: 1}]), b"\x9f"]:  # fmt: skip
@@ -233,8 +233,8 @@ def test_lwm2m_json_10() -> None:
             {"n": "9", "v": 95},
             {"n": "6/0", "v": 1},
             {"n": "13", "v": 1367491215, "t": -5},
-            {"n": "17", "bv": True},
-            {"n": "18", "ov": "3:0"},
+            {"n": "30", "bv": True},
+            {"n": "31", "ov": "3:0"},
         ],
     }).encode()  # fmt: skip
     recs = decode(payload, CF_LWM2M_JSON, "/3/0", now=NOW)
@@ -243,8 +243,8 @@ def test_lwm2m_json_10() -> None:
         ("/3/0/9", V.INTEGER, 95, None),
         ("/3/0/6/0", V.INTEGER, 1, None),
         ("/3/0/13", V.TIME, 1367491215, NOW - 5),
-        ("/3/0/17", V.BOOLEAN, True, None),
-        ("/3/0/18", V.OBJLNK, "3:0", None),
+        ("/3/0/30", V.BOOLEAN, True, None),
+        ("/3/0/31", V.OBJLNK, "3:0", None),
     ]
     # Without bn the request path is the base; a single resource has an empty n.
     single = decode(b'{"e":[{"n":"","v":21.5}]}', CF_LWM2M_JSON, "/3303/0/5700", now=NOW)
@@ -469,3 +469,126 @@ def test_structured_garbage_never_raises_anything_but_invalid_argument(
         _check_only_invalid_argument(text, cf, path)
     _check_only_invalid_argument(cbor2.dumps(value), CF_SENML_CBOR, path)
     _check_only_invalid_argument(cbor2.dumps(value), CF_CBOR, path)
+
+
+# -- issue 21.2: LwM2M 1.0 JSON (11543) names are the plain concatenation of bn and n ------------
+
+# LwM2M 1.0 TS, 6.4.4 (JSON) example: the Device object instance of the TLV example above.
+DEVICE_JSON = {
+    "bn": "/3/0/",
+    "e": [
+        {"n": "0", "sv": "Open Mobile Alliance"},
+        {"n": "1", "sv": "Lightweight M2M Client"},
+        {"n": "2", "sv": "345000123"},
+        {"n": "3", "sv": "1.0"},
+        {"n": "6/0", "v": 1},
+        {"n": "6/1", "v": 5},
+        {"n": "7/0", "v": 3800},
+        {"n": "7/1", "v": 5000},
+        {"n": "8/0", "v": 125},
+        {"n": "8/1", "v": 900},
+        {"n": "9", "v": 100},
+        {"n": "10", "v": 15},
+        {"n": "11/0", "v": 0},
+        {"n": "13", "v": 1367491215},
+        {"n": "14", "sv": "+02:00"},
+        {"n": "16", "sv": "U"},
+    ],
+}
+
+
+def test_lwm2m_json_spec_example_decodes_as_the_tlv_example() -> None:
+    """The same object instance in JSON and in TLV gives the same records (types from the
+    object model in both)."""
+    recs = decode(json.dumps(DEVICE_JSON).encode(), CF_LWM2M_JSON, "/3/0", now=NOW)
+    assert recs == decode(DEVICE_TLV, CF_TLV, "/3/0", now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("payload", "base", "expected"),
+    [
+        # The issue's vector: bn without a trailing "/" and n with a leading one.
+        ({"bn": "/3/0", "e": [{"n": "/0", "sv": "x"}]}, "/3/0", [("/3/0/0", V.STRING, "x")]),
+        # Wakaama's encoder and tests: bn "/2/3" + n "/0"; bn "/5/0" + n "/1".
+        ({"bn": "/2/3", "e": [{"n": "/0", "v": 1234}]}, "/2", [("/2/3/0", V.INTEGER, 1234)]),
+        ({"bn": "/5/0", "e": [{"n": "/1", "sv": "http"}]}, "/5/0", [("/5/0/1", V.STRING, "http")]),
+        # A single resource: bn is its path and n is empty.
+        (
+            {"bn": "/5/0/1", "e": [{"n": "", "sv": "http"}]},
+            "/5/0/1",
+            [("/5/0/1", V.STRING, "http")],
+        ),
+        # Object links at the root (LwM2M 1.0 TS 6.4.4, object link example).
+        (
+            {
+                "bn": "/",
+                "e": [{"n": "65/0/0/0", "ov": "66:0"}, {"n": "66/0/0", "sv": "myService1"}],
+            },
+            "/",
+            [("/65/0/0/0", V.OBJLNK, "66:0"), ("/66/0/0", V.STRING, "myService1")],
+        ),
+    ],
+)
+def test_lwm2m_json_name_vectors(
+    payload: dict[str, object], base: str, expected: list[tuple[str, ValueType, object]]
+) -> None:
+    recs = decode(json.dumps(payload).encode(), CF_LWM2M_JSON, base, now=NOW)
+    assert [(str(r.path), r.type, r.value) for r in recs] == expected
+
+
+def test_lwm2m_json_spec_time_series() -> None:
+    """LwM2M 1.0 TS 6.4.4: several timestamped values of one resource, t relative to bt."""
+    payload = {
+        "bn": "/72/",
+        "bt": 25462634,
+        "e": [
+            {"n": "1/2", "v": 22.4, "t": -5},
+            {"n": "1/2", "v": 22.9, "t": -30},
+            {"n": "1/2", "v": 24.1, "t": -50},
+        ],
+    }
+    recs = decode(json.dumps(payload).encode(), CF_LWM2M_JSON, "/72", now=NOW)
+    assert [(str(r.path), r.value) for r in recs] == [
+        ("/72/1/2", 22.4),
+        ("/72/1/2", 22.9),
+        ("/72/1/2", 24.1),
+    ]
+    t = [r.time for r in recs]
+    assert t[0] is not None and t[1] is not None and t[2] is not None
+    assert (t[0] - t[1], t[1] - t[2]) == (25, 20)
+
+
+# -- issue 11.12: one type per resource from the object model, whatever the format ---------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "cf"),
+    [
+        (b"1", CF_TEXT),
+        (bytes([0xC1, 0x03, 0x01]), CF_TLV),
+        (b'[{"bn":"/5/0/","n":"3","v":1}]', CF_SENML_JSON),
+        (b'[{"n":"/5/0/3","vs":"1"}]', CF_SENML_JSON),
+        (cbor2.dumps([{0: "/5/0/3", 2: 1.0}]), CF_SENML_CBOR),
+        (b'{"bn":"/5/0/","e":[{"n":"3","v":1}]}', CF_LWM2M_JSON),
+        (cbor2.dumps(1), CF_CBOR),
+    ],
+)
+def test_firmware_state_is_an_integer_in_every_format(payload: bytes, cf: int) -> None:
+    """/5/0/3 (Firmware Update State) was "1" in text, base64 in TLV, a number in SenML."""
+    base = "/5/0" if cf in (CF_TLV,) else "/5/0/3"
+    recs = decode(payload, cf, base, now=NOW)
+    assert [(str(r.path), r.type, r.value) for r in recs] == [("/5/0/3", V.INTEGER, 1)]
+
+
+def test_values_that_the_model_type_cannot_hold_are_malformed() -> None:
+    for payload, cf in (
+        (b'[{"n":"/5/0/3","vs":"one"}]', CF_SENML_JSON),
+        (b'[{"n":"/6/0/0","vb":true}]', CF_SENML_JSON),  # Latitude is a float
+        (b'[{"n":"/5/0/3","vd":"AQ"}]', CF_SENML_JSON),  # opaque bytes for an integer
+    ):
+        with pytest.raises(InvalidArgument):
+            decode(payload, cf, "/", now=NOW)
+    # Opaque bytes for a string resource are its UTF-8 text; a number for one its text form.
+    recs = decode(b'[{"n":"/3/0/0","vd":"QUNNRQ"},{"n":"/3/0/2","v":42}]', CF_SENML_JSON, "/3",
+                  now=NOW)  # fmt: skip
+    assert [(r.type, r.value) for r in recs] == [(V.STRING, "ACME"), (V.STRING, "42")]

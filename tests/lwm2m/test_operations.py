@@ -3,11 +3,11 @@
 import pytest
 
 from corem_ingress.core.errors import (
+    DeviceFailed,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unavailable,
 )
 from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.content import (
@@ -153,9 +153,11 @@ def test_interpret_success() -> None:
         ("4.06", InvalidArgument, "4.00"),
         ("4.12", FailedPrecondition, "4.12"),
         ("4.15", InvalidArgument, "4.00"),
-        ("5.00", Unavailable, "5.03"),
-        ("5.03", Unavailable, "5.03"),
-        ("2.04", Unavailable, "5.03"),  # a success code other than the expected one
+        # The device's own failure: 502 with its code in the body, never the retryable 503.
+        ("5.00", DeviceFailed, "5.02"),
+        ("5.01", DeviceFailed, "5.02"),
+        ("5.03", DeviceFailed, "5.02"),
+        ("2.04", DeviceFailed, "5.02"),  # a success code other than the expected one
     ],
 )
 def test_interpret_errors(code: str, error: type, coap: str) -> None:
@@ -163,6 +165,9 @@ def test_interpret_errors(code: str, error: type, coap: str) -> None:
         ops.interpret(ops.read("/3/0/0"), DeviceResponse(code), now=NOW)
     assert info.value.coap_code == coap
     assert code in info.value.message
+    if error is DeviceFailed:
+        assert info.value.http_status == 502
+        assert info.value.to_json()["error"]["coap_code"] == code
 
 
 def test_interpret_malformed_body_and_timeout() -> None:

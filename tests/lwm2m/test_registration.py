@@ -166,10 +166,18 @@ def test_malformed_link_format_is_4_00() -> None:
     assert "malformed link format" in info.value.message
 
 
-def test_unsupported_version_is_4_12() -> None:
+@pytest.mark.parametrize("version", ["1.3", "2.0", "0.9"])
+def test_unsupported_version_is_4_12(version: str) -> None:
     with pytest.raises(FailedPrecondition) as info:
-        register_req(f"ep={HW}", "lwm2m=1.2")
+        register_req(f"ep={HW}", f"lwm2m={version}")
     assert info.value.coap_code == "4.12"
+
+
+def test_lwm2m_1_2_is_registered_as_1_1_compatible() -> None:
+    """Issue 21: a 1.2-first client is accepted at once (no 4.12 round trip); its 1.1
+    parameters (Q, 1.1 binding letters) apply."""
+    req = register_req(f"ep={HW}", "lwm2m=1.2", "b=UT", "Q")
+    assert req.version == "1.2" and req.binding == "UT" and req.queue_mode
 
 
 @pytest.mark.parametrize(

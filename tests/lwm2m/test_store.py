@@ -2,6 +2,7 @@
 nodes, each with its own Redis client. Integration: uses the redis-server fixture."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -286,3 +287,46 @@ def test_reply_encoding() -> None:
         decode_reply('{"error": {"code": "WHAT", "message": "x"}}')
     with pytest.raises(Unavailable):
         decode_reply("not json")
+
+
+async def test_a_registration_whose_session_ended_shows_unreachable(
+    redis: aioredis.Redis, keys: KeySchema
+) -> None:
+    """Issue 11.11: one script flips ``reachable`` if the registration is still bound to the
+    session that ended; the TTL and the rest of the record stay; an Update wins."""
+    clock = Clock()
+    store = Lwm2mStore(redis, keys, grace_s=30, clock=clock)
+    registrar = Registrar()
+    reg = register(registrar, clock.now)
+    await store.put(reg)
+    key = keys.lwm2m_registration(reg.registration_id)
+    assert not await store.set_unreachable(reg.registration_id, "another-session")
+    assert (await store.get(reg.registration_id)) == reg
+    assert await store.set_unreachable(reg.registration_id, reg.session_id)
+    stored = await store.get(reg.registration_id)
+    assert stored is not None and stored.reachable is False
+    assert stored == Registration.from_json({**reg.to_json(), "reachable": False})
+    assert 325 <= await redis.ttl(key) <= 330
+    assert not await store.set_unreachable(reg.registration_id, reg.session_id)  # already
+    # An Update over a new session makes it reachable again.
+    update = parse_request("POST", ["rd", reg.registration_id], [], None, b"")
+    out = registrar.handle(update, peer("node-b"), stored, now=clock.now)
+    assert out.save is not None
+    await store.apply(out)
+    again = await store.get(reg.registration_id)
+    assert again is not None and again.reachable and again.session_id == "node-b-s1"
+    assert not await store.set_unreachable(reg.registration_id, reg.session_id)  # old session
+    # A record written before the flag existed gets it.
+    legacy = {k: v for k, v in reg.to_json().items() if k != "reachable"}
+    await redis.set(key, json.dumps(legacy, separators=(",", ":")), ex=100)
+    assert await store.set_unreachable(reg.registration_id, reg.session_id)
+    stored = await store.get(reg.registration_id)
+    assert stored is not None and stored.reachable is False
+
+
+def test_a_device_error_travels_back_with_its_code() -> None:
+    from corem_ingress.core.errors import DeviceFailed
+
+    with pytest.raises(DeviceFailed) as info:
+        decode_reply(encode_reply(DeviceFailed("blocks", device_code="5.00")))
+    assert info.value.device_code == "5.00" and info.value.http_status == 502

@@ -56,6 +56,7 @@ def test_every_error_carries_its_replies() -> None:
         errors.FailedPrecondition: ("FAILED_PRECONDITION", 412, "4.12", 5, 2),
         errors.ResourceExhausted: ("RESOURCE_EXHAUSTED", 429, "4.29", 3, 1),
         errors.Unavailable: ("UNAVAILABLE", 503, "5.03", 3, 1),
+        errors.DeviceFailed: ("DEVICE_ERROR", 502, "5.02", 3, 1),
     }
     assert set(expected) == set(errors.ALL_ERRORS)
     for cls, (code, http, coap, connack, cli) in expected.items():
@@ -69,6 +70,11 @@ def test_every_error_carries_its_replies() -> None:
             cli,
         )
         assert e.to_json() == {"error": {"code": code, "message": "m"}}
+    # A device's failure names the device's own CoAP code (LwM2M, issue 11.10).
+    failed = errors.DeviceFailed("m", device_code="5.00")
+    assert failed.to_json() == {
+        "error": {"code": "DEVICE_ERROR", "message": "m", "coap_code": "5.00"}
+    }
 
 
 def test_unauthenticated_reason_is_not_the_message() -> None:

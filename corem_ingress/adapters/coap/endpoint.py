@@ -9,7 +9,13 @@ listener here, LwM2M later). It owns, per peer address:
   an empty CON ("ping") and for malformed messages whose header still parses;
 * server-initiated confirmable messages with retransmission (``request`` for
   requests such as LwM2M's Read/Write/Execute, ``notify`` for Observe
-  notifications); a RST to a notification reports ``on_reset``.
+  notifications); a RST to a notification reports ``on_reset``;
+* a peer's answer or notification that comes in Block2 blocks is fetched block by
+  block and handed over whole (``blockwise.Block2Assembler``, up to ``max_body``);
+* options: a request with a critical option we do not implement (If-Match, If-None-Match,
+  OSCORE, any unknown odd number) or with an undecodable option value (a Uri-Path that
+  is not UTF-8) gets 4.02 Bad Option and never reaches a handler (RFC 7252 5.4.1, 5.4.3);
+  Proxy-Uri / Proxy-Scheme get 5.05 (we are no proxy).
 
 Requests are handed to a ``RequestHandler`` coroutine that returns the response
 message (code, options, payload); the layer sets type, message id and token.
@@ -30,7 +36,9 @@ from aiocoap import ACK, CON, NON, RST, Message
 from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
+from corem_ingress.adapters.coap.blockwise import Block2Assembler, BlockError
 from corem_ingress.adapters.dtls.events import Address
+from corem_ingress.core.errors import DeviceFailed
 
 log = structlog.get_logger("corem.coap")
 
@@ -39,6 +47,11 @@ ACK_RANDOM_FACTOR = 1.5
 EXCHANGE_LIFETIME = 247.0
 #: Remembered message ids per peer for deduplication.
 DEDUP_ENTRIES = 64
+#: Critical options a request may carry here: Uri-Host, Uri-Port, Uri-Path, Uri-Query,
+#: Accept, Block2, Block1 (elective, even-numbered options are ignored when unknown).
+UNDERSTOOD_CRITICAL = frozenset({3, 7, 11, 15, 17, 23, 27})
+#: Proxy-Uri, Proxy-Scheme: 5.05 Proxying Not Supported.
+PROXY_OPTIONS = frozenset({35, 39})
 
 SendFn = Callable[[Address, bytes], bool]
 #: Returns the response, or an awaitable of it when the request needs I/O (a Redis append):
@@ -58,6 +71,10 @@ class _PeerState:
     requests: dict[bytes, asyncio.Future[Message]] = field(default_factory=dict)
     #: Our Observe registrations at the peer: token -> called with each later notification.
     observers: dict[bytes, Callable[[Message], None]] = field(default_factory=dict)
+    #: token -> the Observe request (the template of the block requests of a notification).
+    observed: dict[bytes, Message] = field(default_factory=dict)
+    #: token -> the notification whose remaining blocks are being fetched.
+    fetching: dict[bytes, asyncio.Task[None]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -70,6 +87,28 @@ def response(code: Code, payload: bytes = b"") -> Message:
     return Message(code=code, payload=payload)
 
 
+def unsupported_option(msg: Message) -> tuple[Code, str] | None:
+    """(reply code, diagnostic) for a request carrying a critical option we do not implement."""
+    for opt in msg.opt.option_list():
+        number = int(opt.number)
+        if number in PROXY_OPTIONS:
+            return Code.PROXYING_NOT_SUPPORTED, "this server is no proxy"
+        if number & 1 and number not in UNDERSTOOD_CRITICAL:
+            return Code.BAD_OPTION, f"unsupported critical option {number}"
+    return None
+
+
+def _header_request(data: bytes) -> tuple[int, bytes] | None:
+    """(message id, token) of a datagram whose header says CON request, else None."""
+    if len(data) < 4 or data[0] >> 6 != 1 or (data[0] >> 4) & 3 != 0:
+        return None
+    tkl = data[0] & 0x0F
+    code = data[1]
+    if tkl > 8 or len(data) < 4 + tkl or not 1 <= code <= 31:
+        return None
+    return int.from_bytes(data[2:4], "big"), bytes(data[4 : 4 + tkl])
+
+
 class CoapEndpoint:
     def __init__(
         self,
@@ -80,6 +119,7 @@ class CoapEndpoint:
         max_retransmit: int = 4,
         on_reset: Callable[[Address, bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_body: int = 64 * 1024,
     ) -> None:
         self._send = send
         self._handler = handler
@@ -92,6 +132,8 @@ class CoapEndpoint:
         self.draining = False
         self.draining_max_age = 5
         self._mid = random.randrange(0x10000)
+        #: Largest body reassembled from a peer's Block2 answer.
+        self.max_body = max_body
         self.stats: collections.Counter[str] = collections.Counter()
 
     def _next_mid(self) -> int:
@@ -121,6 +163,8 @@ class CoapEndpoint:
                 rfut.set_exception(ConnectionError("session closed"))
         for task in state.tasks:
             task.cancel()
+        for fetch in state.fetching.values():
+            fetch.cancel()
 
     # -- input -----------------------------------------------------------------------------
     def datagram_received(self, addr: Address, data: bytes) -> None:
@@ -130,6 +174,9 @@ class CoapEndpoint:
             msg = Message.decode(data)
         except UnparsableMessage:
             self._reject_malformed(addr, data)
+            return
+        except (ValueError, TypeError, IndexError):  # an option value the codec cannot read
+            self._reject_bad_option(addr, data)
             return
         state = self._peers.setdefault(addr, _PeerState())
         if msg.mtype in (ACK, RST):
@@ -156,6 +203,19 @@ class CoapEndpoint:
             rst = Message(code=Code.EMPTY)
             self._send_reply(addr, RST, mid, rst)
 
+    def _reject_bad_option(self, addr: Address, data: bytes) -> None:
+        """A CON request whose options do not decode (RFC 7252 5.4.3: treated like an
+        unrecognized critical option): 4.02; anything else as malformed."""
+        head = _header_request(data)
+        if head is None:
+            self._reject_malformed(addr, data)
+            return
+        self.stats["bad_option"] += 1
+        mid, token = head
+        reply = response(Code.BAD_OPTION, b"undecodable option value")
+        reply.token = token
+        self._send_reply(addr, ACK, mid, reply)
+
     def _request_received(self, addr: Address, state: _PeerState, msg: Message) -> None:
         now = self._clock()
         seen = state.seen.get(msg.mid)
@@ -167,6 +227,12 @@ class CoapEndpoint:
         state.seen[msg.mid] = (None, now)
         while len(state.seen) > DEDUP_ENTRIES:
             state.seen.popitem(last=False)
+        refused = unsupported_option(msg)
+        if refused is not None:
+            self.stats["bad_option"] += 1
+            if msg.mtype == CON:  # a NON one is ignored (RFC 7252 5.4.1)
+                self._respond(addr, state, msg, response(refused[0], refused[1].encode()))
+            return
         if self.draining:  # shutting down: nothing new is taken on, the device retries elsewhere
             self.stats["refused_draining"] += 1
             busy = response(Code.SERVICE_UNAVAILABLE)
@@ -235,10 +301,44 @@ class CoapEndpoint:
         if rfut is not None and not rfut.done():
             rfut.set_result(msg)
         elif observer is not None:
+            if _more_blocks(msg):
+                self._fetch_notification(addr, state, msg)
+                return
+            self._deliver(observer, msg)
+
+    @staticmethod
+    def _deliver(observer: Callable[[Message], None], msg: Message) -> None:
+        try:
+            observer(msg)
+        except Exception:
+            log.exception("coap.observer_failed")
+
+    def _fetch_notification(self, addr: Address, state: _PeerState, first: Message) -> None:
+        """A notification's first block: fetch the rest (the newest notification wins)."""
+        token = first.token
+        template = state.observed.get(token)
+        if template is None:
+            return
+        previous = state.fetching.pop(token, None)
+        if previous is not None:
+            previous.cancel()
+
+        async def fetch() -> None:
             try:
-                observer(msg)
-            except Exception:
-                log.exception("coap.observer_failed")
+                whole = await self._rest_of(addr, template, first, response_timeout=30.0)
+            except (DeviceFailed, TimeoutError, ConnectionError) as exc:
+                self.stats["block2_failed"] += 1
+                log.info("coap.notification_blocks_failed", peer=addr[0], error=str(exc))
+                return
+            finally:
+                if state.fetching.get(token) is task:
+                    del state.fetching[token]
+            observer = state.observers.get(token)
+            if observer is not None:
+                self._deliver(observer, whole)
+
+        task = asyncio.ensure_future(fetch())
+        state.fetching[token] = task
 
     # -- output ----------------------------------------------------------------------------
     async def _transmit_confirmable(self, addr: Address, msg: Message, token: bytes) -> bool:
@@ -294,6 +394,27 @@ class CoapEndpoint:
         msg.token = token
         if on_notification is not None:
             state.observers[token] = on_notification
+            state.observed[token] = msg
+        try:
+            answer = await self._exchange(addr, state, msg, token, response_timeout)
+            if _more_blocks(answer):
+                answer = await self._rest_of(addr, msg, answer, response_timeout=response_timeout)
+            return answer
+        except BaseException:
+            if on_notification is not None:
+                state.observers.pop(token, None)
+                state.observed.pop(token, None)
+            raise
+
+    async def _exchange(
+        self,
+        addr: Address,
+        state: _PeerState,
+        msg: Message,
+        token: bytes,
+        response_timeout: float,
+    ) -> Message:
+        """One confirmable request and its response (piggybacked or separate)."""
         loop = asyncio.get_running_loop()
         rfut: asyncio.Future[Message] = loop.create_future()
         state.requests[token] = rfut
@@ -302,18 +423,68 @@ class CoapEndpoint:
             if not acked and not rfut.done():
                 raise TimeoutError("no acknowledgement from peer")
             return await asyncio.wait_for(rfut, response_timeout)
-        except BaseException:
-            if on_notification is not None:
-                state.observers.pop(token, None)
-            raise
         finally:
             state.requests.pop(token, None)
+
+    async def _rest_of(
+        self, addr: Address, request: Message, first: Message, *, response_timeout: float
+    ) -> Message:
+        """The whole answer whose first block is ``first``: GET (without Observe) the next
+        blocks of the same resource (RFC 7959 2.4, 3.4); the first block's code, Observe and
+        Content-Format stand for the whole."""
+        state = self._peers.setdefault(addr, _PeerState())
+        assembler = Block2Assembler(self.max_body)
+        block = first
+        try:
+            while True:
+                b2 = block.opt.block2
+                nxt = assembler.feed(
+                    b2.block_number, b2.more, b2.size_exponent, bytes(block.payload),
+                    block.opt.etag,
+                )  # fmt: skip
+                if nxt is None:
+                    break
+                follow = Message(code=request.code, payload=request.payload)
+                for opt in request.opt.option_list():
+                    if int(opt.number) not in (6, 23, 27):  # Observe, Block2, Block1
+                        follow.opt.add_option(opt)
+                follow.opt.block2 = (nxt[0], False, nxt[1])
+                token = self.new_token()
+                follow.token = token
+                block = await self._exchange(addr, state, follow, token, response_timeout)
+                if block.code != first.code or block.opt.block2 is None:
+                    raise DeviceFailed(
+                        f"the device answered block {nxt[0]} with {block.code}",
+                        reason="block2 follow-up refused",
+                    )
+        except BlockError as exc:
+            raise DeviceFailed(
+                f"the device's block-wise answer is inconsistent: {exc.reason}",
+                reason="block2 assembly",
+            ) from None
+        whole = Message(code=first.code, payload=assembler.body)
+        whole.token, whole.mid, whole.mtype = first.token, first.mid, first.mtype
+        for opt in first.opt.option_list():
+            if int(opt.number) not in (23, 28):  # Block2, Size2
+                whole.opt.add_option(opt)
+        self.stats["block2_assembled"] += 1
+        return whole
 
     def stop_observing(self, addr: Address, token: bytes) -> None:
         """Forget an observation: later notifications with ``token`` get a RST."""
         state = self._peers.get(addr)
         if state is not None:
             state.observers.pop(token, None)
+            state.observed.pop(token, None)
+            fetch = state.fetching.pop(token, None)
+            if fetch is not None:
+                fetch.cancel()
+
+
+def _more_blocks(msg: Message) -> bool:
+    """A successful answer that is the first of several Block2 blocks."""
+    b2 = msg.opt.block2
+    return bool(msg.code.is_successful() and b2 is not None and b2.more)
 
 
 def error_response(coap_code: str, payload: bytes = b"") -> Message:

@@ -34,6 +34,19 @@ log = structlog.get_logger("corem.coap")
 
 #: A resource handler mounted beside the device site (e.g. LwM2M's ``/rd``).
 MountedHandler = Callable[[DeviceSession, Message], Message | Awaitable[Message]]
+#: How long the next large notification waits for the device to fetch the blocks of the
+#: previous one (RFC 7959 2.4) before that transfer is given up.
+BLOCK2_TRANSFER_WAIT_S = 5.0
+
+
+class _NotificationOrder:
+    """Per session: one notification at a time, and a large one's blocks fetched before the
+    next goes out (two large downlinks back to back must not mix their blocks)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.transfer_closed = asyncio.Event()
+        self.transfer_closed.set()
 
 
 class CoapListener:
@@ -52,6 +65,7 @@ class CoapListener:
         self.session_hooks: list[Callable[[DeviceSession, bool], None]] = []
         #: The LwM2M server mounted on this listener (``lwm2m.enabled``), set by ``build``.
         self.lwm2m: Lwm2mServer | None = None
+        self._order: dict[str, _NotificationOrder] = {}
         self.dtls_server = DtlsServer(
             cert_file=cfg.server_cert or None,
             key_file=cfg.server_key or None,
@@ -75,6 +89,7 @@ class CoapListener:
             ack_timeout=cfg.ack_timeout_s,
             max_retransmit=cfg.max_retransmit,
             on_reset=self._reset,
+            max_body=cfg.max_body_bytes,
         )
         self.site = DeviceSite(
             services.uplinks.append,
@@ -96,10 +111,10 @@ class CoapListener:
         # with 5.03 meanwhile, then close_notify every session.
         self.endpoint.draining_max_age = self.services.config.coap.unavailable_max_age_s
         await self.endpoint.drain(max(0.0, deadline / 2))
-        if self.lwm2m is not None:
-            await self.lwm2m.stop()
         for addr in list(self.sessions):
             self.transport.close(addr, Cause.SHUTTING_DOWN)
+        if self.lwm2m is not None:  # after the sessions: their registrations are unreachable
+            await self.lwm2m.stop()
         self.transport.close_transport()
 
     # -- DtlsHandler ---------------------------------------------------------------------------
@@ -133,6 +148,7 @@ class CoapListener:
                 log.info("coap.handshake_refused", peer=addr[0], cause=cause.label, detail=detail)
             return
         self.services.sessions.unregister(session.session_id)
+        self._order.pop(session.session_id, None)
         for hook in self.session_hooks:
             hook(session, False)
         if session.credential is not None:
@@ -155,7 +171,11 @@ class CoapListener:
         mounted = self.mounts.get(path[0]) if path else None
         if mounted is not None and session.credential is not None:
             return mounted(session, msg)
-        return self.site.handle(session, msg)
+        reply = self.site.handle(session, msg)
+        order = self._order.get(session.session_id)
+        if order is not None and not session.representations.transfer_open:
+            order.transfer_closed.set()
+        return reply
 
     # -- for other CoAP adapters on this port (LwM2M) -------------------------------------------
     def mount(self, first_segment: str, handler: MountedHandler) -> None:
@@ -187,6 +207,21 @@ class CoapListener:
         """close_notify and forget this peer's DTLS session."""
         return self.transport.close(addr, cause)
 
+    def keep_session(self, addr: Address, until: float) -> bool:
+        """Keep this peer's DTLS session open until ``until`` (clock time), however idle
+        (a registered LwM2M device's session lives as long as its registration)."""
+        return self.transport.keep_alive(addr, until)
+
+    @staticmethod
+    async def _transfer_done(session: DeviceSession, order: _NotificationOrder) -> None:
+        """Wait (bounded) until the device fetched the blocks of the previous notification."""
+        if not session.representations.transfer_open:
+            return
+        try:
+            await asyncio.wait_for(order.transfer_closed.wait(), BLOCK2_TRANSFER_WAIT_S)
+        except TimeoutError:
+            session.representations.abandon()
+
     def _reset(self, addr: Address, token: bytes) -> None:
         session = self.sessions.get(addr)
         if session is not None:
@@ -198,23 +233,29 @@ class CoapListener:
         device_id = session.credential.identity.device_id
         addr, sid = session.addr, session.session_id
 
+        order = self._order.setdefault(sid, _NotificationOrder())
+
         async def sink(downlink: Downlink) -> bool:
-            current = self.sessions.get(addr)
-            if current is None or current.session_id != sid or current.credential is None:
-                return False
-            ident = current.credential.identity
-            if (downlink.tenant_id, downlink.device_id) != (ident.tenant_id, ident.device_id):
-                return False
-            results = await asyncio.gather(
-                *(
-                    self.endpoint.notify(
-                        addr,
-                        self.site.notification(current, obs, downlink),
-                        confirmable=downlink.qos >= 1,
+            async with order.lock:
+                current = self.sessions.get(addr)
+                if current is None or current.session_id != sid or current.credential is None:
+                    return False
+                ident = current.credential.identity
+                if (downlink.tenant_id, downlink.device_id) != (ident.tenant_id, ident.device_id):
+                    return False
+                await self._transfer_done(current, order)
+                results = await asyncio.gather(
+                    *(
+                        self.endpoint.notify(
+                            addr,
+                            self.site.notification(current, obs, downlink),
+                            confirmable=downlink.qos >= 1,
+                        )
+                        for obs in list(current.observations.values())
                     )
-                    for obs in list(current.observations.values())
                 )
-            )
-            return any(results)
+                if current.representations.transfer_open:
+                    order.transfer_closed.clear()
+                return any(results)
 
         self.services.downlinks.add(device_id, sid, sink)

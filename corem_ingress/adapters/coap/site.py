@@ -7,7 +7,7 @@ Pure of sockets: it sees one request at a time with the peer's ``DeviceSession``
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +15,20 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from corem_ingress import metrics
+from corem_ingress.adapters.coap.blockwise import (
+    Block1Receiver,
+    BlockError,
+    Complete,
+    Representation,
+    Representations,
+    block_slice,
+    szx_of,
+)
 from corem_ingress.adapters.coap.endpoint import error_response, response
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.errors import IngressError, InvalidArgument
+from corem_ingress.core.errors import IngressError
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
 
 CF_TEXT = 0
@@ -45,11 +54,10 @@ class DeviceSession:
     session_id: str
     credential: Credential | None
     observations: dict[bytes, Observation] = field(default_factory=dict)
-    #: Block1 reassembly: uri path -> bytes so far.
-    block1: dict[tuple[str, ...], bytearray] = field(default_factory=dict)
-    #: The last large representation sent with Block2 (for the follow-up block requests).
-    representation: bytes = b""
-    representation_cf: int = CF_TEXT
+    #: Block1 reassembly of request bodies (``/up`` here, ``/rd`` and ``/dp`` for LwM2M).
+    block1: Block1Receiver = field(default_factory=Block1Receiver)
+    #: Large notifications served with Block2, by ETag (for the follow-up block requests).
+    representations: Representations = field(default_factory=Representations)
 
 
 @dataclass
@@ -59,8 +67,39 @@ class SiteLimits:
     unavailable_max_age_s: int = 5
 
 
-def _szx(size: int) -> int:
-    return size.bit_length() - 5
+def receive_block1(
+    session: DeviceSession, key: Hashable, msg: Message, *, max_body: int
+) -> Complete | Message:
+    """One Block1 block of ``msg`` into the session's receiver: the whole body once complete,
+    else the reply to send now (2.31 Continue, or the refusal)."""
+    block = msg.opt.block1
+    try:
+        step = session.block1.feed(
+            key,
+            block.block_number,
+            block.more,
+            block.size_exponent,
+            bytes(msg.payload),
+            max_body=max_body,
+            size1=msg.opt.size1,
+        )
+    except BlockError as exc:
+        return block1_refusal(exc)
+    if isinstance(step, Complete):
+        return step
+    resp = response(Code.CONTINUE)
+    resp.opt.block1 = (step.num, True, step.szx)
+    return resp
+
+
+def block1_refusal(exc: BlockError) -> Message:
+    """The reply to a refused Block1 block (4.00 / 4.08 / 4.13 with Size1)."""
+    if exc.code == "4.13":
+        metrics.limit_refused("coap", Cause.MAX_SIZE)
+    resp = error_response(exc.code)
+    if exc.size1 is not None:
+        resp.opt.size1 = exc.size1
+    return resp
 
 
 class DeviceSite:
@@ -132,27 +171,10 @@ class DeviceSite:
                 return self._too_large()
             body = bytes(msg.payload)
         else:
-            size = 1 << (block.size_exponent + 4)
-            if block.size_exponent > 6:
-                raise InvalidArgument("bad block size")
-            if block.block_number == 0:
-                session.block1[path] = bytearray()
-            so_far = session.block1.get(path)
-            if so_far is None or len(so_far) != block.block_number * size:
-                session.block1.pop(path, None)
-                return response(Code.REQUEST_ENTITY_INCOMPLETE)
-            if block.more and len(msg.payload) != size:
-                session.block1.pop(path, None)
-                raise InvalidArgument("a non-final block must be exactly the block size")
-            so_far += msg.payload
-            if len(so_far) > limit:
-                session.block1.pop(path, None)
-                return self._too_large()
-            if block.more:
-                resp = response(Code.CONTINUE)
-                resp.opt.block1 = (block.block_number, True, block.size_exponent)
-                return resp
-            body = bytes(session.block1.pop(path))
+            step = receive_block1(session, path, msg, max_body=limit)
+            if not isinstance(step, Complete):
+                return step
+            body = step.body
         payload, encoding = payload_from_bytes(body)
         uplink = Uplink.new(
             session.credential.identity,
@@ -178,12 +200,11 @@ class DeviceSite:
     def _down(self, session: DeviceSession, msg: Message) -> Message:
         block2 = msg.opt.block2
         if block2 is not None and block2.block_number > 0:
-            return self._block(
-                session.representation,
-                session.representation_cf,
-                block2.block_number,
-                min(block2.size_exponent, _szx(self.limits.block_size)),
-            )
+            rep = session.representations.select(tuple(msg.opt.etags))
+            if rep is None:
+                return response(Code.NOT_FOUND)
+            szx = min(block2.size_exponent, szx_of(self.limits.block_size))
+            return self._block(session, rep, block2.block_number, szx)
         resp = response(Code.CONTENT)
         if msg.opt.observe == 0:
             obs = session.observations.get(msg.token) or Observation(msg.token)
@@ -195,23 +216,29 @@ class DeviceSite:
             session.observations.pop(msg.token, None)
         return resp
 
-    def _block(self, data: bytes, cf: int, num: int, szx: int) -> Message:
-        size = 1 << (szx + 4)
-        chunk = data[num * size : (num + 1) * size]
-        if num > 0 and not chunk:
+    @staticmethod
+    def _block(session: DeviceSession, rep: Representation, num: int, szx: int) -> Message:
+        part = block_slice(rep.data, num, szx)
+        if part is None:
             return response(Code.BAD_OPTION)
+        chunk, more = part
         resp = response(Code.CONTENT, chunk)
-        resp.opt.content_format = cf
-        resp.opt.block2 = (num, (num + 1) * size < len(data), szx)
+        resp.opt.content_format = rep.content_format
+        resp.opt.etag = rep.etag
+        resp.opt.block2 = (num, more, szx)
+        session.representations.served(rep, last=not more)
         return resp
 
     def notification(self, session: DeviceSession, obs: Observation, dl: Downlink) -> Message:
-        """The Observe notification carrying one downlink (first block if large)."""
+        """The Observe notification carrying one downlink (first block, with an ETag, if large).
+
+        The caller sends the next large one only once this one's blocks were fetched
+        (``session.representations.transfer_open``), so their blocks never mix."""
         data = dl.payload_bytes()
         cf = CF_TEXT if isinstance(dl.payload, str) else CF_JSON
         if len(data) > self.limits.block_size:
-            session.representation, session.representation_cf = data, cf
-            msg = self._block(data, cf, 0, _szx(self.limits.block_size))
+            rep = session.representations.add(data, cf)
+            msg = self._block(session, rep, 0, szx_of(self.limits.block_size))
             msg.opt.size2 = len(data)
         else:
             msg = response(Code.CONTENT, data)

@@ -126,6 +126,12 @@ class _Peer:
     refusal: tuple[Cause, str] | None = None
     #: The suite our ServerHello chose (peeked from our own output).
     suite: int | None = None
+    #: The user keeps the session open at least until then, however idle (``keep_alive``).
+    keep_until: float = 0.0
+
+    def idle_deadline(self, idle_timeout: float) -> float:
+        """When the established session is closed as idle."""
+        return max(self.last_seen + idle_timeout, self.keep_until)
 
 
 class DtlsServer:
@@ -237,6 +243,16 @@ class DtlsServer:
         self._drop(peer, cause)
         return True
 
+    def keep_alive(self, addr: Address, until: float) -> bool:
+        """Do not close the established session as idle before ``until`` (on the ``now``
+        clock): the LwM2M server keeps a registered device's session for as long as its
+        registration lives. ``until`` 0 gives it back to the idle timeout."""
+        peer = self._peers.get(addr)
+        if peer is None or peer.state is not PeerState.ESTABLISHED:
+            return False
+        peer.keep_until = until
+        return True
+
     def credential_resolved(self, addr: Address, now: float) -> None:
         """The async lookup asked for by CredentialNeeded is done (whatever its outcome)."""
         self._now = now
@@ -278,7 +294,7 @@ class DtlsServer:
         if now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
             for peer in list(self._peers.values()):
-                idle = now - peer.last_seen >= self.config.idle_timeout
+                idle = now >= peer.idle_deadline(self.config.idle_timeout)
                 if peer.state is PeerState.ESTABLISHED and idle:
                     self.close(peer.addr, Cause.IDLE)
         for peer in list(self._pending.values()):

@@ -136,6 +136,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._pump()
         return ok
 
+    def keep_alive(self, addr: Address, until: float) -> bool:
+        """The session stays open until ``until`` (clock time) however idle; 0: idle rules."""
+        return self.server.keep_alive(addr, until)
+
     # -- internals -----------------------------------------------------------------------------
     def _pump(self) -> None:
         transport = self._transport

@@ -59,6 +59,7 @@ def _errors(*statuses: int) -> Json:
         413: "PayloadTooLarge",
         415: "UnsupportedMediaType",
         429: "TooManyRequests",
+        502: "DeviceError",
         503: "Unavailable",
     }
     return {str(s): _resp(names[s]) for s in statuses}
@@ -126,9 +127,15 @@ def _schemas() -> Json:
                         "description": "UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, "
                         "ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION, "
                         "PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, METHOD_NOT_ALLOWED, "
-                        "RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL",
+                        "RESOURCE_EXHAUSTED, UNAVAILABLE, DEVICE_ERROR, INTERNAL",
                     },
                     "message": {"type": "string"},
+                    "coap_code": {
+                        "type": "string",
+                        "pattern": "^[245]\\.[0-9]{2}$",
+                        "description": "DEVICE_ERROR only: the CoAP code the device answered "
+                        "(e.g. 5.00).",
+                    },
                 },
             )
         },
@@ -311,7 +318,11 @@ def _schemas() -> Json:
                 "device_id": _UUID,
                 "credential_id": _STR,
                 "security": {"type": "string", "enum": ["psk", "x509", "nosec"]},
-                "version": {"type": "string", "enum": ["1.0", "1.1"]},
+                "version": {
+                    "type": "string",
+                    "enum": ["1.0", "1.1", "1.2"],
+                    "description": "1.2 clients are served as 1.1-compatible.",
+                },
                 "lifetime_s": {"type": "integer"},
                 "binding": _STR,
                 "queue_mode": {"type": "boolean"},
@@ -332,6 +343,12 @@ def _schemas() -> Json:
                 "registered_at": _NUM,
                 "updated_at": _NUM,
                 "expires_at": _NUM,
+                "reachable": {
+                    "type": "boolean",
+                    "description": "Whether the DTLS session the registration is bound to (the "
+                    "one that sent Register or the last Update) is still open. False: requests "
+                    "get 503 until the device updates or registers over a new session.",
+                },
             },
         ),
         "Lwm2mRecord": _obj(
@@ -377,14 +394,17 @@ def _schemas() -> Json:
                         },
                     ),
                     "description": "Write: the values (type may be left out for resources "
-                    "of objects 1, 3 and 3303; opaque as base64).",
+                    "of objects 1-7 and 3303; opaque as base64).",
                 },
                 "args": {**_STR, "description": "Execute arguments, e.g. 0='x',1."},
                 "accept": {
                     "type": "integer",
                     "minimum": 0,
                     "maximum": 65535,
-                    "description": "Read/Observe: the content format to ask for.",
+                    "description": "Read/Observe: the content format to ask for (default: "
+                    "the richest the client announced at registration). One this server "
+                    "cannot decode (e.g. LwM2M CBOR 11544) is refused with 400 before the "
+                    "device is asked.",
                 },
                 "replace": {
                     "type": "boolean",
@@ -450,8 +470,13 @@ def _responses() -> Json:
             "or the device's uplink rate.",
             {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
         ),
+        "DeviceError": err(
+            "The device answered with a server error (5.xx, its code in `coap_code`), an "
+            "unexpected code or a body that cannot be put together; not retryable as such."
+        ),
         "Unavailable": err(
-            "The store is unreachable: nothing was done; retry later.",
+            "The store is unreachable, or the LwM2M device is not reachable or did not answer "
+            "in time: nothing was done; retry later.",
             {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
         ),
     }
@@ -660,13 +685,14 @@ def _paths() -> Json:
                     "operationId": "Lwm2m" + name.title().replace("-", ""),
                     "summary": summary,
                     "description": "Sent as a CoAP request over the device's DTLS session "
-                    "from the node holding it (routed through Redis). A device's error code "
-                    "maps to 400/403/404/405/412; no answer in time: 503.",
+                    "from the node holding it (routed through Redis). A device's 4.xx maps to "
+                    "400/403/404/405/412; its 5.xx to 502 (DEVICE_ERROR, with `coap_code`); "
+                    "no answer in time, or the device not reachable: 503.",
                     "parameters": [_DEVICE_ID],
                     "requestBody": _json_body(_ref("Lwm2mRequest")),
                     "responses": {
                         "200": _ok("The device's answer.", _ref("Lwm2mResult")),
-                        **_errors(400, 401, 403, 404, 405, 412, 413, 429, 503),
+                        **_errors(400, 401, 403, 404, 405, 412, 413, 429, 502, 503),
                     },
                 }
             }

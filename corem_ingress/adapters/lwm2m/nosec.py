@@ -109,6 +109,14 @@ class NoSecListener(asyncio.DatagramProtocol):
                     raise Unauthenticated("register first", reason="nosec: unknown address")
                 peer = known
         except IngressError as exc:
+            log.info(
+                "lwm2m.nosec_refused",
+                peer=addr[0],
+                port=addr[1],
+                path="/".join(path)[:32],
+                code=exc.coap_code,
+                reason=exc.reason,
+            )
             return Message(code=code_of(exc.coap_code))
         reply = await self.server.service.handle(peer, method, path, query, cf, payload)
         return cast(Message, reply_message(reply))

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from corem_ingress.core.errors import InvalidArgument, NotFound
+from corem_ingress.core.errors import InvalidArgument, NotFound, Unavailable
 from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.content import CF_TEXT
 from corem_ingress.lwm2m.operations import DeviceRequest, Operation
@@ -46,7 +46,10 @@ def build_request(operation: str, reg: Registration, params: Mapping[str, Any]) 
     if not isinstance(path, str):
         raise InvalidArgument("path is required (e.g. /3/0/0)")
     root = reg.objects.root
-    accept = _accept(params.get("accept"))
+    # No Accept from the operator: the format the client announced at registration.
+    accept = ops.check_accept(_accept(params.get("accept")))
+    if accept is None:
+        accept = ops.preferred_format(reg)
     if operation == Operation.READ:
         return ops.read(path, accept=accept, root=root)
     if operation == Operation.OBSERVE:
@@ -117,6 +120,12 @@ class OperatorCalls:
         timeout = timeout_of(params, self._timeout)
         reg = await self.registration(tenant_id, device_id)
         request = build_request(operation, reg, params)
+        if not reg.reachable:
+            raise Unavailable(
+                "the device is not reachable: the DTLS session of its registration ended "
+                "(it is again after its next Update or Register)",
+                reason="unreachable",
+            )
         response = await self._router.call(reg, request, timeout_s=timeout)
         result = ops.interpret(request, response, now=self._clock())
         out: dict[str, Any] = {

@@ -3,35 +3,43 @@
 * ``/rd`` and ``/dp`` are mounted on the listener (same UDP port as ``/up``); each request
   is answered by ``Lwm2mDeviceService`` with the ``Peer`` of its DTLS session (identity
   from the credential, hardware_id from the device record, this node's id).
-* After a registration the tenant's configured paths are observed over the device's
+* A registration is bound to the DTLS session that sent its Register (or its latest
+  Update): server-initiated requests go over that session only. Another session opened
+  with the same credential (a reboot in progress, or anyone holding the key) changes
+  nothing until it registers or updates itself.
+* The bound session stays open as long as the registration lives (lifetime + grace),
+  whatever the DTLS idle timeout; when it ends the registration shows ``reachable: false``.
+  A De-register closes the session that sent it (some clients send no close_notify).
+* After a Register / Update the tenant's configured paths are observed over the bound
   session; every notification (and every Send) becomes an uplink (transport ``lwm2m``).
+  Observations belong to one registration and one session and die with either; operator
+  and automatic observations of one path share one CoAP observation (``observations.py``).
 * ``handle_routed`` serves operator requests routed here through Redis
   (``Lwm2mRequestServer``): Read / Write / Execute / Observe / Cancel-Observe / Discover
-  sent as server-initiated CoAP requests over the session.
-
-Observations live with the session: when the session ends they are forgotten, and an
-Update on a new session observes again what is missing.
+  sent as server-initiated CoAP requests over the bound session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import heapq
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
+from corem_ingress.adapters.coap.blockwise import Complete
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
-from corem_ingress.adapters.coap.site import DeviceSession
+from corem_ingress.adapters.coap.site import DeviceSession, receive_block1
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
 from corem_ingress.core.causes import Cause
-from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated
+from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated, Unavailable
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
-from corem_ingress.lwm2m.observations import ObservationTable
+from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.lwm2m.registration import (
     RD,
@@ -54,6 +62,12 @@ if TYPE_CHECKING:
     from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.lwm2m")
+
+#: How often registrations made here are checked for expiry (their observations end then).
+EXPIRY_CHECK_S = 1.0
+#: After a De-register's 2.02 went out, its session is closed this much later (a client
+#: that sends its own close_notify does it first).
+DEREGISTER_CLOSE_S = 0.5
 
 
 def registration_config(services: Services) -> RegistrationConfig:
@@ -82,6 +96,7 @@ class Lwm2mServer:
         self.config = services.config.lwm2m
         self._clock = services.clock
         reg_cfg = registration_config(services)
+        self._grace_s = reg_cfg.expiry_grace_s
         self.store = services.stores.lwm2m_store(grace_s=reg_cfg.expiry_grace_s, clock=self._clock)
         self.service = Lwm2mDeviceService(
             Registrar(reg_cfg),
@@ -95,13 +110,20 @@ class Lwm2mServer:
         self.request_server = services.stores.lwm2m_request_server(
             services.node_id, self.handle_routed, clock=self._clock
         )
-        #: device_id -> its DTLS session on this node.
-        self._sessions: dict[str, DeviceSession] = {}
+        #: session_id -> the live session (DTLS, or a NoSec address) on this node.
+        self._live: dict[str, DeviceSession] = {}
         #: session_id -> Peer (the device record is read once per session).
         self._peers: dict[str, Peer] = {}
-        #: registration_id -> registration, for registrations made on this node.
+        #: registration_id -> registration, for registrations made or updated on this node.
         self._regs: dict[str, Registration] = {}
+        #: (expires_at, registration_id): registrations to check for expiry, soonest first;
+        #: ``_checks`` holds the soonest check queued per registration (one entry each).
+        self._expiry: list[tuple[float, str]] = []
+        self._checks: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Registration writes (reachable: false) that shutdown waits for, never cancels.
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._expiry_task: asyncio.Task[None] | None = None
         self._handler = mounted_handler(self.service, self.peer_of)
         listener.mount(RD, self._blockwise)
         listener.mount(DP, self._blockwise)
@@ -120,6 +142,7 @@ class Lwm2mServer:
     async def start(self) -> None:
         if self.nosec is not None:
             await self.nosec.start()
+        self._expiry_task = asyncio.ensure_future(self._expire_loop())
 
     # -- sessions ----------------------------------------------------------------------------
     def _session_hook(self, session: DeviceSession, started: bool) -> None:
@@ -128,23 +151,38 @@ class Lwm2mServer:
     def session_changed(
         self, session: DeviceSession, started: bool, *, nosec: bool = False
     ) -> None:
-        """A device session (DTLS, or a NoSec address) started or ended."""
+        """A device session (DTLS, or a NoSec address) started or ended. A new session
+        takes nothing over: registrations stay bound to the session that made them."""
         if session.credential is None:
             return
-        device_id = session.credential.identity.device_id
+        sid = session.session_id
         if started:
-            self._sessions[device_id] = session
+            self._live[sid] = session
             if nosec:
-                self._nosec_sessions.add(session.session_id)
+                self._nosec_sessions.add(sid)
             return
-        self._peers.pop(session.session_id, None)
-        self._nosec_sessions.discard(session.session_id)
-        if self._sessions.get(device_id) is session:
-            del self._sessions[device_id]
-            # The endpoint forgot the session's observers; forget our side too.
-            self.observations.remove_device(device_id)
-            for reg_id in [r for r, reg in self._regs.items() if reg.device_id == device_id]:
-                del self._regs[reg_id]
+        self._live.pop(sid, None)
+        self._peers.pop(sid, None)
+        self._nosec_sessions.discard(sid)
+        # The endpoint forgot the session's observers; forget our side too.
+        self.observations.remove_session(sid)
+        for reg in [r for r in self._regs.values() if r.session_id == sid]:
+            self._regs[reg.registration_id] = dataclasses.replace(reg, reachable=False)
+            log.info(
+                "lwm2m.unreachable",
+                device=reg.device_id,
+                registration=reg.registration_id,
+                session=sid,
+            )
+            write = asyncio.ensure_future(self._mark_unreachable(reg))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+
+    async def _mark_unreachable(self, reg: Registration) -> None:
+        try:
+            await self.store.set_unreachable(reg.registration_id, reg.session_id)
+        except IngressError as exc:
+            log.warning("lwm2m.unreachable_not_stored", device=reg.device_id, error=exc.code)
 
     async def peer_of(self, session: DeviceSession) -> Peer:
         peer = self._peers.get(session.session_id)
@@ -155,48 +193,55 @@ class Lwm2mServer:
         ident = session.credential.identity
         device = await self.services.registry.get_device(ident.tenant_id, ident.device_id)
         peer = Peer(ident, device.hardware_id, self.services.node_id, session.session_id)
-        if self._sessions.get(ident.device_id) is session:
+        if session.session_id in self._live:
             self._peers[session.session_id] = peer
         return peer
 
     def _blockwise(self, session: DeviceSession, msg: Any) -> Any:
-        """Block1 (RFC 7959) reassembly of Register/Update/Send bodies, then the handler."""
+        """Block1 (RFC 7959) reassembly of Register/Update/Send bodies (the CoAP site's
+        ``Block1Receiver``), then the handler."""
         block = msg.opt.block1
         if block is None:
-            return self._handler(session, msg)
-        key = ("lwm2m", *msg.opt.uri_path, *msg.opt.uri_query)
-        size = 1 << (block.size_exponent + 4)
-        limit = self.services.config.coap.max_body_bytes
-        if block.size_exponent > 6:
-            return Message(code=Code.BAD_REQUEST)
-        if block.block_number == 0:
-            session.block1[key] = bytearray()
-        so_far = session.block1.get(key)
-        if so_far is None or len(so_far) != block.block_number * size:
-            session.block1.pop(key, None)
-            return Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
-        if (block.more and len(msg.payload) != size) or len(so_far) + len(msg.payload) > limit:
-            session.block1.pop(key, None)
-            return Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
-        so_far += msg.payload
-        if block.more:
-            resp = Message(code=Code.CONTINUE)
-            resp.opt.block1 = (block.block_number, True, block.size_exponent)
-            return resp
-        msg.payload = bytes(session.block1.pop(key))
+            return self._handle(session, msg, None)
+        key = ("lwm2m", *msg.opt.uri_path, "?", *msg.opt.uri_query)
+        step = receive_block1(session, key, msg, max_body=self.services.config.coap.max_body_bytes)
+        if not isinstance(step, Complete):
+            return step
+        msg.payload = step.body
         msg.opt.block1 = None
-        return self._finish_block(self._handler(session, msg), block)
+        return self._handle(session, msg, step)
 
-    @staticmethod
-    async def _finish_block(pending: Any, block: Any) -> Any:
-        resp = await pending
-        resp.opt.block1 = (block.block_number, False, block.size_exponent)
+    async def _handle(self, session: DeviceSession, msg: Any, block: Complete | None) -> Any:
+        resp = await self._handler(session, msg)
+        if block is not None:
+            resp.opt.block1 = (block.num, False, block.szx)
+        if msg.code == Code.DELETE and resp.code == Code.DELETED:
+            # De-registered: the client is done with this session (not all say close_notify).
+            asyncio.get_running_loop().call_later(
+                DEREGISTER_CLOSE_S, self._close_after_deregister, session
+            )
         return resp
+
+    def _close_after_deregister(self, session: DeviceSession) -> None:
+        sid = session.session_id
+        if self._live.get(sid) is not session or session.observations:
+            return  # gone already, or it also observes /down
+        if any(r.session_id == sid for r in self._regs.values()):
+            return  # it registered again meanwhile
+        if sid not in self._nosec_sessions:
+            log.info("lwm2m.deregistered_session_closed", session=sid)
+            self.listener.close_session(session.addr, Cause.CLOSED_BY_SERVER)
 
     def _endpoint_of(self, session: DeviceSession) -> CoapEndpoint:
         if session.session_id in self._nosec_sessions and self.nosec is not None:
             return self.nosec.endpoint
         return self.listener.endpoint
+
+    def _keep(self, reg: Registration, until: float) -> None:
+        """Keep the registration's DTLS session open until ``until`` (0: idle rules)."""
+        session = self._live.get(reg.session_id)
+        if session is not None and session.session_id not in self._nosec_sessions:
+            self.listener.keep_session(session.addr, until)
 
     # -- registration events -------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
@@ -204,36 +249,159 @@ class Lwm2mServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _drop(self, registration_id: str) -> None:
-        for obs in self.observations.remove_registration(registration_id):
-            session = self._sessions.get(obs.device_id)
+    def _cancel_at_device(self, gone: list[Observation]) -> None:
+        """Forget observations at the CoAP layer: their next notification gets a RST."""
+        for obs in gone:
+            session = self._live.get(obs.session_id)
             if session is not None:
                 self._endpoint_of(session).stop_observing(session.addr, obs.token)
 
+    def _bind(self, reg: Registration) -> None:
+        self._regs[reg.registration_id] = reg
+        self._check_expiry_at(reg.registration_id, reg.expires_at)
+        self._keep(reg, reg.expires_at + self._grace_s)
+
+    def _check_expiry_at(self, registration_id: str, at: float) -> None:
+        queued = self._checks.get(registration_id)
+        if queued is None or at < queued:
+            self._checks[registration_id] = at
+            heapq.heappush(self._expiry, (at, registration_id))
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Registered):
-            if event.replaced is not None:
-                self._drop(event.replaced.registration_id)
-                self._regs.pop(event.replaced.registration_id, None)
-            self._regs[event.registration.registration_id] = event.registration
-            self._spawn(self._observe_configured(event.registration))
+            reg = event.registration
+            # Every observation of the device's earlier registrations is void, also of one
+            # that expired unseen (Redis dropped it: ``replaced`` is then None).
+            self._cancel_at_device(
+                self.observations.remove_device_except(reg.device_id, reg.registration_id)
+            )
+            for old in [r for r in self._regs.values() if r.device_id == reg.device_id]:
+                del self._regs[old.registration_id]
+                if old.session_id != reg.session_id:
+                    self._keep(old, 0.0)
+            self._bind(reg)
+            log.info(
+                "lwm2m.registered",
+                device=reg.device_id,
+                endpoint=reg.endpoint,
+                registration=reg.registration_id,
+                version=reg.version,
+                lifetime_s=reg.lifetime_s,
+                binding=reg.binding,
+                session=reg.session_id,
+                replaced=event.replaced.registration_id if event.replaced else None,
+            )
+            self._spawn(self._observe_configured(reg))
         elif isinstance(event, Updated):
-            self._regs[event.registration.registration_id] = event.registration
-            self._spawn(self._observe_configured(event.registration))
+            reg, previous = event.registration, event.previous
+            known = self._regs.get(reg.registration_id)
+            old_session = (known or previous).session_id
+            if old_session != reg.session_id:
+                # The device updated over a new session: what was observed over the old one
+                # is observed again over this one.
+                gone = [
+                    o
+                    for o in self.observations.remove_session(old_session)
+                    if o.registration_id == reg.registration_id
+                ]
+                self._cancel_at_device(gone)
+                if known is not None:
+                    self._keep(known, 0.0)
+            self._bind(reg)
+            log.info(
+                "lwm2m.updated",
+                device=reg.device_id,
+                registration=reg.registration_id,
+                lifetime_s=reg.lifetime_s,
+                session=reg.session_id,
+                session_changed=old_session != reg.session_id,
+            )
+            self._spawn(self._observe_configured(reg))
         elif isinstance(event, Deregistered):
-            self._drop(event.registration.registration_id)
-            self._regs.pop(event.registration.registration_id, None)
+            reg = event.registration
+            self._drop(reg)
+            log.info(
+                "lwm2m.deregistered",
+                device=reg.device_id,
+                endpoint=reg.endpoint,
+                registration=reg.registration_id,
+            )
+
+    def _drop(self, reg: Registration) -> None:
+        self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+        known = self._regs.pop(reg.registration_id, None)
+        if known is not None:
+            self._keep(known, 0.0)
+
+    def _due(self, now: float) -> list[Registration]:
+        """Registrations held here whose lifetime passed by this node's account."""
+        due = []
+        while self._expiry and self._expiry[0][0] <= now:
+            at, reg_id = heapq.heappop(self._expiry)
+            if self._checks.get(reg_id) != at:
+                continue  # superseded by a sooner check
+            del self._checks[reg_id]
+            reg = self._regs.get(reg_id)
+            if reg is None:
+                continue
+            if not reg.expired(now):  # updated since: check again at its new expiry
+                self._check_expiry_at(reg_id, reg.expires_at)
+                continue
+            due.append(reg)
+        return due
+
+    async def expire(self, now: float) -> list[Registration]:
+        """Registrations held here whose lifetime passed: their observations end, their
+        session goes back to the idle timeout (after lifetime + grace). One that another
+        node updated or replaced meanwhile (the device moved) is dropped here quietly."""
+        expired = []
+        for reg in self._due(now):
+            try:
+                current = await self.store.get_by_device(reg.device_id, include_expired=True)
+            except IngressError:
+                current = None  # Redis cannot tell: this node's account stands
+            if current is not None and current.registration_id == reg.registration_id:
+                if not current.expired(now):  # updated on another node (or session)
+                    if (current.node_id, current.session_id) == (reg.node_id, reg.session_id):
+                        self._regs[reg.registration_id] = current
+                        self._check_expiry_at(reg.registration_id, current.expires_at)
+                        continue
+                    self._drop(reg)
+                    continue
+            elif current is not None:  # replaced by a newer registration elsewhere
+                self._drop(reg)
+                continue
+            self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+            self._regs.pop(reg.registration_id, None)
+            # The session stays until lifetime + grace (``_bind``), then idles out.
+            expired.append(reg)
+            log.info(
+                "lwm2m.expired",
+                device=reg.device_id,
+                endpoint=reg.endpoint,
+                registration=reg.registration_id,
+                lifetime_s=reg.lifetime_s,
+            )
+        return expired
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_S)
+            try:
+                await self.expire(self._clock())
+            except Exception:  # never let the loop die
+                log.exception("lwm2m.expiry_check_failed")
 
     async def _observe_configured(self, reg: Registration) -> None:
         """Observe the tenant's configured paths the client announced and not yet observed."""
         paths = paths_to_observe(self.config.paths_for(reg.tenant_id), reg.objects)
         for path in paths:
-            if self.observations.for_path(reg.device_id, path) is not None:
-                continue
-            request = ops.observe(path, root=reg.objects.root)
+            if self._regs.get(reg.registration_id) is not reg:
+                return  # updated, replaced or gone meanwhile: that event observes
+            request = ops.observe(path, accept=ops.preferred_format(reg), root=reg.objects.root)
             try:
                 response = await self._observe(
-                    reg, request, timeout_s=self.config.request_timeout_s
+                    reg, request, Owner.AUTO, timeout_s=self.config.request_timeout_s
                 )
             except IngressError as exc:
                 self.stats["observe_failed"] += 1
@@ -241,20 +409,38 @@ class Lwm2mServer:
                     "lwm2m.observe_failed", device=reg.device_id, path=str(path), error=exc.code
                 )
                 continue
-            if response.code == "2.05":
+            if response is not None and response.code == "2.05":
                 await self._notified_uplink(reg, request, response)
 
     # -- observations ---------------------------------------------------------------------------
     async def _observe(
-        self, reg: Registration, request: DeviceRequest, *, timeout_s: float
-    ) -> DeviceResponse:
-        session = self._session(reg.device_id)
-        old = self.observations.for_path(reg.device_id, request.path)
-        if old is not None:  # observing again replaces the previous observation
-            self.observations.remove(old.token)
-            self._endpoint_of(session).stop_observing(session.addr, old.token)
-        token = self._endpoint_of(session).new_token()
-        self.observations.add(token, reg.registration_id, reg.device_id, request, now=self._clock())
+        self, reg: Registration, request: DeviceRequest, owner: Owner, *, timeout_s: float
+    ) -> DeviceResponse | None:
+        """Observe ``request.path`` for ``owner``. One CoAP observation per path: if the path
+        is observed already, ``owner`` joins it; an operator then gets the current value
+        (a Read), the automatic feed nothing (None)."""
+        session = self._session(reg)
+        existing = self.observations.for_path(reg.registration_id, request.path)
+        if existing is not None and existing.session_id == session.session_id:
+            existing.owners.add(owner)
+            if owner is Owner.AUTO:
+                return None
+            read = dataclasses.replace(request, operation=Operation.READ, observe=None)
+            return device_response(await self._send(session, read, timeout_s))
+        if existing is not None:  # observed over a session the registration left
+            self._cancel_at_device([existing])
+            self.observations.remove(existing.token)
+        endpoint = self._endpoint_of(session)
+        token = endpoint.new_token()
+        self.observations.add(
+            token,
+            reg.registration_id,
+            reg.device_id,
+            session.session_id,
+            request,
+            owner,
+            now=self._clock(),
+        )
 
         def notified(msg: Any) -> None:
             self._spawn(self._notification(token, msg))
@@ -263,12 +449,13 @@ class Lwm2mServer:
             answer = await self._send(session, request, timeout_s, token=token, observer=notified)
         except BaseException:
             self.observations.remove(token)
+            endpoint.stop_observing(session.addr, token)
             raise
         response = device_response(answer)
         seq = answer.opt.observe
         if response.code != "2.05" or seq is None:
             self.observations.remove(token)
-            self._endpoint_of(session).stop_observing(session.addr, token)
+            endpoint.stop_observing(session.addr, token)
         else:
             self.observations.notification(token, seq, now=self._clock())
         return response
@@ -283,9 +470,7 @@ class Lwm2mServer:
         ended = seq is None or not response.code.startswith("2.")
         if reg is None or reg.expired(self._clock()) or ended:
             self.observations.remove(token)
-            session = self._sessions.get(obs.device_id)
-            if session is not None:
-                self._endpoint_of(session).stop_observing(session.addr, token)
+            self._cancel_at_device([obs])
             if reg is None or reg.expired(self._clock()) or not response.code.startswith("2."):
                 return
         await self._notified_uplink(reg, obs.request, response)
@@ -300,18 +485,22 @@ class Lwm2mServer:
             log.info("lwm2m.notification_dropped", device=reg.device_id, error=exc.code)
 
     # -- server-initiated requests --------------------------------------------------------------
-    def _session(self, device_id: str) -> DeviceSession:
-        session = self._sessions.get(device_id)
-        live = (
-            self.nosec.sessions
-            if session is not None
-            and session.session_id in self._nosec_sessions
-            and self.nosec is not None
-            else self.listener.sessions
+    def _session(self, reg: Registration) -> DeviceSession:
+        """The live session the registration is bound to (never another of the device's)."""
+        session = self._live.get(reg.session_id)
+        if session is not None:
+            live = (
+                self.nosec.sessions
+                if session.session_id in self._nosec_sessions and self.nosec is not None
+                else self.listener.sessions
+            )
+            if live.get(session.addr) is session:
+                return session
+        raise Unavailable(
+            "the device is not reachable: the DTLS session of its registration ended "
+            "(it is again after its next Update or Register)",
+            reason="no session",
         )
-        if session is None or live.get(session.addr) is not session:
-            raise NotFound("the device has no DTLS session on its node", reason="no session")
-        return session
 
     async def _send(
         self,
@@ -334,7 +523,9 @@ class Lwm2mServer:
         except TimeoutError:
             raise ops.timeout_error() from None
         except ConnectionError:
-            raise NotFound("the device's DTLS session ended", reason="session closed") from None
+            raise Unavailable(
+                "the device's DTLS session ended during the request", reason="session closed"
+            ) from None
 
     async def call(
         self, reg: Registration, request: DeviceRequest, *, timeout_s: float
@@ -342,17 +533,27 @@ class Lwm2mServer:
         """Send an operator's request to a device whose session is on this node."""
         if request.operation is Operation.OBSERVE:
             self._regs.setdefault(reg.registration_id, reg)
-            return await self._observe(reg, request, timeout_s=timeout_s)
-        session = self._session(reg.device_id)
-        token = None
+            response = await self._observe(reg, request, Owner.OPERATOR, timeout_s=timeout_s)
+            assert response is not None
+            return response
+        session = self._session(reg)
         if request.operation is Operation.CANCEL_OBSERVE:
-            obs = self.observations.for_path(reg.device_id, request.path)
-            if obs is None:
-                raise NotFound(f"{request.path} is not observed", reason="not observed")
-            self.observations.remove(obs.token)
-            self._endpoint_of(session).stop_observing(session.addr, obs.token)
-            token = obs.token
-        return device_response(await self._send(session, request, timeout_s, token=token))
+            return await self._cancel(reg, session, request, timeout_s)
+        return device_response(await self._send(session, request, timeout_s))
+
+    async def _cancel(
+        self, reg: Registration, session: DeviceSession, request: DeviceRequest, timeout_s: float
+    ) -> DeviceResponse:
+        """An operator's Cancel-Observe: the automatic feed of the same path stays (the
+        answer is then a Read of the path); cancelled at the device when nobody is left."""
+        obs = self.observations.for_path(reg.registration_id, request.path)
+        if obs is None or Owner.OPERATOR not in obs.owners:
+            raise NotFound(f"{request.path} is not observed by an operator", reason="not observed")
+        if self.observations.release(obs.token, Owner.OPERATOR) is None:
+            read = dataclasses.replace(request, operation=Operation.READ, observe=None)
+            return device_response(await self._send(session, read, timeout_s))
+        self._endpoint_of(session).stop_observing(session.addr, obs.token)
+        return device_response(await self._send(session, request, timeout_s, token=obs.token))
 
     async def handle_routed(self, routed: RoutedRequest) -> DeviceResponse:
         """``Lwm2mRequestServer``'s handler: a request routed here through Redis."""
@@ -365,10 +566,15 @@ class Lwm2mServer:
     async def stop(self) -> None:
         if self.nosec is not None:
             self.nosec.close()
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
         for task in list(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = [t for t in (*self._tasks, self._expiry_task) if t is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._writes:  # the sessions just closed: their registrations say unreachable
+            await asyncio.wait(list(self._writes), timeout=2.0)
 
 
 __all__ = ["Lwm2mServer", "registration_config"]
