@@ -292,7 +292,9 @@ async def test_cluster_psk_reseal_under_a_new_kek(
     out = await s.registry.provision(tenant, "SN-K", CredentialKind.PSK, actor=A)
     assert out.psk is not None
     ring = KeyRing.parse(generate_kek_line("k2") + "\n" + KEK_LINE)
-    rotated = Registry(node.redis, node.keys, keyring=ring, api_key_overlap=1, api_key_overlap_max=1)
+    rotated = Registry(
+        node.redis, node.keys, keyring=ring, api_key_overlap=1, api_key_overlap_max=1
+    )
     assert await rotated.reseal_psks(actor=A) >= 1
     raw = await node.redis.get(node.keys.lookup(CredentialKind.PSK, out.psk.psk_identity))
     assert '"kid":"k2"' in raw
