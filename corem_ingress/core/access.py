@@ -55,9 +55,6 @@ class AccessPolicy:
             return False
         return self.throttle.failure(source, now)
 
-    def auth_succeeded(self, source: str) -> None:
-        self.throttle.success(source)
-
     # -- sessions ------------------------------------------------------------------------------
     def open_session(self, tenant_id: str) -> Refusal | None:
         """Take one of the tenant's connection slots (give it back with ``close_session``)."""

@@ -60,7 +60,6 @@ class AuthGuard:
         except (Unauthenticated, Unavailable) as exc:
             self._gate.auth_failed(peer, exc.cause)
             raise
-        self._gate.auth_succeeded(peer)
         return result
 
     def uplink_allowed(self, device_id: str) -> None:
