@@ -6,7 +6,6 @@ names the field, never the value.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -14,14 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from corem_ingress.adapters.http.errors import PayloadTooLarge
+from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
-from corem_ingress.core.uplink import JsonValue
+from corem_ingress.core.json_text import JsonValue
 from corem_ingress.store.registry.records import MAX_PAGE
 
 _CURSOR_RE = re.compile(r"[0-9]{1,12}")
 _LIMIT_RE = re.compile(r"[0-9]{1,4}")
-#: Deeper JSON is refused: consumers of the stream must be able to decode what we store.
-MAX_JSON_DEPTH = 64
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -37,49 +35,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999 parses as inf, which has no JSON form
-        raise ValueError("number out of range")
-    return value
-
-
 def parse_json(body: bytes) -> JsonValue:
-    """Strict JSON (UTF-8; no NaN or Infinity); any failure is a 400."""
+    """Strict JSON (``core/json_text.py``: UTF-8; no NaN, Infinity, overflowing numbers or lone
+    surrogates; bounded nesting); any failure is a 400."""
     try:
-        text = body.decode("utf-8")
-        value: JsonValue = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        # ValueError covers JSONDecodeError and over-long integers.
-        raise InvalidArgument("request body is not valid JSON") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise InvalidArgument(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
-    return value
-
-
-def _depth(value: JsonValue) -> int:
-    """Nesting depth of arrays and objects (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[JsonValue, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: list[JsonValue] = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level + 1)
-        if deepest > MAX_JSON_DEPTH:
-            break
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+        return json_text.loads(body)
+    except json_text.JsonTextError as exc:
+        raise InvalidArgument(f"request body {exc.reason}") from None
 
 
 def parse_json_object(
