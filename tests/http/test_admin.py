@@ -120,7 +120,7 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
     dev = await api.provision("acme", "hw-psk", "psk")
     assert len(bytes.fromhex(dev["psk"])) >= 32 and dev["psk_identity"]
     device_id = dev["device_id"]
-    given = "ab" * 32
+    given = "2ccb2ebd0ee4261b68e62446b43c459fbb0b282ffa69e4f1b3f9b60dd30289fa"
     rotated = await api.request(
         "POST",
         f"{D}/{device_id}/psk/rotate",
@@ -131,7 +131,14 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
     assert rotated.body["psk_identity"] == "acme-hw-psk-2" and rotated.body["psk"] == given
     generated = await api.request("POST", f"{D}/{device_id}/psk/rotate", tenant="acme")
     assert generated.status == 200 and generated.body["psk"] != given
-    for bad in ({"psk_hex": "zz"}, {"psk_hex": "ab" * 8}, {"psk_identity": 5}, {"x": 1}):
+    for bad in (
+        {"psk_hex": "zz"},
+        {"psk_hex": "ab" * 8},
+        {"psk_identity": 5},
+        {"x": 1},
+        {"psk_hex": "00" * 32},  # issue 12 §4: trivially low entropy
+        {"psk_hex": "deadbeef" * 8},
+    ):
         assert (
             await api.request("POST", f"{D}/{device_id}/psk/rotate", tenant="acme", json=bad)
         ).status == 400
