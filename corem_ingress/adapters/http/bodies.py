@@ -11,8 +11,10 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from corem_ingress.adapters.http.errors import PayloadTooLarge
+from corem_ingress.adapters.http import openapi
+from corem_ingress.adapters.http.errors import Handler, PayloadTooLarge
 from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.json_text import JsonValue
@@ -64,12 +66,12 @@ def parse_json_object(
 def text_field(
     doc: dict[str, Any], name: str, *, required: bool = False, max_len: int = 1024
 ) -> str | None:
-    value = doc.get(name)
-    if value is None:
+    if name not in doc:
         if required:
             raise InvalidArgument(f"field '{name}' is required")
         return None
-    if not isinstance(value, str):
+    value = doc[name]
+    if not isinstance(value, str):  # null included: leave the field out instead
         raise InvalidArgument(f"field '{name}' must be a string")
     if len(value) > max_len:
         raise InvalidArgument(f"field '{name}' is longer than {max_len} characters")
@@ -87,10 +89,10 @@ def check_text(value: str, what: str) -> str:
 
 
 def number_field(doc: dict[str, Any], name: str) -> float | None:
-    value = doc.get(name)
-    if value is None:
+    if name not in doc:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    value = doc[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):  # null too
         raise InvalidArgument(f"field '{name}' must be a number")
     number = float(value) if isinstance(value, float) else _int_as_float(value, name)
     if not math.isfinite(number):
@@ -105,6 +107,29 @@ def _int_as_float(value: int, name: str) -> float:
         raise InvalidArgument(f"field '{name}' is out of range") from None
 
 
+def query_middleware() -> Middleware:
+    """Query strings as strict as the OpenAPI document: a parameter it does not list for the
+    route, or one given twice, is a 400 (not silently ignored)."""
+    allowed_by_route = openapi.query_parameters()
+
+    @web.middleware
+    async def strict_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+        query = request.query
+        if query:
+            resource = request.match_info.route.resource
+            template = resource.canonical if resource is not None else ""
+            allowed = allowed_by_route.get((request.method, template), frozenset())
+            unknown = sorted(set(query) - allowed)
+            if unknown:
+                shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+                raise InvalidArgument(f"unknown query parameter(s): {shown}")
+            if len(query) != len(set(query)):
+                raise InvalidArgument("a query parameter is given more than once")
+        return await handler(request)
+
+    return strict_query
+
+
 def page_params(request: web.Request, *, default_limit: int = 100) -> tuple[int, str | None]:
     """``limit`` (1..500) and ``cursor`` (opaque; digits) from the query string."""
     raw_limit = request.query.get("limit")
@@ -114,6 +139,6 @@ def page_params(request: web.Request, *, default_limit: int = 100) -> tuple[int,
             raise InvalidArgument(f"limit must be an integer between 1 and {MAX_PAGE}")
         limit = int(raw_limit)
     cursor = request.query.get("cursor")
-    if cursor is not None and cursor != "" and not _CURSOR_RE.fullmatch(cursor):
+    if cursor is not None and not _CURSOR_RE.fullmatch(cursor):  # empty too: leave it out
         raise InvalidArgument("cursor is not valid")
-    return limit, (cursor or None)
+    return limit, cursor

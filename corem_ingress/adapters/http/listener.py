@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from corem_ingress.adapters.http import client, errors, openapi, tls
+from corem_ingress.adapters.http import bodies, client, errors, openapi, tls
 from corem_ingress.adapters.http.admin import AdminApi
 from corem_ingress.adapters.http.operators import OperatorTokens
 from corem_ingress.adapters.http.site import ClientAddresses, EdgeSite
@@ -82,6 +82,7 @@ def _app(
                 services.access.trusted_proxies,
                 forwarded_for=cfg.trust_forwarded_for,
             ),
+            bodies.query_middleware(),
         ],
     )
 
