@@ -20,8 +20,9 @@ JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "Jso
 MAX_DEPTH = 64
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: Text that may hold a float overflowing a double (a 3-digit exponent, or 300+ digits).
-_MAY_OVERFLOW = re.compile(r"[eE][+-]?[0-9]{3}|[0-9]{300}")
+#: Text that may hold what the walk looks for: a \u escape (a surrogate?), or a float that
+#: may overflow a double (a 3-digit exponent, or 300+ digits). One scan of the text.
+_SUSPECT = re.compile(r"\\u|[eE][+-]?[0-9]{3}|[0-9]{300}")
 
 
 class JsonTextError(ValueError):
@@ -36,6 +37,10 @@ def _reject_constant(_name: str) -> JsonValue:
     raise JsonTextError("is not valid JSON (NaN and Infinity are not JSON)")
 
 
+#: One decoder (``json.loads`` with options builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads(data: str | bytes) -> JsonValue:
     """Parse strict JSON (bytes must be UTF-8); JsonTextError otherwise."""
     if isinstance(data, bytes):
@@ -43,10 +48,17 @@ def loads(data: str | bytes) -> JsonValue:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise JsonTextError("is not valid UTF-8") from None
-    else:
-        text = data
+        return loads_decoded(text)
+    # A str from elsewhere may hold raw surrogates (UTF-8 decoding never yields one).
+    if _SURROGATE.search(data) is not None:
+        raise JsonTextError("contains a lone surrogate (\\ud800-\\udfff): not Unicode text")
+    return loads_decoded(data)
+
+
+def loads_decoded(text: str) -> JsonValue:
+    """``loads`` of text decoded from UTF-8 (so holding no raw surrogate)."""
     try:
-        value: JsonValue = json.loads(text, parse_constant=_reject_constant)
+        value: JsonValue = _DECODER.decode(text)
     except JsonTextError:
         raise
     except RecursionError:
@@ -54,12 +66,7 @@ def loads(data: str | bytes) -> JsonValue:
     except ValueError:  # JSONDecodeError, and integers longer than Python converts
         raise JsonTextError("is not valid JSON") from None
     # The walk below only when the text could hold what it looks for: most payloads skip it.
-    if (
-        "\\u" in text
-        or _SURROGATE.search(text) is not None
-        or _MAY_OVERFLOW.search(text) is not None
-        or text.count("[") + text.count("{") > MAX_DEPTH
-    ):
+    if _SUSPECT.search(text) is not None or text.count("[") + text.count("{") > MAX_DEPTH:
         check(value)
     return value
 

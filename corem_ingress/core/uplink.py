@@ -121,7 +121,7 @@ def payload_from_bytes(data: bytes) -> tuple[JsonValue, str]:
     except UnicodeDecodeError:
         return base64.b64encode(data).decode(), "base64"
     try:
-        value = json_text.loads(text)
+        value = json_text.loads_decoded(text)
     except json_text.JsonTextError:
         return text, "text"
     return value, "json"
