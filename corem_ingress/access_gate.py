@@ -39,9 +39,6 @@ class AccessGate:
                 block_s=self.policy.throttle.block_s,
             )
 
-    def auth_succeeded(self, source: str) -> None:
-        self.policy.auth_succeeded(source)
-
     def open_session(self, tenant_id: str) -> Refusal | None:
         refusal = self.policy.open_session(tenant_id)
         if refusal is not None:

@@ -29,6 +29,7 @@ from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
 from corem_ingress.core.resolver_cache import ResolverCache
 from corem_ingress.core.throttle import AuthThrottle
+from corem_ingress.core.trusted_proxies import TrustedProxies
 from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.services import Services, Stores
@@ -160,6 +161,7 @@ class Node:
                 tenant_connections=TenantConnections(
                     max_per_tenant=cfg.limits.per_tenant_max_connections
                 ),
+                trusted_proxies=TrustedProxies(cfg.proxy.trusted_cidrs),
             ),
         )
         if cfg.lwm2m.enabled:

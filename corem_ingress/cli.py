@@ -268,27 +268,26 @@ def _certs_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 
 
 def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
-    from corem_ingress.core.downlink import Downlink
+    from corem_ingress.core import json_text
 
     try:
-        payload: Any = json.loads(args.payload) if args.json else args.payload
-    except ValueError:
-        raise CliError("--payload is not valid JSON (drop --json to send it as text)") from None
+        payload: Any = json_text.loads(args.payload) if args.json else args.payload
+    except json_text.JsonTextError as exc:
+        raise CliError(f"--payload {exc.reason} (drop --json to send it as text)") from None
 
     async def op(reg: Any) -> object:
-        from corem_ingress.store.downlinks import DownlinkPublisher
+        from corem_ingress.store.downlinks import send_downlink
 
-        device = await reg.get_device(args.tenant, args.device)
-        downlink = Downlink.new(
-            device.tenant_id, device.device_id, args.kind, payload, qos=args.qos, now=time.time()
+        return await send_downlink(
+            reg,
+            args.tenant,
+            args.device,
+            args.kind,
+            payload,
+            qos=args.qos,
+            actor=_actor(),
+            now=time.time(),
         )
-        entry = await DownlinkPublisher(reg.redis, reg.keys).publish(downlink)
-        await reg.audit(_actor(), args.tenant, "downlink.send", f"device={args.device}")
-        return {
-            "message_id": downlink.message_id,
-            "stream_id": entry,
-            "device_id": device.device_id,
-        }
 
     return op
 

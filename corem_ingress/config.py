@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from corem_ingress.core import psk
+from corem_ingress.core.proxy_protocol import ProxyMode
+from corem_ingress.core.trusted_proxies import TrustedProxies
 from corem_ingress.store import connection
 
 
@@ -40,6 +42,9 @@ class RedisConfig:
     embedded_binary: str = "redis-server"
     #: Connect and command timeout; past it a lookup fails closed (UNAVAILABLE).
     socket_timeout_s: float = 2.0
+    #: File holding the URL instead (one line; when the URL carries a password, keep it in a
+    #: secret file rather than in this YAML or the environment). Replaces ``url`` when set.
+    url_file: str = ""
 
 
 @dataclass
@@ -99,6 +104,17 @@ class HttpConfig:
     admin_tokens_file: str = ""
     #: Seconds a device is told to wait (``Retry-After``) after a 503.
     retry_after_s: int = 1
+    #: Serve HTTPS with this certificate chain (PEM) and tls_key: both listeners, TLS >= 1.2,
+    #: explicit ciphers, HSTS on the admin API. Empty: plain HTTP (dev, or behind a TLS proxy).
+    tls_cert: str = ""
+    #: The private key (PEM) of tls_cert.
+    tls_key: str = ""
+    #: PROXY protocol (v1/v2) from ``proxy.trusted_cidrs``: off, optional or required (a trusted
+    #: proxy's connection without a header is refused). A header from anyone else: refused.
+    proxy_protocol: str = "off"
+    #: Take the client address from ``X-Forwarded-For`` when the peer is a trusted proxy
+    #: (an HTTP reverse proxy that terminates TLS); never from anyone else.
+    trust_forwarded_for: bool = False
 
     def validate(self) -> None:
         """Errors name the key (``http.<key>``); called when the listener is built."""
@@ -117,6 +133,12 @@ class HttpConfig:
             "must be 1024..16777216 bytes",
         )
         _check(0 <= self.retry_after_s <= 3600, "http.retry_after_s", "must be 0..3600")
+        _check(
+            bool(self.tls_cert) == bool(self.tls_key),
+            "http.tls_cert",
+            "http.tls_cert and http.tls_key must be set together",
+        )
+        _check_proxy_mode(self.proxy_protocol, "http.proxy_protocol")
 
 
 @dataclass
@@ -152,6 +174,9 @@ class MqttConfig:
     #: a will on its own devices/{id}/up/{kind} topic; not after a revocation). Wills and
     #: retained messages are never routed to other devices: this broker is ingress only.
     wills_as_uplinks: bool = False
+    #: PROXY protocol (v1/v2) from ``proxy.trusted_cidrs``: off, optional or required (a trusted
+    #: proxy's connection without a header is refused). A header from anyone else: refused.
+    proxy_protocol: str = "off"
 
     def validate(self) -> None:
         """Errors name the key (``mqtt.<key>``); called when the listener is built."""
@@ -178,6 +203,7 @@ class MqttConfig:
         _check(1 <= self.max_keepalive_s <= 65535, "mqtt.max_keepalive_s", "must be 1..65535")
         _check(1 <= self.max_inflight <= 65535, "mqtt.max_inflight", "must be 1..65535")
         _check(self.backlog >= 1, "mqtt.backlog", "must be >= 1")
+        _check_proxy_mode(self.proxy_protocol, "mqtt.proxy_protocol")
 
 
 @dataclass
@@ -359,6 +385,22 @@ class LimitsConfig:
         _check(self.rate_limit_max_devices >= 1, "limits.rate_limit_max_devices", "must be >= 1")
 
 
+@dataclass
+class ProxyConfig:
+    """Load balancers in front of the listeners (docs/operations.md, "Behind a load balancer")."""
+
+    #: Addresses (CIDRs) of our load balancers: the only peers whose PROXY header (and, with
+    #: http.trust_forwarded_for, X-Forwarded-For) is believed. Their own address is never
+    #: throttled (every client behind it would share the block).
+    trusted_cidrs: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        try:
+            TrustedProxies(self.trusted_cidrs)
+        except ValueError as exc:
+            raise ConfigError(f"config: proxy.trusted_cidrs: {exc}") from None
+
+
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
 
 
@@ -387,6 +429,7 @@ class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     lwm2m: Lwm2mConfig = field(default_factory=Lwm2mConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
@@ -437,6 +480,20 @@ class Config:
             section_check = getattr(getattr(self, f.name), "validate", None)
             if callable(section_check):
                 section_check()
+        for key, mode in (
+            ("mqtt.proxy_protocol", self.mqtt.proxy_protocol),
+            ("http.proxy_protocol", self.http.proxy_protocol),
+        ):
+            _check(
+                mode == ProxyMode.OFF or bool(self.proxy.trusted_cidrs),
+                key,
+                "needs proxy.trusted_cidrs (the load balancers allowed to send the header)",
+            )
+        _check(
+            not self.http.trust_forwarded_for or bool(self.proxy.trusted_cidrs),
+            "http.trust_forwarded_for",
+            "needs proxy.trusted_cidrs (the proxies allowed to send the header)",
+        )
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -459,6 +516,10 @@ class Config:
             return psk.KeyRing.parse(text)
         except Exception as exc:  # messages never contain key material
             raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check_proxy_mode(mode: str, key: str) -> None:
+    _check(mode in tuple(ProxyMode), key, "must be off, optional or required")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -571,5 +632,19 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> C
             for part in path_[:-1]:
                 holder = getattr(holder, part)
             setattr(holder, path_[-1], _coerce(env[name], leaves[path_], ".".join(path_), name))
+    if cfg.redis.url_file:
+        cfg.redis.url = _read_secret_line(cfg.redis.url_file, "redis.url_file")
     cfg.validate()
     return cfg
+
+
+def _read_secret_line(path: str, key: str) -> str:
+    """The first non-empty line of a secret file (its content never appears in an error)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config: {key}: cannot read {path}: {exc.strerror}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"config: {key}: {path} is empty")
+    return lines[0]

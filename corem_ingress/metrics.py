@@ -96,6 +96,13 @@ LIMIT_REFUSALS = Counter(
     ["transport", "limit"],
     registry=REGISTRY,
 )
+PROXY_REFUSALS = Counter(
+    "corem_proxy_refusals",
+    "TCP connections closed over their PROXY protocol header (untrusted source, malformed, "
+    "or missing where required).",
+    ["transport"],
+    registry=REGISTRY,
+)
 UPLINKS = Counter(
     "corem_uplinks",
     "Uplink appends to the tenant stream, by outcome (ok: acknowledged; failed: not).",
@@ -205,6 +212,10 @@ def handshake(transport: str, *, ok: bool) -> None:
 def auth_failure(transport: str, cause: Cause) -> None:
     """A refused (or uncheckable) credential: ``cause`` is one of the AUTH group."""
     AUTH_FAILURES.labels(_transport(transport), _one_of(cause.label, AUTH_REASONS)).inc()
+
+
+def proxy_refused(transport: str) -> None:
+    PROXY_REFUSALS.labels(_transport(transport)).inc()
 
 
 def limit_refused(transport: str, cause: Cause) -> None:

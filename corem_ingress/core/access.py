@@ -5,6 +5,11 @@ the per-tenant connection slots and the per-device message rate — are asked he
 same way by HTTP, MQTT and CoAP/DTLS; each adapter maps a ``Refusal`` to its protocol
 (``Refusal.cause.reply``: 429 / CONNACK / 4.29 / a dropped ClientHello). Pure: no I/O,
 the clock is an argument. ``corem_ingress/access_gate.py`` adds the metrics and logs.
+
+The throttle is keyed by the client's address: behind a load balancer, the one its PROXY
+header (or, for HTTP, ``X-Forwarded-For``) names. A trusted proxy's own address is never
+throttled: when it stands for a connection (UDP through nginx, a PROXY ``LOCAL`` health
+check), every client behind it would share the block (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections
 from corem_ingress.core.throttle import AuthThrottle
+from corem_ingress.core.trusted_proxies import TrustedProxies
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,7 @@ class AccessPolicy:
         throttle: AuthThrottle | None = None,
         device_rate: DeviceRateLimiter | None = None,
         tenant_connections: TenantConnections | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         # ``is None``, not ``or``: each limiter has a __len__, so an empty one is falsy.
         self.throttle = AuthThrottle() if throttle is None else throttle
@@ -37,10 +44,13 @@ class AccessPolicy:
         self.tenant_connections = (
             TenantConnections() if tenant_connections is None else tenant_connections
         )
+        self.trusted_proxies = TrustedProxies() if trusted_proxies is None else trusted_proxies
 
     # -- source addresses ----------------------------------------------------------------------
     def check_source(self, source: str, now: float) -> Refusal | None:
         """Before any credential work: a blocked source is refused until its block ends."""
+        if source in self.trusted_proxies:
+            return None
         until = self.throttle.blocked_until(source, now)
         if until is None:
             return None
@@ -51,12 +61,9 @@ class AccessPolicy:
 
         Only causes that are the peer's doing count (not UNAVAILABLE, not a limit).
         """
-        if not cause.counts_against_source:
+        if not cause.counts_against_source or source in self.trusted_proxies:
             return False
         return self.throttle.failure(source, now)
-
-    def auth_succeeded(self, source: str) -> None:
-        self.throttle.success(source)
 
     # -- sessions ------------------------------------------------------------------------------
     def open_session(self, tenant_id: str) -> Refusal | None:

@@ -141,6 +141,9 @@ class Cause(StrEnum):
     COULD_NOT_REVALIDATE = "could_not_re_validate"
     #: The peer broke the protocol (malformed packet, unexpected message).
     PROTOCOL_ERROR = "protocol_error"
+    #: A PROXY protocol header refused: from an untrusted address, malformed, or missing
+    #: where the listener requires one (the connection is closed before TLS/HTTP).
+    PROXY_REFUSED = "proxy_refused"
     #: The device published or subscribed outside its own topics.
     ACL_VIOLATION = "acl_violation"
     #: An uplink could not be stored: the device is not acknowledged and must retry.
@@ -231,6 +234,9 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.COULD_NOT_REVALIDATE: _end(0x88),
     Cause.PROTOCOL_ERROR: Reply(
         CauseGroup.END, False, _CONNACK_PROTOCOL, 0x82, "4.00", ALERT_DECODE_ERROR, 400
+    ),
+    Cause.PROXY_REFUSED: Reply(
+        CauseGroup.END, False, _CONNACK_PROTOCOL, 0x82, "4.00", ALERT_HANDSHAKE_FAILURE, 400
     ),
     Cause.ACL_VIOLATION: _end(0x87),
     Cause.STORAGE_UNAVAILABLE: _end(0x88),

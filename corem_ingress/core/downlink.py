@@ -6,8 +6,9 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
-from corem_ingress.core.uplink import JsonValue
+from corem_ingress.core.json_text import JsonValue
 
 _KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -33,8 +34,12 @@ class Downlink:
     def new(
         cls, tenant_id: str, device_id: str, kind: str, payload: JsonValue, *, qos: int, now: float
     ) -> Downlink:
-        if qos not in (0, 1):
+        if isinstance(qos, bool) or qos not in (0, 1):
             raise InvalidArgument("qos must be 0 or 1")
+        try:
+            json_text.check(payload)  # the downlink stream stays valid UTF-8 JSON
+        except json_text.JsonTextError as exc:
+            raise InvalidArgument(f"payload {exc.reason}") from None
         return cls(
             tenant_id, device_id, check_downlink_kind(kind), payload, qos, uuid.uuid4().hex, now
         )

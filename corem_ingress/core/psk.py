@@ -48,13 +48,33 @@ def check_psk(psk: bytes, *, min_bytes: int = MIN_PSK_BYTES) -> bytes:
     return psk
 
 
+def check_entropy(psk: bytes) -> bytes:
+    """Refuse an operator-assigned PSK that is trivially guessable.
+
+    A random key of 16+ bytes never looks like these, so nothing real is refused: one byte
+    repeated, a short block repeated (period up to half the length: ``deadbeef`` x 8), a
+    constant step (00 01 02 ...), or fewer than a quarter of its bytes distinct. The message
+    never shows the key.
+    """
+    n = len(psk)
+    repeated = any(psk == (psk[:period] * (n // period + 1))[:n] for period in range(1, n // 2 + 1))
+    steps = {(psk[i + 1] - psk[i]) % 256 for i in range(n - 1)}
+    if repeated or len(steps) <= 1 or len(set(psk)) < max(4, n // 4):
+        raise InvalidArgument(
+            "PSK has trivially low entropy (repeated or sequential bytes): assign a random key, "
+            "or leave it out to have one generated"
+        )
+    return psk
+
+
 def parse_psk_hex(text: str) -> bytes:
-    """Hex text -> bytes within the absolute bounds; the registry applies the configured minimum."""
+    """An operator-assigned PSK: hex text -> bytes within the absolute bounds, not trivially
+    guessable (``check_entropy``); the registry applies the configured minimum length."""
     try:
         psk = bytes.fromhex(text)
     except ValueError:
         raise InvalidArgument("PSK must be given as hexadecimal") from None
-    return check_psk(psk, min_bytes=LOWEST_MIN_PSK_BYTES)
+    return check_entropy(check_psk(psk, min_bytes=LOWEST_MIN_PSK_BYTES))
 
 
 def generate_psk(length: int = GENERATED_PSK_BYTES) -> bytes:

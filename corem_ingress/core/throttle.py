@@ -10,7 +10,10 @@ Adapters call, per connection attempt::
         ...
     ...authenticate...
     services.throttle.failure(ip, now)       # on UNAUTHENTICATED (not on UNAVAILABLE)
-    services.throttle.success(ip)            # on success: forget the address's failures
+
+A success forgets nothing: failures leave the count only by ageing out of the window.
+Otherwise an attacker holding one valid credential of its own would interleave it with its
+guesses (9 wrong + 1 right, repeated) and never be blocked.
 
 ``max_failures = 0`` disables throttling (``blocked`` is always False).
 """
@@ -123,12 +126,6 @@ class AuthThrottle:
         if until > state.blocked_until:
             state.blocked_until = until
             state.failures.clear()
-
-    def success(self, source: str) -> None:
-        """A successful authentication forgets the address's failures (not an active block)."""
-        state = self._sources.get(source)
-        if state is not None and state.blocked_until <= 0:
-            del self._sources[source]
 
     def _evict(self) -> None:
         while len(self._sources) > self.max_sources:

@@ -8,10 +8,12 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.identity import DeviceIdentity
+from corem_ingress.core.json_text import JsonValue
 
-JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+__all__ = ["JsonValue", "Transport", "Uplink", "UplinkKind", "payload_from_bytes"]
 
 
 class UplinkKind(StrEnum):
@@ -108,13 +110,18 @@ class Uplink:
 
 
 def payload_from_bytes(data: bytes) -> tuple[JsonValue, str]:
-    """Binary transports (MQTT, CoAP): JSON if it parses, else UTF-8 text, else base64."""
+    """Binary transports (MQTT, CoAP): strict JSON if it parses, else UTF-8 text, else base64.
+
+    Nothing is refused and nothing is lost: a payload that is JSON only to Python (a lone
+    surrogate escape, NaN, 1e999, nesting past the limit) is kept as its text, which every
+    consumer of the stream can decode (``core/json_text.py``).
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(data).decode(), "base64"
     try:
-        value: JsonValue = json.loads(text)
-    except ValueError:
+        value = json_text.loads_decoded(text)
+    except json_text.JsonTextError:
         return text, "text"
     return value, "json"

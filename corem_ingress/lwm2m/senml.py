@@ -10,6 +10,7 @@ from typing import Any
 
 import cbor2
 
+from corem_ingress.core import json_text
 from corem_ingress.core.errors import IngressError
 from corem_ingress.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
 from corem_ingress.lwm2m.records import (
@@ -120,15 +121,13 @@ def decode_senml(
     return out
 
 
-def _reject_constant(name: str) -> object:
-    raise malformed("non-finite numbers are not allowed")
-
-
 def load_json(payload: bytes) -> object:
+    """Strict JSON (``core/json_text.py``): a lone surrogate in a "vs" would otherwise reach
+    the uplink stream and break its JSON consumers."""
     try:
-        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise malformed("not valid JSON") from None
+        return json_text.loads(payload)
+    except json_text.JsonTextError as exc:
+        raise malformed(f"payload {exc.reason}") from None
 
 
 def load_cbor(payload: bytes) -> object:

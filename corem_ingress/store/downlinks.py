@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.errors import Unavailable
+from corem_ingress.core.errors import IngressError, Unavailable
+from corem_ingress.core.json_text import JsonValue
 from corem_ingress.store.keys import KeySchema
+
+if TYPE_CHECKING:
+    from corem_ingress.store.registry import Registry
 
 log = structlog.get_logger("corem.downlink")
 
@@ -42,6 +47,32 @@ class DownlinkPublisher:
         except redis.exceptions.RedisError as exc:
             raise Unavailable("downlink storage is unavailable", reason=str(exc)) from None
         return str(entry_id)
+
+
+async def send_downlink(
+    registry: Registry,
+    tenant_id: str,
+    device_id: str,
+    kind: str,
+    payload: JsonValue,
+    *,
+    qos: int,
+    actor: str,
+    now: float,
+) -> dict[str, str]:
+    """One downlink from an operator (``corem-ingress downlink`` and the admin API alike):
+    the device must be the tenant's (another tenant's is NotFound), then record, fan out and
+    audit (``downlink.send``, with the error code when it fails)."""
+    target = f"device={device_id}"
+    try:
+        device = await registry.get_device(tenant_id, device_id)
+        downlink = Downlink.new(device.tenant_id, device.device_id, kind, payload, qos=qos, now=now)
+        entry = await DownlinkPublisher(registry.redis, registry.keys).publish(downlink)
+    except IngressError as exc:
+        await registry.audit(actor, tenant_id, "downlink.send", target, exc.code)
+        raise
+    await registry.audit(actor, tenant_id, "downlink.send", target)
+    return {"message_id": downlink.message_id, "stream_id": entry, "device_id": device.device_id}
 
 
 class DownlinkRouter:

@@ -197,15 +197,22 @@ def test_compose_services() -> None:
         assert b["read_only"] is True and not str(b["user"]).startswith("0")
         env = b["environment"]
         assert set(env) <= valid_env()
-        assert env["COREM_REDIS_URL"].startswith("redis://redis:")
+        # The Redis URL carries a password: a secret file (redis.url_file), never the env.
+        assert "COREM_REDIS_URL" not in env
         node_ids.add(env["COREM_NODE_ID"])
         assert b["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert {"corem-psk-kek", "corem-admin-tokens"} <= set(b["secrets"])
+        assert {"corem-psk-kek", "corem-admin-tokens", "corem-redis-url"} <= set(b["secrets"])
     assert len(node_ids) == 2
     lb = services["lb"]
     assert _ports(lb["ports"]) == {"8883/tcp", "8080/tcp", "5684/udp"}
     assert {"broker-a", "broker-b"} <= set(lb["depends_on"])
-    assert "redis-cli" in " ".join(services["redis"]["healthcheck"]["test"])
+    redis = services["redis"]
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    # Redis requires a password: its ACL file (default user off) is a compose secret.
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    acl = command[command.index("--aclfile") + 1]
+    assert acl.removeprefix("/run/secrets/") in redis["secrets"]
 
 
 def test_compose_config_loads_and_matches_mounts(tmp_path: Path) -> None:
@@ -213,7 +220,14 @@ def test_compose_config_loads_and_matches_mounts(tmp_path: Path) -> None:
     mounts = {v.split(":")[1]: v.split(":")[0] for v in broker["volumes"]}
     env = broker["environment"]
     cfg_file = DEPLOY / mounts[env["COREM_CONFIG"]]
-    cfg = load_cfg(cfg_file.read_text(), tmp_path, env)
+    shipped = yaml.safe_load(cfg_file.read_text())
+    url_secret = shipped["redis"]["url_file"]
+    assert url_secret.removeprefix("/run/secrets/") in broker["secrets"]
+    # The secret file's content, as scripts/compose-secrets.sh writes it (here: a stand-in).
+    stand_in = tmp_path / "redis-url"
+    stand_in.write_text("redis://corem:pw@redis:6379/0\n")
+    cfg = load_cfg(cfg_file.read_text(), tmp_path, {**env, "COREM_REDIS_URL_FILE": str(stand_in)})
+    assert cfg.redis.url == "redis://corem:pw@redis:6379/0"
     assert cfg.node_id == "broker-a"
     assert (cfg.mqtt.port, cfg.http.port, cfg.coap.port, cfg.health.port) == tuple(PORTS.values())
     assert cfg.health.host == "0.0.0.0" and cfg.mqtt.host == "0.0.0.0"
@@ -221,8 +235,14 @@ def test_compose_config_loads_and_matches_mounts(tmp_path: Path) -> None:
     secrets = set(compose()["secrets"])
     assert cfg.credentials.psk_kek_file.removeprefix("/run/secrets/") in secrets
     assert cfg.http.admin_tokens_file.removeprefix("/run/secrets/") in secrets
-    for path in (cfg.mqtt.server_cert, cfg.mqtt.server_key, *cfg.coap.client_ca_files):
-        assert any(path.startswith(m + "/") for m in mounts), path
+    for path in (
+        cfg.mqtt.server_cert,
+        cfg.mqtt.server_key,
+        *cfg.coap.client_ca_files,
+        cfg.http.tls_cert,
+        cfg.http.tls_key,
+    ):
+        assert path and any(path.startswith(m + "/") for m in mounts), path
     assert cfg.state_dir.startswith("/tmp") and "/tmp" in broker["tmpfs"]
 
 
@@ -308,7 +328,16 @@ def test_env_and_secret_files_are_mounted(tmp_path: Path) -> None:
     assert env["COREM_HTTP_ADMIN_TOKENS_FILE"]["value"] in secret_files
     cfg = configmap_config(tmp_path)
     assert cfg.credentials.psk_kek_file in secret_files
-    assert mounts[env["COREM_CONFIG"]["value"]]["subPath"] == "config.yaml"
+    # The ConfigMap is mounted as a directory, without subPath: edits reach the pods' files
+    # (the broker reads them at start: docs/deploy.md says to roll the pods after an edit).
+    config_path = env["COREM_CONFIG"]["value"]
+    config_mount = next(m for p, m in mounts.items() if config_path.startswith(p + "/"))
+    assert "subPath" not in config_mount
+    assert "configMap" in volumes[config_mount["name"]]
+    assert (
+        config_path.rsplit("/", 1)[1]
+        in k8s_objects()[("ConfigMap", "corem-ingress-config")]["data"]
+    )
     tls_mount = next(p for p, m in mounts.items() if volumes[m["name"]].get("secret"))
     for path in (cfg.mqtt.server_cert, cfg.mqtt.server_key, *cfg.mqtt.client_ca_files):
         assert path.startswith(tls_mount + "/"), path
@@ -352,9 +381,17 @@ def test_services_ports_and_session_affinity() -> None:
         (8080, "TCP"),
     }
     assert {(p["port"], p["protocol"]) for p in udp["spec"]["ports"]} == {(5684, "UDP")}
+    # Issue 22.5: ClientIP affinity on TCP pinned a whole carrier NAT to one pod; DTLS on UDP
+    # needs it (a session lives in one pod's memory).
+    assert tcp["spec"].get("sessionAffinity", "None") == "None"
+    assert udp["spec"]["sessionAffinity"] == "ClientIP"
     for svc in (tcp, udp):
-        assert svc["spec"]["sessionAffinity"] == "ClientIP"
         assert svc["spec"]["externalTrafficPolicy"] == "Local"  # source IPs kept
+    # One external address for both: the provider's sharing key (MetalLB), the same on both.
+    shared = {
+        svc["metadata"]["annotations"]["metallb.universe.tf/allow-shared-ip"] for svc in (tcp, udp)
+    }
+    assert len(shared) == 1
     for (kind, _name), svc in objs.items():
         if kind != "Service":
             continue

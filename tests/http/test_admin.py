@@ -120,7 +120,7 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
     dev = await api.provision("acme", "hw-psk", "psk")
     assert len(bytes.fromhex(dev["psk"])) >= 32 and dev["psk_identity"]
     device_id = dev["device_id"]
-    given = "ab" * 32
+    given = "2ccb2ebd0ee4261b68e62446b43c459fbb0b282ffa69e4f1b3f9b60dd30289fa"
     rotated = await api.request(
         "POST",
         f"{D}/{device_id}/psk/rotate",
@@ -131,7 +131,14 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
     assert rotated.body["psk_identity"] == "acme-hw-psk-2" and rotated.body["psk"] == given
     generated = await api.request("POST", f"{D}/{device_id}/psk/rotate", tenant="acme")
     assert generated.status == 200 and generated.body["psk"] != given
-    for bad in ({"psk_hex": "zz"}, {"psk_hex": "ab" * 8}, {"psk_identity": 5}, {"x": 1}):
+    for bad in (
+        {"psk_hex": "zz"},
+        {"psk_hex": "ab" * 8},
+        {"psk_identity": 5},
+        {"x": 1},
+        {"psk_hex": "00" * 32},  # issue 12 §4: trivially low entropy
+        {"psk_hex": "deadbeef" * 8},
+    ):
         assert (
             await api.request("POST", f"{D}/{device_id}/psk/rotate", tenant="acme", json=bad)
         ).status == 400
@@ -436,3 +443,28 @@ async def test_concurrent_provisioning_makes_one_device_and_one_secret(api: Api)
     assert sum("api_key" in r.body for r in replies) == 1
     listed = await api.request("GET", D, tenant="acme")
     assert [d["hardware_id"] for d in listed.body["devices"]] == ["hw-race"]
+
+
+async def test_server_is_as_strict_as_its_openapi(api: Api) -> None:
+    """Issue 12 §4 schema drift: null fields and an empty cursor were accepted (200/201)."""
+    key_dev = await api.provision("acme", "hw-strict")
+    psk_dev = await api.provision("acme", "hw-strict-psk", "psk")
+    key_id = key_dev["key_id"]
+    cases = [
+        (f"{D}/{key_dev['device_id']}/keys/{key_id}/rotate", {"overlap_s": None}),
+        (D, {"hardware_id": "hw-n1", "credential_kind": "x509", "cert_pem": None}),
+        (D, {"hardware_id": "hw-n2", "credential_kind": "psk", "psk_identity": None}),
+        (D, {"hardware_id": "hw-n3", "credential_kind": "psk", "psk_hex": None}),
+        (f"{D}/{psk_dev['device_id']}/psk/rotate", {"psk_identity": None}),
+        (f"{D}/{psk_dev['device_id']}/psk/rotate", {"psk_hex": None}),
+    ]
+    for path, body in cases:
+        reply = await api.request("POST", path, tenant="acme", json=body)
+        assert reply.status == 400, (path, body, reply.body)
+        assert reply.error_code == "INVALID_ARGUMENT"
+    for query in ("?cursor=", "?limit=", "?cursor=0&cursor=1", "?colour=blue", "?limit=1.5"):
+        reply = await api.request("GET", D + query, tenant="acme")
+        assert reply.status == 400, query
+        reply = await api.request("GET", f"{D}/certs{query}", tenant="acme")
+        assert reply.status == 400, query
+    assert (await api.request("GET", D + "?cursor=0&limit=5", tenant="acme")).status == 200

@@ -54,23 +54,30 @@ async def test_failed_authentications_block_the_address_then_it_recovers(
     assert after - throttled_before == 3
 
 
-async def test_a_success_forgets_earlier_failures(
+async def test_own_valid_key_between_guesses_does_not_reset_the_count(
     start_node: Any, operator_tokens: Any, clock: Any
 ) -> None:
+    """Issue 12 §3: 9 wrong keys + 1 own valid key, repeated, must end in 429."""
     path, tokens = operator_tokens
     node = await start_node(
         [http.build],
         clock=clock,
         http={"admin_tokens_file": str(path)},
-        limits={"auth_fail_max": 3},
+        limits={"auth_fail_max": 10, "auth_fail_window_s": 60, "auth_block_s": 300},
     )
+    statuses: list[int] = []
     async with aiohttp.ClientSession() as session:
         api = Api(session, f"http://127.0.0.1:{node.listeners[0].port}", tokens)
         dev = await api.provision("acme", "hw-1")
-        for _ in range(5):
-            assert (await api.uplink(dev["device_id"], "not-a-key")).status == 401
-            assert (await api.uplink(dev["device_id"], "not-a-key")).status == 401
-            assert (await api.uplink(dev["device_id"], dev["api_key"])).status == 202
+        bad = "sk_live_" + "C" * 42 + "A"
+        for _ in range(3):
+            statuses += [(await api.uplink(dev["device_id"], bad)).status for _ in range(9)]
+            statuses.append((await api.uplink(dev["device_id"], dev["api_key"])).status)
+            clock.advance(1)
+    # 9 x 401, 202, then the 10th failure (first of round 2) blocks: the rest are 429.
+    assert statuses[:10] == [401] * 9 + [202]
+    assert statuses[10] == 401
+    assert set(statuses[11:]) == {429}
 
 
 async def test_device_rate_limit_is_429_and_nothing_is_written(

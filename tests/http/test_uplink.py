@@ -228,6 +228,10 @@ BAD_BODIES: list[tuple[bytes, str]] = [
         "INVALID_ARGUMENT",
     ),
     (b'{"kind": "event", "payload": ' + b"9" * 5000 + b"}", "INVALID_ARGUMENT"),
+    # Issue 12 §4: a lone surrogate was stored (202) and broke every JSON consumer.
+    (b'{"kind": "event", "payload": "\\ud800"}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": {"\\udfff": 1}}', "INVALID_ARGUMENT"),
+    (b'{"kind": "event", "payload": 1e999}', "INVALID_ARGUMENT"),
 ]
 
 

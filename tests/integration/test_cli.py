@@ -13,6 +13,9 @@ import pytest
 from corem_ingress import devcerts
 from corem_ingress.embedded_redis import free_port
 
+#: An operator-assigned PSK (random bytes: trivially guessable keys are refused).
+ASSIGNED_PSK = "2ccb2ebd0ee4261b68e62446b43c459fbb0b282ffa69e4f1b3f9b60dd30289fa"
+
 
 def run(
     args: list[str], env: dict[str, str], stdin: str | None = None
@@ -112,11 +115,11 @@ def test_provision_each_kind_and_idempotency(env: dict[str, str], tmp_path: Path
             "--psk-identity",
             "lamp-1",
             "--psk-hex",
-            "ab" * 32,
+            ASSIGNED_PSK,
         ],
         env,
     )
-    assert psk["psk_identity"] == "lamp-1" and psk["psk"] == "ab" * 32
+    assert psk["psk_identity"] == "lamp-1" and psk["psk"] == ASSIGNED_PSK
 
     cert = devcerts.issue(devcerts.make_ca(), "dev")
     pem = tmp_path / "d.pem"
@@ -282,6 +285,23 @@ def test_bad_input_is_one_line_exit_2(env: dict[str, str], tmp_path: Path) -> No
         ],
         env,
     )
+    # Issue 12 §4: 32 zero bytes (or any repeated pattern) is not a key.
+    msg = fails(
+        [
+            "devices",
+            "provision",
+            "--tenant",
+            "acme",
+            "--hardware-id",
+            "h",
+            "--credential",
+            "psk",
+            "--psk-hex",
+            "00" * 32,
+        ],
+        env,
+    )
+    assert "entropy" in msg and "00" * 8 not in msg
     fails(["devices", "get", "--tenant", "acme"], env)
     fails(["devices", "get", "--tenant", "acme", "--device", "nope"], env)
     fails(["keys", "rotate", "--tenant", "acme", "--key-id", "k", "--overlap", "-5"], env)

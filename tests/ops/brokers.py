@@ -34,6 +34,7 @@ class Broker:
     health_port: int
     log: Path
     coap_port: int | None = None
+    http_port: int | None = None
 
 
 @pytest.fixture
@@ -55,8 +56,15 @@ async def brokers(
     """Factory of ``corem-ingress serve`` processes with only MQTT (and health) enabled."""
     started: list[Broker] = []
 
-    def start(name: str, *, coap: bool = False) -> Broker:
+    def start(
+        name: str,
+        *,
+        coap: bool = False,
+        http: bool = False,
+        env_extra: dict[str, str] | None = None,
+    ) -> Broker:
         mqtt_port, health_port, coap_port = free_port(), free_port(), free_port()
+        http_port = free_port()
         env = {
             **os.environ,
             "COREM_REDIS_URL": redis_url,
@@ -66,7 +74,9 @@ async def brokers(
             "COREM_STATE_DIR": str(tmp_path / f"state-{name}"),
             "COREM_LOGGING_FORMAT": "console",
             "COREM_HEALTH_PORT": str(health_port),
-            "COREM_HTTP_ENABLED": "false",
+            "COREM_HTTP_ENABLED": "true" if http else "false",
+            "COREM_HTTP_PORT": str(http_port),
+            "COREM_HTTP_ADMIN_MODE": "off",
             "COREM_COAP_ENABLED": "true" if coap else "false",
             "COREM_COAP_PORT": str(coap_port),
             "COREM_COAP_SERVER_CERT": str(pki["server"]),
@@ -79,13 +89,22 @@ async def brokers(
             "COREM_MQTT_SERVER_CERT": str(pki["server"]),
             "COREM_MQTT_SERVER_KEY": str(pki["server_key"]),
             "COREM_MQTT_CLIENT_CA_FILES": str(pki["ca"]),
+            **(env_extra or {}),
         }
         log = tmp_path / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "corem_ingress", "serve"], env=env, stdout=out, stderr=out
             )
-        broker = Broker(name, proc, mqtt_port, health_port, log, coap_port if coap else None)
+        broker = Broker(
+            name,
+            proc,
+            mqtt_port,
+            health_port,
+            log,
+            coap_port if coap else None,
+            http_port if http else None,
+        )
         started.append(broker)
         return broker
 

@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
+#: Broker settings behind the shipped nginx.conf, which sends PROXY protocol on its TCP
+#: upstreams: nginx (127.0.0.1 here) is the trusted proxy; test clients that need an address
+#: of their own bind another loopback address (127.0.0.2...).
+BEHIND_NGINX = {
+    "COREM_PROXY_TRUSTED_CIDRS": "127.0.0.1/32",
+    "COREM_MQTT_PROXY_PROTOCOL": "required",
+    "COREM_HTTP_PROXY_PROTOCOL": "required",
+}
+
 
 def _module_line() -> str:
     """Debian builds the stream module as a dynamic module: load it (compose's image has it)."""

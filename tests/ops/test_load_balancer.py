@@ -18,7 +18,7 @@ from corem_ingress.embedded_redis import free_port
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from tests.ops.brokers import Broker, Device, metric, wait_ready
-from tests.ops.nginx import Nginx, render
+from tests.ops.nginx import BEHIND_NGINX, Nginx, render
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ async def test_node_killed_behind_nginx(
     pki: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    a, b = brokers("node-a"), brokers("node-b")
+    a, b = brokers("node-a", env_extra=BEHIND_NGINX), brokers("node-b", env_extra=BEHIND_NGINX)
     await asyncio.gather(wait_ready(a), wait_ready(b))
     by_name = {"node-a": a, "node-b": b}
     backends = {
@@ -111,7 +111,8 @@ async def test_coap_node_killed_behind_nginx_udp(
     keys: KeySchema,
     tmp_path: Path,
 ) -> None:
-    a, b = brokers("node-a", coap=True), brokers("node-b", coap=True)
+    a = brokers("node-a", coap=True, env_extra=BEHIND_NGINX)
+    b = brokers("node-b", coap=True, env_extra=BEHIND_NGINX)
     await asyncio.gather(wait_ready(a), wait_ready(b))
     assert a.coap_port is not None and b.coap_port is not None
     backends = {

@@ -63,6 +63,12 @@ def test_env_overrides_every_leaf(tmp_path: Path) -> None:
             "api_key_overlap_max_s",
         ),
         ("a: [\n", {}, "not valid YAML"),
+        ("mqtt:\n  proxy_protocol: yes-please\n", {}, "mqtt.proxy_protocol"),
+        ("http:\n  proxy_protocol: required\n", {}, "needs proxy.trusted_cidrs"),
+        ("http:\n  trust_forwarded_for: true\n", {}, "http.trust_forwarded_for"),
+        ("proxy:\n  trusted_cidrs: [10.0.0.0/8, nope]\n", {}, "proxy.trusted_cidrs: entry 2"),
+        ("http:\n  tls_cert: a.pem\n", {}, "http.tls_cert"),
+        ("", {"COREM_REDIS_URL_FILE": "/nonexistent/url"}, "redis.url_file: cannot read"),
     ],
 )
 def test_errors_name_the_key(
@@ -105,3 +111,18 @@ def test_bad_keyring_error_does_not_echo_the_key() -> None:
     with pytest.raises(config.ConfigError) as e:
         cfg.load_keyring({"COREM_PSK_KEK": secret})
     assert "AAAA" not in str(e.value)
+
+
+def test_redis_url_from_a_secret_file(tmp_path: Path) -> None:
+    secret = "s3cr3t-password"
+    url_file = tmp_path / "url"
+    url_file.write_text(f"\n redis://corem:{secret}@127.0.0.1:6379/0 \n")
+    cfg = config.load(None, environ={"COREM_REDIS_URL_FILE": str(url_file)})
+    assert cfg.redis.url == f"redis://corem:{secret}@127.0.0.1:6379/0"
+    url_file.write_text(f"http://corem:{secret}@x\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(None, environ={"COREM_REDIS_URL_FILE": str(url_file)})
+    assert "redis.url" in str(err.value) and secret not in str(err.value)
+    url_file.write_text("\n")
+    with pytest.raises(config.ConfigError, match="empty"):
+        config.load(None, environ={"COREM_REDIS_URL_FILE": str(url_file)})

@@ -62,12 +62,12 @@ def test_bad_keyring_text(text: str) -> None:
 def test_psk_length_and_identity_rules() -> None:
     assert psk.check_psk(b"a" * 32)
     assert psk.check_psk(b"a" * 16, min_bytes=16)
-    assert psk.parse_psk_hex("ab" * 16) == b"\xab" * 16  # the configured minimum is the registry's
+    assert psk.parse_psk_hex(RANDOM_HEX[:32]) == bytes.fromhex(RANDOM_HEX[:32])  # 16: registry's
     with pytest.raises(InvalidArgument):
         psk.check_psk(b"a" * 31)
     with pytest.raises(InvalidArgument):
         psk.check_psk(b"a" * 65)
-    assert psk.parse_psk_hex("ab" * 32) == b"\xab" * 32
+    assert psk.parse_psk_hex(RANDOM_HEX) == bytes.fromhex(RANDOM_HEX)
     with pytest.raises(InvalidArgument):
         psk.parse_psk_hex("zz" * 32)
     assert psk.check_identity("dev-1") == "dev-1"
@@ -75,6 +75,36 @@ def test_psk_length_and_identity_rules() -> None:
     for bad in ["", "é" * 65, "a\nb", " lead", "tab\t"]:
         with pytest.raises(InvalidArgument):
             psk.check_identity(bad)
+
+
+RANDOM_HEX = "2ccb2ebd0ee4261b68e62446b43c459fbb0b282ffa69e4f1b3f9b60dd30289fa"
+
+
+@pytest.mark.parametrize(
+    "hex_key",
+    [
+        "00" * 32,  # issue 12 §4: 32 zero bytes were accepted
+        "ff" * 16,
+        "ab" * 32,
+        "deadbeef" * 8,
+        "0123456789abcdef" * 2,  # a 16-byte block twice
+        bytes(range(32)).hex(),  # 00 01 02 ...
+        bytes(range(255, 191, -1)).hex(),  # ff fe fd ...
+        ("00" * 15 + "01") * 2,
+        "0001" * 8 + "0100" * 8,  # 2 distinct bytes
+    ],
+)
+def test_trivially_low_entropy_assigned_psks_are_refused(hex_key: str) -> None:
+    with pytest.raises(InvalidArgument, match="entropy") as err:
+        psk.parse_psk_hex(hex_key)
+    assert hex_key[:8] not in str(err.value)
+
+
+def test_random_psks_pass_the_entropy_check() -> None:
+    for _ in range(2000):
+        for n in (16, 32, 64):
+            key = psk.generate_psk(n)
+            assert psk.check_entropy(key) == key
 
 
 def test_generated_identity_is_unique_and_valid() -> None:

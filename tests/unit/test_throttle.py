@@ -59,16 +59,24 @@ def test_failures_while_blocked_do_not_extend_the_block() -> None:
     assert not t.blocked(IP, 62.0)
 
 
-def test_success_forgets_failures_but_not_an_active_block() -> None:
-    t = throttle()
-    t.failure(IP, 0.0)
-    t.failure(IP, 1.0)
-    t.success(IP)
-    assert not t.failure(IP, 2.0)
-    assert not t.failure(IP, 3.0)
-    assert t.failure(IP, 4.0)
-    t.success(IP)  # e.g. a shared NAT address: another device got in
-    assert t.blocked(IP, 5.0)
+def test_own_valid_credentials_between_guesses_do_not_reset_the_count() -> None:
+    """Issue 12 §3: 9 wrong + 1 own valid credential, repeated, used to never block.
+
+    The throttle has no "success" input any more: failures leave the count only by ageing
+    out of the window, so interleaved successes change nothing.
+    """
+    t = throttle(max_failures=10, window_s=60.0, block_s=300.0)
+    assert not hasattr(t, "success")
+    now = 0.0
+    blocked_at = None
+    for _round in range(3):
+        for _ in range(9):
+            now += 0.01
+            if t.failure(IP, now):
+                blocked_at = now
+        now += 0.01  # the attacker's own valid key here: nothing to tell the throttle
+    assert blocked_at is not None
+    assert t.blocked(IP, now)
 
 
 def test_sources_are_independent() -> None:

@@ -72,7 +72,6 @@ class CoapGuard:
         metrics.handshake(self.transport, ok=True)
         if credential is None:
             return True
-        self.gate.auth_succeeded(addr[0])
         tenant = credential.identity.tenant_id
         if self.gate.open_session(tenant) is not None:
             log.info(

@@ -4,7 +4,8 @@
 Modules, one job each: ``uplink`` (device route), ``device_auth`` (which key a
 request carries), ``admin`` (operator routes), ``operators`` (operator tokens),
 ``bodies`` (bounded bodies, strict JSON), ``errors`` (the one error shape),
-``openapi`` (the served document), ``listener`` (sockets and shutdown).
+``openapi`` (the served document), ``listener`` (apps and shutdown), ``site`` (sockets:
+PROXY header, TLS, aiohttp's own errors), ``client`` (the real client address), ``tls``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def build(services: Services) -> HttpListener | None:
 
     from corem_ingress.adapters.http.listener import HttpListener, build_apps
     from corem_ingress.adapters.http.operators import OperatorTokens
+    from corem_ingress.adapters.http.site import ClientAddresses
 
     cfg = services.config.http
     if not cfg.enabled:
@@ -35,4 +37,5 @@ def build(services: Services) -> HttpListener | None:
                 note="admin API enabled but no operator tokens configured: every call gets 401 "
                 "(set http.admin_tokens_file or COREM_HTTP_ADMIN_TOKENS)",
             )
-    return HttpListener(services, build_apps(services, tokens))
+    addresses = ClientAddresses()
+    return HttpListener(services, build_apps(services, tokens, addresses), addresses)

@@ -1,4 +1,5 @@
-"""The operator admin API under ``/api/v1/devices``: provisioning and credential changes.
+"""The operator admin API under ``/api/v1/devices``: provisioning, credential changes,
+downlinks and LwM2M operations.
 
 Every request carries an operator token (``Authorization: Bearer``) that maps to
 exactly one tenant; the registry is always asked with that tenant, so another
@@ -33,6 +34,7 @@ from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, U
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.psk import parse_psk_hex
 from corem_ingress.services import Services
+from corem_ingress.store.downlinks import send_downlink
 
 T = TypeVar("T")
 
@@ -46,6 +48,7 @@ PSK_ROTATE = "/api/v1/devices/{device_id}/psk/rotate"
 DEVICE_CERTS = "/api/v1/devices/{device_id}/certs"
 CERTS = "/api/v1/devices/certs"
 CERT = "/api/v1/devices/certs/{fingerprint}"
+DOWNLINKS = "/api/v1/devices/{device_id}/downlinks"
 LWM2M = "/api/v1/devices/{device_id}/lwm2m"
 #: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
 LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
@@ -57,6 +60,7 @@ _PROVISION_FIELDS = frozenset(
 _ROTATE_FIELDS = frozenset({"overlap_s"})
 _PSK_FIELDS = frozenset({"psk_identity", "psk_hex"})
 _CERT_FIELDS = frozenset({"pem"})
+_DOWNLINK_FIELDS = frozenset({"kind", "payload", "qos"})
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -101,6 +105,7 @@ class AdminApi:
         r.add_post(PSK_ROTATE, self.rotate_psk)
         r.add_delete(PSK, self.revoke_psk)
         r.add_post(DEVICE_CERTS, self.register_cert)
+        r.add_post(DOWNLINKS, self.send_downlink)
         r.add_get(LWM2M, self.lwm2m_registration)
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
@@ -169,6 +174,7 @@ class AdminApi:
 
     async def list_devices(self, request: web.Request) -> web.Response:
         op = await self.operator(request)
+        limit, cursor = page_params(request)  # checked even where unused: as strict as the spec
         hardware_id = request.query.get("hardware_id")
         if hardware_id is not None:
             check_hardware_id(hardware_id)
@@ -182,7 +188,6 @@ class AdminApi:
 
             target = f"hardware_id={hardware_id}"
             return _json(await self.audited_read(op, "devices.find", target, find()))
-        limit, cursor = page_params(request)
 
         async def page() -> dict[str, object]:
             devices, nxt = await self._registry.list_devices(
@@ -302,6 +307,32 @@ class AdminApi:
 
         target = f"device={device_id or '*'}"
         return _json(await self.audited_read(op, "certs.list", target, page()))
+
+    # -- downlinks -------------------------------------------------------------------------------
+    async def send_downlink(self, request: web.Request) -> web.Response:
+        """``corem-ingress downlink`` over HTTP: recorded, fanned out to the node holding the
+        device's session, audited; 202 (delivery is not waited for)."""
+        op = await self.operator(request)
+        device_id = check_text(request.match_info["device_id"], "device id")
+        doc = parse_json_object(await read_body(request, self._limit), allowed=_DOWNLINK_FIELDS)
+        kind = text_field(doc, "kind", required=True, max_len=64)
+        assert kind is not None
+        if "payload" not in doc:
+            raise InvalidArgument("field 'payload' is required")
+        qos = doc.get("qos", 1)
+        if isinstance(qos, bool) or qos not in (0, 1):
+            raise InvalidArgument("field 'qos' must be 0 or 1")
+        result = await send_downlink(
+            self._registry,
+            op.tenant_id,
+            device_id,
+            kind,
+            doc["payload"],
+            qos=int(qos),
+            actor=op.actor,
+            now=self._s.clock(),
+        )
+        return _json(result, status=202)
 
     # -- LwM2M -----------------------------------------------------------------------------------
     async def lwm2m_registration(self, request: web.Request) -> web.Response:

@@ -6,22 +6,22 @@ names the field, never the value.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from corem_ingress.adapters.http.errors import PayloadTooLarge
+from corem_ingress.adapters.http import openapi
+from corem_ingress.adapters.http.errors import Handler, PayloadTooLarge
+from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
-from corem_ingress.core.uplink import JsonValue
+from corem_ingress.core.json_text import JsonValue
 from corem_ingress.store.registry.records import MAX_PAGE
 
 _CURSOR_RE = re.compile(r"[0-9]{1,12}")
 _LIMIT_RE = re.compile(r"[0-9]{1,4}")
-#: Deeper JSON is refused: consumers of the stream must be able to decode what we store.
-MAX_JSON_DEPTH = 64
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -37,49 +37,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999 parses as inf, which has no JSON form
-        raise ValueError("number out of range")
-    return value
-
-
 def parse_json(body: bytes) -> JsonValue:
-    """Strict JSON (UTF-8; no NaN or Infinity); any failure is a 400."""
+    """Strict JSON (``core/json_text.py``: UTF-8; no NaN, Infinity, overflowing numbers or lone
+    surrogates; bounded nesting); any failure is a 400."""
     try:
-        text = body.decode("utf-8")
-        value: JsonValue = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        # ValueError covers JSONDecodeError and over-long integers.
-        raise InvalidArgument("request body is not valid JSON") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise InvalidArgument(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
-    return value
-
-
-def _depth(value: JsonValue) -> int:
-    """Nesting depth of arrays and objects (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[JsonValue, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: list[JsonValue] = list(item.values())
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level + 1)
-        if deepest > MAX_JSON_DEPTH:
-            break
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+        return json_text.loads(body)
+    except json_text.JsonTextError as exc:
+        raise InvalidArgument(f"request body {exc.reason}") from None
 
 
 def parse_json_object(
@@ -102,12 +66,12 @@ def parse_json_object(
 def text_field(
     doc: dict[str, Any], name: str, *, required: bool = False, max_len: int = 1024
 ) -> str | None:
-    value = doc.get(name)
-    if value is None:
+    if name not in doc:
         if required:
             raise InvalidArgument(f"field '{name}' is required")
         return None
-    if not isinstance(value, str):
+    value = doc[name]
+    if not isinstance(value, str):  # null included: leave the field out instead
         raise InvalidArgument(f"field '{name}' must be a string")
     if len(value) > max_len:
         raise InvalidArgument(f"field '{name}' is longer than {max_len} characters")
@@ -125,10 +89,10 @@ def check_text(value: str, what: str) -> str:
 
 
 def number_field(doc: dict[str, Any], name: str) -> float | None:
-    value = doc.get(name)
-    if value is None:
+    if name not in doc:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    value = doc[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):  # null too
         raise InvalidArgument(f"field '{name}' must be a number")
     number = float(value) if isinstance(value, float) else _int_as_float(value, name)
     if not math.isfinite(number):
@@ -143,6 +107,29 @@ def _int_as_float(value: int, name: str) -> float:
         raise InvalidArgument(f"field '{name}' is out of range") from None
 
 
+def query_middleware() -> Middleware:
+    """Query strings as strict as the OpenAPI document: a parameter it does not list for the
+    route, or one given twice, is a 400 (not silently ignored)."""
+    allowed_by_route = openapi.query_parameters()
+
+    @web.middleware
+    async def strict_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+        query = request.query
+        if query:
+            resource = request.match_info.route.resource
+            template = resource.canonical if resource is not None else ""
+            allowed = allowed_by_route.get((request.method, template), frozenset())
+            unknown = sorted(set(query) - allowed)
+            if unknown:
+                shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+                raise InvalidArgument(f"unknown query parameter(s): {shown}")
+            if len(query) != len(set(query)):
+                raise InvalidArgument("a query parameter is given more than once")
+        return await handler(request)
+
+    return strict_query
+
+
 def page_params(request: web.Request, *, default_limit: int = 100) -> tuple[int, str | None]:
     """``limit`` (1..500) and ``cursor`` (opaque; digits) from the query string."""
     raw_limit = request.query.get("limit")
@@ -152,6 +139,6 @@ def page_params(request: web.Request, *, default_limit: int = 100) -> tuple[int,
             raise InvalidArgument(f"limit must be an integer between 1 and {MAX_PAGE}")
         limit = int(raw_limit)
     cursor = request.query.get("cursor")
-    if cursor is not None and cursor != "" and not _CURSOR_RE.fullmatch(cursor):
+    if cursor is not None and not _CURSOR_RE.fullmatch(cursor):  # empty too: leave it out
         raise InvalidArgument("cursor is not valid")
-    return limit, (cursor or None)
+    return limit, cursor

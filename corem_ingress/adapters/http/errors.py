@@ -10,6 +10,7 @@ a client's mistake must never reach that branch.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import redis.exceptions
@@ -84,6 +85,35 @@ def error_response(
     elif isinstance(exc, ResourceExhausted):
         out["Retry-After"] = str(exc.retry_after_s)
     return web.json_response(exc.to_json(), status=exc.http_status, headers=out)
+
+
+class _NoBannerResponse(web.Response):
+    """A response with no ``Server`` header even where no app hook runs (aiohttp's own errors)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
+
+
+def protocol_error_response(status: int) -> web.Response:
+    """Our answer to a request aiohttp could not parse (it chose ``status``).
+
+    The message is generic: aiohttp's own would quote the offending line, which may hold a
+    credential.
+    """
+    err: IngressError
+    if status == 413:
+        err = PayloadTooLarge("request is larger than the configured limit")
+    elif 400 <= status < 500:
+        err = InvalidArgument("malformed HTTP request")
+    else:
+        err = Internal()
+    return _NoBannerResponse(
+        body=json.dumps(err.to_json()).encode(),
+        status=err.http_status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _from_http_exception(exc: web.HTTPException) -> tuple[IngressError, dict[str, str]]:

@@ -6,9 +6,9 @@
   when its cause is the peer's doing.
 * Per-device uplink rate: 429 beyond it.
 
-The address is the TCP peer: ``X-Forwarded-For`` is not trusted. Behind a reverse proxy
-every device shares the proxy's address, so set ``limits.auth_fail_max: 0`` there (or
-throttle at the proxy).
+The address is ``request.remote``: the real client's (``client.py``: the TCP peer, or what a
+trusted proxy's PROXY header or, with ``http.trust_forwarded_for``, its ``X-Forwarded-For``
+named). A trusted proxy's own address is never throttled (``core/access.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ class AuthGuard:
         except (Unauthenticated, Unavailable) as exc:
             self._gate.auth_failed(peer, exc.cause)
             raise
-        self._gate.auth_succeeded(peer)
         return result
 
     def uplink_allowed(self, device_id: str) -> None:

@@ -2,6 +2,8 @@
 
 One listener serves the device uplink and, unless the admin API is split off
 (``http.admin_mode``/``http.admin_port``) or turned off, the admin API as well.
+Sockets go through ``site.EdgeSite`` (PROXY header, TLS, our JSON for aiohttp's own
+errors); ``client.middleware`` makes ``request.remote`` the real client's address.
 ``stop`` stops accepting first, then lets in-flight requests (and their Redis
 appends) finish within the deadline.
 """
@@ -18,10 +20,12 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from corem_ingress.adapters.http import errors, openapi
+from corem_ingress.adapters.http import bodies, client, errors, openapi, tls
 from corem_ingress.adapters.http.admin import AdminApi
 from corem_ingress.adapters.http.operators import OperatorTokens
+from corem_ingress.adapters.http.site import ClientAddresses, EdgeSite
 from corem_ingress.adapters.http.uplink import DeviceApi
+from corem_ingress.core.proxy_protocol import ProxyMode
 from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.http")
@@ -61,17 +65,33 @@ class AppSpec:
     port: int
 
 
-def _app(services: Services, realm_for: Callable[[web.Request], str]) -> web.Application:
+def _app(
+    services: Services,
+    realm_for: Callable[[web.Request], str],
+    addresses: ClientAddresses,
+    *,
+    hsts: bool,
+) -> web.Application:
     cfg = services.config.http
     app = web.Application(
         client_max_size=cfg.max_body_bytes,
-        middlewares=[errors.middleware(realm_for=realm_for, retry_after_s=cfg.retry_after_s)],
+        middlewares=[
+            errors.middleware(realm_for=realm_for, retry_after_s=cfg.retry_after_s),
+            client.middleware(
+                addresses,
+                services.access.trusted_proxies,
+                forwarded_for=cfg.trust_forwarded_for,
+            ),
+            bodies.query_middleware(),
+        ],
     )
 
-    async def no_server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    async def headers(_request: web.Request, response: web.StreamResponse) -> None:
         response.headers.pop("Server", None)
+        if hsts:
+            response.headers["Strict-Transport-Security"] = tls.HSTS
 
-    app.on_response_prepare.append(no_server_header)
+    app.on_response_prepare.append(headers)
     app.router.add_get(openapi.OPENAPI_PATH, openapi.serve)
     return app
 
@@ -80,24 +100,28 @@ def _realm_by_path(request: web.Request) -> str:
     return errors.DEVICE_REALM if request.path.endswith("/uplink") else errors.ADMIN_REALM
 
 
-def build_apps(services: Services, tokens: OperatorTokens | None) -> list[AppSpec]:
+def build_apps(
+    services: Services, tokens: OperatorTokens | None, addresses: ClientAddresses | None = None
+) -> list[AppSpec]:
     """The apps this config asks for; ``tokens`` None: no admin API."""
     cfg = services.config.http
+    addresses = ClientAddresses() if addresses is None else addresses
+    https = bool(cfg.tls_cert)
     device = DeviceApi(services)
     admin = AdminApi(services, tokens) if tokens is not None else None
     separate = cfg.admin_mode == "separate" or (cfg.admin_mode == "auto" and cfg.admin_port != 0)
     if admin is None:
-        app = _app(services, lambda _r: errors.DEVICE_REALM)
+        app = _app(services, lambda _r: errors.DEVICE_REALM, addresses, hsts=False)
         device.add_routes(app)
         return [AppSpec("device", app, cfg.host, cfg.port)]
     if not separate:
-        app = _app(services, _realm_by_path)
+        app = _app(services, _realm_by_path, addresses, hsts=https)
         device.add_routes(app)
         admin.add_routes(app)
         return [AppSpec("device+admin", app, cfg.host, cfg.port)]
-    device_app = _app(services, lambda _r: errors.DEVICE_REALM)
+    device_app = _app(services, lambda _r: errors.DEVICE_REALM, addresses, hsts=False)
     device.add_routes(device_app)
-    admin_app = _app(services, lambda _r: errors.ADMIN_REALM)
+    admin_app = _app(services, lambda _r: errors.ADMIN_REALM, addresses, hsts=https)
     admin.add_routes(admin_app)
     return [
         AppSpec("device", device_app, cfg.host, cfg.port),
@@ -108,17 +132,23 @@ def build_apps(services: Services, tokens: OperatorTokens | None) -> list[AppSpe
 class HttpListener:
     name = "http"
 
-    def __init__(self, services: Services, apps: list[AppSpec]) -> None:
+    def __init__(
+        self, services: Services, apps: list[AppSpec], addresses: ClientAddresses | None = None
+    ) -> None:
         self._services = services
         self.apps = apps
+        #: Client addresses named by PROXY headers, per live connection (shared by the apps).
+        self.addresses = ClientAddresses() if addresses is None else addresses
+        self._ssl_context = tls.server_context(services.config.http)
         self._runners: list[web.AppRunner] = []
-        self._sites: list[web.TCPSite] = []
+        self._sites: list[EdgeSite] = []
         #: Bound ports once started (the device listener's is ``port``).
         self.port = apps[0].port
         self.admin_port: int | None = None
 
     async def start(self) -> None:
-        deadline = self._services.config.shutdown_deadline_s
+        cfg = self._services.config
+        deadline = cfg.shutdown_deadline_s
         try:
             for spec in self.apps:
                 runner = web.AppRunner(
@@ -130,14 +160,29 @@ class HttpListener:
                 )
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.TCPSite(runner, spec.host, spec.port)
+                site = EdgeSite(
+                    runner,
+                    spec.host,
+                    spec.port,
+                    ssl_context=self._ssl_context,
+                    proxy_mode=ProxyMode(cfg.http.proxy_protocol),
+                    trusted=self._services.access.trusted_proxies,
+                    addresses=self.addresses,
+                )
                 await site.start()
                 self._sites.append(site)
                 if "device" in spec.role:
                     self.port = site.port
                 if "admin" in spec.role:
                     self.admin_port = site.port
-                log.info("http.listening", role=spec.role, host=spec.host, port=site.port)
+                log.info(
+                    "http.listening",
+                    role=spec.role,
+                    host=spec.host,
+                    port=site.port,
+                    tls=self._ssl_context is not None,
+                    proxy_protocol=cfg.http.proxy_protocol,
+                )
         except BaseException:
             await self._cleanup()
             raise

@@ -294,6 +294,32 @@ def _schemas() -> Json:
             {"device_id": _UUID, "credential_id": _STR, "psk_identity": _STR, "psk": _STR},
         ),
         "CertJson": _obj(["pem"], {"pem": _STR}),
+        "DownlinkRequest": _obj(
+            ["kind", "payload"],
+            {
+                "kind": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9_-]{1,64}$",
+                    "description": "Topic level / URI path segment, e.g. config, command.",
+                },
+                "payload": {
+                    "description": "Any JSON value: a string goes out as UTF-8 text, anything "
+                    "else as JSON."
+                },
+                "qos": {"type": "integer", "enum": [0, 1], "default": 1},
+            },
+        ),
+        "DownlinkAccepted": _obj(
+            ["message_id", "stream_id", "device_id"],
+            {
+                "message_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "stream_id": {
+                    **_STR,
+                    "description": "Entry id in the tenant's downlink stream.",
+                },
+                "device_id": _UUID,
+            },
+        ),
         "Lwm2mRegistration": _obj(
             [
                 "registration_id",
@@ -638,6 +664,24 @@ def _paths() -> Json:
                 },
             }
         },
+        "/api/v1/devices/{device_id}/downlinks": {
+            "post": {
+                **admin,
+                "operationId": "SendDownlink",
+                "summary": "Send a message to a device (as `corem-ingress downlink`).",
+                "description": "Recorded in the tenant's downlink stream and published to every "
+                "node; the node holding the device's session delivers it (MQTT: "
+                "devices/{device_id}/down/{kind}, if subscribed). 202 does not wait for "
+                "delivery: a device with no live session gets nothing (the stream keeps it). "
+                "Audited as downlink.send.",
+                "parameters": [_DEVICE_ID],
+                "requestBody": _json_body(_ref("DownlinkRequest")),
+                "responses": {
+                    "202": _ok("Recorded and published.", _ref("DownlinkAccepted")),
+                    **_errors(400, 401, 404, 413, 429, 503),
+                },
+            }
+        },
         "/api/v1/devices/certs": {
             "get": {
                 **admin,
@@ -745,6 +789,17 @@ def document() -> Json:
             },
         },
     }
+
+
+@cache
+def query_parameters() -> dict[tuple[str, str], frozenset[str]]:
+    """(METHOD, route template) -> the query parameters the document allows there."""
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    for path, ops in document()["paths"].items():
+        for method, op in ops.items():
+            names = {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}
+            out[(method.upper(), path)] = frozenset(names)
+    return out
 
 
 @cache

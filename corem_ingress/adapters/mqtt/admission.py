@@ -70,7 +70,6 @@ async def admit(
     except IngressError as exc:
         gate.auth_failed(ip, exc.cause)
         return _refused(listener, peer, exc.cause, exc.reason)
-    gate.auth_succeeded(ip)
     if is_closed():
         return Refused(Cause.PEER_CLOSED)
     session_id = listener.new_session_id()

@@ -17,6 +17,7 @@ from corem_ingress.adapters.mqtt.connection import ConnectionConfig
 from corem_ingress.adapters.mqtt.protocol import MqttProtocol
 from corem_ingress.config import MqttConfig
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.proxy_protocol import ProxyMode
 from corem_ingress.services import Services
 
 log = structlog.get_logger("corem.mqtt")
@@ -41,6 +42,8 @@ class MqttListener:
             max_inflight=self.config.max_inflight,
         )
         self.gate = AccessGate(services.access, "mqtt", services.clock)
+        #: Whether connections start with a PROXY header (``mqtt.proxy_protocol``).
+        self.proxy_mode = ProxyMode(self.config.proxy_protocol)
         self.batcher = services.stores.uplink_batcher(on_batch_done=self._flush_dirty)
         self._dirty: set[MqttProtocol] = set()
         #: Messages of the current batch Redis took, and the oldest one's submission time.
@@ -54,7 +57,7 @@ class MqttListener:
         #: Counters for logs/metrics and tests: connect_accepted, connect_refused,
         #: acl_violations, subscribe_denied, protocol_closes, tls_failures, uplinks,
         #: store_failures, downlinks, revocation_closes, takeovers, throttled, tenant_limit,
-        #: rate_limited.
+        #: rate_limited, proxy_refused.
         self.stats: Counter[str] = Counter()
 
     @property

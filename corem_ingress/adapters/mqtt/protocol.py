@@ -28,6 +28,7 @@ from corem_ingress.adapters.mqtt.events import (
 from corem_ingress.adapters.mqtt.session import DeviceSession
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.proxy_protocol import ProxyHeaderError, ProxyMode, ProxyPreamble
 from corem_ingress.core.sessions import DisconnectOrder
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         "_closed",
         "_gate",
         "_ip",
+        "_preamble",
         "_task",
         "_timer",
         "_transport",
@@ -69,6 +71,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._closed = False
         self.peer = ""
         self._ip = ""
+        #: Reads the PROXY header first when ``mqtt.proxy_protocol`` is on (None: done/off).
+        self._preamble: ProxyPreamble | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,12 +84,41 @@ class MqttProtocol(asyncio.BufferedProtocol):
         listener = self.listener
         listener.connection_opened(self)
         metrics.connection_opened(TRANSPORT)
+        self._schedule_timer()  # the connect timeout also bounds a stalled PROXY header
+        if listener.proxy_mode is not ProxyMode.OFF and peer:
+            self._preamble = ProxyPreamble(
+                self._ip,
+                int(peer[1]),
+                trusted=self._ip in listener.services.access.trusted_proxies,
+                required=listener.proxy_mode is ProxyMode.REQUIRED,
+            )
+            return  # the client's address is known once the header is read
+        self._admit_source()
+
+    def _admit_source(self) -> None:
         if self._gate.check_source(self._ip) is not None:
             # Throttled source: closed before any TLS work (the handshake is the costly part).
-            listener.count("throttled")
+            self.listener.count("throttled")
             self._close(Cause.AUTH_THROTTLE, error=True)
-            return
-        self._schedule_timer()
+
+    def _read_preamble(self, preamble: ProxyPreamble, data: bytes) -> bytes | None:
+        """Bytes after the PROXY header once decided (the client's address is then known)."""
+        try:
+            decided = preamble.feed(data)
+        except ProxyHeaderError as exc:
+            self.listener.count("proxy_refused")
+            metrics.proxy_refused(TRANSPORT)
+            log.info("mqtt.proxy_refused", peer=self.peer, reason=str(exc))
+            self._close(Cause.PROXY_REFUSED, error=True)
+            return None
+        if decided is None:
+            return None
+        self._preamble = None
+        if decided.proxied:
+            self._ip = decided.client
+            self.peer = f"{decided.client}:{decided.port}"
+        self._admit_source()
+        return None if self._closed else decided.rest
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _READ_VIEW
@@ -94,6 +127,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
         if self._closed:
             return
         data = bytes(_READ_VIEW[:nbytes])
+        if self._preamble is not None:
+            rest = self._read_preamble(self._preamble, data)
+            if not rest:
+                return
+            data = rest
         handshaking = not self.tls.handshake_done
         try:
             plain = self.tls.receive(data)

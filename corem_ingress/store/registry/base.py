@@ -99,9 +99,12 @@ class RegistryBase:
         await self._audit(actor, tenant_id, action, target, "OK")
         return result
 
-    async def audit(self, actor: str, tenant_id: str, action: str, target: str) -> None:
-        """Record an operation done outside the registry's own methods (reads, downlinks)."""
-        await self._audit(actor, tenant_id, action, target, "OK")
+    async def audit(
+        self, actor: str, tenant_id: str, action: str, target: str, outcome: str = "OK"
+    ) -> None:
+        """Record an operation done outside the registry's own methods (reads, downlinks);
+        ``outcome`` is "OK" or the error code it ended with."""
+        await self._audit(actor, tenant_id, action, target, outcome)
 
     async def _audit(
         self, actor: str, tenant_id: str, action: str, target: str, outcome: str
