@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ async def provision_psk(
     """-> (device_id, psk identity, psk). The key is printable (libcoap's -k takes text)."""
     n = next(_counter)
     ident = identity or f"dev-{n}-{os.getpid()}"
-    key = f"secret-{n:04d}-".encode().ljust(40, b"k")
+    key = secrets.token_urlsafe(30).encode()  # 40 random printable bytes
     res = await registry.provision(
         tenant, f"hw-psk-{n}", CredentialKind.PSK, actor="test", psk_identity=ident, psk_bytes=key
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 
 import pytest
 import redis.asyncio as aioredis
@@ -66,11 +68,12 @@ async def test_provision_psk_generated_and_assigned(registry: Registry, resolver
     resolved = await resolver.resolve_psk(gen.psk.psk_identity)
     assert resolved.psk == gen.psk.psk and resolved.identity.device_id == gen.device.device_id
 
+    key = os.urandom(32)
     assigned = await registry.provision(
-        "acme", "hw-p2", CredentialKind.PSK, actor=A, psk_identity="lamp-7", psk_bytes=b"k" * 32
+        "acme", "hw-p2", CredentialKind.PSK, actor=A, psk_identity="lamp-7", psk_bytes=key
     )
-    assert assigned.to_json()["psk"] == (b"k" * 32).hex()
-    assert (await resolver.resolve_psk("lamp-7")).psk == b"k" * 32
+    assert assigned.to_json()["psk"] == key.hex()
+    assert (await resolver.resolve_psk("lamp-7")).psk == key
     # PSK identities are global (the DTLS handshake carries no tenant).
     with pytest.raises(AlreadyExists):
         await registry.provision(
@@ -79,7 +82,7 @@ async def test_provision_psk_generated_and_assigned(registry: Registry, resolver
             CredentialKind.PSK,
             actor=A,
             psk_identity="lamp-7",
-            psk_bytes=b"j" * 32,
+            psk_bytes=os.urandom(32),
         )
     # The conflicting call created nothing.
     with pytest.raises(NotFound):
@@ -87,15 +90,15 @@ async def test_provision_psk_generated_and_assigned(registry: Registry, resolver
 
 
 async def test_psk_is_sealed_at_rest(registry: Registry, redis: aioredis.Redis) -> None:
-    res = await registry.provision(
-        "acme", "hw-s", CredentialKind.PSK, actor=A, psk_bytes=b"\x42" * 32
-    )
+    key = os.urandom(32)
+    res = await registry.provision("acme", "hw-s", CredentialKind.PSK, actor=A, psk_bytes=key)
     assert res.psk is not None
     raw = await redis.get(f"{{corem}}:auth:psk:{res.psk.psk_identity}")
     assert raw is not None
-    assert (b"\x42" * 32).hex() not in raw and "QkJC" not in raw  # neither hex nor base64 of it
+    # Neither hex nor base64 of it.
+    assert key.hex() not in raw and base64.b64encode(key).decode()[:24] not in raw
     dump = " ".join([str(await redis.hgetall(k)) for k in await redis.keys("{corem}:cred:*")])
-    assert (b"\x42" * 32).hex() not in dump
+    assert key.hex() not in dump
 
 
 async def test_provision_without_keyring_refuses_psk(
@@ -255,12 +258,13 @@ async def test_psk_rotate_and_revoke(registry: Registry, resolver: Resolver) -> 
         "acme", "hw-pr", CredentialKind.PSK, actor=A, psk_identity="pr-1"
     )
     device_id = dev.device.device_id
-    new = await registry.rotate_psk("acme", device_id, actor=A, psk_bytes=b"n" * 40)
-    assert new.psk_identity != "pr-1" and new.psk == b"n" * 40
+    key = os.urandom(40)
+    new = await registry.rotate_psk("acme", device_id, actor=A, psk_bytes=key)
+    assert new.psk_identity != "pr-1" and new.psk == key
     resolver.drop_cache()
     with pytest.raises(Unauthenticated):
         await resolver.resolve_psk("pr-1")
-    assert (await resolver.resolve_psk(new.psk_identity)).psk == b"n" * 40
+    assert (await resolver.resolve_psk(new.psk_identity)).psk == key
     # Keeping the identity, new key: the old key no longer opens, the new one does.
     same = await registry.rotate_psk("acme", device_id, actor=A, psk_identity=new.psk_identity)
     resolver.drop_cache()
@@ -354,17 +358,32 @@ async def test_psk_minimum_is_configurable_for_tinydtls_fleets(
 ) -> None:
     strict = Registry(redis, keys, keyring=keyring, api_key_overlap=1, api_key_overlap_max=2)
     with pytest.raises(InvalidArgument, match="32 to 64"):
-        await strict.provision("acme", "hw-16a", CredentialKind.PSK, actor=A, psk_bytes=b"s" * 16)
+        await strict.provision(
+            "acme", "hw-16a", CredentialKind.PSK, actor=A, psk_bytes=os.urandom(16)
+        )
     # Stock tinydtls cannot use PSKs over 16 bytes: an operator may allow them, deliberately.
     lenient = Registry(
         redis, keys, keyring=keyring, api_key_overlap=1, api_key_overlap_max=2, psk_min_bytes=16
     )
-    assigned = await lenient.provision(
-        "acme", "hw-16b", CredentialKind.PSK, actor=A, psk_bytes=b"s" * 16
-    )
+    key = os.urandom(16)
+    assigned = await lenient.provision("acme", "hw-16b", CredentialKind.PSK, actor=A, psk_bytes=key)
     generated = await lenient.provision("acme", "hw-16c", CredentialKind.PSK, actor=A)
     assert assigned.psk is not None and generated.psk is not None
     assert len(generated.psk.psk) == 16
-    assert (await resolver.resolve_psk(assigned.psk.psk_identity)).psk == b"s" * 16
+    assert (await resolver.resolve_psk(assigned.psk.psk_identity)).psk == key
     with pytest.raises(InvalidArgument):
-        await lenient.provision("acme", "hw-15", CredentialKind.PSK, actor=A, psk_bytes=b"s" * 15)
+        await lenient.provision(
+            "acme", "hw-15", CredentialKind.PSK, actor=A, psk_bytes=os.urandom(15)
+        )
+
+
+async def test_assigned_psk_with_low_entropy_is_refused_on_every_path(registry: Registry) -> None:
+    """The registry itself refuses it, not only the admin API's and the CLI's parsers."""
+    with pytest.raises(InvalidArgument, match="low entropy"):
+        await registry.provision("acme", "hw-le", CredentialKind.PSK, actor=A, psk_bytes=bytes(32))
+    good = await registry.provision(
+        "acme", "hw-le2", CredentialKind.PSK, actor=A, psk_bytes=os.urandom(32)
+    )
+    assert good.psk is not None
+    with pytest.raises(InvalidArgument, match="low entropy"):
+        await registry.rotate_psk("acme", good.device.device_id, actor=A, psk_bytes=b"ab" * 20)

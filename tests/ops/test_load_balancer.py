@@ -6,6 +6,7 @@ are stored and a revocation still disconnects it."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,7 +127,7 @@ async def test_coap_node_killed_behind_nginx_udp(
     (tmp_path / "lb").mkdir()
     lb = Nginx(render(backends, listens, tmp_path / "lb"), tmp_path / "lb")
     lb.start(wait_port=listens[8883])
-    key = b"lb-secret-0001-".ljust(40, b"k")
+    key = secrets.token_urlsafe(30).encode()  # printable: libcoap -k takes text
     out = await registry.provision(
         "lbudp", "SN-U", CredentialKind.PSK, actor="test", psk_identity="lb-udp-1", psk_bytes=key
     )

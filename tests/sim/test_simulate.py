@@ -220,7 +220,7 @@ async def test_openssl_psk_device_observes_downlinks_and_sees_close_notify(
 ) -> None:
     """The OpenSSL device side (no tinydtls 16-byte cap): a 32-byte PSK, an uplink, a
     downlink on its Observe of /down, then revocation ends the session by close_notify."""
-    psk = bytes(range(32))
+    psk = os.urandom(32)
     res = await registry.provision(
         SIM_TENANT, "ossl-1", CredentialKind.PSK, actor="test", psk_identity="ossl-1", psk_bytes=psk
     )

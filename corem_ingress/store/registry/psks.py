@@ -36,8 +36,10 @@ class PskRegistry(RegistryBase):
             if identity is not None
             else psk.generate_identity(tenant_id, hardware_id)
         )
+        # An assigned key must be long enough and not trivially guessable, whichever
+        # entry point assigned it (admin API, CLI, library callers).
         key = (
-            psk.check_psk(key, min_bytes=self.psk_min_bytes)
+            psk.check_entropy(psk.check_psk(key, min_bytes=self.psk_min_bytes))
             if key is not None
             else psk.generate_psk(self.psk_min_bytes)
         )
