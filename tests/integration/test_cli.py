@@ -113,15 +113,18 @@ def test_provision_each_kind_and_idempotency(env: dict[str, str], tmp_path: Path
             "--credential",
             "psk",
             "--psk-identity",
-            "lamp-1",
+            "acme:lamp-1",
             "--psk-hex",
             ASSIGNED_PSK,
         ],
         env,
     )
-    assert psk["psk_identity"] == "lamp-1" and psk["psk"] == ASSIGNED_PSK
+    assert psk["psk_identity"] == "acme:lamp-1" and psk["psk"] == ASSIGNED_PSK
 
-    cert = devcerts.issue(devcerts.make_ca(), "dev")
+    ca = devcerts.make_ca()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    ok(["cas", "add", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)
+    cert = devcerts.issue(ca, "dev")
     pem = tmp_path / "d.pem"
     pem.write_bytes(cert.cert_pem)
     x = ok(
@@ -189,6 +192,7 @@ def test_credential_commands(env: dict[str, str], tmp_path: Path) -> None:
     )
 
     ca = devcerts.make_ca()
+    ok(["cas", "add", "--tenant", "acme", "--cert", "-"], env, stdin=ca.cert_pem.decode())
     c = devcerts.issue(ca, "c")
     x = ok(
         ["devices", "provision", "--tenant", "acme", "--hardware-id", "x1", "--credential", "x509"],
