@@ -35,3 +35,24 @@ async def admission(
         return None
     await self_signed_allowed(registry, tenant)
     return await proof_for(registry, tenant, issued.key)
+
+
+async def register_as_before_tenant_cas(
+    registry: Registry, tenant: str, hardware_id: str, issued: devcerts.Issued
+) -> str:
+    """Provision an x509 device the way versions before tenant CAs did (no trust check,
+    no anchors recorded): how a hijacked or legacy registration looks after an upgrade."""
+    import time
+
+    from corem_ingress.core import certs
+    from corem_ingress.core.identity import CredentialKind
+    from corem_ingress.store.registry.certs import AdmittedCert, cert_write
+
+    device = await registry.provision(tenant, hardware_id, CredentialKind.X509, actor=ACTOR)
+    device_id = device.device.device_id
+    now = time.time()
+    info = certs.parse_device_cert(issued.cert_pem, now=now)
+    write = cert_write(tenant, device_id, AdmittedCert(info, (), False), now)
+    await registry._add_credential(tenant, device_id, write, now)
+    await registry.redis.hdel(registry.keys.credential(info.fingerprint), "anchors", "proof")
+    return device_id

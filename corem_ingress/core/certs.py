@@ -90,7 +90,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return bool(bc.ca)
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Issued by itself: its subject is its issuer and its own key verifies it."""
     if cert.issuer != cert.subject:
         return False
     try:
@@ -151,7 +152,7 @@ def load_device_cert(pem: str | bytes, *, now: float) -> tuple[CertInfo, x509.Ce
         not_before=not_before,
         not_after=not_after,
         key_type=key_type,
-        self_signed=_self_signed(cert),
+        self_signed=is_self_signed(cert),
     )
     return info, cert
 
@@ -221,6 +222,6 @@ def load_ca_cert(pem: str | bytes, *, now: float) -> tuple[CaInfo, x509.Certific
         not_after=not_after,
         key_type=key_type,
         path_length=bc.path_length,
-        self_signed=_self_signed(cert),
+        self_signed=is_self_signed(cert),
     )
     return info, cert

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from OpenSSL import crypto
 
+from corem_ingress.core.certs import is_self_signed
 from corem_ingress.core.errors import FailedPrecondition
 
 
@@ -63,35 +64,64 @@ class TenantTrust:
         return any(fp in self.cas for fp in chain.issuers)
 
 
+#: OpenSSL: no issuer found (locally / at all) — the path may end at a registered
+#: intermediate instead of a root.
+_NO_ISSUER = frozenset({2, 20})
+
+
 def verify_registration_chain(
     leaf: x509.Certificate, cas: Mapping[str, x509.Certificate], *, now: float
 ) -> tuple[str, ...]:
     """The fingerprints of the tenant CAs on the certificate's verified path.
 
-    ``cas``: the tenant's CA certificates by fingerprint. Each is a trust anchor
-    (OpenSSL ``X509_V_FLAG_PARTIAL_CHAIN``), so a registered intermediate is enough.
-    Raises FailedPrecondition when no path exists; the answer is the same whether the
-    certificate is unknown or registered to another tenant.
+    ``cas``: the tenant's CA certificates by fingerprint. First the full path: the
+    tenant's roots are the trust anchors and its intermediates fill the path, so every
+    constraint up to the root holds (path length, CA flags, validity, signatures). When no
+    root is reached, a registered intermediate is itself the anchor (OpenSSL
+    ``X509_V_FLAG_PARTIAL_CHAIN``). Raises FailedPrecondition when no path exists; the
+    answer is the same whether the certificate is unknown or another tenant's.
     """
     if not cas:
         raise FailedPrecondition(
             "certificate does not chain to a CA registered for this tenant "
             "(this tenant has no CA: add one first)"
         )
-    store = crypto.X509Store()
-    for ca in cas.values():
-        store.add_cert(crypto.X509.from_cryptography(ca))
-    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-    store.set_time(datetime.fromtimestamp(now, UTC))
-    context = crypto.X509StoreContext(store, crypto.X509.from_cryptography(leaf))
-    try:
-        chain = context.get_verified_chain()
-    except crypto.X509StoreContextError as exc:
-        reason = str(exc) or "no path"  # OpenSSL's reason: names no certificate
+    roots = [c for c in cas.values() if is_self_signed(c)]
+    intermediates = [c for c in cas.values() if not is_self_signed(c)]
+    chain, code, reason = _openssl_verify(leaf, roots, intermediates, now=now, partial=False)
+    if chain is None and code in _NO_ISSUER and intermediates:
+        chain, code, reason = _openssl_verify(leaf, list(cas.values()), [], now=now, partial=True)
+    if chain is None:
         raise FailedPrecondition(
             f"certificate does not chain to a CA registered for this tenant ({reason})"
-        ) from None
-    fingerprints = PeerChain.from_ders(
-        [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
-    ).issuers
-    return tuple(fp for fp in fingerprints if fp in cas)
+        )
+    return tuple(fp for fp in PeerChain.from_ders(chain).issuers if fp in cas)
+
+
+def _openssl_verify(
+    leaf: x509.Certificate,
+    trusted: Sequence[x509.Certificate],
+    untrusted: Sequence[x509.Certificate],
+    *,
+    now: float,
+    partial: bool,
+) -> tuple[list[bytes] | None, int, str]:
+    """(the verified chain as DER, leaf first, or None; OpenSSL's error code; its reason)."""
+    store = crypto.X509Store()
+    for ca in trusted:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    if partial:
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    store.set_time(datetime.fromtimestamp(now, UTC))
+    context = crypto.X509StoreContext(
+        store,
+        crypto.X509.from_cryptography(leaf),
+        [crypto.X509.from_cryptography(c) for c in untrusted],
+    )
+    try:
+        verified = context.get_verified_chain()
+    except crypto.X509StoreContextError as exc:
+        code = exc.errors[0] if exc.errors else 0
+        # OpenSSL's reason names no certificate: safe to show.
+        return None, int(code), str(exc) or "no path"
+    return [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in verified], 0, ""

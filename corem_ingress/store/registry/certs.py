@@ -113,7 +113,9 @@ class CertRegistry(CaRegistry):
         check_tenant_id(tenant_id)
 
         async def op() -> CredentialRecord:
-            await self.get_device(tenant_id, device_id)
+            device = await self.get_device(tenant_id, device_id)
+            if device.credential_kind is not CredentialKind.X509:
+                self._check_status("wrong_kind", CredentialKind.X509)  # before any cert work
             now = self._clock()
             admitted = await self._admit_cert(tenant_id, pem, proof_of_possession, now)
             write = cert_write(tenant_id, device_id, admitted, now)
