@@ -402,3 +402,80 @@ def test_kek_generate_is_usable(env: dict[str, str]) -> None:
     from corem_ingress.core.psk import KeyRing
 
     assert KeyRing.parse(r.stdout).active_kid == "k2"
+
+
+def test_trust_anchor_commands(env: dict[str, str], tmp_path: Path) -> None:
+    """cas add|list|remove, tenants settings, certs challenge|sign-challenge|check-issuers,
+    and registration with a proof of possession, as an operator runs them."""
+    ca = devcerts.make_ca("acme CA")
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    added = ok(["cas", "add", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)
+    assert added["added"] is True and added["fingerprint"] == ca.fingerprint
+    assert (
+        ok(["cas", "add", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)["added"]
+        is False
+    )
+    listed = ok(["cas", "list", "--tenant", "acme"], env)
+    assert [c["fingerprint"] for c in listed["cas"]] == [ca.fingerprint]
+    assert ok(["cas", "list", "--tenant", "globex"], env)["cas"] == []
+    assert "NOT_FOUND" in fails(
+        ["cas", "remove", "--tenant", "globex", "--fingerprint", ca.fingerprint], env
+    )
+    fails(["cas", "remove", "--tenant", "acme"], env)  # neither --cert nor --fingerprint
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_bytes(devcerts.issue(ca, "leaf").cert_pem)
+    assert "not a CA" in fails(["cas", "add", "--tenant", "acme", "--cert", str(leaf)], env)
+
+    # A self-signed device: the tenant allows it, the key signs a challenge.
+    dev = devcerts.issue(None, "self-signed")
+    dev.write(tmp_path / "dev.pem", tmp_path / "dev.key")
+    settings = ok(["tenants", "settings", "--tenant", "acme"], env)
+    assert settings == {"tenant_id": "acme", "allow_self_signed": False}
+    provision = ["devices", "provision", "--tenant", "acme", "--hardware-id", "ss"]
+    provision += ["--credential", "x509", "--cert", str(tmp_path / "dev.pem")]
+    assert "FAILED_PRECONDITION" in fails(provision, env)
+    on = ok(["tenants", "settings", "--tenant", "acme", "--allow-self-signed", "on"], env)
+    assert on["allow_self_signed"] is True
+    assert "proof of possession" in fails(provision, env)
+    challenge = ok(["certs", "challenge", "--tenant", "acme"], env)["challenge"]
+    assert challenge.startswith("corem-pop-v1:acme:")
+    signed = ok(
+        ["certs", "sign-challenge", "--key", str(tmp_path / "dev.key"), "--challenge", challenge],
+        env,
+    )
+    out = ok([*provision, "--challenge", challenge, "--signature", signed["signature"]], env)
+    assert out["fingerprint"] == dev.fingerprint
+    # The challenge was used: a second use is refused.
+    assert "already used" in fails(
+        [*provision[:5], "ss2", *provision[6:], "--challenge", challenge, "--signature", "AA=="],
+        env,
+    )
+    fails([*provision, "--challenge", challenge], env)  # --signature missing
+    fails(["certs", "sign-challenge", "--key", str(tmp_path / "dev.pem"), "--challenge", "c"], env)
+
+    # The upgrade check; then removing the CA by its certificate.
+    c = devcerts.issue(ca, "c")
+    (tmp_path / "c.pem").write_bytes(c.cert_pem)
+    ok(
+        ["devices", "provision", "--tenant", "acme", "--hardware-id", "c", "--credential", "x509",
+         "--cert", str(tmp_path / "c.pem")],
+        env,
+    )  # fmt: skip
+    assert ok(["certs", "check-issuers"], env)["problems"] == []
+    removed = ok(["cas", "remove", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)
+    assert removed["fingerprint"] == ca.fingerprint
+    report = ok(["certs", "check-issuers", "--tenant", "acme"], env)
+    assert [(p["fingerprint"], p["problem"]) for p in report["problems"]] == [
+        (c.fingerprint, "issuing_ca_removed")
+    ]
+    assert (
+        ok(["tenants", "settings", "--tenant", "acme", "--allow-self-signed", "off"], env)[
+            "allow_self_signed"
+        ]
+        is False
+    )
+    report = ok(["certs", "check-issuers", "--tenant", "acme"], env)
+    assert {p["problem"] for p in report["problems"]} == {
+        "issuing_ca_removed",
+        "self_signed_not_allowed",
+    }
