@@ -355,3 +355,52 @@ async def test_a_trust_event_drops_the_tenants_cached_trust(
         CredentialEvent(EventType.TRUST, X509, ca.fingerprint, "", "acme", "", 0.0)
     )
     assert resolver.cached_cert(cert.fingerprint, chain) is None
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa", "ed25519", "csr"])
+def test_the_documented_openssl_commands_make_valid_proofs(tmp_path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """docs/operations.md's recipes, run with the openssl command line."""
+    import subprocess
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from corem_ingress.core import proof
+
+    key: proof.PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate()
+        if kind == "ed25519"
+        else devcerts.new_key("rsa2048" if kind == "rsa" else "ec")
+    )
+    (tmp_path / "device.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    _token, challenge = proof.new_challenge("acme")
+    env = {"C": challenge, "PATH": "/usr/bin:/bin"}
+    commands = {
+        "ec": 'printf %s "$C" | openssl dgst -sha256 -sign device.key | base64 -w0',
+        "rsa": 'printf %s "$C" | openssl dgst -sha256 -sign device.key | base64 -w0',
+        "ed25519": 'printf %s "$C" > c.txt; '
+        "openssl pkeyutl -sign -inkey device.key -rawin -in c.txt | base64 -w0",
+        "csr": "printf '[req]\\ndistinguished_name=dn\\nattributes=attrs\\nprompt=no\\n[dn]\\n"
+        'CN=device\\n[attrs]\\nchallengePassword=%s\\n\' "$C" > csr.cnf; '
+        "openssl req -new -key device.key -config csr.cnf -out req.pem; cat req.pem",
+    }
+    out = subprocess.run(
+        ["sh", "-c", commands[kind]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    given = (
+        proof.Proof.from_csr(out) if kind == "csr" else proof.Proof.from_signature(challenge, out)
+    )
+    assert given.challenge == challenge
+    given.verify(key.public_key())
