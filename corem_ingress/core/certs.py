@@ -212,6 +212,9 @@ def load_ca_cert(pem: str | bytes, *, now: float) -> tuple[CaInfo, x509.Certific
     if usage is not None and not usage.key_cert_sign:
         raise InvalidArgument("CA certificate's keyUsage does not allow keyCertSign")
     key_type = _key_type(cert)
+    if key_type == "ed25519":
+        # Path validation at registration (cryptography's verifier) refuses Ed25519 CAs.
+        raise InvalidArgument("Ed25519 CA certificates are not supported (use ECDSA or RSA)")
     not_before, not_after = _check_validity(cert, now)
     info = CaInfo(
         fingerprint=fingerprint_der(cert.public_bytes(Encoding.DER)),

@@ -6,8 +6,8 @@ intermediates, registered with ``corem-ingress cas add`` / ``POST /api/v1/cas``)
 decisions, both pure:
 
 * at registration, ``verify_registration_chain``: the certificate verifies against the
-  tenant's CAs, each one a trust anchor (OpenSSL's checks, as in the handshake: signature,
-  validity of every certificate, basicConstraints CA, path length, key usage);
+  tenant's CAs (RFC 5280 path validation by ``cryptography``: signatures, validity of
+  every certificate, basicConstraints CA, path length);
 * at the handshake, ``admits``: the chain the listener verified (against the
   deployment-wide ``client_ca_files``) holds one of the tenant's CAs, or is a lone
   self-signed leaf that was registered with proof of possession, in a tenant that allows
@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from OpenSSL import crypto
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from corem_ingress.core.certs import is_self_signed
 from corem_ingress.core.errors import FailedPrecondition
@@ -64,9 +71,12 @@ class TenantTrust:
         return any(fp in self.cas for fp in chain.issuers)
 
 
-#: OpenSSL: no issuer found (locally / at all) — the path may end at a registered
-#: intermediate instead of a root.
-_NO_ISSUER = frozenset({2, 20})
+#: The CA profile of registration: basicConstraints must be there (CA:TRUE is checked by
+#: path validation), anything else is allowed — device PKIs are not the web's (no SAN or
+#: AKI required). Path length, signatures and validity are checked by path validation.
+_CA_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, Criticality.AGNOSTIC, None
+)
 
 
 def verify_registration_chain(
@@ -74,54 +84,52 @@ def verify_registration_chain(
 ) -> tuple[str, ...]:
     """The fingerprints of the tenant CAs on the certificate's verified path.
 
-    ``cas``: the tenant's CA certificates by fingerprint. First the full path: the
-    tenant's roots are the trust anchors and its intermediates fill the path, so every
-    constraint up to the root holds (path length, CA flags, validity, signatures). When no
-    root is reached, a registered intermediate is itself the anchor (OpenSSL
-    ``X509_V_FLAG_PARTIAL_CHAIN``). Raises FailedPrecondition when no path exists; the
-    answer is the same whether the certificate is unknown or another tenant's.
+    ``cas``: the tenant's CA certificates by fingerprint. The tenant's roots are trust
+    anchors, and so is a registered intermediate whose issuer the tenant did not
+    register; the other intermediates only fill the path, so the constraints of every CA
+    above them hold (path length, CA flags, validity, signatures). Raises
+    FailedPrecondition when no path exists; the answer is the same whether the
+    certificate is unknown or another tenant's.
     """
     if not cas:
         raise FailedPrecondition(
             "certificate does not chain to a CA registered for this tenant "
             "(this tenant has no CA: add one first)"
         )
-    roots = [c for c in cas.values() if is_self_signed(c)]
-    intermediates = [c for c in cas.values() if not is_self_signed(c)]
-    chain, code, reason = _openssl_verify(leaf, roots, intermediates, now=now, partial=False)
-    if chain is None and code in _NO_ISSUER and intermediates:
-        chain, code, reason = _openssl_verify(leaf, list(cas.values()), [], now=now, partial=True)
-    if chain is None:
-        raise FailedPrecondition(
-            f"certificate does not chain to a CA registered for this tenant ({reason})"
-        )
-    return tuple(fp for fp in PeerChain.from_ders(chain).issuers if fp in cas)
-
-
-def _openssl_verify(
-    leaf: x509.Certificate,
-    trusted: Sequence[x509.Certificate],
-    untrusted: Sequence[x509.Certificate],
-    *,
-    now: float,
-    partial: bool,
-) -> tuple[list[bytes] | None, int, str]:
-    """(the verified chain as DER, leaf first, or None; OpenSSL's error code; its reason)."""
-    store = crypto.X509Store()
-    for ca in trusted:
-        store.add_cert(crypto.X509.from_cryptography(ca))
-    if partial:
-        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-    store.set_time(datetime.fromtimestamp(now, UTC))
-    context = crypto.X509StoreContext(
-        store,
-        crypto.X509.from_cryptography(leaf),
-        [crypto.X509.from_cryptography(c) for c in untrusted],
+    anchors: list[x509.Certificate] = []
+    helpers: list[x509.Certificate] = []
+    for fp, ca in cas.items():
+        issuers = (other for other_fp, other in cas.items() if other_fp != fp)
+        below_a_registered_ca = not is_self_signed(ca) and any(_issued_by(ca, i) for i in issuers)
+        (helpers if below_a_registered_ca else anchors).append(ca)
+    verifier = (
+        PolicyBuilder()
+        .store(Store(anchors))
+        .time(datetime.fromtimestamp(now, UTC))
+        .extension_policies(ca_policy=_CA_POLICY, ee_policy=ExtensionPolicy.permit_all())
+        .build_client_verifier()
     )
     try:
-        verified = context.get_verified_chain()
-    except crypto.X509StoreContextError as exc:
-        code = exc.errors[0] if exc.errors else 0
-        # OpenSSL's reason names no certificate: safe to show.
-        return None, int(code), str(exc) or "no path"
-    return [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in verified], 0, ""
+        chain = verifier.verify(leaf, helpers).chain
+    except (VerificationError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"certificate does not chain to a CA registered for this tenant ({_reason(exc)})"
+        ) from None
+    fingerprints = PeerChain.from_ders([c.public_bytes(Encoding.DER) for c in chain]).issuers
+    return tuple(fp for fp in fingerprints if fp in cas)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # InvalidSignature, ValueError, TypeError: all mean 'not its issuer'
+        return False
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    """The validator's reason, without the certificate it names (shown to the caller)."""
+    text = str(exc).removeprefix("validation failed: ").removeprefix("candidates exhausted: ")
+    return text.split(" (encountered", 1)[0][:160] or "no path"

@@ -131,7 +131,7 @@ def test_path_length_ca_flag_signature_and_validity_are_checked() -> None:
     old_root = make_cert("old-root", None, ca=True, days=(-10, 1))
     leaf4 = make_cert("leaf4", old_root, ca=False, days=(-1, 30))
     assert verify_registration_chain(leaf4.cert, anchors(old_root), now=NOW)
-    with pytest.raises(FailedPrecondition, match="expired"):
+    with pytest.raises(FailedPrecondition, match="not valid at validation time"):
         verify_registration_chain(leaf4.cert, anchors(old_root), now=NOW + 5 * 86_400)
 
 
@@ -174,6 +174,22 @@ def test_load_ca_cert() -> None:
         certs.load_ca_cert(root.cert_pem + root.key_pem, now=NOW)
     with pytest.raises(InvalidArgument, match="several"):
         certs.load_ca_cert(root.cert_pem + root.cert_pem, now=NOW)
+    # Registration's path validation cannot use an Ed25519 CA: refused when it is added.
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    now = dt.datetime.now(dt.UTC)
+    ed_ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("ed"))
+        .issuer_name(_name("ed"))
+        .public_key(ed_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ed_key, None)
+    )
+    with pytest.raises(InvalidArgument, match="Ed25519"):
+        certs.load_ca_cert(ed_ca.public_bytes(certs.Encoding.PEM), now=NOW)
 
 
 # -- PSK identities in the tenant's namespace --------------------------------------------------
