@@ -16,7 +16,6 @@ decisions, both pure:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from corem_ingress.core.certs import is_self_signed
+from corem_ingress.core.certs import fingerprint_der, is_self_signed
 from corem_ingress.core.errors import FailedPrecondition
 
 
@@ -50,7 +49,7 @@ class PeerChain:
     @classmethod
     def from_ders(cls, chain: Sequence[bytes]) -> PeerChain:
         """From the verified chain's DER certificates, leaf first."""
-        return cls(tuple(hashlib.sha256(der).hexdigest() for der in chain[1:]))
+        return cls(tuple(fingerprint_der(der) for der in chain[1:]))
 
 
 @dataclass(frozen=True, slots=True)
