@@ -59,6 +59,8 @@ async def test_cas_add_list_remove_with_proof_of_the_ca_key(
         {**body, "proof": {"challenge": "x"}},
         {**body, "proof": {"csr_pem": "x", "signature": "AA=="}},
         {**body, "proof": "yes"},
+        {**body, "proof": None},  # as strict as the schema: leave it out instead
+        {**body, "proof": wrong, "require_device_proof": None},
         {**body, "require_device_proof": "yes"},
         {"cert_pem": devcerts.issue(ca, "leaf").cert_pem.decode(), "proof": wrong},
         {"cert_pem": ca.cert_pem.decode() + ca.key_pem.decode(), "proof": wrong},

@@ -38,10 +38,10 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def proof_field(doc: dict[str, Any], name: str = "proof") -> Proof | None:
     """``{"challenge", "signature"}`` or ``{"csr_pem"}``, or None when the field is absent."""
-    value = doc.get(name)
-    if value is None:
+    if name not in doc:
         return None
-    if not isinstance(value, dict):
+    value = doc[name]
+    if not isinstance(value, dict):  # null included: leave the field out instead
         raise InvalidArgument(f"field '{name}' must be an object")
     unknown = sorted(set(value) - _PROOF_FIELDS)
     if unknown:
@@ -88,7 +88,7 @@ class TrustApi:
         pem = text_field(doc, "cert_pem", required=True, max_len=self._limit)
         assert pem is not None
         require_device_proof = doc.get("require_device_proof", False)
-        if not isinstance(require_device_proof, bool):
+        if not isinstance(require_device_proof, bool):  # null included
             raise InvalidArgument("field 'require_device_proof' must be a boolean")
         given = proof_field(doc)
         if given is None:
