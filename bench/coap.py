@@ -56,7 +56,7 @@ from corem_ingress.store.keys import KeySchema  # noqa: E402
 from corem_ingress.store.registry import Registry  # noqa: E402
 
 HOST = "127.0.0.1"
-PSK_ID = "bench-device"
+PSK_ID = "bench:device"  # assigned identities carry the tenant prefix
 PSK = b"bench-psk-0123456789-0123456789-abcdef"
 
 
@@ -193,7 +193,7 @@ def wait_ready(port: int, ctx: SSL.Context, proc: subprocess.Popen[bytes]) -> No
     raise RuntimeError("server did not come up")
 
 
-async def provision(url: str, kek: str, device_pem: bytes) -> None:
+async def provision(url: str, kek: str, device_pem: bytes, ca_pem: bytes) -> None:
     r = redis_client(url)
     reg = Registry(
         r,
@@ -205,6 +205,7 @@ async def provision(url: str, kek: str, device_pem: bytes) -> None:
     await reg.provision(
         "bench", "hw-psk", CredentialKind.PSK, actor="bench", psk_identity=PSK_ID, psk_bytes=PSK
     )
+    await reg.add_ca("bench", ca_pem, actor="bench")  # the tenant's trust anchor
     await reg.provision("bench", "hw-x509", CredentialKind.X509, actor="bench", cert_pem=device_pem)
     await r.aclose()
 
@@ -240,7 +241,7 @@ def main() -> None:
     redis = EmbeddedRedis().start()
     subprocess.run(["taskset", "-cp", "1", str(redis.pid)], check=False, capture_output=True)
     kek = generate_kek_line("bench")
-    asyncio.run(provision(redis.url, kek, dev.cert_pem))
+    asyncio.run(provision(redis.url, kek, dev.cert_pem, ca.cert_pem))
     ours_port = free_port()
     env = {
         **os.environ,

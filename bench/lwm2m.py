@@ -57,7 +57,12 @@ async def provision(registry: Registry, n: int) -> list[tuple[str, str, str, byt
         hw = f"LWM2M-BENCH-{i:05d}"
         key = f"bench-lwm2m-{i:05d}".encode().ljust(32, b"k")
         res = await registry.provision(
-            TENANT, hw, CredentialKind.PSK, actor="bench", psk_identity=f"lwb-{i}", psk_bytes=key
+            TENANT,
+            hw,
+            CredentialKind.PSK,
+            actor="bench",
+            psk_identity=f"{TENANT}:lwb-{i}",
+            psk_bytes=key,
         )
         assert res.psk is not None
         out.append((res.device.device_id, hw, res.psk.psk_identity, res.psk.psk))

@@ -112,7 +112,7 @@ def make_pki(d: Path, n: int) -> tuple[Path, Path, Path, list[tuple[Path, Path, 
     return d / "ca.pem", d / "server.pem", d / "server.key", devices
 
 
-async def provision(url: str, kek: str, pems: list[str]) -> list[str]:
+async def provision(url: str, kek: str, pems: list[str], ca_pem: bytes) -> list[str]:
     client = redis_client(url)
     registry = Registry(
         client,
@@ -122,6 +122,7 @@ async def provision(url: str, kek: str, pems: list[str]) -> list[str]:
         api_key_overlap_max=3600,
     )
     sem = asyncio.Semaphore(64)
+    await registry.add_ca("bench", ca_pem, actor="bench")  # the tenant's trust anchor
 
     async def one(i: int, pem: str) -> str:
         async with sem:
@@ -368,7 +369,7 @@ def main() -> int:
         ca, srv_cert, srv_key, pki = make_pki(tmp, n_devices)
         kek = generate_kek_line("bench")
         redis = EmbeddedRedis().start()
-        ids = asyncio.run(provision(redis.url, kek, [p for _, _, p in pki]))
+        ids = asyncio.run(provision(redis.url, kek, [p for _, _, p in pki], ca.read_bytes()))
         devices = [Device(i, c, k) for i, (c, k, _) in zip(ids, pki, strict=True)]
         print(f"setup: {n_devices} devices in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         brokers: list[Broker] = []

@@ -253,6 +253,7 @@ async def provision(
     sem = asyncio.Semaphore(64)
     certs = work / "dev"
     certs.mkdir()
+    await registry.add_ca(TENANT, ca.cert_pem, actor="bench")  # the tenant's trust anchor
 
     async def x509(i: int) -> list[str]:
         async with sem:  # the certificate is made here too: never block the loop for long

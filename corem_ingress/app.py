@@ -42,6 +42,7 @@ from corem_ingress.store.limits_sync import LimitsSync
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
+from corem_ingress.trust_bootstrap import bootstrap_cas
 
 log = structlog.get_logger("corem.app")
 
@@ -190,6 +191,7 @@ class Node:
                 clock=self.clock,
             )
             self._spawn(self.limits_sync.run(), "limits-sync")
+        await bootstrap_cas(registry, cfg.trust)
         await self._start_health()
         for factory in self._factories:
             listener = factory(self.services)

@@ -85,6 +85,33 @@ def _read_pem(value: str) -> str:
         raise CliError(f"--cert: {value} is not a PEM text file") from None
 
 
+def _proof(args: argparse.Namespace) -> Any:
+    """The proof of possession given with --challenge/--signature or --csr (or None)."""
+    from corem_ingress.core.proof import Proof
+
+    challenge, signature, csr = args.challenge, args.signature, args.csr
+    if csr is not None:
+        if challenge is not None or signature is not None:
+            raise CliError("give either --csr or --challenge with --signature")
+        return Proof.from_csr(_read_text(csr, "--csr"))
+    if (challenge is None) != (signature is None):
+        raise CliError("--challenge and --signature go together")
+    if challenge is None:
+        return None
+    return Proof.from_signature(challenge, signature)
+
+
+def _read_text(value: str, option: str) -> str:
+    if value == "-":
+        return sys.stdin.read()
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise CliError(f"{option}: cannot read {value}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{option}: {value} is not a text file") from None
+
+
 async def _with_registry(
     args: argparse.Namespace, op: Callable[[Any], Awaitable[object]]
 ) -> object:
@@ -136,6 +163,7 @@ def _provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     kind = CredentialKind.parse(args.credential)
     pem = _read_pem(args.cert) if args.cert else None
     psk = parse_psk_hex(args.psk_hex) if args.psk_hex else None
+    given = _proof(args)
 
     async def op(reg: Any) -> object:
         res = await reg.provision(
@@ -146,6 +174,7 @@ def _provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             cert_pem=pem,
             psk_identity=args.psk_identity,
             psk_bytes=psk,
+            proof_of_possession=given,
         )
         return res.to_json()
 
@@ -239,10 +268,99 @@ def _psk_reseal(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 
 def _certs_register(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     pem = _read_pem(args.cert)
+    given = _proof(args)
 
     async def op(reg: Any) -> object:
-        rec = await reg.register_cert(args.tenant, args.device, pem, actor=_actor())
+        rec = await reg.register_cert(
+            args.tenant, args.device, pem, actor=_actor(), proof_of_possession=given
+        )
         return rec.to_json(time.time())
+
+    return op
+
+
+def _certs_challenge(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return (await reg.new_challenge(args.tenant, actor=_actor())).to_json()
+
+    return op
+
+
+def _certs_check_issuers(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        return await reg.check_issuers(args.tenant)
+
+    return op
+
+
+def cmd_sign_challenge(args: argparse.Namespace) -> int:
+    """Device side, no Redis: sign a challenge with a private key (the key stays here)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from corem_ingress.core.proof import sign_challenge
+
+    try:
+        key: Any = load_pem_private_key(Path(args.key).read_bytes(), password=None)
+    except OSError as exc:
+        raise CliError(f"--key: cannot read {args.key}: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise CliError(f"--key: {args.key} is not an unencrypted PEM private key") from None
+    try:
+        signature = sign_challenge(key, args.challenge)
+    except (TypeError, AttributeError):
+        raise CliError("--key: key type not supported (EC, RSA or Ed25519)") from None
+    _out({"challenge": args.challenge, "signature": base64.b64encode(signature).decode()})
+    return 0
+
+
+def _cas_add(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    pem = _read_pem(args.cert)
+
+    async def op(reg: Any) -> object:
+        # The CLI talks to Redis directly: its user is a platform operator, trusted to add
+        # a CA without proof of possession (the admin API asks for one).
+        record, added = await reg.add_ca(
+            args.tenant, pem, actor=_actor(), require_device_proof=args.require_device_proof
+        )
+        return {"added": added, **record.to_json(time.time())}
+
+    return op
+
+
+def _cas_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        records, cursor = await reg.list_cas(args.tenant, limit=args.limit, cursor=args.cursor)
+        now = time.time()
+        return {"cas": [r.to_json(now) for r in records], "next_cursor": cursor}
+
+    return op
+
+
+def _cas_remove(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    if (args.cert is None) == (args.fingerprint is None):
+        raise CliError("give either --cert or --fingerprint")
+    fingerprint = args.fingerprint
+    if args.cert is not None:
+        from corem_ingress.core.certs import fingerprint_pem
+
+        fingerprint = fingerprint_pem(_read_pem(args.cert))
+
+    async def op(reg: Any) -> object:
+        return (await reg.remove_ca(args.tenant, fingerprint, actor=_actor())).to_json(time.time())
+
+    return op
+
+
+def _tenant_settings(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        if args.allow_self_signed is None:
+            settings = await reg.tenant_settings(args.tenant)
+        else:
+            allowed = args.allow_self_signed == "on"
+            settings = await reg.set_allow_self_signed(args.tenant, allowed, actor=_actor())
+        return {"tenant_id": args.tenant, **settings.to_json()}
 
     return op
 
@@ -440,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     def tenant(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--tenant", required=True)
 
+    def proof_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--challenge", help="proof of possession: a challenge (certs challenge)")
+        sp.add_argument("--signature", help="proof: base64 signature of the challenge by the key")
+        sp.add_argument("--csr", help="proof: CSR file made with the key, challenge inside")
+
     # devices
     devices = sub.add_parser("devices", help="provision and look up devices").add_subparsers(
         dest="action", required=True, parser_class=_Parser
@@ -451,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cert", help="device certificate PEM file (x509), or '-' for stdin")
     sp.add_argument("--psk-identity", help="PSK identity to assign (psk); generated if omitted")
     sp.add_argument("--psk-hex", help="PSK to assign, hex (psk); generated if omitted")
+    proof_options(sp)
     sp.set_defaults(func=_registry_command(_provision))
     sp = devices.add_parser("get", parents=[common])
     tenant(sp)
@@ -508,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant(sp)
     sp.add_argument("--device", required=True)
     sp.add_argument("--cert", required=True, help="certificate PEM file, or '-' for stdin")
+    proof_options(sp)
     sp.set_defaults(func=_registry_command(_certs_register))
     sp = certs.add_parser("revoke", parents=[common])
     tenant(sp)
@@ -519,6 +644,60 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=_positive_int, default=100)
     sp.add_argument("--cursor")
     sp.set_defaults(func=_registry_command(_certs_list))
+    sp = certs.add_parser(
+        "challenge", parents=[common], help="a proof-of-possession challenge (single use)"
+    )
+    tenant(sp)
+    sp.set_defaults(func=_registry_command(_certs_challenge))
+    sp = certs.add_parser(
+        "sign-challenge", parents=[common], help="sign a challenge with a key (local, no Redis)"
+    )
+    sp.add_argument("--key", required=True, help="the certificate's private key (PEM)")
+    sp.add_argument("--challenge", required=True)
+    sp.set_defaults(func=cmd_sign_challenge)
+    sp = certs.add_parser(
+        "check-issuers",
+        parents=[common],
+        help="list registered certificates whose issuer is not a CA of their tenant",
+    )
+    sp.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    sp.set_defaults(func=_registry_command(_certs_check_issuers))
+
+    # tenant trust anchors
+    cas = sub.add_parser("cas", help="a tenant's trust anchors (CA certificates)").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = cas.add_parser("add", parents=[common])
+    tenant(sp)
+    sp.add_argument("--cert", required=True, help="CA certificate PEM file, or '-' for stdin")
+    sp.add_argument(
+        "--require-device-proof",
+        action="store_true",
+        help="device certificates under this CA need proof of possession",
+    )
+    sp.set_defaults(func=_registry_command(_cas_add))
+    sp = cas.add_parser("list", parents=[common])
+    tenant(sp)
+    sp.add_argument("--limit", type=_positive_int, default=100)
+    sp.add_argument("--cursor")
+    sp.set_defaults(func=_registry_command(_cas_list))
+    sp = cas.add_parser("remove", parents=[common])
+    tenant(sp)
+    sp.add_argument("--cert", help="the CA certificate PEM file")
+    sp.add_argument("--fingerprint", help="the CA's SHA-256 fingerprint")
+    sp.set_defaults(func=_registry_command(_cas_remove))
+
+    tenants = sub.add_parser("tenants", help="tenant settings").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    sp = tenants.add_parser("settings", parents=[common], help="show or change trust settings")
+    tenant(sp)
+    sp.add_argument(
+        "--allow-self-signed",
+        choices=["on", "off"],
+        help="accept self-signed device certificates (with proof of possession)",
+    )
+    sp.set_defaults(func=_registry_command(_tenant_settings))
 
     sp = sub.add_parser("downlink", parents=[common], help="send a message to a device")
     tenant(sp)

@@ -405,6 +405,37 @@ REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "r
 
 
 @dataclass
+class TrustConfig:
+    """Tenant trust anchors (docs/operations.md, "Tenant CAs")."""
+
+    #: CA files registered as trust anchors of a tenant at every ``serve`` start, each as
+    #: ``tenant:path`` (comma-separated in env; a file may hold several CAs). Idempotent;
+    #: a CA removed since is added again. The dev config registers the dev CA for ``acme``.
+    bootstrap_cas: list[str] = field(default_factory=list)
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(tenant, path) of each ``bootstrap_cas`` entry."""
+        out = []
+        for entry in self.bootstrap_cas:
+            tenant, _, path = entry.partition(":")
+            out.append((tenant.strip(), path.strip()))
+        return out
+
+    def validate(self) -> None:
+        from corem_ingress.core.errors import InvalidArgument
+        from corem_ingress.core.identity import check_tenant_id
+
+        for tenant, path in self.entries():
+            try:
+                check_tenant_id(tenant)
+            except InvalidArgument:
+                raise ConfigError(
+                    "config: trust.bootstrap_cas: each entry is tenant:path (a valid tenant id)"
+                ) from None
+            _check(bool(path), "trust.bootstrap_cas", "each entry is tenant:path (path missing)")
+
+
+@dataclass
 class LoggingConfig:
     #: "console" (readable, dev) or "json" (production).
     format: str = "json"
@@ -430,6 +461,7 @@ class Config:
     lwm2m: Lwm2mConfig = field(default_factory=Lwm2mConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:

@@ -169,6 +169,10 @@ _ACTIONS = frozenset(
         "psk.reseal",
         "certs.register",
         "certs.revoke",
+        "cas.add",
+        "cas.remove",
+        "tenants.settings",
+        "challenges.create",
     }
 )
 _COMPONENTS = frozenset({"resolver", "registry", "uplinks", "bus", "downlinks", "adapter"})

@@ -2,6 +2,10 @@
 
 Adapters call nothing else to authenticate. Lookups go to the in-process cache
 first, then to Redis (one GET). The revocation bus keeps the cache current.
+
+A certificate is more than its fingerprint: the chain the device presented must hold
+one of the resolved tenant's CAs (``core/trust.py``). The tenant's trust is cached
+beside the credentials, so the DTLS handshake's synchronous callbacks can decide too.
 Fail closed: if Redis cannot be asked, only what the cache can still vouch for
 is accepted; everything else is refused (UNAVAILABLE, which adapters treat as
 "not authenticated").
@@ -25,6 +29,7 @@ from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unava
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.resolver_cache import CacheEntry, ResolverCache
+from corem_ingress.core.trust import PeerChain, TenantTrust
 from corem_ingress.store.keys import KeySchema
 
 log = structlog.get_logger("corem.resolver")
@@ -69,17 +74,31 @@ class Resolver:
         assert entry.identity is not None and entry.secret is not None
         return ResolvedPsk(entry.identity, entry.secret)
 
-    async def resolve_cert(self, fingerprint: str) -> DeviceIdentity:
+    async def resolve_cert(self, fingerprint: str, *, chain: PeerChain | None) -> DeviceIdentity:
+        """The certificate's device, if ``chain`` (as the listener verified it) ends in one of
+        that tenant's CAs. ``chain=None`` checks the registration only and fills the cache
+        (the DTLS path: its handshake callback checks the chain from the cache)."""
         try:
             certs.check_fingerprint(fingerprint)
         except Exception:
             raise self._refuse(CredentialKind.X509, Cause.MALFORMED) from None
         entry = await self._resolve(CredentialKind.X509, fingerprint)
         assert entry.identity is not None
+        trust = await self._tenant_trust(entry.identity.tenant_id)
+        if chain is not None:
+            self._check_chain(entry, trust, chain)
         return entry.identity
 
-    async def resolve_lookup(self, kind: CredentialKind, lookup: str) -> DeviceIdentity:
-        """By stored handle (key hash, PSK identity, fingerprint): to re-validate sessions."""
+    async def resolve_lookup(
+        self, kind: CredentialKind, lookup: str, *, chain: PeerChain | None = None
+    ) -> DeviceIdentity:
+        """By stored handle (key hash, PSK identity, fingerprint): to re-validate sessions.
+
+        A certificate session passes the chain it authenticated with, so that a removed CA
+        (or a tenant no longer allowing self-signed devices) ends it.
+        """
+        if kind is CredentialKind.X509:
+            return await self.resolve_cert(lookup, chain=chain)
         entry = await self._resolve(kind, lookup)
         assert entry.identity is not None
         return entry.identity
@@ -101,9 +120,25 @@ class Resolver:
         assert entry.identity is not None and entry.secret is not None
         return ResolvedPsk(entry.identity, entry.secret)
 
-    def cached_cert(self, fingerprint: str) -> DeviceIdentity | None:
+    def cached_cert(
+        self, fingerprint: str, chain: PeerChain | None = None
+    ) -> DeviceIdentity | None:
+        """From the cache only: the certificate's device, if the cache holds both its
+        registration and its tenant's trust (None: call resolve_cert to fill it).
+
+        Raises Unauthenticated when the cache knows the certificate is not valid, or (with
+        ``chain``) that the chain does not end in one of the tenant's CAs (FOREIGN_CA).
+        """
         entry = self._cached(CredentialKind.X509, fingerprint)
-        return None if entry is None else entry.identity
+        if entry is None:
+            return None
+        assert entry.identity is not None
+        trust = self.cache.get_trust(entry.identity.tenant_id, self._clock())
+        if trust is None:
+            return None
+        if chain is not None:
+            self._check_chain(entry, trust, chain)
+        return entry.identity
 
     def _cached(self, kind: CredentialKind, lookup: str) -> CacheEntry | None:
         now = self._clock()
@@ -118,7 +153,9 @@ class Resolver:
 
     # -- bus -------------------------------------------------------------------------------
     def apply_event(self, event: CredentialEvent) -> None:
-        if event.type is EventType.EXPIRES and event.expires_at is not None:
+        if event.type is EventType.TRUST:
+            self.cache.evict_trust(event.tenant_id)
+        elif event.type is EventType.EXPIRES and event.expires_at is not None:
             self.cache.set_credential_expiry(event.kind, event.lookup, event.expires_at)
         else:  # created or revoked: the next lookup asks Redis
             self.cache.evict(event.kind, event.lookup)
@@ -127,6 +164,31 @@ class Resolver:
         self.cache.clear()
 
     # -- internals -------------------------------------------------------------------------
+    def _check_chain(self, entry: CacheEntry, trust: TenantTrust, chain: PeerChain) -> None:
+        if not trust.admits(chain, proven_self_signed=entry.proven_self_signed):
+            raise self._refuse(CredentialKind.X509, Cause.FOREIGN_CA)
+
+    async def _tenant_trust(self, tenant_id: str) -> TenantTrust:
+        cached = self.cache.get_trust(tenant_id, self._clock())
+        if cached is not None:
+            return cached
+        epoch = self.cache.trust_epoch
+        cas_key = self._keys.tenant_cas(tenant_id)
+        settings_key = self._keys.tenant_settings(tenant_id)
+        try:
+            try:
+                cas = await self._r.zrange(cas_key, 0, -1)
+            except redis.exceptions.ConnectionError:  # once, as in _resolve
+                cas = await self._r.zrange(cas_key, 0, -1)
+            allow = await self._r.hget(settings_key, "allow_self_signed")
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            metrics.redis_error("resolver")
+            log.warning("resolver.redis_unreachable", kind="trust", error=str(exc))
+            raise Unavailable("credential store unreachable", reason="redis unreachable") from None
+        trust = TenantTrust(frozenset(str(fp) for fp in cas), allow == "1")
+        self.cache.put_trust(tenant_id, trust, self._clock(), epoch=epoch)
+        return trust
+
     async def _resolve(self, kind: CredentialKind, lookup: str) -> CacheEntry:
         cached = self._cached(kind, lookup)
         if cached is not None:
@@ -152,6 +214,7 @@ class Resolver:
             value = json.loads(raw)
             identity = DeviceIdentity(value["t"], value["d"], kind, value["c"])
             expires_at = value.get("x")
+            proven_self_signed = bool(value.get("ss")) and bool(value.get("p"))
             secret = None
             if kind is CredentialKind.PSK:
                 if self._keyring is None:
@@ -171,6 +234,7 @@ class Resolver:
             now,
             secret=secret,
             credential_expires_at=None if expires_at is None else float(expires_at),
+            proven_self_signed=proven_self_signed,
         )
 
     @staticmethod

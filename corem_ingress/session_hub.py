@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from corem_ingress import metrics
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
+from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession, SessionRegistry
 from corem_ingress.resolver import Resolver
 
@@ -47,9 +49,7 @@ class SessionHub:
                 session.identity.credential_kind, session.lookup
             )
             if expiry is not None:
-                session = LiveSession(
-                    session.session_id, session.transport, session.identity, session.lookup, expiry
-                )
+                session = dataclasses.replace(session, credential_expires_at=expiry)
         self.registry.register(session)
         self._closers[session.session_id] = disconnect
         if session.credential_expires_at is not None:
@@ -62,7 +62,7 @@ class SessionHub:
         resolves."""
         self.register(session, disconnect)
         try:
-            await self.resolver.resolve_lookup(session.identity.credential_kind, session.lookup)
+            await self._check(session)
         except Exception:
             self.unregister(session.session_id)
             raise
@@ -83,25 +83,48 @@ class SessionHub:
         elif event.type is EventType.EXPIRES and event.expires_at is not None:
             self.registry.set_credential_expiry(event.kind, event.credential_id, event.expires_at)
             self._wake.set()
+        elif event.type is EventType.TRUST:
+            # A CA removed or self-signed devices turned off: the tenant's certificate
+            # sessions are checked again (the resolver has dropped the tenant's trust).
+            sessions = self.registry.sessions_of_tenant(event.tenant_id, CredentialKind.X509)
+            if sessions:
+                task = asyncio.ensure_future(self.revalidate(sessions))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def resync(self) -> None:
         """After a bus gap: drop the cache, then re-validate every live session against Redis."""
         self.resolver.drop_cache()
         await self.revalidate()
 
-    async def revalidate(self, *, attempts: int = 20, delay: float = 0.5) -> None:
-        pending = self.registry.sessions()
+    async def _check(self, session: LiveSession) -> None:
+        await self.resolver.resolve_lookup(
+            session.identity.credential_kind, session.lookup, chain=session.chain
+        )
+
+    async def revalidate(
+        self,
+        sessions: list[LiveSession] | None = None,
+        *,
+        attempts: int = 20,
+        delay: float = 0.5,
+    ) -> None:
+        """Check ``sessions`` (default: all) against Redis; disconnect those no longer valid."""
+        pending = self.registry.sessions() if sessions is None else sessions
         for attempt in range(attempts):
             unreachable: list[LiveSession] = []
             for s in pending:
                 if s.session_id not in self.registry:
                     continue
                 try:
-                    await self.resolver.resolve_lookup(s.identity.credential_kind, s.lookup)
-                except Unauthenticated:
-                    self._execute(
-                        self.registry.revoke_sessions([s.session_id], Cause.NO_LONGER_VALID)
+                    await self._check(s)
+                except Unauthenticated as exc:
+                    cause = (
+                        Cause.TRUST_ANCHOR_REMOVED
+                        if exc.cause is Cause.FOREIGN_CA
+                        else Cause.NO_LONGER_VALID
                     )
+                    self._execute(self.registry.revoke_sessions([s.session_id], cause))
                 except Unavailable:
                     unreachable.append(s)
             if not unreachable:

@@ -139,6 +139,9 @@ class Cause(StrEnum):
     NO_LONGER_VALID = "credential_no_longer_valid"
     #: After a bus gap the credential could not be checked (Redis unreachable).
     COULD_NOT_REVALIDATE = "could_not_re_validate"
+    #: The tenant removed the CA the session's certificate chain ended in (or stopped
+    #: allowing self-signed devices).
+    TRUST_ANCHOR_REMOVED = "trust_anchor_removed"
     #: The peer broke the protocol (malformed packet, unexpected message).
     PROTOCOL_ERROR = "protocol_error"
     #: A PROXY protocol header refused: from an untrusted address, malformed, or missing
@@ -232,6 +235,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.CREDENTIAL_EXPIRED: _end(0x87),
     Cause.NO_LONGER_VALID: _end(0x87),
     Cause.COULD_NOT_REVALIDATE: _end(0x88),
+    Cause.TRUST_ANCHOR_REMOVED: _end(0x87),
     Cause.PROTOCOL_ERROR: Reply(
         CauseGroup.END, False, _CONNACK_PROTOCOL, 0x82, "4.00", ALERT_DECODE_ERROR, 400
     ),

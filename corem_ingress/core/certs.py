@@ -90,7 +90,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return bool(bc.ca)
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Issued by itself: its subject is its issuer and its own key verifies it."""
     if cert.issuer != cert.subject:
         return False
     try:
@@ -100,8 +101,8 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
-def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
-    """Validate a device certificate PEM and describe it. ``now`` is a UNIX timestamp."""
+def _load_one_cert(pem: str | bytes, what: str) -> x509.Certificate:
+    """Exactly one PEM certificate, no private key; errors never echo the input."""
     data = pem.encode("utf-8", "replace") if isinstance(pem, str) else bytes(pem)
     if len(data) > MAX_PEM_BYTES:
         raise InvalidArgument(f"certificate PEM is larger than {MAX_PEM_BYTES} bytes")
@@ -114,23 +115,36 @@ def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
     if not cert_blocks:
         raise InvalidArgument("input is not a PEM certificate")
     if len(cert_blocks) > 1:
-        raise InvalidArgument(
-            "input holds several certificates: send exactly one device certificate"
-        )
+        raise InvalidArgument(f"input holds several certificates: send exactly one {what}")
     try:
-        cert = x509.load_pem_x509_certificate(data)
+        return x509.load_pem_x509_certificate(data)
     except ValueError:
         raise InvalidArgument("certificate PEM could not be parsed") from None
-    if _is_ca(cert):
-        raise InvalidArgument("a CA certificate cannot be a device certificate")
-    key_type = _key_type(cert)
+
+
+def fingerprint_pem(pem: str | bytes) -> str:
+    """The fingerprint of exactly one PEM certificate (any kind, valid or not)."""
+    return fingerprint_der(_load_one_cert(pem, "certificate").public_bytes(Encoding.DER))
+
+
+def _check_validity(cert: x509.Certificate, now: float) -> tuple[float, float]:
     not_before = cert.not_valid_before_utc.timestamp()
     not_after = cert.not_valid_after_utc.timestamp()
     if now < not_before:
         raise InvalidArgument("certificate is not yet valid")
     if now >= not_after:
         raise InvalidArgument("certificate has expired")
-    return CertInfo(
+    return not_before, not_after
+
+
+def load_device_cert(pem: str | bytes, *, now: float) -> tuple[CertInfo, x509.Certificate]:
+    """Validate a device certificate PEM: its description and the parsed certificate."""
+    cert = _load_one_cert(pem, "device certificate")
+    if _is_ca(cert):
+        raise InvalidArgument("a CA certificate cannot be a device certificate")
+    key_type = _key_type(cert)
+    not_before, not_after = _check_validity(cert, now)
+    info = CertInfo(
         fingerprint=fingerprint_der(cert.public_bytes(Encoding.DER)),
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
@@ -138,5 +152,79 @@ def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
         not_before=not_before,
         not_after=not_after,
         key_type=key_type,
-        self_signed=_self_signed(cert),
+        self_signed=is_self_signed(cert),
     )
+    return info, cert
+
+
+def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
+    """Validate a device certificate PEM and describe it. ``now`` is a UNIX timestamp."""
+    return load_device_cert(pem, now=now)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CaInfo:
+    """A tenant's trust anchor (root or intermediate CA), as listed to operators."""
+
+    fingerprint: str
+    subject: str
+    issuer: str
+    serial: str
+    not_before: float
+    not_after: float
+    key_type: str
+    #: basicConstraints pathLenConstraint (None: unlimited).
+    path_length: int | None
+    #: A root (self-signed) rather than an intermediate.
+    self_signed: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "fingerprint": self.fingerprint,
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": self.serial,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "key_type": self.key_type,
+            "path_length": self.path_length,
+            "self_signed": self.self_signed,
+        }
+
+
+def load_ca_cert(pem: str | bytes, *, now: float) -> tuple[CaInfo, x509.Certificate]:
+    """Validate a CA certificate PEM (basicConstraints CA, keyCertSign, in its validity)."""
+    cert = _load_one_cert(pem, "CA certificate")
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise InvalidArgument("not a CA certificate (no basicConstraints CA:TRUE)") from None
+    except (x509.DuplicateExtension, ValueError):
+        raise InvalidArgument("certificate extensions could not be parsed") from None
+    if not bc.ca:
+        raise InvalidArgument("not a CA certificate (basicConstraints CA:FALSE)")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None  # allowed by RFC 5280 for a CA; OpenSSL accepts it too
+    except (x509.DuplicateExtension, ValueError):
+        raise InvalidArgument("certificate extensions could not be parsed") from None
+    if usage is not None and not usage.key_cert_sign:
+        raise InvalidArgument("CA certificate's keyUsage does not allow keyCertSign")
+    key_type = _key_type(cert)
+    if key_type == "ed25519":
+        # Path validation at registration (cryptography's verifier) refuses Ed25519 CAs.
+        raise InvalidArgument("Ed25519 CA certificates are not supported (use ECDSA or RSA)")
+    not_before, not_after = _check_validity(cert, now)
+    info = CaInfo(
+        fingerprint=fingerprint_der(cert.public_bytes(Encoding.DER)),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        not_before=not_before,
+        not_after=not_after,
+        key_type=key_type,
+        path_length=bc.path_length,
+        self_signed=is_self_signed(cert),
+    )
+    return info, cert

@@ -20,6 +20,9 @@ class EventType(StrEnum):
     REVOKED = "revoked"
     #: A credential will stop resolving at ``expires_at`` (API-key rotation overlap).
     EXPIRES = "expires"
+    #: The tenant's trust anchors or self-signed setting changed (kind x509, ``lookup`` the
+    #: CA fingerprint or "settings", no device): re-check the tenant's certificate sessions.
+    TRUST = "trust"
 
 
 @dataclass(frozen=True, slots=True)

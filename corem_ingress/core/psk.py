@@ -42,6 +42,25 @@ def check_identity(identity: str) -> str:
     return identity
 
 
+def identity_prefix(tenant_id: str) -> str:
+    """Every PSK identity of a tenant starts with this (tenant ids hold no ':')."""
+    return f"{tenant_id}:"
+
+
+def check_tenant_identity(tenant_id: str, identity: str) -> str:
+    """An identity a tenant may assign: well formed and in the tenant's own namespace.
+
+    PSK identities are global (the handshake maps identity -> tenant), so a tenant that
+    could pick any identity would learn, from "already in use", another tenant's. In its
+    own namespace a conflict only ever names its own devices.
+    """
+    check_identity(identity)
+    prefix = identity_prefix(tenant_id)
+    if not identity.startswith(prefix) or len(identity) == len(prefix):
+        raise InvalidArgument(f"PSK identity must start with the tenant's prefix '{prefix}'")
+    return identity
+
+
 def check_psk(psk: bytes, *, min_bytes: int = MIN_PSK_BYTES) -> bytes:
     if not min_bytes <= len(psk) <= MAX_PSK_BYTES:
         raise InvalidArgument(f"PSK must be {min_bytes} to {MAX_PSK_BYTES} bytes")
@@ -83,7 +102,7 @@ def generate_psk(length: int = GENERATED_PSK_BYTES) -> bytes:
 
 def generate_identity(tenant_id: str, hardware_id: str) -> str:
     # Random suffix: identities travel in clear in the DTLS handshake and must not be guessable.
-    return check_identity(f"{tenant_id}:{hardware_id}:{secrets.token_hex(4)}")
+    return check_identity(f"{identity_prefix(tenant_id)}{hardware_id}:{secrets.token_hex(4)}")
 
 
 def new_psk_credential_id() -> str:

@@ -1,8 +1,9 @@
-"""The resolver's in-process cache: positive and negative entries with TTLs, LRU-bounded.
+"""The resolver's in-process cache: positive and negative entries with TTLs, LRU-bounded,
+and each tenant's trust (its CA fingerprints and self-signed setting).
 
 Pure: the clock is an argument. The bus keeps it current (evict on revoke,
-expiry on rotate, drop-all after a reconnect); TTLs bound staleness if an event
-is ever missed.
+expiry on rotate, a tenant's trust on a trust event, drop-all after a reconnect);
+TTLs bound staleness if an event is ever missed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.trust import TenantTrust
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,8 @@ class CacheEntry:
     secret: bytes | None = None
     #: When the credential itself stops working (end of an API-key overlap window).
     credential_expires_at: float | None = None
+    #: X.509: registered as a self-signed certificate with proof of possession of its key.
+    proven_self_signed: bool = False
 
     def credential_expired(self, now: float) -> bool:
         return self.credential_expires_at is not None and now >= self.credential_expires_at
@@ -39,6 +43,10 @@ class ResolverCache:
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        #: tenant -> (trust, fresh until)
+        self._trust: OrderedDict[str, tuple[TenantTrust, float]] = OrderedDict()
+        #: Bumped whenever trust is dropped: a read that started before may not be stored.
+        self.trust_epoch = 0
         self.hits = 0
         self.misses = 0
 
@@ -69,8 +77,11 @@ class ResolverCache:
         *,
         secret: bytes | None = None,
         credential_expires_at: float | None = None,
+        proven_self_signed: bool = False,
     ) -> CacheEntry:
-        entry = CacheEntry(identity, now + self.ttl, secret, credential_expires_at)
+        entry = CacheEntry(
+            identity, now + self.ttl, secret, credential_expires_at, proven_self_signed
+        )
         self._store((kind, lookup), entry)
         return entry
 
@@ -85,11 +96,44 @@ class ResolverCache:
         entry = self._entries.get((kind, lookup))
         if entry is not None and entry.identity is not None:
             self._entries[(kind, lookup)] = CacheEntry(
-                entry.identity, entry.fresh_until, entry.secret, expires_at
+                entry.identity,
+                entry.fresh_until,
+                entry.secret,
+                expires_at,
+                entry.proven_self_signed,
             )
+
+    # -- tenant trust ------------------------------------------------------------------------
+    def get_trust(self, tenant_id: str, now: float) -> TenantTrust | None:
+        """The tenant's trust if fresh, or None when Redis must be asked."""
+        found = self._trust.get(tenant_id)
+        if found is None:
+            return None
+        trust, fresh_until = found
+        if now >= fresh_until:
+            del self._trust[tenant_id]
+            return None
+        self._trust.move_to_end(tenant_id)
+        return trust
+
+    def put_trust(self, tenant_id: str, trust: TenantTrust, now: float, *, epoch: int) -> None:
+        """Store what was read at ``epoch`` (``trust_epoch`` before the read); a trust event
+        since then makes the read stale, and it is not stored."""
+        if epoch != self.trust_epoch:
+            return
+        self._trust[tenant_id] = (trust, now + self.ttl)
+        self._trust.move_to_end(tenant_id)
+        while len(self._trust) > self.max_entries:
+            self._trust.popitem(last=False)
+
+    def evict_trust(self, tenant_id: str) -> None:
+        self.trust_epoch += 1
+        self._trust.pop(tenant_id, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self.trust_epoch += 1
+        self._trust.clear()
 
     def hit_ratio(self) -> float:
         total = self.hits + self.misses

@@ -8,11 +8,13 @@ orders are data, the clock is an argument.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.trust import PeerChain
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,9 @@ class LiveSession:
     #: The resolver lookup handle (key hash, PSK identity, fingerprint), for re-validation.
     lookup: str
     credential_expires_at: float | None = None
+    #: X.509: the chain the device authenticated with (re-checked when its tenant's trust
+    #: anchors change).
+    chain: PeerChain | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +96,15 @@ class SessionRegistry:
         self, kind: CredentialKind, credential_id: str, expires_at: float
     ) -> None:
         for s in self.sessions_of(kind, credential_id):
-            self._sessions[s.session_id] = LiveSession(
-                s.session_id, s.transport, s.identity, s.lookup, expires_at
-            )
+            self._sessions[s.session_id] = dataclasses.replace(s, credential_expires_at=expires_at)
+
+    def sessions_of_tenant(self, tenant_id: str, kind: CredentialKind) -> list[LiveSession]:
+        """The tenant's sessions authenticated by a credential of ``kind``."""
+        return [
+            s
+            for s in self._sessions.values()
+            if s.identity.tenant_id == tenant_id and s.identity.credential_kind is kind
+        ]
 
     def next_expiry(self) -> float | None:
         times = [

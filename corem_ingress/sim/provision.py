@@ -80,6 +80,9 @@ class SimProvisioner:
     async def ensure(self, count: int) -> list[SimCredential]:
         saved = self._load()
         out: list[SimCredential] = []
+        if self.kind is CredentialKind.X509 and self.ca is not None:
+            # The simulator's CA issues its devices: it is the tenant's trust anchor.
+            await self.registry.add_ca(self.tenant, self.ca.cert_pem, actor=ACTOR)
         for i in range(count):
             hw = f"{self.prefix}-{self.kind.value}-{i:06d}"
             cred = saved.get(hw)

@@ -41,6 +41,23 @@ class KeySchema:
         """Sorted set of certificate fingerprints by registration time."""
         return f"{self._r}:tenant:{tenant_id}:certs"
 
+    # -- tenant trust anchors (store/registry/cas.py) ----------------------------------
+    def tenant_cas(self, tenant_id: str) -> str:
+        """Sorted set of the tenant's CA fingerprints by time added."""
+        return f"{self._r}:tenant:{tenant_id}:cas"
+
+    def tenant_ca(self, tenant_id: str, fingerprint: str) -> str:
+        """Hash: one CA of the tenant (its PEM, subject, validity, key type, options)."""
+        return f"{self._r}:tenant:{tenant_id}:ca:{fingerprint}"
+
+    def tenant_settings(self, tenant_id: str) -> str:
+        """Hash: the tenant's trust settings (``allow_self_signed``: 0/1)."""
+        return f"{self._r}:tenant:{tenant_id}:settings"
+
+    def challenge(self, token: str) -> str:
+        """String -> tenant_id: a proof-of-possession challenge; TTL, deleted when used."""
+        return f"{self._r}:challenge:{token}"
+
     # -- credentials ---------------------------------------------------------------
     def lookup(self, kind: CredentialKind, lookup: str) -> str:
         """String (compact JSON) read by the resolver; exists only while the credential works.

@@ -21,6 +21,7 @@ from corem_ingress.adapters.coap.listener import CoapListener
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
+from tests.pki import admission
 
 LOOPBACK = "127.0.0.1"
 #: Every client call is bounded; tests never wait on time otherwise.
@@ -102,7 +103,7 @@ async def provision_psk(
 ) -> tuple[str, str, bytes]:
     """-> (device_id, psk identity, psk). The key is printable (libcoap's -k takes text)."""
     n = next(_counter)
-    ident = identity or f"dev-{n}-{os.getpid()}"
+    ident = identity or f"{tenant}:dev-{n}-{os.getpid()}"
     key = secrets.token_urlsafe(30).encode()  # 40 random printable bytes
     res = await registry.provision(
         tenant, f"hw-psk-{n}", CredentialKind.PSK, actor="test", psk_identity=ident, psk_bytes=key
@@ -111,10 +112,24 @@ async def provision_psk(
     return res.device.device_id, res.psk.psk_identity, res.psk.psk
 
 
-async def provision_cert(registry: Registry, pem: bytes, tenant: str = "acme") -> str:
+async def provision_cert(
+    registry: Registry,
+    issued: devcerts.Issued,
+    tenant: str = "acme",
+    *,
+    ca: devcerts.Issued | None,
+) -> str:
+    """Register ``issued`` for a new device: its CA becomes the tenant's trust anchor, or,
+    self-signed (``ca`` None), it is registered with proof of possession."""
     n = next(_counter)
+    proof = await admission(registry, tenant, issued, ca)
     res = await registry.provision(
-        tenant, f"hw-x509-{n}", CredentialKind.X509, actor="test", cert_pem=pem
+        tenant,
+        f"hw-x509-{n}",
+        CredentialKind.X509,
+        actor="test",
+        cert_pem=issued.cert_pem,
+        proof_of_possession=proof,
     )
     return res.device.device_id
 

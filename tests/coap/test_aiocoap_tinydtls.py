@@ -76,7 +76,7 @@ async def test_tinydtls_psk_uplink_and_observe(
 ) -> None:
     node = await coap_node()
     port = coap_port(node)
-    ident, key = "tiny-1", b"0123456789abcdef"
+    ident, key = "acme:tiny-1", b"0123456789abcdef"
     device_id = await _provision_16_byte_psk(redis, keys, keyring, ident, key)
     ctx = await _client(port, ident, key)
     try:

@@ -25,6 +25,7 @@ from corem_ingress.core.causes import Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.errors import Unauthenticated
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.trust import PeerChain, TenantTrust
 from corem_ingress.sim.dtls_client import Client, cert_context, psk_context
 
 KEY = b"k" * 32
@@ -47,6 +48,10 @@ class FakeCache:
         self.certs: dict[str, DeviceIdentity] = {}
         self.bad: set[str] = {"revoked"}
         self.unknown_to_cache: set[str] = set()
+        #: The resolved tenant's trust (None: not checked) and the chains it was asked about.
+        self.trust: TenantTrust | None = None
+        self.proven: set[str] = set()
+        self.chains: list[PeerChain] = []
 
     def cached_psk(self, identity: str) -> Resolved | None:
         if identity in self.bad:
@@ -57,10 +62,17 @@ class FakeCache:
             DeviceIdentity("t", identity, CredentialKind.PSK, "c-" + identity), self.psks[identity]
         )
 
-    def cached_cert(self, fingerprint: str) -> DeviceIdentity | None:
+    def cached_cert(
+        self, fingerprint: str, chain: PeerChain | None = None
+    ) -> DeviceIdentity | None:
         if fingerprint in self.bad:
             raise Unauthenticated()
-        return self.certs.get(fingerprint)
+        identity = self.certs.get(fingerprint)
+        if identity is not None and chain is not None and self.trust is not None:
+            self.chains.append(chain)
+            if not self.trust.admits(chain, proven_self_signed=fingerprint in self.proven):
+                raise Unauthenticated(cause=Cause.FOREIGN_CA)
+        return identity
 
 
 def make_server(cache: FakeCache | None = None, **cfg: object) -> DtlsServer:
@@ -255,6 +267,60 @@ def test_certificate_handshake_self_signed_and_expired(tmp_path: Path) -> None:
     transfer(server, client2, ("127.0.0.1", 40001), client2.start(), now=now + 2 * 86_400)
     assert not client2.done and client2.failed is not None
     assert server.stats["closed:certificate_expired"] == 1
+
+
+def test_certificate_chain_must_end_in_a_ca_of_the_resolved_tenant(tmp_path: Path) -> None:
+    """Issue 12 §1: the fingerprint resolves to (tenant, device), and the chain the device
+    presented must end in one of that tenant's CAs, else FOREIGN_CA (alert, no session)."""
+    import datetime as dt
+
+    ours, theirs = devcerts.make_ca("tenant CA"), devcerts.make_ca("another tenant's CA")
+    srv = devcerts.issue(ours, "localhost", server=True)
+    srv.write(tmp_path / "s.pem", tmp_path / "s.key")
+    (tmp_path / "cas.pem").write_bytes(ours.cert_pem + theirs.cert_pem)  # the global bound
+    dev = devcerts.issue(theirs, "their-device")
+    dev.write(tmp_path / "d.pem", tmp_path / "d.key")
+    lone = devcerts.issue(None, "self-signed")
+    lone.write(tmp_path / "l.pem", tmp_path / "l.key")
+    cache = FakeCache()
+    for cert in (dev, lone):
+        cache.certs[cert.fingerprint] = DeviceIdentity("t", "d", CredentialKind.X509, "c")
+    server = DtlsServer(
+        cert_file=str(tmp_path / "s.pem"),
+        key_file=str(tmp_path / "s.key"),
+        ca_files=[str(tmp_path / "cas.pem")],
+        credentials=cache,
+    )
+    now = dt.datetime.now(dt.UTC).timestamp()
+    port = iter(range(41000, 41100))
+
+    def connect(name: str) -> Client:
+        ctx = cert_context(
+            str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key"), str(tmp_path / "cas.pem")
+        )
+        client = Client(ctx)
+        transfer(server, client, ("127.0.0.1", next(port)), client.start(), now=now)
+        return client
+
+    # Resolved to a tenant that trusts only "ours": refused, whatever the global bound says.
+    cache.trust = TenantTrust(frozenset({ours.fingerprint}))
+    refused = connect("d")
+    assert not refused.done and refused.failed is not None
+    assert server.stats["closed:foreign_ca"] == 1 and len(server) == 0
+    assert cache.chains[-1] == PeerChain((theirs.fingerprint,))
+    # The tenant that trusts "theirs": the handshake completes, the session keeps the chain.
+    cache.trust = TenantTrust(frozenset({theirs.fingerprint}))
+    assert connect("d").done
+    ev = [e for e in server.events() if isinstance(e, HandshakeCompleted)][-1]
+    assert ev.credential is not None and ev.credential.chain == PeerChain((theirs.fingerprint,))
+    # A lone self-signed leaf: only where the tenant allows it and it was registered with
+    # proof of possession.
+    assert not connect("l").done
+    cache.trust = TenantTrust(frozenset(), allow_self_signed=True)
+    assert not connect("l").done
+    cache.proven.add(lone.fingerprint)
+    assert connect("l").done
+    assert server.stats["closed:foreign_ca"] == 3
 
 
 def test_every_datagram_is_whole_records_within_the_mtu(tmp_path: Path) -> None:

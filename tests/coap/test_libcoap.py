@@ -53,7 +53,7 @@ async def test_ca_signed_registered_cert_uplink(
 ) -> None:
     node = await coap_node()
     issued, cert, key = certs.device(f"ca-signed-{binary}")
-    device_id = await provision_cert(registry, issued.cert_pem)
+    device_id = await provision_cert(registry, issued, ca=certs.ca)
     res = await run_client(
         [
             "-m",
@@ -78,7 +78,8 @@ async def test_self_signed_registered_cert_uplink(
 ) -> None:
     node = await coap_node()
     issued, cert, key = certs.device(f"self-signed-{binary}", ca=None)
-    device_id = await provision_cert(registry, issued.cert_pem)
+    # Self-signed: the tenant allows it, and it is registered with proof of possession.
+    device_id = await provision_cert(registry, issued, ca=None)
     res = await run_client(
         [
             "-m",

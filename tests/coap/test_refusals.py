@@ -86,14 +86,14 @@ async def test_registered_cert_from_untrusted_ca(
     node = await coap_node()
     other_ca = devcerts.make_ca("someone else's CA")
     issued, cert, key = certs.device("other-ca", ca=other_ca)
-    await provision_cert(registry, issued.cert_pem)
+    await provision_cert(registry, issued, ca=other_ca)  # the tenant trusts it; the node not
     await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.BAD_CERTIFICATE)
 
 
 async def test_revoked_cert(coap_node: Any, registry: Any, redis: Any, certs: CertSet) -> None:
     node = await coap_node()
     issued, cert, key = certs.device("to-revoke")
-    await provision_cert(registry, issued.cert_pem)
+    await provision_cert(registry, issued, ca=certs.ca)
     await registry.revoke_cert(
         "acme", fingerprint_der(issued.cert.public_bytes(Encoding.DER)), actor="test"
     )
@@ -108,7 +108,7 @@ async def test_expired_cert(
     issued, cert, key = certs.device(
         "short-lived", not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(days=1)
     )
-    await provision_cert(registry, issued.cert_pem)
+    await provision_cert(registry, issued, ca=certs.ca)
     clock.advance(2 * 86_400)
     node = await coap_node(clock=clock)
     await _refused(node, redis, cert_args(cert, key, certs.ca_pem), Cause.CERTIFICATE_EXPIRED)
@@ -126,7 +126,7 @@ async def test_cross_tenant_device_lands_in_its_own_tenant_only(
         args = psk_args(ident, key)
     else:
         issued, cert, keyf = certs.device("globex-dev")
-        dev = await provision_cert(registry, issued.cert_pem, tenant="globex")
+        dev = await provision_cert(registry, issued, tenant="globex", ca=certs.ca)
         args = cert_args(cert, keyf, certs.ca_pem)
     res = await run_client(["-m", "post", *args, "-e", "{}", url(coap_port(node), "up/telemetry")])
     assert res.rc == 0, res.stderr

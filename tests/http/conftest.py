@@ -3,6 +3,7 @@ tenants, and a client whose every response is checked against the OpenAPI docume
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,9 +14,11 @@ import aiohttp
 import jsonschema_rs
 import pytest
 
+from corem_ingress import devcerts
 from corem_ingress.adapters import http
 from corem_ingress.adapters.http import openapi
 from corem_ingress.adapters.http.operators import generate_token, hash_token
+from corem_ingress.core.proof import sign_challenge
 
 TENANTS = ("acme", "globex")
 DOC = openapi.document()
@@ -127,6 +130,26 @@ class Api:
         )
         assert reply.status in (200, 201), reply.body
         return dict(reply.body)
+
+    async def add_ca(self, tenant: str, ca: devcerts.Issued, **extra: Any) -> Reply:
+        """``ca`` becomes a trust anchor of ``tenant``, through the API: a challenge, signed
+        with the CA's key."""
+        challenge = await self.request("POST", "/api/v1/challenges", tenant=tenant)
+        assert challenge.status == 201, challenge.body
+        text = challenge.body["challenge"]
+        signature = base64.b64encode(sign_challenge(ca.key, text)).decode()
+        reply = await self.request(
+            "POST",
+            "/api/v1/cas",
+            tenant=tenant,
+            json={
+                "cert_pem": ca.cert_pem.decode(),
+                "proof": {"challenge": text, "signature": signature},
+                **extra,
+            },
+        )
+        assert reply.status in (200, 201), reply.body
+        return reply
 
     async def uplink(
         self,

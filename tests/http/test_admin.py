@@ -125,10 +125,10 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
         "POST",
         f"{D}/{device_id}/psk/rotate",
         tenant="acme",
-        json={"psk_identity": "acme-hw-psk-2", "psk_hex": given},
+        json={"psk_identity": "acme:hw-psk-2", "psk_hex": given},
     )
     assert rotated.status == 200
-    assert rotated.body["psk_identity"] == "acme-hw-psk-2" and rotated.body["psk"] == given
+    assert rotated.body["psk_identity"] == "acme:hw-psk-2" and rotated.body["psk"] == given
     generated = await api.request("POST", f"{D}/{device_id}/psk/rotate", tenant="acme")
     assert generated.status == 200 and generated.body["psk"] != given
     for bad in (
@@ -154,14 +154,14 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
         "POST",
         D,
         tenant="acme",
-        json={"hardware_id": "hw-psk-3", "credential_kind": "psk", "psk_identity": "acme-hw-psk-2"},
+        json={"hardware_id": "hw-psk-3", "credential_kind": "psk", "psk_identity": "acme:hw-psk-2"},
     )
     assert taken.status == 201  # the rotated-away identity is free again
     dup = await api.request(
         "POST",
         D,
         tenant="acme",
-        json={"hardware_id": "hw-psk-4", "credential_kind": "psk", "psk_identity": "acme-hw-psk-2"},
+        json={"hardware_id": "hw-psk-4", "credential_kind": "psk", "psk_identity": "acme:hw-psk-2"},
     )
     assert dup.status == 409
     records = await audit(redis)
@@ -172,6 +172,7 @@ async def test_psk_provision_rotate_revoke(api: Api, redis: aioredis.Redis) -> N
 
 async def test_certificates_register_list_revoke(api: Api, redis: aioredis.Redis) -> None:
     ca = devcerts.make_ca()
+    await api.add_ca("acme", ca)
     c1, c2, c3 = (devcerts.issue(ca, f"dev-{i}") for i in range(3))
     dev = await api.provision("acme", "hw-x", "x509")
     device_id = dev["device_id"]
@@ -243,6 +244,7 @@ async def test_certificates_register_list_revoke(api: Api, redis: aioredis.Redis
 
 async def test_tenant_isolation_on_every_admin_route(api: Api) -> None:
     ca = devcerts.make_ca()
+    acme_ca = await api.add_ca("acme", ca)
     cert = devcerts.issue(ca, "iso")
     key_dev = await api.provision("acme", "hw-key")
     psk_dev = await api.provision("acme", "hw-psk", "psk")
@@ -261,6 +263,7 @@ async def test_tenant_isolation_on_every_admin_route(api: Api) -> None:
         ("POST", f"{D}/{x}/certs", {"json": {"pem": other.cert_pem.decode()}}),
         ("DELETE", f"{D}/certs/{cert.fingerprint}", {}),
         ("GET", f"{D}/certs?device_id={x}", {}),
+        ("DELETE", f"/api/v1/cas/{ca.fingerprint}", {}),
     ]
     for method, path, kwargs in not_found:
         reply = await api.request(method, path, tenant="globex", **kwargs)
@@ -272,6 +275,7 @@ async def test_tenant_isolation_on_every_admin_route(api: Api) -> None:
     ] == []
     assert (await api.request("GET", D, tenant="globex")).body["devices"] == []
     assert (await api.request("GET", f"{D}/certs", tenant="globex")).body["certs"] == []
+    assert (await api.request("GET", "/api/v1/cas", tenant="globex")).body["cas"] == []
     # The same hardware id in another tenant is another device.
     theirs = await api.provision("globex", "hw-key")
     assert theirs["created"] is True and theirs["device_id"] != k
@@ -283,6 +287,8 @@ async def test_tenant_isolation_on_every_admin_route(api: Api) -> None:
     certs = (await api.request("GET", f"{D}/certs?device_id={x}", tenant="acme")).body["certs"]
     assert [c["fingerprint"] for c in certs] == [cert.fingerprint]
     assert certs[0]["status"] == "active"
+    cas = (await api.request("GET", "/api/v1/cas", tenant="acme")).body["cas"]
+    assert cas == [acme_ca.body]
 
 
 async def test_operator_token_failures_are_401(api: Api) -> None:

@@ -145,9 +145,11 @@ async def test_fuzz_both_apis_from_the_openapi_document(
         [http.build], http={"admin_tokens_file": str(path)}, limits={"auth_fail_max": 0}
     )
     base = f"http://127.0.0.1:{node.listeners[0].port}"
-    cert = devcerts.issue(devcerts.make_ca(), "fuzz")
+    ca = devcerts.make_ca()
+    cert = devcerts.issue(ca, "fuzz")
     async with aiohttp.ClientSession() as session:
         api = Api(session, base, tokens)
+        await api.add_ca("acme", ca)
         key_dev = await api.provision("acme", "fuzz-key")
         x_dev = await api.provision("acme", "fuzz-x509", "x509", cert_pem=cert.cert_pem.decode())
         psk_dev = await api.provision("acme", "fuzz-psk", "psk")
@@ -155,6 +157,7 @@ async def test_fuzz_both_apis_from_the_openapi_document(
         "device_id": key_dev["device_id"],
         "key_id": key_dev["key_id"],
         "fingerprint": cert.fingerprint,
+        "ca_fingerprint": ca.fingerprint,
         "api_key": key_dev["api_key"],
         "x509_device": x_dev["device_id"],
         "psk_device": psk_dev["device_id"],

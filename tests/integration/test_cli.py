@@ -113,15 +113,18 @@ def test_provision_each_kind_and_idempotency(env: dict[str, str], tmp_path: Path
             "--credential",
             "psk",
             "--psk-identity",
-            "lamp-1",
+            "acme:lamp-1",
             "--psk-hex",
             ASSIGNED_PSK,
         ],
         env,
     )
-    assert psk["psk_identity"] == "lamp-1" and psk["psk"] == ASSIGNED_PSK
+    assert psk["psk_identity"] == "acme:lamp-1" and psk["psk"] == ASSIGNED_PSK
 
-    cert = devcerts.issue(devcerts.make_ca(), "dev")
+    ca = devcerts.make_ca()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    ok(["cas", "add", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)
+    cert = devcerts.issue(ca, "dev")
     pem = tmp_path / "d.pem"
     pem.write_bytes(cert.cert_pem)
     x = ok(
@@ -189,6 +192,7 @@ def test_credential_commands(env: dict[str, str], tmp_path: Path) -> None:
     )
 
     ca = devcerts.make_ca()
+    ok(["cas", "add", "--tenant", "acme", "--cert", "-"], env, stdin=ca.cert_pem.decode())
     c = devcerts.issue(ca, "c")
     x = ok(
         ["devices", "provision", "--tenant", "acme", "--hardware-id", "x1", "--credential", "x509"],
@@ -398,3 +402,60 @@ def test_kek_generate_is_usable(env: dict[str, str]) -> None:
     from corem_ingress.core.psk import KeyRing
 
     assert KeyRing.parse(r.stdout).active_kid == "k2"
+
+
+def test_trust_anchor_commands(env: dict[str, str], tmp_path: Path) -> None:
+    """cas add|list|remove, tenants settings, certs challenge|sign-challenge|check-issuers,
+    and registration with a proof of possession, as an operator runs them."""
+    ca = devcerts.make_ca("acme CA")
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    added = ok(["cas", "add", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)
+    assert added["added"] is True and added["fingerprint"] == ca.fingerprint
+    listed = ok(["cas", "list", "--tenant", "acme"], env)
+    assert [c["fingerprint"] for c in listed["cas"]] == [ca.fingerprint]
+    assert "NOT_FOUND" in fails(
+        ["cas", "remove", "--tenant", "globex", "--fingerprint", ca.fingerprint], env
+    )
+    fails(["cas", "remove", "--tenant", "acme"], env)  # neither --cert nor --fingerprint
+
+    # A self-signed device: the tenant allows it, the key signs a challenge.
+    dev = devcerts.issue(None, "self-signed")
+    dev.write(tmp_path / "dev.pem", tmp_path / "dev.key")
+    settings = ok(["tenants", "settings", "--tenant", "acme"], env)
+    assert settings == {"tenant_id": "acme", "allow_self_signed": False}
+    provision = ["devices", "provision", "--tenant", "acme", "--hardware-id", "ss"]
+    provision += ["--credential", "x509", "--cert", str(tmp_path / "dev.pem")]
+    assert "FAILED_PRECONDITION" in fails(provision, env)
+    on = ok(["tenants", "settings", "--tenant", "acme", "--allow-self-signed", "on"], env)
+    assert on["allow_self_signed"] is True
+    assert "proof of possession" in fails(provision, env)
+    challenge = ok(["certs", "challenge", "--tenant", "acme"], env)["challenge"]
+    assert challenge.startswith("corem-pop-v1:acme:")
+    signed = ok(
+        ["certs", "sign-challenge", "--key", str(tmp_path / "dev.key"), "--challenge", challenge],
+        env,
+    )
+    out = ok([*provision, "--challenge", challenge, "--signature", signed["signature"]], env)
+    assert out["fingerprint"] == dev.fingerprint
+    # The challenge was used: a second use is refused.
+    assert "already used" in fails(
+        [*provision[:5], "ss2", *provision[6:], "--challenge", challenge, "--signature", "AA=="],
+        env,
+    )
+    fails([*provision, "--challenge", challenge], env)  # --signature missing
+    fails(["certs", "sign-challenge", "--key", str(tmp_path / "dev.pem"), "--challenge", "c"], env)
+
+    # The upgrade check; then removing the CA by its certificate.
+    c = devcerts.issue(ca, "c")
+    (tmp_path / "c.pem").write_bytes(c.cert_pem)
+    ok(
+        ["devices", "provision", "--tenant", "acme", "--hardware-id", "c", "--credential", "x509",
+         "--cert", str(tmp_path / "c.pem")],
+        env,
+    )  # fmt: skip
+    removed = ok(["cas", "remove", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)
+    assert removed["fingerprint"] == ca.fingerprint
+    report = ok(["certs", "check-issuers", "--tenant", "acme"], env)
+    assert [(p["fingerprint"], p["problem"]) for p in report["problems"]] == [
+        (c.fingerprint, "issuing_ca_removed")
+    ]

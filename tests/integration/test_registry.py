@@ -20,6 +20,7 @@ from corem_ingress.core.errors import (
 )
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.psk import KeyRing, generate_kek_line
+from corem_ingress.core.trust import PeerChain
 from corem_ingress.resolver import Resolver
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
@@ -68,25 +69,34 @@ async def test_provision_psk_generated_and_assigned(registry: Registry, resolver
     resolved = await resolver.resolve_psk(gen.psk.psk_identity)
     assert resolved.psk == gen.psk.psk and resolved.identity.device_id == gen.device.device_id
 
+    assert gen.psk.psk_identity.startswith("acme:")
     key = os.urandom(32)
     assigned = await registry.provision(
-        "acme", "hw-p2", CredentialKind.PSK, actor=A, psk_identity="lamp-7", psk_bytes=key
+        "acme", "hw-p2", CredentialKind.PSK, actor=A, psk_identity="acme:lamp-7", psk_bytes=key
     )
     assert assigned.to_json()["psk"] == key.hex()
-    assert (await resolver.resolve_psk("lamp-7")).psk == key
-    # PSK identities are global (the DTLS handshake carries no tenant).
-    with pytest.raises(AlreadyExists):
-        await registry.provision(
-            "globex",
-            "hw-p3",
-            CredentialKind.PSK,
-            actor=A,
-            psk_identity="lamp-7",
-            psk_bytes=os.urandom(32),
-        )
-    # The conflicting call created nothing.
+    assert (await resolver.resolve_psk("acme:lamp-7")).psk == key
+    # PSK identities are global (the DTLS handshake carries no tenant), so each tenant
+    # assigns only in its own namespace: another tenant's identity is refused like any
+    # identity outside its namespace, whether it exists or not (no existence oracle).
+    for identity in ("acme:lamp-7", "acme:lamp-unused", "lamp-7"):
+        with pytest.raises(InvalidArgument, match="prefix 'globex:'"):
+            await registry.provision(
+                "globex",
+                "hw-p3",
+                CredentialKind.PSK,
+                actor=A,
+                psk_identity=identity,
+                psk_bytes=os.urandom(32),
+            )
+    # The refused calls created nothing.
     with pytest.raises(NotFound):
         await registry.find_device("globex", "hw-p3")
+    # Within its own namespace a conflict names only the tenant's own device.
+    with pytest.raises(AlreadyExists):
+        await registry.provision(
+            "acme", "hw-p4", CredentialKind.PSK, actor=A, psk_identity="acme:lamp-7"
+        )
 
 
 async def test_psk_is_sealed_at_rest(registry: Registry, redis: aioredis.Redis) -> None:
@@ -113,17 +123,21 @@ async def test_x509_register_list_revoke_and_uniqueness(
     registry: Registry, resolver: Resolver
 ) -> None:
     ca = devcerts.make_ca()
+    await registry.add_ca("acme", ca.cert_pem, actor=A)
+    chain = PeerChain((ca.fingerprint,))
     c1, c2 = devcerts.issue(ca, "d1"), devcerts.issue(ca, "d1-next")
     dev = await registry.provision(
         "acme", "hw-x", CredentialKind.X509, actor=A, cert_pem=c1.cert_pem
     )
     assert dev.to_json()["fingerprint"] == c1.fingerprint
     device_id = dev.device.device_id
-    assert (await resolver.resolve_cert(c1.fingerprint)).device_id == device_id
+    assert (await resolver.resolve_cert(c1.fingerprint, chain=chain)).device_id == device_id
     # A second active cert for rotation.
     rec = await registry.register_cert("acme", device_id, c2.cert_pem, actor=A)
     assert rec.credential_id == c2.fingerprint and "CN=d1-next" in rec.extra["subject"]
-    # Fingerprints are unique across tenants.
+    assert rec.extra["anchors"] == ca.fingerprint
+    # Fingerprints are unique across tenants (here both tenants trust the same CA).
+    await registry.add_ca("globex", ca.cert_pem, actor=A)
     other = await registry.provision("globex", "hw-y", CredentialKind.X509, actor=A)
     with pytest.raises(AlreadyExists):
         await registry.register_cert("globex", other.device.device_id, c1.cert_pem, actor=A)
@@ -146,8 +160,8 @@ async def test_x509_register_list_revoke_and_uniqueness(
     assert revoked.status == "revoked" and revoked.revoked_at is not None
     resolver.drop_cache()
     with pytest.raises(Unauthenticated):
-        await resolver.resolve_cert(c1.fingerprint)
-    assert (await resolver.resolve_cert(c2.fingerprint)).device_id == device_id
+        await resolver.resolve_cert(c1.fingerprint, chain=chain)
+    assert (await resolver.resolve_cert(c2.fingerprint, chain=chain)).device_id == device_id
     # A revoked certificate cannot come back.
     with pytest.raises(AlreadyExists):
         await registry.register_cert("acme", device_id, c1.cert_pem, actor=A)
@@ -255,15 +269,15 @@ async def test_rotate_with_zero_overlap_revokes_at_once(
 
 async def test_psk_rotate_and_revoke(registry: Registry, resolver: Resolver) -> None:
     dev = await registry.provision(
-        "acme", "hw-pr", CredentialKind.PSK, actor=A, psk_identity="pr-1"
+        "acme", "hw-pr", CredentialKind.PSK, actor=A, psk_identity="acme:pr-1"
     )
     device_id = dev.device.device_id
     key = os.urandom(40)
     new = await registry.rotate_psk("acme", device_id, actor=A, psk_bytes=key)
-    assert new.psk_identity != "pr-1" and new.psk == key
+    assert new.psk_identity != "acme:pr-1" and new.psk == key
     resolver.drop_cache()
     with pytest.raises(Unauthenticated):
-        await resolver.resolve_psk("pr-1")
+        await resolver.resolve_psk("acme:pr-1")
     assert (await resolver.resolve_psk(new.psk_identity)).psk == key
     # Keeping the identity, new key: the old key no longer opens, the new one does.
     same = await registry.rotate_psk("acme", device_id, actor=A, psk_identity=new.psk_identity)

@@ -19,9 +19,11 @@ from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
+from corem_ingress.core.trust import PeerChain
 from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.store.registry import Registry
 from tests.conftest import make_config
+from tests.pki import trust_ca
 
 A = "cli:test"
 
@@ -61,12 +63,14 @@ async def test_revocation_evicts_cache_and_disconnects_sessions(
     hub, resolver = node.services.sessions, node.services.resolver
     orders = Orders(node)
     ca = devcerts.make_ca()
+    await trust_ca(registry, "acme", ca)
     cert = devcerts.issue(ca, "d")
     dev = await registry.provision(
         "acme", "hw-r", CredentialKind.X509, actor=A, cert_pem=cert.cert_pem
     )
-    ident = await resolver.resolve_cert(cert.fingerprint)
-    assert resolver.cached_cert(cert.fingerprint) == ident
+    chain = PeerChain((ca.fingerprint,))
+    ident = await resolver.resolve_cert(cert.fingerprint, chain=chain)
+    assert resolver.cached_cert(cert.fingerprint, chain) == ident
     closed: list[str] = []
     hub.register(LiveSession("mqtt-1", "mqtt", ident, cert.fingerprint), closer(closed))
     hub.register(LiveSession("coap-1", "coap", ident, cert.fingerprint), closer(closed))
@@ -86,7 +90,7 @@ async def test_revocation_evicts_cache_and_disconnects_sessions(
     # The cache no longer vouches: the next lookup asks Redis and is refused.
     assert resolver.cached_cert(cert.fingerprint) is None
     with pytest.raises(Unauthenticated):
-        await resolver.resolve_cert(cert.fingerprint)
+        await resolver.resolve_cert(cert.fingerprint, chain=chain)
     with pytest.raises(Unauthenticated):
         resolver.cached_cert(cert.fingerprint)  # now a negative entry
     assert dev.device.device_id == ident.device_id
@@ -96,16 +100,18 @@ async def test_created_event_clears_negative_entry(start_node, registry: Registr
     node = await start_node([])
     resolver = node.services.resolver
     with pytest.raises(Unauthenticated):
-        await resolver.resolve_psk("late-id")
+        await resolver.resolve_psk("acme:late-id")
     with pytest.raises(Unauthenticated):
-        resolver.cached_psk("late-id")
-    await registry.provision("acme", "hw-late", CredentialKind.PSK, actor=A, psk_identity="late-id")
+        resolver.cached_psk("acme:late-id")
+    await registry.provision(
+        "acme", "hw-late", CredentialKind.PSK, actor=A, psk_identity="acme:late-id"
+    )
     for _ in range(100):
-        if resolver.cache.get(CredentialKind.PSK, "late-id", time.time()) is None:
+        if resolver.cache.get(CredentialKind.PSK, "acme:late-id", time.time()) is None:
             break
         await asyncio.sleep(0.02)
-    assert (await resolver.resolve_psk("late-id")).identity.tenant_id == "acme"
-    assert resolver.cached_psk("late-id") is not None
+    assert (await resolver.resolve_psk("acme:late-id")).identity.tenant_id == "acme"
+    assert resolver.cached_psk("acme:late-id") is not None
 
 
 async def test_overlap_end_disconnects_sessions_of_the_old_key(
@@ -138,15 +144,19 @@ async def test_bus_gap_triggers_resync_and_revalidation(
     node = await start_node([])
     hub, resolver = node.services.sessions, node.services.resolver
     orders = Orders(node)
-    a = await registry.provision("acme", "hw-g1", CredentialKind.PSK, actor=A, psk_identity="gap-1")
-    b = await registry.provision("acme", "hw-g2", CredentialKind.PSK, actor=A, psk_identity="gap-2")
+    a = await registry.provision(
+        "acme", "hw-g1", CredentialKind.PSK, actor=A, psk_identity="acme:gap-1"
+    )
+    b = await registry.provision(
+        "acme", "hw-g2", CredentialKind.PSK, actor=A, psk_identity="acme:gap-2"
+    )
     for res, sid in ((a, "s-a"), (b, "s-b")):
         assert res.psk is not None
         ident = (await resolver.resolve_psk(res.psk.psk_identity)).identity
         hub.register(LiveSession(sid, "coap", ident, res.psk.psk_identity), lambda o: None)
     # A change whose event this node never sees (as when pub/sub drops messages in a gap).
-    await redis.delete("{corem}:auth:psk:gap-1")
-    assert resolver.cached_psk("gap-1") is not None  # the cache still vouches: stale
+    await redis.delete("{corem}:auth:psk:acme:gap-1")
+    assert resolver.cached_psk("acme:gap-1") is not None  # the cache still vouches: stale
     resyncs = node.bus.resyncs
     await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
     got = await orders.wait(1)
@@ -154,9 +164,9 @@ async def test_bus_gap_triggers_resync_and_revalidation(
     await asyncio.wait_for(node.bus.resync_task, 10)
     assert [(o.session_id, o.cause) for o in got] == [("s-a", Cause.NO_LONGER_VALID)]
     assert node.bus.resyncs == resyncs + 1
-    assert resolver.cached_psk("gap-2") is not None  # refilled by re-validation
+    assert resolver.cached_psk("acme:gap-2") is not None  # refilled by re-validation
     with pytest.raises(Unauthenticated):
-        resolver.cached_psk("gap-1")
+        resolver.cached_psk("acme:gap-1")
     assert len(hub) == 1
 
 

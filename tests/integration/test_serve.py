@@ -170,3 +170,76 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
         r.stderr.strip()
         == "corem-ingress: error: config: http.port: expected int (from " + str(f) + ")"
     )
+
+
+def test_serve_registers_the_configured_tenant_cas(tmp_path: Path, kek_env: str) -> None:
+    """The quick start: the embedded Redis starts empty, and ``trust.bootstrap_cas``
+    (``configs/dev.yaml``: the dev CA for ``acme``) makes the dev device certificates
+    provisionable with the README's commands."""
+    from corem_ingress.devcerts import write_dev_certs
+
+    write_dev_certs(tmp_path / "certs-dev", devices=1)
+    env = {k: v for k, v in os.environ.items() if k != "COREM_REDIS_URL"}
+    env.update(
+        {
+            "COREM_REDIS_URL": "",
+            "COREM_TRUST_BOOTSTRAP_CAS": f"acme:{tmp_path / 'certs-dev' / 'ca.pem'}",
+        }
+    )
+    proc, port = _serve(env, tmp_path)
+    try:
+        _wait_ready(port, proc)
+        cli_env = {**env, "COREM_STATE_DIR": str(tmp_path / "state"), "COREM_PSK_KEK": kek_env}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "corem_ingress", *args],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        device_pem = str(tmp_path / "certs-dev" / "devices" / "device-1.pem")
+        provision = ["devices", "provision", "--tenant", "acme", "--hardware-id", "SN-3"]
+        r = cli(*provision, "--credential", "x509", "--cert", device_pem)
+        assert r.returncode == 0, r.stderr
+        listed = json.loads(cli("cas", "list", "--tenant", "acme").stdout)["cas"]
+        assert len(listed) == 1 and "DEV ONLY" in listed[0]["subject"]
+        # Another tenant does not trust the dev CA.
+        r = cli("devices", "provision", "--tenant", "globex", "--hardware-id", "SN-3",
+                "--credential", "x509", "--cert", device_pem)  # fmt: skip
+        assert r.returncode == 2 and "FAILED_PRECONDITION" in r.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert '"trust.bootstrap_ca"' in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_missing_bootstrap_ca_file_is_one_line_exit_2(tmp_path: Path, redis_url: str) -> None:
+    env = {
+        **os.environ,
+        "COREM_REDIS_URL": redis_url,
+        "COREM_TRUST_BOOTSTRAP_CAS": f"acme:{tmp_path / 'nope.pem'}",
+        "COREM_HEALTH_PORT": "0",
+        "COREM_HTTP_ENABLED": "false",
+        "COREM_MQTT_ENABLED": "false",
+        "COREM_COAP_ENABLED": "false",
+        "COREM_STATE_DIR": str(tmp_path / "state"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "corem_ingress", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith("corem-ingress: error: config: trust.bootstrap_cas: cannot read")
+    )

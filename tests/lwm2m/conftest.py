@@ -20,6 +20,7 @@ from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from tests.coap.conftest import CertSet, certs, coap_section  # noqa: F401 - fixture
 from tests.http.conftest import Api, operator_tokens  # noqa: F401 - fixture
+from tests.pki import trust_ca
 
 #: Every wait in these tests is bounded by this.
 WAIT_S = 10.0
@@ -46,13 +47,19 @@ async def provision(
     if kind == "psk":
         key = f"lwm2m-psk-{n:04d}".encode().ljust(32, b"k")
         res = await registry.provision(
-            tenant, hw, CredentialKind.PSK, actor="test", psk_identity=f"ep-{n}", psk_bytes=key
+            tenant,
+            hw,
+            CredentialKind.PSK,
+            actor="test",
+            psk_identity=f"{tenant}:ep-{n}",
+            psk_bytes=key,
         )
         assert res.psk is not None
         return Provisioned(
             res.device.device_id, hw, res.psk.credential_id, res.psk.psk_identity, res.psk.psk
         )
     issued, cert, keyfile = certset.device(hw)
+    await trust_ca(registry, tenant, certset.ca)
     res = await registry.provision(
         tenant, hw, CredentialKind.X509, actor="test", cert_pem=issued.cert_pem.decode()
     )

@@ -150,7 +150,7 @@ class Device:
 
 async def provision(b: Broker) -> Device:
     n = next(_n)
-    endpoint, identity = f"wk-{os.getpid()}-{n}", f"wk-id-{os.getpid()}-{n}"
+    endpoint, identity = f"wk-{os.getpid()}-{n}", f"acme:wk-{os.getpid()}-{n}"
     psk = os.urandom(16)
     res = await b.node.services.registry.provision(
         "acme", endpoint, CredentialKind.PSK, actor="test", psk_identity=identity, psk_bytes=psk

@@ -82,6 +82,7 @@ class Device:
 
 async def provision_x509(registry: Registry, pki: Pki, tenant: str, hw: str, **kw: Any) -> Device:
     cert = pki.device(f"{tenant}-{hw}", **kw)
+    await registry.add_ca(tenant, pki.ca.cert_pem, actor="test")  # the tenant's trust anchor
     out = await registry.provision(tenant, hw, CredentialKind.X509, actor="test", cert_pem=cert.pem)
     return Device(tenant, out.device.device_id, cert=cert)
 

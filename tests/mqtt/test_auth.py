@@ -19,6 +19,7 @@ from tests.mqtt.conftest import (
     run,
     tls_args,
 )
+from tests.pki import admission
 
 pytestmark = pytest.mark.integration
 
@@ -142,8 +143,15 @@ async def test_client_id_rules_with_paho(mqtt_node, registry, pki):  # type: ign
 
 async def test_self_signed_only_when_allowed_and_registered(mqtt_node, registry, pki):  # type: ignore[no-untyped-def]
     own = pki.device("self-signed-dev", self_signed=True)
+    # Registered where the tenant allows self-signed devices, with proof of possession.
+    proof = await admission(registry, "acme", own.issued, None)
     out = await registry.provision(
-        "acme", "hw-ss", CredentialKind.X509, actor="test", cert_pem=own.pem
+        "acme",
+        "hw-ss",
+        CredentialKind.X509,
+        actor="test",
+        cert_pem=own.pem,
+        proof_of_possession=proof,
     )
     device_id = out.device.device_id
     # Default: self-signed certs fail the handshake even when registered.

@@ -13,6 +13,7 @@ from corem_ingress.adapters.mqtt import codec
 from corem_ingress.core.identity import CredentialKind
 from tests.mqtt.conftest import RawClient, client_ssl, connect_packet, mqtt_section
 from tests.ops.redis_topologies import RedisClusterProcs
+from tests.pki import trust_ca
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +29,7 @@ async def test_mqtt_uplinks_and_revocation_on_a_cluster(
     try:
         for tenant in ("acme", "globex", "initech"):  # streams on different slots
             cert = pki.device(f"{tenant}-topo")
+            await trust_ca(registry, tenant, pki.ca)  # Lua on the cluster's registry slot
             dev = await registry.provision(
                 tenant, "hw-topo", CredentialKind.X509, actor="test", cert_pem=cert.pem
             )

@@ -140,17 +140,17 @@ async def test_redis_killed_under_coap_load(
         loads = []
         for i in range(DEVICES):
             res = await registry.provision(
-                "fcoap", f"SN-{i}", CredentialKind.PSK, actor=A, psk_identity=f"fc-{i}"
+                "fcoap", f"SN-{i}", CredentialKind.PSK, actor=A, psk_identity=f"fcoap:{i}"
             )
             assert res.psk is not None
             loads.append(
                 Load(res.device.device_id, res.psk.psk_identity, res.psk.psk, listener.port)
             )
         fresh = await registry.provision(
-            "fcoap", "SN-fresh", CredentialKind.PSK, actor=A, psk_identity="fc-fresh"
+            "fcoap", "SN-fresh", CredentialKind.PSK, actor=A, psk_identity="fcoap:fresh"
         )
         assert fresh.psk is not None
-        fresh_ctx = psk_context(b"fc-fresh", fresh.psk.psk)
+        fresh_ctx = psk_context(b"fcoap:fresh", fresh.psk.psk)
 
         unavailable0 = sample("unavailable")
         tasks = [asyncio.ensure_future(ld.run(stop)) for ld in loads]

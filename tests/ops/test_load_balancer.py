@@ -129,11 +129,11 @@ async def test_coap_node_killed_behind_nginx_udp(
     lb.start(wait_port=listens[8883])
     key = secrets.token_urlsafe(30).encode()  # printable: libcoap -k takes text
     out = await registry.provision(
-        "lbudp", "SN-U", CredentialKind.PSK, actor="test", psk_identity="lb-udp-1", psk_bytes=key
+        "lbudp", "SN-U", CredentialKind.PSK, actor="test", psk_identity="lbudp:1", psk_bytes=key
     )
     assert out.psk is not None
     try:
-        await coap_post(listens[5684], "lb-udp-1", key, '{"n":1}')
+        await coap_post(listens[5684], "lbudp:1", key, '{"n":1}')
         assert await redis.xlen(keys.uplink_stream("lbudp")) == 1
         counts = {br.name: await asyncio.to_thread(metric, br, COAP_OK) for br in (a, b)}
         holder = a if counts["node-a"] == 1 else b
@@ -149,7 +149,7 @@ async def test_coap_node_killed_behind_nginx_udp(
         stream = keys.uplink_stream("lbudp")
         attempts = 0
         for attempts in range(1, 9):
-            rc = await coap_post(listens[5684], "lb-udp-1", key, '{"n":2}')
+            rc = await coap_post(listens[5684], "lbudp:1", key, '{"n":2}')
             # libcoap's exit code does not say whether an answer came: count what is stored.
             if await redis.xlen(stream) == 2:
                 break
@@ -162,7 +162,7 @@ async def test_coap_node_killed_behind_nginx_udp(
         assert [e[1]["payload"] for e in entries] == ['{"n":1}', '{"n":2}']
 
         await registry.revoke_psk("lbudp", out.device.device_id, actor="test")
-        await coap_post(listens[5684], "lb-udp-1", key, '{"n":3}')
+        await coap_post(listens[5684], "lbudp:1", key, '{"n":3}')
         assert await redis.xlen(stream) == 2  # refused: nothing stored
         print(
             f"\nCoAP node SIGKILL behind nginx (UDP): uplink accepted by {survivor.name} after "

@@ -39,10 +39,10 @@ async def test_node_killed_dtls_device_rehandshakes_elsewhere_and_revocation_app
     await asyncio.gather(wait_ready(a), wait_ready(b))
     assert a.coap_port is not None and b.coap_port is not None
     out = await registry.provision(
-        "fod", "SN-D1", CredentialKind.PSK, actor="test", psk_identity="fod-d1"
+        "fod", "SN-D1", CredentialKind.PSK, actor="test", psk_identity="fod:d1"
     )
     assert out.psk is not None
-    ctx = psk_context(b"fod-d1", out.psk.psk)
+    ctx = psk_context(b"fod:d1", out.psk.psk)
     client = await AsyncDtlsClient.connect(ctx, a.coap_port)
     try:
         assert client.client.done

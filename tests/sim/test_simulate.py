@@ -222,10 +222,15 @@ async def test_openssl_psk_device_observes_downlinks_and_sees_close_notify(
     downlink on its Observe of /down, then revocation ends the session by close_notify."""
     psk = os.urandom(32)
     res = await registry.provision(
-        SIM_TENANT, "ossl-1", CredentialKind.PSK, actor="test", psk_identity="ossl-1", psk_bytes=psk
+        SIM_TENANT,
+        "ossl-1",
+        CredentialKind.PSK,
+        actor="test",
+        psk_identity=f"{SIM_TENANT}:ossl-1",
+        psk_bytes=psk,
     )
     target = Target("127.0.0.1", broker["ports"]["coap"], str(broker["certs"] / "ca.pem"))
-    device = CoapOpenSslPskDevice("ossl-1", target, "ossl-1", psk)
+    device = CoapOpenSslPskDevice("ossl-1", target, f"{SIM_TENANT}:ossl-1", psk)
     await device.connect()
     try:
         await device.send(1)

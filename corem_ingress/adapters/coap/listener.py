@@ -125,7 +125,11 @@ class CoapListener:
         if credential is not None:
             self.services.sessions.register(
                 LiveSession(
-                    session_id, Transport.COAP.value, credential.identity, credential.lookup
+                    session_id,
+                    Transport.COAP.value,
+                    credential.identity,
+                    credential.lookup,
+                    chain=credential.chain,
                 ),
                 functools.partial(self._disconnect, addr, session_id),
             )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.trust import PeerChain
 
 Address = tuple[str, int]
 
@@ -18,6 +19,8 @@ class Credential:
     #: The resolver's lookup handle: the PSK identity or the certificate fingerprint.
     lookup: str
     identity: DeviceIdentity
+    #: X.509: the verified chain (re-checked when the tenant's trust anchors change).
+    chain: PeerChain | None = None
 
 
 @dataclass(frozen=True, slots=True)

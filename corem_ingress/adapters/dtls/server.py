@@ -61,6 +61,7 @@ from corem_ingress.core.causes import ALERT_DECRYPT_ERROR, Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.trust import PeerChain
 
 #: Explicit list: the CoAP/LwM2M mandatory CCM8 suites and GCM suites. The CCM8
 #: suites need @SECLEVEL=0 with OpenSSL 3+; nothing weaker is listed.
@@ -81,7 +82,9 @@ class CredentialCache(Protocol):
 
     def cached_psk(self, identity: str) -> Any: ...  # ResolvedPsk | None
 
-    def cached_cert(self, fingerprint: str) -> DeviceIdentity | None: ...
+    def cached_cert(
+        self, fingerprint: str, chain: PeerChain | None = None
+    ) -> DeviceIdentity | None: ...
 
 
 @dataclass
@@ -128,6 +131,9 @@ class _Peer:
     suite: int | None = None
     #: The user keeps the session open at least until then, however idle (``keep_alive``).
     keep_until: float = 0.0
+    #: Fingerprints of the verified chain above the leaf, by depth (the verify callback
+    #: sees the top first); checked against the tenant's CAs at depth 0.
+    chain_above_leaf: dict[int, str] = field(default_factory=dict)
 
     def idle_deadline(self, idle_timeout: float) -> float:
         """When the established session is closed as idle."""
@@ -498,6 +504,9 @@ class DtlsServer:
         if depth > 0:
             if not ok:
                 peer.refusal = (Cause.BAD_CERTIFICATE, f"chain error {errno}")
+            else:
+                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+                peer.chain_above_leaf[depth] = fingerprint_der(der)
             return bool(ok)
         if not ok and errno != _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
             peer.refusal = (Cause.BAD_CERTIFICATE, f"certificate error {errno}")
@@ -509,15 +518,19 @@ class DtlsServer:
                 peer.refusal = (Cause.CERTIFICATE_EXPIRED, "outside its validity period")
                 return False
         fp = fingerprint_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+        above = peer.chain_above_leaf
+        chain = PeerChain(tuple(above[d] for d in sorted(above)))
         try:
-            identity = self._credentials.cached_cert(fp)
+            # With the chain: it must end in one of the resolved tenant's CAs (FOREIGN_CA,
+            # alert unknown_ca, otherwise).
+            identity = self._credentials.cached_cert(fp, chain)
         except IngressError as exc:
             peer.refusal = (exc.cause, "certificate")
             return False
         if identity is None:
             peer.refusal = (Cause.UNAVAILABLE, "certificate not vouched for by the resolver cache")
             return False
-        peer.credential = Credential(CredentialKind.X509, fp, identity)
+        peer.credential = Credential(CredentialKind.X509, fp, identity, chain)
         return True
 
     # -- established -----------------------------------------------------------------------

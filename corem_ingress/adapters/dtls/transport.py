@@ -63,7 +63,7 @@ class DtlsGuard(Protocol):
 class AsyncResolver(Protocol):
     async def resolve_psk(self, identity: str) -> Any: ...
 
-    async def resolve_cert(self, fingerprint: str) -> Any: ...
+    async def resolve_cert(self, fingerprint: str, *, chain: None) -> Any: ...
 
 
 class DtlsTransport(asyncio.DatagramProtocol):
@@ -205,6 +205,8 @@ class DtlsTransport(asyncio.DatagramProtocol):
             if event.kind is CredentialKind.PSK:
                 await self._resolver.resolve_psk(event.lookup)
             else:
-                await self._resolver.resolve_cert(event.lookup)
+                # Fills the cache (registration and tenant trust); the handshake's verify
+                # callback then checks the chain the device presented.
+                await self._resolver.resolve_cert(event.lookup, chain=None)
         self.server.credential_resolved(event.addr, self._clock())
         self._pump()

@@ -1,5 +1,6 @@
 """The operator admin API under ``/api/v1/devices``: provisioning, credential changes,
-downlinks and LwM2M operations.
+downlinks and LwM2M operations (the tenant's trust anchors, ``/api/v1/cas``, are in
+``trust.py``).
 
 Every request carries an operator token (``Authorization: Bearer``) that maps to
 exactly one tenant; the registry is always asked with that tenant, so another
@@ -28,10 +29,12 @@ from corem_ingress.adapters.http.bodies import (
 from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.adapters.http.trust import TrustApi, proof_field
 from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
+from corem_ingress.core.proof import Proof
 from corem_ingress.core.psk import parse_psk_hex
 from corem_ingress.services import Services
 from corem_ingress.store.downlinks import send_downlink
@@ -55,11 +58,11 @@ LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _PROVISION_FIELDS = frozenset(
-    {"hardware_id", "credential_kind", "cert_pem", "psk_identity", "psk_hex"}
+    {"hardware_id", "credential_kind", "cert_pem", "psk_identity", "psk_hex", "proof"}
 )
 _ROTATE_FIELDS = frozenset({"overlap_s"})
 _PSK_FIELDS = frozenset({"psk_identity", "psk_hex"})
-_CERT_FIELDS = frozenset({"pem"})
+_CERT_FIELDS = frozenset({"pem", "proof"})
 _DOWNLINK_FIELDS = frozenset({"kind", "payload", "qos"})
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -82,6 +85,10 @@ class AdminApi:
         self._tokens = tokens
         self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
+        #: For the admin API's other route groups (``trust.py``).
+        self.registry = services.registry
+        self.body_limit = self._limit
+        self.clock = services.clock
         lwm2m = services.config.lwm2m
         self._lwm2m = OperatorCalls(
             services.registry,
@@ -109,6 +116,7 @@ class AdminApi:
         r.add_get(LWM2M, self.lwm2m_registration)
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
+        TrustApi(self).add_routes(app)
 
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:
@@ -152,6 +160,7 @@ class AdminApi:
             cert_pem=cert_pem,
             psk_identity=psk_identity,
             psk_bytes=parse_psk_hex(psk_hex) if psk_hex is not None else None,
+            proof_of_possession=proof_field(doc),
         )
         if result.created:
             location = f"{DEVICES}/{result.device.device_id}"
@@ -260,28 +269,27 @@ class AdminApi:
         op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         body = await read_body(request, self._limit)
-        pem = self._pem_from_body(request.content_type, body)
-        rec = await self._registry.register_cert(op.tenant_id, device_id, pem, actor=op.actor)
+        pem, given = self._cert_from_body(request.content_type, body)
+        rec = await self._registry.register_cert(
+            op.tenant_id, device_id, pem, actor=op.actor, proof_of_possession=given
+        )
         return _json(rec.to_json(self._s.clock()), status=201)
 
     @staticmethod
-    def _pem_from_body(content_type: str, body: bytes) -> str:
-        """JSON ``{"pem": ...}`` or the PEM text itself (any text or PEM media type)."""
+    def _cert_from_body(content_type: str, body: bytes) -> tuple[str, Proof | None]:
+        """JSON ``{"pem": ..., "proof"?: ...}`` or the PEM text itself (any text or PEM media
+        type; no proof then)."""
         if content_type == "application/json":
-            pem = text_field(
-                parse_json_object(body, allowed=_CERT_FIELDS),
-                "pem",
-                required=True,
-                max_len=len(body),
-            )
+            doc = parse_json_object(body, allowed=_CERT_FIELDS)
+            pem = text_field(doc, "pem", required=True, max_len=len(body))
             assert pem is not None
-            return pem
+            return pem, proof_field(doc)
         if content_type.startswith("multipart/") or content_type == (
             "application/x-www-form-urlencoded"
         ):
             raise UnsupportedMediaType('send the certificate as PEM text or as JSON {"pem": ...}')
         try:
-            return body.decode("utf-8")
+            return body.decode("utf-8"), None
         except UnicodeDecodeError:
             raise InvalidArgument("certificate must be PEM text (UTF-8)") from None
 

@@ -96,6 +96,11 @@ _FINGERPRINT = _path_param(
     "SHA-256 of the certificate's DER bytes, lower-case hex.",
     {"type": "string", "pattern": "^[0-9a-f]{64}$"},
 )
+_CA_FINGERPRINT = _path_param(
+    "ca_fingerprint",
+    "SHA-256 of the CA certificate's DER bytes, lower-case hex.",
+    {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+)
 _LIMIT = _query_param(
     "limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
 )
@@ -211,8 +216,99 @@ def _schemas() -> Json:
             },
         },
     )
+    proof = {
+        "description": "Proof of possession of the certificate's private key, over a "
+        "challenge from POST /api/v1/challenges (single use, expires): a signature of the "
+        "challenge's UTF-8 bytes (ECDSA or RSA PKCS#1 v1.5 with SHA-256, or Ed25519; base64), "
+        "or a PKCS#10 CSR made with the key whose challengePassword is the challenge.",
+        "oneOf": [
+            _obj(
+                ["challenge", "signature"],
+                {
+                    "challenge": {"type": "string", "maxLength": 256},
+                    "signature": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "description": "base64 of the signature",
+                    },
+                },
+            ),
+            _obj(["csr_pem"], {"csr_pem": {"type": "string", "maxLength": 16384}}),
+        ],
+    }
+    ca = _obj(
+        [
+            "fingerprint",
+            "subject",
+            "issuer",
+            "serial",
+            "not_before",
+            "not_after",
+            "key_type",
+            "path_length",
+            "self_signed",
+            "require_device_proof",
+            "added_at",
+            "expired",
+        ],
+        {
+            "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "subject": _STR,
+            "issuer": _STR,
+            "serial": _STR,
+            "not_before": _NUM,
+            "not_after": _NUM,
+            "key_type": _STR,
+            "path_length": {
+                "type": ["integer", "null"],
+                "description": "basicConstraints pathLenConstraint (null: none).",
+            },
+            "self_signed": {
+                "type": "boolean",
+                "description": "A root rather than an intermediate.",
+            },
+            "require_device_proof": {
+                "type": "boolean",
+                "description": "Device certificates under this CA need proof of possession.",
+            },
+            "added_at": _NUM,
+            "expired": {"type": "boolean"},
+        },
+    )
     return {
         "Error": error,
+        "Proof": proof,
+        "Ca": ca,
+        "CaList": _obj(
+            ["cas", "next_cursor"],
+            {
+                "cas": {"type": "array", "items": _ref("Ca")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        ),
+        "AddCaRequest": _obj(
+            ["cert_pem", "proof"],
+            {
+                "cert_pem": {"description": "The CA certificate (PEM, exactly one).", **_STR},
+                "proof": {**_ref("Proof"), "description": "Made with the CA's key."},
+                "require_device_proof": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Ask proof of possession for every device certificate "
+                    "under this CA (for a CA that other tenants may trust too).",
+                },
+            },
+        ),
+        "Challenge": _obj(
+            ["challenge", "expires_at"],
+            {
+                "challenge": {
+                    "type": "string",
+                    "pattern": "^corem-pop-v1:[a-z0-9][a-z0-9_-]{0,62}:[A-Za-z0-9_-]{32}$",
+                },
+                "expires_at": _NUM,
+            },
+        ),
         "UplinkRequest": _obj(
             ["kind", "payload"],
             {
@@ -230,11 +326,20 @@ def _schemas() -> Json:
                 "hardware_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@+=-]{1,128}$"},
                 "credential_kind": kind,
                 "cert_pem": {"description": "x509 only: the device certificate (PEM).", **_STR},
-                "psk_identity": {"description": "psk only: identity to assign.", **_STR},
+                "psk_identity": {
+                    "description": "psk only: identity to assign; must start with the "
+                    "tenant id and a colon (`acme:`).",
+                    **_STR,
+                },
                 "psk_hex": {
                     "description": "psk only: key to assign, hex (32-64 bytes).",
                     "type": "string",
                     "pattern": "^([0-9a-fA-F]{2}){32,64}$",
+                },
+                "proof": {
+                    **_ref("Proof"),
+                    "description": "x509 only: proof of possession of the certificate's key "
+                    "(required for a self-signed certificate).",
                 },
             },
         ),
@@ -285,7 +390,11 @@ def _schemas() -> Json:
         "RotatePskRequest": _obj(
             [],
             {
-                "psk_identity": _STR,
+                "psk_identity": {
+                    "description": "Identity to assign; must start with the tenant id and a "
+                    "colon (`acme:`).",
+                    **_STR,
+                },
                 "psk_hex": {"type": "string", "pattern": "^([0-9a-fA-F]{2}){32,64}$"},
             },
         ),
@@ -293,7 +402,17 @@ def _schemas() -> Json:
             ["device_id", "credential_id", "psk_identity", "psk"],
             {"device_id": _UUID, "credential_id": _STR, "psk_identity": _STR, "psk": _STR},
         ),
-        "CertJson": _obj(["pem"], {"pem": _STR}),
+        "CertJson": _obj(
+            ["pem"],
+            {
+                "pem": _STR,
+                "proof": {
+                    **_ref("Proof"),
+                    "description": "Proof of possession of the certificate's key (required "
+                    "for a self-signed certificate).",
+                },
+            },
+        ),
         "DownlinkRequest": _obj(
             ["kind", "payload"],
             {
@@ -485,9 +604,10 @@ def _responses() -> Json:
         "Forbidden": err("The credential is valid but not for this device."),
         "NotFound": err("No such resource for this tenant (another tenant's is not found either)."),
         "MethodNotAllowed": err("The device refused the operation on this path (CoAP 4.05)."),
-        "Conflict": err("The PSK identity or certificate is already in use."),
+        "Conflict": err("The PSK identity or certificate is already in use (in this tenant)."),
         "PreconditionFailed": err(
-            "Not possible in the resource's state (e.g. another credential kind, key not active)."
+            "Not possible in the resource's state (e.g. another credential kind, key not active, "
+            "a certificate that does not chain to a CA of this tenant)."
         ),
         "PayloadTooLarge": err("The body is larger than http.max_body_bytes."),
         "UnsupportedMediaType": err("The body's media type is not accepted here."),
@@ -707,6 +827,55 @@ def _paths() -> Json:
                 "responses": {
                     "200": _ok("The certificate's record.", _ref("Credential")),
                     **_errors(*_ADMIN_ERRORS),
+                },
+            }
+        },
+        "/api/v1/challenges": {
+            "post": {
+                **admin,
+                "operationId": "CreateChallenge",
+                "summary": "A proof-of-possession challenge for this tenant (single use, "
+                "expires after 300 s).",
+                "responses": {
+                    "201": _ok("Sign it with the key, or put it in a CSR.", _ref("Challenge")),
+                    **_errors(401, 429, 503),
+                },
+            }
+        },
+        "/api/v1/cas": {
+            "post": {
+                **admin,
+                "operationId": "AddTenantCA",
+                "summary": "Add a trust anchor (root or intermediate CA) for this tenant's "
+                "device certificates, with proof of possession of the CA's key.",
+                "requestBody": _json_body(_ref("AddCaRequest")),
+                "responses": {
+                    "201": _ok("Added.", _ref("Ca")),
+                    "200": _ok("Already a CA of this tenant: unchanged.", _ref("Ca")),
+                    **_errors(400, 401, 412, 413, 429, 503),
+                },
+            },
+            "get": {
+                **admin,
+                "operationId": "ListTenantCAs",
+                "summary": "This tenant's CAs (subject, validity, key type).",
+                "parameters": [_LIMIT, _CURSOR],
+                "responses": {
+                    "200": _ok("A page of CAs.", _ref("CaList")),
+                    **_errors(400, 401, 429, 503),
+                },
+            },
+        },
+        "/api/v1/cas/{ca_fingerprint}": {
+            "delete": {
+                **admin,
+                "operationId": "RemoveTenantCA",
+                "summary": "Remove a CA now: certificates chaining only to it stop "
+                "authenticating, live sessions included, on every node.",
+                "parameters": [_CA_FINGERPRINT],
+                "responses": {
+                    "200": _ok("The removed CA.", _ref("Ca")),
+                    **_errors(401, 404, 429, 503),
                 },
             }
         },

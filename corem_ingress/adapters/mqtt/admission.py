@@ -21,6 +21,7 @@ from corem_ingress.adapters.mqtt.codec import Connect
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.sessions import LiveSession
+from corem_ingress.core.trust import PeerChain
 from corem_ingress.core.uplink import Transport
 from corem_ingress.session_hub import Disconnect
 
@@ -56,6 +57,7 @@ async def admit(
     fingerprint: str | None,
     disconnect: Disconnect,
     is_closed: Callable[[], bool],
+    chain: PeerChain | None = None,
 ) -> Admitted | Refused:
     """Decide on one CONNECT. ``is_closed`` tells whether the socket went away meanwhile."""
     services = listener.services
@@ -65,7 +67,11 @@ async def admit(
         return Refused(Cause.AUTH_THROTTLE)
     try:
         auth = await authenticate(
-            services.resolver, connect, fingerprint, client_auth=listener.config.client_auth
+            services.resolver,
+            connect,
+            fingerprint,
+            client_auth=listener.config.client_auth,
+            chain=chain,
         )
     except IngressError as exc:
         gate.auth_failed(ip, exc.cause)
@@ -74,7 +80,7 @@ async def admit(
         return Refused(Cause.PEER_CLOSED)
     session_id = listener.new_session_id()
     identity = auth.identity
-    session = LiveSession(session_id, Transport.MQTT.value, identity, auth.lookup)
+    session = LiveSession(session_id, Transport.MQTT.value, identity, auth.lookup, chain=auth.chain)
     try:
         await services.sessions.register_verified(session, disconnect)
     except IngressError as exc:

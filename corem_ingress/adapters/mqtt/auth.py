@@ -14,6 +14,7 @@ from corem_ingress.core import api_keys
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import InvalidArgument, Unauthenticated
 from corem_ingress.core.identity import DeviceIdentity
+from corem_ingress.core.trust import PeerChain
 from corem_ingress.resolver import Resolver
 
 
@@ -23,15 +24,24 @@ class Authenticated:
     #: The resolver handle of the credential (fingerprint or API-key hash).
     lookup: str
     client_id: str
+    #: The verified certificate chain, when a certificate authenticated the session.
+    chain: PeerChain | None = None
 
 
 async def authenticate(
-    resolver: Resolver, connect: Connect, fingerprint: str | None, *, client_auth: str
+    resolver: Resolver,
+    connect: Connect,
+    fingerprint: str | None,
+    *,
+    client_auth: str,
+    chain: PeerChain | None = None,
 ) -> Authenticated:
     """Raises an IngressError whose ``mqtt_connack`` is the CONNACK code to send."""
     if fingerprint is not None:
-        # A presented certificate is the credential; any password is ignored.
-        identity = await resolver.resolve_cert(fingerprint)
+        # A presented certificate is the credential; any password is ignored. Its chain
+        # must end in one of the resolved tenant's CAs.
+        chain = chain if chain is not None else PeerChain(())
+        identity = await resolver.resolve_cert(fingerprint, chain=chain)
         lookup = fingerprint
     elif client_auth == "required":
         raise Unauthenticated(
@@ -49,4 +59,4 @@ async def authenticate(
         identity = await resolver.resolve_api_key(raw)
         lookup = api_keys.hash_key(raw)
     client_id = policy.client_id_for(identity, connect.client_id, connect.clean_session)
-    return Authenticated(identity, lookup, client_id)
+    return Authenticated(identity, lookup, client_id, chain if fingerprint is not None else None)

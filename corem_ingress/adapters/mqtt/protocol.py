@@ -198,6 +198,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
                 ip=self._ip,
                 peer=self.peer,
                 fingerprint=self.tls.peer_fingerprint(),
+                chain=self.tls.peer_chain(),
                 disconnect=self._disconnect,
                 is_closed=lambda: self._closed,
             )

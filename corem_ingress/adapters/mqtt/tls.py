@@ -7,7 +7,8 @@ frees its record buffers while a connection is idle), fed from one shared read b
 
 Trust: the device certificate must chain to a configured CA bundle, or (only when
 ``allow_self_signed``) be a self-signed leaf; in every case the adapter then requires
-its fingerprint to resolve to an active registration.
+its fingerprint to resolve to an active registration, and the verified chain
+(``peer_chain``) to end in one of that tenant's CAs (``core/trust.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from corem_ingress.config import ConfigError, MqttConfig
+from corem_ingress.core.trust import PeerChain
 
 #: TLS 1.2 suites: forward secrecy and AEAD only.
 TLS12_CIPHERS = (
@@ -162,6 +164,17 @@ class TlsSession:
         if cert is None:
             return None
         return hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).hexdigest()
+
+    def peer_chain(self) -> PeerChain | None:
+        """The chain OpenSSL verified (leaf first), or None without a client certificate."""
+        chain = self._conn.get_verified_chain()
+        if not chain:
+            if self._conn.get_peer_certificate(as_cryptography=False) is None:
+                return None
+            return PeerChain(())  # a self-signed leaf let through by the verify callback
+        return PeerChain.from_ders(
+            [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
+        )
 
 
 def _describe(exc: SSL.Error) -> str:

@@ -8,7 +8,10 @@ audit stream. One module per concern:
 * ``devices.py``   provisioning (idempotent on tenant + hardware_id), device lookups
 * ``api_keys.py``  create / rotate (overlap) / revoke
 * ``psks.py``      rotate / revoke / re-seal under a new KEK
-* ``certs.py``     register / revoke / list device certificates
+* ``certs.py``     register / revoke / list device certificates (checked against the tenant's
+                   trust anchors)
+* ``cas.py``       the tenant's trust anchors (CA certificates) and its self-signed setting
+* ``proofs.py``    proof-of-possession challenges (single use, expiring)
 * ``base.py``      auditing, reads, and the add / rotate / revoke steps all kinds share
 * ``records.py``   what is written (``CredentialWrite``) and returned
 """
@@ -19,11 +22,14 @@ from corem_ingress.store.registry.base import AUDIT_MAXLEN
 from corem_ingress.store.registry.devices import DeviceRegistry
 from corem_ingress.store.registry.records import (
     MAX_PAGE,
+    CaRecord,
     CredentialRecord,
     CredentialWrite,
     IssuedApiKey,
+    IssuedChallenge,
     IssuedPsk,
     ProvisionResult,
+    TenantSettings,
 )
 
 
@@ -34,10 +40,13 @@ class Registry(DeviceRegistry):
 __all__ = [
     "AUDIT_MAXLEN",
     "MAX_PAGE",
+    "CaRecord",
     "CredentialRecord",
     "CredentialWrite",
     "IssuedApiKey",
+    "IssuedChallenge",
     "IssuedPsk",
     "ProvisionResult",
     "Registry",
+    "TenantSettings",
 ]

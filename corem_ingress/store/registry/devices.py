@@ -3,7 +3,7 @@ the device's first credential of any kind; lookups by hardware id."""
 
 from __future__ import annotations
 
-from corem_ingress.core import certs
+from corem_ingress.core import certs, proof
 from corem_ingress.core.errors import AlreadyExists, InvalidArgument, NotFound
 from corem_ingress.core.identity import (
     CredentialKind,
@@ -34,11 +34,16 @@ class DeviceRegistry(ApiKeyRegistry, PskRegistry, CertRegistry):
         cert_pem: str | bytes | None = None,
         psk_identity: str | None = None,
         psk_bytes: bytes | None = None,
+        proof_of_possession: proof.Proof | None = None,
     ) -> ProvisionResult:
         check_tenant_id(tenant_id)
         check_hardware_id(hardware_id)
-        if kind is not CredentialKind.X509 and cert_pem is not None:
-            raise InvalidArgument("a certificate can only be given for credential kind x509")
+        if kind is not CredentialKind.X509 and (
+            cert_pem is not None or proof_of_possession is not None
+        ):
+            raise InvalidArgument(
+                "a certificate or a proof can only be given for credential kind x509"
+            )
         if kind is not CredentialKind.PSK and (psk_identity is not None or psk_bytes is not None):
             raise InvalidArgument("a PSK identity or key can only be given for credential kind psk")
         return await self._audited(
@@ -47,7 +52,7 @@ class DeviceRegistry(ApiKeyRegistry, PskRegistry, CertRegistry):
             "devices.provision",
             f"hardware_id={hardware_id}",
             lambda: self._do_provision(
-                tenant_id, hardware_id, kind, cert_pem, psk_identity, psk_bytes
+                tenant_id, hardware_id, kind, cert_pem, psk_identity, psk_bytes, proof_of_possession
             ),
         )
 
@@ -59,6 +64,7 @@ class DeviceRegistry(ApiKeyRegistry, PskRegistry, CertRegistry):
         cert_pem: str | bytes | None,
         psk_identity: str | None,
         psk_bytes: bytes | None,
+        given_proof: proof.Proof | None,
     ) -> ProvisionResult:
         now = self._clock()
         # Fast path: an existing device never gets a second secret, whatever was asked.
@@ -77,8 +83,10 @@ class DeviceRegistry(ApiKeyRegistry, PskRegistry, CertRegistry):
             issued_psk = self._new_psk(tenant_id, hardware_id, device_id, psk_identity, psk_bytes)
             write = self._psk_write(tenant_id, device_id, issued_psk, now)
         elif cert_pem is not None:
-            cert_info = certs.parse_device_cert(cert_pem, now=now)
-            write = cert_write(tenant_id, device_id, cert_info, now)
+            # The tenant's trust decides before the script can say "already registered".
+            admitted = await self._admit_cert(tenant_id, cert_pem, given_proof, now)
+            cert_info = admitted.info
+            write = cert_write(tenant_id, device_id, admitted, now)
 
         status, winner = await self._scripts.provision(
             device_id=device_id,

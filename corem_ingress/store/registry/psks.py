@@ -32,7 +32,7 @@ class PskRegistry(RegistryBase):
     ) -> IssuedPsk:
         self._require_keyring()
         identity = (
-            psk.check_identity(identity)
+            psk.check_tenant_identity(tenant_id, identity)
             if identity is not None
             else psk.generate_identity(tenant_id, hardware_id)
         )

@@ -205,3 +205,80 @@ def page(limit: int, cursor: str | None) -> tuple[int, int]:
     if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 12:
         raise InvalidArgument("cursor is not valid")
     return int(cursor), limit
+
+
+@dataclass(frozen=True, slots=True)
+class CaRecord:
+    """One of a tenant's trust anchors (``{P}:tenant:<t>:ca:<fingerprint>``)."""
+
+    info: certs.CaInfo
+    pem: str
+    added_at: float
+    #: Device certificates chaining to this CA must come with proof of possession.
+    require_device_proof: bool
+
+    def to_record(self) -> dict[str, str]:
+        i = self.info
+        return {
+            "fingerprint": i.fingerprint,
+            "pem": self.pem,
+            "subject": i.subject,
+            "issuer": i.issuer,
+            "serial": i.serial,
+            "not_before": repr(i.not_before),
+            "not_after": repr(i.not_after),
+            "key_type": i.key_type,
+            "path_length": "" if i.path_length is None else str(i.path_length),
+            "self_signed": "1" if i.self_signed else "0",
+            "require_device_proof": "1" if self.require_device_proof else "0",
+            "added_at": repr(self.added_at),
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, str]) -> CaRecord:
+        path_length = data.get("path_length", "")
+        info = certs.CaInfo(
+            fingerprint=data["fingerprint"],
+            subject=data.get("subject", ""),
+            issuer=data.get("issuer", ""),
+            serial=data.get("serial", ""),
+            not_before=float(data.get("not_before", "0")),
+            not_after=float(data.get("not_after", "0")),
+            key_type=data.get("key_type", ""),
+            path_length=int(path_length) if path_length else None,
+            self_signed=data.get("self_signed") == "1",
+        )
+        return cls(
+            info,
+            data.get("pem", ""),
+            float(data.get("added_at", "0")),
+            data.get("require_device_proof") == "1",
+        )
+
+    def to_json(self, now: float) -> dict[str, object]:
+        out = self.info.to_json()
+        out["require_device_proof"] = self.require_device_proof
+        out["added_at"] = self.added_at
+        out["expired"] = now >= self.info.not_after
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """A tenant's trust settings (``{P}:tenant:<t>:settings``); off unless set."""
+
+    allow_self_signed: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"allow_self_signed": self.allow_self_signed}
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedChallenge:
+    """A proof-of-possession challenge: sign it (or put it in a CSR) with the key, once."""
+
+    challenge: str
+    expires_at: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"challenge": self.challenge, "expires_at": self.expires_at}

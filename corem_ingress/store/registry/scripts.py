@@ -47,6 +47,9 @@ class RegistryScripts:
         self._add = _Script(r, "add_credential")
         self._rotate = _Script(r, "rotate")
         self._revoke = _Script(r, "revoke")
+        self._ca_add = _Script(r, "ca_add")
+        self._ca_remove = _Script(r, "ca_remove")
+        self._tenant_settings = _Script(r, "tenant_settings")
 
     async def provision(
         self,
@@ -188,3 +191,49 @@ class RegistryScripts:
             args=[tenant_id, kind.value, repr(now), k.bus_channel, revoked_event],
         )
         return str(status)
+
+    async def ca_add(
+        self,
+        *,
+        tenant_id: str,
+        fingerprint: str,
+        now: float,
+        max_cas: int,
+        record: dict[str, str],
+        trust_event: str,
+    ) -> str:
+        """ "added" | "existing" | "full"."""
+        k = self.keys
+        status = await self._ca_add(
+            keys=[k.tenant_ca(tenant_id, fingerprint), k.tenant_cas(tenant_id)],
+            args=[
+                fingerprint,
+                repr(now),
+                str(max_cas),
+                k.bus_channel,
+                trust_event,
+                *(item for pair in record.items() for item in pair),
+            ],
+        )
+        return str(status)
+
+    async def ca_remove(
+        self, *, tenant_id: str, fingerprint: str, trust_event: str
+    ) -> dict[str, str]:
+        """The removed CA's record; empty when the tenant has no such CA."""
+        k = self.keys
+        flat = await self._ca_remove(
+            keys=[k.tenant_ca(tenant_id, fingerprint), k.tenant_cas(tenant_id)],
+            args=[fingerprint, k.bus_channel, trust_event],
+        )
+        items = [str(x) for x in flat]
+        return dict(zip(items[::2], items[1::2], strict=True))
+
+    async def tenant_setting(
+        self, *, tenant_id: str, field: str, value: str, trust_event: str
+    ) -> None:
+        k = self.keys
+        await self._tenant_settings(
+            keys=[k.tenant_settings(tenant_id)],
+            args=[field, value, k.bus_channel, trust_event],
+        )
