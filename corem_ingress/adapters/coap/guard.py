@@ -63,6 +63,11 @@ class CoapGuard:
         """A verified ClientHello ignored by ``coap.handshake_rate_per_s`` for its source."""
         self.gate.refused(Cause.HANDSHAKE_RATE)
 
+    def pending_handshakes_refused(self, addr: Address) -> None:
+        """A verified ClientHello ignored by ``coap.max_pending_handshakes`` (in total) or
+        ``coap.max_pending_handshakes_per_source``."""
+        self.gate.refused(Cause.PENDING_HANDSHAKES)
+
     def max_sessions_reached(self, addr: Address) -> None:
         """A verified ClientHello ignored because ``coap.max_sessions`` peers exist."""
         self.gate.refused(Cause.MAX_SESSIONS)

@@ -78,6 +78,8 @@ class CoapListener:
                 max_sessions=cfg.max_sessions,
                 handshake_rate=cfg.handshake_rate_per_s,
                 handshake_burst=float(cfg.handshake_burst),
+                max_pending=cfg.max_pending_handshakes,
+                max_pending_per_source=cfg.max_pending_handshakes_per_source,
             ),
         )
         self.transport = DtlsTransport(

@@ -2,30 +2,47 @@
 
 Driven like aioquic's connection: ``receive_datagram(data, addr, now)``,
 ``handle_timer(now)``, and calls from the user (``send``, ``close``,
-``credential_resolved``). Output is drained with ``datagrams_to_send()`` (whole
-DTLS records, each datagram within the MTU) and events with ``next_event()``.
+``credential_resolved``, ``extend_idle``). Output is drained with
+``datagrams_to_send()`` (whole DTLS records, each datagram within the MTU) and events
+with ``next_event()``.
 
 * No state before a valid cookie: a ClientHello without one is answered with a
   HelloVerifyRequest by one shared listening SSL object (``DTLSv1_listen``) and
-  forgotten. Only a ClientHello carrying a cookie we minted for that address
-  (and within the per-source handshake rate) gets a per-peer SSL object.
+  forgotten. Only a ClientHello carrying a cookie we minted for that address (within
+  the per-source handshake rate and the caps on pending handshakes, per source address
+  and in total) gets a per-peer SSL object.
+* A new connection from an address that has state (a device that rebooted, RFC 6347
+  4.2.8): a ClientHello with a valid cookie and a new random starts a new handshake; a
+  half-done one at that address is dropped, an established session is kept until the
+  new handshake completes, then replaced.
+* Suites: a client that offers PSK suites gets one (it has a key; it may well have no
+  certificate); otherwise ECDHE-ECDSA with a client certificate.
 * Credentials: OpenSSL asks for the PSK / verifies the leaf synchronously, so
   before OpenSSL sees the client's second flight we peek at its plaintext
   Certificate / ClientKeyExchange. If the resolver's cache cannot vouch for that
   credential, the datagram is *held*, a ``CredentialNeeded`` event asks the user
   to resolve it (async, fills the cache), and ``credential_resolved`` feeds the
   held datagrams to OpenSSL. The callbacks then decide from the cache alone: a
-  cache that still cannot vouch (Redis down) refuses — fail closed.
-* Retransmission of handshake flights is OpenSSL's own DTLS timer
-  (``DTLSv1_get_timeout`` / ``DTLSv1_handle_timeout``, 1 s doubling); a handshake
-  not finished within ``handshake_timeout`` is dropped, an established session
-  idle for ``idle_timeout`` is closed.
+  cache that still cannot vouch (Redis down) refuses — fail closed. A refusal the
+  broker's policy decides is told to the client with that cause's alert.
+* A wrong key: OpenSSL drops an epoch-1 record whose AEAD tag fails without a word, so
+  the client's Finished simply never arrives. Once the client's whole second flight has
+  been fed (every message, however fragmented, split or reordered: ``HandshakePeek``)
+  and the handshake is still not complete, the Finished did not verify: a fatal
+  decrypt_error alert, and the failure counts against the source.
+* Timers live in heaps (``timers.TimerHeap``): the handshake deadline and the idle
+  deadline on the ``now`` clock, OpenSSL's flight retransmission (``DTLSv1_get_timeout``
+  / ``DTLSv1_handle_timeout``, 1 s doubling) on the real clock it runs on. No datagram
+  and no timer walks all peers.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,23 +64,35 @@ from corem_ingress.adapters.dtls.events import (
 )
 from corem_ingress.adapters.dtls.ratelimit import RateLimiter
 from corem_ingress.adapters.dtls.records import (
+    CT_ALERT,
     CT_CHANGE_CIPHER_SPEC,
     CT_HANDSHAKE,
     PSK_SUITES,
+    ClientHello,
     HandshakePeek,
+    aead_overhead,
+    alert_name,
     alert_record,
-    client_hello_cookie,
+    client_fatal_alert,
     pack_datagrams,
+    parse_client_hello,
     server_hello_suite,
     split_records,
+    with_alert_description,
 )
-from corem_ingress.core.causes import ALERT_DECRYPT_ERROR, Cause
+from corem_ingress.adapters.dtls.timers import TimerHeap
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 
-#: Explicit list: the CoAP/LwM2M mandatory CCM8 suites and GCM suites. The CCM8
-#: suites need @SECLEVEL=0 with OpenSSL 3+; nothing weaker is listed.
+#: Offered to a client that offers a PSK suite (the client's preference among them).
+PSK_CIPHERS = (
+    "PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM8:PSK-AES128-CCM:@SECLEVEL=0"
+)
+#: Explicit list: the CoAP/LwM2M mandatory CCM8 suites and GCM suites. The CCM8 suites need
+#: @SECLEVEL=0 with OpenSSL 3+; nothing weaker is listed. Offered to clients that offer no
+#: PSK suite (see ``_context_for``).
 CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-CCM:"
@@ -74,6 +103,8 @@ CIPHERS = (
 _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _MAX_HELD = 32
 _READ_CHUNK = 65_536
+#: Timer kinds: on the ``now`` clock, and OpenSSL's retransmission on the real clock.
+_HANDSHAKE, _IDLE, _RETRANSMIT = "handshake", "idle", "retransmit"
 
 
 class CredentialCache(Protocol):
@@ -92,13 +123,19 @@ class DtlsConfig:
     mtu: int = 1280
     #: A handshake must finish within this many seconds, else its state is dropped.
     handshake_timeout: float = 10.0
-    #: An established session with no datagram from the peer for this long is closed.
+    #: An established session with no datagram from the peer for this long is closed
+    #: (unless ``extend_idle`` keeps it longer).
     idle_timeout: float = 300.0
     #: Handshaking + established peers; beyond it new handshakes are ignored.
     max_sessions: int = 10_000
     #: Handshakes per second per source IP (token bucket), and its burst.
     handshake_rate: float = 10.0
     handshake_burst: float = 20.0
+    #: Handshakes in progress (cookie verified, not complete) at once; beyond it a new
+    #: one is ignored until one finishes or times out.
+    max_pending: int = 1_000
+    #: Handshakes in progress from one source IP at once (0: no per-source cap).
+    max_pending_per_source: int = 20
     #: How long a cookie stays valid (it is checked for this and the previous period).
     cookie_lifetime: float = 60.0
     #: Certificates are checked against this clock (seconds since the epoch).
@@ -113,10 +150,13 @@ class PeerState(Enum):
 
 @dataclass(eq=False)
 class _Peer:
+    id: int
     addr: Address
     conn: SSL.Connection
     started: float
     last_seen: float
+    #: The random of the ClientHello that opened it (a new random is a new connection).
+    client_random: bytes = b""
     state: PeerState = PeerState.HANDSHAKE
     credential: Credential | None = None
     peek: HandshakePeek = field(default_factory=HandshakePeek)
@@ -124,14 +164,14 @@ class _Peer:
     looked_up: set[tuple[CredentialKind, str]] = field(default_factory=set)
     #: Why the handshake was refused, when a callback refused it (cause, detail).
     refusal: tuple[Cause, str] | None = None
+    #: The alert to send instead of OpenSSL's when our policy refused (the cause's alert).
+    alert: int | None = None
     #: The suite our ServerHello chose (peeked from our own output).
     suite: int | None = None
-    #: The user keeps the session open at least until then, however idle (``keep_alive``).
-    keep_until: float = 0.0
-
-    def idle_deadline(self, idle_timeout: float) -> float:
-        """When the established session is closed as idle."""
-        return max(self.last_seen + idle_timeout, self.keep_until)
+    #: Not closed for idleness before this (``now`` clock; ``DtlsServer.extend_idle``).
+    idle_until: float = 0.0
+    #: The client's own fatal alert seen during the handshake (description), if any.
+    client_alert: int | None = None
 
 
 class DtlsServer:
@@ -143,23 +183,36 @@ class DtlsServer:
         ca_files: list[str],
         credentials: CredentialCache,
         config: DtlsConfig | None = None,
+        real_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _binding.check_binding()
         self.config = config or DtlsConfig()
         self._credentials = credentials
         self._cookies = CookieJar(lifetime=self.config.cookie_lifetime)
         self._rate = RateLimiter(self.config.handshake_rate, self.config.handshake_burst)
-        self._ctx = self._make_context(cert_file, key_file, ca_files)
+        self._ctx = self._make_context(cert_file, key_file, ca_files, CIPHERS)
+        self._psk_ctx = self._make_context(cert_file, key_file, ca_files, PSK_CIPHERS)
+        #: The current peer of each address (handshaking or established).
         self._peers: dict[Address, _Peer] = {}
-        #: Peers still handshaking: the only ones with OpenSSL retransmission timers.
-        self._pending: dict[Address, _Peer] = {}
+        #: A new handshake from an address whose session is established (RFC 6347 4.2.8):
+        #: it takes the address when it completes.
+        self._successors: dict[Address, _Peer] = {}
+        #: Every live peer by id (timer entries name peers by id only).
+        self._by_id: dict[int, _Peer] = {}
+        #: Handshakes in progress, oldest first, and their count per source IP.
+        self._pending: dict[_Peer, None] = {}
+        self._pending_by_source: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+        #: Handshake and idle deadlines (``now`` clock); retransmissions (real clock).
+        self._timers: TimerHeap[int] = TimerHeap()
+        self._retransmits: TimerHeap[int] = TimerHeap()
+        self._real_clock = real_clock
         self._listener: SSL.Connection | None = None
         self._listen_addr: Address = ("", 0)
         self._checked_cookie: bytes | None = None
         self._now = 0.0
         self._out: list[tuple[bytes, Address]] = []
         self._events: collections.deque[DtlsEvent] = collections.deque()
-        self._next_sweep = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
         #: Asked (source IP) before any work on a ClientHello: True drops it silently
         #: (failed-authentication throttling; see adapters/coap/guard.py).
@@ -170,15 +223,17 @@ class DtlsServer:
         self.on_max_sessions: Callable[[Address], None] | None = None
         #: Told when a handshake with a valid cookie is refused by the per-source rate limit.
         self.on_rate_limited: Callable[[Address], None] | None = None
+        #: Told when a handshake with a valid cookie is refused by a pending-handshake cap.
+        self.on_pending_refused: Callable[[Address], None] | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
-        self, cert_file: str | None, key_file: str | None, ca_files: list[str]
+        self, cert_file: str | None, key_file: str | None, ca_files: list[str], ciphers: str
     ) -> SSL.Context:
         ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
         ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
         ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
-        ctx.set_cipher_list(CIPHERS.encode())
+        ctx.set_cipher_list(ciphers.encode())
         ctx.set_options(
             SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
         )
@@ -198,7 +253,12 @@ class DtlsServer:
 
     # -- user API --------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._peers)
+        """Peers with state: handshaking (new connections included) and established."""
+        return len(self._by_id)
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._pending)
 
     def established(self) -> list[Address]:
         return [a for a, p in self._peers.items() if p.state is PeerState.ESTABLISHED]
@@ -232,55 +292,58 @@ class DtlsServer:
         return True
 
     def close(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
-        """Send close_notify and forget the session at once."""
+        """Send close_notify and forget the session at once (a new handshake from the same
+        address, if one is in progress, goes on)."""
         peer = self._peers.get(addr)
         if peer is None:
             return False
-        if peer.state is PeerState.ESTABLISHED:
-            with contextlib.suppress(SSL.Error):
-                peer.conn.shutdown()
-            self._flush(peer)
-        self._drop(peer, cause)
+        self._close_peer(peer, cause)
         return True
 
-    def keep_alive(self, addr: Address, until: float) -> bool:
-        """Do not close the established session as idle before ``until`` (on the ``now``
-        clock): the LwM2M server keeps a registered device's session for as long as its
-        registration lives. ``until`` 0 gives it back to the idle timeout."""
+    def extend_idle(self, addr: Address, until: float) -> bool:
+        """Do not close the established session at ``addr`` for idleness before ``until``
+        (on the ``now`` clock), however long its peer stays silent; e.g. while an LwM2M
+        registration of a device that is not in queue mode lives. Extending again keeps the
+        later of the two. False if there is no established session at ``addr``. A new
+        connection that replaces the session starts without the extension."""
         peer = self._peers.get(addr)
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return False
-        peer.keep_until = until
+        peer.idle_until = max(peer.idle_until, until)
         return True
 
     def credential_resolved(self, addr: Address, now: float) -> None:
         """The async lookup asked for by CredentialNeeded is done (whatever its outcome)."""
         self._now = now
-        peer = self._peers.get(addr)
-        if peer is None or peer.state is not PeerState.AWAITING_CREDENTIAL:
-            return
-        peer.state = PeerState.HANDSHAKE
-        held, peer.held = peer.held, []
-        for data in held:
-            if addr not in self._peers:
-                break
-            self._handshake_datagram(peer, data)
+        for peer in (self._successors.get(addr), self._peers.get(addr)):
+            if peer is None or peer.state is not PeerState.AWAITING_CREDENTIAL:
+                continue
+            peer.state = PeerState.HANDSHAKE
+            held, peer.held = peer.held, []
+            for data in held:
+                if not self._alive(peer):
+                    break
+                self._handshake_datagram(peer, data)
 
     # -- input -----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self._now = now
-        peer = self._peers.get(addr)
-        cookie = client_hello_cookie(data)
-        if peer is None or (cookie is not None and peer.state is PeerState.ESTABLISHED):
-            if cookie is None:
-                self.stats["dropped_no_session"] += 1
-                return
-            if self.source_blocked is not None and self.source_blocked(addr[0]):
-                self.stats["dropped_throttled"] += 1
-                return
-            self._stateless(data, addr, cookie, replacing=peer)
+        hello = parse_client_hello(data)
+        if hello is not None:
+            self._client_hello(data, addr, hello)
             return
-        peer.last_seen = now
+        peer = self._peers.get(addr)
+        if peer is None:
+            self.stats["dropped_no_session"] += 1
+            return
+        successor = self._successors.get(addr)
+        if successor is not None:
+            self._split_for_successor(peer, successor, data)
+            return
+        self._peer_datagram(peer, data)
+
+    def _peer_datagram(self, peer: _Peer, data: bytes) -> None:
+        peer.last_seen = self._now
         if peer.state is PeerState.ESTABLISHED:
             self._application_datagram(peer, data)
         elif peer.state is PeerState.AWAITING_CREDENTIAL:
@@ -289,68 +352,146 @@ class DtlsServer:
         else:
             self._handshake_datagram(peer, data)
 
+    def _client_hello(self, data: bytes, addr: Address, hello: ClientHello) -> None:
+        current = self._peers.get(addr)
+        for peer in (self._successors.get(addr), current):
+            if peer is None or peer.client_random != hello.random:
+                continue
+            if peer.state is PeerState.ESTABLISHED:
+                # The ClientHello that opened this session, again (late or replayed).
+                self.stats["dropped_old_hello"] += 1
+                return
+            if hello.cookie:
+                # The client retransmits its ClientHello: our flight was lost. OpenSSL
+                # answers it by retransmitting that flight.
+                self._peer_datagram(peer, data)
+                return
+        if self.source_blocked is not None and self.source_blocked(addr[0]):
+            self.stats["dropped_throttled"] += 1
+            return
+        self._stateless(data, addr, hello)
+
+    def _split_for_successor(self, current: _Peer, successor: _Peer, data: bytes) -> None:
+        """While a new handshake runs beside an established session at one address, its
+        records (epoch 0, ChangeCipherSpec, the encrypted Finished) go to the new handshake
+        and application data to the session; once the new handshake completes it is the
+        session."""
+        new, old = bytearray(), bytearray()
+        for rec in split_records(data):
+            to_new = rec.epoch == 0 or rec.content_type in (CT_CHANGE_CIPHER_SPEC, CT_HANDSHAKE)
+            if rec.content_type == CT_ALERT and successor.peek.change_cipher_spec:
+                to_new = True
+            (new if to_new else old).extend(rec.raw)
+        if new:
+            self._peer_datagram(successor, bytes(new))
+        if old:
+            peer = self._peers.get(current.addr)
+            if peer is not None:
+                self._peer_datagram(peer, bytes(old))
+
     def handle_timer(self, now: float) -> None:
         self._now = now
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.sweep_interval
-            for peer in list(self._peers.values()):
-                idle = now >= peer.idle_deadline(self.config.idle_timeout)
-                if peer.state is PeerState.ESTABLISHED and idle:
-                    self.close(peer.addr, Cause.IDLE)
-        for peer in list(self._pending.values()):
-            if now - peer.started >= self.config.handshake_timeout:
+        for peer_id, kind in self._timers.pop_due(now):
+            peer = self._by_id.get(peer_id)
+            if peer is None:
+                continue
+            if kind == _HANDSHAKE:
                 self._drop(peer, Cause.HANDSHAKE_TIMEOUT)
                 continue
-            if peer.state is PeerState.HANDSHAKE:
-                timeout = peer.conn.DTLSv1_get_timeout()
-                if timeout is not None and timeout <= 0:
-                    try:
-                        peer.conn.DTLSv1_handle_timeout()
-                    except SSL.Error as exc:
-                        self._drop(peer, Cause.HANDSHAKE_FAILED, _ssl_reason(exc))
-                        continue
-                    self._flush(peer)
+            deadline = self._idle_deadline(peer)
+            if deadline <= now:
+                self._close_peer(peer, Cause.IDLE)
+            else:
+                self._timers.set(peer.id, _IDLE, deadline)
+        for peer_id, _kind in self._retransmits.pop_due(self._real_clock()):
+            peer = self._by_id.get(peer_id)
+            if peer is None or peer.state is not PeerState.HANDSHAKE:
+                continue
+            timeout = peer.conn.DTLSv1_get_timeout()
+            if timeout is not None and timeout <= 0:
+                try:
+                    peer.conn.DTLSv1_handle_timeout()
+                except SSL.Error as exc:
+                    self._drop(peer, Cause.HANDSHAKE_FAILED, _ssl_reason(exc))
+                    continue
+            self._flush(peer)  # the retransmitted flight; re-arms the timer
 
     @property
     def sweep_interval(self) -> float:
+        """Idle deadlines are rounded up to a multiple of this, so that one timer wake-up
+        closes every session that went idle within it."""
         return max(0.05, min(5.0, self.config.idle_timeout / 4))
 
     def next_timer(self, now: float) -> float | None:
         """When ``handle_timer`` should next run (absolute, on the ``now`` clock)."""
-        best: float | None = None
-        if len(self._peers) > len(self._pending):
-            best = max(self._next_sweep, now)
-        for peer in self._pending.values():
-            t = peer.started + self.config.handshake_timeout
-            if peer.state is PeerState.HANDSHAKE:
-                retrans = peer.conn.DTLSv1_get_timeout()
-                if retrans is not None:
-                    t = min(t, now + max(0.0, retrans))
-            best = t if best is None else min(best, t)
+        best = self._timers.next_deadline()
+        retransmit = self._retransmits.next_deadline()
+        if retransmit is not None:
+            at = now + max(0.0, retransmit - self._real_clock())
+            best = at if best is None else min(best, at)
         return best
 
+    def _idle_deadline(self, peer: _Peer) -> float:
+        grain = self.sweep_interval
+        deadline = peer.last_seen + self.config.idle_timeout
+        return max(math.ceil(deadline / grain) * grain, peer.idle_until)
+
     # -- stateless part --------------------------------------------------------------------
-    def _stateless(
-        self, data: bytes, addr: Address, cookie: bytes, replacing: _Peer | None
-    ) -> None:
-        valid = self._cookies.check(addr, cookie, self._now) if cookie else False
+    def _stateless(self, data: bytes, addr: Address, hello: ClientHello) -> None:
+        valid = bool(hello.cookie) and self._cookies.check(addr, hello.cookie, self._now)
         # OpenSSL's verify callback asks again for the same hello: answer from this check.
-        self._checked_cookie = cookie if valid else None
-        if valid:
-            if replacing is None and len(self._peers) >= self.config.max_sessions:
-                self.stats["refused_max_sessions"] += 1
-                if self.on_max_sessions is not None:
-                    self.on_max_sessions(addr)
-                return
-            if not self._rate.allow(addr[0], self._now):
-                self.stats["refused_rate"] += 1
-                if self.on_rate_limited is not None:
-                    self.on_rate_limited(addr)
-                return
+        self._checked_cookie = hello.cookie if valid else None
+        self._listen_addr = addr
+        if not valid:
+            self._hello_verify(data, addr)
+            return
+        current = self._peers.get(addr)
+        established = current if current and current.state is PeerState.ESTABLISHED else None
+        # A half-done handshake at this address that this new connection replaces.
+        replaced = self._successors.get(addr) if established else current
+        if current is None and len(self._peers) >= self.config.max_sessions:
+            self.stats["refused_max_sessions"] += 1
+            if self.on_max_sessions is not None:
+                self.on_max_sessions(addr)
+            return
+        if not self._rate.allow(addr[0], self._now):
+            self.stats["refused_rate"] += 1
+            if self.on_rate_limited is not None:
+                self.on_rate_limited(addr)
+            return
+        if self._pending_full(addr[0], replaced):
+            if self.on_pending_refused is not None:
+                self.on_pending_refused(addr)
+            return
+        conn = self._new_connection(self._context_for(hello))
+        conn.bio_write(data)
+        try:
+            conn.DTLSv1_listen()
+        except SSL.Error:
+            self.stats["dropped_bad_hello"] += 1
+            return
+        if replaced is not None:
+            self._drop(replaced, Cause.REPLACED)
+        peer = _Peer(next(self._ids), addr, conn, self._now, self._now, hello.random)
+        conn.set_app_data(peer)
+        if established is not None:
+            self._successors[addr] = peer
+        else:
+            self._peers[addr] = peer
+        self._by_id[peer.id] = peer
+        self._pending[peer] = None
+        self._pending_by_source[addr[0]] += 1
+        self._timers.set(peer.id, _HANDSHAKE, self._now + self.config.handshake_timeout)
+        self.stats["handshakes_started"] += 1
+        if self.on_handshake_started is not None:
+            self.on_handshake_started(addr)
+        self._advance(peer)
+
+    def _hello_verify(self, data: bytes, addr: Address) -> None:
+        """A ClientHello without a valid cookie: a HelloVerifyRequest, nothing kept."""
         listener = self._listener
         if listener is None:
-            listener = self._listener = self._new_connection()
-        self._listen_addr = addr
+            listener = self._listener = self._new_connection(self._ctx)
         listener.bio_write(data)
         try:
             listener.DTLSv1_listen()
@@ -359,24 +500,32 @@ class DtlsServer:
             self.stats["hello_verify"] += 1
             return
         except SSL.Error:
-            self._listener = None  # garbage: never reuse an SSL object in an unknown state
             self.stats["dropped_bad_hello"] += 1
-            return
-        # Cookie verified by OpenSSL too: this SSL object becomes the peer's.
+        # Garbage, or (cannot happen) a cookie OpenSSL accepted where we did not: never
+        # reuse an SSL object in an unknown state.
         self._listener = None
-        if replacing is not None:
-            self._drop(replacing, Cause.REPLACED)
-        peer = _Peer(addr, listener, self._now, self._now)
-        listener.set_app_data(peer)
-        self._peers[addr] = peer
-        self._pending[addr] = peer
-        self.stats["handshakes_started"] += 1
-        if self.on_handshake_started is not None:
-            self.on_handshake_started(addr)
-        self._advance(peer)
 
-    def _new_connection(self) -> SSL.Connection:
-        conn = SSL.Connection(self._ctx, None)
+    def _pending_full(self, source: str, replaced: _Peer | None) -> bool:
+        cfg = self.config
+        freed = 1 if replaced is not None else 0
+        per_source = cfg.max_pending_per_source
+        if per_source and self._pending_by_source[source] - freed >= per_source:
+            self.stats["refused_pending_source"] += 1
+            return True
+        if len(self._pending) - freed >= cfg.max_pending:
+            self.stats["refused_pending_total"] += 1
+            return True
+        return False
+
+    def _context_for(self, hello: ClientHello) -> SSL.Context:
+        """A client that offers PSK suites has a key (OpenSSL, GnuTLS and mbedTLS clients
+        offer them only then) and may have no certificate: it gets a PSK suite."""
+        if any(s in PSK_SUITES for s in hello.suites):
+            return self._psk_ctx
+        return self._ctx
+
+    def _new_connection(self, ctx: SSL.Context) -> SSL.Connection:
+        conn = SSL.Connection(ctx, None)
         conn.set_accept_state()
         _binding.set_mtu(conn, self.config.mtu - 28)  # minus IPv4 + UDP headers
         return conn
@@ -398,22 +547,28 @@ class DtlsServer:
             peer.looked_up.add(needed)
             self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1]))
             return
+        alert = client_fatal_alert(data)
+        if alert is not None:
+            peer.client_alert = alert
         peer.conn.bio_write(data)
         self._advance(peer)
-        if peer.state is PeerState.HANDSHAKE and peer.addr in self._peers:
-            self._check_finished(peer, data)
+        if peer.state is PeerState.HANDSHAKE and self._alive(peer):
+            self._judge_flight(peer)
 
-    def _check_finished(self, peer: _Peer, data: bytes) -> None:
-        """DTLS drops records that fail their MAC silently, so a client with the wrong PSK
-        would leave a half-open handshake until the timeout. If the client's key exchange
-        was fed and its CCS + Finished came in this datagram and the handshake still did
-        not complete, the Finished did not decrypt: refuse with a fatal alert now."""
-        if peer.peek.psk_identity is None and peer.peek.certificate_der is None:
+    def _judge_flight(self, peer: _Peer) -> None:
+        """The client's whole second flight has been fed and the handshake is still not
+        complete: OpenSSL dropped its Finished, whose AEAD tag did not verify (the client
+        derived other keys: a wrong PSK). Refuse now with a fatal alert rather than wait
+        for the handshake timeout."""
+        overhead = aead_overhead(peer.suite)
+        if overhead is None or not peer.peek.flight_complete(overhead):
             return
-        kinds = [(r.content_type, r.epoch) for r in split_records(data)]
-        if (CT_CHANGE_CIPHER_SPEC, 0) in kinds and (CT_HANDSHAKE, 1) in kinds:
-            self._out.append((alert_record(ALERT_DECRYPT_ERROR), peer.addr))
-            self._drop(peer, *(peer.refusal or (Cause.WRONG_KEY, "finished did not verify")))
+        cause, detail = peer.refusal or (
+            Cause.WRONG_KEY,
+            "the client's Finished did not verify: it holds another key",
+        )
+        self._out.append((alert_record(cause.dtls_alert), peer.addr))
+        self._drop(peer, cause, detail)
 
     def _peek(self, peer: _Peer, data: bytes) -> tuple[CredentialKind, str] | None:
         """A credential in this datagram that the cache cannot vouch for yet, if any."""
@@ -450,27 +605,53 @@ class DtlsServer:
             self._flush(peer)
             return
         except SSL.Error as exc:
-            self._flush(peer)  # the alert
-            self._drop(peer, *(peer.refusal or (Cause.HANDSHAKE_FAILED, _ssl_reason(exc))))
+            self._flush(peer, alert=peer.alert)  # the alert (ours where our policy refused)
+            self._drop(peer, *self._failure(peer, exc))
             return
         self._flush(peer)
         if peer.credential is None:
             # Cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT and the PSK callback, but
             # never keep an unauthenticated session.
-            self.close(peer.addr, Cause.NO_CREDENTIAL)
+            self._close_peer(peer, Cause.NO_CREDENTIAL)
             return
+        self._completed(peer)
+
+    def _completed(self, peer: _Peer) -> None:
+        addr = peer.addr
         peer.state = PeerState.ESTABLISHED
-        self._pending.pop(peer.addr, None)
+        self._unpend(peer)
+        self._timers.cancel(peer.id, _HANDSHAKE)
+        self._retransmits.cancel(peer.id, _RETRANSMIT)
+        if self._successors.get(addr) is peer:
+            # RFC 6347 4.2.8: the new connection is complete, it replaces the old session.
+            del self._successors[addr]
+            old = self._peers.get(addr)
+            if old is not None:
+                self._close_peer(old, Cause.REPLACED, notify=False)
+            self._peers[addr] = peer
         peer.held.clear()
         peer.peek = HandshakePeek()
         peer.looked_up.clear()
+        self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))
         self.stats["handshakes_completed"] += 1
+        assert peer.credential is not None
         self._events.append(
-            HandshakeCompleted(peer.addr, peer.credential, peer.conn.get_cipher_name() or "")
+            HandshakeCompleted(addr, peer.credential, peer.conn.get_cipher_name() or "")
         )
         self._read_application(peer)
 
+    @staticmethod
+    def _failure(peer: _Peer, exc: SSL.Error) -> tuple[Cause, str]:
+        """Why OpenSSL gave up on this handshake."""
+        if peer.refusal is not None:
+            return peer.refusal
+        if peer.client_alert is not None:
+            return Cause.PEER_ABORTED, f"the client sent a fatal {alert_name(peer.client_alert)}"
+        return Cause.HANDSHAKE_FAILED, _ssl_reason(exc)
+
     def _psk(self, conn: SSL.Connection, identity: bytes) -> bytes | None:
+        """Every PSK refusal is told with OpenSSL's unknown_psk_identity alert (RFC 4279):
+        the key of that identity cannot be used, whatever the reason."""
         peer: _Peer = conn.get_app_data()
         try:
             text = identity.decode()
@@ -480,14 +661,23 @@ class DtlsServer:
         try:
             resolved = self._credentials.cached_psk(text)
         except IngressError as exc:
-            peer.refusal = (exc.cause, "psk")
+            peer.refusal = (exc.cause, f"psk identity {text!r}: {exc.cause.label}")
             return None
         if resolved is None:
-            peer.refusal = (Cause.UNAVAILABLE, "psk not vouched for by the resolver cache")
+            peer.refusal = (
+                Cause.UNAVAILABLE,
+                f"psk identity {text!r} not vouched for by the resolver cache",
+            )
             return None
         peer.credential = Credential(CredentialKind.PSK, text, resolved.identity)
         key: bytes = resolved.psk
         return key
+
+    @staticmethod
+    def _refuse(peer: _Peer, cause: Cause, detail: str) -> None:
+        """Our policy refuses: this cause, and its alert rather than OpenSSL's."""
+        peer.refusal = (cause, detail)
+        peer.alert = cause.dtls_alert
 
     def _verify(
         self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
@@ -497,7 +687,8 @@ class DtlsServer:
             return False
         if depth > 0:
             if not ok:
-                peer.refusal = (Cause.BAD_CERTIFICATE, f"chain error {errno}")
+                # OpenSSL's alert names the chain error (unknown_ca, certificate_expired, ...).
+                peer.refusal = (Cause.BAD_CERTIFICATE, f"chain error {errno} at depth {depth}")
             return bool(ok)
         if not ok and errno != _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
             peer.refusal = (Cause.BAD_CERTIFICATE, f"certificate error {errno}")
@@ -506,16 +697,18 @@ class DtlsServer:
         if self.config.check_cert_validity:
             now = datetime.fromtimestamp(self._now, UTC)
             if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-                peer.refusal = (Cause.CERTIFICATE_EXPIRED, "outside its validity period")
+                self._refuse(peer, Cause.CERTIFICATE_EXPIRED, "outside its validity period")
                 return False
         fp = fingerprint_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
         try:
             identity = self._credentials.cached_cert(fp)
         except IngressError as exc:
-            peer.refusal = (exc.cause, "certificate")
+            self._refuse(peer, exc.cause, f"certificate {fp[:16]}…: {exc.cause.label}")
             return False
         if identity is None:
-            peer.refusal = (Cause.UNAVAILABLE, "certificate not vouched for by the resolver cache")
+            self._refuse(
+                peer, Cause.UNAVAILABLE, f"certificate {fp[:16]}… not vouched for by the resolver"
+            )
             return False
         peer.credential = Credential(CredentialKind.X509, fp, identity)
         return True
@@ -528,7 +721,7 @@ class DtlsServer:
 
     def _read_application(self, peer: _Peer, max_reads: int = 1_000) -> None:
         for _ in range(max_reads):
-            if peer.addr not in self._peers:
+            if not self._alive(peer):
                 return
             try:
                 data = peer.conn.recv(_READ_CHUNK)
@@ -549,12 +742,16 @@ class DtlsServer:
         self._flush(peer)
 
     # -- output and teardown ---------------------------------------------------------------
-    def _flush(self, peer: _Peer) -> None:
-        chunk = self._send_raw(peer.conn, peer.addr)
+    def _flush(self, peer: _Peer, alert: int | None = None) -> None:
+        chunk = self._send_raw(peer.conn, peer.addr, alert)
         if peer.suite is None and chunk:
             peer.suite = server_hello_suite(chunk)
+        if peer.state is not PeerState.ESTABLISHED and self._alive(peer):
+            timeout = peer.conn.DTLSv1_get_timeout()
+            if timeout is not None:
+                self._retransmits.set(peer.id, _RETRANSMIT, self._real_clock() + timeout)
 
-    def _send_raw(self, conn: SSL.Connection, addr: Address) -> bytes:
+    def _send_raw(self, conn: SSL.Connection, addr: Address, alert: int | None = None) -> bytes:
         mtu = self.config.mtu - 28
         sent = b""
         while True:
@@ -564,25 +761,64 @@ class DtlsServer:
                 return sent
             if not chunk:
                 return sent
+            if alert is not None:
+                chunk = with_alert_description(chunk, alert)
             sent = chunk
             self._out.extend((d, addr) for d in pack_datagrams(chunk, mtu))
             if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
                 return sent
 
+    def _alive(self, peer: _Peer) -> bool:
+        return self._by_id.get(peer.id) is peer
+
+    def _unpend(self, peer: _Peer) -> None:
+        if peer in self._pending:
+            del self._pending[peer]
+            source = peer.addr[0]
+            self._pending_by_source[source] -= 1
+            if self._pending_by_source[source] <= 0:
+                del self._pending_by_source[source]
+
+    def _close_peer(self, peer: _Peer, cause: Cause, *, notify: bool = True) -> None:
+        """close_notify (if established) and forget."""
+        if peer.state is PeerState.ESTABLISHED and notify:
+            with contextlib.suppress(SSL.Error):
+                peer.conn.shutdown()
+            self._flush(peer)
+        self._drop(peer, cause)
+
     def _drop(self, peer: _Peer, cause: Cause, detail: str = "") -> None:
-        if self._peers.get(peer.addr) is not peer:
+        if self._by_id.pop(peer.id, None) is None:
             return
-        del self._peers[peer.addr]
-        self._pending.pop(peer.addr, None)
+        addr = peer.addr
+        if self._successors.get(addr) is peer:
+            del self._successors[addr]
+        elif self._peers.get(addr) is peer:
+            del self._peers[addr]
+            successor = self._successors.pop(addr, None)
+            if successor is not None:  # the new connection goes on alone
+                self._peers[addr] = successor
+        self._unpend(peer)
+        self._timers.cancel_all(peer.id, (_HANDSHAKE, _IDLE))
+        self._retransmits.cancel(peer.id, _RETRANSMIT)
         established = peer.state is PeerState.ESTABLISHED
         peer.conn.set_app_data(None)
         peer.held.clear()
         self.stats["closed:" + cause.label] += 1
-        self._events.append(SessionClosed(peer.addr, cause, established, detail))
+        self._events.append(SessionClosed(addr, cause, established, detail))
 
 
 def _ssl_reason(exc: SSL.Error) -> str:
+    """What OpenSSL says went wrong, in words (never a bare exception class name)."""
+    if isinstance(exc, SSL.SysCallError):
+        code, text = (*exc.args, None, None)[:2]
+        if code == -1:
+            return "OpenSSL stopped without a reason (unexpected end of the handshake)"
+        return f"system error {code}: {text}"
     try:
-        return str(exc.args[0][0][2])
+        reasons = [str(e[2]) for e in exc.args[0] if e[2]]
     except (IndexError, TypeError):
-        return type(exc).__name__
+        reasons = []
+    if not reasons:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return "; ".join(dict.fromkeys(reasons))
