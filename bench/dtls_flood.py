@@ -214,7 +214,9 @@ def device_latency(broker: Broker, n: int) -> list[float]:
     return out
 
 
-def measure(broker: Broker, levels: list[int], garbage: int, seconds: float) -> list[dict[str, Any]]:
+def measure(
+    broker: Broker, levels: list[int], garbage: int, seconds: float
+) -> list[dict[str, Any]]:
     keep: list[socket.socket] = []
     results: list[dict[str, Any]] = []
     device_latency(broker, 3)  # warm up (resolver cache, code paths)

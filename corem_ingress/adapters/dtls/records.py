@@ -175,7 +175,10 @@ class HandshakePeek:
     def feed(self, data: bytes) -> None:
         for rec in split_records(data):
             if rec.epoch == 0 and rec.content_type == CT_CHANGE_CIPHER_SPEC:
-                self.change_cipher_spec = True
+                # OpenSSL discards a ChangeCipherSpec that comes before the messages it
+                # follows: such a one does not count (the client will send it again).
+                if self._messages_complete():
+                    self.change_cipher_spec = True
             elif rec.epoch == 1 and rec.content_type == CT_HANDSHAKE:
                 if len(self._encrypted) < 64:  # a Finished is one record or a few fragments
                     self._encrypted.setdefault(rec.seq, len(rec.fragment))
@@ -219,16 +222,23 @@ class HandshakePeek:
             if len(ident) == ilen:
                 self.psk_identity = ident
 
+    def _messages_complete(self) -> bool:
+        if HT_CLIENT_KEY_EXCHANGE not in self.complete or self._assemblies:
+            return False
+        return self.certificate_der is None or HT_CERTIFICATE_VERIFY in self.complete
+
+    @property
+    def finished_records(self) -> int:
+        """Epoch-1 handshake records seen: more than one is a fragmented Finished (or a
+        retransmitted one)."""
+        return len(self._encrypted)
+
     def flight_complete(self, record_overhead: int) -> bool:
         """The whole flight is here: every message of it complete (CertificateVerify too
         when a certificate was sent), the ChangeCipherSpec, and epoch-1 records that carry
         at least the Finished's header and verify_data. ``record_overhead``: what the
         suite's AEAD adds to each record (explicit nonce + tag, ``aead_overhead``)."""
-        if HT_CLIENT_KEY_EXCHANGE not in self.complete or self._assemblies:
-            return False
-        if self.certificate_der is not None and HT_CERTIFICATE_VERIFY not in self.complete:
-            return False
-        if not self.change_cipher_spec:
+        if not (self._messages_complete() and self.change_cipher_spec):
             return False
         verify_data = sum(
             max(0, n - record_overhead - HANDSHAKE_HEADER) for n in self._encrypted.values()

@@ -629,6 +629,8 @@ class DtlsServer:
             if old is not None:
                 self._close_peer(old, Cause.REPLACED, notify=False)
             self._peers[addr] = peer
+        if peer.peek.finished_records > 1:
+            self.stats["client_finished_split"] += 1  # a flight split mid-Finished, handled
         peer.held.clear()
         peer.peek = HandshakePeek()
         peer.looked_up.clear()
