@@ -31,7 +31,7 @@ import argparse
 import asyncio
 import json
 import os
-import select
+import selectors
 import shutil
 import signal
 import socket
@@ -130,46 +130,52 @@ def start_broker(src: Path, tmp: Path, redis_url: str, kek: str, pending_cap: in
     raise RuntimeError("broker did not come up")
 
 
-def _wait_readable(socks: list[socket.socket], deadline: float) -> list[socket.socket]:
-    ready: list[socket.socket] = []
-    pending = list(socks)
-    while pending and time.monotonic() < deadline:
-        r, _, _ = select.select(pending, [], [], max(0.0, deadline - time.monotonic()))
-        for s in r:
-            pending.remove(s)
-            ready.append(s)
-    return ready
+def _exchange(socks: dict[socket.socket, list[bytes]], deadline: float) -> list[socket.socket]:
+    """Send each socket's datagrams, resend them every second until the socket has an
+    answer (as a DTLS client would), until ``deadline``; the sockets that got one."""
+    sel = selectors.DefaultSelector()  # epoll: thousands of sockets
+    for s, out in socks.items():
+        for d in out:
+            s.send(d)
+        sel.register(s, selectors.EVENT_READ)
+    answered: list[socket.socket] = []
+    resend_at = time.monotonic() + 1.0
+    while len(answered) < len(socks) and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=max(0.0, min(resend_at, deadline) - time.monotonic())):
+            s = key.fileobj  # type: ignore[assignment]
+            sel.unregister(s)
+            answered.append(s)
+        if time.monotonic() >= resend_at:
+            resend_at = time.monotonic() + 1.0
+            for key in list(sel.get_map().values()):
+                for d in socks[key.fileobj]:  # type: ignore[index]
+                    key.fileobj.send(d)  # type: ignore[union-attr]
+    sel.close()
+    return answered
 
 
 def open_pending(port: int, sources: list[str], keep: list[socket.socket]) -> int:
     """Half-done handshakes from ``sources`` (one per entry): cookie exchange, the
     ClientHello with the cookie, the server's first flight received, then silence."""
     opened = 0
-    for start in range(0, len(sources), 200):
-        chunk = sources[start : start + 200]
-        socks: list[socket.socket] = []
+    for start in range(0, len(sources), 50):
         clients: dict[socket.socket, Client] = {}
-        for ip in chunk:
+        for ip in sources[start : start + 50]:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((ip, 0))
             s.connect((HOST, port))
             s.setblocking(False)
-            c = Client(psk_context(b"flood", b"f" * 32))
-            for d in c.start():
-                s.send(d)
-            socks.append(s)
-            clients[s] = c
-        with_cookie: list[socket.socket] = []
-        for s in _wait_readable(socks, time.monotonic() + 30):
+            clients[s] = Client(psk_context(b"flood", b"f" * 32))
+            keep.append(s)  # kept open: a port is never reused by the next half-done one
+        hellos = {s: c.start() for s, c in clients.items()}
+        second: dict[socket.socket, list[bytes]] = {}
+        for s in _exchange(hellos, time.monotonic() + 30):
             c = clients[s]
             c.receive(s.recv(65536))  # the HelloVerifyRequest
-            for d in c.outgoing():
-                s.send(d)
-            with_cookie.append(s)
-        for s in _wait_readable(with_cookie, time.monotonic() + 60):
+            second[s] = c.outgoing()  # the ClientHello with the cookie
+        for s in _exchange(second, time.monotonic() + 60):
             s.recv(65536)  # the first datagram of the server's flight: the state exists
             opened += 1
-        keep.extend(socks)  # kept open: a port is never reused by the next half-done one
     return opened
 
 
