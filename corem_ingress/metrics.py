@@ -342,6 +342,8 @@ class DtlsLoad(Protocol):
     def pending_handshakes(self) -> int: ...
 
     def __len__(self) -> int: ...
+
+
 REGISTRY.register(_node_collector)
 
 
