@@ -224,7 +224,7 @@ async def wakaama_lwm2mclient(cred: Credential, port: int, endpoint: str) -> Pee
     for _ in range(3):  # its local port (-l) is ours to pick: another may take it first
         # Its state lines go to stdout, block-buffered into a pipe: line-buffer them.
         argv = [_binary("stdbuf"), "-oL", peer("lwm2mclient_tinydtls"), "-4", "-h", LOOPBACK]
-        argv += ["-p", str(port), "-l", str(_free_udp_port()), "-n", endpoint]
+        argv += ["-p", str(port), "-l", str(free_udp_port()), "-n", endpoint]
         argv += ["-i", cred.identity, "-s", cred.key.hex(), "-t", "60"]
         # It reads commands from stdin and quits on EOF: keep it open.
         out, seconds = await _run(argv, done=done, keep_stdin_open=True)
@@ -262,7 +262,7 @@ async def aiocoap_tinydtls(cred: Credential, port: int) -> PeerRun:
         await ctx.shutdown()
 
 
-def _free_udp_port() -> int:
+def free_udp_port() -> int:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
