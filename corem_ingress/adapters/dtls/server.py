@@ -44,14 +44,12 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import Enum
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from corem_ingress.adapters.dtls import _binding
+from corem_ingress.adapters.dtls.authn import Authenticator, CredentialCache
 from corem_ingress.adapters.dtls.cookies import CookieJar
 from corem_ingress.adapters.dtls.events import (
     Address,
@@ -62,6 +60,7 @@ from corem_ingress.adapters.dtls.events import (
     HandshakeCompleted,
     SessionClosed,
 )
+from corem_ingress.adapters.dtls.peer import Peer, PeerState
 from corem_ingress.adapters.dtls.ratelimit import RateLimiter
 from corem_ingress.adapters.dtls.records import (
     CT_ALERT,
@@ -82,9 +81,6 @@ from corem_ingress.adapters.dtls.records import (
 )
 from corem_ingress.adapters.dtls.timers import TimerHeap
 from corem_ingress.core.causes import Cause
-from corem_ingress.core.certs import fingerprint_der
-from corem_ingress.core.errors import IngressError
-from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 
 #: Offered to a client that offers a PSK suite (the client's preference among them).
 PSK_CIPHERS = (
@@ -100,19 +96,10 @@ CIPHERS = (
     "@SECLEVEL=0"
 )
 
-_X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _MAX_HELD = 32
 _READ_CHUNK = 65_536
 #: Timer kinds: on the ``now`` clock, and OpenSSL's retransmission on the real clock.
 _HANDSHAKE, _IDLE, _RETRANSMIT = "handshake", "idle", "retransmit"
-
-
-class CredentialCache(Protocol):
-    """The resolver's synchronous cache (``corem_ingress.resolver.Resolver``)."""
-
-    def cached_psk(self, identity: str) -> Any: ...  # ResolvedPsk | None
-
-    def cached_cert(self, fingerprint: str) -> DeviceIdentity | None: ...
 
 
 @dataclass
@@ -142,38 +129,6 @@ class DtlsConfig:
     check_cert_validity: bool = True
 
 
-class PeerState(Enum):
-    HANDSHAKE = "handshake"
-    AWAITING_CREDENTIAL = "awaiting_credential"
-    ESTABLISHED = "established"
-
-
-@dataclass(eq=False)
-class _Peer:
-    id: int
-    addr: Address
-    conn: SSL.Connection
-    started: float
-    last_seen: float
-    #: The random of the ClientHello that opened it (a new random is a new connection).
-    client_random: bytes = b""
-    state: PeerState = PeerState.HANDSHAKE
-    credential: Credential | None = None
-    peek: HandshakePeek = field(default_factory=HandshakePeek)
-    held: list[bytes] = field(default_factory=list)
-    looked_up: set[tuple[CredentialKind, str]] = field(default_factory=set)
-    #: Why the handshake was refused, when a callback refused it (cause, detail).
-    refusal: tuple[Cause, str] | None = None
-    #: The alert to send instead of OpenSSL's when our policy refused (the cause's alert).
-    alert: int | None = None
-    #: The suite our ServerHello chose (peeked from our own output).
-    suite: int | None = None
-    #: Not closed for idleness before this (``now`` clock; ``DtlsServer.extend_idle``).
-    idle_until: float = 0.0
-    #: The client's own fatal alert seen during the handshake (description), if any.
-    client_alert: int | None = None
-
-
 class DtlsServer:
     def __init__(
         self,
@@ -187,20 +142,24 @@ class DtlsServer:
     ) -> None:
         _binding.check_binding()
         self.config = config or DtlsConfig()
-        self._credentials = credentials
+        self._auth = Authenticator(
+            credentials,
+            clock=lambda: self._now,
+            check_cert_validity=self.config.check_cert_validity,
+        )
         self._cookies = CookieJar(lifetime=self.config.cookie_lifetime)
         self._rate = RateLimiter(self.config.handshake_rate, self.config.handshake_burst)
         self._ctx = self._make_context(cert_file, key_file, ca_files, CIPHERS)
         self._psk_ctx = self._make_context(cert_file, key_file, ca_files, PSK_CIPHERS)
         #: The current peer of each address (handshaking or established).
-        self._peers: dict[Address, _Peer] = {}
+        self._peers: dict[Address, Peer] = {}
         #: A new handshake from an address whose session is established (RFC 6347 4.2.8):
         #: it takes the address when it completes.
-        self._successors: dict[Address, _Peer] = {}
+        self._successors: dict[Address, Peer] = {}
         #: Every live peer by id (timer entries name peers by id only).
-        self._by_id: dict[int, _Peer] = {}
+        self._by_id: dict[int, Peer] = {}
         #: Handshakes in progress, oldest first, and their count per source IP.
-        self._pending: dict[_Peer, None] = {}
+        self._pending: dict[Peer, None] = {}
         self._pending_by_source: collections.Counter[str] = collections.Counter()
         self._ids = itertools.count(1)
         #: Handshake and idle deadlines (``now`` clock); retransmissions (real clock).
@@ -245,10 +204,10 @@ class DtlsServer:
             ctx.check_privatekey()
         for ca in ca_files:
             ctx.load_verify_locations(ca)
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._auth.verify)
         ctx.set_cookie_generate_callback(self._cookie_generate)
         ctx.set_cookie_verify_callback(self._cookie_verify)
-        _binding.set_psk_server_callback(ctx, self._psk)
+        _binding.set_psk_server_callback(ctx, self._auth.psk)
         return ctx
 
     # -- user API --------------------------------------------------------------------------
@@ -342,7 +301,7 @@ class DtlsServer:
             return
         self._peer_datagram(peer, data)
 
-    def _peer_datagram(self, peer: _Peer, data: bytes) -> None:
+    def _peer_datagram(self, peer: Peer, data: bytes) -> None:
         peer.last_seen = self._now
         if peer.state is PeerState.ESTABLISHED:
             self._application_datagram(peer, data)
@@ -371,7 +330,7 @@ class DtlsServer:
             return
         self._stateless(data, addr, hello)
 
-    def _split_for_successor(self, current: _Peer, successor: _Peer, data: bytes) -> None:
+    def _split_for_successor(self, current: Peer, successor: Peer, data: bytes) -> None:
         """While a new handshake runs beside an established session at one address, its
         records (epoch 0, ChangeCipherSpec, the encrypted Finished) go to the new handshake
         and application data to the session; once the new handshake completes it is the
@@ -431,7 +390,7 @@ class DtlsServer:
             best = at if best is None else min(best, at)
         return best
 
-    def _idle_deadline(self, peer: _Peer) -> float:
+    def _idle_deadline(self, peer: Peer) -> float:
         grain = self.sweep_interval
         deadline = peer.last_seen + self.config.idle_timeout
         return max(math.ceil(deadline / grain) * grain, peer.idle_until)
@@ -472,7 +431,7 @@ class DtlsServer:
             return
         if replaced is not None:
             self._drop(replaced, Cause.REPLACED)
-        peer = _Peer(next(self._ids), addr, conn, self._now, self._now, hello.random)
+        peer = Peer(next(self._ids), addr, conn, self._now, self._now, hello.random)
         conn.set_app_data(peer)
         if established is not None:
             self._successors[addr] = peer
@@ -505,7 +464,7 @@ class DtlsServer:
         # reuse an SSL object in an unknown state.
         self._listener = None
 
-    def _pending_full(self, source: str, replaced: _Peer | None) -> bool:
+    def _pending_full(self, source: str, replaced: Peer | None) -> bool:
         cfg = self.config
         freed = 1 if replaced is not None else 0
         per_source = cfg.max_pending_per_source
@@ -539,8 +498,8 @@ class DtlsServer:
         return self._cookies.check(self._listen_addr, cookie, self._now)
 
     # -- handshake -------------------------------------------------------------------------
-    def _handshake_datagram(self, peer: _Peer, data: bytes) -> None:
-        needed = self._peek(peer, data)
+    def _handshake_datagram(self, peer: Peer, data: bytes) -> None:
+        needed = self._auth.needed(peer, data)
         if needed is not None:
             peer.state = PeerState.AWAITING_CREDENTIAL
             peer.held.append(data)
@@ -555,7 +514,7 @@ class DtlsServer:
         if peer.state is PeerState.HANDSHAKE and self._alive(peer):
             self._judge_flight(peer)
 
-    def _judge_flight(self, peer: _Peer) -> None:
+    def _judge_flight(self, peer: Peer) -> None:
         """The client's whole second flight has been fed and the handshake is still not
         complete: OpenSSL dropped its Finished, whose AEAD tag did not verify (the client
         derived other keys: a wrong PSK). Refuse now with a fatal alert rather than wait
@@ -570,35 +529,7 @@ class DtlsServer:
         self._out.append((alert_record(cause.dtls_alert), peer.addr))
         self._drop(peer, cause, detail)
 
-    def _peek(self, peer: _Peer, data: bytes) -> tuple[CredentialKind, str] | None:
-        """A credential in this datagram that the cache cannot vouch for yet, if any."""
-        peek = peer.peek
-        had_cert, had_psk = peek.certificate_der is not None, peek.psk_identity is not None
-        peek.feed(data)
-        wanted: tuple[CredentialKind, str] | None = None
-        if not had_cert and peek.certificate_der is not None:
-            wanted = (CredentialKind.X509, fingerprint_der(peek.certificate_der))
-        elif not had_psk and peek.psk_identity is not None and self._is_psk(peer):
-            try:
-                wanted = (CredentialKind.PSK, peek.psk_identity.decode())
-            except UnicodeDecodeError:
-                return None
-        if wanted is None or wanted in peer.looked_up:
-            return None
-        try:
-            if wanted[0] is CredentialKind.PSK:
-                known = self._credentials.cached_psk(wanted[1]) is not None
-            else:
-                known = self._credentials.cached_cert(wanted[1]) is not None
-        except IngressError:
-            known = True  # the cache knows it is bad: let the callback refuse it now
-        return None if known else wanted
-
-    @staticmethod
-    def _is_psk(peer: _Peer) -> bool:
-        return peer.suite in PSK_SUITES
-
-    def _advance(self, peer: _Peer) -> None:
+    def _advance(self, peer: Peer) -> None:
         try:
             peer.conn.do_handshake()
         except SSL.WantReadError:
@@ -616,7 +547,7 @@ class DtlsServer:
             return
         self._completed(peer)
 
-    def _completed(self, peer: _Peer) -> None:
+    def _completed(self, peer: Peer) -> None:
         addr = peer.addr
         peer.state = PeerState.ESTABLISHED
         self._unpend(peer)
@@ -643,7 +574,7 @@ class DtlsServer:
         self._read_application(peer)
 
     @staticmethod
-    def _failure(peer: _Peer, exc: SSL.Error) -> tuple[Cause, str]:
+    def _failure(peer: Peer, exc: SSL.Error) -> tuple[Cause, str]:
         """Why OpenSSL gave up on this handshake."""
         if peer.refusal is not None:
             return peer.refusal
@@ -651,77 +582,13 @@ class DtlsServer:
             return Cause.PEER_ABORTED, f"the client sent a fatal {alert_name(peer.client_alert)}"
         return Cause.HANDSHAKE_FAILED, _ssl_reason(exc)
 
-    def _psk(self, conn: SSL.Connection, identity: bytes) -> bytes | None:
-        """Every PSK refusal is told with OpenSSL's unknown_psk_identity alert (RFC 4279):
-        the key of that identity cannot be used, whatever the reason."""
-        peer: _Peer = conn.get_app_data()
-        try:
-            text = identity.decode()
-        except UnicodeDecodeError:
-            peer.refusal = (Cause.MALFORMED, "psk identity is not UTF-8")
-            return None
-        try:
-            resolved = self._credentials.cached_psk(text)
-        except IngressError as exc:
-            peer.refusal = (exc.cause, f"psk identity {text!r}: {exc.cause.label}")
-            return None
-        if resolved is None:
-            peer.refusal = (
-                Cause.UNAVAILABLE,
-                f"psk identity {text!r} not vouched for by the resolver cache",
-            )
-            return None
-        peer.credential = Credential(CredentialKind.PSK, text, resolved.identity)
-        key: bytes = resolved.psk
-        return key
-
-    @staticmethod
-    def _refuse(peer: _Peer, cause: Cause, detail: str) -> None:
-        """Our policy refuses: this cause, and its alert rather than OpenSSL's."""
-        peer.refusal = (cause, detail)
-        peer.alert = cause.dtls_alert
-
-    def _verify(
-        self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
-    ) -> bool:
-        peer: _Peer | None = conn.get_app_data()
-        if peer is None:
-            return False
-        if depth > 0:
-            if not ok:
-                # OpenSSL's alert names the chain error (unknown_ca, certificate_expired, ...).
-                peer.refusal = (Cause.BAD_CERTIFICATE, f"chain error {errno} at depth {depth}")
-            return bool(ok)
-        if not ok and errno != _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-            peer.refusal = (Cause.BAD_CERTIFICATE, f"certificate error {errno}")
-            return False
-        c = cert.to_cryptography()
-        if self.config.check_cert_validity:
-            now = datetime.fromtimestamp(self._now, UTC)
-            if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-                self._refuse(peer, Cause.CERTIFICATE_EXPIRED, "outside its validity period")
-                return False
-        fp = fingerprint_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
-        try:
-            identity = self._credentials.cached_cert(fp)
-        except IngressError as exc:
-            self._refuse(peer, exc.cause, f"certificate {fp[:16]}…: {exc.cause.label}")
-            return False
-        if identity is None:
-            self._refuse(
-                peer, Cause.UNAVAILABLE, f"certificate {fp[:16]}… not vouched for by the resolver"
-            )
-            return False
-        peer.credential = Credential(CredentialKind.X509, fp, identity)
-        return True
-
     # -- established -----------------------------------------------------------------------
-    def _application_datagram(self, peer: _Peer, data: bytes) -> None:
+    def _application_datagram(self, peer: Peer, data: bytes) -> None:
         peer.conn.bio_write(data)
         # One SSL_read per record at most: saves the WantReadError after the last one.
         self._read_application(peer, max_reads=max(1, len(split_records(data))))
 
-    def _read_application(self, peer: _Peer, max_reads: int = 1_000) -> None:
+    def _read_application(self, peer: Peer, max_reads: int = 1_000) -> None:
         for _ in range(max_reads):
             if not self._alive(peer):
                 return
@@ -744,7 +611,7 @@ class DtlsServer:
         self._flush(peer)
 
     # -- output and teardown ---------------------------------------------------------------
-    def _flush(self, peer: _Peer, alert: int | None = None) -> None:
+    def _flush(self, peer: Peer, alert: int | None = None) -> None:
         chunk = self._send_raw(peer.conn, peer.addr, alert)
         if peer.suite is None and chunk:
             peer.suite = server_hello_suite(chunk)
@@ -770,10 +637,10 @@ class DtlsServer:
             if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
                 return sent
 
-    def _alive(self, peer: _Peer) -> bool:
+    def _alive(self, peer: Peer) -> bool:
         return self._by_id.get(peer.id) is peer
 
-    def _unpend(self, peer: _Peer) -> None:
+    def _unpend(self, peer: Peer) -> None:
         if peer in self._pending:
             del self._pending[peer]
             source = peer.addr[0]
@@ -781,7 +648,7 @@ class DtlsServer:
             if self._pending_by_source[source] <= 0:
                 del self._pending_by_source[source]
 
-    def _close_peer(self, peer: _Peer, cause: Cause, *, notify: bool = True) -> None:
+    def _close_peer(self, peer: Peer, cause: Cause, *, notify: bool = True) -> None:
         """close_notify (if established) and forget."""
         if peer.state is PeerState.ESTABLISHED and notify:
             with contextlib.suppress(SSL.Error):
@@ -789,7 +656,7 @@ class DtlsServer:
             self._flush(peer)
         self._drop(peer, cause)
 
-    def _drop(self, peer: _Peer, cause: Cause, detail: str = "") -> None:
+    def _drop(self, peer: Peer, cause: Cause, detail: str = "") -> None:
         if self._by_id.pop(peer.id, None) is None:
             return
         addr = peer.addr
