@@ -250,6 +250,8 @@ def test_a_refused_certificate_gets_the_alert_of_its_cause(
     assert client.failed is not None and alert_text in str(client.failed), client.failed
     closed = [e for e in server.events() if isinstance(e, SessionClosed)]
     assert [e.cause for e in closed] == [cause]
+    # The log says what happened: the cause, the certificate, the alert it was told.
+    assert f"sent {alert_text.replace(' ', '_')}" in closed[0].detail, closed[0].detail
     assert "internal error" not in str(client.failed) or cause is Cause.UNAVAILABLE
 
 

@@ -97,7 +97,8 @@ def test_a_flight_is_judged_only_when_complete(order: list[list[int]], right_key
                     ADDR,
                     Cause.WRONG_KEY,
                     False,
-                    "the client's Finished did not verify: it holds another key",
+                    "the client's Finished did not verify: it holds another key; "
+                    "sent decrypt_error (51)",
                 )
             ]
             assert client.failed is not None and "decrypt error" in str(client.failed)

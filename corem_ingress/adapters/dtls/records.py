@@ -315,7 +315,7 @@ def alert_name(description: int) -> str:
     return f"{_ALERT_NAMES.get(description, 'alert')} ({description})"
 
 
-def client_fatal_alert(data: bytes) -> int | None:
+def fatal_alert(data: bytes) -> int | None:
     """The description of a plaintext (epoch 0) fatal alert in ``data``, if there is one."""
     for rec in split_records(data):
         frag = rec.fragment

@@ -72,7 +72,7 @@ from corem_ingress.adapters.dtls.records import (
     aead_overhead,
     alert_name,
     alert_record,
-    client_fatal_alert,
+    fatal_alert,
     pack_datagrams,
     parse_client_hello,
     server_hello_suite,
@@ -506,7 +506,7 @@ class DtlsServer:
             peer.looked_up.add(needed)
             self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1]))
             return
-        alert = client_fatal_alert(data)
+        alert = fatal_alert(data)
         if alert is not None:
             peer.client_alert = alert
         peer.conn.bio_write(data)
@@ -527,7 +527,7 @@ class DtlsServer:
             "the client's Finished did not verify: it holds another key",
         )
         self._out.append((alert_record(cause.dtls_alert), peer.addr))
-        self._drop(peer, cause, detail)
+        self._drop(peer, cause, f"{detail}; sent {alert_name(cause.dtls_alert)}")
 
     def _advance(self, peer: Peer) -> None:
         try:
@@ -536,8 +536,12 @@ class DtlsServer:
             self._flush(peer)
             return
         except SSL.Error as exc:
-            self._flush(peer, alert=peer.alert)  # the alert (ours where our policy refused)
-            self._drop(peer, *self._failure(peer, exc))
+            sent = self._flush(peer, alert=peer.alert)  # the alert (ours where our policy refused)
+            cause, detail = self._failure(peer, exc)
+            told = fatal_alert(sent)
+            if told is not None:
+                detail += f"; sent {alert_name(told)}"
+            self._drop(peer, cause, detail)
             return
         self._flush(peer)
         if peer.credential is None:
@@ -611,7 +615,9 @@ class DtlsServer:
         self._flush(peer)
 
     # -- output and teardown ---------------------------------------------------------------
-    def _flush(self, peer: Peer, alert: int | None = None) -> None:
+    def _flush(self, peer: Peer, alert: int | None = None) -> bytes:
+        """Send what OpenSSL wrote (alerts' descriptions replaced by ``alert``); re-arm the
+        retransmission timer of a handshake. -> what was sent."""
         chunk = self._send_raw(peer.conn, peer.addr, alert)
         if peer.suite is None and chunk:
             peer.suite = server_hello_suite(chunk)
@@ -619,6 +625,7 @@ class DtlsServer:
             timeout = peer.conn.DTLSv1_get_timeout()
             if timeout is not None:
                 self._retransmits.set(peer.id, _RETRANSMIT, self._real_clock() + timeout)
+        return chunk
 
     def _send_raw(self, conn: SSL.Connection, addr: Address, alert: int | None = None) -> bytes:
         mtu = self.config.mtu - 28
