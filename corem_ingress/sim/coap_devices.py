@@ -186,7 +186,11 @@ class CoapOpenSslDevice:
             raise DeviceError("tls", exc.__class__.__name__) from None
         try:
             self._dtls = await AsyncDtlsClient.connect(
-                ctx, self._target.port, host=self._target.host, timeout=CONNECT_TIMEOUT_S
+                ctx,
+                self._target.port,
+                host=self._target.host,
+                timeout=CONNECT_TIMEOUT_S,
+                raise_socket_errors=True,
             )
         except TimeoutError:
             raise DeviceError("timeout", NO_ANSWER) from None

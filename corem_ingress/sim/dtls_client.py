@@ -140,11 +140,13 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         *,
         timeout: float = 15.0,  # noqa: ASYNC109
         host: str = "127.0.0.1",
+        raise_socket_errors: bool = False,
     ) -> AsyncDtlsClient:
         """Handshake; returns with ``client.done`` or ``client.failed`` set (check them).
 
-        On a timeout the socket is closed before ``TimeoutError`` propagates; a socket
-        error during the handshake (nothing listens on the port) is raised as ``OSError``."""
+        On a timeout the socket is closed before ``TimeoutError`` propagates. With
+        ``raise_socket_errors`` a socket error during the handshake (ICMP port unreachable:
+        nothing listens on the port) is raised at once as ``OSError``."""
         loop = asyncio.get_running_loop()
         self = cls(ctx)
         await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
@@ -153,7 +155,7 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         try:
             async with asyncio.timeout(timeout):
                 while not (self.client.done or self.client.failed or self.client.closed):
-                    if self.error is not None:
+                    if self.error is not None and raise_socket_errors:
                         raise self.error
                     await self.wait_change()
         except BaseException:
