@@ -187,3 +187,40 @@ async def test_a_restarted_client_replaces_its_established_session(
     (entry,) = await read_uplinks(redis, "acme")
     assert entry["payload"] == '"again"'
     assert server.stats["closed:" + Cause.REPLACED.label] == 1
+
+
+async def _handshake_from(port: int, local: int, ident: str, key: bytes) -> Client:
+    """A full PSK handshake from ``local`` (socket closed after it, no close_notify)."""
+    loop = asyncio.get_running_loop()
+    client = Client(psk_context(ident.encode(), key))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", local))
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        for d in client.start():
+            sock.send(d)
+        async with asyncio.timeout(10):
+            while not (client.done or client.failed):
+                client.receive(await loop.sock_recv(sock, 65536))
+                for d in client.outgoing():
+                    sock.send(d)
+    return client
+
+
+async def test_a_failed_new_connection_leaves_the_session_at_its_address_alone(
+    coap_node: Any, registry: Any
+) -> None:
+    """A new handshake from the address of a live session that fails (here a wrong key)
+    must not end that session, nor free its tenant slot or its live-session entry."""
+    node = await coap_node()
+    listener = coap_listener(node)
+    _dev, ident, key = await provision_psk(registry)
+    local = free_udp_port()
+    addr = ("127.0.0.1", local)
+    assert (await _handshake_from(coap_port(node), local, ident, key)).done
+    assert addr in listener.sessions and len(node.services.sessions) == 1
+    wrong = await _handshake_from(coap_port(node), local, ident, b"w" * len(key))
+    assert wrong.failed is not None and "decrypt error" in str(wrong.failed)
+    assert listener.dtls_server.stats["closed:wrong_key"] == 1
+    assert addr in listener.dtls_server.established()
+    assert addr in listener.sessions and len(node.services.sessions) == 1

@@ -91,10 +91,14 @@ class CoapGuard:
         return True
 
     def closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None:
-        tenant = self._slots.pop(addr, None)
-        if tenant is not None:
-            self.gate.close_session(tenant)
-        if established or cause in _NEUTRAL:
+        if established:
+            tenant = self._slots.pop(addr, None)
+            if tenant is not None:
+                self.gate.close_session(tenant)
+            return
+        # A handshake that never completed holds no slot (a session at the same address,
+        # if any, keeps its own: RFC 6347 4.2.8).
+        if cause in _NEUTRAL:
             return
         metrics.handshake(self.transport, ok=False)
         if cause.group is CauseGroup.AUTH:
