@@ -20,12 +20,20 @@ from corem_ingress.adapters.dtls.events import (
     SessionClosed,
 )
 from corem_ingress.adapters.dtls.records import alert_record
-from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer, _ssl_reason
+from corem_ingress.adapters.dtls.server import DtlsServer, _ssl_reason
 from corem_ingress.adapters.dtls.timers import TimerHeap
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.sim.dtls_client import Client, cert_context, psk_context
-from tests.coap.test_dtls_core import KEY, NOW, FakeCache, handshake, make_server, transfer
+from tests.coap.test_dtls_core import (
+    KEY,
+    NOW,
+    FakeCache,
+    handshake,
+    make_cert_server,
+    make_server,
+    transfer,
+)
 
 ADDR = ("127.0.0.1", 40200)
 
@@ -193,18 +201,9 @@ def test_traffic_moves_the_idle_deadline() -> None:
 @pytest.fixture
 def cert_server(tmp_path: Path) -> tuple[DtlsServer, FakeCache, Path]:
     ca = devcerts.make_ca("core CA")
-    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
-    devcerts.issue(ca, "localhost", server=True).write(tmp_path / "s.pem", tmp_path / "s.key")
-    dev = devcerts.issue(ca, "dev")
-    dev.write(tmp_path / "d.pem", tmp_path / "d.key")
     cache = FakeCache()
-    server = DtlsServer(
-        cert_file=str(tmp_path / "s.pem"),
-        key_file=str(tmp_path / "s.key"),
-        ca_files=[str(tmp_path / "ca.pem")],
-        credentials=cache,
-        config=DtlsConfig(handshake_rate=0.0),
-    )
+    server = make_cert_server(tmp_path, ca, cache)
+    devcerts.issue(ca, "dev").write(tmp_path / "d.pem", tmp_path / "d.key")
     return server, cache, tmp_path
 
 

@@ -16,20 +16,26 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from corem_ingress import devcerts
 from corem_ingress.adapters.dtls.events import HandshakeCompleted, SessionClosed
 from corem_ingress.adapters.dtls.records import (
     CT_ALERT,
     CT_CHANGE_CIPHER_SPEC,
     split_records,
 )
-from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
+from corem_ingress.adapters.dtls.server import DtlsServer
 from corem_ingress.core.causes import ALERT_DECRYPT_ERROR, Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.sim.dtls_client import Client, cert_context, psk_context
 from tests.coap.sized_certs import issue_sized, short_ca
-from tests.coap.test_dtls_core import KEY, NOW, FakeCache, make_server
+from tests.coap.test_dtls_core import (
+    KEY,
+    NOW,
+    FakeCache,
+    make_cert_server,
+    make_server,
+    transfer,
+)
 
 ADDR = ("127.0.0.1", 40100)
 WRONG = b"w" * 32
@@ -148,17 +154,8 @@ CERT_SIZES = sorted({*range(300, 1201, 25), *range(684, 704)})
 
 def test_certificate_flights_of_every_size_complete(tmp_path: Path) -> None:
     ca = short_ca()
-    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
-    srv = devcerts.issue(ca, "localhost", server=True)
-    srv.write(tmp_path / "s.pem", tmp_path / "s.key")
     cache = FakeCache()
-    server = DtlsServer(
-        cert_file=str(tmp_path / "s.pem"),
-        key_file=str(tmp_path / "s.key"),
-        ca_files=[str(tmp_path / "ca.pem")],
-        credentials=cache,
-        config=DtlsConfig(handshake_rate=0.0),
-    )
+    server = make_cert_server(tmp_path, ca, cache)
     now = dt.datetime.now(dt.UTC).timestamp()
     for n, size in enumerate(CERT_SIZES):
         leaf = issue_sized(ca, size)
@@ -168,16 +165,7 @@ def test_certificate_flights_of_every_size_complete(tmp_path: Path) -> None:
         client = Client(
             cert_context(str(tmp_path / "d.pem"), str(tmp_path / "d.key"), str(tmp_path / "ca.pem"))
         )
-        addr = ("127.0.0.1", 20_000 + n)
-        pending = client.start()
-        for _ in range(10):  # bounded
-            for d in pending:
-                server.receive_datagram(d, addr, now)
-            for d, _ in server.datagrams_to_send():
-                client.receive(d)
-            pending = client.outgoing()
-            if not pending:
-                break
+        transfer(server, client, ("127.0.0.1", 20_000 + n), client.start(), now=now)
         events = list(server.events())
         assert client.done, (size, client.failed, events)
         assert isinstance(events[0], HandshakeCompleted), (size, events)

@@ -27,13 +27,19 @@ from corem_ingress.sim.devices import Target
 SIM_TENANT = "simtest"
 
 
-@pytest.fixture
-async def broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
+def node_certs(tmp_path: Path) -> Path:
+    """A CA and the broker's server certificate, under tmp_path/certs."""
     certs = tmp_path / "certs"
     certs.mkdir()
     ca = devcerts.make_ca()
     ca.write(certs / "ca.pem", certs / "ca.key")
     devcerts.issue(ca, "localhost", server=True).write(certs / "server.pem", certs / "server.key")
+    return certs
+
+
+@pytest.fixture
+async def broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
+    certs = node_certs(tmp_path)
     tls = {
         "server_cert": str(certs / "server.pem"),
         "server_key": str(certs / "server.key"),
@@ -254,11 +260,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 async def default_broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
     """A CoAP node with the default credential settings (32-byte PSKs)."""
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    ca = devcerts.make_ca()
-    ca.write(certs / "ca.pem", certs / "ca.key")
-    devcerts.issue(ca, "localhost", server=True).write(certs / "server.pem", certs / "server.key")
+    certs = node_certs(tmp_path)
     node = await start_node(
         [coap.build],
         coap={
