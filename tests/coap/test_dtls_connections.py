@@ -1,6 +1,6 @@
 """The DTLS core's connection table, pure (in-process pyOpenSSL clients, the clock passed
 in): new connections from an address with state (RFC 6347 4.2.8), the caps on pending
-handshakes, the idle deadline and ``extend_idle``, the suite a client gets, the alert a
+handshakes, the idle deadline and ``keep_alive``, the suite a client gets, the alert a
 refusal sends, and the timer heap under it all."""
 
 from __future__ import annotations
@@ -171,13 +171,15 @@ def test_per_source_cap_zero_means_no_cap() -> None:
 
 
 # -- idle deadline -----------------------------------------------------------------------------
-def test_extend_idle_keeps_a_quiet_session_until_the_given_time() -> None:
+def test_keep_alive_keeps_a_quiet_session_until_the_given_time() -> None:
+    """On the timer heap (tests/coap/test_dtls_keepalive.py has the contract): moving the
+    time later, then earlier, reschedules the session's one idle deadline."""
     server = make_server(idle_timeout=20.0)
     handshake(server, ADDR)
     list(server.events())
-    assert server.extend_idle(ADDR, NOW + 100)
-    assert server.extend_idle(ADDR, NOW + 50)  # the later of the two stays
-    assert not server.extend_idle(("127.0.0.1", 1), NOW + 100)  # no such session
+    assert server.keep_alive(ADDR, NOW + 1000)
+    assert server.keep_alive(ADDR, NOW + 100)  # each call sets the time
+    assert not server.keep_alive(("127.0.0.1", 1), NOW + 100)  # no such session
     server.handle_timer(NOW + 60)
     assert len(server) == 1
     when = server.next_timer(NOW + 60)

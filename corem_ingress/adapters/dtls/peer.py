@@ -40,7 +40,7 @@ class Peer:
     alert: int | None = None
     #: The suite our ServerHello chose (peeked from our own output).
     suite: int | None = None
-    #: Not closed for idleness before this (``now`` clock; ``DtlsServer.extend_idle``).
-    idle_until: float = 0.0
+    #: Not closed as idle before this (``now`` clock; ``DtlsServer.keep_alive``).
+    keep_until: float = 0.0
     #: The client's own fatal alert seen during the handshake (description), if any.
     client_alert: int | None = None

@@ -2,7 +2,7 @@
 
 Driven like aioquic's connection: ``receive_datagram(data, addr, now)``,
 ``handle_timer(now)``, and calls from the user (``send``, ``close``,
-``credential_resolved``, ``extend_idle``). Output is drained with
+``credential_resolved``, ``keep_alive``). Output is drained with
 ``datagrams_to_send()`` (whole DTLS records, each datagram within the MTU) and events
 with ``next_event()``.
 
@@ -111,7 +111,7 @@ class DtlsConfig:
     #: A handshake must finish within this many seconds, else its state is dropped.
     handshake_timeout: float = 10.0
     #: An established session with no datagram from the peer for this long is closed
-    #: (unless ``extend_idle`` keeps it longer).
+    #: (unless ``keep_alive`` keeps it longer).
     idle_timeout: float = 300.0
     #: Handshaking + established peers; beyond it new handshakes are ignored.
     max_sessions: int = 10_000
@@ -259,16 +259,18 @@ class DtlsServer:
         self._close_peer(peer, cause)
         return True
 
-    def extend_idle(self, addr: Address, until: float) -> bool:
-        """Do not close the established session at ``addr`` for idleness before ``until``
-        (on the ``now`` clock), however long its peer stays silent; e.g. while an LwM2M
-        registration of a device that is not in queue mode lives. Extending again keeps the
-        later of the two. False if there is no established session at ``addr``. A new
-        connection that replaces the session starts without the extension."""
+    def keep_alive(self, addr: Address, until: float) -> bool:
+        """Do not close the established session at ``addr`` as idle before ``until`` (on the
+        ``now`` clock), however long its peer stays silent: the LwM2M server keeps a
+        registered device's session for as long as its registration lives. Each call sets
+        the time (``until`` 0 gives the session back to the idle timeout). False if there
+        is no established session at ``addr``. A new connection that replaces the session
+        starts without it."""
         peer = self._peers.get(addr)
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return False
-        peer.idle_until = max(peer.idle_until, until)
+        peer.keep_until = until
+        self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))  # earlier or later
         return True
 
     def credential_resolved(self, addr: Address, now: float) -> None:
@@ -393,7 +395,7 @@ class DtlsServer:
     def _idle_deadline(self, peer: Peer) -> float:
         grain = self.sweep_interval
         deadline = peer.last_seen + self.config.idle_timeout
-        return max(math.ceil(deadline / grain) * grain, peer.idle_until)
+        return max(math.ceil(deadline / grain) * grain, peer.keep_until)
 
     # -- stateless part --------------------------------------------------------------------
     def _stateless(self, data: bytes, addr: Address, hello: ClientHello) -> None:
