@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from typing import Any
 
 import aiocoap
@@ -79,7 +80,7 @@ async def test_tinydtls_psk_uplink_and_observe(
 ) -> None:
     node = await coap_node()
     port = coap_port(node)
-    ident, key = "tiny-1", b"0123456789abcdef"
+    ident, key = "tiny-1", secrets.token_urlsafe(12).encode()  # 16 random printable bytes
     device_id = await _provision_16_byte_psk(redis, keys, keyring, ident, key)
     ctx = await _client(port, ident, key)
     try:

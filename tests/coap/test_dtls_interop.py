@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ async def test_clients_back_on_the_port_of_a_stale_handshake(
     reg16 = Registry(
         redis, keys, keyring=keyring, api_key_overlap=60, api_key_overlap_max=600, psk_min_bytes=16
     )
-    tiny_key = b"0123456789abcdef"
+    tiny_key = secrets.token_urlsafe(12).encode()  # 16 random bytes: tinydtls holds no more
     await reg16.provision(
         "acme", "wk-1", CredentialKind.PSK, actor="test", psk_identity="wk-1", psk_bytes=tiny_key
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,7 @@ async def _credential(
     client is given, the LwM2M endpoint name = the device's hardware id)."""
     hw = f"matrix-{n}"
     if case.credential == "psk":
-        key = (f"key-{n:03d}-" * 8).encode()[: case.psk_bytes]
+        key = secrets.token_urlsafe(case.psk_bytes).encode()[: case.psk_bytes]  # printable
         ident = f"matrix-{n}"
         await registry.provision(
             "acme", hw, CredentialKind.PSK, actor="test", psk_identity=ident, psk_bytes=key
