@@ -509,6 +509,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except sim_cli.SimUsageError as exc:
         raise CliError(str(exc)) from None
     sim_cli.print_summary(summary, args.report)  # type: ignore[arg-type]
+    stopped = summary.get("stopped_early") if isinstance(summary, dict) else None
+    if stopped:
+        raise CliError(f"simulate: {stopped}", EXIT_SERVER)
     return 0
 
 

@@ -234,6 +234,11 @@ class CoapConfig:
     handshake_rate_per_s: float = 10.0
     #: Burst of handshakes a source may start at once before the rate applies.
     handshake_burst: int = 20
+    #: DTLS handshakes in progress (cookie verified, not complete) at once; a new one
+    #: beyond it is ignored (the client retries) until one completes or times out.
+    max_pending_handshakes: int = 1000
+    #: DTLS handshakes in progress from one source IP at once (0: no per-source cap).
+    max_pending_handshakes_per_source: int = 20
     #: CoAP ACK_TIMEOUT and MAX_RETRANSMIT for our confirmable messages (RFC 7252 4.8).
     ack_timeout_s: float = 2.0
     #: Retransmissions of a confirmable message before giving up.
@@ -254,6 +259,12 @@ class CoapConfig:
         _check(self.max_sessions >= 1, "coap.max_sessions", "must be >= 1")
         _check(self.handshake_rate_per_s >= 0, "coap.handshake_rate_per_s", "must be >= 0")
         _check(self.handshake_burst >= 1, "coap.handshake_burst", "must be >= 1")
+        _check(self.max_pending_handshakes >= 1, "coap.max_pending_handshakes", "must be >= 1")
+        _check(
+            self.max_pending_handshakes_per_source >= 0,
+            "coap.max_pending_handshakes_per_source",
+            "must be >= 0 (0: no per-source cap)",
+        )
         _check(self.ack_timeout_s > 0, "coap.ack_timeout_s", "must be > 0")
         _check(0 <= self.max_retransmit <= 10, "coap.max_retransmit", "must be 0..10")
         _check(self.max_body_bytes >= 1, "coap.max_body_bytes", "must be >= 1")

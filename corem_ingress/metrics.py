@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections import Counter as _Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -277,6 +277,7 @@ class _NodeCollector(Collector):
         self.resolvers: weakref.WeakSet[Resolver] = weakref.WeakSet()
         self.hubs: weakref.WeakSet[SessionHub] = weakref.WeakSet()
         self.throttles: weakref.WeakSet[AuthThrottle] = weakref.WeakSet()
+        self.dtls: weakref.WeakSet[DtlsLoad] = weakref.WeakSet()
 
     def collect(self) -> Iterator[Metric]:
         resolvers = list(self.resolvers)
@@ -321,9 +322,32 @@ class _NodeCollector(Collector):
             "Source addresses the throttle currently tracks (bounded by limits.auth_max_sources).",
             value=sum(len(t) for t in throttles),
         )
+        servers = list(self.dtls)
+        yield GaugeMetricFamily(
+            "corem_dtls_pending_handshakes",
+            "DTLS handshakes in progress (cookie verified, not complete; bounded by "
+            "coap.max_pending_handshakes).",
+            value=sum(s.pending_handshakes for s in servers),
+        )
+        yield GaugeMetricFamily(
+            "corem_dtls_peers",
+            "DTLS peers with state: handshakes in progress and established sessions.",
+            value=sum(len(s) for s in servers),
+        )
 
 
 _node_collector = _NodeCollector()
+
+
+class DtlsLoad(Protocol):
+    """What a DTLS server tells the metrics (``adapters/dtls/server.DtlsServer``)."""
+
+    @property
+    def pending_handshakes(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
 REGISTRY.register(_node_collector)
 
 
@@ -332,14 +356,18 @@ def track(
     resolver: Resolver | None = None,
     hub: SessionHub | None = None,
     throttle: AuthThrottle | None = None,
+    dtls: DtlsLoad | None = None,
 ) -> None:
-    """Report this resolver's cache, hub's live sessions, throttle's blocks (app.Node does it)."""
+    """Report this resolver's cache, hub's live sessions, throttle's blocks (app.Node does it),
+    a DTLS server's handshakes and peers (the CoAP adapter does)."""
     if resolver is not None:
         _node_collector.resolvers.add(resolver)
     if hub is not None:
         _node_collector.hubs.add(hub)
     if throttle is not None:
         _node_collector.throttles.add(throttle)
+    if dtls is not None:
+        _node_collector.dtls.add(dtls)
 
 
 def untrack(

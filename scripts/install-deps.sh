@@ -16,6 +16,7 @@ APT_PACKAGES=(
   mosquitto             # benchmark peer for MQTT
   mosquitto-clients     # mosquitto_pub/mosquitto_sub: real MQTT peers in tests
   libcoap3-bin          # coap-client-openssl/-gnutls, coap-server-openssl: real CoAP peers
+  gnutls-bin            # gnutls-cli: a DTLS 1.2 peer of the interop matrix (tests/coap)
   autoconf automake libtool build-essential pkg-config  # DTLSSocket builds tinydtls
   cmake                 # the device-side peers (Wakaama, mbedTLS) built from ../shared/peers
   python3-venv python3-dev

@@ -125,6 +125,9 @@ class Cause(StrEnum):
     IDLE = "idle"
     #: The handshake did not finish in time.
     HANDSHAKE_TIMEOUT = "handshake_timeout"
+    #: The client ended its own handshake with a fatal alert before any credential of it
+    #: was judged (e.g. tinydtls refusing a PSK longer than it supports): nothing to count.
+    PEER_ABORTED = "peer_aborted"
     #: A new handshake from the same address and port completed and took the address.
     REPLACED = "replaced"
     #: The same device connected again (MQTT session take-over).
@@ -228,6 +231,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.PEER_CLOSED: _end(),
     Cause.IDLE: _end(0x8D),
     Cause.HANDSHAKE_TIMEOUT: _end(alert=ALERT_HANDSHAKE_FAILURE),
+    Cause.PEER_ABORTED: _end(alert=ALERT_HANDSHAKE_FAILURE),
     Cause.REPLACED: _end(0x8E),
     Cause.TAKEN_OVER: _end(0x8E),
     Cause.SHUTTING_DOWN: _end(0x8B),

@@ -95,10 +95,10 @@ def _device_factory(
             assert c.cert_path and c.key_path
             return CoapCertDevice(name, target, c.cert_path, c.key_path)
         if transport == "coap":
-            from corem_ingress.sim.coap_devices import CoapPskDevice
+            from corem_ingress.sim.coap_devices import psk_device
 
             assert c.psk_identity and c.psk_hex
-            return CoapPskDevice(name, target, c.psk_identity, bytes.fromhex(c.psk_hex))
+            return psk_device(name, target, c.psk_identity, bytes.fromhex(c.psk_hex))
         if transport == "lwm2m":
             from corem_ingress.sim.lwm2m_device import Lwm2mDevice
 
@@ -114,6 +114,23 @@ def _device_factory(
         raise SimUsageError(f"transport {transport} is not supported by the simulator yet")
 
     return make
+
+
+def _device_stack(transport: str, kind: CredentialKind, creds: list[SimCredential]) -> str:
+    """The client library the devices run (for the summary: a reader must know what spoke)."""
+    if transport == "coap" and kind is CredentialKind.PSK:
+        from corem_ingress.sim.coap_devices import TINYDTLS_MAX_PSK, psk_device_stack
+
+        stacks = {psk_device_stack(bytes.fromhex(c.psk_hex or "")) for c in creds}
+        if stacks == {"openssl"}:
+            return f"openssl (the PSKs are longer than tinydtls's {TINYDTLS_MAX_PSK} bytes)"
+        return " + ".join(sorted(stacks))
+    return {
+        "http": "aiohttp",
+        "mqtt": "asyncio ssl + MQTT 3.1.1",
+        "coap": "openssl",
+        "lwm2m": "openssl (sim/lwm2m_device.py)",
+    }[transport]
 
 
 async def run(cfg: Config, args: argparse.Namespace, registry: Any) -> dict[str, object]:
@@ -167,6 +184,7 @@ async def run(cfg: Config, args: argparse.Namespace, registry: Any) -> dict[str,
         "transport": args.transport,
         "credential": kind.value,
         "devices": args.devices,
+        "device_stack": _device_stack(args.transport, kind, creds),
         "target": f"{target.host}:{target.port}",
         **summary,
     }

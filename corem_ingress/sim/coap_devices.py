@@ -1,7 +1,8 @@
 """CoAP over DTLS devices.
 
 * ``CoapPskDevice``: PSK with tinydtls (aiocoap + DTLSSocket, what constrained devices run);
-  stock tinydtls caps PSKs at 16 bytes.
+  stock tinydtls caps PSKs at 16 bytes (``TINYDTLS_MAX_PSK``): ``psk_device`` picks the
+  OpenSSL one for longer keys (the broker's default PSKs are 32 bytes).
 * ``CoapCertDevice``: a device certificate (ECDHE-ECDSA) over OpenSSL, through the
   in-process DTLS client of ``corem_ingress.sim.dtls_client``;
   ``CoapOpenSslPskDevice``: PSK over the same OpenSSL client (any PSK length).
@@ -25,10 +26,24 @@ from aiocoap import ACK, CON, Code, Message
 from OpenSSL import SSL
 
 from corem_ingress.sim.devices import Target
-from corem_ingress.sim.dtls_client import AsyncDtlsClient, cert_context, psk_context
+from corem_ingress.sim.dtls_client import (
+    AsyncDtlsClient,
+    cert_context,
+    failure_reason,
+    psk_context,
+)
 from corem_ingress.sim.fleet import DeviceError
 
 _CF_JSON = 50
+#: tinydtls's DTLS_PSK_MAX_KEY_LEN as DTLSSocket builds it: it refuses longer PSKs itself.
+TINYDTLS_MAX_PSK = 16
+#: How long a device waits for its DTLS handshake (and the Observe's first answer).
+CONNECT_TIMEOUT_S = 15.0
+#: What a handshake that got no answer at all means, for the run's ``errors``.
+NO_ANSWER = (
+    "no answer to the DTLS handshake: is the broker up, and is this address not blocked "
+    "by its failed-authentication throttle (limits.auth_fail_*)?"
+)
 
 
 def _see_warning_level_close_notify() -> None:
@@ -84,13 +99,13 @@ class CoapPskDevice:
         request = Message(code=Code.GET, uri=f"{self._base}/down", observe=0)
         self._observe = self._ctx.request(request)
         try:
-            first = await asyncio.wait_for(self._observe.response, timeout=15)
+            first = await asyncio.wait_for(self._observe.response, timeout=CONNECT_TIMEOUT_S)
         except TimeoutError:
             await self.close()
-            raise DeviceError("timeout") from None
+            raise DeviceError("timeout", NO_ANSWER) from None
         except Exception as exc:
             await self.close()
-            raise DeviceError("refused", exc.__class__.__name__) from None
+            raise DeviceError("refused", f"tinydtls: {exc.__class__.__name__} {exc}") from None
         if not first.code.is_successful():
             await self.close()
             raise DeviceError(f"coap_{first.code.dotted}")
@@ -171,15 +186,19 @@ class CoapOpenSslDevice:
             raise DeviceError("tls", exc.__class__.__name__) from None
         try:
             self._dtls = await AsyncDtlsClient.connect(
-                ctx, self._target.port, host=self._target.host, timeout=15
+                ctx,
+                self._target.port,
+                host=self._target.host,
+                timeout=CONNECT_TIMEOUT_S,
+                raise_socket_errors=True,
             )
         except TimeoutError:
-            raise DeviceError("timeout") from None
+            raise DeviceError("timeout", NO_ANSWER) from None
         except OSError as exc:
-            raise DeviceError("io", exc.__class__.__name__) from None
+            raise DeviceError("io", f"{exc.__class__.__name__}: {exc}") from None
         if not self._dtls.client.done:
             self._dtls.close()
-            raise DeviceError("refused", "handshake")
+            raise DeviceError("refused", failure_reason(self._dtls.client.failed))
         self._pump = asyncio.ensure_future(self._receive_loop())
         self._observe_token = os.urandom(4)
         try:
@@ -312,3 +331,18 @@ class CoapOpenSslPskDevice(CoapOpenSslDevice):
 
     def __init__(self, name: str, target: Target, psk_identity: str, psk: bytes) -> None:
         super().__init__(name, target, lambda: psk_context(psk_identity.encode(), psk))
+
+
+def psk_device_stack(psk: bytes) -> str:
+    """Which device stack a PSK device runs: tinydtls where it can hold the key."""
+    return "tinydtls" if len(psk) <= TINYDTLS_MAX_PSK else "openssl"
+
+
+def psk_device(
+    name: str, target: Target, psk_identity: str, psk: bytes
+) -> CoapPskDevice | CoapOpenSslPskDevice:
+    """tinydtls (aiocoap + DTLSSocket), what constrained devices run, when the key fits in
+    it; otherwise the OpenSSL device (tinydtls would refuse the key itself)."""
+    if psk_device_stack(psk) == "tinydtls":
+        return CoapPskDevice(name, target, psk_identity, psk)
+    return CoapOpenSslPskDevice(name, target, psk_identity, psk)

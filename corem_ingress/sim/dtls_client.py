@@ -44,6 +44,18 @@ def cert_context(
     return ctx
 
 
+def failure_reason(exc: BaseException | None) -> str:
+    """What OpenSSL said about a failed handshake, in its words (e.g. "tlsv1 alert decrypt
+    error": the server's alert)."""
+    if exc is None:
+        return "no reason given"
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
+        reasons = [str(e[2]) for e in exc.args[0] if len(e) > 2 and e[2]]
+        if reasons:
+            return "; ".join(reasons)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Client:
     """Sans-I/O DTLS client: ``receive(datagram)``, ``outgoing()`` -> datagrams."""
 
@@ -117,6 +129,8 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.changed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        #: A socket error (e.g. ICMP port unreachable: nothing listens there).
+        self.error: OSError | None = None
 
     @classmethod
     async def connect(
@@ -126,10 +140,13 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         *,
         timeout: float = 15.0,  # noqa: ASYNC109
         host: str = "127.0.0.1",
+        raise_socket_errors: bool = False,
     ) -> AsyncDtlsClient:
         """Handshake; returns with ``client.done`` or ``client.failed`` set (check them).
 
-        On a timeout the socket is closed before ``TimeoutError`` propagates."""
+        On a timeout the socket is closed before ``TimeoutError`` propagates. With
+        ``raise_socket_errors`` a socket error during the handshake (ICMP port unreachable:
+        nothing listens on the port) is raised at once as ``OSError``."""
         loop = asyncio.get_running_loop()
         self = cls(ctx)
         await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
@@ -138,11 +155,18 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         try:
             async with asyncio.timeout(timeout):
                 while not (self.client.done or self.client.failed or self.client.closed):
+                    if self.error is not None and raise_socket_errors:
+                        raise self.error
                     await self.wait_change()
         except BaseException:
             self.close()
             raise
         return self
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, OSError):
+            self.error = exc
+            self.changed.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)

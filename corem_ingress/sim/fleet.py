@@ -14,17 +14,29 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from corem_ingress.sim.stats import FleetStats
 
 
 class DeviceError(Exception):
-    """A failure as a device sees it; ``cause`` is a short, stable label (e.g. "refused")."""
+    """A failure as a device sees it; ``cause`` is a short, stable label (e.g. "refused"),
+    ``detail`` what the device was told or saw (an alert, a status, a timeout's meaning)."""
 
     def __init__(self, cause: str, detail: str = "") -> None:
         super().__init__(f"{cause}: {detail}" if detail else cause)
         self.cause = cause
+        self.detail = detail
+
+    @property
+    def label(self) -> str:
+        """How the run's ``errors`` count it: the cause, with its reason when there is one."""
+        return f"{self.cause} ({self.detail})" if self.detail else self.cause
+
+
+#: A run stops early when this many devices (or all of them, if fewer) failed to connect
+#: and none connected: the broker is not reachable, or refuses every device.
+STOP_AFTER_FAILED_CONNECTS = 3
 
 
 class SimDevice(Protocol):
@@ -84,6 +96,11 @@ class Fleet:
         self.stats = FleetStats()
         self.devices: list[SimDevice] = []
         self._up: list[bool] = []
+        #: Devices whose connect has not finished yet.
+        self._connecting: set[int] = set()
+        #: Set when no device could connect: why the run stopped early.
+        self.stopped_early: str | None = None
+        self._stop = asyncio.Event()
 
     async def run(self) -> dict[str, object]:
         spec = self.spec
@@ -95,20 +112,30 @@ class Fleet:
         try:
             interval = 1.0 / spec.ramp_per_s
             for i in range(spec.devices):
-                if time.monotonic() >= stop_at:
+                if time.monotonic() >= stop_at or self._stop.is_set():
                     break
                 device = self._make(i)
                 self.devices.append(device)
                 self._up.append(False)
                 tasks.append(asyncio.ensure_future(self._drive(i, device, stop_at)))
-                await asyncio.sleep(interval)
-            if spec.revoke_fraction > 0 and self._revoke is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=interval)
+            if spec.revoke_fraction > 0 and self._revoke is not None and not self._stop.is_set():
                 remaining = max(0.0, stop_at - time.monotonic())
                 revoker = asyncio.ensure_future(self._revoke_some(remaining * spec.revoke_at_share))
             deadline = stop_at + spec.grace_s - time.monotonic()
             if tasks:
-                await asyncio.wait(tasks, timeout=max(0.1, deadline))
-            if revoker is not None:
+                # Until every device is done, the deadline, or the run is stopped early.
+                everyone = asyncio.gather(*tasks, return_exceptions=True)
+                stopper = asyncio.ensure_future(self._stop.wait())
+                waiting: list[asyncio.Future[Any]] = [everyone, stopper]
+                await asyncio.wait(
+                    waiting,
+                    timeout=max(0.1, deadline),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                stopper.cancel()
+            if revoker is not None and not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(revoker, timeout=spec.grace_s)
         finally:
@@ -117,11 +144,17 @@ class Fleet:
             if revoker is not None:
                 revoker.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for _ in sorted(self._connecting):  # cut off by the end of the run
+                self.stats.error("connect:timeout (no answer by the end of the run)")
+            self._connecting.clear()
             await asyncio.gather(*(self._close(d) for d in self.devices), return_exceptions=True)
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-        return self.stats.summary(time.monotonic() - started)
+        summary = self.stats.summary(time.monotonic() - started)
+        if self.stopped_early is not None:
+            summary["stopped_early"] = self.stopped_early
+        return summary
 
     async def _close(self, device: SimDevice) -> None:
         with contextlib.suppress(Exception):
@@ -130,11 +163,15 @@ class Fleet:
     async def _drive(self, index: int, device: SimDevice, stop_at: float) -> None:
         stats = self.stats
         t0 = time.monotonic()
+        self._connecting.add(index)
         try:
             await device.connect()
         except DeviceError as exc:
-            stats.error(f"connect:{exc.cause}")
+            stats.error(f"connect:{exc.label}")
+            self._failed_connect(exc)
             return
+        finally:
+            self._connecting.discard(index)
         stats.connect_latency_s.append(time.monotonic() - t0)
         stats.connected += 1
         if getattr(device, "delivers_on_connect", False):  # e.g. HTTP: the first uplink
@@ -171,10 +208,23 @@ class Fleet:
             except DeviceError as exc:
                 if device.closed.is_set():
                     return
-                stats.error(f"send:{exc.cause}")
+                stats.error(f"send:{exc.label}")
                 continue
             stats.send_latency_s.append(time.monotonic() - s0)
             stats.delivered += 1
+
+    def _failed_connect(self, exc: DeviceError) -> None:
+        """Stop the run once the first devices all failed to connect and none did."""
+        stats = self.stats
+        failed = sum(n for k, n in stats.errors.items() if k.startswith("connect:"))
+        if stats.connected or failed < min(self.spec.devices, STOP_AFTER_FAILED_CONNECTS):
+            return
+        if self.stopped_early is None:
+            self.stopped_early = (
+                f"no device could connect ({failed} tried, none connected; the last: "
+                f"{exc.label}): stopped early"
+            )
+            self._stop.set()
 
     async def _revoke_some(self, delay: float) -> None:
         assert self._revoke is not None

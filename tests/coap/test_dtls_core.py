@@ -85,6 +85,22 @@ def make_server(cache: FakeCache | None = None, **cfg: object) -> DtlsServer:
     )
 
 
+def make_cert_server(
+    tmp_path: Path, ca: devcerts.Issued, cache: FakeCache | None = None
+) -> DtlsServer:
+    """A server with a certificate from ``ca``, trusting ``ca`` for device certificates
+    (written as tmp_path/ca.pem), no handshake rate limit."""
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    devcerts.issue(ca, "localhost", server=True).write(tmp_path / "s.pem", tmp_path / "s.key")
+    return DtlsServer(
+        cert_file=str(tmp_path / "s.pem"),
+        key_file=str(tmp_path / "s.key"),
+        ca_files=[str(tmp_path / "ca.pem")],
+        credentials=cache or FakeCache(),
+        config=DtlsConfig(handshake_rate=0.0),
+    )
+
+
 def transfer(
     server: DtlsServer, client: Client, addr: tuple[str, int], first: list[bytes], now: float = NOW
 ) -> None:

@@ -11,7 +11,9 @@ The node's clock is the test's: blocks end and buckets refill only when it advan
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from aiocoap.numbers.codes import Code
 
 from corem_ingress import metrics
 from corem_ingress.adapters import coap
-from corem_ingress.sim.dtls_client import AsyncDtlsClient, psk_context
+from corem_ingress.sim.dtls_client import AsyncDtlsClient, Client, psk_context
 from tests.coap.conftest import (
     coap_listener,
     coap_port,
@@ -197,3 +199,38 @@ async def test_handshake_rate_refusal_is_counted(
     with pytest.raises(TimeoutError):  # the source's burst is spent: its hellos are ignored
         await AsyncDtlsClient.connect(psk_context(i1.encode(), k1), coap_port(node), timeout=1.5)
     assert sample("corem_limit_refusals_total", transport="coap", limit="handshake_rate") > before
+
+
+async def test_pending_handshake_cap_per_source_is_counted(
+    start_node: Any, certs: Any, registry: Any
+) -> None:
+    """A source with ``max_pending_handshakes_per_source`` half-done handshakes gets no
+    more handshake state until one of them ends; each ignored ClientHello is counted."""
+    node = await limited_node(
+        start_node, certs, coap_extra={"max_pending_handshakes_per_source": 1}
+    )
+    _d1, i1, k1 = await provision_psk(registry, "ph")
+    before = sample("corem_limit_refusals_total", transport="coap", limit="pending_handshakes")
+    # A half-done handshake: cookie exchange, the ClientHello with the cookie, then silence.
+    silent = Client(psk_context(b"silent", b"s" * 32))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", coap_port(node)))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        sock.send(silent.start()[0])
+        silent.receive(await loop.sock_recv(sock, 65536))
+        sock.send(silent.outgoing()[0])
+        await loop.sock_recv(sock, 65536)  # the server's flight: the state exists
+        assert sample("corem_dtls_pending_handshakes") >= 1
+        with pytest.raises(TimeoutError):  # its verified ClientHellos are ignored meanwhile
+            await AsyncDtlsClient.connect(
+                psk_context(i1.encode(), k1), coap_port(node), timeout=1.5
+            )
+        assert (
+            sample("corem_limit_refusals_total", transport="coap", limit="pending_handshakes")
+            > before
+        )
+    coap_listener(node).dtls_server.handle_timer(1e12)  # the half-done one times out
+    first = await AsyncDtlsClient.connect(psk_context(i1.encode(), k1), coap_port(node))
+    assert first.client.done
+    first.close()

@@ -75,8 +75,11 @@ def test_compose_config_throttles_real_clients_never_the_load_balancer(tmp_path:
         policy.auth_failed("198.51.100.7", Cause.UNKNOWN_OR_REVOKED, float(i))
     assert policy.check_source(lb_address, 20.0) is None
     assert policy.check_source("198.51.100.7", 20.0) is not None
-    # DTLS handshakes all come from nginx's address: no per-source handshake rate there.
+    # DTLS handshakes all come from nginx's address: no per-source handshake rate there,
+    # and no per-source cap on handshakes in progress (only the total one).
     assert cfg.coap.handshake_rate_per_s == 0
+    assert cfg.coap.max_pending_handshakes_per_source == 0
+    assert cfg.coap.max_pending_handshakes >= 1
 
 
 def test_k8s_config_throttles_real_clients(tmp_path: Path) -> None:

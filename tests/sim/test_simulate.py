@@ -27,13 +27,19 @@ from corem_ingress.sim.devices import Target
 SIM_TENANT = "simtest"
 
 
-@pytest.fixture
-async def broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
+def node_certs(tmp_path: Path) -> Path:
+    """A CA and the broker's server certificate, under tmp_path/certs."""
     certs = tmp_path / "certs"
     certs.mkdir()
     ca = devcerts.make_ca()
     ca.write(certs / "ca.pem", certs / "ca.key")
     devcerts.issue(ca, "localhost", server=True).write(certs / "server.pem", certs / "server.key")
+    return certs
+
+
+@pytest.fixture
+async def broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
+    certs = node_certs(tmp_path)
     tls = {
         "server_cert": str(certs / "server.pem"),
         "server_key": str(certs / "server.key"),
@@ -49,17 +55,19 @@ async def broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
     return {"node": node, "ports": ports, "certs": certs, "state": tmp_path / "state"}
 
 
-async def simulate(broker: dict[str, Any], redis_url: str, *args: str) -> tuple[int, str, str]:
+async def simulate(
+    broker: dict[str, Any], redis_url: str, *args: str, psk_min_bytes: int = 16
+) -> tuple[int, str, str]:
     ports = broker["ports"]
     env = dict(os.environ)
     env.update(
         {
             "COREM_REDIS_URL": redis_url,
             "COREM_STATE_DIR": str(broker["state"]),
-            "COREM_HTTP_PORT": str(ports["http"]),
-            "COREM_MQTT_PORT": str(ports["mqtt"]),
+            "COREM_HTTP_PORT": str(ports.get("http", 0)),
+            "COREM_MQTT_PORT": str(ports.get("mqtt", 0)),
             "COREM_COAP_PORT": str(ports["coap"]),
-            "COREM_CREDENTIALS_PSK_MIN_BYTES": "16",
+            "COREM_CREDENTIALS_PSK_MIN_BYTES": str(psk_min_bytes),
         }
     )
     certs = broker["certs"]
@@ -248,3 +256,92 @@ async def test_openssl_psk_device_observes_downlinks_and_sees_close_notify(
         assert device._dtls is not None and device._dtls.client.closed  # close_notify
     finally:
         await device.close()
+
+
+# -- issue 11.13 / 20.2: the default config, failures reported, runs that cannot connect -------
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def default_broker(start_node: Any, tmp_path: Path) -> dict[str, Any]:
+    """A CoAP node with the default credential settings (32-byte PSKs)."""
+    certs = node_certs(tmp_path)
+    node = await start_node(
+        [coap.build],
+        coap={
+            "server_cert": str(certs / "server.pem"),
+            "server_key": str(certs / "server.key"),
+            "client_ca_files": [str(certs / "ca.pem")],
+        },
+    )
+    ports = {listener.name: listener.port for listener in node.listeners}
+    return {"node": node, "ports": ports, "certs": certs, "state": tmp_path / "state"}
+
+
+async def test_coap_psk_on_the_default_config_connects(
+    default_broker: dict[str, Any], redis: aioredis.Redis, redis_url: str
+) -> None:
+    """The README's command on configs/dev.yaml (32-byte PSKs, which tinydtls cannot hold):
+    the simulator runs the OpenSSL PSK device and every device connects and delivers."""
+    code, out, err = await simulate(
+        default_broker,
+        redis_url,
+        "--config",
+        str(REPO / "configs" / "dev.yaml"),
+        "--transport",
+        "coap",
+        "--devices",
+        "10",
+        "--duration",
+        "5",
+        "--provision",
+        psk_min_bytes=32,
+    )
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["devices_connected"] == 10 and summary["errors"] == {}, summary
+    assert summary["device_stack"].startswith("openssl"), summary
+    assert summary["messages_delivered"] > 0
+    assert len(await stored_per_device(redis)) == 10
+
+
+async def test_a_run_whose_devices_are_refused_stops_early_and_says_why(
+    default_broker: dict[str, Any], registry: Any, redis: aioredis.Redis, redis_url: str
+) -> None:
+    args = ["--transport", "coap", "--devices", "6", "--ramp", "20", "--duration", "30"]
+    code, _, err = await simulate(default_broker, redis_url, *args, "--provision", psk_min_bytes=32)
+    assert code == 0, err
+    for device_id in await redis.zrange(f"{{corem}}:tenant:{SIM_TENANT}:devices", 0, -1):
+        await registry.revoke_psk(SIM_TENANT, device_id, actor="test")
+    # Without --provision the saved (now revoked) PSKs are used: every handshake is refused.
+    code, out, err = await simulate(default_broker, redis_url, *args, psk_min_bytes=32)
+    assert code == 1, (out, err)
+    (line,) = err.strip().splitlines()
+    assert "no device could connect" in line and "unknown psk identity" in line, line
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["devices_connected"] == 0
+    assert summary["elapsed_s"] < 15  # not the 30 s asked for
+    assert summary["errors"] == {"connect:refused (tlsv1 alert unknown psk identity)": 3}
+    assert "stopped early" in summary["stopped_early"]
+
+
+async def test_a_run_with_no_broker_stops_early_and_says_why(
+    default_broker: dict[str, Any], redis_url: str
+) -> None:
+    from corem_ingress.embedded_redis import free_port
+
+    args = ["--transport", "coap", "--devices", "5", "--ramp", "50", "--duration", "30"]
+    code, out, err = await simulate(
+        default_broker,
+        redis_url,
+        *args,
+        "--provision",
+        "--port",
+        str(free_port()),
+        psk_min_bytes=32,
+    )
+    assert code == 1, (out, err)
+    assert "no device could connect" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    (error,) = summary["errors"]
+    assert error.startswith("connect:io (ConnectionRefusedError"), summary["errors"]

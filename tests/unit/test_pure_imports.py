@@ -25,6 +25,7 @@ ADAPTER_CORES = (
     "corem_ingress.adapters.dtls.events",
     "corem_ingress.adapters.dtls.cookies",
     "corem_ingress.adapters.dtls.ratelimit",
+    "corem_ingress.adapters.dtls.timers",
     "corem_ingress.adapters.coap.blockwise",
 )
 #: Not pure by design: awaits a store and an uplink append (the LwM2M glue's orchestration).

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> Listener | None:
+    from corem_ingress import metrics
     from corem_ingress.adapters.coap.guard import CoapGuard
     from corem_ingress.adapters.coap.listener import CoapListener
 
@@ -20,6 +21,7 @@ def build(services: Services) -> Listener | None:
     listener = CoapListener(services)
     guard = CoapGuard(services)  # limits and metrics
     listener.transport.set_guard(guard)
+    metrics.track(dtls=listener.dtls_server)
     listener.site.limit_uplinks(guard.rate_limited)
     if services.config.lwm2m.enabled:
         from corem_ingress.adapters.lwm2m.server import Lwm2mServer

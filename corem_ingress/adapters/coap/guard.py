@@ -63,6 +63,11 @@ class CoapGuard:
         """A verified ClientHello ignored by ``coap.handshake_rate_per_s`` for its source."""
         self.gate.refused(Cause.HANDSHAKE_RATE)
 
+    def pending_handshakes_refused(self, addr: Address) -> None:
+        """A verified ClientHello ignored by ``coap.max_pending_handshakes`` (in total) or
+        ``coap.max_pending_handshakes_per_source``."""
+        self.gate.refused(Cause.PENDING_HANDSHAKES)
+
     def max_sessions_reached(self, addr: Address) -> None:
         """A verified ClientHello ignored because ``coap.max_sessions`` peers exist."""
         self.gate.refused(Cause.MAX_SESSIONS)
@@ -86,10 +91,14 @@ class CoapGuard:
         return True
 
     def closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None:
-        tenant = self._slots.pop(addr, None)
-        if tenant is not None:
-            self.gate.close_session(tenant)
-        if established or cause in _NEUTRAL:
+        if established:
+            tenant = self._slots.pop(addr, None)
+            if tenant is not None:
+                self.gate.close_session(tenant)
+            return
+        # A handshake that never completed holds no slot (a session at the same address,
+        # if any, keeps its own: RFC 6347 4.2.8).
+        if cause in _NEUTRAL:
             return
         metrics.handshake(self.transport, ok=False)
         if cause.group is CauseGroup.AUTH:

@@ -78,6 +78,8 @@ class CoapListener:
                 max_sessions=cfg.max_sessions,
                 handshake_rate=cfg.handshake_rate_per_s,
                 handshake_burst=float(cfg.handshake_burst),
+                max_pending=cfg.max_pending_handshakes,
+                max_pending_per_source=cfg.max_pending_handshakes_per_source,
             ),
         )
         self.transport = DtlsTransport(
@@ -145,11 +147,14 @@ class CoapListener:
         self.endpoint.datagram_received(addr, data)
 
     def session_closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None:
+        if not established:
+            # A handshake that never completed has no session; a session may still live at
+            # this address (a new connection from it that failed: RFC 6347 4.2.8).
+            log.info("coap.handshake_refused", peer=addr[0], cause=cause.label, detail=detail)
+            return
         session = self.sessions.pop(addr, None)
         self.endpoint.forget(addr)
         if session is None:
-            if not established:
-                log.info("coap.handshake_refused", peer=addr[0], cause=cause.label, detail=detail)
             return
         self.services.sessions.unregister(session.session_id)
         self._order.pop(session.session_id, None)

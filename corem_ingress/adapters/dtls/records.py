@@ -20,7 +20,13 @@ CT_APPLICATION_DATA = 23
 
 HT_CLIENT_HELLO = 1
 HT_CERTIFICATE = 11
+HT_CERTIFICATE_VERIFY = 15
 HT_CLIENT_KEY_EXCHANGE = 16
+#: The client's second flight at epoch 0 (Certificate and CertificateVerify only when the
+#: server asked for a certificate).
+_FLIGHT_MESSAGES = (HT_CERTIFICATE, HT_CLIENT_KEY_EXCHANGE, HT_CERTIFICATE_VERIFY)
+#: Finished: 12-byte handshake header + 12 bytes of verify_data (TLS 1.2 PRF).
+FINISHED_VERIFY_DATA = 12
 
 #: Largest handshake message we reassemble while peeking (a cert chain fits easily).
 MAX_PEEK_MESSAGE = 16 * 1024
@@ -35,6 +41,11 @@ class Record:
     @property
     def fragment(self) -> bytes:
         return self.raw[RECORD_HEADER:]
+
+    @property
+    def seq(self) -> int:
+        """The record sequence number (48 bits, per epoch)."""
+        return int.from_bytes(self.raw[5:11], "big")
 
 
 def split_records(data: bytes) -> list[Record]:
@@ -67,11 +78,20 @@ def pack_datagrams(data: bytes, mtu: int) -> list[bytes]:
     return out
 
 
-def client_hello_cookie(data: bytes) -> bytes | None:
-    """The cookie of the ClientHello that opens ``data``; None if it does not open with one.
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What the server needs of a ClientHello before it keeps any state."""
 
-    An empty cookie (first ClientHello) is returned as ``b""``.
-    """
+    #: ``b""`` in a first ClientHello (no cookie yet).
+    cookie: bytes
+    #: The client's random: a new one means a new connection (RFC 6347 4.2.8).
+    random: bytes
+    #: Offered cipher suites (empty if the list was cut off: a fragmented ClientHello).
+    suites: tuple[int, ...]
+
+
+def parse_client_hello(data: bytes) -> ClientHello | None:
+    """The ClientHello that opens ``data`` (epoch 0, first fragment); None if none does."""
     if len(data) < RECORD_HEADER + HANDSHAKE_HEADER + 35:
         return None
     if data[0] != CT_HANDSHAKE or data[3:5] != b"\x00\x00":
@@ -80,6 +100,7 @@ def client_hello_cookie(data: bytes) -> bytes | None:
     if hs[0] != HT_CLIENT_HELLO or hs[6:9] != b"\x00\x00\x00":  # first fragment only
         return None
     body = hs[HANDSHAKE_HEADER:]
+    random = body[2:34]
     pos = 2 + 32  # client_version, random
     if len(body) < pos + 1:
         return None
@@ -88,7 +109,25 @@ def client_hello_cookie(data: bytes) -> bytes | None:
         return None
     clen = body[pos]
     cookie = body[pos + 1 : pos + 1 + clen]
-    return cookie if len(cookie) == clen else None
+    if len(cookie) != clen:
+        return None
+    pos += 1 + clen
+    suites: tuple[int, ...] = ()
+    if len(body) >= pos + 2:
+        slen = int.from_bytes(body[pos : pos + 2], "big")
+        raw = body[pos + 2 : pos + 2 + slen]
+        if len(raw) == slen:
+            suites = tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, slen - 1, 2))
+    return ClientHello(cookie, random, suites)
+
+
+def client_hello_cookie(data: bytes) -> bytes | None:
+    """The cookie of the ClientHello that opens ``data``; None if it does not open with one.
+
+    An empty cookie (first ClientHello) is returned as ``b""``.
+    """
+    hello = parse_client_hello(data)
+    return None if hello is None else hello.cookie
 
 
 def is_client_hello(data: bytes) -> bool:
@@ -115,36 +154,59 @@ class _Assembly:
 
 @dataclass
 class HandshakePeek:
-    """Reassembles the client's plaintext Certificate and ClientKeyExchange (epoch 0)."""
+    """The client's second flight, as far as a server without its keys can see it.
+
+    Epoch 0 is plaintext: the Certificate and ClientKeyExchange are reassembled (so the
+    credential can be resolved before OpenSSL asks for it synchronously) and we note which
+    flight messages are complete. Then the ChangeCipherSpec, and after it the encrypted
+    Finished: of its epoch-1 records only the lengths and sequence numbers are seen, each
+    sequence number counted once (retransmissions, reordering).
+    """
 
     certificate_der: bytes | None = None
     psk_identity: bytes | None = None
+    #: Flight messages (handshake types) fully received.
+    complete: set[int] = field(default_factory=set)
+    change_cipher_spec: bool = False
+    #: Epoch-1 handshake records: sequence number -> record body length.
+    _encrypted: dict[int, int] = field(default_factory=dict)
     _assemblies: dict[int, _Assembly] = field(default_factory=dict)
 
     def feed(self, data: bytes) -> None:
         for rec in split_records(data):
-            if rec.content_type != CT_HANDSHAKE or rec.epoch != 0:
+            if rec.epoch == 0 and rec.content_type == CT_CHANGE_CIPHER_SPEC:
+                # OpenSSL discards a ChangeCipherSpec that comes before the messages it
+                # follows: such a one does not count (the client will send it again).
+                if self._messages_complete():
+                    self.change_cipher_spec = True
+            elif rec.epoch == 1 and rec.content_type == CT_HANDSHAKE:
+                if len(self._encrypted) < 64:  # a Finished is one record or a few fragments
+                    self._encrypted.setdefault(rec.seq, len(rec.fragment))
+            elif rec.epoch == 0 and rec.content_type == CT_HANDSHAKE:
+                self._feed_handshake(rec.fragment)
+
+    def _feed_handshake(self, frag: bytes) -> None:
+        pos = 0
+        while pos + HANDSHAKE_HEADER <= len(frag):
+            h = frag[pos : pos + HANDSHAKE_HEADER]
+            mtype = h[0]
+            length = int.from_bytes(h[1:4], "big")
+            offset = int.from_bytes(h[6:9], "big")
+            flen = int.from_bytes(h[9:12], "big")
+            body = frag[pos + HANDSHAKE_HEADER : pos + HANDSHAKE_HEADER + flen]
+            pos += HANDSHAKE_HEADER + flen
+            if mtype not in _FLIGHT_MESSAGES or mtype in self.complete:
                 continue
-            frag = rec.fragment
-            pos = 0
-            while pos + HANDSHAKE_HEADER <= len(frag):
-                h = frag[pos : pos + HANDSHAKE_HEADER]
-                mtype = h[0]
-                length = int.from_bytes(h[1:4], "big")
-                offset = int.from_bytes(h[6:9], "big")
-                flen = int.from_bytes(h[9:12], "big")
-                body = frag[pos + HANDSHAKE_HEADER : pos + HANDSHAKE_HEADER + flen]
-                pos += HANDSHAKE_HEADER + flen
-                if mtype not in (HT_CERTIFICATE, HT_CLIENT_KEY_EXCHANGE):
-                    continue
-                if length > MAX_PEEK_MESSAGE or offset + len(body) > length:
-                    continue
-                asm = self._assemblies.setdefault(mtype, _Assembly(length))
-                if asm.length != length:
-                    continue
-                whole = asm.add(offset, body)
-                if whole is not None:
-                    self._complete(mtype, whole)
+            if length > MAX_PEEK_MESSAGE or offset + len(body) > length:
+                continue
+            asm = self._assemblies.setdefault(mtype, _Assembly(length))
+            if asm.length != length:
+                continue
+            whole = asm.add(offset, body)
+            if whole is not None:
+                self.complete.add(mtype)
+                del self._assemblies[mtype]
+                self._complete(mtype, whole)
 
     def _complete(self, mtype: int, body: bytes) -> None:
         if mtype == HT_CERTIFICATE and self.certificate_der is None:
@@ -160,10 +222,46 @@ class HandshakePeek:
             if len(ident) == ilen:
                 self.psk_identity = ident
 
+    def _messages_complete(self) -> bool:
+        if HT_CLIENT_KEY_EXCHANGE not in self.complete or self._assemblies:
+            return False
+        return self.certificate_der is None or HT_CERTIFICATE_VERIFY in self.complete
+
+    @property
+    def finished_records(self) -> int:
+        """Epoch-1 handshake records seen: more than one is a fragmented Finished (or a
+        retransmitted one)."""
+        return len(self._encrypted)
+
+    def flight_complete(self, record_overhead: int) -> bool:
+        """The whole flight is here: every message of it complete (CertificateVerify too
+        when a certificate was sent), the ChangeCipherSpec, and epoch-1 records that carry
+        at least the Finished's header and verify_data. ``record_overhead``: what the
+        suite's AEAD adds to each record (explicit nonce + tag, ``aead_overhead``)."""
+        if not (self._messages_complete() and self.change_cipher_spec):
+            return False
+        verify_data = sum(
+            max(0, n - record_overhead - HANDSHAKE_HEADER) for n in self._encrypted.values()
+        )
+        return verify_data >= FINISHED_VERIFY_DATA
+
 
 HT_SERVER_HELLO = 2
 #: PSK-AES128-CCM8, PSK-AES128-CCM, PSK-AES128-GCM-SHA256, PSK-AES256-GCM-SHA384.
 PSK_SUITES = frozenset({0xC0A8, 0xC0A4, 0x00A8, 0x00A9})
+#: ECDHE-ECDSA-AES128-GCM-SHA256, -AES256-GCM-SHA384, -AES128-CCM8, -AES128-CCM.
+ECDHE_ECDSA_SUITES = frozenset({0xC02B, 0xC02C, 0xC0AE, 0xC0AC})
+_CCM8_SUITES = frozenset({0xC0A8, 0xC0AE})
+
+
+def aead_overhead(suite: int | None) -> int | None:
+    """Bytes a record of ``suite`` adds to its plaintext: the 8-byte explicit nonce and the
+    tag (8 bytes for CCM8, 16 for GCM and CCM); None for a suite we do not offer."""
+    if suite in _CCM8_SUITES:
+        return 16
+    if suite in PSK_SUITES or suite in ECDHE_ECDSA_SUITES:
+        return 24
+    return None
 
 
 def server_hello_suite(data: bytes) -> int | None:
@@ -183,6 +281,59 @@ def server_hello_suite(data: bytes) -> int | None:
             return None
         return int.from_bytes(body[pos : pos + 2], "big")
     return None
+
+
+#: Alert descriptions (RFC 5246 7.2, RFC 4279), for what the logs say.
+_ALERT_NAMES = {
+    0: "close_notify",
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    22: "record_overflow",
+    40: "handshake_failure",
+    42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
+    47: "illegal_parameter",
+    48: "unknown_ca",
+    49: "access_denied",
+    50: "decode_error",
+    51: "decrypt_error",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+    90: "user_canceled",
+    100: "no_renegotiation",
+    110: "unsupported_extension",
+    115: "unknown_psk_identity",
+}
+
+
+def alert_name(description: int) -> str:
+    """``internal_error (80)``: name and code of an alert description."""
+    return f"{_ALERT_NAMES.get(description, 'alert')} ({description})"
+
+
+def fatal_alert(data: bytes) -> int | None:
+    """The description of a plaintext (epoch 0) fatal alert in ``data``, if there is one."""
+    for rec in split_records(data):
+        frag = rec.fragment
+        if rec.content_type == CT_ALERT and rec.epoch == 0 and len(frag) == 2 and frag[0] == 2:
+            return frag[1]
+    return None
+
+
+def with_alert_description(data: bytes, description: int) -> bytes:
+    """``data`` with the description of each plaintext (epoch 0) alert record replaced:
+    the server's policy, not OpenSSL's generic choice, says why a handshake was refused."""
+    out = bytearray()
+    for rec in split_records(data):
+        raw = rec.raw
+        if rec.content_type == CT_ALERT and rec.epoch == 0 and len(rec.fragment) == 2:
+            raw = raw[:-1] + bytes([description])
+        out += raw
+    return bytes(out)
 
 
 def alert_record(description: int, *, epoch: int = 0, seq: int = 0xFFFF_FFF0) -> bytes:

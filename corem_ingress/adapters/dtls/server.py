@@ -2,39 +2,54 @@
 
 Driven like aioquic's connection: ``receive_datagram(data, addr, now)``,
 ``handle_timer(now)``, and calls from the user (``send``, ``close``,
-``credential_resolved``). Output is drained with ``datagrams_to_send()`` (whole
-DTLS records, each datagram within the MTU) and events with ``next_event()``.
+``credential_resolved``, ``keep_alive``). Output is drained with
+``datagrams_to_send()`` (whole DTLS records, each datagram within the MTU) and events
+with ``next_event()``.
 
 * No state before a valid cookie: a ClientHello without one is answered with a
   HelloVerifyRequest by one shared listening SSL object (``DTLSv1_listen``) and
-  forgotten. Only a ClientHello carrying a cookie we minted for that address
-  (and within the per-source handshake rate) gets a per-peer SSL object.
+  forgotten. Only a ClientHello carrying a cookie we minted for that address (within
+  the per-source handshake rate and the caps on pending handshakes, per source address
+  and in total) gets a per-peer SSL object.
+* A new connection from an address that has state (a device that rebooted, RFC 6347
+  4.2.8): a ClientHello with a valid cookie and a new random starts a new handshake; a
+  half-done one at that address is dropped, an established session is kept until the
+  new handshake completes, then replaced.
+* Suites: a client that offers PSK suites gets one (it has a key; it may well have no
+  certificate); otherwise ECDHE-ECDSA with a client certificate.
 * Credentials: OpenSSL asks for the PSK / verifies the leaf synchronously, so
   before OpenSSL sees the client's second flight we peek at its plaintext
   Certificate / ClientKeyExchange. If the resolver's cache cannot vouch for that
   credential, the datagram is *held*, a ``CredentialNeeded`` event asks the user
   to resolve it (async, fills the cache), and ``credential_resolved`` feeds the
   held datagrams to OpenSSL. The callbacks then decide from the cache alone: a
-  cache that still cannot vouch (Redis down) refuses — fail closed.
-* Retransmission of handshake flights is OpenSSL's own DTLS timer
-  (``DTLSv1_get_timeout`` / ``DTLSv1_handle_timeout``, 1 s doubling); a handshake
-  not finished within ``handshake_timeout`` is dropped, an established session
-  idle for ``idle_timeout`` is closed.
+  cache that still cannot vouch (Redis down) refuses — fail closed. A refusal the
+  broker's policy decides is told to the client with that cause's alert.
+* A wrong key: OpenSSL drops an epoch-1 record whose AEAD tag fails without a word, so
+  the client's Finished simply never arrives. Once the client's whole second flight has
+  been fed (every message, however fragmented, split or reordered: ``HandshakePeek``)
+  and the handshake is still not complete, the Finished did not verify: a fatal
+  decrypt_error alert, and the failure counts against the source.
+* Timers live in heaps (``timers.TimerHeap``): the handshake deadline and the idle
+  deadline on the ``now`` clock, OpenSSL's flight retransmission (``DTLSv1_get_timeout``
+  / ``DTLSv1_handle_timeout``, 1 s doubling) on the real clock it runs on. No datagram
+  and no timer walks all peers.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
+import math
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import Enum
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from corem_ingress.adapters.dtls import _binding
+from corem_ingress.adapters.dtls.authn import Authenticator, CredentialCache
 from corem_ingress.adapters.dtls.cookies import CookieJar
 from corem_ingress.adapters.dtls.events import (
     Address,
@@ -45,26 +60,35 @@ from corem_ingress.adapters.dtls.events import (
     HandshakeCompleted,
     SessionClosed,
 )
+from corem_ingress.adapters.dtls.peer import Peer, PeerState
 from corem_ingress.adapters.dtls.ratelimit import RateLimiter
 from corem_ingress.adapters.dtls.records import (
+    CT_ALERT,
     CT_CHANGE_CIPHER_SPEC,
     CT_HANDSHAKE,
     PSK_SUITES,
+    ClientHello,
     HandshakePeek,
+    aead_overhead,
+    alert_name,
     alert_record,
-    client_hello_cookie,
+    fatal_alert,
     pack_datagrams,
+    parse_client_hello,
     server_hello_suite,
     split_records,
+    with_alert_description,
 )
-from corem_ingress.core.causes import ALERT_DECRYPT_ERROR, Cause
-from corem_ingress.core.certs import fingerprint_der
-from corem_ingress.core.errors import IngressError
-from corem_ingress.core.identity import CredentialKind, DeviceIdentity
-from corem_ingress.core.trust import PeerChain
+from corem_ingress.adapters.dtls.timers import TimerHeap
+from corem_ingress.core.causes import Cause
 
-#: Explicit list: the CoAP/LwM2M mandatory CCM8 suites and GCM suites. The CCM8
-#: suites need @SECLEVEL=0 with OpenSSL 3+; nothing weaker is listed.
+#: Offered to a client that offers a PSK suite (the client's preference among them).
+PSK_CIPHERS = (
+    "PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM8:PSK-AES128-CCM:@SECLEVEL=0"
+)
+#: Explicit list: the CoAP/LwM2M mandatory CCM8 suites and GCM suites. The CCM8 suites need
+#: @SECLEVEL=0 with OpenSSL 3+; nothing weaker is listed. Offered to clients that offer no
+#: PSK suite (see ``_context_for``).
 CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-CCM:"
@@ -72,19 +96,10 @@ CIPHERS = (
     "@SECLEVEL=0"
 )
 
-_X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 _MAX_HELD = 32
 _READ_CHUNK = 65_536
-
-
-class CredentialCache(Protocol):
-    """The resolver's synchronous cache (``corem_ingress.resolver.Resolver``)."""
-
-    def cached_psk(self, identity: str) -> Any: ...  # ResolvedPsk | None
-
-    def cached_cert(
-        self, fingerprint: str, chain: PeerChain | None = None
-    ) -> DeviceIdentity | None: ...
+#: Timer kinds: on the ``now`` clock, and OpenSSL's retransmission on the real clock.
+_HANDSHAKE, _IDLE, _RETRANSMIT = "handshake", "idle", "retransmit"
 
 
 @dataclass
@@ -95,49 +110,23 @@ class DtlsConfig:
     mtu: int = 1280
     #: A handshake must finish within this many seconds, else its state is dropped.
     handshake_timeout: float = 10.0
-    #: An established session with no datagram from the peer for this long is closed.
+    #: An established session with no datagram from the peer for this long is closed
+    #: (unless ``keep_alive`` keeps it longer).
     idle_timeout: float = 300.0
     #: Handshaking + established peers; beyond it new handshakes are ignored.
     max_sessions: int = 10_000
     #: Handshakes per second per source IP (token bucket), and its burst.
     handshake_rate: float = 10.0
     handshake_burst: float = 20.0
+    #: Handshakes in progress (cookie verified, not complete) at once; beyond it a new
+    #: one is ignored until one finishes or times out.
+    max_pending: int = 1_000
+    #: Handshakes in progress from one source IP at once (0: no per-source cap).
+    max_pending_per_source: int = 20
     #: How long a cookie stays valid (it is checked for this and the previous period).
     cookie_lifetime: float = 60.0
     #: Certificates are checked against this clock (seconds since the epoch).
     check_cert_validity: bool = True
-
-
-class PeerState(Enum):
-    HANDSHAKE = "handshake"
-    AWAITING_CREDENTIAL = "awaiting_credential"
-    ESTABLISHED = "established"
-
-
-@dataclass(eq=False)
-class _Peer:
-    addr: Address
-    conn: SSL.Connection
-    started: float
-    last_seen: float
-    state: PeerState = PeerState.HANDSHAKE
-    credential: Credential | None = None
-    peek: HandshakePeek = field(default_factory=HandshakePeek)
-    held: list[bytes] = field(default_factory=list)
-    looked_up: set[tuple[CredentialKind, str]] = field(default_factory=set)
-    #: Why the handshake was refused, when a callback refused it (cause, detail).
-    refusal: tuple[Cause, str] | None = None
-    #: The suite our ServerHello chose (peeked from our own output).
-    suite: int | None = None
-    #: The user keeps the session open at least until then, however idle (``keep_alive``).
-    keep_until: float = 0.0
-    #: Fingerprints of the verified chain above the leaf, by depth (the verify callback
-    #: sees the top first); checked against the tenant's CAs at depth 0.
-    chain_above_leaf: dict[int, str] = field(default_factory=dict)
-
-    def idle_deadline(self, idle_timeout: float) -> float:
-        """When the established session is closed as idle."""
-        return max(self.last_seen + idle_timeout, self.keep_until)
 
 
 class DtlsServer:
@@ -149,23 +138,40 @@ class DtlsServer:
         ca_files: list[str],
         credentials: CredentialCache,
         config: DtlsConfig | None = None,
+        real_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _binding.check_binding()
         self.config = config or DtlsConfig()
-        self._credentials = credentials
+        self._auth = Authenticator(
+            credentials,
+            clock=lambda: self._now,
+            check_cert_validity=self.config.check_cert_validity,
+        )
         self._cookies = CookieJar(lifetime=self.config.cookie_lifetime)
         self._rate = RateLimiter(self.config.handshake_rate, self.config.handshake_burst)
-        self._ctx = self._make_context(cert_file, key_file, ca_files)
-        self._peers: dict[Address, _Peer] = {}
-        #: Peers still handshaking: the only ones with OpenSSL retransmission timers.
-        self._pending: dict[Address, _Peer] = {}
+        self._ctx = self._make_context(cert_file, key_file, ca_files, CIPHERS)
+        self._psk_ctx = self._make_context(cert_file, key_file, ca_files, PSK_CIPHERS)
+        #: The current peer of each address (handshaking or established).
+        self._peers: dict[Address, Peer] = {}
+        #: A new handshake from an address whose session is established (RFC 6347 4.2.8):
+        #: it takes the address when it completes.
+        self._successors: dict[Address, Peer] = {}
+        #: Every live peer by id (timer entries name peers by id only).
+        self._by_id: dict[int, Peer] = {}
+        #: Handshakes in progress, oldest first, and their count per source IP.
+        self._pending: dict[Peer, None] = {}
+        self._pending_by_source: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+        #: Handshake and idle deadlines (``now`` clock); retransmissions (real clock).
+        self._timers: TimerHeap[int] = TimerHeap()
+        self._retransmits: TimerHeap[int] = TimerHeap()
+        self._real_clock = real_clock
         self._listener: SSL.Connection | None = None
         self._listen_addr: Address = ("", 0)
         self._checked_cookie: bytes | None = None
         self._now = 0.0
         self._out: list[tuple[bytes, Address]] = []
         self._events: collections.deque[DtlsEvent] = collections.deque()
-        self._next_sweep = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
         #: Asked (source IP) before any work on a ClientHello: True drops it silently
         #: (failed-authentication throttling; see adapters/coap/guard.py).
@@ -176,15 +182,17 @@ class DtlsServer:
         self.on_max_sessions: Callable[[Address], None] | None = None
         #: Told when a handshake with a valid cookie is refused by the per-source rate limit.
         self.on_rate_limited: Callable[[Address], None] | None = None
+        #: Told when a handshake with a valid cookie is refused by a pending-handshake cap.
+        self.on_pending_refused: Callable[[Address], None] | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
-        self, cert_file: str | None, key_file: str | None, ca_files: list[str]
+        self, cert_file: str | None, key_file: str | None, ca_files: list[str], ciphers: str
     ) -> SSL.Context:
         ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
         ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
         ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
-        ctx.set_cipher_list(CIPHERS.encode())
+        ctx.set_cipher_list(ciphers.encode())
         ctx.set_options(
             SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
         )
@@ -196,15 +204,20 @@ class DtlsServer:
             ctx.check_privatekey()
         for ca in ca_files:
             ctx.load_verify_locations(ca)
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._auth.verify)
         ctx.set_cookie_generate_callback(self._cookie_generate)
         ctx.set_cookie_verify_callback(self._cookie_verify)
-        _binding.set_psk_server_callback(ctx, self._psk)
+        _binding.set_psk_server_callback(ctx, self._auth.psk)
         return ctx
 
     # -- user API --------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._peers)
+        """Peers with state: handshaking (new connections included) and established."""
+        return len(self._by_id)
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._pending)
 
     def established(self) -> list[Address]:
         return [a for a, p in self._peers.items() if p.state is PeerState.ESTABLISHED]
@@ -238,55 +251,60 @@ class DtlsServer:
         return True
 
     def close(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
-        """Send close_notify and forget the session at once."""
+        """Send close_notify and forget the session at once (a new handshake from the same
+        address, if one is in progress, goes on)."""
         peer = self._peers.get(addr)
         if peer is None:
             return False
-        if peer.state is PeerState.ESTABLISHED:
-            with contextlib.suppress(SSL.Error):
-                peer.conn.shutdown()
-            self._flush(peer)
-        self._drop(peer, cause)
+        self._close_peer(peer, cause)
         return True
 
     def keep_alive(self, addr: Address, until: float) -> bool:
-        """Do not close the established session as idle before ``until`` (on the ``now``
-        clock): the LwM2M server keeps a registered device's session for as long as its
-        registration lives. ``until`` 0 gives it back to the idle timeout."""
+        """Do not close the established session at ``addr`` as idle before ``until`` (on the
+        ``now`` clock), however long its peer stays silent: the LwM2M server keeps a
+        registered device's session for as long as its registration lives. Each call sets
+        the time (``until`` 0 gives the session back to the idle timeout). False if there
+        is no established session at ``addr``. A new connection that replaces the session
+        starts without it."""
         peer = self._peers.get(addr)
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return False
         peer.keep_until = until
+        self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))  # earlier or later
         return True
 
     def credential_resolved(self, addr: Address, now: float) -> None:
         """The async lookup asked for by CredentialNeeded is done (whatever its outcome)."""
         self._now = now
-        peer = self._peers.get(addr)
-        if peer is None or peer.state is not PeerState.AWAITING_CREDENTIAL:
-            return
-        peer.state = PeerState.HANDSHAKE
-        held, peer.held = peer.held, []
-        for data in held:
-            if addr not in self._peers:
-                break
-            self._handshake_datagram(peer, data)
+        for peer in (self._successors.get(addr), self._peers.get(addr)):
+            if peer is None or peer.state is not PeerState.AWAITING_CREDENTIAL:
+                continue
+            peer.state = PeerState.HANDSHAKE
+            held, peer.held = peer.held, []
+            for data in held:
+                if not self._alive(peer):
+                    break
+                self._handshake_datagram(peer, data)
 
     # -- input -----------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self._now = now
-        peer = self._peers.get(addr)
-        cookie = client_hello_cookie(data)
-        if peer is None or (cookie is not None and peer.state is PeerState.ESTABLISHED):
-            if cookie is None:
-                self.stats["dropped_no_session"] += 1
-                return
-            if self.source_blocked is not None and self.source_blocked(addr[0]):
-                self.stats["dropped_throttled"] += 1
-                return
-            self._stateless(data, addr, cookie, replacing=peer)
+        hello = parse_client_hello(data)
+        if hello is not None:
+            self._client_hello(data, addr, hello)
             return
-        peer.last_seen = now
+        peer = self._peers.get(addr)
+        if peer is None:
+            self.stats["dropped_no_session"] += 1
+            return
+        successor = self._successors.get(addr)
+        if successor is not None:
+            self._split_for_successor(peer, successor, data)
+            return
+        self._peer_datagram(peer, data)
+
+    def _peer_datagram(self, peer: Peer, data: bytes) -> None:
+        peer.last_seen = self._now
         if peer.state is PeerState.ESTABLISHED:
             self._application_datagram(peer, data)
         elif peer.state is PeerState.AWAITING_CREDENTIAL:
@@ -295,68 +313,146 @@ class DtlsServer:
         else:
             self._handshake_datagram(peer, data)
 
+    def _client_hello(self, data: bytes, addr: Address, hello: ClientHello) -> None:
+        current = self._peers.get(addr)
+        for peer in (self._successors.get(addr), current):
+            if peer is None or peer.client_random != hello.random:
+                continue
+            if peer.state is PeerState.ESTABLISHED:
+                # The ClientHello that opened this session, again (late or replayed).
+                self.stats["dropped_old_hello"] += 1
+                return
+            if hello.cookie:
+                # The client retransmits its ClientHello: our flight was lost. OpenSSL
+                # answers it by retransmitting that flight.
+                self._peer_datagram(peer, data)
+                return
+        if self.source_blocked is not None and self.source_blocked(addr[0]):
+            self.stats["dropped_throttled"] += 1
+            return
+        self._stateless(data, addr, hello)
+
+    def _split_for_successor(self, current: Peer, successor: Peer, data: bytes) -> None:
+        """While a new handshake runs beside an established session at one address, its
+        records (epoch 0, ChangeCipherSpec, the encrypted Finished) go to the new handshake
+        and application data to the session; once the new handshake completes it is the
+        session."""
+        new, old = bytearray(), bytearray()
+        for rec in split_records(data):
+            to_new = rec.epoch == 0 or rec.content_type in (CT_CHANGE_CIPHER_SPEC, CT_HANDSHAKE)
+            if rec.content_type == CT_ALERT and successor.peek.change_cipher_spec:
+                to_new = True
+            (new if to_new else old).extend(rec.raw)
+        if new:
+            self._peer_datagram(successor, bytes(new))
+        if old:
+            peer = self._peers.get(current.addr)
+            if peer is not None:
+                self._peer_datagram(peer, bytes(old))
+
     def handle_timer(self, now: float) -> None:
         self._now = now
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.sweep_interval
-            for peer in list(self._peers.values()):
-                idle = now >= peer.idle_deadline(self.config.idle_timeout)
-                if peer.state is PeerState.ESTABLISHED and idle:
-                    self.close(peer.addr, Cause.IDLE)
-        for peer in list(self._pending.values()):
-            if now - peer.started >= self.config.handshake_timeout:
+        for peer_id, kind in self._timers.pop_due(now):
+            peer = self._by_id.get(peer_id)
+            if peer is None:
+                continue
+            if kind == _HANDSHAKE:
                 self._drop(peer, Cause.HANDSHAKE_TIMEOUT)
                 continue
-            if peer.state is PeerState.HANDSHAKE:
-                timeout = peer.conn.DTLSv1_get_timeout()
-                if timeout is not None and timeout <= 0:
-                    try:
-                        peer.conn.DTLSv1_handle_timeout()
-                    except SSL.Error as exc:
-                        self._drop(peer, Cause.HANDSHAKE_FAILED, _ssl_reason(exc))
-                        continue
-                    self._flush(peer)
+            deadline = self._idle_deadline(peer)
+            if deadline <= now:
+                self._close_peer(peer, Cause.IDLE)
+            else:
+                self._timers.set(peer.id, _IDLE, deadline)
+        for peer_id, _kind in self._retransmits.pop_due(self._real_clock()):
+            peer = self._by_id.get(peer_id)
+            if peer is None or peer.state is not PeerState.HANDSHAKE:
+                continue
+            timeout = peer.conn.DTLSv1_get_timeout()
+            if timeout is not None and timeout <= 0:
+                try:
+                    peer.conn.DTLSv1_handle_timeout()
+                except SSL.Error as exc:
+                    self._drop(peer, Cause.HANDSHAKE_FAILED, _ssl_reason(exc))
+                    continue
+            self._flush(peer)  # the retransmitted flight; re-arms the timer
 
     @property
     def sweep_interval(self) -> float:
+        """Idle deadlines are rounded up to a multiple of this, so that one timer wake-up
+        closes every session that went idle within it."""
         return max(0.05, min(5.0, self.config.idle_timeout / 4))
 
     def next_timer(self, now: float) -> float | None:
         """When ``handle_timer`` should next run (absolute, on the ``now`` clock)."""
-        best: float | None = None
-        if len(self._peers) > len(self._pending):
-            best = max(self._next_sweep, now)
-        for peer in self._pending.values():
-            t = peer.started + self.config.handshake_timeout
-            if peer.state is PeerState.HANDSHAKE:
-                retrans = peer.conn.DTLSv1_get_timeout()
-                if retrans is not None:
-                    t = min(t, now + max(0.0, retrans))
-            best = t if best is None else min(best, t)
+        best = self._timers.next_deadline()
+        retransmit = self._retransmits.next_deadline()
+        if retransmit is not None:
+            at = now + max(0.0, retransmit - self._real_clock())
+            best = at if best is None else min(best, at)
         return best
 
+    def _idle_deadline(self, peer: Peer) -> float:
+        grain = self.sweep_interval
+        deadline = peer.last_seen + self.config.idle_timeout
+        return max(math.ceil(deadline / grain) * grain, peer.keep_until)
+
     # -- stateless part --------------------------------------------------------------------
-    def _stateless(
-        self, data: bytes, addr: Address, cookie: bytes, replacing: _Peer | None
-    ) -> None:
-        valid = self._cookies.check(addr, cookie, self._now) if cookie else False
+    def _stateless(self, data: bytes, addr: Address, hello: ClientHello) -> None:
+        valid = bool(hello.cookie) and self._cookies.check(addr, hello.cookie, self._now)
         # OpenSSL's verify callback asks again for the same hello: answer from this check.
-        self._checked_cookie = cookie if valid else None
-        if valid:
-            if replacing is None and len(self._peers) >= self.config.max_sessions:
-                self.stats["refused_max_sessions"] += 1
-                if self.on_max_sessions is not None:
-                    self.on_max_sessions(addr)
-                return
-            if not self._rate.allow(addr[0], self._now):
-                self.stats["refused_rate"] += 1
-                if self.on_rate_limited is not None:
-                    self.on_rate_limited(addr)
-                return
+        self._checked_cookie = hello.cookie if valid else None
+        self._listen_addr = addr
+        if not valid:
+            self._hello_verify(data, addr)
+            return
+        current = self._peers.get(addr)
+        established = current if current and current.state is PeerState.ESTABLISHED else None
+        # A half-done handshake at this address that this new connection replaces.
+        replaced = self._successors.get(addr) if established else current
+        if current is None and len(self._peers) >= self.config.max_sessions:
+            self.stats["refused_max_sessions"] += 1
+            if self.on_max_sessions is not None:
+                self.on_max_sessions(addr)
+            return
+        if not self._rate.allow(addr[0], self._now):
+            self.stats["refused_rate"] += 1
+            if self.on_rate_limited is not None:
+                self.on_rate_limited(addr)
+            return
+        if self._pending_full(addr[0], replaced):
+            if self.on_pending_refused is not None:
+                self.on_pending_refused(addr)
+            return
+        conn = self._new_connection(self._context_for(hello))
+        conn.bio_write(data)
+        try:
+            conn.DTLSv1_listen()
+        except SSL.Error:
+            self.stats["dropped_bad_hello"] += 1
+            return
+        if replaced is not None:
+            self._drop(replaced, Cause.REPLACED)
+        peer = Peer(next(self._ids), addr, conn, self._now, self._now, hello.random)
+        conn.set_app_data(peer)
+        if established is not None:
+            self._successors[addr] = peer
+        else:
+            self._peers[addr] = peer
+        self._by_id[peer.id] = peer
+        self._pending[peer] = None
+        self._pending_by_source[addr[0]] += 1
+        self._timers.set(peer.id, _HANDSHAKE, self._now + self.config.handshake_timeout)
+        self.stats["handshakes_started"] += 1
+        if self.on_handshake_started is not None:
+            self.on_handshake_started(addr)
+        self._advance(peer)
+
+    def _hello_verify(self, data: bytes, addr: Address) -> None:
+        """A ClientHello without a valid cookie: a HelloVerifyRequest, nothing kept."""
         listener = self._listener
         if listener is None:
-            listener = self._listener = self._new_connection()
-        self._listen_addr = addr
+            listener = self._listener = self._new_connection(self._ctx)
         listener.bio_write(data)
         try:
             listener.DTLSv1_listen()
@@ -365,24 +461,32 @@ class DtlsServer:
             self.stats["hello_verify"] += 1
             return
         except SSL.Error:
-            self._listener = None  # garbage: never reuse an SSL object in an unknown state
             self.stats["dropped_bad_hello"] += 1
-            return
-        # Cookie verified by OpenSSL too: this SSL object becomes the peer's.
+        # Garbage, or (cannot happen) a cookie OpenSSL accepted where we did not: never
+        # reuse an SSL object in an unknown state.
         self._listener = None
-        if replacing is not None:
-            self._drop(replacing, Cause.REPLACED)
-        peer = _Peer(addr, listener, self._now, self._now)
-        listener.set_app_data(peer)
-        self._peers[addr] = peer
-        self._pending[addr] = peer
-        self.stats["handshakes_started"] += 1
-        if self.on_handshake_started is not None:
-            self.on_handshake_started(addr)
-        self._advance(peer)
 
-    def _new_connection(self) -> SSL.Connection:
-        conn = SSL.Connection(self._ctx, None)
+    def _pending_full(self, source: str, replaced: Peer | None) -> bool:
+        cfg = self.config
+        freed = 1 if replaced is not None else 0
+        per_source = cfg.max_pending_per_source
+        if per_source and self._pending_by_source[source] - freed >= per_source:
+            self.stats["refused_pending_source"] += 1
+            return True
+        if len(self._pending) - freed >= cfg.max_pending:
+            self.stats["refused_pending_total"] += 1
+            return True
+        return False
+
+    def _context_for(self, hello: ClientHello) -> SSL.Context:
+        """A client that offers PSK suites has a key (OpenSSL, GnuTLS and mbedTLS clients
+        offer them only then) and may have no certificate: it gets a PSK suite."""
+        if any(s in PSK_SUITES for s in hello.suites):
+            return self._psk_ctx
+        return self._ctx
+
+    def _new_connection(self, ctx: SSL.Context) -> SSL.Connection:
+        conn = SSL.Connection(ctx, None)
         conn.set_accept_state()
         _binding.set_mtu(conn, self.config.mtu - 28)  # minus IPv4 + UDP headers
         return conn
@@ -396,152 +500,103 @@ class DtlsServer:
         return self._cookies.check(self._listen_addr, cookie, self._now)
 
     # -- handshake -------------------------------------------------------------------------
-    def _handshake_datagram(self, peer: _Peer, data: bytes) -> None:
-        needed = self._peek(peer, data)
+    def _handshake_datagram(self, peer: Peer, data: bytes) -> None:
+        needed = self._auth.needed(peer, data)
         if needed is not None:
             peer.state = PeerState.AWAITING_CREDENTIAL
             peer.held.append(data)
             peer.looked_up.add(needed)
             self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1]))
             return
+        alert = fatal_alert(data)
+        if alert is not None:
+            peer.client_alert = alert
         peer.conn.bio_write(data)
         self._advance(peer)
-        if peer.state is PeerState.HANDSHAKE and peer.addr in self._peers:
-            self._check_finished(peer, data)
+        if peer.state is PeerState.HANDSHAKE and self._alive(peer):
+            self._judge_flight(peer)
 
-    def _check_finished(self, peer: _Peer, data: bytes) -> None:
-        """DTLS drops records that fail their MAC silently, so a client with the wrong PSK
-        would leave a half-open handshake until the timeout. If the client's key exchange
-        was fed and its CCS + Finished came in this datagram and the handshake still did
-        not complete, the Finished did not decrypt: refuse with a fatal alert now."""
-        if peer.peek.psk_identity is None and peer.peek.certificate_der is None:
+    def _judge_flight(self, peer: Peer) -> None:
+        """The client's whole second flight has been fed and the handshake is still not
+        complete: OpenSSL dropped its Finished, whose AEAD tag did not verify (the client
+        derived other keys: a wrong PSK). Refuse now with a fatal alert rather than wait
+        for the handshake timeout."""
+        overhead = aead_overhead(peer.suite)
+        if overhead is None or not peer.peek.flight_complete(overhead):
             return
-        kinds = [(r.content_type, r.epoch) for r in split_records(data)]
-        if (CT_CHANGE_CIPHER_SPEC, 0) in kinds and (CT_HANDSHAKE, 1) in kinds:
-            self._out.append((alert_record(ALERT_DECRYPT_ERROR), peer.addr))
-            self._drop(peer, *(peer.refusal or (Cause.WRONG_KEY, "finished did not verify")))
+        cause, detail = peer.refusal or (
+            Cause.WRONG_KEY,
+            "the client's Finished did not verify: it holds another key",
+        )
+        self._out.append((alert_record(cause.dtls_alert), peer.addr))
+        self._drop(peer, cause, f"{detail}; sent {alert_name(cause.dtls_alert)}")
 
-    def _peek(self, peer: _Peer, data: bytes) -> tuple[CredentialKind, str] | None:
-        """A credential in this datagram that the cache cannot vouch for yet, if any."""
-        peek = peer.peek
-        had_cert, had_psk = peek.certificate_der is not None, peek.psk_identity is not None
-        peek.feed(data)
-        wanted: tuple[CredentialKind, str] | None = None
-        if not had_cert and peek.certificate_der is not None:
-            wanted = (CredentialKind.X509, fingerprint_der(peek.certificate_der))
-        elif not had_psk and peek.psk_identity is not None and self._is_psk(peer):
-            try:
-                wanted = (CredentialKind.PSK, peek.psk_identity.decode())
-            except UnicodeDecodeError:
-                return None
-        if wanted is None or wanted in peer.looked_up:
-            return None
-        try:
-            if wanted[0] is CredentialKind.PSK:
-                known = self._credentials.cached_psk(wanted[1]) is not None
-            else:
-                known = self._credentials.cached_cert(wanted[1]) is not None
-        except IngressError:
-            known = True  # the cache knows it is bad: let the callback refuse it now
-        return None if known else wanted
-
-    @staticmethod
-    def _is_psk(peer: _Peer) -> bool:
-        return peer.suite in PSK_SUITES
-
-    def _advance(self, peer: _Peer) -> None:
+    def _advance(self, peer: Peer) -> None:
         try:
             peer.conn.do_handshake()
         except SSL.WantReadError:
             self._flush(peer)
             return
         except SSL.Error as exc:
-            self._flush(peer)  # the alert
-            self._drop(peer, *(peer.refusal or (Cause.HANDSHAKE_FAILED, _ssl_reason(exc))))
+            sent = self._flush(peer, alert=peer.alert)  # the alert (ours where our policy refused)
+            cause, detail = self._failure(peer, exc)
+            told = fatal_alert(sent)
+            if told is not None:
+                detail += f"; sent {alert_name(told)}"
+            self._drop(peer, cause, detail)
             return
         self._flush(peer)
         if peer.credential is None:
             # Cannot happen with VERIFY_FAIL_IF_NO_PEER_CERT and the PSK callback, but
             # never keep an unauthenticated session.
-            self.close(peer.addr, Cause.NO_CREDENTIAL)
+            self._close_peer(peer, Cause.NO_CREDENTIAL)
             return
+        self._completed(peer)
+
+    def _completed(self, peer: Peer) -> None:
+        addr = peer.addr
         peer.state = PeerState.ESTABLISHED
-        self._pending.pop(peer.addr, None)
+        self._unpend(peer)
+        self._timers.cancel(peer.id, _HANDSHAKE)
+        self._retransmits.cancel(peer.id, _RETRANSMIT)
+        if self._successors.get(addr) is peer:
+            # RFC 6347 4.2.8: the new connection is complete, it replaces the old session.
+            del self._successors[addr]
+            old = self._peers.get(addr)
+            if old is not None:
+                self._close_peer(old, Cause.REPLACED, notify=False)
+            self._peers[addr] = peer
+        if peer.peek.finished_records > 1:
+            self.stats["client_finished_split"] += 1  # a flight split mid-Finished, handled
         peer.held.clear()
         peer.peek = HandshakePeek()
         peer.looked_up.clear()
+        self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))
         self.stats["handshakes_completed"] += 1
+        assert peer.credential is not None
         self._events.append(
-            HandshakeCompleted(peer.addr, peer.credential, peer.conn.get_cipher_name() or "")
+            HandshakeCompleted(addr, peer.credential, peer.conn.get_cipher_name() or "")
         )
         self._read_application(peer)
 
-    def _psk(self, conn: SSL.Connection, identity: bytes) -> bytes | None:
-        peer: _Peer = conn.get_app_data()
-        try:
-            text = identity.decode()
-        except UnicodeDecodeError:
-            peer.refusal = (Cause.MALFORMED, "psk identity is not UTF-8")
-            return None
-        try:
-            resolved = self._credentials.cached_psk(text)
-        except IngressError as exc:
-            peer.refusal = (exc.cause, "psk")
-            return None
-        if resolved is None:
-            peer.refusal = (Cause.UNAVAILABLE, "psk not vouched for by the resolver cache")
-            return None
-        peer.credential = Credential(CredentialKind.PSK, text, resolved.identity)
-        key: bytes = resolved.psk
-        return key
-
-    def _verify(
-        self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
-    ) -> bool:
-        peer: _Peer | None = conn.get_app_data()
-        if peer is None:
-            return False
-        if depth > 0:
-            if not ok:
-                peer.refusal = (Cause.BAD_CERTIFICATE, f"chain error {errno}")
-            else:
-                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
-                peer.chain_above_leaf[depth] = fingerprint_der(der)
-            return bool(ok)
-        if not ok and errno != _X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-            peer.refusal = (Cause.BAD_CERTIFICATE, f"certificate error {errno}")
-            return False
-        c = cert.to_cryptography()
-        if self.config.check_cert_validity:
-            now = datetime.fromtimestamp(self._now, UTC)
-            if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-                peer.refusal = (Cause.CERTIFICATE_EXPIRED, "outside its validity period")
-                return False
-        fp = fingerprint_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
-        above = peer.chain_above_leaf
-        chain = PeerChain(tuple(above[d] for d in sorted(above)))
-        try:
-            # With the chain: it must end in one of the resolved tenant's CAs (FOREIGN_CA,
-            # alert unknown_ca, otherwise).
-            identity = self._credentials.cached_cert(fp, chain)
-        except IngressError as exc:
-            peer.refusal = (exc.cause, "certificate")
-            return False
-        if identity is None:
-            peer.refusal = (Cause.UNAVAILABLE, "certificate not vouched for by the resolver cache")
-            return False
-        peer.credential = Credential(CredentialKind.X509, fp, identity, chain)
-        return True
+    @staticmethod
+    def _failure(peer: Peer, exc: SSL.Error) -> tuple[Cause, str]:
+        """Why OpenSSL gave up on this handshake."""
+        if peer.refusal is not None:
+            return peer.refusal
+        if peer.client_alert is not None:
+            return Cause.PEER_ABORTED, f"the client sent a fatal {alert_name(peer.client_alert)}"
+        return Cause.HANDSHAKE_FAILED, _ssl_reason(exc)
 
     # -- established -----------------------------------------------------------------------
-    def _application_datagram(self, peer: _Peer, data: bytes) -> None:
+    def _application_datagram(self, peer: Peer, data: bytes) -> None:
         peer.conn.bio_write(data)
         # One SSL_read per record at most: saves the WantReadError after the last one.
         self._read_application(peer, max_reads=max(1, len(split_records(data))))
 
-    def _read_application(self, peer: _Peer, max_reads: int = 1_000) -> None:
+    def _read_application(self, peer: Peer, max_reads: int = 1_000) -> None:
         for _ in range(max_reads):
-            if peer.addr not in self._peers:
+            if not self._alive(peer):
                 return
             try:
                 data = peer.conn.recv(_READ_CHUNK)
@@ -562,12 +617,19 @@ class DtlsServer:
         self._flush(peer)
 
     # -- output and teardown ---------------------------------------------------------------
-    def _flush(self, peer: _Peer) -> None:
-        chunk = self._send_raw(peer.conn, peer.addr)
+    def _flush(self, peer: Peer, alert: int | None = None) -> bytes:
+        """Send what OpenSSL wrote (alerts' descriptions replaced by ``alert``); re-arm the
+        retransmission timer of a handshake. -> what was sent."""
+        chunk = self._send_raw(peer.conn, peer.addr, alert)
         if peer.suite is None and chunk:
             peer.suite = server_hello_suite(chunk)
+        if peer.state is not PeerState.ESTABLISHED and self._alive(peer):
+            timeout = peer.conn.DTLSv1_get_timeout()
+            if timeout is not None:
+                self._retransmits.set(peer.id, _RETRANSMIT, self._real_clock() + timeout)
+        return chunk
 
-    def _send_raw(self, conn: SSL.Connection, addr: Address) -> bytes:
+    def _send_raw(self, conn: SSL.Connection, addr: Address, alert: int | None = None) -> bytes:
         mtu = self.config.mtu - 28
         sent = b""
         while True:
@@ -577,25 +639,64 @@ class DtlsServer:
                 return sent
             if not chunk:
                 return sent
+            if alert is not None:
+                chunk = with_alert_description(chunk, alert)
             sent = chunk
             self._out.extend((d, addr) for d in pack_datagrams(chunk, mtu))
             if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
                 return sent
 
-    def _drop(self, peer: _Peer, cause: Cause, detail: str = "") -> None:
-        if self._peers.get(peer.addr) is not peer:
+    def _alive(self, peer: Peer) -> bool:
+        return self._by_id.get(peer.id) is peer
+
+    def _unpend(self, peer: Peer) -> None:
+        if peer in self._pending:
+            del self._pending[peer]
+            source = peer.addr[0]
+            self._pending_by_source[source] -= 1
+            if self._pending_by_source[source] <= 0:
+                del self._pending_by_source[source]
+
+    def _close_peer(self, peer: Peer, cause: Cause, *, notify: bool = True) -> None:
+        """close_notify (if established) and forget."""
+        if peer.state is PeerState.ESTABLISHED and notify:
+            with contextlib.suppress(SSL.Error):
+                peer.conn.shutdown()
+            self._flush(peer)
+        self._drop(peer, cause)
+
+    def _drop(self, peer: Peer, cause: Cause, detail: str = "") -> None:
+        if self._by_id.pop(peer.id, None) is None:
             return
-        del self._peers[peer.addr]
-        self._pending.pop(peer.addr, None)
+        addr = peer.addr
+        if self._successors.get(addr) is peer:
+            del self._successors[addr]
+        elif self._peers.get(addr) is peer:
+            del self._peers[addr]
+            successor = self._successors.pop(addr, None)
+            if successor is not None:  # the new connection goes on alone
+                self._peers[addr] = successor
+        self._unpend(peer)
+        self._timers.cancel_all(peer.id, (_HANDSHAKE, _IDLE))
+        self._retransmits.cancel(peer.id, _RETRANSMIT)
         established = peer.state is PeerState.ESTABLISHED
         peer.conn.set_app_data(None)
         peer.held.clear()
         self.stats["closed:" + cause.label] += 1
-        self._events.append(SessionClosed(peer.addr, cause, established, detail))
+        self._events.append(SessionClosed(addr, cause, established, detail))
 
 
 def _ssl_reason(exc: SSL.Error) -> str:
+    """What OpenSSL says went wrong, in words (never a bare exception class name)."""
+    if isinstance(exc, SSL.SysCallError):
+        code, text = (*exc.args, None, None)[:2]
+        if code == -1:
+            return "OpenSSL stopped without a reason (unexpected end of the handshake)"
+        return f"system error {code}: {text}"
     try:
-        return str(exc.args[0][0][2])
+        reasons = [str(e[2]) for e in exc.args[0] if e[2]]
     except (IndexError, TypeError):
-        return type(exc).__name__
+        reasons = []
+    if not reasons:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return "; ".join(dict.fromkeys(reasons))

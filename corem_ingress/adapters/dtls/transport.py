@@ -55,6 +55,8 @@ class DtlsGuard(Protocol):
 
     def handshake_rate_limited(self, addr: Address) -> None: ...
 
+    def pending_handshakes_refused(self, addr: Address) -> None: ...
+
     def admit(self, addr: Address, credential: Credential | None) -> bool: ...
 
     def closed(self, addr: Address, cause: Cause, established: bool, detail: str) -> None: ...
@@ -125,6 +127,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.server.on_handshake_started = guard.handshake_started
         self.server.on_max_sessions = guard.max_sessions_reached
         self.server.on_rate_limited = guard.handshake_rate_limited
+        self.server.on_pending_refused = guard.pending_handshakes_refused
 
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)

@@ -1,0 +1,49 @@
+"""One DTLS peer's state in the server core: its SSL object, where its handshake is, what
+we know of its credential and its flight. Plain data, no logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from OpenSSL import SSL
+
+from corem_ingress.adapters.dtls.events import Address, Credential
+from corem_ingress.adapters.dtls.records import HandshakePeek
+from corem_ingress.core.causes import Cause
+from corem_ingress.core.identity import CredentialKind
+
+
+class PeerState(Enum):
+    HANDSHAKE = "handshake"
+    AWAITING_CREDENTIAL = "awaiting_credential"
+    ESTABLISHED = "established"
+
+
+@dataclass(eq=False)
+class Peer:
+    id: int
+    addr: Address
+    conn: SSL.Connection
+    started: float
+    last_seen: float
+    #: The random of the ClientHello that opened it (a new random is a new connection).
+    client_random: bytes = b""
+    state: PeerState = PeerState.HANDSHAKE
+    credential: Credential | None = None
+    peek: HandshakePeek = field(default_factory=HandshakePeek)
+    held: list[bytes] = field(default_factory=list)
+    looked_up: set[tuple[CredentialKind, str]] = field(default_factory=set)
+    #: Why the handshake was refused, when a callback refused it (cause, detail).
+    refusal: tuple[Cause, str] | None = None
+    #: The alert to send instead of OpenSSL's when our policy refused (the cause's alert).
+    alert: int | None = None
+    #: The suite our ServerHello chose (peeked from our own output).
+    suite: int | None = None
+    #: Not closed as idle before this (``now`` clock; ``DtlsServer.keep_alive``).
+    keep_until: float = 0.0
+    #: The client's own fatal alert seen during the handshake (description), if any.
+    client_alert: int | None = None
+    #: Fingerprints of the verified chain above the leaf, by depth (the verify callback
+    #: sees the top first); checked against the tenant's CAs at depth 0.
+    chain_above_leaf: dict[int, str] = field(default_factory=dict)
