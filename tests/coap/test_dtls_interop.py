@@ -57,7 +57,7 @@ async def test_coap_client_with_certificates_of_every_size(
         leaf = issue_sized(ca, size)
         cert, key = certs.dir / f"leaf-{size}.pem", certs.dir / f"leaf-{size}.key"
         leaf.write(cert, key)
-        await provision_cert(registry, leaf.cert_pem)
+        await provision_cert(registry, leaf, ca=ca)
         done = server.stats["handshakes_completed"]
         args = ["-m", "post", "-B", "5", *cert_args(cert, key, certs.ca_pem), "-e", str(size)]
         res = await run_client([*args, url(coap_port(node), "up/event")])
@@ -131,11 +131,16 @@ async def test_clients_back_on_the_port_of_a_stale_handshake(
     )
     tiny_key = secrets.token_urlsafe(12).encode()  # 16 random bytes: tinydtls holds no more
     await reg16.provision(
-        "acme", "wk-1", CredentialKind.PSK, actor="test", psk_identity="wk-1", psk_bytes=tiny_key
+        "acme",
+        "wk-1",
+        CredentialKind.PSK,
+        actor="test",
+        psk_identity="acme:wk-1",
+        psk_bytes=tiny_key,
     )
-    local = await _reboot_mid_handshake(node, "wk-1", tiny_key)
+    local = await _reboot_mid_handshake(node, "acme:wk-1", tiny_key)
     argv = ["stdbuf", "-oL", peer("lwm2mclient_tinydtls"), "-4", "-h", "127.0.0.1"]
-    argv += ["-p", str(port), "-l", str(local), "-n", "wk-1", "-i", "wk-1"]
+    argv += ["-p", str(port), "-l", str(local), "-n", "wk-1", "-i", "acme:wk-1"]
     argv += ["-s", tiny_key.hex(), "-t", "60"]
     t0 = time.monotonic()
     wk = await asyncio.create_subprocess_exec(
