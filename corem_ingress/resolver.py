@@ -1,10 +1,17 @@
 """The one shared credential resolver: API key, PSK identity or fingerprint -> DeviceIdentity.
 
 Adapters call nothing else to authenticate. Lookups go to the in-process cache
-first, then to Redis (one GET). The revocation bus keeps the cache current.
+first, then to Redis (batched into MGETs by ``store.lookups.LookupBatcher``; every wait
+bounded by ``redis.socket_timeout_s``). The revocation bus keeps the cache current.
 Fail closed: if Redis cannot be asked, only what the cache can still vouch for
 is accepted; everything else is refused (UNAVAILABLE, which adapters treat as
 "not authenticated").
+
+Outage policy after a bus gap (``resolver.outage_grace_s``, docs/reliability.md): with 0
+(the default) the cache is emptied and nothing is vouched for until Redis answers; with
+a grace period, credentials verified within that many seconds before the gap keep
+authenticating while Redis cannot be asked -- Redis is always tried first -- and the
+session hub re-validates everything once Redis answers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unava
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.resolver_cache import CacheEntry, ResolverCache
+from corem_ingress.store.connection import ClientCommands
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.lookups import LookupBatcher
 
 log = structlog.get_logger("corem.resolver")
 
@@ -45,12 +54,19 @@ class Resolver:
         *,
         keyring: psk.KeyRing | None,
         clock: Callable[[], float] = time.time,
+        lookups: LookupBatcher | None = None,
+        timeout_s: float = 2.0,
+        outage_grace_s: float = 0.0,
     ) -> None:
-        self._r = redis
         self._keys = keys
         self.cache = cache
         self._keyring = keyring
         self._clock = clock
+        #: Reads of lookup keys (the node passes one on its own pool; else on ``redis``).
+        self.lookups = lookups or LookupBatcher(ClientCommands(redis), timeout_s=timeout_s)
+        self.outage_grace_s = outage_grace_s
+        #: Bumped by every cache change from the bus: a lookup that overlapped one reads again.
+        self._epoch = 0
 
     # -- async path (fills the cache) ------------------------------------------------------
     async def resolve_api_key(self, raw: str) -> DeviceIdentity:
@@ -78,11 +94,24 @@ class Resolver:
         assert entry.identity is not None
         return entry.identity
 
-    async def resolve_lookup(self, kind: CredentialKind, lookup: str) -> DeviceIdentity:
-        """By stored handle (key hash, PSK identity, fingerprint): to re-validate sessions."""
-        entry = await self._resolve(kind, lookup)
+    async def resolve_lookup(
+        self, kind: CredentialKind, lookup: str, *, fallback: bool = True
+    ) -> DeviceIdentity:
+        """By stored handle (key hash, PSK identity, fingerprint). ``fallback=False`` (to
+        re-validate sessions): only Redis or a fresh cache entry may vouch, never the outage
+        grace."""
+        entry = await self._resolve(kind, lookup, fallback=fallback)
         assert entry.identity is not None
         return entry.identity
+
+    def fallback_vouches(self, kind: CredentialKind, lookup: str) -> bool:
+        """Whether the outage grace keeps this credential working while Redis is away."""
+        entry = self.cache.fallback(kind, lookup)
+        return (
+            entry is not None
+            and entry.identity is not None
+            and not entry.credential_expired(self._clock())
+        )
 
     def credential_expiry(self, kind: CredentialKind, lookup: str) -> float | None:
         """When a resolved credential stops working (API-key overlap), if the cache knows."""
@@ -118,31 +147,62 @@ class Resolver:
 
     # -- bus -------------------------------------------------------------------------------
     def apply_event(self, event: CredentialEvent) -> None:
+        self._epoch += 1
         if event.type is EventType.EXPIRES and event.expires_at is not None:
             self.cache.set_credential_expiry(event.kind, event.lookup, event.expires_at)
         else:  # created or revoked: the next lookup asks Redis
             self.cache.evict(event.kind, event.lookup)
 
     def drop_cache(self) -> None:
+        self._epoch += 1
         self.cache.clear()
 
+    def begin_outage(self, gap_started_at: float) -> int:
+        """A bus gap: stop trusting the cache; keep fallbacks under the outage grace."""
+        self._epoch += 1
+        kept = self.cache.suspend(gap_started_at, self.outage_grace_s)
+        if self.outage_grace_s > 0:
+            log.warning("resolver.outage_grace", kept=kept, grace_s=self.outage_grace_s)
+        return kept
+
+    def end_outage(self) -> None:
+        self.cache.end_outage()
+
+    async def redis_answers(self) -> bool:
+        """Whether Redis answers a lookup now (a key that never exists, in the registry's
+        slot: on a cluster, the master that matters)."""
+        try:
+            await self.lookups.get(self._keys.lookup(CredentialKind.API_KEY, "-probe-"))
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            return False
+        return True
+
     # -- internals -------------------------------------------------------------------------
-    async def _resolve(self, kind: CredentialKind, lookup: str) -> CacheEntry:
+    async def _resolve(
+        self, kind: CredentialKind, lookup: str, *, fallback: bool = True
+    ) -> CacheEntry:
         cached = self._cached(kind, lookup)
         if cached is not None:
             return cached
         key = self._keys.lookup(kind, lookup)
         try:
-            try:
-                raw = await self._r.get(key)
-            except redis.exceptions.ConnectionError:
-                # A pooled connection that died with a Redis restart fails once; the read is
-                # idempotent, so one retry on a fresh connection tells "restarted" from "down".
-                raw = await self._r.get(key)
+            epoch = self._epoch
+            raw = await self.lookups.get(key)
+            if self._epoch != epoch:
+                # A bus event (a revocation?) arrived while the read was in flight; its answer
+                # may predate the event, and would be cached after it: read again.
+                raw = await self.lookups.get(key)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-            # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed.
+            # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed,
+            # unless the outage grace vouches for a credential verified just before the gap.
             metrics.redis_error("resolver")
             log.warning("resolver.redis_unreachable", kind=kind.value, error=str(exc))
+            kept = self.cache.fallback(kind, lookup) if fallback else None
+            if kept is not None and kept.identity is not None:
+                if kept.credential_expired(self._clock()):
+                    raise self._refuse(kind, "overlap window ended") from None
+                metrics.outage_grace_used(kind.value)
+                return kept
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None
         now = self._clock()
         if raw is None:

@@ -37,6 +37,7 @@ class SessionHub:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Observers of every order carried out (metrics, tests, the simulator's node).
         self.observers: list[Callable[[DisconnectOrder], None]] = []
+        self._revalidation: asyncio.Task[object] | None = None
 
     def __len__(self) -> int:
         return len(self.registry)
@@ -84,37 +85,71 @@ class SessionHub:
             self.registry.set_credential_expiry(event.kind, event.credential_id, event.expires_at)
             self._wake.set()
 
-    async def resync(self) -> None:
-        """After a bus gap: drop the cache, then re-validate every live session against Redis."""
-        self.resolver.drop_cache()
+    async def resync(self, gap_started_at: float | None = None) -> None:
+        """After a bus gap (it began at ``gap_started_at``, default now): stop trusting the
+        cache (the outage grace keeps its fallbacks), then re-validate every live session."""
+        previous, self._revalidation = self._revalidation, asyncio.current_task()
+        if previous is not None and not previous.done():
+            previous.cancel()  # a newer gap: start over
+        self.resolver.begin_outage(self._clock() if gap_started_at is None else gap_started_at)
         await self.revalidate()
 
-    async def revalidate(self, *, attempts: int = 20, delay: float = 0.5) -> None:
+    async def revalidate(
+        self, *, attempts: int = 20, delay: float = 0.5, max_delay: float = 5.0
+    ) -> None:
+        """Ask Redis about every live session's credential; disconnect those no longer valid.
+
+        Sessions Redis cannot vouch for within ``attempts`` are disconnected (fail closed),
+        except those the outage grace covers: they stay, and are asked about until Redis
+        answers. Ends the outage (drops the grace's fallbacks) once Redis has answered.
+        """
         pending = self.registry.sessions()
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
+            answered = await self.resolver.redis_answers()
             unreachable: list[LiveSession] = []
             for s in pending:
                 if s.session_id not in self.registry:
                     continue
+                if not answered:
+                    unreachable.append(s)
+                    continue
                 try:
-                    await self.resolver.resolve_lookup(s.identity.credential_kind, s.lookup)
+                    await self.resolver.resolve_lookup(
+                        s.identity.credential_kind, s.lookup, fallback=False
+                    )
                 except Unauthenticated:
                     self._execute(
                         self.registry.revoke_sessions([s.session_id], Cause.NO_LONGER_VALID)
                     )
                 except Unavailable:
                     unreachable.append(s)
-            if not unreachable:
+            if answered and not unreachable:
+                self.resolver.end_outage()
                 return
+            attempt += 1
+            if attempt >= attempts:
+                # Could not reach Redis to vouch for them: fail closed, unless the grace does.
+                covered = [
+                    s
+                    for s in unreachable
+                    if self.resolver.fallback_vouches(s.identity.credential_kind, s.lookup)
+                ]
+                self._execute(
+                    self.registry.revoke_sessions(
+                        [s.session_id for s in unreachable if s not in covered],
+                        Cause.COULD_NOT_REVALIDATE,
+                    )
+                )
+                unreachable = covered
             pending = unreachable
-            log.warning("sessions.revalidate_retry", remaining=len(pending), attempt=attempt + 1)
-            await asyncio.sleep(delay)
-        # Could not reach Redis to vouch for them: fail closed.
-        self._execute(
-            self.registry.revoke_sessions(
-                [s.session_id for s in pending], Cause.COULD_NOT_REVALIDATE
+            log.warning(
+                "sessions.revalidate_retry",
+                remaining=len(pending),
+                attempt=attempt,
+                redis=answered,
             )
-        )
+            await asyncio.sleep(delay if attempt < attempts else max(delay, max_delay))
 
     async def run_expiry_timer(self) -> None:
         """Disconnects sessions whose API key reached the end of its rotation overlap."""

@@ -3,6 +3,12 @@
 Pure: the clock is an argument. The bus keeps it current (evict on revoke,
 expiry on rotate, drop-all after a reconnect); TTLs bound staleness if an event
 is ever missed.
+
+Outage grace (``resolver.outage_grace_s``): after a bus gap the cache cannot be trusted
+(revocations may have been missed) and is emptied. With a grace period, the positive
+entries verified within that many seconds before the gap began are kept aside as
+*fallbacks*: never answered from directly, only when Redis cannot be asked (the resolver
+tries Redis first, every time), until the outage ends.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class CacheEntry:
     secret: bytes | None = None
     #: When the credential itself stops working (end of an API-key overlap window).
     credential_expires_at: float | None = None
+    #: When Redis last said so (the time of the lookup that made this entry).
+    verified_at: float = 0.0
 
     def credential_expired(self, now: float) -> bool:
         return self.credential_expires_at is not None and now >= self.credential_expires_at
@@ -39,6 +47,8 @@ class ResolverCache:
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        #: Positive entries kept through a bus gap under the outage grace (see above).
+        self._fallbacks: dict[CacheKey, CacheEntry] = {}
         self.hits = 0
         self.misses = 0
 
@@ -70,26 +80,59 @@ class ResolverCache:
         secret: bytes | None = None,
         credential_expires_at: float | None = None,
     ) -> CacheEntry:
-        entry = CacheEntry(identity, now + self.ttl, secret, credential_expires_at)
+        entry = CacheEntry(identity, now + self.ttl, secret, credential_expires_at, now)
         self._store((kind, lookup), entry)
+        self._fallbacks.pop((kind, lookup), None)  # Redis answered: the fallback is spent
         return entry
 
     def put_negative(self, kind: CredentialKind, lookup: str, now: float) -> None:
+        self._fallbacks.pop((kind, lookup), None)
         if self.negative_ttl > 0:
-            self._store((kind, lookup), CacheEntry(None, now + self.negative_ttl))
+            self._store((kind, lookup), CacheEntry(None, now + self.negative_ttl, verified_at=now))
 
     def evict(self, kind: CredentialKind, lookup: str) -> None:
         self._entries.pop((kind, lookup), None)
+        self._fallbacks.pop((kind, lookup), None)
 
     def set_credential_expiry(self, kind: CredentialKind, lookup: str, expires_at: float) -> None:
-        entry = self._entries.get((kind, lookup))
-        if entry is not None and entry.identity is not None:
-            self._entries[(kind, lookup)] = CacheEntry(
-                entry.identity, entry.fresh_until, entry.secret, expires_at
-            )
+        for table in (self._entries, self._fallbacks):
+            entry = table.get((kind, lookup))
+            if entry is not None and entry.identity is not None:
+                table[(kind, lookup)] = CacheEntry(
+                    entry.identity, entry.fresh_until, entry.secret, expires_at, entry.verified_at
+                )
 
     def clear(self) -> None:
         self._entries.clear()
+        self._fallbacks.clear()
+
+    # -- outage grace ----------------------------------------------------------------------------
+    def suspend(self, gap_started_at: float, grace_s: float) -> int:
+        """A bus gap: nothing is answered from the cache any more. Positive entries verified
+        at or after ``gap_started_at - grace_s`` become fallbacks (none when ``grace_s`` is 0);
+        returns how many."""
+        if grace_s > 0:
+            since = gap_started_at - grace_s
+            for key, entry in self._entries.items():
+                if entry.identity is not None and entry.verified_at >= since:
+                    self._fallbacks[key] = entry
+            if len(self._fallbacks) > self.max_entries:  # gaps in a row: keep the newest
+                newest = sorted(self._fallbacks.items(), key=lambda kv: kv[1].verified_at)
+                self._fallbacks = dict(newest[-self.max_entries :])
+        self._entries.clear()
+        return len(self._fallbacks)
+
+    def fallback(self, kind: CredentialKind, lookup: str) -> CacheEntry | None:
+        """The entry kept through the gap, for use only while Redis cannot be asked."""
+        return self._fallbacks.get((kind, lookup))
+
+    def end_outage(self) -> None:
+        """Redis answers again and the live sessions are re-validated: no more fallbacks."""
+        self._fallbacks.clear()
+
+    @property
+    def fallbacks(self) -> int:
+        return len(self._fallbacks)
 
     def hit_ratio(self) -> float:
         total = self.hits + self.misses
