@@ -38,6 +38,10 @@ class SessionHub:
         #: Observers of every order carried out (metrics, tests, the simulator's node).
         self.observers: list[Callable[[DisconnectOrder], None]] = []
         self._revalidation: asyncio.Task[object] | None = None
+        #: After a gap, how many times (and how far apart) Redis is asked about a session
+        #: before it is disconnected -- unless the outage grace covers it.
+        self.revalidate_attempts = 20
+        self.revalidate_delay_s = 0.5
 
     def __len__(self) -> int:
         return len(self.registry)
@@ -95,7 +99,11 @@ class SessionHub:
         await self.revalidate()
 
     async def revalidate(
-        self, *, attempts: int = 20, delay: float = 0.5, max_delay: float = 5.0
+        self,
+        *,
+        attempts: int | None = None,
+        delay: float | None = None,
+        max_delay: float = 5.0,
     ) -> None:
         """Ask Redis about every live session's credential; disconnect those no longer valid.
 
@@ -103,6 +111,8 @@ class SessionHub:
         except those the outage grace covers: they stay, and are asked about until Redis
         answers. Ends the outage (drops the grace's fallbacks) once Redis has answered.
         """
+        attempts = self.revalidate_attempts if attempts is None else attempts
+        delay = self.revalidate_delay_s if delay is None else delay
         pending = self.registry.sessions()
         attempt = 0
         while True:
@@ -142,6 +152,8 @@ class SessionHub:
                     )
                 )
                 unreachable = covered
+            if not unreachable and not self.resolver.cache.fallbacks:
+                return  # nothing left to vouch for, and no grace in use
             pending = unreachable
             log.warning(
                 "sessions.revalidate_retry",
