@@ -47,6 +47,10 @@ from corem_ingress.store.uplinks import UplinkStore
 log = structlog.get_logger("corem.app")
 
 REDIS_URL_FILE = "redis.url"
+#: In the state dir, next to REDIS_URL_FILE, only with the embedded (dev) Redis: the *path*
+#: of the PSK KEK file this broker uses (never the key), so that the CLI talking to this
+#: broker's Redis finds the same KEK (corem_ingress/cli.py).
+KEK_PATH_FILE = "psk-kek.path"
 
 
 def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
@@ -82,6 +86,7 @@ class Node:
     ) -> None:
         self.config = config
         self.keyring = config.load_keyring(keyring_environ)
+        self._kek_file = config.kek_file(keyring_environ) if self.keyring is not None else None
         self.clock = clock
         self._factories = (
             listener_factories if listener_factories is not None else default_listener_factories()
@@ -123,6 +128,8 @@ class Node:
                 note="no redis.url configured: private redis-server, dev only, data not kept",
             )
             self._write_state(REDIS_URL_FILE, self.redis_url + "\n")
+            if self._kek_file is not None:
+                self._write_state(KEK_PATH_FILE, str(self._kek_file.resolve()) + "\n")
         timeout_s = cfg.redis.socket_timeout_s
         clients = RedisClients.connect(
             self.redis_url,
@@ -365,8 +372,9 @@ class Node:
             await self.clients.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.close)
-            with contextlib.suppress(OSError):
-                (Path(self.config.state_dir) / REDIS_URL_FILE).unlink()
+            for name in (REDIS_URL_FILE, KEK_PATH_FILE):
+                with contextlib.suppress(OSError):
+                    (Path(self.config.state_dir) / name).unlink()
         log.info("node.stopped")
 
 

@@ -539,6 +539,14 @@ class Config:
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
 
+    def kek_file(self, environ: Mapping[str, str] | None = None) -> Path | None:
+        """The file ``load_keyring`` reads the KEKs from (None: from COREM_PSK_KEK, or none)."""
+        env = os.environ if environ is None else environ
+        if env.get("COREM_PSK_KEK", ""):
+            return None
+        name = env.get("COREM_PSK_KEK_FILE", "") or self.credentials.psk_kek_file
+        return Path(name) if name else None
+
     def load_keyring(self, environ: Mapping[str, str] | None = None) -> psk.KeyRing | None:
         """The PSK KEK ring from COREM_PSK_KEK or the configured file; None if neither is set."""
         env = os.environ if environ is None else environ
