@@ -153,7 +153,12 @@ class Node:
             cache,
             keyring=self.keyring,
             clock=self.clock,
-            lookups=LookupBatcher(clients.lookups, timeout_s=timeout_s),
+            # Fewer reads in flight than pooled connections: a lookup never waits for the pool.
+            lookups=LookupBatcher(
+                clients.lookups,
+                timeout_s=timeout_s,
+                max_in_flight=max(1, min(4, cfg.redis.pool_max_connections - 1)),
+            ),
             timeout_s=timeout_s,
             outage_grace_s=cfg.resolver.outage_grace_s,
         )

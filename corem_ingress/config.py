@@ -94,7 +94,8 @@ class HealthConfig:
     host: str = "127.0.0.1"
     #: Port of /healthz, /readyz (and /metrics).
     port: int = 9100
-    #: Seconds between the node's checks of its dependencies (Redis PING, bus subscribed);
+    #: Seconds between the node's checks of its dependencies (Redis answers a credential
+    #: lookup within redis.socket_timeout_s, the bus is subscribed);
     #: /readyz and the corem_degraded metric report the last result.
     check_interval_s: float = 1.0
     #: false (default): a shared Redis's outage makes every node *degraded*, not unready --

@@ -8,8 +8,13 @@ batch. What this buys under a burst (issue 12 §2):
   batches instead of queueing behind them;
 * identical lookups in flight share one read (a reconnect storm of one device, or many
   requests presenting the same key);
-* every caller waits at most ``timeout_s``: past it the lookup fails as unavailable,
-  whatever Redis or the pool do.
+* every caller waits at most ``timeout_s`` (the node's ``redis.socket_timeout_s``): past it
+  the lookup fails as unavailable, whatever Redis or the pool do. On a plain or Sentinel
+  client a read is bounded by the client's own socket timeouts (connect, reply: the same
+  value), and at most ``max_in_flight`` reads -- fewer than the pool's connections -- never
+  wait for the pool; on a cluster the router may re-read the topology and retry, so the
+  read is bounded explicitly (an extra timer per read, which a lone miss on a single server
+  does not pay: it would cost it ~10 % against a raw GET, see bench/resolver.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 
 import redis.exceptions
 
-from corem_ingress.store.connection import UNAVAILABLE_ERRORS, KeyedCommands
+from corem_ingress.store.connection import UNAVAILABLE_ERRORS, ClientCommands, KeyedCommands
+
+_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, redis.exceptions.RedisError)
 
 
 class LookupTimeout(redis.exceptions.TimeoutError):
@@ -40,6 +47,10 @@ class LookupBatcher:
             raise ValueError("timeout_s > 0, max_batch >= 1, max_in_flight >= 1")
         self._commands = commands
         self.timeout_s = timeout_s
+        #: Whether each read needs its own timer (see the module's docstring).
+        self._bound_reads = not isinstance(commands, ClientCommands)
+        #: A plain client's own method when there is one: one coroutine frame less per miss.
+        self._client: Any = commands.client if isinstance(commands, ClientCommands) else None
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._queue: deque[str] = deque()
@@ -53,56 +64,91 @@ class LookupBatcher:
     async def get(self, key: str) -> str | None:
         """The value of ``key`` (None: no such key); raises a Redis error when unavailable."""
         future = self._pending.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            # Retrieved here, so that an error nobody waits for any more is not reported.
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._pending[key] = future
-            self._queue.append(key)
-            self._dispatch()
-        else:
+        if future is not None:
             self.coalesced += 1
+            return await self._wait(future)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self._queue.append(key)
+        if self._in_flight < self._max_in_flight:
+            # A free slot: read in this task (a lone miss costs what one GET costs); keys that
+            # arrive meanwhile join the next batch, or this very future if identical.
+            await self._read(self._take())
+        return await self._wait(future)
+
+    async def _wait(self, future: asyncio.Future[str | None]) -> str | None:
+        if future.done():
+            return future.result()
         try:
             # Shielded: a caller that gives up must not cancel the others' shared answer.
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.shield(future)
         except TimeoutError:
             raise LookupTimeout(f"no answer within {self.timeout_s}s") from None
 
+    def _take(self) -> list[str]:
+        self._in_flight += 1
+        queue = self._queue
+        if len(queue) == 1:
+            return [queue.popleft()]
+        return [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+
     def _dispatch(self) -> None:
+        """Batches for the keys that queued while every slot was busy, each in a task."""
         while self._queue and self._in_flight < self._max_in_flight:
-            n = min(len(self._queue), self._max_batch)
-            batch = [self._queue.popleft() for _ in range(n)]
-            self._in_flight += 1
-            task = asyncio.ensure_future(self._read(batch))
+            task = asyncio.ensure_future(self._read(self._take()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _read(self, batch: list[str]) -> None:
-        outcome: list[Any] | BaseException
+        """One read for ``batch``; settles every future of it, whatever happens (cancelled
+        included), then frees its slot."""
+        outcome: list[Any] | BaseException | None = None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                try:
-                    outcome = await self._commands.execute(batch[0], "MGET", *batch)
-                except redis.exceptions.ConnectionError:
-                    # A pooled connection that died with a Redis restart fails once; the read
-                    # is idempotent: one retry on a fresh connection tells "restarted" from "down".
-                    outcome = await self._commands.execute(batch[0], "MGET", *batch)
-        except TimeoutError:
-            outcome = LookupTimeout(f"no answer within {self.timeout_s}s")
-        except UNAVAILABLE_ERRORS as exc:
-            outcome = exc
-        except redis.exceptions.RedisError as exc:
-            outcome = exc
+            outcome = await self._mget(batch)
         finally:
             self._in_flight -= 1
             self.batches += 1
-        for i, key in enumerate(batch):
-            future = self._pending.pop(key, None)
-            if future is None or future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                value = outcome[i]
-                future.set_result(None if value is None else str(value))
-        self._dispatch()
+            if outcome is None:  # cancelled while reading
+                outcome = LookupTimeout("the read was cancelled")
+            for i, key in enumerate(batch):
+                future = self._pending.pop(key, None)
+                if future is None or future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                    future.exception()  # retrieved: no warning if every waiter gave up
+                else:
+                    value = outcome[i]
+                    future.set_result(None if value is None else str(value))
+            if self._queue:
+                self._dispatch()
+
+    async def _mget(self, batch: list[str]) -> list[Any] | BaseException:
+        try:
+            if not self._bound_reads:
+                return await self._twice(batch)
+            async with asyncio.timeout(self.timeout_s):
+                return await self._twice(batch)
+        except TimeoutError:
+            return LookupTimeout(f"no answer within {self.timeout_s}s")
+        except _ERRORS as exc:
+            return exc
+
+    async def _twice(self, batch: list[str]) -> list[Any]:
+        # The common case off a burst is one key: GET's reply is the cheaper one.
+        one = len(batch) == 1
+        args = ("GET", batch[0]) if one else ("MGET", *batch)
+        try:
+            reply = await self._send(batch[0], args)
+        except redis.exceptions.ConnectionError:
+            # A pooled connection that died with a Redis restart fails at once; the read is
+            # idempotent: one retry on a fresh connection tells "restarted" from "down".
+            reply = await self._send(batch[0], args)
+        return [reply] if one else list(reply)
+
+    def _send(self, key: str, args: tuple[str, ...]) -> Any:
+        """The command's awaitable: the plain client's own (a frame less), or the router's."""
+        if self._client is not None:
+            return self._client.execute_command(*args)
+        return self._commands.execute(key, *args)
