@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -122,8 +123,9 @@ async def brokers(
 
 async def wait_ready(b: Broker, timeout: float = 30) -> None:
     def ready() -> bool:
+        """Serving, and its dependencies checked healthy (readiness alone ignores Redis)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{b.health_port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
+            return bool(r.status == 200 and not json.loads(r.read())["degraded"])
 
     async with asyncio.timeout(timeout):
         while True:
