@@ -200,7 +200,7 @@ class Resolver:
             kept = self.cache.fallback(kind, lookup) if fallback else None
             if kept is not None and kept.identity is not None:
                 if kept.credential_expired(self._clock()):
-                    raise self._refuse(kind, "overlap window ended") from None
+                    raise self._refuse(kind, Cause.OVERLAP_ENDED, "outage grace") from None
                 metrics.outage_grace_used(kind.value)
                 return kept
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None

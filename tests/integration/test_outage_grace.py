@@ -17,6 +17,7 @@ import pytest
 
 from corem_ingress.app import Node
 from corem_ingress.core import api_keys
+from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
@@ -115,7 +116,7 @@ async def test_without_grace_a_gap_fails_closed(
     with pytest.raises(Unavailable):  # the gap emptied the cache
         await s.resolver.resolve_api_key(raw)
     await asyncio.wait_for(resync, 10)
-    assert [o.reason for o in orders] == ["could not re-validate"]
+    assert [o.cause for o in orders] == [Cause.COULD_NOT_REVALIDATE]
     assert s.resolver.cache.fallbacks == 0
 
 
@@ -149,8 +150,8 @@ async def test_with_grace_recently_verified_credentials_keep_working_until_redis
         while not orders:
             await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)
-    assert [(o.session_id, o.reason) for o in orders] == [
-        (f"s-{old[-6:]}", "could not re-validate")
+    assert [(o.session_id, o.cause) for o in orders] == [
+        (f"s-{old[-6:]}", Cause.COULD_NOT_REVALIDATE)
     ]
     assert not resync.done()  # still asking Redis about the covered one
 
@@ -183,7 +184,7 @@ async def test_with_grace_a_revocation_missed_in_the_gap_applies_once_redis_answ
     assert await s.resolver.resolve_api_key(raw) == ident  # the grace: Redis cannot say
     await _restart_and_resync(own_redis, node)
     assert resync.done()
-    assert [o.reason for o in orders] == ["credential no longer valid"]
+    assert [o.cause for o in orders] == [Cause.NO_LONGER_VALID]
     with pytest.raises(Unauthenticated):
         await s.resolver.resolve_api_key(raw)
 
