@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -29,11 +28,8 @@ A = "cli:grace"
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    (tmp_path / "r").mkdir()
-    server = EmbeddedRedis(data_dir=tmp_path / "r", persist=True).start()
-    yield server
-    server.close()
+def own_redis(durable_redis: EmbeddedRedis) -> EmbeddedRedis:
+    return durable_redis
 
 
 @pytest.fixture
@@ -78,6 +74,17 @@ def _session(node: Node, raw: str, ident: object, orders: list[DisconnectOrder])
     )
 
 
+async def _live_device(
+    node: Node, hardware_id: str, orders: list[DisconnectOrder]
+) -> tuple[str, object]:
+    """A provisioned device whose key this node resolved, with a live session here."""
+    assert node.services is not None
+    raw = await _key(node, hardware_id)
+    ident = await node.services.resolver.resolve_api_key(raw)
+    _session(node, raw, ident, orders)
+    return raw, ident
+
+
 async def _restart_and_resync(server: EmbeddedRedis, node: Node) -> None:
     """Redis back: the bus re-subscribes and its resync (which supersedes the one started
     by hand) re-validates everything."""
@@ -103,10 +110,8 @@ async def test_without_grace_a_gap_fails_closed(
 ) -> None:  # type: ignore[no-untyped-def]
     node = await node_with(0.0, clock)
     s = node.services
-    raw = await _key(node, "SN-1")
-    ident = await s.resolver.resolve_api_key(raw)
     orders: list[DisconnectOrder] = []
-    _session(node, raw, ident, orders)
+    raw, ident = await _live_device(node, "SN-1", orders)
 
     await _kill(own_redis, node)
     # Redis down, no gap yet: the cache still vouches (today's behaviour, unchanged).
@@ -170,10 +175,8 @@ async def test_with_grace_a_revocation_missed_in_the_gap_applies_once_redis_answ
     keeps working only until Redis can be asked; then its session is closed."""
     node = await node_with(10.0, clock)
     s = node.services
-    raw = await _key(node, "SN-R")
-    ident = await s.resolver.resolve_api_key(raw)
     orders: list[DisconnectOrder] = []
-    _session(node, raw, ident, orders)
+    raw, ident = await _live_device(node, "SN-R", orders)
     # A revocation the bus did not carry (written while this node's subscription was away).
     assert node.redis is not None
     await node.redis.delete(node.keys.lookup(CredentialKind.API_KEY, api_keys.hash_key(raw)))
