@@ -327,14 +327,15 @@ class Node:
 
     async def _watch_dependencies(self) -> None:
         interval = self.config.health.check_interval_s
+        first = True
         while True:
             checks = await self.ready_checks()
-            if checks != self.dependencies:
-                down = sorted(k for k, ok in checks.items() if not ok)
-                if down:
-                    log.warning("node.degraded", down=down)
-                else:
-                    log.info("node.recovered")
+            down = sorted(k for k, ok in checks.items() if not ok)
+            if down and (first or checks != self.dependencies):
+                log.warning("node.degraded", down=down)
+            elif not down and not first and checks != self.dependencies:
+                log.info("node.recovered")
+            first = False
             self.dependencies = checks
             metrics.dependencies(checks)
             await asyncio.sleep(interval)
