@@ -33,6 +33,7 @@ from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.services import Services, Stores
 from corem_ingress.session_hub import SessionHub
+from corem_ingress.state_dir import KEK_PATH_FILE, REDIS_URL_FILE
 from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
 from corem_ingress.store.clients import RedisClients
@@ -45,12 +46,6 @@ from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
 
 log = structlog.get_logger("corem.app")
-
-REDIS_URL_FILE = "redis.url"
-#: In the state dir, next to REDIS_URL_FILE, only with the embedded (dev) Redis: the *path*
-#: of the PSK KEK file this broker uses (never the key), so that the CLI talking to this
-#: broker's Redis finds the same KEK (corem_ingress/cli.py).
-KEK_PATH_FILE = "psk-kek.path"
 
 
 def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:

@@ -24,6 +24,7 @@ from corem_ingress import config as config_mod
 from corem_ingress.core.errors import IngressError, InvalidArgument, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.psk import KeyRing, SealedPsk, generate_kek_line, parse_psk_hex
+from corem_ingress.state_dir import KEK_PATH_FILE, REDIS_URL_FILE
 
 PROG = "corem-ingress"
 EXIT_USAGE = 2
@@ -61,7 +62,7 @@ def _load_config(args: argparse.Namespace) -> config_mod.Config:
 def _redis_url(cfg: config_mod.Config) -> str:
     if cfg.redis.url:
         return cfg.redis.url
-    state = Path(cfg.state_dir) / "redis.url"
+    state = Path(cfg.state_dir) / REDIS_URL_FILE
     try:
         return state.read_text().strip()
     except OSError:
@@ -100,8 +101,6 @@ def _keyring(cfg: config_mod.Config) -> KeyRing | None:
     keyring = cfg.load_keyring()
     if keyring is not None or cfg.redis.url:
         return keyring
-    from corem_ingress.app import KEK_PATH_FILE
-
     state = Path(cfg.state_dir)
     try:
         kek_path = Path((state / KEK_PATH_FILE).read_text().strip())
@@ -137,7 +136,7 @@ def _read_pem(value: str) -> str:
 async def _with_registry(
     args: argparse.Namespace, op: Callable[[Any], Awaitable[object]]
 ) -> object:
-    from corem_ingress.app import redis_client
+    from corem_ingress.store.connection import redis_client
     from corem_ingress.store.keys import KeySchema
     from corem_ingress.store.registry import Registry
 
@@ -414,7 +413,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
-    from corem_ingress.app import redis_client
+    from corem_ingress.store.connection import redis_client
     from corem_ingress.store.keys import KeySchema
     from corem_ingress.store.uplinks import UplinkStore
 
@@ -491,7 +490,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``simulate=False`` leaves out the simulator's own options (importing the
+    simulator costs most of the CLI's start-up, and only ``simulate`` needs it)."""
     common = _Parser(add_help=False)
     common.add_argument("--config", help="YAML config file (or COREM_CONFIG)")
     p = _Parser(prog=PROG, description="CORE-M IoT ingress broker", parents=[common])
@@ -641,9 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_tail)
 
     sp = sub.add_parser("simulate", parents=[common], help="run a simulated device fleet")
-    from corem_ingress.sim.cli import add_arguments as add_sim_arguments
+    if simulate:
+        from corem_ingress.sim.cli import add_arguments as add_sim_arguments
 
-    add_sim_arguments(sp)
+        add_sim_arguments(sp)
     sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
@@ -660,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(simulate="simulate" in words)
     try:
         args = parser.parse_args(argv)
         return int(args.func(args))
