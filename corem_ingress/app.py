@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 from aiohttp import web
 
@@ -34,19 +33,20 @@ from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.services import Services, Stores
 from corem_ingress.session_hub import SessionHub
+from corem_ingress.state_dir import KEK_PATH_FILE, REDIS_URL_FILE
 from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
+from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.limits_sync import LimitsSync
+from corem_ingress.store.lookups import LookupBatcher
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
 from corem_ingress.trust_bootstrap import bootstrap_cas
 
 log = structlog.get_logger("corem.app")
-
-REDIS_URL_FILE = "redis.url"
 
 
 def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
@@ -82,6 +82,7 @@ class Node:
     ) -> None:
         self.config = config
         self.keyring = config.load_keyring(keyring_environ)
+        self._kek_file = config.kek_file(keyring_environ) if self.keyring is not None else None
         self.clock = clock
         self._factories = (
             listener_factories if listener_factories is not None else default_listener_factories()
@@ -93,8 +94,15 @@ class Node:
         self._health_runner: web.AppRunner | None = None
         self.health_port: int | None = None
         self.services: Services | None = None
-        #: The node's one Redis client (store objects and health checks use it).
+        #: The node's Redis clients, one pool per class of traffic (store/clients.py).
+        self.clients: RedisClients | None = None
+        #: The admin (registry) client: what tests and tools use to look at the data.
         self.redis: aioredis.Redis | None = None
+        #: The dependencies' last check ({"redis", "bus"}), refreshed every
+        #: health.check_interval_s: /readyz and corem_degraded report it.
+        self.dependencies: dict[str, bool] = {"redis": False, "bus": False}
+        #: Listeners started and not stopping: devices can be served by this node.
+        self.accepting = False
         self.keys = KeySchema(config.redis.key_prefix)
         self.bus: RevocationBus | None = None
         self.limits_sync: LimitsSync | None = None
@@ -116,15 +124,40 @@ class Node:
                 note="no redis.url configured: private redis-server, dev only, data not kept",
             )
             self._write_state(REDIS_URL_FILE, self.redis_url + "\n")
-        redis = redis_client(self.redis_url, socket_timeout=cfg.redis.socket_timeout_s)
-        self.redis = redis
+            if self._kek_file is not None:
+                self._write_state(KEK_PATH_FILE, str(self._kek_file.resolve()) + "\n")
+        timeout_s = cfg.redis.socket_timeout_s
+        clients = RedisClients.connect(
+            self.redis_url,
+            socket_timeout_s=timeout_s,
+            max_connections=cfg.redis.pool_max_connections,
+            admin_max_connections=cfg.redis.admin_pool_max_connections,
+            pool_wait_s=cfg.redis.pool_wait_s,
+            admin_pool_wait_s=cfg.redis.admin_pool_wait_s,
+        )
+        self.clients = clients
+        redis = self.redis = clients.admin
         keys = self.keys
         cache = ResolverCache(
             ttl=cfg.resolver.cache_ttl_s,
             negative_ttl=cfg.resolver.negative_ttl_s,
             max_entries=cfg.resolver.cache_max_entries,
         )
-        resolver = Resolver(redis, keys, cache, keyring=self.keyring, clock=self.clock)
+        resolver = Resolver(
+            redis,
+            keys,
+            cache,
+            keyring=self.keyring,
+            clock=self.clock,
+            # Fewer reads in flight than pooled connections: a lookup never waits for the pool.
+            lookups=LookupBatcher(
+                clients.lookups,
+                timeout_s=timeout_s,
+                max_in_flight=max(1, min(4, cfg.redis.pool_max_connections - 1)),
+            ),
+            timeout_s=timeout_s,
+            outage_grace_s=cfg.resolver.outage_grace_s,
+        )
         hub = SessionHub(resolver, clock=self.clock)
         metrics.track(resolver=resolver, hub=hub)
         registry = Registry(
@@ -139,11 +172,13 @@ class Node:
         self.services = Services(
             config=cfg,
             node_id=cfg.node_id,
-            stores=Stores(redis, keys),
+            stores=Stores(clients, keys, timeout_s=timeout_s),
             registry=registry,
             resolver=resolver,
             sessions=hub,
-            uplinks=UplinkStore(redis, keys),
+            uplinks=UplinkStore(
+                clients.uplinks_client or redis, keys, keyed=clients.uplinks, timeout_s=timeout_s
+            ),
             downlinks=DownlinkRouter(),
             downlink_publisher=DownlinkPublisher(redis, keys),
             clock=self.clock,
@@ -165,15 +200,17 @@ class Node:
                 trusted_proxies=TrustedProxies(cfg.proxy.trusted_cidrs),
             ),
         )
+        background = clients.background
         if cfg.lwm2m.enabled:
-            self._lwm2m_store = Lwm2mStore(redis, keys, grace_s=cfg.lwm2m.expiry_grace_s)
+            self._lwm2m_store = Lwm2mStore(background, keys, grace_s=cfg.lwm2m.expiry_grace_s)
         metrics.track(throttle=self.services.access.throttle)
         self.bus = RevocationBus(
-            redis,
+            background,
             keys.bus_channel,
             on_event=self._on_credential_event,
             on_resync=hub.resync,
             extra_channels={keys.downlink_channel: self.services.downlinks.on_message},
+            clock=self.clock,
         )
         self._spawn(self.bus.run(), "bus")
         self._spawn(hub.run_expiry_timer(), "expiry-timer")
@@ -182,7 +219,7 @@ class Node:
             limits.per_tenant_max_connections > 0 or self.services.access.throttle.enabled
         ):
             self.limits_sync = LimitsSync(
-                redis,
+                background,
                 keys,
                 cfg.node_id,
                 self.services.access.tenant_connections,
@@ -205,6 +242,8 @@ class Node:
                 # Operator requests for the LwM2M sessions this node holds (routed via Redis).
                 await lwm2m.request_server.start_position()
                 self._spawn(lwm2m.request_server.run(self._lwm2m_stop), "lwm2m-requests")
+        self.accepting = True
+        self._spawn(self._watch_dependencies(), "dependencies")
         if self.keyring is None:
             log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
         log.info("node.started", node=cfg.node_id, health_port=self.health_port)
@@ -250,7 +289,7 @@ class Node:
 
     async def _start_health(self) -> None:
         cfg = self.config.health
-        runner = web.AppRunner(health.build_app(self.ready_checks), access_log=None)
+        runner = web.AppRunner(health.build_app(self.health_report), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port)
         await site.start()
@@ -260,18 +299,48 @@ class Node:
         self.health_port = sockets[0].getsockname()[1] if sockets else cfg.port
 
     async def ready_checks(self) -> dict[str, bool]:
+        """The dependencies now: Redis answers a credential lookup (on a cluster: the
+        registry's slot) within the timeout, and the revocation bus is subscribed."""
         redis_ok = False
-        if self.redis is not None:
-            try:
-                redis_ok = bool(await self.redis.ping())
-            except (redis.exceptions.RedisError, OSError):
-                redis_ok = False
+        if self.services is not None:
+            redis_ok = await self.services.resolver.redis_answers()
         bus_ok = self.bus is not None and self.bus.subscribed.is_set()
         return {"redis": redis_ok, "bus": bus_ok}
+
+    def health_report(self) -> health.Report:
+        """Liveness is the process answering; readiness is this node serving devices (not
+        a shared dependency's state, unless health.readiness_requires_redis); "degraded"
+        says what devices get meanwhile (docs/operations.md)."""
+        deps = dict(self.dependencies)
+        reasons = [name for name, ok in deps.items() if not ok]
+        if self.services is not None and self.services.resolver.cache.fallbacks:
+            reasons.append("outage_grace")
+        ready = self.accepting and (
+            not self.config.health.readiness_requires_redis or all(deps.values())
+        )
+        return health.Report(
+            ready=ready, accepting=self.accepting, dependencies=deps, degraded=reasons
+        )
+
+    async def _watch_dependencies(self) -> None:
+        interval = self.config.health.check_interval_s
+        first = True
+        while True:
+            checks = await self.ready_checks()
+            down = sorted(k for k, ok in checks.items() if not ok)
+            if down and (first or checks != self.dependencies):
+                log.warning("node.degraded", down=down)
+            elif not down and not first and checks != self.dependencies:
+                log.info("node.recovered")
+            first = False
+            self.dependencies = checks
+            metrics.dependencies(checks)
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
         deadline = self.config.shutdown_deadline_s
         log.info("node.stopping", deadline_s=deadline)
+        self.accepting = False  # /readyz turns 503 at once: load balancers stop sending
         self._lwm2m_stop.set()
         started = time.monotonic()
         for listener in reversed(self.listeners):
@@ -302,12 +371,13 @@ class Node:
                 hub=self.services.sessions,
                 throttle=self.services.access.throttle,
             )
-        if self.redis is not None:
-            await self.redis.aclose()
+        if self.clients is not None:
+            await self.clients.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.close)
-            with contextlib.suppress(OSError):
-                (Path(self.config.state_dir) / REDIS_URL_FILE).unlink()
+            for name in (REDIS_URL_FILE, KEK_PATH_FILE):
+                with contextlib.suppress(OSError):
+                    (Path(self.config.state_dir) / name).unlink()
         log.info("node.stopped")
 
 

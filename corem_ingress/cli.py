@@ -23,7 +23,8 @@ import redis.exceptions as redis_exceptions
 from corem_ingress import config as config_mod
 from corem_ingress.core.errors import IngressError, InvalidArgument, Unavailable
 from corem_ingress.core.identity import CredentialKind
-from corem_ingress.core.psk import generate_kek_line, parse_psk_hex
+from corem_ingress.core.psk import KeyRing, SealedPsk, generate_kek_line, parse_psk_hex
+from corem_ingress.state_dir import KEK_PATH_FILE, REDIS_URL_FILE
 
 PROG = "corem-ingress"
 EXIT_USAGE = 2
@@ -61,7 +62,7 @@ def _load_config(args: argparse.Namespace) -> config_mod.Config:
 def _redis_url(cfg: config_mod.Config) -> str:
     if cfg.redis.url:
         return cfg.redis.url
-    state = Path(cfg.state_dir) / "redis.url"
+    state = Path(cfg.state_dir) / REDIS_URL_FILE
     try:
         return state.read_text().strip()
     except OSError:
@@ -70,6 +71,53 @@ def _redis_url(cfg: config_mod.Config) -> str:
             "'corem-ingress serve' with the embedded Redis first",
             EXIT_SERVER,
         ) from None
+
+
+class _DevKeyRing(KeyRing):
+    """The dev broker's KEK, found through the state dir: says so on stderr when first used."""
+
+    source = ""
+    _announced = False
+
+    def _announce(self) -> None:
+        if not self._announced:
+            self._announced = True
+            sys.stderr.write(f"{PROG}: note: using the PSK KEK file {self.source}\n")
+
+    def seal(self, tenant_id: str, identity: str, psk: bytes) -> SealedPsk:
+        self._announce()
+        return super().seal(tenant_id, identity, psk)
+
+    def open(self, tenant_id: str, identity: str, sealed: SealedPsk) -> bytes:
+        self._announce()
+        return super().open(tenant_id, identity, sealed)
+
+
+def _keyring(cfg: config_mod.Config) -> KeyRing | None:
+    """The configured KEK (COREM_PSK_KEK, COREM_PSK_KEK_FILE, credentials.psk_kek_file); else,
+    only when Redis comes from the state dir (a broker running on the embedded dev Redis),
+    the KEK file that broker was started with, as it recorded in the same state dir.
+    With a configured Redis (production) the KEK must be configured explicitly."""
+    keyring = cfg.load_keyring()
+    if keyring is not None or cfg.redis.url:
+        return keyring
+    state = Path(cfg.state_dir)
+    try:
+        kek_path = Path((state / KEK_PATH_FILE).read_text().strip())
+    except OSError:
+        return None  # that broker has no KEK file (or none runs): PSK commands will say so
+    source = f"{kek_path} (of the broker on the embedded Redis, found through {state}/)"
+    try:
+        text = kek_path.read_text()
+    except OSError as exc:
+        raise CliError(f"PSK KEK file {source}: cannot read: {exc.strerror}", EXIT_SERVER) from None
+    try:
+        ring = _DevKeyRing.parse(text)
+    except Exception as exc:  # messages never contain key material
+        raise CliError(f"PSK KEK file {source}: {exc}", EXIT_SERVER) from None
+    assert isinstance(ring, _DevKeyRing)
+    ring.source = source
+    return ring
 
 
 def _read_pem(value: str) -> str:
@@ -115,13 +163,14 @@ def _read_text(value: str, option: str) -> str:
 async def _with_registry(
     args: argparse.Namespace, op: Callable[[Any], Awaitable[object]]
 ) -> object:
-    from corem_ingress.app import redis_client
+    from corem_ingress.store.connection import redis_client
     from corem_ingress.store.keys import KeySchema
     from corem_ingress.store.registry import Registry
 
     cfg = _load_config(args)
-    keyring = cfg.load_keyring()
-    client = redis_client(_redis_url(cfg), socket_timeout=cfg.redis.socket_timeout_s)
+    url = _redis_url(cfg)
+    keyring = _keyring(cfg)
+    client = redis_client(url, socket_timeout=cfg.redis.socket_timeout_s)
     try:
         registry = Registry(
             client,
@@ -211,6 +260,19 @@ def _keys_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]
     async def op(reg: Any) -> object:
         issued = await reg.create_api_key(args.tenant, args.device, actor=_actor())
         return issued.to_json()
+
+    return op
+
+
+def _keys_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    """The device's API keys, active and past: the records the admin API lists in
+    ``GET /api/v1/devices/{device_id}`` (``credentials``), same fields."""
+
+    async def op(reg: Any) -> object:
+        creds = await reg.credentials(args.tenant, args.device)
+        now = time.time()
+        keys = [c.to_json(now) for c in creds if c.kind is CredentialKind.API_KEY]
+        return {"device_id": args.device, "keys": keys}
 
     return op
 
@@ -469,7 +531,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
-    from corem_ingress.app import redis_client
+    from corem_ingress.store.connection import redis_client
     from corem_ingress.store.keys import KeySchema
     from corem_ingress.store.uplinks import UplinkStore
 
@@ -549,7 +611,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``simulate=False`` leaves out the simulator's own options (importing the
+    simulator costs most of the CLI's start-up, and only ``simulate`` needs it)."""
     common = _Parser(add_help=False)
     common.add_argument("--config", help="YAML config file (or COREM_CONFIG)")
     p = _Parser(prog=PROG, description="CORE-M IoT ingress broker", parents=[common])
@@ -598,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     tenant(sp)
     sp.add_argument("--device", required=True)
     sp.set_defaults(func=_registry_command(_keys_create))
+    sp = keys.add_parser("list", parents=[common], help="the device's API keys (no secrets)")
+    tenant(sp)
+    sp.add_argument("--device", required=True)
+    sp.set_defaults(func=_registry_command(_keys_list))
     sp = keys.add_parser("rotate", parents=[common])
     tenant(sp)
     sp.add_argument("--key-id", required=True)
@@ -756,9 +824,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_tail)
 
     sp = sub.add_parser("simulate", parents=[common], help="run a simulated device fleet")
-    from corem_ingress.sim.cli import add_arguments as add_sim_arguments
+    if simulate:
+        from corem_ingress.sim.cli import add_arguments as add_sim_arguments
 
-    add_sim_arguments(sp)
+        add_sim_arguments(sp)
     sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
@@ -775,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(simulate="simulate" in words)
     try:
         args = parser.parse_args(argv)
         return int(args.func(args))

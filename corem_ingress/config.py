@@ -40,11 +40,23 @@ class RedisConfig:
     key_prefix: str = "corem"
     #: The redis-server binary used for the embedded Redis.
     embedded_binary: str = "redis-server"
-    #: Connect and command timeout; past it a lookup fails closed (UNAVAILABLE).
+    #: Connect and command timeout; past it a lookup fails closed (UNAVAILABLE). Also the
+    #: bound of every Redis wait on a device's request path (lookup, append): the device
+    #: gets its "try later" (503, CONNACK 3, 5.03) within it.
     socket_timeout_s: float = 2.0
     #: File holding the URL instead (one line; when the URL carries a password, keep it in a
     #: secret file rather than in this YAML or the environment). Replaces ``url`` when set.
     url_file: str = ""
+    #: Connections per pool. The node keeps one pool per class of traffic -- credential
+    #: lookups, uplink appends, background work (bus, limits, LwM2M) -- so that none starves
+    #: another; on a cluster, per master.
+    pool_max_connections: int = 32
+    #: Connections of the admin API's (registry) pool, kept apart from the device traffic.
+    admin_pool_max_connections: int = 16
+    #: How long a command waits for a free pooled connection before it fails as UNAVAILABLE.
+    pool_wait_s: float = 2.0
+    #: The same for the admin API's pool: operators' requests queue longer than devices'.
+    admin_pool_wait_s: float = 10.0
 
 
 @dataclass
@@ -55,6 +67,11 @@ class ResolverConfig:
     negative_ttl_s: float = 2.0
     #: LRU bound of the in-process cache.
     cache_max_entries: int = 200_000
+    #: Outage policy after a revocation-bus gap. 0: fail closed -- the cache is dropped and
+    #: only Redis vouches again. N > 0: credentials verified within N seconds before the gap
+    #: keep authenticating while Redis cannot be asked (Redis is tried first, always), and
+    #: everything is re-validated once it answers. See docs/reliability.md.
+    outage_grace_s: float = 0.0
 
 
 @dataclass
@@ -73,10 +90,18 @@ class CredentialsConfig:
 
 @dataclass
 class HealthConfig:
-    #: /healthz and /readyz (Redis reachable and bus subscribed) listen here.
+    #: /healthz (liveness), /readyz (readiness, with the "degraded" field) listen here.
     host: str = "127.0.0.1"
     #: Port of /healthz, /readyz (and /metrics).
     port: int = 9100
+    #: Seconds between the node's checks of its dependencies (Redis answers a credential
+    #: lookup within redis.socket_timeout_s, the bus is subscribed);
+    #: /readyz and the corem_degraded metric report the last result.
+    check_interval_s: float = 1.0
+    #: false (default): a shared Redis's outage makes every node *degraded*, not unready --
+    #: devices keep reaching a node and get 503/CONNACK 3/5.03 with a retry hint instead of
+    #: silence (docs/operations.md). true: /readyz also fails while Redis or the bus is down.
+    readiness_requires_redis: bool = False
 
 
 @dataclass
@@ -517,6 +542,24 @@ class Config:
             "must be non-empty, without braces",
         )
         _check(self.redis.socket_timeout_s > 0, "redis.socket_timeout_s", "must be > 0")
+        _check(
+            1 <= self.redis.pool_max_connections <= 10_000,
+            "redis.pool_max_connections",
+            "must be 1..10000",
+        )
+        _check(
+            1 <= self.redis.admin_pool_max_connections <= 10_000,
+            "redis.admin_pool_max_connections",
+            "must be 1..10000",
+        )
+        _check(self.redis.pool_wait_s > 0, "redis.pool_wait_s", "must be > 0")
+        _check(self.redis.admin_pool_wait_s > 0, "redis.admin_pool_wait_s", "must be > 0")
+        _check(self.resolver.outage_grace_s >= 0, "resolver.outage_grace_s", "must be >= 0")
+        _check(
+            0.05 <= self.health.check_interval_s <= 60,
+            "health.check_interval_s",
+            "must be 0.05..60",
+        )
         # Sections that know their own rules (adapters' settings) check them here too, so a
         # bad value stops the node at start, whether or not that listener is enabled.
         for f in dataclasses.fields(self):
@@ -539,6 +582,14 @@ class Config:
         )
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+
+    def kek_file(self, environ: Mapping[str, str] | None = None) -> Path | None:
+        """The file ``load_keyring`` reads the KEKs from (None: from COREM_PSK_KEK, or none)."""
+        env = os.environ if environ is None else environ
+        if env.get("COREM_PSK_KEK", ""):
+            return None
+        name = env.get("COREM_PSK_KEK_FILE", "") or self.credentials.psk_kek_file
+        return Path(name) if name else None
 
     def load_keyring(self, environ: Mapping[str, str] | None = None) -> psk.KeyRing | None:
         """The PSK KEK ring from COREM_PSK_KEK or the configured file; None if neither is set."""

@@ -29,6 +29,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -158,6 +159,24 @@ REDIS_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+OUTAGE_GRACE = Counter(
+    "corem_resolver_outage_grace",
+    "Authentications vouched for by the outage grace (Redis could not be asked), by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+DEGRADED = Gauge(
+    "corem_degraded",
+    "1 while this node serves in a degraded mode (a dependency down: see /readyz), else 0.",
+    registry=REGISTRY,
+)
+DEPENDENCY_UP = Gauge(
+    "corem_dependency_up",
+    "1 when the dependency answers (redis: PING within the timeout; bus: subscribed).",
+    ["dependency"],
+    registry=REGISTRY,
+)
+
 _ACTIONS = frozenset(
     {
         "devices.provision",
@@ -267,6 +286,17 @@ def bus_event(type_: str) -> None:
 
 def bus_resync() -> None:
     BUS_RESYNCS.inc()
+
+
+def outage_grace_used(kind: str) -> None:
+    OUTAGE_GRACE.labels(kind).inc()
+
+
+def dependencies(up: dict[str, bool]) -> None:
+    """The node's view of its dependencies (health watcher): per dependency and degraded."""
+    for name, ok in up.items():
+        DEPENDENCY_UP.labels(name).set(1 if ok else 0)
+    DEGRADED.set(0 if all(up.values()) else 1)
 
 
 # -- values read at scrape time ----------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The one shared credential resolver: API key, PSK identity or fingerprint -> DeviceIdentity.
 
 Adapters call nothing else to authenticate. Lookups go to the in-process cache
-first, then to Redis (one GET). The revocation bus keeps the cache current.
+first, then to Redis (batched into MGETs by ``store.lookups.LookupBatcher``; every wait
+bounded by ``redis.socket_timeout_s``). The revocation bus keeps the cache current.
 
 A certificate is more than its fingerprint: the chain the device presented must hold
 one of the resolved tenant's CAs (``core/trust.py``). The tenant's trust is cached
@@ -9,6 +10,12 @@ beside the credentials, so the DTLS handshake's synchronous callbacks can decide
 Fail closed: if Redis cannot be asked, only what the cache can still vouch for
 is accepted; everything else is refused (UNAVAILABLE, which adapters treat as
 "not authenticated").
+
+Outage policy after a bus gap (``resolver.outage_grace_s``, docs/reliability.md): with 0
+(the default) the cache is emptied and nothing is vouched for until Redis answers; with
+a grace period, credentials verified within that many seconds before the gap keep
+authenticating while Redis cannot be asked -- Redis is always tried first -- and the
+session hub re-validates everything once Redis answers.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.resolver_cache import CacheEntry, ResolverCache
 from corem_ingress.core.trust import PeerChain, TenantTrust
+from corem_ingress.store.connection import ClientCommands
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.lookups import LookupBatcher
 
 log = structlog.get_logger("corem.resolver")
 
@@ -50,12 +59,19 @@ class Resolver:
         *,
         keyring: psk.KeyRing | None,
         clock: Callable[[], float] = time.time,
+        lookups: LookupBatcher | None = None,
+        timeout_s: float = 2.0,
+        outage_grace_s: float = 0.0,
     ) -> None:
-        self._r = redis
         self._keys = keys
         self.cache = cache
         self._keyring = keyring
         self._clock = clock
+        #: Reads of lookup keys (the node passes one on its own pool; else on ``redis``).
+        self.lookups = lookups or LookupBatcher(ClientCommands(redis), timeout_s=timeout_s)
+        self.outage_grace_s = outage_grace_s
+        #: Bumped by every cache change from the bus: a lookup that overlapped one reads again.
+        self._epoch = 0
 
     # -- async path (fills the cache) ------------------------------------------------------
     async def resolve_api_key(self, raw: str) -> DeviceIdentity:
@@ -74,7 +90,9 @@ class Resolver:
         assert entry.identity is not None and entry.secret is not None
         return ResolvedPsk(entry.identity, entry.secret)
 
-    async def resolve_cert(self, fingerprint: str, *, chain: PeerChain | None) -> DeviceIdentity:
+    async def resolve_cert(
+        self, fingerprint: str, *, chain: PeerChain | None, fallback: bool = True
+    ) -> DeviceIdentity:
         """The certificate's device, if ``chain`` (as the listener verified it) ends in one of
         that tenant's CAs. ``chain=None`` checks the registration only and fills the cache
         (the DTLS path: its handshake callback checks the chain from the cache)."""
@@ -82,26 +100,42 @@ class Resolver:
             certs.check_fingerprint(fingerprint)
         except Exception:
             raise self._refuse(CredentialKind.X509, Cause.MALFORMED) from None
-        entry = await self._resolve(CredentialKind.X509, fingerprint)
+        entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
         assert entry.identity is not None
-        trust = await self._tenant_trust(entry.identity.tenant_id)
+        trust = await self._tenant_trust(entry.identity.tenant_id, fallback=fallback)
         if chain is not None:
             self._check_chain(entry, trust, chain)
         return entry.identity
 
     async def resolve_lookup(
-        self, kind: CredentialKind, lookup: str, *, chain: PeerChain | None = None
+        self,
+        kind: CredentialKind,
+        lookup: str,
+        *,
+        chain: PeerChain | None = None,
+        fallback: bool = True,
     ) -> DeviceIdentity:
         """By stored handle (key hash, PSK identity, fingerprint): to re-validate sessions.
 
         A certificate session passes the chain it authenticated with, so that a removed CA
-        (or a tenant no longer allowing self-signed devices) ends it.
+        (or a tenant no longer allowing self-signed devices) ends it. ``fallback=False`` (to
+        re-validate sessions): only Redis or a fresh cache entry may vouch, never the outage
+        grace.
         """
         if kind is CredentialKind.X509:
-            return await self.resolve_cert(lookup, chain=chain)
-        entry = await self._resolve(kind, lookup)
+            return await self.resolve_cert(lookup, chain=chain, fallback=fallback)
+        entry = await self._resolve(kind, lookup, fallback=fallback)
         assert entry.identity is not None
         return entry.identity
+
+    def fallback_vouches(self, kind: CredentialKind, lookup: str) -> bool:
+        """Whether the outage grace keeps this credential working while Redis is away."""
+        entry = self.cache.fallback(kind, lookup)
+        return (
+            entry is not None
+            and entry.identity is not None
+            and not entry.credential_expired(self._clock())
+        )
 
     def credential_expiry(self, kind: CredentialKind, lookup: str) -> float | None:
         """When a resolved credential stops working (API-key overlap), if the cache knows."""
@@ -153,6 +187,7 @@ class Resolver:
 
     # -- bus -------------------------------------------------------------------------------
     def apply_event(self, event: CredentialEvent) -> None:
+        self._epoch += 1
         if event.type is EventType.TRUST:
             self.cache.evict_trust(event.tenant_id)
         elif event.type is EventType.EXPIRES and event.expires_at is not None:
@@ -161,14 +196,35 @@ class Resolver:
             self.cache.evict(event.kind, event.lookup)
 
     def drop_cache(self) -> None:
+        self._epoch += 1
         self.cache.clear()
+
+    def begin_outage(self, gap_started_at: float) -> int:
+        """A bus gap: stop trusting the cache; keep fallbacks under the outage grace."""
+        self._epoch += 1
+        kept = self.cache.suspend(gap_started_at, self.outage_grace_s)
+        if self.outage_grace_s > 0:
+            log.warning("resolver.outage_grace", kept=kept, grace_s=self.outage_grace_s)
+        return kept
+
+    def end_outage(self) -> None:
+        self.cache.end_outage()
+
+    async def redis_answers(self) -> bool:
+        """Whether Redis answers a lookup now (a key that never exists, in the registry's
+        slot: on a cluster, the master that matters)."""
+        try:
+            await self.lookups.get(self._keys.lookup(CredentialKind.API_KEY, "-probe-"))
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            return False
+        return True
 
     # -- internals -------------------------------------------------------------------------
     def _check_chain(self, entry: CacheEntry, trust: TenantTrust, chain: PeerChain) -> None:
         if not trust.admits(chain, proven_self_signed=entry.proven_self_signed):
             raise self._refuse(CredentialKind.X509, Cause.FOREIGN_CA)
 
-    async def _tenant_trust(self, tenant_id: str) -> TenantTrust:
+    async def _tenant_trust(self, tenant_id: str, *, fallback: bool = True) -> TenantTrust:
         cached = self.cache.get_trust(tenant_id, self._clock())
         if cached is not None:
             return cached
@@ -176,35 +232,44 @@ class Resolver:
         cas_key = self._keys.tenant_cas(tenant_id)
         settings_key = self._keys.tenant_settings(tenant_id)
         try:
-            try:
-                cas = await self._r.zrange(cas_key, 0, -1)
-            except redis.exceptions.ConnectionError:  # once, as in _resolve
-                cas = await self._r.zrange(cas_key, 0, -1)
-            allow = await self._r.hget(settings_key, "allow_self_signed")
+            cas = await self.lookups.read(cas_key, "ZRANGE", cas_key, 0, -1)
+            allow = await self.lookups.read(settings_key, "HGET", settings_key, "allow_self_signed")
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             metrics.redis_error("resolver")
             log.warning("resolver.redis_unreachable", kind="trust", error=str(exc))
+            kept = self.cache.trust_fallback(tenant_id) if fallback else None
+            if kept is not None:
+                return kept
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None
         trust = TenantTrust(frozenset(str(fp) for fp in cas), allow == "1")
         self.cache.put_trust(tenant_id, trust, self._clock(), epoch=epoch)
         return trust
 
-    async def _resolve(self, kind: CredentialKind, lookup: str) -> CacheEntry:
+    async def _resolve(
+        self, kind: CredentialKind, lookup: str, *, fallback: bool = True
+    ) -> CacheEntry:
         cached = self._cached(kind, lookup)
         if cached is not None:
             return cached
         key = self._keys.lookup(kind, lookup)
         try:
-            try:
-                raw = await self._r.get(key)
-            except redis.exceptions.ConnectionError:
-                # A pooled connection that died with a Redis restart fails once; the read is
-                # idempotent, so one retry on a fresh connection tells "restarted" from "down".
-                raw = await self._r.get(key)
+            epoch = self._epoch
+            raw = await self.lookups.get(key)
+            if self._epoch != epoch:
+                # A bus event (a revocation?) arrived while the read was in flight; its answer
+                # may predate the event, and would be cached after it: read again.
+                raw = await self.lookups.get(key)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-            # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed.
+            # Unreachable, timed out, or a cluster that cannot serve the slot: fail closed,
+            # unless the outage grace vouches for a credential verified just before the gap.
             metrics.redis_error("resolver")
             log.warning("resolver.redis_unreachable", kind=kind.value, error=str(exc))
+            kept = self.cache.fallback(kind, lookup) if fallback else None
+            if kept is not None and kept.identity is not None:
+                if kept.credential_expired(self._clock()):
+                    raise self._refuse(kind, Cause.OVERLAP_ENDED, "outage grace") from None
+                metrics.outage_grace_used(kind.value)
+                return kept
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None
         now = self._clock()
         if raw is None:

@@ -15,6 +15,7 @@ from corem_ingress.config import Config
 from corem_ingress.core.access import AccessPolicy
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
+from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Handler, Lwm2mRequestServer, Lwm2mRouter, Lwm2mStore
@@ -24,14 +25,28 @@ from corem_ingress.store.uplinks import UplinkStore
 
 
 class Stores:
-    """Builds the store objects an adapter needs, on the node's one Redis client."""
+    """Builds the store objects an adapter needs, each on the node's pool for its class of
+    traffic (``store/clients.py``); request-path waits are bounded by ``timeout_s``."""
 
-    def __init__(self, redis: aioredis.Redis, keys: KeySchema) -> None:
-        self._redis = redis
+    def __init__(self, clients: RedisClients, keys: KeySchema, *, timeout_s: float) -> None:
+        self._clients = clients
+        self._redis: aioredis.Redis = clients.background
         self._keys = keys
+        self.timeout_s = timeout_s
 
     def uplink_batcher(self, on_batch_done: Callable[[], None] | None = None) -> UplinkBatcher:
-        return UplinkBatcher(self._redis, self._keys, on_batch_done=on_batch_done)
+        plain = self._clients.uplinks_client
+        if plain is not None:
+            return UplinkBatcher(
+                plain, self._keys, on_batch_done=on_batch_done, timeout_s=self.timeout_s
+            )
+        return UplinkBatcher(  # a cluster: per-stream lanes through the slot router
+            self._clients.admin,
+            self._keys,
+            on_batch_done=on_batch_done,
+            keyed=self._clients.uplinks,
+            timeout_s=self.timeout_s,
+        )
 
     def lwm2m_store(self, *, grace_s: int, clock: Callable[[], float]) -> Lwm2mStore:
         return Lwm2mStore(self._redis, self._keys, grace_s=grace_s, clock=clock)

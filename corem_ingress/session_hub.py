@@ -39,6 +39,11 @@ class SessionHub:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Observers of every order carried out (metrics, tests, the simulator's node).
         self.observers: list[Callable[[DisconnectOrder], None]] = []
+        self._revalidation: asyncio.Task[object] | None = None
+        #: After a gap, how many times (and how far apart) Redis is asked about a session
+        #: before it is disconnected -- unless the outage grace covers it.
+        self.revalidate_attempts = 20
+        self.revalidate_delay_s = 0.5
 
     def __len__(self) -> int:
         return len(self.registry)
@@ -92,32 +97,53 @@ class SessionHub:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def resync(self) -> None:
-        """After a bus gap: drop the cache, then re-validate every live session against Redis."""
-        self.resolver.drop_cache()
+    async def resync(self, gap_started_at: float | None = None) -> None:
+        """After a bus gap (it began at ``gap_started_at``, default now): stop trusting the
+        cache (the outage grace keeps its fallbacks), then re-validate every live session."""
+        previous, self._revalidation = self._revalidation, asyncio.current_task()
+        if previous is not None and not previous.done():
+            previous.cancel()  # a newer gap: start over
+        self.resolver.begin_outage(self._clock() if gap_started_at is None else gap_started_at)
         await self.revalidate()
 
-    async def _check(self, session: LiveSession) -> None:
+    async def _check(self, session: LiveSession, *, fallback: bool = True) -> None:
         await self.resolver.resolve_lookup(
-            session.identity.credential_kind, session.lookup, chain=session.chain
+            session.identity.credential_kind,
+            session.lookup,
+            chain=session.chain,
+            fallback=fallback,
         )
 
     async def revalidate(
         self,
         sessions: list[LiveSession] | None = None,
         *,
-        attempts: int = 20,
-        delay: float = 0.5,
+        attempts: int | None = None,
+        delay: float | None = None,
+        max_delay: float = 5.0,
     ) -> None:
-        """Check ``sessions`` (default: all) against Redis; disconnect those no longer valid."""
+        """Ask Redis about ``sessions``' credentials (default: every live session's);
+        disconnect those no longer valid.
+
+        Sessions Redis cannot vouch for within ``attempts`` are disconnected (fail closed),
+        except those the outage grace covers: they stay, and are asked about until Redis
+        answers. Ends the outage (drops the grace's fallbacks) once Redis has answered.
+        """
+        attempts = self.revalidate_attempts if attempts is None else attempts
+        delay = self.revalidate_delay_s if delay is None else delay
         pending = self.registry.sessions() if sessions is None else sessions
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
+            answered = await self.resolver.redis_answers()
             unreachable: list[LiveSession] = []
             for s in pending:
                 if s.session_id not in self.registry:
                     continue
+                if not answered:
+                    unreachable.append(s)
+                    continue
                 try:
-                    await self._check(s)
+                    await self._check(s, fallback=False)
                 except Unauthenticated as exc:
                     cause = (
                         Cause.TRUST_ANCHOR_REMOVED
@@ -127,17 +153,34 @@ class SessionHub:
                     self._execute(self.registry.revoke_sessions([s.session_id], cause))
                 except Unavailable:
                     unreachable.append(s)
-            if not unreachable:
+            if answered and not unreachable:
+                self.resolver.end_outage()
                 return
+            attempt += 1
+            if attempt >= attempts:
+                # Could not reach Redis to vouch for them: fail closed, unless the grace does.
+                covered = [
+                    s
+                    for s in unreachable
+                    if self.resolver.fallback_vouches(s.identity.credential_kind, s.lookup)
+                ]
+                self._execute(
+                    self.registry.revoke_sessions(
+                        [s.session_id for s in unreachable if s not in covered],
+                        Cause.COULD_NOT_REVALIDATE,
+                    )
+                )
+                unreachable = covered
+            if not unreachable and not self.resolver.cache.fallbacks:
+                return  # nothing left to vouch for, and no grace in use
             pending = unreachable
-            log.warning("sessions.revalidate_retry", remaining=len(pending), attempt=attempt + 1)
-            await asyncio.sleep(delay)
-        # Could not reach Redis to vouch for them: fail closed.
-        self._execute(
-            self.registry.revoke_sessions(
-                [s.session_id for s in pending], Cause.COULD_NOT_REVALIDATE
+            log.warning(
+                "sessions.revalidate_retry",
+                remaining=len(pending),
+                attempt=attempt,
+                redis=answered,
             )
-        )
+            await asyncio.sleep(delay if attempt < attempts else max(delay, max_delay))
 
     async def run_expiry_timer(self) -> None:
         """Disconnects sessions whose API key reached the end of its rotation overlap."""

@@ -53,6 +53,15 @@ def redis_sentinel():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def durable_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, AOF with fsync on every write: what a production
+    Redis for uplinks runs; a test may kill and restart it (same port, same data)."""
+    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis"), persist=True).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 

@@ -4,10 +4,17 @@ and each tenant's trust (its CA fingerprints and self-signed setting).
 Pure: the clock is an argument. The bus keeps it current (evict on revoke,
 expiry on rotate, a tenant's trust on a trust event, drop-all after a reconnect);
 TTLs bound staleness if an event is ever missed.
+
+Outage grace (``resolver.outage_grace_s``): after a bus gap the cache cannot be trusted
+(revocations may have been missed) and is emptied. With a grace period, the positive
+entries verified within that many seconds before the gap began are kept aside as
+*fallbacks*: never answered from directly, only when Redis cannot be asked (the resolver
+tries Redis first, every time), until the outage ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -25,6 +32,8 @@ class CacheEntry:
     secret: bytes | None = None
     #: When the credential itself stops working (end of an API-key overlap window).
     credential_expires_at: float | None = None
+    #: When Redis last said so (the time of the lookup that made this entry).
+    verified_at: float = 0.0
     #: X.509: registered as a self-signed certificate with proof of possession of its key.
     proven_self_signed: bool = False
 
@@ -43,10 +52,14 @@ class ResolverCache:
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        #: Positive entries kept through a bus gap under the outage grace (see above).
+        self._fallbacks: dict[CacheKey, CacheEntry] = {}
         #: tenant -> (trust, fresh until)
         self._trust: OrderedDict[str, tuple[TenantTrust, float]] = OrderedDict()
         #: Bumped whenever trust is dropped: a read that started before may not be stored.
         self.trust_epoch = 0
+        #: Tenants' trust kept through a bus gap under the outage grace (like ``_fallbacks``).
+        self._trust_fallbacks: dict[str, TenantTrust] = {}
         self.hits = 0
         self.misses = 0
 
@@ -80,28 +93,31 @@ class ResolverCache:
         proven_self_signed: bool = False,
     ) -> CacheEntry:
         entry = CacheEntry(
-            identity, now + self.ttl, secret, credential_expires_at, proven_self_signed
+            identity,
+            now + self.ttl,
+            secret,
+            credential_expires_at,
+            verified_at=now,
+            proven_self_signed=proven_self_signed,
         )
         self._store((kind, lookup), entry)
+        self._fallbacks.pop((kind, lookup), None)  # Redis answered: the fallback is spent
         return entry
 
     def put_negative(self, kind: CredentialKind, lookup: str, now: float) -> None:
+        self._fallbacks.pop((kind, lookup), None)
         if self.negative_ttl > 0:
-            self._store((kind, lookup), CacheEntry(None, now + self.negative_ttl))
+            self._store((kind, lookup), CacheEntry(None, now + self.negative_ttl, verified_at=now))
 
     def evict(self, kind: CredentialKind, lookup: str) -> None:
         self._entries.pop((kind, lookup), None)
+        self._fallbacks.pop((kind, lookup), None)
 
     def set_credential_expiry(self, kind: CredentialKind, lookup: str, expires_at: float) -> None:
-        entry = self._entries.get((kind, lookup))
-        if entry is not None and entry.identity is not None:
-            self._entries[(kind, lookup)] = CacheEntry(
-                entry.identity,
-                entry.fresh_until,
-                entry.secret,
-                expires_at,
-                entry.proven_self_signed,
-            )
+        for table in (self._entries, self._fallbacks):
+            entry = table.get((kind, lookup))
+            if entry is not None and entry.identity is not None:
+                table[(kind, lookup)] = dataclasses.replace(entry, credential_expires_at=expires_at)
 
     # -- tenant trust ------------------------------------------------------------------------
     def get_trust(self, tenant_id: str, now: float) -> TenantTrust | None:
@@ -129,11 +145,53 @@ class ResolverCache:
     def evict_trust(self, tenant_id: str) -> None:
         self.trust_epoch += 1
         self._trust.pop(tenant_id, None)
+        self._trust_fallbacks.pop(tenant_id, None)
+
+    def trust_fallback(self, tenant_id: str) -> TenantTrust | None:
+        """The tenant's trust kept through the gap, only while Redis cannot be asked."""
+        return self._trust_fallbacks.get(tenant_id)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._fallbacks.clear()
         self.trust_epoch += 1
         self._trust.clear()
+        self._trust_fallbacks.clear()
+
+    # -- outage grace ----------------------------------------------------------------------------
+    def suspend(self, gap_started_at: float, grace_s: float) -> int:
+        """A bus gap: nothing is answered from the cache any more. Positive entries verified
+        at or after ``gap_started_at - grace_s`` become fallbacks (none when ``grace_s`` is 0);
+        returns how many."""
+        if grace_s > 0:
+            since = gap_started_at - grace_s
+            for key, entry in self._entries.items():
+                if entry.identity is not None and entry.verified_at >= since:
+                    self._fallbacks[key] = entry
+            if len(self._fallbacks) > self.max_entries:  # gaps in a row: keep the newest
+                newest = sorted(self._fallbacks.items(), key=lambda kv: kv[1].verified_at)
+                self._fallbacks = dict(newest[-self.max_entries :])
+            # A tenant's trust was read within the TTL before the gap: kept with the entries.
+            for tenant_id, (trust, fresh_until) in self._trust.items():
+                if fresh_until - self.ttl >= since:
+                    self._trust_fallbacks[tenant_id] = trust
+        self._entries.clear()
+        self.trust_epoch += 1
+        self._trust.clear()
+        return len(self._fallbacks)
+
+    def fallback(self, kind: CredentialKind, lookup: str) -> CacheEntry | None:
+        """The entry kept through the gap, for use only while Redis cannot be asked."""
+        return self._fallbacks.get((kind, lookup))
+
+    def end_outage(self) -> None:
+        """Redis answers again and the live sessions are re-validated: no more fallbacks."""
+        self._fallbacks.clear()
+        self._trust_fallbacks.clear()
+
+    @property
+    def fallbacks(self) -> int:
+        return len(self._fallbacks)
 
     def hit_ratio(self) -> float:
         total = self.hits + self.misses

@@ -1,14 +1,16 @@
 """The revocation bus: one Redis pub/sub subscription per node, kept alive.
 
 Redis pub/sub drops messages while a subscriber is disconnected, so every
-(re)subscription after the first triggers ``on_resync``: the node drops its
-cache and re-validates its live sessions.
+(re)subscription after the first triggers ``on_resync(gap_started_at)``: the node stops
+trusting its cache and re-validates its live sessions. The gap began when the
+subscription was last known alive (its last message or idle poll).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,10 +32,11 @@ class RevocationBus:
         channel: str,
         *,
         on_event: Callable[[CredentialEvent], None],
-        on_resync: Callable[[], Awaitable[None]],
+        on_resync: Callable[[float], Awaitable[None]],
         extra_channels: dict[str, Callable[[bytes | str], None]] | None = None,
         retry_delay: float = 0.2,
         max_retry_delay: float = 2.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._r = redis
         #: A fresh pub/sub per (re)subscription (on a cluster: through one node, the next
@@ -51,6 +54,9 @@ class RevocationBus:
         self.events_received = 0
         self._closing = False
         self.resync_task: asyncio.Future[None] | None = None
+        self._clock = clock
+        #: When the subscription was last known to be alive (a gap began after it).
+        self.alive_at = clock()
 
     def close(self) -> None:
         """Stop reconnecting (redis-py may turn a cancellation into a connection error)."""
@@ -70,7 +76,7 @@ class RevocationBus:
                 if first:
                     log.info("bus.subscribed", channel=self.channel)
                 else:
-                    self._resync("bus.resubscribed")
+                    self._resync("bus.resubscribed", self.alive_at)
                 first = False
                 confirmed = False
                 # Idle connections are checked by the client's health_check_interval (PING).
@@ -78,12 +84,16 @@ class RevocationBus:
                 # close() sets a flag that this loop sees within a second.
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
+                    # Each return (a message, or an idle second on a healthy connection)
+                    # proves the subscription was alive until now.
+                    gap_from = self.alive_at
+                    self.alive_at = self._clock()
                     if message is None:
                         continue
                     channel = message.get("channel")
                     if message.get("type") == "subscribe" and channel == self.channel:
                         if confirmed:  # re-subscribed after a silent reconnect: a gap
-                            self._resync("bus.reconnected")
+                            self._resync("bus.reconnected", gap_from)
                         confirmed = True
                         continue
                     if message.get("type") != "message":
@@ -108,12 +118,12 @@ class RevocationBus:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_retry_delay)
 
-    def _resync(self, why: str) -> None:
+    def _resync(self, why: str, gap_started_at: float) -> None:
         self.resyncs += 1
         metrics.bus_resync()
-        log.warning(why, channel=self.channel)
+        log.warning(why, channel=self.channel, gap_s=round(self._clock() - gap_started_at, 3))
         # In its own task: events keep flowing while sessions are re-validated.
-        self.resync_task = asyncio.ensure_future(self._on_resync())
+        self.resync_task = asyncio.ensure_future(self._on_resync(gap_started_at))
 
     def _dispatch(self, data: bytes | str) -> None:
         try:

@@ -12,23 +12,31 @@ Cluster: commands are routed by key slot. Every registry key carries the hash ta
 ``{prefix}`` and every Lua script declares all its keys, so each script runs on one
 node. Pub/sub is not routed by slot: a classic PUBLISH in a cluster reaches every
 node, so the revocation bus subscribes through a plain connection to any one node
-(``pubsub_factory``), moving to the next known node each time it reconnects.
+(``pubsub_factory``), moving to the next known node each time it reconnects. The
+request path (credential lookups, uplink appends) does not use redis-py's cluster
+client at all: see ``store/slot_router.py`` (``keyed_commands``).
+
+Pools: every client has a bounded *blocking* pool: past ``max_connections`` a command waits
+up to ``pool_wait_s`` for a free connection, then fails as unavailable (redis-py's default
+pool raises "Too many connections" at once, which turned a burst into 503s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 #: Errors that mean "Redis cannot serve this now" (fail closed, try later), cluster ones included:
@@ -117,21 +125,83 @@ def check_url(url: str) -> None:
     parse_url(url)
 
 
-def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """One client's connection settings: timeouts and its bounded blocking pool."""
+
+    #: Connect and command timeout (seconds).
+    socket_timeout: float = 2.0
+    #: Connections at most (per node, on a cluster).
+    max_connections: int = 50
+    #: How long a command waits for a free connection before it fails as unavailable.
+    wait_s: float = 2.0
+    #: Send a command again, once, after a connection error: a pooled connection that a
+    #: Redis restart closed fails on first use (redis-py's check at checkout does not see
+    #: it). Only where a repeat is harmless (reads, idempotent writes); never for appends.
+    retry_connection_error: bool = False
+
+    def __post_init__(self) -> None:
+        if self.socket_timeout <= 0 or self.max_connections < 1 or self.wait_s <= 0:
+            raise ValueError("socket_timeout > 0, max_connections >= 1 and wait_s > 0")
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master discovery with a blocking pool (redis-py has only the raising one)."""
+
+
+class KeyedCommands(Protocol):
+    """Commands whose keys all hash to the slot of ``key`` (one key, or one hash tag)."""
+
+    async def execute(self, key: str, *args: Any) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ClientCommands:
+    """KeyedCommands on a plain or Sentinel client: one server holds every key."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def execute(self, key: str, *args: Any) -> Any:
+        client: Any = self.client
+        return await client.execute_command(*args)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def redis_client(
+    url: str, *, socket_timeout: float = 2.0, pool: PoolSettings | None = None
+) -> aioredis.Redis:
     """A client for ``url`` with str replies; for a cluster, a RedisCluster.
 
     RedisCluster offers the same command methods as Redis (not a subclass): it is returned
     typed as ``aioredis.Redis`` so that callers need not care which one they hold.
+    ``pool`` (default: ``socket_timeout`` and 50 connections) bounds the client's pool.
     """
     target = parse_url(url)
+    pool = pool or PoolSettings(socket_timeout=socket_timeout, wait_s=socket_timeout)
+    socket_timeout = pool.socket_timeout
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
         "health_check_interval": 5,
     }
+    if pool.retry_connection_error:
+        common["retry"] = Retry(
+            NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
+        )
     if target.scheme in PLAIN:
-        return aioredis.Redis.from_url(url, retry_on_timeout=False, **common)
+        blocking = BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool.max_connections,
+            timeout=pool.wait_s,
+            retry_on_timeout=False,
+            **common,
+        )
+        return aioredis.Redis.from_pool(blocking)
     if target.scheme == SENTINEL:
         sentinel_kwargs: dict[str, Any] = {
             "socket_timeout": socket_timeout,
@@ -149,16 +219,56 @@ def redis_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
             username=target.username,
             password=target.password,
             retry_on_timeout=False,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=pool.max_connections,
+            timeout=pool.wait_s,
             **common,
         )
         return master
-    cluster = RedisCluster(
+    cluster = _GatedCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
         username=target.username,
         password=target.password,
+        max_connections=pool.max_connections,
+        gate_wait_s=pool.wait_s,
         **common,
     )
     return cast(aioredis.Redis, cluster)
+
+
+class _GatedCluster(RedisCluster):
+    """A RedisCluster whose commands wait (bounded) for a turn instead of failing.
+
+    redis-py's cluster nodes raise MaxConnectionsError at once past ``max_connections``; at
+    most that many commands run at a time here, so no node's pool is ever exceeded, and a
+    command that cannot get a turn within ``gate_wait_s`` fails as unavailable.
+    """
+
+    def __init__(self, *args: Any, gate_wait_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = asyncio.Semaphore(int(kwargs["max_connections"]))
+        self._gate_wait_s = gate_wait_s
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._gate_wait_s):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise redis.exceptions.ConnectionError("No connection available.") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._gate.release()
+
+
+def keyed_commands(url: str, pool: PoolSettings) -> KeyedCommands:
+    """The request path's client: a plain/Sentinel client, or a per-node slot router."""
+    target = parse_url(url)
+    if target.scheme != CLUSTER:
+        return ClientCommands(redis_client(url, pool=pool))
+    from corem_ingress.store.slot_router import SlotRouter
+
+    return SlotRouter(target.hosts, pool=pool, username=target.username, password=target.password)
 
 
 def is_cluster(client: object) -> bool:

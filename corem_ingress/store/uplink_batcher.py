@@ -10,6 +10,12 @@ are all reported failed (no PUBACK), so the client re-sends: at least once, neve
 Each item's callback runs after its batch: with ``None`` once Redis has taken it (then,
 and only then, the PUBACK goes out), or with an :class:`Unavailable` error. Items are
 appended in submission order, so a connection's PUBACKs keep the order of its PUBLISHes.
+Every batch is bounded by ``timeout_s`` (the node's ``redis.socket_timeout_s``).
+
+On a Redis Cluster each tenant's stream has its own lane (a queue and at most one EVAL in
+flight), sent through the request path's slot router (``store/slot_router.py``): a master
+that is down or failing over holds up only the streams in its slots, never another
+tenant's lane.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import structlog
 
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.uplink import Uplink
-from corem_ingress.store.connection import is_cluster
+from corem_ingress.store.connection import ClientCommands, KeyedCommands, is_cluster
 from corem_ingress.store.keys import KeySchema
 
 log = structlog.get_logger("corem.uplinks")
@@ -42,6 +48,8 @@ class UplinkBatcher:
         *,
         max_batch: int = 512,
         on_batch_done: Callable[[], None] | None = None,
+        keyed: KeyedCommands | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
         self._r = redis
         self._keys = keys
@@ -50,23 +58,59 @@ class UplinkBatcher:
         self._task: asyncio.Task[None] | None = None
         self._on_batch_done = on_batch_done
         self._conn: Any = None
-        #: A cluster client routes by slot: one EVAL per stream through the client itself.
-        self._cluster = is_cluster(redis)
+        self._timeout_s = timeout_s
+        #: On a cluster: one lane per stream, each EVAL routed to its slot's master.
+        self._cluster = is_cluster(redis) or keyed is not None
+        self._keyed: KeyedCommands = keyed or ClientCommands(redis)
+        self._lanes: dict[str, deque[tuple[Uplink, Done]]] = {}
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self.batches = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + sum(len(lane) for lane in self._lanes.values())
 
     def submit(self, uplink: Uplink, done: Done) -> None:
+        if self._cluster:
+            key = self._keys.uplink_stream(uplink.tenant_id)
+            self._lanes.setdefault(key, deque()).append((uplink, done))
+            if key not in self._lane_tasks:
+                self._lane_tasks[key] = asyncio.get_running_loop().create_task(self._lane(key))
+            return
         self._queue.append((uplink, done))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def drain(self, within: float) -> None:
         """Wait (bounded) until everything submitted has been written or has failed."""
-        task = self._task
-        if task is not None:
-            await asyncio.wait([task], timeout=within)
+        tasks = [t for t in (self._task, *self._lane_tasks.values()) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
+
+    async def _lane(self, key: str) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                batch = [lane.popleft() for _ in range(min(len(lane), self._max_batch))]
+                error: Exception | None = None
+                try:
+                    async with asyncio.timeout(self._timeout_s):
+                        await self._keyed.execute(
+                            key, "EVAL", _APPEND_SCRIPT, 1, key, *append_args([u for u, _ in batch])
+                        )
+                except TimeoutError:
+                    error = redis.exceptions.TimeoutError(f"no answer within {self._timeout_s}s")
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    error = exc
+                if error is not None:
+                    log.warning("uplinks.batch_failed", size=len(batch), error=str(error))
+                self._finish(batch, [error] * len(batch))
+                self.batches += 1
+                if self._on_batch_done is not None:
+                    self._on_batch_done()
+        finally:
+            del self._lane_tasks[key]
+            if not lane:
+                del self._lanes[key]
 
     async def _run(self) -> None:
         try:
@@ -85,16 +129,19 @@ class UplinkBatcher:
         for i, (uplink, _done) in enumerate(batch):
             groups.setdefault(self._keys.uplink_stream(uplink.tenant_id), []).append(i)
         errors: list[Exception | None] = [None] * len(batch)
+        replies: list[object]
         try:
-            if self._cluster:
-                replies = await self._execute_on_cluster(batch, groups)
-            else:
+            async with asyncio.timeout(self._timeout_s):
                 replies = await self._execute(
                     b"".join(
                         pack_append(key, [batch[i][0] for i in idx]) for key, idx in groups.items()
                     ),
                     len(groups),
                 )
+        except TimeoutError:
+            exc: Exception = redis.exceptions.TimeoutError(f"no answer within {self._timeout_s}s")
+            log.warning("uplinks.batch_failed", size=len(batch), error=str(exc))
+            replies = [exc] * len(groups)
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("uplinks.batch_failed", size=len(batch), error=str(exc))
             replies = [exc] * len(groups)
@@ -102,6 +149,10 @@ class UplinkBatcher:
             if isinstance(reply, Exception):
                 for i in idx:
                     errors[i] = reply
+        self._finish(batch, errors)
+
+    @staticmethod
+    def _finish(batch: list[tuple[Uplink, Done]], errors: list[Exception | None]) -> None:
         for (_uplink, done), err in zip(batch, errors, strict=True):
             error = None
             if err is not None:
@@ -110,22 +161,6 @@ class UplinkBatcher:
                 done(error)
             except Exception:
                 log.exception("uplinks.callback_failed")
-
-    async def _execute_on_cluster(
-        self, batch: list[tuple[Uplink, Done]], groups: dict[str, list[int]]
-    ) -> list[object]:
-        replies: list[object] = []
-        client: Any = self._r
-        for key, idx in groups.items():
-            try:
-                replies.append(
-                    await client.execute_command(
-                        "EVAL", _APPEND_SCRIPT, 1, key, *append_args([batch[i][0] for i in idx])
-                    )
-                )
-            except redis.exceptions.RedisError as exc:
-                replies.append(exc)
-        return replies
 
     async def _execute(self, packed: bytes, count: int) -> list[object]:
         """Send pre-packed commands on the batcher's own connection; one reply (or error) each.
@@ -154,7 +189,7 @@ class UplinkBatcher:
 
     async def close(self) -> None:
         """Hand the kept connection back to the pool."""
-        if self._conn is not None and not self._cluster:
+        if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._r.connection_pool.release(conn)
 

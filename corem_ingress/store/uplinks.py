@@ -1,7 +1,12 @@
-"""Uplink streams: one Redis Stream per tenant. A device is acknowledged only after append."""
+"""Uplink streams: one Redis Stream per tenant. A device is acknowledged only after append.
+
+``append`` is on the request path: it goes through the node's request-path client
+(``keyed``: on a cluster, the per-node slot router) and waits at most ``timeout_s``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,27 +17,40 @@ import redis.exceptions
 from corem_ingress import metrics
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.uplink import Uplink
+from corem_ingress.store.connection import ClientCommands, KeyedCommands
 from corem_ingress.store.keys import KeySchema
 
 
 class UplinkStore:
     def __init__(
-        self, redis: aioredis.Redis, keys: KeySchema, *, maxlen: int | None = None
+        self,
+        redis: aioredis.Redis,
+        keys: KeySchema,
+        *,
+        maxlen: int | None = None,
+        keyed: KeyedCommands | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
         self._r: Any = redis  # decode_responses=True: replies are str
         self._keys = keys
         self._maxlen = maxlen
+        self._keyed: KeyedCommands = keyed or ClientCommands(redis)
+        self._timeout_s = timeout_s
 
     async def append(self, uplink: Uplink) -> str:
         """Append; returns the stream entry id. Raises Unavailable if Redis did not take it."""
         started = time.perf_counter()
+        stream = self._keys.uplink_stream(uplink.tenant_id)
+        trim = ["MAXLEN", "~", str(self._maxlen)] if self._maxlen is not None else []
+        fields = [part for item in uplink.to_fields().items() for part in item]
         try:
-            entry_id = await self._r.xadd(
-                self._keys.uplink_stream(uplink.tenant_id),
-                uplink.to_fields(),
-                maxlen=self._maxlen,
-                approximate=True,
-            )
+            async with asyncio.timeout(self._timeout_s):
+                entry_id = await self._keyed.execute(stream, "XADD", stream, *trim, "*", *fields)
+        except TimeoutError:
+            metrics.uplink_failed(uplink.transport.value)
+            raise Unavailable(
+                "uplink storage is unavailable", reason=f"no answer within {self._timeout_s}s"
+            ) from None
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             metrics.uplink_failed(uplink.transport.value)
             raise Unavailable("uplink storage is unavailable", reason=str(exc)) from None

@@ -309,6 +309,16 @@ def test_probes_on_the_health_port() -> None:
     assert grace > config.Config().shutdown_deadline_s
 
 
+def test_readiness_reacts_fast_and_does_not_follow_the_shared_redis(tmp_path: Path) -> None:
+    """/readyz flips at once on shutdown and never waits for Redis: a short probe notices a
+    draining pod within seconds; readiness is not tied to Redis by the shipped config."""
+    ready = container()["readinessProbe"]
+    cfg = configmap_config(tmp_path)
+    assert ready["periodSeconds"] * ready["failureThreshold"] <= 3
+    assert ready["timeoutSeconds"] < cfg.redis.socket_timeout_s
+    assert cfg.health.readiness_requires_redis is False
+
+
 def test_env_and_secret_files_are_mounted(tmp_path: Path) -> None:
     c = container()
     env = {e["name"]: e for e in c["env"]}

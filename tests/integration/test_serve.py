@@ -29,7 +29,7 @@ def _wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> 
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         try:
             status, body = _get(f"http://127.0.0.1:{port}/readyz")
-            if status == 200:
+            if status == 200 and not body["degraded"]:
                 return body
         except OSError:
             pass
@@ -134,18 +134,57 @@ def test_serve_uses_configured_redis(tmp_path: Path, redis_url: str, kek_env: st
             proc.wait()
 
 
-def test_readyz_reports_unreachable_redis(tmp_path: Path, kek_env: str) -> None:
+def _readyz_when_checked(port: int, proc: subprocess.Popen[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """/readyz once the node has checked its dependencies (the first check at start)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            if "redis" in body.get("degraded_reasons", {}):
+                return status, body
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+
+
+def test_readyz_reports_unreachable_redis_as_degraded_not_unready(
+    tmp_path: Path, kek_env: str
+) -> None:
+    """A shared Redis down: every node would fail readiness together and the load balancer
+    would leave devices with silence; the node stays ready and says it is degraded."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
     proc, port = _serve({"COREM_REDIS_URL": dead, "COREM_REDIS_SOCKET_TIMEOUT_S": "0.3"}, tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                status, body = _get(f"http://127.0.0.1:{port}/readyz")
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        status, body = _readyz_when_checked(port, proc)
+        assert status == 200 and body["status"] == "ready" and body["degraded"] is True
+        assert body["checks"] == {"redis": False, "bus": False}
+        assert set(body["degraded_reasons"]) == {"redis", "bus"}
+        assert "503" in body["degraded_reasons"]["redis"]  # says what devices get
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        assert "corem_degraded 1.0" in text
+        assert 'corem_dependency_up{dependency="redis"} 0.0' in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_readyz_can_require_redis(tmp_path: Path, kek_env: str) -> None:
+    """health.readiness_requires_redis: the former behaviour, for who wants it."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    env = {
+        "COREM_REDIS_URL": dead,
+        "COREM_REDIS_SOCKET_TIMEOUT_S": "0.3",
+        "COREM_HEALTH_READINESS_REQUIRES_REDIS": "true",
+    }
+    proc, port = _serve(env, tmp_path)
+    try:
+        status, body = _readyz_when_checked(port, proc)
         assert status == 503 and body["checks"] == {"redis": False, "bus": False}
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         proc.send_signal(signal.SIGTERM)

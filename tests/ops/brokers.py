@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -53,7 +54,8 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 async def brokers(
     redis_url: str, redis: aioredis.Redis, pki: dict[str, Path], tmp_path: Path
 ) -> AsyncIterator[Callable[..., Broker]]:
-    """Factory of ``corem-ingress serve`` processes with only MQTT (and health) enabled."""
+    """Factory of ``corem-ingress serve`` processes: MQTT (and health) enabled; CoAP with
+    ``coap=True``; HTTP only (no MQTT) with ``http=True``; ``env`` adds COREM_... settings."""
     started: list[Broker] = []
 
     def start(
@@ -121,15 +123,17 @@ async def brokers(
 
 async def wait_ready(b: Broker, timeout: float = 30) -> None:
     def ready() -> bool:
+        """Serving, and its dependencies checked healthy (readiness alone ignores Redis)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{b.health_port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
+            return bool(r.status == 200 and not json.loads(r.read())["degraded"])
 
     async with asyncio.timeout(timeout):
         while True:
             assert b.proc.poll() is None, b.log.read_text()[-2000:]
             with contextlib.suppress(OSError):
                 if await asyncio.to_thread(ready):
-                    with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=1):
+                    port = b.http_port if b.http_port is not None else b.mqtt_port
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
                         return
             await asyncio.sleep(0.1)
 

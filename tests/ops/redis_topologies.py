@@ -18,10 +18,22 @@ from corem_ingress.embedded_redis import free_port
 
 
 class RedisProc:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(
+        self, port: int, proc: subprocess.Popen[bytes], log: Path, args: list[str] | None = None
+    ) -> None:
         self.port = port
         self.proc = proc
         self.log = log
+        self.args = args or []
+
+    def restart(self) -> None:
+        """Start it again with the same arguments (port, files) after it was stopped."""
+        assert self.proc.poll() is not None, "still running"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        _wait(lambda: _command(self.port, "PING").startswith(b"+PONG"), 10, "PING after restart")
 
     @property
     def pid(self) -> int:
@@ -69,7 +81,7 @@ class _Topology:
             proc = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        rp = RedisProc(port, proc, log)
+        rp = RedisProc(port, proc, log, args)
         self.procs.append(rp)
 
         def ready() -> bool:
@@ -165,16 +177,26 @@ class RedisClusterProcs(_Topology):
 
 
 class RedisSentinelProcs(_Topology):
-    """One master (and ``replicas`` replicas) watched by one sentinel (quorum 1), service
-    name ``corem``."""
+    """One master (and ``replicas`` replicas) watched by ``sentinels`` sentinels (quorum
+    ``quorum``; default one sentinel, quorum 1), service name ``corem``."""
 
     service = "corem"
 
-    def __init__(self, *, replicas: int = 0, down_after_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        replicas: int = 0,
+        down_after_ms: int = 5000,
+        sentinels: int = 1,
+        quorum: int = 1,
+    ) -> None:
         super().__init__()
         self.replica_count = replicas
         self.down_after_ms = down_after_ms
+        self.sentinel_count = sentinels
+        self.quorum = quorum
         self.replicas: list[RedisProc] = []
+        self.sentinels: list[RedisProc] = []
 
     def start(self) -> RedisSentinelProcs:
         self.master = self._server("master")
@@ -182,27 +204,42 @@ class RedisSentinelProcs(_Topology):
             self.replicas.append(
                 self._server(f"replica{i}", "--replicaof", "127.0.0.1", str(self.master.port))
             )
-        port = free_port()
-        conf = self.dir / "sentinel.conf"
-        conf.write_text(
-            f"port {port}\n"
-            "bind 127.0.0.1\n"
-            f"dir {self.dir}\n"
-            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
-            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
-            f"sentinel failover-timeout {self.service} 10000\n"
-        )
-        self.sentinel = self._spawn(
-            [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
-            port,
-            "sentinel",
-        )
+        for i in range(self.sentinel_count):
+            port = free_port()
+            conf = self.dir / f"sentinel{i}.conf"
+            conf.write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.dir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 10000\n"
+            )
+            self.sentinels.append(
+                self._spawn(
+                    [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
+                    port,
+                    f"sentinel{i}",
+                )
+            )
+        self.sentinel = self.sentinels[0]
+        port = self.sentinel.port
 
         def knows_master() -> bool:
-            reply = _command(port, "SENTINEL", "get-master-addr-by-name", self.service)
-            return str(self.master.port).encode() in reply
+            return all(
+                str(self.master.port).encode()
+                in _command(s.port, "SENTINEL", "get-master-addr-by-name", self.service)
+                for s in self.sentinels
+            )
 
-        _wait(knows_master, 15, "the sentinel to know the master")
+        _wait(knows_master, 15, "the sentinels to know the master")
+        if self.sentinel_count > 1:
+
+            def know_each_other() -> bool:
+                reply = _command(port, "SENTINEL", "sentinels", self.service)
+                return reply.count(b"127.0.0.1") >= self.sentinel_count - 1
+
+            _wait(know_each_other, 20, "the sentinels to know each other")
         for r in self.replicas:
 
             def knows_replica(r: RedisProc = r) -> bool:
@@ -214,9 +251,14 @@ class RedisSentinelProcs(_Topology):
         return self
 
     def master_port(self) -> int:
-        reply = _command(self.sentinel.port, "SENTINEL", "get-master-addr-by-name", self.service)
+        live = [s for s in self.sentinels if s.proc.poll() is None]
+        reply = _command(live[0].port, "SENTINEL", "get-master-addr-by-name", self.service)
         return int(reply.split(b"\r\n")[4])
+
+    def by_port(self, port: int) -> RedisProc:
+        return next(p for p in (self.master, *self.replicas) if p.port == port)
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}/0"
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"

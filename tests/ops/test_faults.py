@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,15 +24,6 @@ from tests.conftest import make_config
 
 A = "cli:faults"
 DEVICES = 20
-
-
-@pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """AOF with fsync on every write: what a production Redis for uplinks should run."""
-    (tmp_path / "r").mkdir()
-    server = EmbeddedRedis(data_dir=tmp_path / "r", persist=True).start()
-    yield server
-    server.close()
 
 
 class Device:

@@ -7,7 +7,7 @@ import asyncio
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
-from corem_ingress.store.connection import redis_client
+from corem_ingress.store.connection import PoolSettings, keyed_commands, redis_client
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.uplink_batcher import UplinkBatcher
 from tests.ops.redis_topologies import RedisClusterProcs
@@ -16,9 +16,13 @@ from tests.ops.redis_topologies import RedisClusterProcs
 async def test_batches_spanning_tenants_land_on_their_slots(
     redis_cluster: RedisClusterProcs,
 ) -> None:
-    client = redis_client(redis_cluster.url)
+    # Long timeouts: on a busy test machine a timed-out EVAL may have run, and a retried
+    # one store twice (at least once, by design); this test checks routing and order.
+    client = redis_client(redis_cluster.url, socket_timeout=10)
     keys = KeySchema("corem")
-    batcher = UplinkBatcher(client, keys)
+    # The node's request path: each stream's lane through the per-master router.
+    router = keyed_commands(redis_cluster.url, PoolSettings(socket_timeout=10, wait_s=10))
+    batcher = UplinkBatcher(client, keys, keyed=router, timeout_s=10)
     results: list[Unavailable | None] = []
     sent: dict[str, list[str]] = {}
     try:
@@ -38,4 +42,5 @@ async def test_batches_spanning_tenants_land_on_their_slots(
             assert [f["message_id"] for _id, f in stored] == ids  # all there, in order
     finally:
         await batcher.close()
+        await router.aclose()
         await client.aclose()

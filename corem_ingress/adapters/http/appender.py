@@ -5,7 +5,8 @@ by ``store.uplink_batcher.UplinkBatcher`` (one EVAL per stream per batch; on a R
 it routes each stream's EVAL by slot). It cut the broker's CPU per HTTP uplink by about a
 third (docs/benchmarks.md). A request gets 202 only once Redis has taken its entry; a failed
 batch fails every request in it (503: the device retries; at least once, never lost).
-Whatever happens to a batch, a request waits at most ``append_wait_s`` for it, then 503.
+Whatever happens to a batch, a request waits at most ``append_wait_s`` for it, then 503:
+``redis.socket_timeout_s``, the bound of every Redis wait on a device's request path.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ TRANSPORT = "http"
 class Appender:
     def __init__(self, services: Services) -> None:
         self._batcher = services.stores.uplink_batcher()
-        #: The longest a request waits for its batch (several Redis timeouts: batches queue).
-        self.append_wait_s = max(5.0, 5 * services.config.redis.socket_timeout_s)
+        #: The longest a request waits for its batch (the batch itself is bounded by it too).
+        self.append_wait_s = services.stores.timeout_s
 
     async def append(self, uplink: Uplink) -> None:
         """Return once the entry is stored; raise Unavailable if it may not be."""
