@@ -262,16 +262,17 @@ def test_certificate_handshake_self_signed_and_expired(tmp_path: Path) -> None:
     fp = fingerprint_der(dev.cert.public_bytes(Encoding.DER))
     cache = FakeCache()
     cache.certs[fp] = DeviceIdentity("t", "d1", CredentialKind.X509, fp)
+    date = [dt.datetime.now(dt.UTC).timestamp()]
     server = DtlsServer(
         cert_file=str(tmp_path / "s.pem"),
         key_file=str(tmp_path / "s.key"),
         ca_files=[str(tmp_path / "ca.pem")],
         credentials=cache,
+        wall_clock=lambda: date[0],  # validity is checked against dates, not ``now``
     )
-    now = dt.datetime.now(dt.UTC).timestamp()
     ctx = cert_context(str(tmp_path / "d.pem"), str(tmp_path / "d.key"), str(tmp_path / "ca.pem"))
     client = Client(ctx)
-    transfer(server, client, ADDR, client.start(), now=now)
+    transfer(server, client, ADDR, client.start())
     assert client.done, client.failed
     ev = next(server.events())
     assert isinstance(ev, HandshakeCompleted) and ev.cipher == "ECDHE-ECDSA-AES128-CCM8"
@@ -280,7 +281,8 @@ def test_certificate_handshake_self_signed_and_expired(tmp_path: Path) -> None:
     client2 = Client(
         cert_context(str(tmp_path / "d.pem"), str(tmp_path / "d.key"), str(tmp_path / "ca.pem"))
     )
-    transfer(server, client2, ("127.0.0.1", 40001), client2.start(), now=now + 2 * 86_400)
+    date[0] += 2 * 86_400
+    transfer(server, client2, ("127.0.0.1", 40001), client2.start())
     assert not client2.done and client2.failed is not None
     assert server.stats["closed:certificate_expired"] == 1
 

@@ -234,3 +234,21 @@ async def test_pending_handshake_cap_per_source_is_counted(
     first = await AsyncDtlsClient.connect(psk_context(i1.encode(), k1), coap_port(node))
     assert first.client.done
     first.close()
+
+
+async def test_dtls_timers_do_not_follow_the_wall_clock(
+    start_node: Any, certs: Any, registry: Any, clock: Any
+) -> None:
+    """Issue 19: the DTLS server's ``now`` is monotonic. The node's clock (dates: validity,
+    registrations) stepping an hour back must not keep an idle session open for that hour:
+    it is closed after its idle timeout of real time (wall-clock timers waited the hour)."""
+    node = await limited_node(start_node, certs, clock, coap_extra={"idle_timeout_s": 1})
+    port = coap_port(node)
+    server = coap_listener(node).dtls_server
+    _dev, ident, key = await provision_psk(registry, "mono")
+    client = await AsyncDtlsClient.connect(psk_context(ident.encode(), key), port)
+    assert (await post(client, "up/telemetry", b'{"n":1}')).code == Code.CHANGED
+    clock.advance(-3600)  # an NTP step back: dates jump, durations do not
+    await wait_for(lambda: server.stats["closed:idle"] == 1)
+    assert len(server) == 0
+    client.close()

@@ -27,6 +27,7 @@ ADAPTER_CORES = (
     "corem_ingress.adapters.dtls.ratelimit",
     "corem_ingress.adapters.dtls.timers",
     "corem_ingress.adapters.coap.blockwise",
+    "corem_ingress.adapters.coap.retransmit",
 )
 #: Not pure by design: awaits a store and an uplink append (the LwM2M glue's orchestration).
 NOT_PURE = {"corem_ingress.lwm2m.service"}

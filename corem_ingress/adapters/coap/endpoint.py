@@ -37,13 +37,13 @@ from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.coap.blockwise import Block2Assembler, BlockError
+from corem_ingress.adapters.coap.retransmit import ACK_RANDOM_FACTOR, Retransmission
 from corem_ingress.adapters.dtls.events import Address
 from corem_ingress.core.errors import DeviceFailed
 
 log = structlog.get_logger("corem.coap")
 
 #: RFC 7252 4.8 transmission parameters (ACK_TIMEOUT and MAX_RETRANSMIT configurable).
-ACK_RANDOM_FACTOR = 1.5
 EXCHANGE_LIFETIME = 247.0
 #: Remembered message ids per peer for deduplication.
 DEDUP_ENTRIES = 64
@@ -352,16 +352,22 @@ class CoapEndpoint:
         fut: asyncio.Future[bool] = loop.create_future()
         fut._corem_token = token  # type: ignore[attr-defined]
         state.outstanding[mid] = fut
-        timeout = self.ack_timeout * random.uniform(1.0, ACK_RANDOM_FACTOR)
+        schedule = Retransmission.start(
+            self._clock(),
+            ack_timeout=self.ack_timeout,
+            max_retransmit=self.max_retransmit,
+            random_factor=random.uniform(1.0, ACK_RANDOM_FACTOR),
+        )
         try:
-            for _attempt in range(self.max_retransmit + 1):
+            while True:
                 if not self._send(addr, raw):
                     return False
+                wait = max(0.0, schedule.next_at - self._clock())
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(fut), timeout)
-                timeout *= 2
-            self.stats["con_timeouts"] += 1
-            return False
+                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                if not schedule.timed_out(self._clock()):
+                    self.stats["con_timeouts"] += 1
+                    return False
         finally:
             state.outstanding.pop(mid, None)
 

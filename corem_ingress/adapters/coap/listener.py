@@ -71,6 +71,7 @@ class CoapListener:
             key_file=cfg.server_key or None,
             ca_files=list(cfg.client_ca_files),
             credentials=services.resolver,
+            wall_clock=services.clock,
             config=DtlsConfig(
                 mtu=cfg.mtu,
                 handshake_timeout=cfg.handshake_timeout_s,
@@ -82,8 +83,9 @@ class CoapListener:
                 max_pending_per_source=cfg.max_pending_handshakes_per_source,
             ),
         )
+        # Timers on the monotonic clock; certificate validity and dates on the node's clock.
         self.transport = DtlsTransport(
-            self.dtls_server, services.resolver, self, clock=services.clock
+            self.dtls_server, services.resolver, self, wall_clock=services.clock
         )
         self.endpoint = CoapEndpoint(
             self.transport.send,

@@ -139,12 +139,14 @@ class DtlsServer:
         credentials: CredentialCache,
         config: DtlsConfig | None = None,
         real_clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         _binding.check_binding()
         self.config = config or DtlsConfig()
+        # ``now`` (timers, cookies) is a monotonic clock; a certificate's validity is dates.
         self._auth = Authenticator(
             credentials,
-            clock=lambda: self._now,
+            clock=wall_clock,
             check_cert_validity=self.config.check_cert_validity,
         )
         self._cookies = CookieJar(lifetime=self.config.cookie_lifetime)

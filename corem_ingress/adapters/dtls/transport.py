@@ -75,13 +75,17 @@ class DtlsTransport(asyncio.DatagramProtocol):
         resolver: AsyncResolver,
         handler: DtlsHandler,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.server = server
         self.guard: DtlsGuard | None = None
         self._resolver = resolver
         self.handler = handler
+        #: The server's ``now``: monotonic (timers must not jump with the wall clock).
         self._clock = clock
+        #: Dates (a ``keep_alive`` deadline such as a registration's expiry).
+        self._wall_clock = wall_clock
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -140,7 +144,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
         return ok
 
     def keep_alive(self, addr: Address, until: float) -> bool:
-        """The session stays open until ``until`` (clock time) however idle; 0: idle rules."""
+        """The session stays open until ``until`` (a wall-clock date, e.g. a registration's
+        expiry) however idle; 0: idle rules."""
+        if until > 0:
+            until = self._clock() + (until - self._wall_clock())  # onto the server's clock
         return self.server.keep_alive(addr, until)
 
     # -- internals -----------------------------------------------------------------------------
