@@ -6,6 +6,7 @@ for mTLS and DTLS lookups. Errors never echo the submitted text.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -36,16 +37,7 @@ class CertInfo:
     self_signed: bool
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "fingerprint": self.fingerprint,
-            "subject": self.subject,
-            "issuer": self.issuer,
-            "serial": self.serial,
-            "not_before": self.not_before,
-            "not_after": self.not_after,
-            "key_type": self.key_type,
-            "self_signed": self.self_signed,
-        }
+        return dataclasses.asdict(self)  # every field, as operators see it
 
 
 def fingerprint_der(der: bytes) -> str:
@@ -179,17 +171,7 @@ class CaInfo:
     self_signed: bool
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "fingerprint": self.fingerprint,
-            "subject": self.subject,
-            "issuer": self.issuer,
-            "serial": self.serial,
-            "not_before": self.not_before,
-            "not_after": self.not_after,
-            "key_type": self.key_type,
-            "path_length": self.path_length,
-            "self_signed": self.self_signed,
-        }
+        return dataclasses.asdict(self)  # every field, as operators see it
 
 
 def load_ca_cert(pem: str | bytes, *, now: float) -> tuple[CaInfo, x509.Certificate]:
