@@ -3,8 +3,10 @@ and a broker Node started in-process with listeners on free ports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
+from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,6 +26,15 @@ KEK_LINE = generate_kek_line("test1")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """One real redis-server for the whole run (tests flush it, see ``redis``)."""
     server = EmbeddedRedis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def durable_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A private redis-server with AOF and fsync on every write (what a production Redis
+    for uplinks should run), for a test to stop, SIGKILL and restart on the same data."""
+    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis"), persist=True).start()
     yield server
     server.close()
 
@@ -121,9 +132,55 @@ def resolver(redis: aioredis.Redis, keys: KeySchema, keyring: KeyRing) -> Resolv
     return Resolver(redis, keys, cache, keyring=keyring)
 
 
+#: Fixtures that start a server (redis-server, a node, broker processes). A test marked
+#: ``unit`` that needs one, directly or through another fixture, stops the run.
+SERVER_FIXTURES = frozenset(
+    {"redis_server", "durable_redis", "redis_cluster", "redis_sentinel", "start_node"}
+    | {"node_on", "brokers"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers: a test is ``unit`` only if marked so (pure: no server, no network peer,
+    runs in seconds); every other test is ``integration``. A ``unit`` test that needs a
+    server fixture is a usage error, reported for all such tests at once."""
     # Tests that need binaries the machine lacks fail loudly rather than skip: CI installs them.
     os.environ.setdefault("COREM_LOGGING_FORMAT", "console")
+    wrong = []
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)
+            continue
+        servers = sorted(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        if servers or item.get_closest_marker("integration") is not None:
+            wrong.append(f"{item.nodeid}: marked unit, needs {servers or 'integration'}")
+    if wrong:
+        raise pytest.UsageError("unit tests start no server:\n" + "\n".join(wrong))
+
+
+def _refuse_redis_server(*_args: object, **_kwargs: object) -> EmbeddedRedis:
+    raise RuntimeError("a test marked unit started redis-server: mark it integration")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    # The belt to the collection check's braces: any fixture (session-scoped ones are set
+    # up here, for the first test that needs them) or module-local helper.
+    with _no_redis_server_if_unit(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_redis_server_if_unit(item):
+        yield
+
+
+def _no_redis_server_if_unit(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
+    if item.get_closest_marker("unit") is None:
+        return contextlib.nullcontext()
+    return mock.patch.object(EmbeddedRedis, "start", _refuse_redis_server)
 
 
 def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[no-untyped-def]

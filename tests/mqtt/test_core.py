@@ -23,6 +23,8 @@ from corem_ingress.core.errors import PermissionDenied
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import UplinkKind
 
+pytestmark = pytest.mark.unit
+
 DEV = "0b0e0c6a-3f1e-4a51-9a0b-2f0f5f7f1a11"
 OTHER = "9d7b1c2e-5f3a-4b6c-8d9e-0a1b2c3d4e5f"
 IDENTITY = DeviceIdentity("acme", DEV, CredentialKind.X509, "f" * 64)

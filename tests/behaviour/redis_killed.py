@@ -1,0 +1,159 @@
+"""Redis SIGKILLed and restarted under load, for any transport: what devices got
+acknowledged vs what the stream holds.
+
+Real clients (one ``Driver`` session per device) send numbered uplinks back to back to a
+node on a durable redis-server (AOF, fsync on every write); a message not acknowledged is
+sent again (after 0.1 s, on a new session if the server ended it). Redis is SIGKILLed,
+stays down about 1.5 s and restarts on the same port and data. While it is down a device
+the resolver's cache cannot vouch for (provisioned, never seen by the node) connects: it
+must be refused with the protocol's "unavailable" answer, counted as
+``corem_auth_failures_total{reason="unavailable"}`` and not held against its address by the
+failed-authentication throttle; once Redis is back it gets in, and the load resumes by
+itself. Checked: nothing acknowledged is lost, nothing is acknowledged while Redis is down.
+The figures are printed (``pytest -s``) for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from corem_ingress import metrics
+from corem_ingress.core.causes import Cause
+from corem_ingress.embedded_redis import EmbeddedRedis
+from tests.behaviour.drivers.base import Device, Driver, Refused, Session
+
+DEVICES = 5
+#: Acknowledged uplinks per device before the kill, and again after the restart.
+WARM_UP = 10
+DOWN_S = 1.5
+
+
+@dataclass
+class Load:
+    """One device: uplink n until acknowledged, then n + 1; reconnect when ended."""
+
+    driver: Driver
+    device: Device
+    acked: list[int] = field(default_factory=list)
+    answers: Counter[str] = field(default_factory=Counter)
+    connects: int = 0
+    failed_connects: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        n = 0
+        session: Session | None = None
+        try:
+            while not stop.is_set():
+                if session is None:
+                    try:
+                        session = await self.driver.connect(self.device, timeout=3)
+                    except Refused:
+                        self.failed_connects += 1
+                        await asyncio.sleep(0.1)
+                        continue
+                    self.connects += 1
+                outcome = await session.uplink(n, timeout=2)
+                if outcome.acked:
+                    self.acked.append(n)
+                    n += 1
+                    continue
+                self.answers[outcome.answer] += 1
+                if outcome.closed:
+                    await session.close()
+                    session = None
+                else:
+                    await asyncio.sleep(0.1)  # the protocol's retry-after is longer: impatient
+        finally:
+            if session is not None:
+                await session.close()
+
+
+def auth_failures_unavailable(transport: str) -> float:
+    labels = {"transport": transport, "reason": Cause.UNAVAILABLE.label}
+    return metrics.REGISTRY.get_sample_value("corem_auth_failures_total", labels) or 0.0
+
+
+async def connect_answer(driver: Driver, device: Device) -> str:
+    """'accepted', or the refusal's answer."""
+    try:
+        session = await driver.connect(device, timeout=5)
+    except Refused as refused:
+        return refused.answer
+    await session.close()
+    return "accepted"
+
+
+async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
+    node = await driver.start(redis={"url": redis.url, "socket_timeout_s": 0.5})
+    assert node.services is not None
+    loads = [Load(driver, await driver.provision()) for _ in range(DEVICES)]
+    fresh = await driver.provision()
+
+    def acked() -> int:
+        return sum(len(ld.acked) for ld in loads)
+
+    async def until_acked(count: int) -> None:
+        async with asyncio.timeout(30):
+            while acked() < count:
+                await asyncio.sleep(0.05)
+
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(ld.run(stop)) for ld in loads]
+    try:
+        await until_acked(WARM_UP * DEVICES)
+        unavailable_before = auth_failures_unavailable(driver.metric_transport)
+        assert redis.proc is not None
+        redis.proc.kill()
+        redis.proc.wait(timeout=5)
+        killed_at = time.monotonic()
+        await asyncio.sleep(0.3)  # what was in flight at the kill is answered by now
+        acked_at_kill = acked()
+        # A credential the cache cannot vouch for, while Redis is down: refused.
+        fresh_while_down = await connect_answer(driver, fresh)
+        unavailable_refusals = auth_failures_unavailable(driver.metric_transport)
+        unavailable_refusals -= unavailable_before
+        throttled_sources = len(node.services.access.throttle)
+        await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed_at)))
+        acked_while_down = acked() - acked_at_kill
+        await asyncio.to_thread(redis.start)  # same port, same AOF
+        restarted_at = time.monotonic()
+        await until_acked(acked() + WARM_UP * DEVICES)
+        resumed_after = time.monotonic() - restarted_at
+        fresh_after = await connect_answer(driver, fresh)
+        stop.set()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    marks = [m for m in await driver.stored() if m[1] >= 0 and m[0] != fresh.device_id]
+    stored = set(marks)
+    sent = {(ld.device.device_id, n) for ld in loads for n in ld.acked}
+    lost = sent - stored
+    answers = sum((ld.answers for ld in loads), Counter[str]())
+    print(
+        f"\nredis SIGKILL under {driver.name} load: devices={DEVICES} acked={len(sent)} "
+        f"stored={len(marks)} unique_stored={len(stored)} lost={len(lost)} "
+        f"not_acked={dict(answers)} acked_while_down={acked_while_down} "
+        f"down_for={restarted_at - killed_at:.2f}s resumed_after_restart={resumed_after:.2f}s "
+        f"reconnects={sum(ld.connects for ld in loads) - DEVICES} "
+        f"failed_connects={sum(ld.failed_connects for ld in loads)} "
+        f"uncached_while_down={fresh_while_down!r} uncached_after={fresh_after!r} "
+        f"auth_failures_unavailable={unavailable_refusals:.0f} "
+        f"throttle_sources_while_down={throttled_sources}"
+    )
+    assert lost == set()
+    assert acked_while_down == 0
+    assert set(answers) <= driver.retry_answers, answers
+    assert fresh_while_down == driver.refusal(Cause.UNAVAILABLE)
+    assert unavailable_refusals >= 1
+    assert throttled_sources == 0
+    assert fresh_after == "accepted"
