@@ -4,13 +4,19 @@ acknowledged vs what the stream holds.
 Real clients (one ``Driver`` session per device) send numbered uplinks back to back to a
 node on a durable redis-server (AOF, fsync on every write); a message not acknowledged is
 sent again (after 0.1 s, on a new session if the server ended it). Redis is SIGKILLed,
-stays down about 1.5 s and restarts on the same port and data. While it is down a device
-the resolver's cache cannot vouch for (provisioned, never seen by the node) connects: it
-must be refused with the protocol's "unavailable" answer, counted as
-``corem_auth_failures_total{reason="unavailable"}`` and not held against its address by the
-failed-authentication throttle; once Redis is back it gets in, and the load resumes by
-itself. Checked: nothing acknowledged is lost, nothing is acknowledged while Redis is down.
-The figures are printed (``pytest -s``) for docs/reliability.md.
+stays down about 1.5 s and restarts on the same port and data.
+
+While it is down: nothing is acknowledged; ``/readyz`` says Redis is down; a device the
+resolver's cache cannot vouch for (provisioned, never seen by the node) and a credential
+that was never provisioned are both refused with the protocol's "unavailable" answer
+(fail closed: not "unknown", Redis cannot say), counted as
+``corem_auth_failures_total{reason="unavailable"}`` and not held against the address by
+the failed-authentication throttle. Once it is back: the bus resyncs (the gap is noticed),
+the node is ready again, the uncached device gets in and the load resumes, all by itself.
+Checked: no acknowledged uplink is lost, and the stream holds only what devices sent
+(at least once: a message whose append reached the AOF at the kill but whose reply was
+lost is sent again and stored twice). The figures are printed (``pytest -s``) for
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ async def connect_answer(driver: Driver, device: Device) -> str:
 
 async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
     node = await driver.start(redis={"url": redis.url, "socket_timeout_s": 0.5})
-    assert node.services is not None
+    assert node.services is not None and node.bus is not None
     loads = [Load(driver, await driver.provision()) for _ in range(DEVICES)]
     fresh = await driver.provision()
 
@@ -106,21 +112,28 @@ async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
     try:
         await until_acked(WARM_UP * DEVICES)
         unavailable_before = auth_failures_unavailable(driver.metric_transport)
+        resyncs_before = node.bus.resyncs
         assert redis.proc is not None
-        redis.proc.kill()
+        redis.proc.kill()  # SIGKILL: no shutdown, no final fsync
         redis.proc.wait(timeout=5)
         killed_at = time.monotonic()
         await asyncio.sleep(0.3)  # what was in flight at the kill is answered by now
         acked_at_kill = acked()
-        # A credential the cache cannot vouch for, while Redis is down: refused.
+        # Credentials the cache cannot vouch for, while Redis is down: refused.
         fresh_while_down = await connect_answer(driver, fresh)
+        unknown_while_down = await connect_answer(driver, driver.unknown())
         unavailable_refusals = auth_failures_unavailable(driver.metric_transport)
         unavailable_refusals -= unavailable_before
         throttled_sources = len(node.services.access.throttle)
+        ready_while_down = await node.ready_checks()
         await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed_at)))
         acked_while_down = acked() - acked_at_kill
         await asyncio.to_thread(redis.start)  # same port, same AOF
         restarted_at = time.monotonic()
+        async with asyncio.timeout(20):
+            while not all((await node.ready_checks()).values()):
+                await asyncio.sleep(0.05)
+        ready_after = time.monotonic() - restarted_at
         await until_acked(acked() + WARM_UP * DEVICES)
         resumed_after = time.monotonic() - restarted_at
         fresh_after = await connect_answer(driver, fresh)
@@ -138,22 +151,29 @@ async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
     stored = set(marks)
     sent = {(ld.device.device_id, n) for ld in loads for n in ld.acked}
     lost = sent - stored
+    # Each device sends n + 1 only once n is acknowledged: it may have tried one more.
+    tried = sent | {(ld.device.device_id, len(ld.acked)) for ld in loads}
     answers = sum((ld.answers for ld in loads), Counter[str]())
     print(
         f"\nredis SIGKILL under {driver.name} load: devices={DEVICES} acked={len(sent)} "
         f"stored={len(marks)} unique_stored={len(stored)} lost={len(lost)} "
         f"not_acked={dict(answers)} acked_while_down={acked_while_down} "
-        f"down_for={restarted_at - killed_at:.2f}s resumed_after_restart={resumed_after:.2f}s "
+        f"down_for={restarted_at - killed_at:.2f}s ready_after_restart={ready_after:.2f}s "
+        f"resumed_after_restart={resumed_after:.2f}s "
+        f"resyncs={node.bus.resyncs - resyncs_before} "
         f"reconnects={sum(ld.connects for ld in loads) - DEVICES} "
         f"failed_connects={sum(ld.failed_connects for ld in loads)} "
-        f"uncached_while_down={fresh_while_down!r} uncached_after={fresh_after!r} "
-        f"auth_failures_unavailable={unavailable_refusals:.0f} "
+        f"uncached_while_down={fresh_while_down!r} unknown_while_down={unknown_while_down!r} "
+        f"uncached_after={fresh_after!r} auth_failures_unavailable={unavailable_refusals:.0f} "
         f"throttle_sources_while_down={throttled_sources}"
     )
     assert lost == set()
+    assert stored <= tried
     assert acked_while_down == 0
     assert set(answers) <= driver.retry_answers, answers
-    assert fresh_while_down == driver.refusal(Cause.UNAVAILABLE)
-    assert unavailable_refusals >= 1
+    assert ready_while_down["redis"] is False
+    assert node.bus.resyncs > resyncs_before  # the gap was noticed: cache dropped, re-validated
+    assert fresh_while_down == unknown_while_down == driver.refusal(Cause.UNAVAILABLE)
+    assert unavailable_refusals >= 2
     assert throttled_sources == 0
     assert fresh_after == "accepted"

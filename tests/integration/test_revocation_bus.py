@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -170,19 +169,12 @@ async def test_bus_gap_triggers_resync_and_revalidation(
     assert len(hub) == 1
 
 
-@pytest.fixture
-def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:  # type: ignore[no-untyped-def]
-    server = EmbeddedRedis(data_dir=tmp_path / "r", persist=True)
-    (tmp_path / "r").mkdir()
-    server.start()
-    yield server
-    server.close()
-
-
 async def test_fail_closed_while_redis_is_down_then_recovers(
-    own_redis: EmbeddedRedis, kek_env: str
+    durable_redis: EmbeddedRedis, kek_env: str
 ) -> None:
-    node = Node(make_config(own_redis.url, redis={"socket_timeout_s": 0.5}), listener_factories=[])
+    node = Node(
+        make_config(durable_redis.url, redis={"socket_timeout_s": 0.5}), listener_factories=[]
+    )
     await node.start()
     try:
         await asyncio.wait_for(node.bus.subscribed.wait(), 5)
@@ -199,7 +191,7 @@ async def test_fail_closed_while_redis_is_down_then_recovers(
         )
         assert await node.ready_checks() == {"redis": True, "bus": True}
 
-        own_redis.stop()
+        durable_redis.stop()
         # Nothing the cache cannot vouch for is accepted.
         with pytest.raises(Unavailable):
             await services.resolver.resolve_api_key(unseen.api_key.api_key)
@@ -212,7 +204,7 @@ async def test_fail_closed_while_redis_is_down_then_recovers(
         checks = await node.ready_checks()
         assert checks == {"redis": False, "bus": False}
 
-        own_redis.start()  # same port, same data (AOF)
+        durable_redis.start()  # same port, same data (AOF)
         await asyncio.wait_for(node.bus.subscribed.wait(), 15)
         for _ in range(100):
             if node.bus.resyncs >= 1:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -119,19 +118,12 @@ async def test_metrics_move_after_provision_resolve_revoke_uplink(start_node) ->
                 assert resp.status == status
 
 
-@pytest.fixture
-def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:  # type: ignore[no-untyped-def]
-    server = EmbeddedRedis(data_dir=tmp_path / "r")
-    (tmp_path / "r").mkdir()
-    server.start()
-    yield server
-    server.close()
-
-
 async def test_redis_errors_and_failed_appends_are_counted(
-    own_redis: EmbeddedRedis, kek_env: str
+    durable_redis: EmbeddedRedis, kek_env: str
 ) -> None:
-    node = Node(make_config(own_redis.url, redis={"socket_timeout_s": 0.5}), listener_factories=[])
+    node = Node(
+        make_config(durable_redis.url, redis={"socket_timeout_s": 0.5}), listener_factories=[]
+    )
     await node.start()
     try:
         assert node.bus is not None and node.services is not None
@@ -142,7 +134,7 @@ async def test_redis_errors_and_failed_appends_are_counted(
         assert dev.api_key is not None
         ident = await s.resolver.resolve_api_key(dev.api_key.api_key)
         before = await scrape(node)
-        own_redis.stop()
+        durable_redis.stop()
         with pytest.raises(Unavailable):
             await s.resolver.resolve_api_key(api_keys.generate())
         with pytest.raises(Unavailable):

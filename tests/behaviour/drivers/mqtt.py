@@ -63,9 +63,8 @@ class MqttSession(Session):
         return CLOSED
 
     async def close(self) -> None:
-        client = self.client
-        await asyncio.to_thread(client.loop_stop)
-        client.disconnect()
+        self.client.disconnect()  # first: it also wakes paho's network thread to end
+        await asyncio.to_thread(self.client.loop_stop)
 
 
 class MqttDriver(Driver):
@@ -124,10 +123,11 @@ class MqttDriver(Driver):
             reconnect=False,
             **self.credential_args(device),
         )
+        session = MqttSession(client, device.device_id)
         if rc != 0:
-            await asyncio.to_thread(client.loop_stop)
+            await session.close()
             raise Refused("TLS handshake failed" if rc is None else f"CONNACK {rc}")
-        return MqttSession(client, device.device_id)
+        return session
 
     def raw_connect(self, device: Device) -> bytes:
         return connect_packet(device.device_id)
