@@ -129,13 +129,18 @@ async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
         await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed_at)))
         acked_while_down = acked() - acked_at_kill
         await asyncio.to_thread(redis.start)  # same port, same AOF
-        restarted_at = time.monotonic()
-        async with asyncio.timeout(20):
-            while not all((await node.ready_checks()).values()):
-                await asyncio.sleep(0.05)
-        ready_after = time.monotonic() - restarted_at
-        await until_acked(acked() + WARM_UP * DEVICES)
-        resumed_after = time.monotonic() - restarted_at
+        restarted_at, at_restart = time.monotonic(), acked()
+        # Both by themselves: the first acknowledgement, and /readyz (bus re-subscribed).
+        resumed_after = ready_after = -1.0
+        async with asyncio.timeout(30):
+            while resumed_after < 0 or ready_after < 0:
+                since = time.monotonic() - restarted_at
+                if resumed_after < 0 and acked() > at_restart:
+                    resumed_after = since
+                if ready_after < 0 and all((await node.ready_checks()).values()):
+                    ready_after = since
+                await asyncio.sleep(0.02)
+        await until_acked(at_restart + WARM_UP * DEVICES)
         fresh_after = await connect_answer(driver, fresh)
         stop.set()
         async with asyncio.timeout(20):
