@@ -224,7 +224,7 @@ def paho_connect(
     clean_session: bool = True,
     password: str | None = None,
     timeout: float = 10,
-    protocol: int | None = None,
+    protocol: Any = None,
     reconnect: bool = True,
 ) -> tuple[int | None, Any]:
     """Connect with paho; returns (CONNACK code or None if the TLS handshake failed, client).

@@ -54,7 +54,8 @@ class Device:
     device_id: str
     #: The transport's credential: an API key, (PSK identity, key), certificate paths.
     credential: Any
-    #: What revoking it takes (credential id, fingerprint); None for a never-provisioned one.
+    #: What revoking it takes: the key id, the fingerprint, the device id (PSK); None for a
+    #: credential that was never provisioned.
     revoke_handle: str | None = None
 
 
@@ -139,8 +140,17 @@ class Driver(ABC):
     def unknown(self) -> Device:
         """A credential of the right form that was never provisioned."""
 
-    @abstractmethod
-    async def revoke(self, device: Device) -> None: ...
+    async def revoke(self, device: Device) -> None:
+        """Revoke the device's credential through the registry (its Lua script publishes
+        the event every node's bus acts on)."""
+        assert device.revoke_handle is not None
+        registry = self.registry
+        revoke: Any = {
+            CredentialKind.API_KEY: registry.revoke_api_key,
+            CredentialKind.X509: registry.revoke_cert,
+            CredentialKind.PSK: registry.revoke_psk,
+        }[self.kind]
+        await revoke(self.tenant, device.revoke_handle, actor="test")
 
     async def connect(self, device: Device, *, timeout: float = CALL_TIMEOUT_S) -> Session:
         """Authenticate; raises ``Refused`` with the protocol's answer."""
@@ -167,8 +177,9 @@ class Driver(ABC):
 
     async def stored(self) -> list[tuple[str, int]]:
         """(device id, uplink number) of every entry in the tenant's stream, in order."""
-        assert self.node is not None
-        entries = await self.node.redis.xrange(self.node.keys.uplink_stream(self.tenant))
+        assert self.node is not None and self.node.redis is not None
+        redis: Any = self.node.redis
+        entries = await redis.xrange(self.node.keys.uplink_stream(self.tenant))
         out = []
         for _id, fields in entries:
             n = self.mark(fields)

@@ -115,9 +115,6 @@ class CoapPskDriver(Driver):
     def unknown(self) -> Device:
         return Device(self.tenant, "", (self.next_name(), os.urandom(16).hex().encode()))
 
-    async def revoke(self, device: Device) -> None:
-        await self.registry.revoke_psk(self.tenant, device.device_id, actor="test")
-
     def context(self, device: Device) -> Any:
         identity, key = device.credential
         return psk_context(identity.encode(), key)
@@ -149,10 +146,6 @@ class CoapCertDriver(CoapPskDriver):
     def unknown(self) -> Device:
         _issued, cert, key = self.certs.device(self.next_name())  # trusted CA, not registered
         return Device(self.tenant, "", (str(cert), str(key)))
-
-    async def revoke(self, device: Device) -> None:
-        assert device.revoke_handle is not None
-        await self.registry.revoke_cert(self.tenant, device.revoke_handle, actor="test")
 
     def context(self, device: Device) -> Any:
         cert, key = device.credential

@@ -94,10 +94,6 @@ class HttpDriver(Driver):
     def unknown(self) -> Device:
         return Device(self.tenant, str(uuid.uuid4()), api_keys.generate())
 
-    async def revoke(self, device: Device) -> None:
-        assert device.revoke_handle is not None
-        await self.registry.revoke_api_key(self.tenant, device.revoke_handle, actor="test")
-
     async def _connect(self, device: Device, timeout: float) -> Session:
         session = HttpSession(self, device)
         outcome = await session.uplink(PROBE, timeout=timeout)

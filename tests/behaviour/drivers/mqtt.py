@@ -99,10 +99,6 @@ class MqttDriver(Driver):
         cert = self.pki.device(self.next_name())  # signed by the trusted CA, never registered
         return Device(self.tenant, "", cert)
 
-    async def revoke(self, device: Device) -> None:
-        assert device.revoke_handle is not None
-        await self.registry.revoke_cert(self.tenant, device.revoke_handle, actor="test")
-
     def credential_args(self, device: Device) -> dict[str, Any]:
         return {"cert": device.credential}
 
@@ -162,10 +158,6 @@ class MqttApiKeyDriver(MqttDriver):
 
     def unknown(self) -> Device:
         return Device(self.tenant, "", api_keys.generate())
-
-    async def revoke(self, device: Device) -> None:
-        assert device.revoke_handle is not None
-        await self.registry.revoke_api_key(self.tenant, device.revoke_handle, actor="test")
 
     def credential_args(self, device: Device) -> dict[str, Any]:
         return {"password": device.credential}
