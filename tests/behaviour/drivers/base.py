@@ -91,8 +91,8 @@ class Driver(ABC):
     retry_answers: ClassVar[frozenset[str]]
     #: How a live session ends when its credential is revoked.
     revoked_answer: ClassVar[str]
-    #: The answer to malformed input.
-    bad_input_answer: ClassVar[str]
+    #: The answers to the malformed inputs ``bad_input`` sends, in order.
+    bad_input_answers: ClassVar[tuple[str, ...]]
 
     tenant = "behaviour"
 
@@ -166,8 +166,8 @@ class Driver(ABC):
         """The answer to a connection refused for ``cause`` (an authentication cause)."""
 
     @abstractmethod
-    async def bad_input(self, device: Device) -> str:
-        """Send malformed input as an authenticated ``device``; the server's answer."""
+    async def bad_input(self, device: Device) -> tuple[str, ...]:
+        """Send malformed input as an authenticated ``device``; the server's answers."""
 
     # -- what the stream holds ---------------------------------------------------------------
     def mark(self, fields: Mapping[str, str]) -> int | None:

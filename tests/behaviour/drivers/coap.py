@@ -65,6 +65,23 @@ async def request(channel: CoapDtlsChannel, msg: Message, timeout: float) -> Out
     return Outcome(resp.code == Code.CHANGED, answer_of(resp))
 
 
+async def malformed_requests(
+    channel: CoapDtlsChannel, path: tuple[str, ...], payload: bytes, cf: int | None
+) -> tuple[str, ...]:
+    """POST ``payload`` to ``path`` with an unimplemented critical option, then with a
+    reserved Block1 size; the answers."""
+    answers = []
+    for bad in ("if_none_match", "block1"):
+        msg = Message(code=Code.POST, payload=payload, content_format=cf)
+        msg.opt.uri_path = path
+        if bad == "if_none_match":
+            msg.opt.if_none_match = True
+        else:
+            msg.opt.block1 = (0, False, 7)
+        answers.append((await request(channel, msg, CALL_TIMEOUT_S)).answer)
+    return tuple(answers)
+
+
 class CoapSession(Session):
     def __init__(self, dtls: AsyncDtlsClient) -> None:
         self.dtls = dtls
@@ -96,7 +113,9 @@ class CoapPskDriver(Driver):
     unstored_answer = Cause.STORAGE_UNAVAILABLE.coap
     retry_answers = frozenset({unstored_answer, "no answer", "closed"})
     revoked_answer = CLOSE_NOTIFY
-    bad_input_answer = Cause.PROTOCOL_ERROR.coap
+    #: An unimplemented critical option (If-None-Match: RFC 7252 §5.4.1), then a Block1
+    #: option with the reserved SZX 7 (RFC 7959 §2.2).
+    bad_input_answers: ClassVar[tuple[str, ...]] = ("4.02", Cause.PROTOCOL_ERROR.coap)
     #: Extra sections of the node (the LwM2M driver adds its own).
     extra_sections: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -125,13 +144,10 @@ class CoapPskDriver(Driver):
     async def _connect(self, device: Device, timeout: float) -> Session:
         return CoapSession(await open_dtls(self.context(device), self.port, timeout))
 
-    async def bad_input(self, device: Device) -> str:
+    async def bad_input(self, device: Device) -> tuple[str, ...]:
         session = await self.connect(device)
         assert isinstance(session, CoapSession)
-        msg = Message(code=Code.POST, payload=b'{"n":1}')
-        msg.opt.uri_path = ("up", "telemetry")
-        msg.opt.block1 = (0, False, 7)  # SZX 7 is reserved (RFC 7959 §2.2)
-        return (await request(session.channel, msg, CALL_TIMEOUT_S)).answer
+        return await malformed_requests(session.channel, ("up", "telemetry"), b'{"n":1}', None)
 
 
 class CoapCertDriver(CoapPskDriver):

@@ -79,7 +79,7 @@ class HttpDriver(Driver):
     unstored_answer = f"HTTP {Cause.STORAGE_UNAVAILABLE.http}"
     retry_answers = frozenset({unstored_answer})
     revoked_answer = f"HTTP {Cause.UNKNOWN_OR_REVOKED.http}"
-    bad_input_answer = f"HTTP {Cause.PROTOCOL_ERROR.http}"
+    bad_input_answers = (f"HTTP {Cause.PROTOCOL_ERROR.http}",)
 
     def sections(self) -> tuple[list[Any], dict[str, dict[str, Any]]]:
         return [http.build], {}
@@ -105,9 +105,9 @@ class HttpDriver(Driver):
     def refusal(self, cause: Cause) -> str:
         return f"HTTP {cause.http}"
 
-    async def bad_input(self, device: Device) -> str:
+    async def bad_input(self, device: Device) -> tuple[str, ...]:
         session = await self.connect(device)
         assert isinstance(session, HttpSession)
         status, reply = await session.post(b'{"kind": "telemetry", "payload": {"n": 1', 5.0)
         assert status != 400 or reply["error"]["code"] == "INVALID_ARGUMENT", reply
-        return f"HTTP {status}"
+        return (f"HTTP {status}",)

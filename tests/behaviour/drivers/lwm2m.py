@@ -16,7 +16,13 @@ from corem_ingress.sim.devices import Target
 from corem_ingress.sim.fleet import DeviceError
 from corem_ingress.sim.lwm2m_device import Lwm2mDevice
 from tests.behaviour.drivers.base import CALL_TIMEOUT_S, Device, Outcome, Refused, Session
-from tests.behaviour.drivers.coap import CLOSE_NOTIFY, NO_MAX_AGE, CoapPskDriver, answer_of
+from tests.behaviour.drivers.coap import (
+    CLOSE_NOTIFY,
+    NO_MAX_AGE,
+    CoapPskDriver,
+    answer_of,
+    malformed_requests,
+)
 from tests.lwm2m.conftest import Provisioned, provision
 
 TEMPERATURE = "/3303/0/5700"
@@ -56,7 +62,8 @@ class Lwm2mPskDriver(CoapPskDriver):
     name = "lwm2m-psk"
     # The Register/Send path stores its own uplinks; no automatic observations.
     extra_sections: ClassVar[dict[str, dict[str, Any]]] = {"lwm2m": {"observe_paths": []}}
-    bad_input_answer = Cause.PROTOCOL_ERROR.coap
+    #: The CoAP driver's two malformed options on a Send, then a Send of broken SenML.
+    bad_input_answers = (*CoapPskDriver.bad_input_answers, Cause.PROTOCOL_ERROR.coap)
     # DEFECT (reported): LwM2M's 5.03 for a Send it could not store has no Max-Age, unlike
     # /up's (lwm2m/service.py sets max_age only from a 4.29's retry_after_s). When fixed,
     # this is CoapPskDriver's answer and this override goes.
@@ -98,13 +105,15 @@ class Lwm2mPskDriver(CoapPskDriver):
             raise Refused("no answer") from None
         return Lwm2mSession(dev)
 
-    async def bad_input(self, device: Device) -> str:
+    async def bad_input(self, device: Device) -> tuple[str, ...]:
         session = await self.connect(device)
-        assert isinstance(session, Lwm2mSession)
+        assert isinstance(session, Lwm2mSession) and session.device.channel is not None
+        send = session.device.client.send_payload([TEMPERATURE])[1]
+        answers = await malformed_requests(session.device.channel, ("dp",), send, CF_SENML_JSON)
         resp = await session.device.request(
             Code.POST, ("dp",), payload=b'[{"n":"/3303/0/5700","v":', content_format=CF_SENML_JSON
         )
-        return answer_of(resp)
+        return (*answers, answer_of(resp))
 
     def mark(self, fields: Mapping[str, str]) -> int | None:
         payload: Any = json.loads(fields["payload"])

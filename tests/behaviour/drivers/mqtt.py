@@ -79,7 +79,7 @@ class MqttDriver(Driver):
     unstored_answer = f"no PUBACK, {CLOSED}"
     retry_answers = frozenset({unstored_answer, "no PUBACK", CLOSED})
     revoked_answer = CLOSED
-    bad_input_answer = CLOSED
+    bad_input_answers = (CLOSED,)
     client_auth: ClassVar[str] = "required"
 
     @property
@@ -132,14 +132,14 @@ class MqttDriver(Driver):
         cert: DeviceCert = device.credential
         return cert
 
-    async def bad_input(self, device: Device) -> str:
+    async def bad_input(self, device: Device) -> tuple[str, ...]:
         raw = await RawClient.open(self.port, client_ssl(self.pki, self.raw_cert(device)))
         try:
             await raw.send(self.raw_connect(device))
             connack = await raw.read_packet()
             assert connack is not None and connack[-1] == 0, connack
             await raw.send(MALFORMED_PUBLISH)
-            return CLOSED if await raw.closed_by_server() else "still open"
+            return (CLOSED if await raw.closed_by_server() else "still open",)
         finally:
             await raw.close()
 
