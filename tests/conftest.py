@@ -3,6 +3,7 @@ and a broker Node started in-process with listeners on free ports."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,7 @@ from unittest import mock
 import pytest
 import redis.asyncio as aioredis
 
-from corem_ingress.app import redis_client
+from corem_ingress.app import Node, redis_client
 from corem_ingress.core.psk import KeyRing, generate_kek_line
 from corem_ingress.core.resolver_cache import ResolverCache
 from corem_ingress.embedded_redis import EmbeddedRedis
@@ -205,6 +206,25 @@ def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[
             setattr(target, key, value)
     cfg.validate()
     return cfg
+
+
+@pytest.fixture
+async def node_on(kek_env: str):  # type: ignore[no-untyped-def]
+    """Factory: ``await node_on(redis_url, **sections)`` -> a started Node (no listeners)."""
+    nodes: list[Node] = []
+
+    async def start(url: str, **sections: dict[str, object]) -> Node:
+        node = Node(make_config(url, **sections), listener_factories=[])
+        nodes.append(node)
+        await node.start()
+        assert node.bus is not None
+        async with asyncio.timeout(15):
+            await node.bus.subscribed.wait()
+        return node
+
+    yield start
+    for node in reversed(nodes):
+        await node.stop()
 
 
 @pytest.fixture
