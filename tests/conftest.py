@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -160,28 +162,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError("unit tests start no server:\n" + "\n".join(wrong))
 
 
-def _refuse_redis_server(*_args: object, **_kwargs: object) -> EmbeddedRedis:
-    raise RuntimeError("a test marked unit started redis-server: mark it integration")
+#: Programs a unit test may not start (a server, or a broker node).
+SERVER_PROGRAMS = frozenset({"redis-server", "redis-sentinel", "nginx", "mosquitto"})
+_real_popen = subprocess.Popen
+
+
+def _popen_no_servers(args: Any, *rest: Any, **kwargs: Any) -> Any:
+    argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+    argv = [os.fsdecode(a) for a in argv]
+    program = os.path.basename(argv[0]) if argv else ""
+    if program in SERVER_PROGRAMS or argv[1:3] == ["-m", "corem_ingress"]:
+        raise RuntimeError(f"a test marked unit started {program}: mark it integration")
+    return _real_popen(args, *rest, **kwargs)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     # The belt to the collection check's braces: any fixture (session-scoped ones are set
-    # up here, for the first test that needs them) or module-local helper.
-    with _no_redis_server_if_unit(item):
+    # up here, for the first test that needs them), helper or test body that starts a
+    # server process (EmbeddedRedis, asyncio subprocesses and subprocess.run go through
+    # subprocess.Popen).
+    with _no_servers_if_unit(item):
         yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    with _no_redis_server_if_unit(item):
+    with _no_servers_if_unit(item):
         yield
 
 
-def _no_redis_server_if_unit(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
+def _no_servers_if_unit(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
     if item.get_closest_marker("unit") is None:
         return contextlib.nullcontext()
-    return mock.patch.object(EmbeddedRedis, "start", _refuse_redis_server)
+    return mock.patch.object(subprocess, "Popen", _popen_no_servers)
 
 
 def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[no-untyped-def]
