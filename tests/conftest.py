@@ -33,15 +33,6 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     server.close()
 
 
-@pytest.fixture
-def durable_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """A private redis-server with AOF and fsync on every write (what a production Redis
-    for uplinks should run), for a test to stop, SIGKILL and restart on the same data."""
-    server = EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis"), persist=True).start()
-    yield server
-    server.close()
-
-
 @pytest.fixture(scope="module")
 def redis_cluster():  # type: ignore[no-untyped-def]
     """A real local Redis Cluster (3 masters), for the tests of one module."""

@@ -6,13 +6,14 @@ node on a durable redis-server (AOF, fsync on every write); a message not acknow
 sent again (after 0.1 s, on a new session if the server ended it). Redis is SIGKILLed,
 stays down about 1.5 s and restarts on the same port and data.
 
-While it is down: nothing is acknowledged; ``/readyz`` says Redis is down; a device the
-resolver's cache cannot vouch for (provisioned, never seen by the node) and a credential
-that was never provisioned are both refused with the protocol's "unavailable" answer
-(fail closed: not "unknown", Redis cannot say), counted as
-``corem_auth_failures_total{reason="unavailable"}`` and not held against the address by
-the failed-authentication throttle. Once it is back: the bus resyncs (the gap is noticed),
-the node is ready again, the uncached device gets in and the load resumes, all by itself.
+While it is down: nothing is acknowledged; the node's dependency checks say Redis is down
+(``/readyz`` reports it degraded); a device the resolver's cache cannot vouch for
+(provisioned, never seen by the node) and a credential that was never provisioned are both
+refused with the protocol's "unavailable" answer (fail closed: not "unknown", Redis cannot
+say), counted as ``corem_auth_failures_total{reason="unavailable"}`` and not held against
+the address by the failed-authentication throttle. Once it is back: the bus resyncs (the gap
+is noticed), the checks are healthy again, the uncached device gets in and the load
+resumes, all by itself.
 Checked: no acknowledged uplink is lost, and the stream holds only what devices sent
 (at least once: a message whose append reached the AOF at the kill but whose reply was
 lost is sent again and stored twice). The figures are printed (``pytest -s``) for
@@ -125,20 +126,20 @@ async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
         unavailable_refusals = auth_failures_unavailable(driver.metric_transport)
         unavailable_refusals -= unavailable_before
         throttled_sources = len(node.services.access.throttle)
-        ready_while_down = await node.ready_checks()
+        checks_while_down = await node.ready_checks()
         await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed_at)))
         acked_while_down = acked() - acked_at_kill
         await asyncio.to_thread(redis.start)  # same port, same AOF
         restarted_at, at_restart = time.monotonic(), acked()
-        # Both by themselves: the first acknowledgement, and /readyz (bus re-subscribed).
-        resumed_after = ready_after = -1.0
+        # Both by themselves: the first acknowledgement, and healthy checks (bus re-subscribed).
+        resumed_after = healthy_after = -1.0
         async with asyncio.timeout(30):
-            while resumed_after < 0 or ready_after < 0:
+            while resumed_after < 0 or healthy_after < 0:
                 since = time.monotonic() - restarted_at
                 if resumed_after < 0 and acked() > at_restart:
                     resumed_after = since
-                if ready_after < 0 and all((await node.ready_checks()).values()):
-                    ready_after = since
+                if healthy_after < 0 and all((await node.ready_checks()).values()):
+                    healthy_after = since
                 await asyncio.sleep(0.02)
         await until_acked(at_restart + WARM_UP * DEVICES)
         fresh_after = await connect_answer(driver, fresh)
@@ -163,7 +164,7 @@ async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
         f"\nredis SIGKILL under {driver.name} load: devices={DEVICES} acked={len(sent)} "
         f"stored={len(marks)} unique_stored={len(stored)} lost={len(lost)} "
         f"not_acked={dict(answers)} acked_while_down={acked_while_down} "
-        f"down_for={restarted_at - killed_at:.2f}s ready_after_restart={ready_after:.2f}s "
+        f"down_for={restarted_at - killed_at:.2f}s healthy_after_restart={healthy_after:.2f}s "
         f"resumed_after_restart={resumed_after:.2f}s "
         f"resyncs={node.bus.resyncs - resyncs_before} "
         f"reconnects={sum(ld.connects for ld in loads) - DEVICES} "
@@ -176,7 +177,7 @@ async def scenario(driver: Driver, redis: EmbeddedRedis) -> None:
     assert stored <= tried
     assert acked_while_down == 0
     assert set(answers) <= driver.retry_answers, answers
-    assert ready_while_down["redis"] is False
+    assert checks_while_down["redis"] is False
     assert node.bus.resyncs > resyncs_before  # the gap was noticed: cache dropped, re-validated
     assert fresh_while_down == unknown_while_down == driver.refusal(Cause.UNAVAILABLE)
     assert unavailable_refusals >= 2

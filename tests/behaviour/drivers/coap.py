@@ -5,14 +5,16 @@ confirmable requests with retransmission), over loopback UDP."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, ClassVar
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters import coap
+from corem_ingress.adapters.dtls.records import alert_name
 from corem_ingress.adapters.lwm2m.coap import dotted
-from corem_ingress.core.causes import Cause
+from corem_ingress.core.causes import ALERT_UNKNOWN_PSK_IDENTITY, Cause
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.sim.dtls_client import AsyncDtlsClient, cert_context, psk_context
 from corem_ingress.sim.fleet import DeviceError
@@ -20,10 +22,19 @@ from corem_ingress.sim.lwm2m_device import CoapDtlsChannel
 from tests.behaviour.drivers.base import CALL_TIMEOUT_S, Device, Driver, Outcome, Refused, Session
 from tests.coap.conftest import CertSet, coap_section, provision_cert, provision_psk
 
-#: Any fatal alert in the handshake, no session: which alert is OpenSSL's choice for some
-#: causes (an unknown PSK identity is ``unknown_psk_identity``); the detail names it.
-DTLS_REFUSED = "DTLS alert"
 CLOSE_NOTIFY = "close_notify"
+
+
+def alert_answer(description: int) -> str:
+    """How a refused handshake reads: ``DTLS alert access_denied``."""
+    return f"DTLS alert {alert_name(description).split(' ')[0]}"
+
+
+def received_alert(error: str) -> str:
+    """The alert OpenSSL reports receiving (``... tlsv1 alert access denied``), as named by
+    ``alert_answer``; ``DTLS failed`` when the handshake ended without one."""
+    found = re.search(r"alert ([a-z ]+?)'", error)
+    return f"DTLS alert {found.group(1).replace(' ', '_')}" if found else "DTLS failed"
 
 
 def _not_found(_msg: Message) -> Message:
@@ -39,7 +50,7 @@ async def open_dtls(ctx: Any, port: int, timeout: float) -> AsyncDtlsClient:
     if not dtls.client.done:
         detail = str(dtls.client.failed)
         dtls.close()
-        raise Refused(DTLS_REFUSED if "alert" in detail else "DTLS failed", detail)
+        raise Refused(received_alert(detail), detail)
     return dtls
 
 
@@ -132,14 +143,17 @@ class CoapPskDriver(Driver):
         return Device(self.tenant, device_id, (identity, key), device_id)
 
     def unknown(self) -> Device:
-        return Device(self.tenant, "", (self.next_name(), os.urandom(16).hex().encode()))
+        # The form the registry assigns (tenant-prefixed), never provisioned.
+        identity = f"{self.tenant}:{self.next_name()}"
+        return Device(self.tenant, "", (identity, os.urandom(16).hex().encode()))
 
     def context(self, device: Device) -> Any:
         identity, key = device.credential
         return psk_context(identity.encode(), key)
 
     def refusal(self, cause: Cause) -> str:
-        return DTLS_REFUSED
+        # Every PSK refusal is unknown_psk_identity (RFC 4279; adapters/dtls/authn.py).
+        return alert_answer(ALERT_UNKNOWN_PSK_IDENTITY)
 
     async def _connect(self, device: Device, timeout: float) -> Session:
         return CoapSession(await open_dtls(self.context(device), self.port, timeout))
@@ -156,13 +170,17 @@ class CoapCertDriver(CoapPskDriver):
 
     async def provision(self) -> Device:
         issued, cert, key = self.certs.device(self.next_name())
-        device_id = await provision_cert(self.registry, issued.cert_pem, self.tenant)
+        device_id = await provision_cert(self.registry, issued, self.tenant, ca=self.certs.ca)
         return Device(self.tenant, device_id, (str(cert), str(key)), issued.fingerprint)
 
     def unknown(self) -> Device:
-        _issued, cert, key = self.certs.device(self.next_name())  # trusted CA, not registered
+        # Signed by the CA the tenant trusts (as provision() makes it), never registered.
+        _issued, cert, key = self.certs.device(self.next_name())
         return Device(self.tenant, "", (str(cert), str(key)))
 
     def context(self, device: Device) -> Any:
         cert, key = device.credential
         return cert_context(cert, key, str(self.certs.ca_pem))
+
+    def refusal(self, cause: Cause) -> str:
+        return alert_answer(cause.dtls_alert)

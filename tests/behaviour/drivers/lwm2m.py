@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -76,7 +77,8 @@ class Lwm2mPskDriver(CoapPskDriver):
 
     def unknown(self) -> Device:
         name = self.next_name()
-        return Device(self.tenant, "", Provisioned("", name, "", name, b"u" * 32))
+        identity = f"{self.tenant}:{name}"  # the registry's form, never provisioned
+        return Device(self.tenant, "", Provisioned("", name, "", identity, os.urandom(32)))
 
     def refusal(self, cause: Cause) -> str:
         return "LwM2M refused"  # the DTLS handshake fails: no Register is ever sent
