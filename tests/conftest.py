@@ -3,13 +3,18 @@ and a broker Node started in-process with listeners on free ports."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
 
-from corem_ingress.app import redis_client
+from corem_ingress.app import Node, redis_client
 from corem_ingress.core.psk import KeyRing, generate_kek_line
 from corem_ingress.core.resolver_cache import ResolverCache
 from corem_ingress.embedded_redis import EmbeddedRedis
@@ -121,9 +126,67 @@ def resolver(redis: aioredis.Redis, keys: KeySchema, keyring: KeyRing) -> Resolv
     return Resolver(redis, keys, cache, keyring=keyring)
 
 
+#: Fixtures that start a server (redis-server, a node, broker processes). A test marked
+#: ``unit`` that needs one, directly or through another fixture, stops the run.
+SERVER_FIXTURES = frozenset(
+    {"redis_server", "durable_redis", "redis_cluster", "redis_sentinel", "start_node"}
+    | {"node_on", "brokers"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers: a test is ``unit`` only if marked so (pure: no server, no network peer,
+    runs in seconds); every other test is ``integration``. A ``unit`` test that needs a
+    server fixture is a usage error, reported for all such tests at once."""
     # Tests that need binaries the machine lacks fail loudly rather than skip: CI installs them.
     os.environ.setdefault("COREM_LOGGING_FORMAT", "console")
+    wrong = []
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)
+            continue
+        servers = sorted(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        if servers or item.get_closest_marker("integration") is not None:
+            wrong.append(f"{item.nodeid}: marked unit, needs {servers or 'integration'}")
+    if wrong:
+        raise pytest.UsageError("unit tests start no server:\n" + "\n".join(wrong))
+
+
+#: Programs a unit test may not start (a server, or a broker node).
+SERVER_PROGRAMS = frozenset({"redis-server", "redis-sentinel", "nginx", "mosquitto"})
+_real_popen = subprocess.Popen
+
+
+def _popen_no_servers(args: Any, *rest: Any, **kwargs: Any) -> Any:
+    argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+    argv = [os.fsdecode(a) for a in argv]
+    program = os.path.basename(argv[0]) if argv else ""
+    if program in SERVER_PROGRAMS or argv[1:3] == ["-m", "corem_ingress"]:
+        raise RuntimeError(f"a test marked unit started {program}: mark it integration")
+    return _real_popen(args, *rest, **kwargs)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    # The belt to the collection check's braces: any fixture (session-scoped ones are set
+    # up here, for the first test that needs them), helper or test body that starts a
+    # server process (EmbeddedRedis, asyncio subprocesses and subprocess.run go through
+    # subprocess.Popen).
+    with _no_servers_if_unit(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_servers_if_unit(item):
+        yield
+
+
+def _no_servers_if_unit(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
+    if item.get_closest_marker("unit") is None:
+        return contextlib.nullcontext()
+    return mock.patch.object(subprocess, "Popen", _popen_no_servers)
 
 
 def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[no-untyped-def]
@@ -148,6 +211,25 @@ def make_config(redis_url: str, **sections: dict[str, object]):  # type: ignore[
             setattr(target, key, value)
     cfg.validate()
     return cfg
+
+
+@pytest.fixture
+async def node_on(kek_env: str):  # type: ignore[no-untyped-def]
+    """Factory: ``await node_on(redis_url, **sections)`` -> a started Node (no listeners)."""
+    nodes: list[Node] = []
+
+    async def start(url: str, **sections: dict[str, object]) -> Node:
+        node = Node(make_config(url, **sections), listener_factories=[])
+        nodes.append(node)
+        await node.start()
+        assert node.bus is not None
+        async with asyncio.timeout(15):
+            await node.bus.subscribed.wait()
+        return node
+
+    yield start
+    for node in reversed(nodes):
+        await node.stop()
 
 
 @pytest.fixture

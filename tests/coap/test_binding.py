@@ -8,6 +8,8 @@ from OpenSSL import SSL
 
 from corem_ingress.adapters.dtls import _binding
 
+pytestmark = pytest.mark.unit
+
 
 def test_every_private_symbol_is_there() -> None:
     for name in _binding.REQUIRED_SYMBOLS:

@@ -16,6 +16,8 @@ from corem_ingress.adapters.coap.blockwise import (
     szx_of,
 )
 
+pytestmark = pytest.mark.unit
+
 LIMIT = 100
 
 

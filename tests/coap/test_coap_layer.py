@@ -18,6 +18,8 @@ from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import Uplink
 
+pytestmark = pytest.mark.unit
+
 ADDR = ("127.0.0.1", 5000)
 IDENT = DeviceIdentity("acme", "dev-1", CredentialKind.PSK, "cred-1")
 CRED = Credential(CredentialKind.PSK, "psk-id", IDENT)

@@ -6,6 +6,8 @@ import pytest
 
 from corem_ingress.config import CoapConfig, ConfigError, load
 
+pytestmark = pytest.mark.unit
+
 
 def test_env_overrides_reach_the_coap_keys() -> None:
     cfg = load(

@@ -35,6 +35,8 @@ from tests.coap.test_dtls_core import (
     transfer,
 )
 
+pytestmark = pytest.mark.unit
+
 ADDR = ("127.0.0.1", 40200)
 
 

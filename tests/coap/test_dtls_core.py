@@ -127,6 +127,7 @@ def handshake(
 ADDR = ("127.0.0.1", 40000)
 
 
+@pytest.mark.unit
 def test_psk_handshake_data_both_ways_and_close_notify_frees_at_once() -> None:
     server = make_server()
     client = handshake(server, ADDR)
@@ -145,6 +146,7 @@ def test_psk_handshake_data_both_ways_and_close_notify_frees_at_once() -> None:
     assert len(server) == 0
 
 
+@pytest.mark.unit
 def test_server_close_sends_close_notify_and_forgets() -> None:
     server = make_server()
     client = handshake(server, ADDR)
@@ -157,6 +159,7 @@ def test_server_close_sends_close_notify_and_forgets() -> None:
     assert list(server.events()) == [SessionClosed(ADDR, Cause.CREDENTIAL_REVOKED, True)]
 
 
+@pytest.mark.unit
 def test_cookie_less_client_hello_flood_keeps_no_state() -> None:
     server = make_server()
     hello = Client(psk_context(b"dev1", KEY)).start()
@@ -181,6 +184,7 @@ def test_cookie_less_client_hello_flood_keeps_no_state() -> None:
     assert after - before < 64 * 1024, after - before
 
 
+@pytest.mark.unit
 def test_garbage_datagrams_are_dropped_and_nothing_breaks() -> None:
     server = make_server()
     rng = __import__("random").Random(7)
@@ -200,6 +204,7 @@ def test_garbage_datagrams_are_dropped_and_nothing_breaks() -> None:
     assert handshake(server, ADDR).done
 
 
+@pytest.mark.unit
 def test_wrong_psk_fails_with_alert_and_drops_half_open_state() -> None:
     server = make_server()
     client = handshake(server, ADDR, key=b"x" * 32)
@@ -208,6 +213,7 @@ def test_wrong_psk_fails_with_alert_and_drops_half_open_state() -> None:
     assert len(server) == 0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("ident", [b"unknown", b"revoked"])
 def test_unknown_or_revoked_identity_fails_with_alert(ident: bytes) -> None:
     cache = FakeCache()
@@ -225,6 +231,7 @@ def test_unknown_or_revoked_identity_fails_with_alert(ident: bytes) -> None:
     assert len(server) == 0
 
 
+@pytest.mark.unit
 def test_deferred_psk_lookup_completes_the_handshake() -> None:
     cache = FakeCache()
     cache.unknown_to_cache.add("dev1")
@@ -242,6 +249,7 @@ def test_deferred_psk_lookup_completes_the_handshake() -> None:
     assert isinstance(next(server.events()), HandshakeCompleted)
 
 
+@pytest.mark.unit
 def test_certificate_handshake_self_signed_and_expired(tmp_path: Path) -> None:
     import datetime as dt
 
@@ -287,6 +295,7 @@ def test_certificate_handshake_self_signed_and_expired(tmp_path: Path) -> None:
     assert server.stats["closed:certificate_expired"] == 1
 
 
+@pytest.mark.unit
 def test_certificate_chain_must_end_in_a_ca_of_the_resolved_tenant(tmp_path: Path) -> None:
     """Issue 12 §1: the fingerprint resolves to (tenant, device), and the chain the device
     presented must end in one of that tenant's CAs, else FOREIGN_CA (alert, no session)."""
@@ -341,6 +350,7 @@ def test_certificate_chain_must_end_in_a_ca_of_the_resolved_tenant(tmp_path: Pat
     assert server.stats["closed:foreign_ca"] == 3
 
 
+@pytest.mark.unit
 def test_every_datagram_is_whole_records_within_the_mtu(tmp_path: Path) -> None:
     ca = devcerts.make_ca("mtu CA")
     # A long chain: server cert + intermediate make the server's flight exceed a small MTU.
@@ -375,6 +385,7 @@ def test_every_datagram_is_whole_records_within_the_mtu(tmp_path: Path) -> None:
     assert sum(sizes) > 1000 and len(sizes) >= 4  # the certificate flight was split
 
 
+@pytest.mark.unit
 def test_handshake_timeout_and_idle_timeout() -> None:
     server = make_server(handshake_timeout=5.0, idle_timeout=30.0)
     # A client that stops after the cookie exchange: half-open state dropped at the timeout.
@@ -402,6 +413,7 @@ def test_handshake_timeout_and_idle_timeout() -> None:
     assert list(server.events()) == [SessionClosed(addr2, Cause.IDLE, True)]
 
 
+@pytest.mark.unit
 def test_max_sessions_and_per_source_rate_limit() -> None:
     server = make_server(max_sessions=3, handshake_rate=0.0)
     for i in range(3):
@@ -417,6 +429,7 @@ def test_max_sessions_and_per_source_rate_limit() -> None:
     assert limited.stats["refused_rate"] >= 2
 
 
+# Not marked unit: a soak of 10,000 cycles (tens of seconds), run with the integration tests.
 def test_ten_thousand_handshake_and_close_cycles_leave_memory_flat() -> None:
     server = make_server(handshake_rate=0.0)
 
@@ -454,6 +467,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "cipher",
     ["PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256", "PSK-AES256-GCM-SHA384", "PSK-AES128-CCM"],
@@ -467,6 +481,7 @@ def test_psk_suites(cipher: str) -> None:
     assert isinstance(ev, HandshakeCompleted) and ev.cipher == cipher
 
 
+@pytest.mark.unit
 def test_dtls_1_0_and_unlisted_suites_are_refused() -> None:
     from OpenSSL import SSL
 
@@ -483,6 +498,7 @@ def test_dtls_1_0_and_unlisted_suites_are_refused() -> None:
     assert SSL  # the refusals came from OpenSSL's own checks
 
 
+@pytest.mark.unit
 def test_lost_flight_is_retransmitted_by_the_timer() -> None:
     import time
 

@@ -37,6 +37,8 @@ from tests.coap.test_dtls_core import (
     transfer,
 )
 
+pytestmark = pytest.mark.unit
+
 ADDR = ("127.0.0.1", 40100)
 WRONG = b"w" * 32
 

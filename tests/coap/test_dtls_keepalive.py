@@ -3,8 +3,12 @@ device's DTLS session is not closed as idle before its registration ends. Sans-I
 
 from __future__ import annotations
 
+import pytest
+
 from corem_ingress.adapters.dtls.events import SessionClosed
 from tests.coap.test_dtls_core import ADDR, NOW, handshake, make_server
+
+pytestmark = pytest.mark.unit
 
 
 def test_keep_alive_overrides_the_idle_timeout_until_its_deadline() -> None:

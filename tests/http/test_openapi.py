@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from corem_ingress.adapters import http
 from corem_ingress.adapters.http import openapi
@@ -32,6 +33,7 @@ def documented() -> set[tuple[str, str]]:
     return {(m, p) for p, ops in doc["paths"].items() for m in ops}
 
 
+@pytest.mark.unit
 def test_docs_file_is_the_rendered_document() -> None:
     assert DOCS.read_bytes() == openapi.render(), (
         "docs/openapi.json is stale: run "
@@ -59,6 +61,7 @@ async def test_served_document_is_the_docs_file_and_routes_match(
                 assert await resp.read() == DOCS.read_bytes()
 
 
+@pytest.mark.unit
 def test_document_shape() -> None:
     doc = json.loads(DOCS.read_text())
     assert doc["openapi"] == "3.1.0"

@@ -20,6 +20,8 @@ from corem_ingress.config import ConfigError, HttpConfig
 from corem_ingress.core.errors import InvalidArgument, Unauthenticated
 from corem_ingress.core.uplink import UplinkKind
 
+pytestmark = pytest.mark.unit
+
 KEY = "sk_live_" + "A" * 43
 
 

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from corem_ingress.adapters import http
 from corem_ingress.app import redis_client
@@ -19,22 +16,13 @@ from corem_ingress.store.keys import KeySchema
 from .conftest import Api
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """Persistent (AOF, fsync always) so a restart on the same port keeps what was stored."""
-    (tmp_path / "redis").mkdir()
-    server = EmbeddedRedis(data_dir=tmp_path / "redis", persist=True).start()
-    yield server
-    server.close()
-
-
 async def test_redis_down_is_503_and_no_202_without_a_stored_message(
-    own_redis: EmbeddedRedis, start_node: Any, operator_tokens: Any
+    durable_redis: EmbeddedRedis, start_node: Any, operator_tokens: Any
 ) -> None:
     tokens_path, tokens = operator_tokens
     node = await start_node(
         [http.build],
-        redis={"url": own_redis.url},
+        redis={"url": durable_redis.url},
         http={"admin_tokens_file": str(tokens_path)},
     )
     acked: list[str] = []
@@ -62,16 +50,16 @@ async def test_redis_down_is_503_and_no_202_without_a_stored_message(
             for i in range(5):
                 await send(1000 + i)
 
-        stopping = asyncio.create_task(asyncio.to_thread(own_redis.stop))  # SIGTERM, wait
+        stopping = asyncio.create_task(asyncio.to_thread(durable_redis.stop))  # SIGTERM, wait
         await asyncio.gather(*(burst() for _ in range(12)), stopping)
         assert [await send(i) for i in range(1, 4)] == [503, 503, 503]
         admin = await api.request("GET", f"/api/v1/devices/{device_id}", tenant="acme")
         assert admin.status == 503
 
         restarted = EmbeddedRedis(
-            port=own_redis.port, data_dir=own_redis.data_dir, persist=True
+            port=durable_redis.port, data_dir=durable_redis.data_dir, persist=True
         ).start()
-        own_redis.proc = restarted.proc  # the fixture stops whichever process runs now
+        durable_redis.proc = restarted.proc  # the fixture stops whichever process runs now
         # The device retries (bounded); every answer is 202 or 503, never anything else.
         statuses = []
         for i in range(4, 204):
@@ -81,7 +69,7 @@ async def test_redis_down_is_503_and_no_202_without_a_stored_message(
             await asyncio.sleep(0.05)
         assert statuses[-1] == 202
 
-    client = redis_client(own_redis.url)
+    client = redis_client(durable_redis.url)
     try:
         entries = await client.xrange(KeySchema("corem").uplink_stream("acme"))
     finally:

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,7 +22,6 @@ from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.trust import PeerChain
 from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.store.registry import Registry
-from tests.conftest import make_config
 from tests.pki import trust_ca
 
 A = "cli:test"
@@ -170,62 +169,49 @@ async def test_bus_gap_triggers_resync_and_revalidation(
     assert len(hub) == 1
 
 
-@pytest.fixture
-def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:  # type: ignore[no-untyped-def]
-    server = EmbeddedRedis(data_dir=tmp_path / "r", persist=True)
-    (tmp_path / "r").mkdir()
-    server.start()
-    yield server
-    server.close()
-
-
 async def test_fail_closed_while_redis_is_down_then_recovers(
-    own_redis: EmbeddedRedis, kek_env: str
+    durable_redis: EmbeddedRedis, node_on: Any
 ) -> None:
-    node = Node(make_config(own_redis.url, redis={"socket_timeout_s": 0.5}), listener_factories=[])
-    await node.start()
-    try:
-        await asyncio.wait_for(node.bus.subscribed.wait(), 5)
-        services = node.services
-        reg = services.registry
-        known = await reg.provision("acme", "hw-f1", CredentialKind.API_KEY, actor=A)
-        unseen = await reg.provision("acme", "hw-f2", CredentialKind.API_KEY, actor=A)
-        assert known.api_key is not None and unseen.api_key is not None
-        ident = await services.resolver.resolve_api_key(known.api_key.api_key)
-        orders = Orders(node)
-        services.sessions.register(
-            LiveSession("s-k", "http", ident, api_keys.hash_key(known.api_key.api_key)),
-            lambda o: None,
-        )
-        assert await node.ready_checks() == {"redis": True, "bus": True}
+    node = await node_on(durable_redis.url, redis={"socket_timeout_s": 0.5})
+    await asyncio.wait_for(node.bus.subscribed.wait(), 5)
+    services = node.services
+    reg = services.registry
+    known = await reg.provision("acme", "hw-f1", CredentialKind.API_KEY, actor=A)
+    unseen = await reg.provision("acme", "hw-f2", CredentialKind.API_KEY, actor=A)
+    assert known.api_key is not None and unseen.api_key is not None
+    ident = await services.resolver.resolve_api_key(known.api_key.api_key)
+    orders = Orders(node)
+    services.sessions.register(
+        LiveSession("s-k", "http", ident, api_keys.hash_key(known.api_key.api_key)),
+        lambda o: None,
+    )
+    assert await node.ready_checks() == {"redis": True, "bus": True}
 
-        own_redis.stop()
-        # Nothing the cache cannot vouch for is accepted.
-        with pytest.raises(Unavailable):
-            await services.resolver.resolve_api_key(unseen.api_key.api_key)
-        # What the cache vouches for (fresh, not revoked before the outage) still resolves.
-        assert (await services.resolver.resolve_api_key(known.api_key.api_key)) == ident
-        for _ in range(100):
-            if not node.bus.subscribed.is_set():
-                break
-            await asyncio.sleep(0.05)
-        checks = await node.ready_checks()
-        assert checks == {"redis": False, "bus": False}
+    durable_redis.stop()
+    # Nothing the cache cannot vouch for is accepted.
+    with pytest.raises(Unavailable):
+        await services.resolver.resolve_api_key(unseen.api_key.api_key)
+    # What the cache vouches for (fresh, not revoked before the outage) still resolves.
+    assert (await services.resolver.resolve_api_key(known.api_key.api_key)) == ident
+    for _ in range(100):
+        if not node.bus.subscribed.is_set():
+            break
+        await asyncio.sleep(0.05)
+    checks = await node.ready_checks()
+    assert checks == {"redis": False, "bus": False}
 
-        own_redis.start()  # same port, same data (AOF)
-        await asyncio.wait_for(node.bus.subscribed.wait(), 15)
-        for _ in range(100):
-            if node.bus.resyncs >= 1:
-                break
-            await asyncio.sleep(0.05)
-        assert node.bus.resyncs >= 1
-        assert (
-            await services.resolver.resolve_api_key(unseen.api_key.api_key)
-        ).device_id == unseen.device.device_id
-        assert len(services.sessions) == 1 and orders.items == []  # still valid: kept
-        assert await node.ready_checks() == {"redis": True, "bus": True}
-    finally:
-        await node.stop()
+    durable_redis.start()  # same port, same data (AOF)
+    await asyncio.wait_for(node.bus.subscribed.wait(), 15)
+    for _ in range(100):
+        if node.bus.resyncs >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert node.bus.resyncs >= 1
+    assert (
+        await services.resolver.resolve_api_key(unseen.api_key.api_key)
+    ).device_id == unseen.device.device_id
+    assert len(services.sessions) == 1 and orders.items == []  # still valid: kept
+    assert await node.ready_checks() == {"redis": True, "bus": True}
 
 
 async def test_revocation_reaches_another_process(registry: Registry, redis_url: str) -> None:

@@ -24,6 +24,8 @@ from corem_ingress.lwm2m.linkformat import parse_links
 from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
 from corem_ingress.lwm2m.registration import Registrar, parse_request
 
+pytestmark = pytest.mark.unit
+
 P = Lwm2mPath.parse
 V = ValueType
 

@@ -38,11 +38,13 @@ def wire(msg: Message, mtype: object = CON) -> Message:
     return Message.decode(msg.encode())
 
 
+@pytest.mark.unit
 def test_codes() -> None:
     assert dotted(Code.CONTENT) == "2.05" and dotted(Code.METHOD_NOT_ALLOWED) == "4.05"
     assert code_of("2.01") == Code.CREATED and code_of("4.12") == Code.PRECONDITION_FAILED
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "req",
     [
@@ -65,6 +67,7 @@ def test_request_message_on_the_wire(req: ops.DeviceRequest) -> None:
     assert got.opt.observe == req.observe
 
 
+@pytest.mark.unit
 def test_simulated_client_over_the_codec() -> None:
     client = SimulatedClient("SN-1", clock=lambda: 1_700_000_000.0)
     for req in [ops.read("/3303/0/5700"), ops.read("/3/0", accept=112), ops.execute("/3/0/4")]:
@@ -84,6 +87,7 @@ def test_simulated_client_over_the_codec() -> None:
     ).records == (Record(Lwm2mPath.parse("/3303/0/5700"), ValueType.FLOAT, 21.5),)
 
 
+@pytest.mark.unit
 def test_reply_message() -> None:
     created = wire(reply_message(DeviceReply("2.01", ("rd", "abc"))), ACK)
     assert created.code == Code.CREATED and created.opt.location_path == ("rd", "abc")

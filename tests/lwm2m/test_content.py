@@ -32,6 +32,8 @@ from corem_ingress.lwm2m.model import (
     ValueType,
 )
 
+pytestmark = pytest.mark.unit
+
 P = Lwm2mPath.parse
 V = ValueType
 NOW = 1_700_000_000.0

@@ -18,6 +18,8 @@ from corem_ingress.lwm2m.linkformat import (
 )
 from corem_ingress.lwm2m.model import Lwm2mPath
 
+pytestmark = pytest.mark.unit
+
 ISSUE_EXAMPLE = '</>;rt="oma.lwm2m";ct=11543,</1/0>,</3/0>,</3303/0>;ver=1.1'
 
 

@@ -7,6 +7,8 @@ from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.model import Lwm2mPath
 from corem_ingress.lwm2m.observations import ObservationTable, Owner, is_fresher
 
+pytestmark = pytest.mark.unit
+
 
 def test_freshness_rule() -> None:
     assert is_fresher(1, 0, 2, 0)

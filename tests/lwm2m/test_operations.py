@@ -23,6 +23,8 @@ from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 
+pytestmark = pytest.mark.unit
+
 P = Lwm2mPath.parse
 NOW = 1_700_000_000.0
 

@@ -30,6 +30,8 @@ from corem_ingress.lwm2m.registration import (
     parse_request,
 )
 
+pytestmark = pytest.mark.unit
+
 DEV = "0b7c6f62-3f0e-4c39-9a55-6a1f0f1b2c3d"
 OTHER = "5d3c2b1a-0000-4000-8000-000000000001"
 HW = "SN-0001"

@@ -14,6 +14,8 @@ from corem_ingress.lwm2m.model import Lwm2mPath
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 from corem_ingress.lwm2m.reporting import parse_send, paths_to_observe, uplink
 
+pytestmark = pytest.mark.unit
+
 NOW = 1_700_000_000.0
 OBJECTS = parse_object_list("</1/0>,</3/0>,</3303/0>,</3303/1>")
 REG = Registration("r1", "SN-1", "acme", "d-1", "psk_1", "psk", "1.1", 300, "U", False, None,

@@ -224,20 +224,28 @@ def paho_connect(
     clean_session: bool = True,
     password: str | None = None,
     timeout: float = 10,
+    protocol: Any = None,
+    reconnect: bool = True,
 ) -> tuple[int | None, Any]:
-    """Connect with paho; returns (CONNACK code or None if the TLS handshake failed, client)."""
+    """Connect with paho; returns (CONNACK code or None if the TLS handshake failed, client).
+
+    ``protocol``: paho's MQTTv311 (the default) or MQTTv5 (then the code is the MQTT 5
+    reason code). ``reconnect=False``: the client does not reconnect by itself."""
     import threading
 
     import paho.mqtt.client as paho
 
+    protocol = paho.MQTTv311 if protocol is None else protocol
     done = threading.Event()
     result: dict[str, int] = {}
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        clean_session=clean_session,
-        protocol=paho.MQTTv311,
+        clean_session=clean_session if protocol != paho.MQTTv5 else None,
+        protocol=protocol,
     )
+    if not reconnect:
+        client.reconnect_delay_set(60, 60)  # the caller decides
     client.tls_set(
         ca_certs=str(pki.ca_file),
         certfile=str(cert.cert) if cert else None,
@@ -249,7 +257,7 @@ def paho_connect(
     def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         # paho 2 reports MQTT 3.1.1 CONNACK codes as MQTT 5 reason codes: map them back.
         value = reason.value if hasattr(reason, "value") else int(reason)
-        result["rc"] = _V5_TO_V311.get(value, value)
+        result["rc"] = value if protocol == paho.MQTTv5 else _V5_TO_V311.get(value, value)
         done.set()
 
     client.on_connect = on_connect

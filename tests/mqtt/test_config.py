@@ -7,6 +7,8 @@ import pytest
 from corem_ingress.adapters.mqtt import tls
 from corem_ingress.config import ConfigError, MqttConfig, load
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("key", "value"),

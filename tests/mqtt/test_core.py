@@ -23,6 +23,8 @@ from corem_ingress.core.errors import PermissionDenied
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import UplinkKind
 
+pytestmark = pytest.mark.unit
+
 DEV = "0b0e0c6a-3f1e-4a51-9a0b-2f0f5f7f1a11"
 OTHER = "9d7b1c2e-5f3a-4b6c-8d9e-0a1b2c3d4e5f"
 IDENTITY = DeviceIdentity("acme", DEV, CredentialKind.X509, "f" * 64)
@@ -360,30 +362,3 @@ def test_packed_append_is_valid_resp_with_exactly_the_envelope_fields() -> None:
         assert entry[0] == b"16"
         fields = {k.decode(): v.decode() for k, v in zip(entry[1::2], entry[2::2], strict=True)}
         assert list(fields.items()) == list(up.to_fields().items())
-
-
-async def test_payload_that_is_json_only_to_python_is_stored_as_text(  # type: ignore[no-untyped-def]
-    mqtt_node, registry, pki, redis
-) -> None:
-    """Issue 12 §4 on MQTT: a lone surrogate escape is acknowledged and kept as its text, so
-    every consumer of the stream still reads valid UTF-8 JSON."""
-    import json as json_
-
-    from corem_ingress.adapters.mqtt import codec
-    from tests.mqtt.conftest import RawClient, client_ssl, connect_packet, provision_x509
-
-    node, listener = await mqtt_node()
-    dev = await provision_x509(registry, pki, "acme", "hw-sur")
-    client = await RawClient.open(listener.port, client_ssl(pki, dev.cert))
-    await client.send(connect_packet(dev.device_id))
-    assert await client.read_packet() == b"\x20\x02\x00\x00"
-    topic = f"devices/{dev.device_id}/up/telemetry"
-    await client.send(codec.encode_publish(topic, b'{"v": "\\ud800"}', 1, 1))
-    assert await client.read_packet() == codec.encode_ack(codec.PacketType.PUBACK, 1)
-    await client.close()
-    (entry,) = await redis.xrange(node.keys.uplink_stream("acme"))
-    fields = entry[1]
-    assert fields["payload_encoding"] == "text"
-    assert json_.loads(fields["payload"]) == '{"v": "\\ud800"}'
-    # What `corem-ingress tail | jq` reads: valid UTF-8 JSON.
-    json_.dumps(json_.loads(fields["payload"]), ensure_ascii=False).encode("utf-8")

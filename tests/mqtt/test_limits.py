@@ -175,3 +175,30 @@ async def test_qos0_burst_is_stored_in_full(mqtt_node, registry, pki, redis):  #
     entries = await redis.xrange("corem:uplink:{acme}")
     assert [e[1]["payload"] for e in entries] == [str(i) for i in range(n)]
     await c.close()
+
+
+async def test_payload_that_is_json_only_to_python_is_stored_as_text(  # type: ignore[no-untyped-def]
+    mqtt_node, registry, pki, redis
+) -> None:
+    """Issue 12 §4 on MQTT: a lone surrogate escape is acknowledged and kept as its text, so
+    every consumer of the stream still reads valid UTF-8 JSON."""
+    import json as json_
+
+    from corem_ingress.adapters.mqtt import codec
+    from tests.mqtt.conftest import RawClient, client_ssl, connect_packet, provision_x509
+
+    node, listener = await mqtt_node()
+    dev = await provision_x509(registry, pki, "acme", "hw-sur")
+    client = await RawClient.open(listener.port, client_ssl(pki, dev.cert))
+    await client.send(connect_packet(dev.device_id))
+    assert await client.read_packet() == b"\x20\x02\x00\x00"
+    topic = f"devices/{dev.device_id}/up/telemetry"
+    await client.send(codec.encode_publish(topic, b'{"v": "\\ud800"}', 1, 1))
+    assert await client.read_packet() == codec.encode_ack(codec.PacketType.PUBACK, 1)
+    await client.close()
+    (entry,) = await redis.xrange(node.keys.uplink_stream("acme"))
+    fields = entry[1]
+    assert fields["payload_encoding"] == "text"
+    assert json_.loads(fields["payload"]) == '{"v": "\\ud800"}'
+    # What `corem-ingress tail | jq` reads: valid UTF-8 JSON.
+    json_.dumps(json_.loads(fields["payload"]), ensure_ascii=False).encode("utf-8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +17,6 @@ from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
 from corem_ingress.embedded_redis import EmbeddedRedis
-from tests.conftest import make_config
 
 A = "cli:metrics-test"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -119,45 +118,32 @@ async def test_metrics_move_after_provision_resolve_revoke_uplink(start_node) ->
                 assert resp.status == status
 
 
-@pytest.fixture
-def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:  # type: ignore[no-untyped-def]
-    server = EmbeddedRedis(data_dir=tmp_path / "r")
-    (tmp_path / "r").mkdir()
-    server.start()
-    yield server
-    server.close()
-
-
 async def test_redis_errors_and_failed_appends_are_counted(
-    own_redis: EmbeddedRedis, kek_env: str
+    durable_redis: EmbeddedRedis, node_on: Any
 ) -> None:
-    node = Node(make_config(own_redis.url, redis={"socket_timeout_s": 0.5}), listener_factories=[])
-    await node.start()
-    try:
-        assert node.bus is not None and node.services is not None
-        async with asyncio.timeout(10):
-            await node.bus.subscribed.wait()
-        s = node.services
-        dev = await s.registry.provision("m-down", "SN-D1", CredentialKind.API_KEY, actor=A)
-        assert dev.api_key is not None
-        ident = await s.resolver.resolve_api_key(dev.api_key.api_key)
-        before = await scrape(node)
-        own_redis.stop()
-        with pytest.raises(Unavailable):
-            await s.resolver.resolve_api_key(api_keys.generate())
-        with pytest.raises(Unavailable):
-            await s.uplinks.append(
-                Uplink.new(ident, Transport.MQTT, UplinkKind.EVENT, {"v": 2}, now=time.time())
-            )
-        async with asyncio.timeout(10):
-            while node.bus.subscribed.is_set():
-                await asyncio.sleep(0.05)
-        after = await scrape(node)
-        d = Delta(before, after)
-        assert d("corem_redis_errors_total", component="resolver") == 1
-        assert d("corem_redis_errors_total", component="uplinks") == 1
-        assert d("corem_redis_errors_total", component="bus") >= 1
-        assert d("corem_uplinks_total", transport="mqtt", outcome="failed") == 1
-        assert d("corem_resolver_refusals_total", kind="api_key", reason="unavailable") == 0
-    finally:
-        await node.stop()
+    node = await node_on(durable_redis.url, redis={"socket_timeout_s": 0.5})
+    assert node.bus is not None and node.services is not None
+    async with asyncio.timeout(10):
+        await node.bus.subscribed.wait()
+    s = node.services
+    dev = await s.registry.provision("m-down", "SN-D1", CredentialKind.API_KEY, actor=A)
+    assert dev.api_key is not None
+    ident = await s.resolver.resolve_api_key(dev.api_key.api_key)
+    before = await scrape(node)
+    durable_redis.stop()
+    with pytest.raises(Unavailable):
+        await s.resolver.resolve_api_key(api_keys.generate())
+    with pytest.raises(Unavailable):
+        await s.uplinks.append(
+            Uplink.new(ident, Transport.MQTT, UplinkKind.EVENT, {"v": 2}, now=time.time())
+        )
+    async with asyncio.timeout(10):
+        while node.bus.subscribed.is_set():
+            await asyncio.sleep(0.05)
+    after = await scrape(node)
+    d = Delta(before, after)
+    assert d("corem_redis_errors_total", component="resolver") == 1
+    assert d("corem_redis_errors_total", component="uplinks") == 1
+    assert d("corem_redis_errors_total", component="bus") >= 1
+    assert d("corem_uplinks_total", transport="mqtt", outcome="failed") == 1
+    assert d("corem_resolver_refusals_total", kind="api_key", reason="unavailable") == 0

@@ -1,9 +1,12 @@
 import hashlib
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from corem_ingress.core import api_keys
+
+pytestmark = pytest.mark.unit
 
 
 def test_generated_key_format_and_uniqueness() -> None:

@@ -10,6 +10,8 @@ from corem_ingress import devcerts
 from corem_ingress.core import certs
 from corem_ingress.core.errors import InvalidArgument
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def ca() -> devcerts.Issued:

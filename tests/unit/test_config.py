@@ -5,6 +5,8 @@ import pytest
 from corem_ingress import config
 from corem_ingress.core.psk import generate_kek_line
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_validate() -> None:
     cfg = config.load(None, environ={})

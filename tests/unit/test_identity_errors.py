@@ -9,6 +9,8 @@ from corem_ingress.core.identity import (
     new_device_id,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("good", ["acme", "a", "t-1_x", "0tenant"])
 def test_tenant_ok(good: str) -> None:

@@ -4,6 +4,8 @@ import pytest
 
 from corem_ingress.core.limits import DeviceRateLimiter, TenantConnections, TokenBucket
 
+pytestmark = pytest.mark.unit
+
 
 def test_token_bucket_starts_full_and_refills_at_rate() -> None:
     b = TokenBucket.full(rate=2.0, burst=3.0, now=0.0)

@@ -6,6 +6,8 @@ import structlog
 from corem_ingress import logs
 from corem_ingress.core import api_keys
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> object:

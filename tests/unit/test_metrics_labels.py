@@ -1,7 +1,11 @@
 """Metric label normalisation keeps cardinality bounded (no I/O: the registry is in-process)."""
 
+import pytest
+
 from corem_ingress import metrics
 from corem_ingress.core.causes import Cause
+
+pytestmark = pytest.mark.unit
 
 
 def test_auth_failure_labels_are_cause_labels() -> None:

@@ -5,6 +5,8 @@ import pytest
 from corem_ingress.core import psk
 from corem_ingress.core.errors import FailedPrecondition, InvalidArgument
 
+pytestmark = pytest.mark.unit
+
 
 def ring(*kids: str) -> psk.KeyRing:
     return psk.KeyRing.parse("\n".join(psk.generate_kek_line(k) for k in kids))

@@ -5,6 +5,8 @@ import pytest
 from corem_ingress.config import Config, ConfigError, load
 from corem_ingress.store.connection import CLUSTER, SENTINEL, parse_url
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     "url", ["redis://127.0.0.1:6379/0", "rediss://r.example:6380", "unix:///run/redis.sock"]

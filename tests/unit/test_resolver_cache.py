@@ -3,6 +3,8 @@ import pytest
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.resolver_cache import ResolverCache
 
+pytestmark = pytest.mark.unit
+
 K = CredentialKind.API_KEY
 ID = DeviceIdentity("t", "d", K, "key_1")
 

@@ -5,6 +5,8 @@ from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.sessions import LiveSession, SessionRegistry
 
+pytestmark = pytest.mark.unit
+
 A = DeviceIdentity("t1", "d1", CredentialKind.X509, "fp-a")
 B = DeviceIdentity("t1", "d2", CredentialKind.X509, "fp-b")
 K = DeviceIdentity("t2", "d3", CredentialKind.API_KEY, "key_1")

@@ -4,6 +4,8 @@ import pytest
 
 from corem_ingress.core.throttle import AuthThrottle
 
+pytestmark = pytest.mark.unit
+
 IP = "192.0.2.1"
 
 

@@ -7,6 +7,8 @@ from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
 
+pytestmark = pytest.mark.unit
+
 ID = DeviceIdentity("t", "d", CredentialKind.API_KEY, "key_1")
 
 
