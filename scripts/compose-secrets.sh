@@ -4,7 +4,9 @@
 #   sudo scripts/compose-secrets.sh deploy
 # Writes <dir>/secrets/: psk-kek (a fresh KEK unless one exists), admin-tokens (empty unless
 # it exists: tenant:sha256hex[:name] lines), redis-url and redis-acl (a fresh Redis password,
-# as the brokers' URL and as its SHA-256 in Redis' ACL file), and restricts <dir>/certs/*.key.
+# as the brokers' URL and as its SHA-256 in Redis' ACL file), Redis' TLS certificate
+# (redis-tls.crt/.key, named redis, from a fresh private CA whose key is discarded; the CA
+# certificate redis-ca.pem is public, mode 0444), and restricts <dir>/certs/*.key.
 # COREM_INGRESS names the CLI (default: corem-ingress); BROKER_UID/REDIS_UID the owners.
 set -eu
 dir=${1:-deploy}
@@ -20,16 +22,33 @@ mkdir -p "$secrets"
 
 password=$(openssl rand -hex 32)
 hash=$(printf '%s' "$password" | sha256sum | cut -d' ' -f1)
-printf 'redis://corem:%s@redis:6379/0\n' "$password" > "$secrets/redis-url"
+printf 'rediss://corem:%s@redis:6380/0?ssl_ca_certs=/run/secrets/corem-redis-ca\n' "$password" \
+    > "$secrets/redis-url"
 cat > "$secrets/redis-acl" <<ACL
 user default off
 user corem on #$hash ~* &* +@all
 user healthcheck on nopass -@all +ping
 ACL
 
-chmod 0400 "$secrets/psk-kek" "$secrets/admin-tokens" "$secrets/redis-url" "$secrets/redis-acl"
+# Redis' TLS: a CA used once (its key never touches the disk outside this temp dir), a P-256
+# server certificate for the compose service name (and loopback, for the health check).
+tls=$(mktemp -d)
+trap 'rm -rf "$tls"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
+    -subj "/CN=corem redis CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=redis" \
+    -keyout "$secrets/redis-tls.key" -out "$tls/redis.csr" 2>/dev/null
+printf 'subjectAltName=DNS:redis,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' \
+    > "$tls/ext"
+openssl x509 -req -in "$tls/redis.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 825 -extfile "$tls/ext" -out "$secrets/redis-tls.crt" 2>/dev/null
+cp "$tls/ca.pem" "$secrets/redis-ca.pem"
+
+chmod 0400 "$secrets/psk-kek" "$secrets/admin-tokens" "$secrets/redis-url" "$secrets/redis-acl" \
+    "$secrets/redis-tls.crt" "$secrets/redis-tls.key"
+chmod 0444 "$secrets/redis-ca.pem"
 chown "$broker_uid:$broker_uid" "$secrets/psk-kek" "$secrets/admin-tokens" "$secrets/redis-url"
-chown "$redis_uid:$redis_uid" "$secrets/redis-acl"
+chown "$redis_uid:$redis_uid" "$secrets/redis-acl" "$secrets/redis-tls.crt" "$secrets/redis-tls.key"
 for key in "$dir"/certs/*.key; do
     [ -e "$key" ] || continue
     chown "$broker_uid:$broker_uid" "$key"

@@ -174,24 +174,49 @@ def compose_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_compose_secrets_are_owned_by_their_reader_mode_0400(compose_secrets: Path) -> None:
     secrets = compose_secrets / "secrets"
-    owners = {"psk-kek": 10001, "admin-tokens": 10001, "redis-url": 10001, "redis-acl": 999}
+    owners = {
+        "psk-kek": 10001,
+        "admin-tokens": 10001,
+        "redis-url": 10001,
+        "redis-acl": 999,
+        "redis-tls.crt": 999,
+        "redis-tls.key": 999,
+    }
     for name, uid in owners.items():
         st = (secrets / name).stat()
         assert stat.S_IMODE(st.st_mode) == 0o400, name
         assert (st.st_uid, st.st_gid) == (uid, uid), name
+    # The CA certificate is public (both containers read it); its key was never kept.
+    assert stat.S_IMODE((secrets / "redis-ca.pem").stat().st_mode) == 0o444
+    assert not any("PRIVATE KEY" in f.read_text() for f in secrets.iterdir() if f.suffix == ".pem")
     key = (compose_secrets / "certs" / "server.key").stat()
     assert stat.S_IMODE(key.st_mode) == 0o400 and key.st_uid == 10001
     # Every compose secret file is one the script writes.
     for entry in compose()["secrets"].values():
-        assert Path(entry["file"]).name in owners
+        assert Path(entry["file"]).name in {*owners, "redis-ca.pem"}
 
 
-def _start_redis(acl: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _in_here(args: list[str], secrets: Path, port: int) -> list[str]:
+    """A compose command run on this host: /run/secrets/X at the file compose mounts there,
+    Redis' TLS port a free one."""
+    files = {
+        f"/run/secrets/{name}": str(secrets / Path(entry["file"]).name)
+        for name, entry in compose()["secrets"].items()
+    }
+    out = [files.get(a, a) for a in args]
+    for flag in ("--tls-port", "-p"):
+        if flag in out:
+            out[out.index(flag) + 1] = str(port)
+    return out
+
+
+def _start_compose_redis(secrets: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The redis service's own command from the compose file, on loopback."""
     port = free_port()
-    binary = shutil.which("redis-server") or "redis-server"
+    argv = _in_here(compose()["services"]["redis"]["command"], secrets, port)
+    argv[0] = shutil.which("redis-server") or "redis-server"
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--aclfile", str(acl),
-         "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        [*argv, "--bind", "127.0.0.1", "--appendonly", "no", "--dir", str(tmp)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 10
@@ -205,39 +230,62 @@ def _start_redis(acl: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise AssertionError("redis-server did not start")
 
 
-def test_compose_redis_requires_the_password(compose_secrets: Path, tmp_path: Path) -> None:
-    """The shipped ACL scheme on a real redis-server: no anonymous access, the brokers' URL
-    (read through redis.url_file) works, the health check user can only PING."""
+async def test_compose_redis_requires_tls_and_the_password(
+    compose_secrets: Path, tmp_path: Path, node_on: Any
+) -> None:
+    """The shipped Redis on a real redis-server, started with the compose file's command and
+    secrets: TLS only, no anonymous access, the health check passes and can only PING, and
+    a broker node runs on the URL it reads through redis.url_file (lookups, appends and the
+    revocation bus over TLS, the certificate checked against the private CA)."""
     secrets = compose_secrets / "secrets"
-    proc, port = _start_redis(secrets / "redis-acl", tmp_path)
+    proc, port = _start_compose_redis(secrets, tmp_path)
     try:
         url = (secrets / "redis-url").read_text().strip()
-        assert re.fullmatch(r"redis://corem:[0-9a-f]{64}@redis:6379/0", url)
-        local = url.replace("@redis:6379", f"@127.0.0.1:{port}")
+        assert re.fullmatch(
+            r"rediss://corem:[0-9a-f]{64}@redis:6380/0\?ssl_ca_certs=/run/secrets/corem-redis-ca",
+            url,
+        )
+        # "localhost" is in the certificate: its name is checked as for "redis" in compose.
+        local = _in_here([url.replace("@redis:6380", f"@localhost:{port}")], secrets, port)[0]
+        local = local.replace("/run/secrets/corem-redis-ca", str(secrets / "redis-ca.pem"))
         url_file = tmp_path / "url"
         url_file.write_text(local + "\n")
         cfg = config.load(None, {"COREM_REDIS_URL_FILE": str(url_file)})
         assert cfg.redis.url == local
-        broker = redis.Redis.from_url(cfg.redis.url, socket_timeout=2)
-        broker.xadd("corem:uplink:{acme}", {"k": "v"})
-        assert broker.xlen("corem:uplink:{acme}") == 1
-        broker.close()
-        anonymous = redis.Redis(port=port, socket_timeout=2)
+        node = await node_on(cfg.redis.url)
+        await node.redis.xadd("corem:uplink:{acme}", {"k": "v"})
+        assert await node.redis.xlen("corem:uplink:{acme}") == 1
+
+        health = _in_here(compose()["services"]["redis"]["healthcheck"]["test"][1:], secrets, port)
+        out = subprocess.run(health, capture_output=True, text=True, timeout=10)
+        assert out.stdout.strip() == "PONG", out.stderr
+
+        password = url.split(":")[2].split("@")[0]
+        plain = redis.Redis(port=port, username="corem", password=password, socket_timeout=2)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            plain.ping()  # no plaintext port: the TLS port does not speak it
+        tls = {"ssl": True, "ssl_ca_certs": str(secrets / "redis-ca.pem"), "socket_timeout": 2}
+        anonymous = redis.Redis(host="localhost", port=port, **tls)
         with pytest.raises(redis.exceptions.AuthenticationError):
             anonymous.ping()
-        health = redis.Redis(port=port, username="healthcheck", password="x", socket_timeout=2)
-        assert health.ping()
+        check = redis.Redis(
+            host="localhost", port=port, username="healthcheck", password="x", **tls
+        )
         with pytest.raises(redis.exceptions.NoPermissionError):
-            health.get("corem:anything")
-        health.close()
-        wrong = redis.Redis(port=port, username="corem", password="0" * 64, socket_timeout=2)
+            check.get("corem:anything")
+        wrong = redis.Redis(host="localhost", port=port, username="corem", password="0" * 64, **tls)
         with pytest.raises(redis.exceptions.AuthenticationError):
             wrong.ping()
+        # A server certificate from another CA is refused (the system CAs are not used).
+        untrusted = redis.Redis(host="localhost", port=port, ssl=True, socket_timeout=2)
+        with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
+            untrusted.ping()
+        for client in (anonymous, check, wrong, untrusted, plain):
+            client.close()
     finally:
         proc.terminate()
         proc.wait(10)
     # The ACL holds the password's hash only.
-    password = url.split(":")[2].split("@")[0]
     assert password not in (secrets / "redis-acl").read_text()
 
 
