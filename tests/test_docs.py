@@ -46,6 +46,7 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.tenant_ca("<tenant>", "<fingerprint>"),
         k.tenant_settings("<tenant>"),
         k.challenge("<token>"),
+        k.tenant_challenges("<tenant>"),
         k.credential("<credential_id>"),
         k.audit_stream,
         k.uplink_stream("<tenant>"),

@@ -58,6 +58,10 @@ class KeySchema:
         """String -> tenant_id: a proof-of-possession challenge; TTL, deleted when used."""
         return f"{self._r}:challenge:{token}"
 
+    def tenant_challenges(self, tenant_id: str) -> str:
+        """Sorted set token -> expiry: a tenant's outstanding challenges (bounds how many)."""
+        return f"{self._r}:tenant:{tenant_id}:challenges"
+
     # -- credentials ---------------------------------------------------------------
     def lookup(self, kind: CredentialKind, lookup: str) -> str:
         """String (compact JSON) read by the resolver; exists only while the credential works.

@@ -197,3 +197,17 @@ async def test_another_tenants_psk_identity_answers_like_a_free_one(api: Api) ->
     # In its own namespace: 200, and the device works with it.
     ok = await api.request("POST", rotate, tenant="globex", json={"psk_identity": "globex:lamp-7"})
     assert ok.status == 200 and ok.body["psk_identity"] == "globex:lamp-7"
+
+
+async def test_challenges_past_the_tenants_cap_are_429_with_retry_after(
+    api: Api, monkeypatch: Any
+) -> None:
+    from corem_ingress.store.registry import proofs
+
+    monkeypatch.setattr(proofs, "MAX_OUTSTANDING_CHALLENGES", 2)
+    await _challenge(api, "acme")
+    await _challenge(api, "acme")
+    reply = await api.request("POST", "/api/v1/challenges", tenant="acme")
+    assert reply.status == 429 and reply.body["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert 290 <= int(reply.headers["Retry-After"]) <= 300
+    await _challenge(api, "globex")  # another tenant's are not counted

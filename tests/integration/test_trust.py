@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from corem_ingress.core.errors import (
     IngressError,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
 )
 from corem_ingress.core.identity import CredentialKind
@@ -25,7 +27,8 @@ from corem_ingress.core.proof import Proof, csr_with_challenge, sign_challenge
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.trust import PeerChain
 from corem_ingress.resolver import Resolver
-from corem_ingress.store.registry import Registry
+from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry import Registry, proofs
 from tests.integration.test_revocation_bus import Orders
 from tests.pki import proof_for, register_as_before_tenant_cas, self_signed_allowed, trust_ca
 
@@ -137,6 +140,55 @@ async def test_self_signed_needs_the_tenant_setting_and_a_single_use_proof(
         "acme", dev, other.cert_pem, actor=A, proof_of_possession=csr
     )
     assert rec.credential_id == other.fingerprint
+
+
+async def test_a_tenant_holds_a_bounded_number_of_unused_challenges(
+    redis: aioredis.Redis, keys: KeySchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator token cannot fill Redis with challenges: past the cap, 429 with the time
+    until the oldest expires; using one (even wrongly) or its expiry frees a place; the cap
+    is per tenant."""
+    monkeypatch.setattr(proofs, "MAX_OUTSTANDING_CHALLENGES", 3)
+    start = float(int(time.time()))
+    now = [start]
+    registry = Registry(
+        redis,
+        keys,
+        keyring=None,
+        api_key_overlap=60,
+        api_key_overlap_max=3600,
+        clock=lambda: now[0],
+    )
+    leaf = devcerts.issue(None, "cap")
+    issued = []
+    for _ in range(3):
+        issued.append((await registry.new_challenge("acme", actor=A)).challenge)
+        now[0] += 10
+    full = await _error(registry.new_challenge("acme", actor=A))
+    assert isinstance(full, ResourceExhausted) and "3 unused challenges" in full.message
+    assert full.retry_after_s == 300 - 30  # until the oldest expires
+    assert await redis.zcard(keys.tenant_challenges("acme")) == 3
+    assert (await registry.new_challenge("globex", actor=A)).challenge  # per tenant
+    # A wrong proof uses its challenge up, and frees its place.
+    dev = (await registry.provision("acme", "cap", X509, actor=A)).device.device_id
+    await self_signed_allowed(registry, "acme")
+    wrong = Proof(issued[0], signature=sign_challenge(devcerts.new_key(), issued[0]))
+    assert isinstance(
+        await _error(
+            registry.register_cert("acme", dev, leaf.cert_pem, actor=A, proof_of_possession=wrong)
+        ),
+        InvalidArgument,
+    )
+    assert await redis.zcard(keys.tenant_challenges("acme")) == 2
+    await registry.new_challenge("acme", actor=A)
+    assert isinstance(await _error(registry.new_challenge("acme", actor=A)), ResourceExhausted)
+    # Expired ones free theirs (the second was issued at +10 s).
+    now[0] = start + 10 + 300
+    await registry.new_challenge("acme", actor=A)
+    assert await redis.zcard(keys.tenant_challenges("acme")) == 3
+    # Refusals are audited like every admin action.
+    outcomes = [e["outcome"] for _id, e in await redis.xrange(keys.audit_stream)]
+    assert outcomes.count("RESOURCE_EXHAUSTED") == 2
 
 
 async def test_a_ca_can_ask_its_devices_for_proof(registry: Registry) -> None:

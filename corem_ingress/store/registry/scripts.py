@@ -50,6 +50,7 @@ class RegistryScripts:
         self._ca_add = _Script(r, "ca_add")
         self._ca_remove = _Script(r, "ca_remove")
         self._tenant_settings = _Script(r, "tenant_settings")
+        self._challenge_new = _Script(r, "challenge_new")
 
     async def provision(
         self,
@@ -237,3 +238,14 @@ class RegistryScripts:
             keys=[k.tenant_settings(tenant_id)],
             args=[field, value, k.bus_channel, trust_event],
         )
+
+    async def challenge_new(
+        self, *, tenant_id: str, token: str, now: float, ttl_s: int, max_outstanding: int
+    ) -> float | None:
+        """None when issued; else the expiry (epoch s) of the tenant's oldest challenge."""
+        k = self.keys
+        status, oldest = await self._challenge_new(
+            keys=[k.challenge(token), k.tenant_challenges(tenant_id)],
+            args=[tenant_id, token, repr(now), str(ttl_s), str(max_outstanding)],
+        )
+        return None if status == "ok" else float(oldest)
