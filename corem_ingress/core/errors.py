@@ -185,3 +185,15 @@ ALL_ERRORS: tuple[type[IngressError], ...] = (
     Unavailable,
     DeviceFailed,
 )
+
+
+def coap_max_age(exc: IngressError, unavailable_max_age_s: int) -> int | None:
+    """The Max-Age of a CoAP error reply: when to try again. A rate limit's own wait (4.29),
+    else ``unavailable_max_age_s`` with 5.03 (the uplink was not stored: send it again
+    later), else none."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    if isinstance(retry_after, int):
+        return retry_after
+    if exc.coap_code == "5.03":
+        return unavailable_max_age_s
+    return None

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from corem_ingress.core.errors import IngressError, NotFound
+from corem_ingress.core.errors import IngressError, NotFound, coap_max_age
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m.model import DEFAULT_MODEL, ObjectModel
 from corem_ingress.lwm2m.operations import (
@@ -72,8 +72,11 @@ class Lwm2mDeviceService:
         clock: Callable[[], float] = time.time,
         on_event: Callable[[Event], None] | None = None,
         model: ObjectModel = DEFAULT_MODEL,
+        unavailable_max_age_s: int = 5,
     ) -> None:
         self.registrar = registrar
+        #: Max-Age of a 5.03 (not stored: send again after it), as on the CoAP site's /up.
+        self._unavailable_max_age_s = unavailable_max_age_s
         self._store = store
         self._append = append
         self._clock = clock
@@ -116,7 +119,9 @@ class Lwm2mDeviceService:
                 code=exc.coap_code,
                 reason=exc.reason,
             )
-            return DeviceReply(exc.coap_code, max_age=getattr(exc, "retry_after_s", None))
+            return DeviceReply(
+                exc.coap_code, max_age=coap_max_age(exc, self._unavailable_max_age_s)
+            )
         if self._on_event is not None:
             self._on_event(outcome.event)
         return DeviceReply(outcome.reply.code, outcome.reply.location_path)

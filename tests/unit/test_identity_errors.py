@@ -83,3 +83,16 @@ def test_unauthenticated_reason_is_not_the_message() -> None:
     e = errors.Unauthenticated(reason="revoked")
     assert e.reason == "revoked"
     assert "revoked" not in e.message
+
+
+def test_coap_max_age_says_when_to_try_again() -> None:
+    from corem_ingress.core.errors import (
+        InvalidArgument,
+        ResourceExhausted,
+        Unavailable,
+        coap_max_age,
+    )
+
+    assert coap_max_age(ResourceExhausted("rate", retry_after_s=7), 5) == 7  # 4.29's own wait
+    assert coap_max_age(Unavailable(), 5) == 5  # 5.03: not stored, send again after it
+    assert coap_max_age(InvalidArgument("bad"), 5) is None  # 4.00: trying again will not help

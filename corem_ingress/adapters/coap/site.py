@@ -28,7 +28,7 @@ from corem_ingress.adapters.coap.endpoint import error_response, response
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
-from corem_ingress.core.errors import IngressError
+from corem_ingress.core.errors import IngressError, coap_max_age
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
 
 CF_TEXT = 0
@@ -143,11 +143,9 @@ class DeviceSite:
 
     def _error(self, exc: IngressError) -> Message:
         resp = error_response(exc.coap_code)
-        if resp.code == Code.SERVICE_UNAVAILABLE:
-            resp.opt.max_age = self.limits.unavailable_max_age_s
-        retry_after = getattr(exc, "retry_after_s", None)
-        if isinstance(retry_after, int):  # 4.29 Too Many Requests: when to try again
-            resp.opt.max_age = retry_after
+        max_age = coap_max_age(exc, self.limits.unavailable_max_age_s)
+        if max_age is not None:
+            resp.opt.max_age = max_age
         return resp
 
     def _too_large(self) -> Message:

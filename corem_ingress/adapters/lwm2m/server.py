@@ -105,6 +105,7 @@ class Lwm2mServer:
             append or services.uplinks.append,
             clock=self._clock,
             on_event=self._on_event,
+            unavailable_max_age_s=services.config.coap.unavailable_max_age_s,
         )
         self.observations = ObservationTable()
         self.request_server = services.stores.lwm2m_request_server(

@@ -19,7 +19,6 @@ from corem_ingress.sim.lwm2m_device import Lwm2mDevice
 from tests.behaviour.drivers.base import CALL_TIMEOUT_S, Device, Outcome, Refused, Session
 from tests.behaviour.drivers.coap import (
     CLOSE_NOTIFY,
-    NO_MAX_AGE,
     CoapPskDriver,
     answer_of,
     malformed_requests,
@@ -65,11 +64,6 @@ class Lwm2mPskDriver(CoapPskDriver):
     extra_sections: ClassVar[dict[str, dict[str, Any]]] = {"lwm2m": {"observe_paths": []}}
     #: The CoAP driver's two malformed options on a Send, then a Send of broken SenML.
     bad_input_answers = (*CoapPskDriver.bad_input_answers, Cause.PROTOCOL_ERROR.coap)
-    # DEFECT (reported): LwM2M's 5.03 for a Send it could not store has no Max-Age, unlike
-    # /up's (lwm2m/service.py sets max_age only from a 4.29's retry_after_s). When fixed,
-    # this is CoapPskDriver's answer and this override goes.
-    unstored_answer = Cause.STORAGE_UNAVAILABLE.coap + NO_MAX_AGE
-    retry_answers = frozenset({unstored_answer, "no answer", "closed"})
 
     async def provision(self) -> Device:
         p = await provision(self.registry, self.certs, "psk", self.tenant)
