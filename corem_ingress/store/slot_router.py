@@ -12,9 +12,11 @@ masters got failed appends ("connecting to <dead master>") too.
 Here every master has a plain client with its own bounded pool. A command goes to the
 master of its key's slot (plus one redirect on MOVED/ASK). When it fails to reach that
 master, the topology is read again (``CLUSTER SLOTS`` from another node, at most every
-``refresh_interval_s``); if the slot has a new master by then (a promoted replica), the
-command is sent there once, else it fails -- that command only. Nothing here ever closes
-another node's connections.
+``refresh_interval_s``, and always from after the command was sent: a map read before it
+cannot know of a promotion the failure may reveal); a node whose map still names the
+failed master (gossip not there yet) is passed over for one that does not. If the slot has
+a new master by then (a promoted replica), the command is sent there once, else it fails --
+that command only. Nothing here ever closes another node's connections.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class SlotRouter:
         if master is None:
             self._refresh_soon()
             raise SlotNotServed(f"no master known for slot {slot}")
+        sent_at = time.monotonic()
         try:
             try:
                 return await self._client(master).execute_command(*args)
@@ -86,7 +89,7 @@ class SlotRouter:
                 redis.exceptions.TryAgainError,
             ):
                 # Failed over? Ask the others (rate-limited); a new master gets one try.
-                await self._refresh_quietly(avoid=master)
+                await self._refresh_quietly(avoid=master, slot=slot, newer_than=sent_at)
                 promoted = self.master_of(slot)
                 if promoted is None or promoted == master:
                     raise
@@ -110,30 +113,58 @@ class SlotRouter:
         return master if slot <= end else None
 
     # -- topology ------------------------------------------------------------------------------
-    async def refresh(self, avoid: Address | None = None, *, min_age_s: float = 0.0) -> None:
-        """Read CLUSTER SLOTS from the first node that answers (``avoid`` asked last); not
-        if the map is younger than ``min_age_s`` (a concurrent failure just refreshed it)."""
+    async def refresh(
+        self,
+        avoid: Address | None = None,
+        *,
+        slot: int | None = None,
+        min_age_s: float = 0.0,
+        newer_than: float | None = None,
+    ) -> None:
+        """Read CLUSTER SLOTS from the first node that answers (``avoid`` asked last), one
+        whose map no longer names ``avoid`` for ``slot`` if any does.
+
+        Rate: not more often than every ``min_age_s``. With ``newer_than`` (when the failed
+        command was sent), a map read since then is kept (a concurrent failure just
+        refreshed it); an older one is refreshed once ``min_age_s`` has passed.
+        """
         async with self._refresh_lock:
-            if min_age_s and time.monotonic() - self._last_refresh < min_age_s:
+            if newer_than is not None and self._last_refresh >= newer_than:
                 return
+            wait = self._last_refresh + min_age_s - time.monotonic()
+            if wait > 0:
+                if newer_than is None:
+                    return
+                await asyncio.sleep(wait)  # at most min_age_s, for a command that failed
             known = list(dict.fromkeys([*self._masters(), *self._startup]))
             if avoid in known:
                 known.remove(avoid)
                 known.append(avoid)
             error: Exception | None = None
+            stale: Any = None
             for address in known:
                 try:
                     reply = await self._client(address).execute_command("CLUSTER SLOTS")
                 except (redis.exceptions.RedisError, OSError) as exc:
                     error = exc
                     continue
-                self._load(reply)
-                self._last_refresh = time.monotonic()
-                self.refreshes += 1
+                if slot is not None and avoid is not None and _names(reply, slot, avoid):
+                    stale = stale or reply  # has not heard of a promotion (yet): ask another
+                    continue
+                self._loaded(reply)
+                return
+            if stale is not None:
+                self._loaded(stale)
                 return
             raise redis.exceptions.ConnectionError(f"no cluster node answered: {error}")
 
+    def _loaded(self, reply: Any) -> None:
+        self._load(reply)
+        self._last_refresh = time.monotonic()
+        self.refreshes += 1
+
     def _load(self, reply: Any) -> None:
+        """Replace the map with a CLUSTER SLOTS reply."""
         ranges = sorted(
             (int(entry[0]), int(entry[1]), (str(entry[2][0]), int(entry[2][1]))) for entry in reply
         )
@@ -170,9 +201,13 @@ class SlotRouter:
             await asyncio.sleep(wait)
         await self._refresh_quietly(avoid)
 
-    async def _refresh_quietly(self, avoid: Address | None) -> None:
+    async def _refresh_quietly(
+        self, avoid: Address | None, *, slot: int | None = None, newer_than: float | None = None
+    ) -> None:
         try:
-            await self.refresh(avoid, min_age_s=self._refresh_interval_s)
+            await self.refresh(
+                avoid, slot=slot, min_age_s=self._refresh_interval_s, newer_than=newer_than
+            )
         except redis.exceptions.RedisError as exc:
             log.warning("redis.cluster_refresh_failed", error=str(exc))
 
@@ -205,3 +240,11 @@ class SlotRouter:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+def _names(reply: Any, slot: int, master: Address) -> bool:
+    """Whether a CLUSTER SLOTS reply gives ``slot`` to ``master``."""
+    return any(
+        int(entry[0]) <= slot <= int(entry[1]) and (str(entry[2][0]), int(entry[2][1])) == master
+        for entry in reply
+    )

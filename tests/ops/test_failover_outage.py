@@ -133,10 +133,11 @@ async def _failover_run(
     grace: dict[str, float],
     kill: Callable[[], float],
     promoted: Callable[[], bool],
-) -> dict[str, dict[str, float]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
     """Per configuration (a name -> ``resolver.outage_grace_s``): two nodes and the devices of
     that configuration's tenants (name -> tenant id). One kill for all. Prints and checks;
-    returns the outage per configuration and tenant."""
+    returns per configuration and tenant the outage (s) and the answers other than 202
+    after the kill."""
     nodes: dict[str, list[Node]] = {}
     run, stop = Run(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -205,6 +206,7 @@ async def _failover_run(
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
         outage: dict[str, dict[str, float]] = {}
+        refused: dict[str, dict[str, int]] = {}
         client = every[0].redis
         assert client is not None
         print(
@@ -225,6 +227,7 @@ async def _failover_run(
                 dups = len(stored) - len(set(stored))
                 outage.setdefault(config, {})[name] = _outage(mine, killed_at)
                 codes = Counter(a.status for a in mine if a.at >= killed_at)
+                refused.setdefault(config, {})[name] = sum(codes.values()) - codes[202]
                 print(
                     f"    tenant {name}: outage {outage[config][name]:.2f}s, answers after "
                     f"kill {dict(codes)}, acked {len(acked)} stored {len(stored)} "
@@ -238,7 +241,7 @@ async def _failover_run(
         assert longest < TIMEOUT_S + 1.5, f"a request took {longest:.2f}s"
         # Point 3: a shared dependency down never made a node unready.
         assert all(status == 200 for _t, _n, status, _d in run.readiness)
-        return outage
+        return outage, refused
     finally:
         stop.set()
         for task in tasks:
@@ -339,7 +342,7 @@ async def test_cluster_registry_master_killed_per_tenant_outage(
         except AssertionError:
             return False
 
-    outage = await _failover_run(
+    outage, refused = await _failover_run(
         label="cluster 3+3, registry master SIGKILL",
         url=cluster.url,
         prefix=prefix,
@@ -349,10 +352,13 @@ async def test_cluster_registry_master_killed_per_tenant_outage(
         promoted=promoted,
     )
     # Point 1: with the grace, a tenant whose stream is on a healthy master does not notice:
-    # its keys are vouched for by the grace, its appends go to its own master.
-    assert outage["on"]["other"] < 1.0, outage
+    # its keys are vouched for by the grace, its appends go to its own master -- not one
+    # uplink refused. (Its longest gap between acks is the slowest request's latency, ~0.5 s
+    # here, ~1.3 s with the suite's three workers on two cores: printed, for
+    # docs/reliability.md, not asserted.)
+    assert refused["on"]["other"] == 0, (refused, outage)
     # Without it (fail closed): the bus gap dropped the cache while the registry had no master.
-    assert outage["off"]["other"] > 1.0, outage
+    assert refused["off"]["other"] > 0 and outage["off"]["other"] > 1.0, (refused, outage)
 
 
 # -- Sentinel: 1 master, 2 replicas, 3 sentinels ------------------------------------------------
@@ -397,7 +403,7 @@ async def test_sentinel_master_killed_per_tenant_outage(
         except (OSError, IndexError, ValueError):
             return False
 
-    outage = await _failover_run(
+    outage, _refused = await _failover_run(
         label="sentinel 1+2 (3 sentinels), master SIGKILL",
         url=sentinel.url,
         prefix=f"sn{run_id}",

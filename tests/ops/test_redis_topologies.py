@@ -23,8 +23,9 @@ from corem_ingress.core.errors import Unauthenticated, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
-from corem_ingress.store.connection import is_cluster
+from corem_ingress.store.connection import PoolSettings, is_cluster
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.slot_router import SlotRouter
 from tests.ops.redis_topologies import RedisClusterProcs, RedisSentinelProcs, _command
 
 A = "cli:ops-test"
@@ -373,3 +374,42 @@ async def test_cluster_master_failover_with_replicas(
         f"\ncluster master failover: replica promoted after {promoted_after:.2f}s, registry "
         f"writes after {writes_after:.2f}s, revocation applied after {revoked_after:.2f}s"
     )
+
+
+async def test_a_command_failing_on_a_dead_master_reads_the_map_again(
+    cluster_with_replicas: RedisClusterProcs,
+) -> None:
+    """store/slot_router.py: a command that fails on a dead master gets a map read after it
+    was sent. A map read just before (within the rate limit) that still names the dead
+    master -- what a node holds when gossip had not reached the node it asked, or when it
+    refreshed during the outage -- must not fail the first command after the promotion."""
+    cluster = cluster_with_replicas
+    router = SlotRouter(
+        [("127.0.0.1", p.port) for p in cluster.procs],
+        pool=PoolSettings(socket_timeout=1.0, wait_s=1.0),
+        refresh_interval_s=0.2,
+    )
+    try:
+        key = "{stale}:k"
+        slot = key_slot(key.encode())
+        await router.execute(key, "SET", key, "before")
+        victim = cluster.by_port(cluster.slot_owner(slot))
+        assert router.master_of(slot) == ("127.0.0.1", victim.port)
+        before = await router._client(("127.0.0.1", victim.port)).execute_command("CLUSTER SLOTS")
+        await _until(lambda: _replica_caught_up(victim.port), timeout=10, what="replica in sync")
+        victim.stop(kill=True)
+
+        def promoted() -> bool:
+            try:
+                return cluster.slot_owner(slot) != victim.port
+            except AssertionError:
+                return False
+
+        await _until(promoted, timeout=30, what="a replica promoted")
+        router._loaded(before)  # a refresh that just happened, from before the promotion
+        refreshes = router.refreshes
+        assert await router.execute(key, "GET", key) == "before"
+        assert router.refreshes == refreshes + 1
+        assert router.master_of(slot) != ("127.0.0.1", victim.port)
+    finally:
+        await router.aclose()
