@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -134,19 +135,22 @@ def load_device_cert(pem: str | bytes, *, now: float) -> tuple[CertInfo, x509.Ce
     cert = _load_one_cert(pem, "device certificate")
     if _is_ca(cert):
         raise InvalidArgument("a CA certificate cannot be a device certificate")
-    key_type = _key_type(cert)
+    return CertInfo(**_described(cert, _key_type(cert), now)), cert
+
+
+def _described(cert: x509.Certificate, key_type: str, now: float) -> dict[str, Any]:
+    """The fields CertInfo and CaInfo share (validity checked against ``now``)."""
     not_before, not_after = _check_validity(cert, now)
-    info = CertInfo(
-        fingerprint=fingerprint_der(cert.public_bytes(Encoding.DER)),
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        serial=format(cert.serial_number, "x"),
-        not_before=not_before,
-        not_after=not_after,
-        key_type=key_type,
-        self_signed=is_self_signed(cert),
-    )
-    return info, cert
+    return {
+        "fingerprint": fingerprint_der(cert.public_bytes(Encoding.DER)),
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": not_before,
+        "not_after": not_after,
+        "key_type": key_type,
+        "self_signed": is_self_signed(cert),
+    }
 
 
 def parse_device_cert(pem: str | bytes, *, now: float) -> CertInfo:
@@ -197,16 +201,4 @@ def load_ca_cert(pem: str | bytes, *, now: float) -> tuple[CaInfo, x509.Certific
     if key_type == "ed25519":
         # Path validation at registration (cryptography's verifier) refuses Ed25519 CAs.
         raise InvalidArgument("Ed25519 CA certificates are not supported (use ECDSA or RSA)")
-    not_before, not_after = _check_validity(cert, now)
-    info = CaInfo(
-        fingerprint=fingerprint_der(cert.public_bytes(Encoding.DER)),
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        serial=format(cert.serial_number, "x"),
-        not_before=not_before,
-        not_after=not_after,
-        key_type=key_type,
-        path_length=bc.path_length,
-        self_signed=is_self_signed(cert),
-    )
-    return info, cert
+    return CaInfo(**_described(cert, key_type, now), path_length=bc.path_length), cert
