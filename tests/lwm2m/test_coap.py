@@ -17,6 +17,7 @@ from corem_ingress.adapters.lwm2m.coap import (
     request_fields,
     request_message,
 )
+from corem_ingress.adapters.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.core.errors import NotFound
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.lwm2m import operations as ops
@@ -24,7 +25,6 @@ from corem_ingress.lwm2m.client_objects import SimulatedClient
 from corem_ingress.lwm2m.content import Record
 from corem_ingress.lwm2m.model import Lwm2mPath, ValueType
 from corem_ingress.lwm2m.registration import Peer, Registrar
-from corem_ingress.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.uplinks import UplinkStore

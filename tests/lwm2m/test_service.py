@@ -7,6 +7,7 @@ from typing import Any, cast
 import pytest
 import redis.asyncio as aioredis
 
+from corem_ingress.adapters.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.app import redis_client
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.uplink import Uplink
@@ -21,7 +22,6 @@ from corem_ingress.lwm2m.registration import (
     RegistrationConfig,
     Updated,
 )
-from corem_ingress.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.uplinks import UplinkStore

@@ -29,8 +29,6 @@ ADAPTER_CORES = (
     "corem_ingress.adapters.coap.blockwise",
     "corem_ingress.adapters.coap.retransmit",
 )
-#: Not pure by design: awaits a store and an uplink append (the LwM2M glue's orchestration).
-NOT_PURE = {"corem_ingress.lwm2m.service"}
 
 
 def pure_modules() -> list[str]:
@@ -38,8 +36,7 @@ def pure_modules() -> list[str]:
     for pkg in ("core", "lwm2m"):
         for path in sorted((PACKAGE / pkg).glob("*.py")):
             name = f"corem_ingress.{pkg}" + ("" if path.stem == "__init__" else f".{path.stem}")
-            if name not in NOT_PURE:
-                found.append(name)
+            found.append(name)
     return found + list(ADAPTER_CORES)
 
 

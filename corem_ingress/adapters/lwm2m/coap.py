@@ -15,10 +15,10 @@ from typing import Any
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
+from corem_ingress.adapters.lwm2m.service import DeviceReply, Lwm2mDeviceService
 from corem_ingress.core.errors import IngressError
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse
 from corem_ingress.lwm2m.registration import Peer
-from corem_ingress.lwm2m.service import DeviceReply, Lwm2mDeviceService
 
 _METHODS = {"GET": Code.GET, "PUT": Code.PUT, "POST": Code.POST, "DELETE": Code.DELETE}
 

@@ -35,6 +35,7 @@ from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, receive_block1
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
+from corem_ingress.adapters.lwm2m.service import Lwm2mDeviceService
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated, Unavailable
 from corem_ingress.core.uplink import Uplink
@@ -54,7 +55,6 @@ from corem_ingress.lwm2m.registration import (
     Updated,
 )
 from corem_ingress.lwm2m.reporting import DP, paths_to_observe
-from corem_ingress.lwm2m.service import Lwm2mDeviceService
 from corem_ingress.store.lwm2m import RoutedRequest
 
 if TYPE_CHECKING:
