@@ -43,6 +43,11 @@ class PacketTooLarge(ProtocolViolation):
     cause = Cause.MAX_SIZE
 
 
+class UnsupportedProtocolLevel(ProtocolViolation):
+    """A CONNECT of a protocol we know but at a level we do not speak: CONNACK 0x01
+    (MQTT 3.1.1 [MQTT-3.1.2-2]; also what an MQTT 3.1 "MQIsdp" client understands)."""
+
+
 #: SUBACK return code of a refused topic filter.
 SUBACK_FAILURE = 0x80
 #: Fixed-header flags each packet type must carry (PUBLISH is checked separately).
@@ -313,10 +318,17 @@ def _decode_publish(flags: int, body: bytes) -> Publish:
 
 
 def _decode_connect(r: _Reader) -> Connect:
+    # Name and level first: the rest of the packet is laid out per level.
     name = r.string()
     level = r.u8()
-    if name not in ("MQTT", "MQIsdp"):
-        raise ProtocolViolation("not an MQTT CONNECT")
+    if name == "MQIsdp" and level == 3:
+        raise UnsupportedProtocolLevel("MQTT 3.1 is not supported")
+    if name != "MQTT":
+        # [MQTT-3.1.2-1]: a wrong protocol name (MQIsdp at any level but 3 included) is
+        # not MQTT 3.1.1: disconnect without CONNACK.
+        raise ProtocolViolation("not an MQTT CONNECT (protocol name)")
+    if level != 4:
+        raise UnsupportedProtocolLevel(f"unsupported protocol level {level}")
     flags = r.u8()
     if flags & 1:
         raise ProtocolViolation("CONNECT reserved flag set")

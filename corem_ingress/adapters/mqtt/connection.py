@@ -48,7 +48,6 @@ class MqttConnection:
     """One client's MQTT session state. Not thread-safe; one per connection."""
 
     __slots__ = (
-        "_awaiting_rel",
         "_buf",
         "_config",
         "_deadline",
@@ -58,6 +57,7 @@ class MqttConnection:
         "_last_rx",
         "_next_pid",
         "_out",
+        "_qos2",
         "close_cause",
         "disconnected",
         "state",
@@ -74,7 +74,9 @@ class MqttConnection:
         self._last_rx = now
         # Created on first use: an empty set costs ~200 B per idle connection.
         self._inflight: set[int] | None = None
-        self._awaiting_rel: set[int] | None = None
+        #: QoS 2 packet ids received and not yet released: False while the caller stores
+        #: the message, True once its PUBREC went out (then awaiting PUBREL).
+        self._qos2: dict[int, bool] | None = None
         self._next_pid = 1
         self.close_cause: Cause | None = None
         #: The client ended with DISCONNECT (MQTT 3.1.1: its will is then discarded).
@@ -149,9 +151,9 @@ class MqttConnection:
         if publish.qos == 1:
             self._out.append(codec.encode_ack(PacketType.PUBACK, publish.packet_id))
         elif publish.qos == 2:
-            if self._awaiting_rel is None:
-                self._awaiting_rel = set()
-            self._awaiting_rel.add(publish.packet_id)
+            if self._qos2 is None:
+                self._qos2 = {}
+            self._qos2[publish.packet_id] = True
             self._out.append(codec.encode_ack(PacketType.PUBREC, publish.packet_id))
 
     def suback(self, packet_id: int, return_codes: list[int]) -> None:
@@ -219,6 +221,11 @@ class MqttConnection:
                     _, header, total = framed
                     packet = codec.decode(first, bytes(buf[pos + header : pos + total]))
                     pos += total
+                except codec.UnsupportedProtocolLevel as exc:
+                    if self.state is State.AWAIT_CONNECT:
+                        self._out.append(codec.encode_connack(False, 1))
+                    self._fail(exc.cause, exc.reason)
+                    return
                 except codec.ProtocolViolation as exc:
                     self._fail(exc.cause, exc.reason)
                     return
@@ -227,22 +234,44 @@ class MqttConnection:
             if pos and self.state is not State.CLOSED:
                 del buf[:pos]
 
+    def _receive_qos2(self, packet_id: int | None) -> bool:
+        """Whether a QoS 2 PUBLISH is new (to be reported); its id is known from now on.
+
+        The id is recorded as soon as the PUBLISH is parsed, so a DUP re-send in the same
+        read is recognised while the first copy is still being stored. At most
+        ``max_inflight`` QoS 2 messages may await PUBREL; a client past it broke the
+        window it was given (MQTT 5: Receive Maximum) and is disconnected.
+        """
+        assert packet_id is not None  # the codec requires one for QoS > 0
+        if self._qos2 is None:
+            self._qos2 = {}
+        acked = self._qos2.get(packet_id)
+        if acked is not None:
+            if acked:  # stored and PUBREC sent (lost on the way?): say it again
+                self._out.append(codec.encode_ack(PacketType.PUBREC, packet_id))
+            # else still being stored: its PUBREC follows from ack_publish
+            return False
+        if len(self._qos2) >= self._config.max_inflight:
+            self._fail(Cause.RECEIVE_MAXIMUM, "too many QoS 2 messages awaiting PUBREL")
+            return False
+        self._qos2[packet_id] = False
+        return True
+
     def _handle(self, packet: codec.Packet, now: float) -> None:
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(packet, codec.Connect):
                 self._fail(Cause.PROTOCOL_ERROR, "first packet is not CONNECT")
                 return
-            if packet.protocol_level != 4:
-                self._out.append(codec.encode_connack(False, 1))
-                self._fail(Cause.PROTOCOL_ERROR, "unsupported protocol level")
+            if not packet.client_id and not packet.clean_session:
+                # [MQTT-3.1.3-8]: a zero-length client id needs CleanSession 1.
+                self._out.append(codec.encode_connack(False, 2))
+                self._fail(Cause.PROTOCOL_ERROR, "empty client id without clean session")
                 return
             self.state = State.AUTHENTICATING
             self._events.append(ConnectReceived(packet))
             return
         if isinstance(packet, Publish):
-            if packet.qos == 2 and self._awaiting_rel and packet.packet_id in self._awaiting_rel:
-                # A re-sent QoS 2 message we already stored: acknowledge, do not store twice.
-                self._out.append(codec.encode_ack(PacketType.PUBREC, packet.packet_id))
+            if packet.qos == 2 and not self._receive_qos2(packet.packet_id):
                 return
             self._events.append(PublishReceived(packet))
         elif isinstance(packet, Ack):
@@ -250,8 +279,11 @@ class MqttConnection:
                 if self._inflight:
                     self._inflight.discard(packet.packet_id)
             elif packet.type is PacketType.PUBREL:
-                if self._awaiting_rel:
-                    self._awaiting_rel.discard(packet.packet_id)
+                if self._qos2 and self._qos2.get(packet.packet_id) is False:
+                    self._fail(Cause.PROTOCOL_ERROR, "PUBREL before PUBREC")
+                    return
+                if self._qos2:
+                    self._qos2.pop(packet.packet_id, None)
                 self._out.append(codec.encode_ack(PacketType.PUBCOMP, packet.packet_id))
             else:  # PUBREC/PUBCOMP: we never send QoS 2
                 self._fail(Cause.PROTOCOL_ERROR, f"unexpected {packet.type.name}")

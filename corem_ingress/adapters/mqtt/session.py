@@ -133,18 +133,25 @@ class DeviceSession:
         identity = self.identity
         if self._subs is None:
             self._subs = dl.Subscriptions()
+        subs = self._subs
+        limit = self._conn.listener.config.max_subscriptions
         codes: list[int] = []
         for topic_filter, qos in subscribe.filters:
-            if policy.subscribe_allowed(identity, topic_filter):
-                granted = policy.granted_qos(qos)
-                self._subs.add(topic_filter, granted)
-                codes.append(granted)
-            else:
+            if not policy.subscribe_allowed(identity, topic_filter):
+                codes.append(codec.SUBACK_FAILURE)
                 self._conn.listener.count("subscribe_denied")
                 log.info(
                     "mqtt.subscribe_denied", device=identity.device_id, tenant=identity.tenant_id
                 )
+            elif len(subs) >= limit and topic_filter not in subs:
+                # mqtt.max_subscriptions: refused per filter (a re-subscribe replaces).
                 codes.append(codec.SUBACK_FAILURE)
+                self._conn.listener.count("subscriptions_over_limit")
+                log.info("mqtt.subscriptions_over_limit", device=identity.device_id, limit=limit)
+            else:
+                granted = policy.granted_qos(qos)
+                subs.add(topic_filter, granted)
+                codes.append(granted)
         self._conn.mqtt.suback(subscribe.packet_id, codes)
 
     def on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
