@@ -206,7 +206,8 @@ class Cause(StrEnum):
 # name or password, 0x87 not authorized, 0x88 server unavailable, 0x89 server busy,
 # 0x8B server shutting down, 0x8D keep alive timeout, 0x8E session taken over, 0x82
 # protocol error, 0x95 packet too large, 0x93 receive maximum exceeded,
-# 0x96 message rate too high, 0x97 quota exceeded,
+# 0x96 message rate too high, 0x97 quota exceeded, 0x98 administrative action (an
+# operator revoked the credential or removed its CA: "revoked", not "network"),
 # 0x9F connection rate exceeded.
 _REPLIES: dict[Cause, Reply] = {
     Cause.MALFORMED: _auth(_CONNACK_BAD_CREDENTIALS, 0x86, ALERT_DECODE_ERROR, coap="4.00"),
@@ -240,11 +241,11 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.REPLACED: _end(0x8E),
     Cause.TAKEN_OVER: _end(0x8E),
     Cause.SHUTTING_DOWN: _end(0x8B),
-    Cause.CREDENTIAL_REVOKED: _end(0x87),
+    Cause.CREDENTIAL_REVOKED: _end(0x98),
     Cause.CREDENTIAL_EXPIRED: _end(0x87),
-    Cause.NO_LONGER_VALID: _end(0x87),
+    Cause.NO_LONGER_VALID: _end(0x98),
     Cause.COULD_NOT_REVALIDATE: _end(0x88),
-    Cause.TRUST_ANCHOR_REMOVED: _end(0x87),
+    Cause.TRUST_ANCHOR_REMOVED: _end(0x98),
     Cause.PROTOCOL_ERROR: Reply(
         CauseGroup.END, False, _CONNACK_PROTOCOL, 0x82, "4.00", ALERT_DECODE_ERROR, 400
     ),

@@ -17,6 +17,7 @@ from corem_ingress.adapters.mqtt import codec, policy
 from corem_ingress.adapters.mqtt import downlink as dl
 from corem_ingress.adapters.mqtt.admission import Admitted
 from corem_ingress.adapters.mqtt.codec import Publish, Subscribe, Unsubscribe
+from corem_ingress.adapters.mqtt.properties import Reason
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import PermissionDenied, Unavailable
@@ -135,17 +136,21 @@ class DeviceSession:
             self._subs = dl.Subscriptions()
         subs = self._subs
         limit = self._conn.listener.config.max_subscriptions
+        v5 = self._conn.mqtt.version == 5
         codes: list[int] = []
         for topic_filter, qos in subscribe.filters:
-            if not policy.subscribe_allowed(identity, topic_filter):
-                codes.append(codec.SUBACK_FAILURE)
+            if v5 and topic_filter.startswith("$share/"):
+                # Ingress only: no shared subscriptions (MQTT 5 reason 0x9E).
+                codes.append(Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            elif not policy.subscribe_allowed(identity, topic_filter):
+                codes.append(Reason.NOT_AUTHORIZED if v5 else codec.SUBACK_FAILURE)
                 self._conn.listener.count("subscribe_denied")
                 log.info(
                     "mqtt.subscribe_denied", device=identity.device_id, tenant=identity.tenant_id
                 )
             elif len(subs) >= limit and topic_filter not in subs:
                 # mqtt.max_subscriptions: refused per filter (a re-subscribe replaces).
-                codes.append(codec.SUBACK_FAILURE)
+                codes.append(Reason.QUOTA_EXCEEDED if v5 else codec.SUBACK_FAILURE)
                 self._conn.listener.count("subscriptions_over_limit")
                 log.info("mqtt.subscriptions_over_limit", device=identity.device_id, limit=limit)
             else:
@@ -155,9 +160,13 @@ class DeviceSession:
         self._conn.mqtt.suback(subscribe.packet_id, codes)
 
     def on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
-        if self._subs is not None:
-            for topic_filter in unsubscribe.filters:
+        reasons: list[int] = []
+        for topic_filter in unsubscribe.filters:
+            held = self._subs is not None and topic_filter in self._subs
+            if held and self._subs is not None:
                 self._subs.remove(topic_filter)
+            reasons.append(Reason.SUCCESS if held else Reason.NO_SUBSCRIPTION_EXISTED)
+        self._conn.mqtt.unsuback(unsubscribe.packet_id, reasons)  # MQTT 5 only
 
     async def deliver(self, downlink: Downlink) -> bool:
         """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed."""
