@@ -168,7 +168,7 @@ class HttpConfig:
 
 @dataclass
 class MqttConfig:
-    """MQTT 3.1.1 over TLS (our sans-I/O MQTT core over pyOpenSSL memory BIOs; docs/mqtt.md)."""
+    """MQTT 3.1.1 and 5.0 over TLS (our sans-I/O core over pyOpenSSL memory BIOs; docs/mqtt.md)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"

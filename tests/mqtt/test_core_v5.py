@@ -291,3 +291,39 @@ def test_properties_codec_rejects_duplicates_and_unknowns() -> None:
         props.decode(props.encode([(Prop.SERVER_KEEP_ALIVE, 1)]), 0, "CONNECT")
     with pytest.raises(codec.ProtocolViolation, match="is 0"):
         props.decode(props.encode([(Prop.RECEIVE_MAXIMUM, 0)]), 0, "CONNECT")
+
+
+def test_envelope_carries_the_uplinks_mqtt5_properties() -> None:
+    from corem_ingress.adapters.mqtt.session import envelope_properties
+    from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+    from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
+    from corem_ingress.store.uplink_batcher import append_args, pack_append
+
+    p = Properties(
+        {Prop.CONTENT_TYPE: "text/plain", Prop.PAYLOAD_FORMAT_INDICATOR: 1},
+        (("site", "north"), ("site", "south")),  # order and repeats are kept
+    )
+    meta = envelope_properties(p)
+    assert meta == {
+        "content_type": "text/plain",
+        "payload_format_indicator": 1,
+        "user_properties": [["site", "north"], ["site", "south"]],
+    }
+    assert envelope_properties(Properties({Prop.TOPIC_ALIAS: 1})) is None
+    ident = DeviceIdentity("acme", DEV, CredentialKind.X509, "f" * 64)
+    plain = Uplink.new(ident, Transport.MQTT, UplinkKind.EVENT, 1, now=1.0)
+    rich = Uplink.new(ident, Transport.MQTT, UplinkKind.EVENT, 2, now=2.0, properties=meta)
+    assert "properties" not in plain.to_fields() and "properties" not in plain.to_json()
+    assert Uplink.from_fields(rich.to_fields()) == rich
+    assert rich.to_json()["properties"] == meta
+    # The self-packed EVAL: the plain entry keeps its 16 values, the rich one has 18.
+    raw = pack_append("k", [plain, rich])
+    args, pos = [], raw.index(b"\r\n") + 2
+    while pos < len(raw):
+        end = raw.index(b"\r\n", pos)
+        size = int(raw[pos + 1 : end])
+        args.append(raw[end + 2 : end + 2 + size].decode())
+        pos = end + 4 + size
+    assert raw.startswith(b"*%d\r\n" % len(args))
+    assert args[5:] == append_args([plain, rich])[1:]
+    assert args[5 + 17] == "18" and args[-2:] == ["properties", rich.to_fields()["properties"]]

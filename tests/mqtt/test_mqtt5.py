@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -102,6 +103,11 @@ async def test_paho_v5_certificate_session(mqtt_node, registry, pki, redis, redi
     await asyncio.to_thread(info.wait_for_publish, 10)
     (entry,) = await redis.xrange(node.keys.uplink_stream("acme"))
     assert entry[1]["payload"] == '{"t":1}'
+    assert json.loads(entry[1]["properties"]) == {
+        "content_type": "application/json",
+        "payload_format_indicator": 1,
+        "user_properties": [["site", "north"], ["fw", "1.2"]],
+    }
 
     down = f"devices/{dev.device_id}/down"
     c.client.subscribe([(f"{down}/#", 1), (f"$share/g/{down}/x", 1), ("devices/other/down/#", 1)])

@@ -17,13 +17,19 @@ from corem_ingress.adapters.mqtt import codec, policy
 from corem_ingress.adapters.mqtt import downlink as dl
 from corem_ingress.adapters.mqtt.admission import Admitted
 from corem_ingress.adapters.mqtt.codec import Publish, Subscribe, Unsubscribe
-from corem_ingress.adapters.mqtt.properties import Reason
+from corem_ingress.adapters.mqtt.properties import Prop, Properties, Reason
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import PermissionDenied, Unavailable
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.core.sessions import DisconnectOrder
-from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
+from corem_ingress.core.uplink import (
+    JsonValue,
+    Transport,
+    Uplink,
+    UplinkKind,
+    payload_from_bytes,
+)
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.mqtt.protocol import MqttProtocol
@@ -83,7 +89,7 @@ class DeviceSession:
                 log.info("mqtt.rate_limited", peer=conn.peer, device=identity.device_id)
                 conn.fail(Cause.DEVICE_RATE)
             return
-        uplink = self._uplink(kind, publish.payload)
+        uplink = self._uplink(kind, publish.payload, envelope_properties(publish.properties))
         self._unacked += 1
         if self._unacked > listener.config.max_inflight and not self._paused:
             self._paused = True
@@ -117,7 +123,9 @@ class DeviceSession:
             self._paused = False
             conn.resume_reading()
 
-    def _uplink(self, kind: UplinkKind, data: bytes) -> Uplink:
+    def _uplink(
+        self, kind: UplinkKind, data: bytes, properties: dict[str, JsonValue] | None = None
+    ) -> Uplink:
         """The envelope of a message from this device (a PUBLISH or its will)."""
         payload, encoding = payload_from_bytes(data)
         return Uplink.new(
@@ -127,6 +135,7 @@ class DeviceSession:
             payload,
             now=self._conn.listener.services.clock(),
             payload_encoding=encoding,
+            properties=properties,
         )
 
     # -- subscriptions and downlinks -----------------------------------------------------------
@@ -219,6 +228,21 @@ class DeviceSession:
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
+
+
+def envelope_properties(p: Properties) -> dict[str, JsonValue] | None:
+    """The MQTT 5 properties an uplink envelope carries (bounded by the core:
+    ``connection.MAX_USER_PROPERTIES``/``MAX_PROPERTY_BYTES``); None if there are none."""
+    out: dict[str, JsonValue] = {}
+    content_type = p.str(Prop.CONTENT_TYPE)
+    if content_type is not None:
+        out["content_type"] = content_type
+    indicator = p.int(Prop.PAYLOAD_FORMAT_INDICATOR)
+    if indicator is not None:
+        out["payload_format_indicator"] = indicator
+    if p.user:
+        out["user_properties"] = [[name, value] for name, value in p.user]
+    return out or None
 
 
 def _will_stored(error: Unavailable | None, started: float) -> None:
