@@ -54,7 +54,6 @@ DEFAULT_CONNACK = (
     (Prop.RECEIVE_MAXIMUM, 2),
     (Prop.MAXIMUM_PACKET_SIZE, 1024),
     (Prop.TOPIC_ALIAS_MAXIMUM, 4),
-    (Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE, 0),
     (Prop.SHARED_SUBSCRIPTION_AVAILABLE, 0),
 )
 
@@ -249,10 +248,29 @@ def test_subscribe_and_unsubscribe_v5() -> None:
     assert isinstance(unsub, UnsubscribeReceived) and conn.data_to_send() == b""
     conn.unsuback(5, [0x11])
     assert conn.data_to_send() == b"\xb0\x04\x00\x05\x00\x11"
-    # A Subscription Identifier (announced as unavailable): DISCONNECT 0xA1.
-    sub_id = b"\x82\x09\x00\x06\x02\x0b\x01\x00\x01a\x00"
-    conn.receive_data(sub_id, 0.0)
-    assert conn.data_to_send() == b"\xe0\x01\xa1"
+    # A Subscription Identifier (7) reaches the caller; downlinks carry the matching ones.
+    conn.receive_data(b"\x82\x09\x00\x06\x02\x0b\x07\x00\x01a\x00", 0.0)
+    (sub,) = events(conn)
+    assert isinstance(sub, SubscribeReceived)
+    assert sub.subscribe.properties.int(Prop.SUBSCRIPTION_IDENTIFIER) == 7
+    assert conn.send_publish("a", b"x", 0, (7, 300))
+    assert conn.data_to_send() == codec.encode_publish(
+        "a", b"x", 0, properties=b"\x05\x0b\x07\x0b\xac\x02"
+    )
+
+
+def test_subscription_identifiers_follow_their_filters() -> None:
+    from corem_ingress.adapters.mqtt.downlink import Subscriptions
+
+    subs = Subscriptions()
+    subs.add("d/x/down/#", 1, 5)
+    subs.add("d/x/down/config", 0, 9)
+    subs.add("d/x/down/+", 0)
+    assert sorted(subs.subscription_ids("d/x/down/config")) == [5, 9]
+    assert subs.subscription_ids("d/x/down/a/b") == (5,)
+    subs.add("d/x/down/#", 1)  # re-subscribed without one: the identifier goes
+    subs.remove("d/x/down/config")
+    assert subs.subscription_ids("d/x/down/config") == ()
 
 
 def test_subscribe_options_reserved_bits_are_malformed() -> None:

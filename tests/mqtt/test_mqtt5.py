@@ -110,13 +110,19 @@ async def test_paho_v5_certificate_session(mqtt_node, registry, pki, redis, redi
     }
 
     down = f"devices/{dev.device_id}/down"
-    c.client.subscribe([(f"{down}/#", 1), (f"$share/g/{down}/x", 1), ("devices/other/down/#", 1)])
+    sub = Properties(PacketTypes.SUBSCRIBE)
+    sub.SubscriptionIdentifier = 42
+    c.client.subscribe(
+        [(f"{down}/#", 1), (f"$share/g/{down}/x", 1), ("devices/other/down/#", 1)],
+        properties=sub,
+    )
     assert await asyncio.to_thread(c.subscribed.wait, 10)
     assert c.suback == [1, 0x9E, 0x87]  # granted, shared refused, not authorized
     await wait_for(lambda: node.services.downlinks.has(dev.device_id))
     await cli_downlink(redis_url, "acme", dev.device_id, "config", "v5-hello")
     await wait_for(lambda: bool(c.messages))
     assert c.messages[0].topic == f"{down}/config" and c.messages[0].payload == b"v5-hello"
+    assert c.messages[0].properties.SubscriptionIdentifier == [42]
     await c.stop()
 
 

@@ -190,7 +190,6 @@ class MqttConnection:
             (Prop.RECEIVE_MAXIMUM, min(cfg.max_inflight, 65535)),
             (Prop.MAXIMUM_PACKET_SIZE, cfg.max_packet_size),
             (Prop.TOPIC_ALIAS_MAXIMUM, cfg.topic_alias_maximum),
-            (Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE, 0),
             (Prop.SHARED_SUBSCRIPTION_AVAILABLE, 0),
         ]
         if keepalive != requested:
@@ -235,12 +234,17 @@ class MqttConnection:
         if self.state is State.CONNECTED and self.version == 5:
             self._out.append(codec.encode_unsuback(packet_id, reasons))
 
-    def send_publish(self, topic: str, payload: bytes, qos: int) -> bool:
+    def send_publish(
+        self, topic: str, payload: bytes, qos: int, subscription_ids: tuple[int, ...] = ()
+    ) -> bool:
         """Queue a PUBLISH to the client; False if closed, the inflight window is full or
-        (MQTT 5) the packet exceeds the client's Maximum Packet Size."""
+        (MQTT 5) the packet exceeds the client's Maximum Packet Size. MQTT 5 carries the
+        matching subscriptions' identifiers."""
         if self.state is not State.CONNECTED:
             return False
-        v5_props = b"\x00" if self.version == 5 else None
+        v5_props = None
+        if self.version == 5:
+            v5_props = props_encode([(Prop.SUBSCRIPTION_IDENTIFIER, i) for i in subscription_ids])
         if qos == 0:
             packet = codec.encode_publish(topic, payload, 0, properties=v5_props)
             if not self._fits_client(packet):
@@ -448,13 +452,6 @@ class MqttConnection:
             else:  # PUBREC/PUBCOMP: we never send QoS 2
                 self._fail(Cause.PROTOCOL_ERROR, f"unexpected {packet.type.name}")
         elif isinstance(packet, codec.Subscribe):
-            if Prop.SUBSCRIPTION_IDENTIFIER in packet.properties:
-                self._fail(
-                    Cause.PROTOCOL_ERROR,
-                    "subscription identifiers not supported",
-                    Reason.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-                )
-                return
             self._events.append(SubscribeReceived(packet))
         elif isinstance(packet, codec.Unsubscribe):
             if not v5:

@@ -69,7 +69,6 @@ class Reason(IntEnum):
     QUOTA_EXCEEDED = 0x97
     PAYLOAD_FORMAT_INVALID = 0x99
     SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E
-    SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED = 0xA1
 
 
 #: Reason codes a server may put in DISCONNECT (§3.14.2.1); any other is sent as 0x80.

@@ -146,6 +146,7 @@ class DeviceSession:
         subs = self._subs
         limit = self._conn.listener.config.max_subscriptions
         v5 = self._conn.mqtt.version == 5
+        sub_id = subscribe.properties.int(Prop.SUBSCRIPTION_IDENTIFIER)
         codes: list[int] = []
         for topic_filter, qos in subscribe.filters:
             if v5 and topic_filter.startswith("$share/"):
@@ -164,7 +165,7 @@ class DeviceSession:
                 log.info("mqtt.subscriptions_over_limit", device=identity.device_id, limit=limit)
             else:
                 granted = policy.granted_qos(qos)
-                subs.add(topic_filter, granted)
+                subs.add(topic_filter, granted, sub_id)
                 codes.append(granted)
         self._conn.mqtt.suback(subscribe.packet_id, codes)
 
@@ -186,7 +187,8 @@ class DeviceSession:
         if planned is None or conn.write_buffer_size() > _WRITE_LIMIT:
             return False
         topic, qos = planned
-        sent = conn.mqtt.send_publish(topic, downlink.payload_bytes(), qos)
+        ids = self._subs.subscription_ids(topic)
+        sent = conn.mqtt.send_publish(topic, downlink.payload_bytes(), qos, ids)
         conn.flush()
         if sent:
             conn.listener.count("downlinks")
