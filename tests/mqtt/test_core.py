@@ -141,10 +141,10 @@ def test_refuse_sends_the_code_and_closes() -> None:
     assert events(conn) == [ConnectionClosed(Cause.UNKNOWN_OR_REVOKED, True)]
 
 
-def test_protocol_level_other_than_311_or_5_gets_connack_1() -> None:
-    # Level 5 was refused here until MQTT 5 was supported (issue 13); 6 is unknown.
+def test_protocol_level_below_311_gets_connack_1() -> None:
+    # Level 5 was refused here until MQTT 5 was supported (issue 13); 3 is older.
     conn = MqttConnection(CFG, 0.0)
-    conn.receive_data(connect_bytes(level=6), 0.0)
+    conn.receive_data(connect_bytes(level=3), 0.0)
     assert conn.data_to_send() == b"\x20\x02\x00\x01"
     assert isinstance(events(conn)[0], ConnectionClosed)
 
@@ -429,7 +429,7 @@ def _connect_named(name: bytes, level: int) -> bytes:
         (b"MQTX", 4, b""),
         (b"MQIsdp", 3, b"\x20\x02\x00\x01"),  # MQTT 3.1 is a level we do not speak
         (b"MQTT", 3, b"\x20\x02\x00\x01"),  # [MQTT-3.1.2-2]
-        (b"MQTT", 6, b"\x20\x02\x00\x01"),
+        (b"MQTT", 6, b"\x20\x03\x00\x84\x00"),  # newer than 5: MQTT 5 CONNACK 0x84
     ],
 )
 def test_protocol_name_and_level(name: bytes, level: int, reply: bytes) -> None:

@@ -222,3 +222,14 @@ async def test_mosquitto_v5_publish_and_subscribe(mqtt_node, registry, pki, redi
     await cli_downlink(redis_url, "acme", dev.device_id, "config", "to-v5")
     code, out = await finish(proc)
     assert code == 0 and f"devices/{dev.device_id}/down/config to-v5" in out, out
+
+
+async def test_unknown_newer_level_gets_connack_0x84(mqtt_node, registry, pki):  # type: ignore[no-untyped-def]
+    _node, listener = await mqtt_node()
+    dev = await provision_x509(registry, pki, "acme", "hw-v6")
+    raw = await RawClient.open(listener.port, client_ssl(pki, dev.cert))
+    cid = dev.device_id.encode()
+    body = b"\x00\x04MQTT\x06\x02\x00\x1e\x00" + len(cid).to_bytes(2, "big") + cid
+    await raw.send(bytes((0x10, len(body))) + body)
+    assert await raw.read_packet() == b"\x20\x03\x00\x84\x00"
+    assert await raw.read_packet() is None

@@ -41,8 +41,13 @@ class PacketTooLarge(ProtocolViolation):
 
 
 class UnsupportedProtocolLevel(ProtocolViolation):
-    """A CONNECT of a protocol we know but at a level we do not speak: CONNACK 0x01
-    (MQTT 3.1.1 [MQTT-3.1.2-2]; also what an MQTT 3.1 "MQIsdp" client understands)."""
+    """A CONNECT of a protocol we know but at a level we do not speak: CONNACK 0x01 for an
+    older level (MQTT 3.1.1 [MQTT-3.1.2-2]; also what an MQTT 3.1 "MQIsdp" client
+    understands), an MQTT 5 CONNACK 0x84 for a newer one (MQTT 5.0 §3.1.2.2)."""
+
+    def __init__(self, reason: str, level: int) -> None:
+        super().__init__(reason)
+        self.level = level
 
 
 #: SUBACK return code of a refused topic filter.
@@ -369,13 +374,13 @@ def _decode_connect(r: _Reader) -> Connect:
     name = r.string()
     level = r.u8()
     if name == "MQIsdp" and level == 3:
-        raise UnsupportedProtocolLevel("MQTT 3.1 is not supported")
+        raise UnsupportedProtocolLevel("MQTT 3.1 is not supported", level)
     if name != "MQTT":
         # [MQTT-3.1.2-1]: a wrong protocol name (MQIsdp at any level but 3 included) is
         # not MQTT 3.1.1: disconnect without CONNACK.
         raise ProtocolViolation("not an MQTT CONNECT (protocol name)")
     if level not in (4, 5):
-        raise UnsupportedProtocolLevel(f"unsupported protocol level {level}")
+        raise UnsupportedProtocolLevel(f"unsupported protocol level {level}", level)
     v5 = level == 5
     flags = r.u8()
     if flags & 1:

@@ -322,7 +322,13 @@ class MqttConnection:
                     )
                     pos += total
                 except codec.UnsupportedProtocolLevel as exc:
-                    if self.state is State.AWAIT_CONNECT:
+                    if self.state is State.AWAIT_CONNECT and exc.level > 5:
+                        self._out.append(
+                            codec.encode_connack(
+                                False, Reason.UNSUPPORTED_PROTOCOL_VERSION, b"\x00"
+                            )
+                        )
+                    elif self.state is State.AWAIT_CONNECT:
                         self._out.append(codec.encode_connack(False, 1))
                     self._fail(exc.cause, exc.reason)
                     return
