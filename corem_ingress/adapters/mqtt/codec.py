@@ -427,20 +427,10 @@ def _decode_connect(r: _Reader) -> Connect:
 def _remaining_length(n: int) -> bytes:
     if n > _MAX_REMAINING_LENGTH:
         raise ValueError("packet too large for MQTT")
-    out = bytearray()
-    while True:
-        byte = n % 128
-        n //= 128
-        if n:
-            byte |= 0x80
-        out.append(byte)
-        if not n:
-            return bytes(out)
+    return props.varint(n)
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return len(raw).to_bytes(2, "big") + raw
+_string = props.string
 
 
 def _packet(first: int, body: bytes) -> bytes:

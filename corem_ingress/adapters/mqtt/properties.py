@@ -290,6 +290,7 @@ def _check_values(values: dict[Prop, int | str | bytes]) -> None:
 
 # -- encoding -------------------------------------------------------------------------------------
 def varint(n: int) -> bytes:
+    """A Variable Byte Integer (also the fixed header's remaining length)."""
     out = bytearray()
     while True:
         byte = n % 128
@@ -301,7 +302,8 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str) -> bytes:
+def string(text: str) -> bytes:
+    """A UTF-8 Encoded String: two length bytes, then the bytes."""
     raw = text.encode("utf-8")
     return len(raw).to_bytes(2, "big") + raw
 
@@ -330,8 +332,8 @@ def encode(items: list[tuple[Prop, int | str | bytes]]) -> bytes:
         elif kind == _PAIR:
             assert isinstance(value, str)
             key, _, val = value.partition("=")
-            body += _string(key) + _string(val)
+            body += string(key) + string(val)
         else:
             assert isinstance(value, str)
-            body += _string(value)
+            body += string(value)
     return varint(len(body)) + bytes(body)

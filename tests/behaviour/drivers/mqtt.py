@@ -198,30 +198,31 @@ def _connect5(device: Device, password: str | None = None) -> bytes:
     )
 
 
-class Mqtt5Driver(MqttDriver):
-    """MQTT 5.0, client certificate: reason codes from ``Cause.mqtt5``."""
+class _Mqtt5:
+    """What MQTT 5.0 changes in a driver: paho's MQTTv5, reason codes from ``Cause.mqtt5``,
+    and the revocation's DISCONNECT 0x98 (administrative action: "revoked", not
+    "network")."""
 
-    name = "mqtt5-cert"
     protocol = paho.MQTTv5
-    #: Administrative action: a device can tell "revoked" from "network".
     revoked_answer = f"DISCONNECT 0x98, {CLOSED}"
 
     def cause_code(self, cause: Cause) -> int:
         return cause.mqtt5
+
+
+class Mqtt5Driver(_Mqtt5, MqttDriver):
+    """MQTT 5.0, client certificate."""
+
+    name = "mqtt5-cert"
 
     def raw_connect(self, device: Device) -> bytes:
         return _connect5(device)
 
 
-class Mqtt5ApiKeyDriver(MqttApiKeyDriver):
+class Mqtt5ApiKeyDriver(_Mqtt5, MqttApiKeyDriver):
     """MQTT 5.0, API key as the password (MQTT 5 needs no user name with it)."""
 
     name = "mqtt5-key"
-    protocol = paho.MQTTv5
-    revoked_answer = f"DISCONNECT 0x98, {CLOSED}"
-
-    def cause_code(self, cause: Cause) -> int:
-        return cause.mqtt5
 
     def raw_connect(self, device: Device) -> bytes:
         return _connect5(device, str(device.credential))
