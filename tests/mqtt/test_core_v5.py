@@ -215,11 +215,13 @@ def test_bad_payload_format_and_too_many_properties_are_refused_not_stored() -> 
     assert conn.state is State.CONNECTED
 
 
-def test_receive_maximum_exceeded_disconnects() -> None:
+def test_receive_maximum_bounds_qos2_and_qos1_is_left_to_backpressure() -> None:
     conn = connected5()  # Receive Maximum 2
-    conn.receive_data(publish5(1) + publish5(2), 0.0)
-    assert [type(e) for e in events(conn)] == [PublishReceived, PublishReceived]
-    conn.receive_data(publish5(3), 0.0)
+    conn.receive_data(publish5(1) + publish5(2) + publish5(3), 0.0)  # QoS 1: not closed
+    assert [type(e) for e in events(conn)] == [PublishReceived] * 3
+    conn.receive_data(publish5(4, qos=2) + publish5(5, qos=2), 0.0)
+    assert [type(e) for e in events(conn)] == [PublishReceived] * 2
+    conn.receive_data(publish5(6, qos=2), 0.0)  # a third QoS 2 awaiting PUBREL
     assert conn.data_to_send() == b"\xe0\x01\x93"
 
 

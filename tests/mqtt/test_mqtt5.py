@@ -233,3 +233,43 @@ async def test_unknown_newer_level_gets_connack_0x84(mqtt_node, registry, pki): 
     await raw.send(bytes((0x10, len(body))) + body)
     assert await raw.read_packet() == b"\x20\x03\x00\x84\x00"
     assert await raw.read_packet() is None
+
+
+async def test_paho_v5_honours_receive_maximum_and_topic_aliases(  # type: ignore[no-untyped-def]
+    mqtt_node, registry, pki, redis
+):
+    """A burst of QoS 1 past the announced Receive Maximum (4) is paced by paho itself (no
+    DISCONNECT 0x93), and a topic alias set once names the topic of later messages."""
+    node, listener = await mqtt_node(max_inflight=4)
+    dev = await provision_x509(registry, pki, "acme", "hw-v5rm")
+    c = Paho5(pki, cert=dev.cert, client_id=dev.device_id)
+    assert await c.connect(listener.port) == 0
+    topic = f"devices/{dev.device_id}/up/telemetry"
+    infos = []
+    for i in range(30):
+        alias = Properties(PacketTypes.PUBLISH)
+        alias.TopicAlias = 1
+        infos.append(c.client.publish(topic if i == 0 else "", b"%d" % i, 1, properties=alias))
+    for info in infos:
+        await asyncio.to_thread(info.wait_for_publish, 10)
+        assert info.is_published()
+    entries = await redis.xrange(node.keys.uplink_stream("acme"))
+    assert [e[1]["payload"] for e in entries] == [str(i) for i in range(30)]
+    assert {e[1]["kind"] for e in entries} == {"telemetry"}
+    assert c.disconnect_reason is None and listener.stats["protocol_closes"] == 0
+    await c.stop()
+
+
+async def test_v5_oversized_packet_gets_disconnect_0x95(mqtt_node, registry, pki):  # type: ignore[no-untyped-def]
+    _node, listener = await mqtt_node(max_packet_size=1024)
+    dev = await provision_x509(registry, pki, "acme", "hw-v5big")
+    raw = await RawClient.open(listener.port, client_ssl(pki, dev.cert))
+    await raw.send(codec.encode_connect(codec.Connect(5, dev.device_id, True, 30, None, None)))
+    connack = await raw.read_packet()
+    assert connack is not None and connack[3] == 0
+    big = codec.encode_publish(
+        f"devices/{dev.device_id}/up/event", b"x" * 5000, 0, properties=b"\x00"
+    )
+    await raw.send(big[:64])  # refused as soon as the length is known
+    assert await raw.read_packet() == b"\xe0\x01\x95"
+    assert await raw.read_packet() is None

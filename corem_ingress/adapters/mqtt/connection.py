@@ -79,7 +79,6 @@ class MqttConnection:
         "_last_rx",
         "_next_pid",
         "_out",
-        "_qos1_pending",
         "_qos2",
         "_session_expiry_requested",
         "close_cause",
@@ -109,12 +108,10 @@ class MqttConnection:
         self.disconnected = False
         #: The CONNECT's protocol level: 4 (3.1.1) or 5 (5.0).
         self.version = 4
-        # MQTT 5 only: what the client announced, inbound topic aliases, QoS 1 uplinks
-        # not yet acknowledged (Receive Maximum counts them with the QoS 2 ones).
+        # MQTT 5 only: what the client announced, inbound topic aliases.
         self._client_max_packet: int | None = None
         self._client_receive_max = 65535
         self._aliases: dict[int, str] | None = None
-        self._qos1_pending = 0
         self._session_expiry_requested = False
 
     # -- inputs ------------------------------------------------------------------------------
@@ -216,8 +213,6 @@ class MqttConnection:
         if self.state is not State.CONNECTED or publish.packet_id is None:
             return
         if publish.qos == 1:
-            if self._qos1_pending:
-                self._qos1_pending -= 1
             self._out.append(codec.encode_ack(PacketType.PUBACK, publish.packet_id))
         elif publish.qos == 2:
             if self._qos2 is None:
@@ -346,7 +341,9 @@ class MqttConnection:
         The id is recorded as soon as the PUBLISH is parsed, so a DUP re-send in the same
         read is recognised while the first copy is still being stored. At most
         ``max_inflight`` QoS 2 messages may await PUBREL; a client past it broke the
-        window it was given (MQTT 5: Receive Maximum) and is disconnected.
+        window it was given (MQTT 5: Receive Maximum) and is disconnected (0x93). QoS 1
+        past the window is not: the adapter stops reading until PUBACKs catch up, as
+        for 3.1.1 (paho-mqtt 2.2 ignores the Receive Maximum and sends up to 20).
         """
         assert packet_id is not None  # the codec requires one for QoS > 0
         if self._qos2 is None:
@@ -357,7 +354,7 @@ class MqttConnection:
                 self._out.append(codec.encode_ack(PacketType.PUBREC, packet_id))
             # else still being stored: its PUBREC follows from ack_publish
             return False
-        if len(self._qos2) + self._qos1_pending >= self._config.max_inflight:
+        if len(self._qos2) >= self._config.max_inflight:
             self._fail(Cause.RECEIVE_MAXIMUM, "too many QoS 2 messages awaiting PUBREL")
             return False
         self._qos2[packet_id] = False
@@ -418,10 +415,6 @@ class MqttConnection:
                 self._out.append(codec.encode_ack(ack, packet.packet_id, refusal))
             self._events.append(PublishRefused(packet, refusal))
             return None
-        window = self._config.max_inflight
-        if packet.qos == 1 and self._qos1_pending + len(self._qos2 or ()) >= window:
-            self._fail(Cause.RECEIVE_MAXIMUM, "Receive Maximum exceeded")
-            return None
         return packet if topic == packet.topic else replace(packet, topic=topic)
 
     def _handle(self, packet: codec.Packet, now: float) -> None:
@@ -440,8 +433,6 @@ class MqttConnection:
                 packet = checked
             if packet.qos == 2 and not self._receive_qos2(packet.packet_id):
                 return
-            if packet.qos == 1 and v5:
-                self._qos1_pending += 1
             self._events.append(PublishReceived(packet))
         elif isinstance(packet, Ack):
             if packet.type is PacketType.PUBACK:
