@@ -48,6 +48,12 @@ async def test_qos2_past_the_inflight_window_disconnects(mqtt_node, registry, pk
     assert await c.closed_by_server()
     entries = await redis.xrange(node.keys.uplink_stream("acme"))
     assert [e[1]["payload"] for e in entries] == ["1", "2"]  # the third is not acknowledged
+    from corem_ingress import metrics
+
+    sample = metrics.REGISTRY.get_sample_value(
+        "corem_limit_refusals_total", {"transport": "mqtt", "limit": "receive_maximum"}
+    )
+    assert sample is not None and sample >= 1
 
 
 async def test_empty_client_id_without_clean_session_gets_connack_2(mqtt_node, registry, pki):  # type: ignore[no-untyped-def]

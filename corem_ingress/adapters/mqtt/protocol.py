@@ -184,8 +184,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
             elif isinstance(event, ConnectionClosed):
                 if event.error:
                     self.listener.count("protocol_closes")
-                    if event.cause is Cause.MAX_SIZE:
-                        self._gate.refused(Cause.MAX_SIZE)
+                    if event.cause in (Cause.MAX_SIZE, Cause.RECEIVE_MAXIMUM):
+                        self._gate.refused(event.cause)
                     log.info(
                         "mqtt.closed", peer=self.peer, cause=event.cause.label, detail=event.detail
                     )
