@@ -168,7 +168,7 @@ class HttpConfig:
 
 @dataclass
 class MqttConfig:
-    """MQTT 3.1.1 over TLS (our sans-I/O MQTT core over pyOpenSSL memory BIOs; docs/mqtt.md)."""
+    """MQTT 3.1.1 and 5.0 over TLS (our sans-I/O core over pyOpenSSL memory BIOs; docs/mqtt.md)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -191,8 +191,12 @@ class MqttConfig:
     #: Keep-alive enforced when a client asks for 0 or more (closed after 1.5x without data).
     max_keepalive_s: int = 1200
     #: Unacknowledged QoS 1 messages per connection, each way (uplinks awaiting their
-    #: Redis append pause reading; downlinks beyond it are not delivered).
+    #: Redis append pause reading; downlinks beyond it are not delivered); also the QoS 2
+    #: uplinks that may await PUBREL (a client past it is disconnected).
     max_inflight: int = 16
+    #: Topic filters one connection may hold; SUBSCRIBE past it is refused per filter
+    #: (SUBACK 0x80). Bounds the work of matching each downlink.
+    max_subscriptions: int = 32
     #: listen() backlog.
     backlog: int = 1024
     #: Store a device's will as an uplink when its connection ends without DISCONNECT (only
@@ -227,6 +231,7 @@ class MqttConfig:
         _check(self.connect_timeout_s > 0, "mqtt.connect_timeout_s", "must be > 0")
         _check(1 <= self.max_keepalive_s <= 65535, "mqtt.max_keepalive_s", "must be 1..65535")
         _check(1 <= self.max_inflight <= 65535, "mqtt.max_inflight", "must be 1..65535")
+        _check(1 <= self.max_subscriptions <= 1024, "mqtt.max_subscriptions", "must be 1..1024")
         _check(self.backlog >= 1, "mqtt.backlog", "must be >= 1")
         _check_proxy_mode(self.proxy_protocol, "mqtt.proxy_protocol")
 

@@ -118,6 +118,9 @@ class Cause(StrEnum):
     HANDSHAKE_RATE = "handshake_rate"
     #: Too many half-done DTLS handshakes (per source address or in total).
     PENDING_HANDSHAKES = "pending_handshakes"
+    #: The client sent more unacknowledged QoS 2 messages than the window it was given
+    #: (``mqtt.max_inflight``; MQTT 5 Receive Maximum).
+    RECEIVE_MAXIMUM = "receive_maximum"
     # -- session ends ----------------------------------------------------------------------
     #: The peer closed (DISCONNECT, close_notify, TCP FIN).
     PEER_CLOSED = "peer_closed"
@@ -202,7 +205,9 @@ class Cause(StrEnum):
 # MQTT 5 reason codes: 0x80 unspecified, 0x84 unsupported protocol version, 0x86 bad user
 # name or password, 0x87 not authorized, 0x88 server unavailable, 0x89 server busy,
 # 0x8B server shutting down, 0x8D keep alive timeout, 0x8E session taken over, 0x82
-# protocol error, 0x95 packet too large, 0x96 message rate too high, 0x97 quota exceeded,
+# protocol error, 0x95 packet too large, 0x93 receive maximum exceeded,
+# 0x96 message rate too high, 0x97 quota exceeded, 0x98 administrative action (an
+# operator revoked the credential or removed its CA: "revoked", not "network"),
 # 0x9F connection rate exceeded.
 _REPLIES: dict[Cause, Reply] = {
     Cause.MALFORMED: _auth(_CONNACK_BAD_CREDENTIALS, 0x86, ALERT_DECODE_ERROR, coap="4.00"),
@@ -228,6 +233,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.MAX_SESSIONS: _limit(_CONNACK_UNAVAILABLE, 0x89, "5.03", 503),
     Cause.HANDSHAKE_RATE: _limit(_CONNACK_UNAVAILABLE, 0x9F, "5.03", 503),
     Cause.PENDING_HANDSHAKES: _limit(_CONNACK_UNAVAILABLE, 0x89, "5.03", 503),
+    Cause.RECEIVE_MAXIMUM: _limit(_CONNACK_UNAVAILABLE, 0x93, "5.03", 503),
     Cause.PEER_CLOSED: _end(),
     Cause.IDLE: _end(0x8D),
     Cause.HANDSHAKE_TIMEOUT: _end(alert=ALERT_HANDSHAKE_FAILURE),
@@ -235,11 +241,11 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.REPLACED: _end(0x8E),
     Cause.TAKEN_OVER: _end(0x8E),
     Cause.SHUTTING_DOWN: _end(0x8B),
-    Cause.CREDENTIAL_REVOKED: _end(0x87),
+    Cause.CREDENTIAL_REVOKED: _end(0x98),
     Cause.CREDENTIAL_EXPIRED: _end(0x87),
-    Cause.NO_LONGER_VALID: _end(0x87),
+    Cause.NO_LONGER_VALID: _end(0x98),
     Cause.COULD_NOT_REVALIDATE: _end(0x88),
-    Cause.TRUST_ANCHOR_REMOVED: _end(0x87),
+    Cause.TRUST_ANCHOR_REMOVED: _end(0x98),
     Cause.PROTOCOL_ERROR: Reply(
         CauseGroup.END, False, _CONNACK_PROTOCOL, 0x82, "4.00", ALERT_DECODE_ERROR, 400
     ),

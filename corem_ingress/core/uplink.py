@@ -47,6 +47,10 @@ class Uplink:
     message_id: str
     #: How ``payload`` was derived from the wire bytes: "json", "text" or "base64".
     payload_encoding: str = "json"
+    #: MQTT 5 properties the device sent with the message (``content_type``,
+    #: ``payload_format_indicator``, ``user_properties`` as [name, value] pairs in order),
+    #: bounded by the MQTT core; None (no stream field) when it sent none.
+    properties: dict[str, JsonValue] | None = None
 
     @classmethod
     def new(
@@ -58,6 +62,7 @@ class Uplink:
         *,
         now: float,
         payload_encoding: str = "json",
+        properties: dict[str, JsonValue] | None = None,
     ) -> Uplink:
         return cls(
             tenant_id=identity.tenant_id,
@@ -68,11 +73,12 @@ class Uplink:
             received_at=now,
             message_id=uuid.uuid4().hex,
             payload_encoding=payload_encoding,
+            properties=properties,
         )
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields for a Redis Stream entry; ``payload`` is JSON text."""
-        return {
+        fields = {
             "message_id": self.message_id,
             "tenant_id": self.tenant_id,
             "device_id": self.device_id,
@@ -82,6 +88,9 @@ class Uplink:
             "payload_encoding": self.payload_encoding,
             "received_at": repr(self.received_at),
         }
+        if self.properties is not None:
+            fields["properties"] = json.dumps(self.properties, separators=(",", ":"))
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> Uplink:
@@ -94,10 +103,11 @@ class Uplink:
             received_at=float(fields["received_at"]),
             message_id=fields["message_id"],
             payload_encoding=fields.get("payload_encoding", "json"),
+            properties=json.loads(fields["properties"]) if "properties" in fields else None,
         )
 
     def to_json(self) -> dict[str, JsonValue]:
-        return {
+        out: dict[str, JsonValue] = {
             "message_id": self.message_id,
             "tenant_id": self.tenant_id,
             "device_id": self.device_id,
@@ -107,6 +117,9 @@ class Uplink:
             "payload_encoding": self.payload_encoding,
             "received_at": self.received_at,
         }
+        if self.properties is not None:
+            out["properties"] = self.properties
+        return out
 
 
 def payload_from_bytes(data: bytes) -> tuple[JsonValue, str]:

@@ -213,6 +213,13 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
     parts = [_bulk(a) for a in head]
     count = 5
     for u in uplinks:
+        if u.properties is not None:
+            # Rare (MQTT 5 properties): the generic layout, one more field.
+            fields = u.to_fields()
+            parts.append(_bulk(b"%d" % (2 * len(fields))))
+            parts += [_bulk(x.encode()) for kv in fields.items() for x in kv]
+            count += 1 + 2 * len(fields)
+            continue
         # Uplink.to_fields(), inlined (a test holds them equal): the JSON encoder is built
         # once, not per message as json.dumps(separators=...) does.
         v = (
@@ -242,8 +249,8 @@ def append_args(uplinks: list[Uplink]) -> list[str]:
     for u in uplinks:
         fields = u.to_fields()
         args.append(str(2 * len(fields)))
-        for name in _FIELDS:
-            args += [name, fields[name]]
+        for name, value in fields.items():
+            args += [name, value]
     return args
 
 

@@ -125,12 +125,13 @@ async def test_client_id_rules_with_paho(mqtt_node, registry, pki):  # type: ign
     assert rc == 0
     client.disconnect()
     client.loop_stop()
-    # Empty client id without clean session (paho will not send it): refused.
+    # Empty client id without clean session (paho will not send it): refused with
+    # CONNACK 2, identifier rejected ([MQTT-3.1.3-8]; issue 13 moved it from 5).
     from corem_ingress.adapters.mqtt import codec
 
     raw = await RawClient.open(listener.port, client_ssl(pki, dev.cert))
     await raw.send(codec.encode_connect(codec.Connect(4, "", False, 30, None, None)))
-    assert await raw.read_packet() == b"\x20\x02\x00\x05"
+    assert await raw.read_packet() == b"\x20\x02\x00\x02"
     assert await raw.closed_by_server()
     await raw.close()
     # Any other id: refused.

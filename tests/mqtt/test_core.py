@@ -141,9 +141,10 @@ def test_refuse_sends_the_code_and_closes() -> None:
     assert events(conn) == [ConnectionClosed(Cause.UNKNOWN_OR_REVOKED, True)]
 
 
-def test_protocol_level_other_than_311_gets_connack_1() -> None:
+def test_protocol_level_below_311_gets_connack_1() -> None:
+    # Level 5 was refused here until MQTT 5 was supported (issue 13); 3 is older.
     conn = MqttConnection(CFG, 0.0)
-    conn.receive_data(connect_bytes(level=5), 0.0)
+    conn.receive_data(connect_bytes(level=3), 0.0)
     assert conn.data_to_send() == b"\x20\x02\x00\x01"
     assert isinstance(events(conn)[0], ConnectionClosed)
 
@@ -362,3 +363,93 @@ def test_packed_append_is_valid_resp_with_exactly_the_envelope_fields() -> None:
         assert entry[0] == b"16"
         fields = {k.decode(): v.decode() for k, v in zip(entry[1::2], entry[2::2], strict=True)}
         assert list(fields.items()) == list(up.to_fields().items())
+
+
+# -- conformance-probe defects (issue 13) --------------------------------------------------------
+def test_qos2_and_its_dup_in_one_read_are_reported_once() -> None:
+    conn = connected()
+    topic = f"devices/{DEV}/up/event"
+    first = codec.encode_publish(topic, b"1", 2, 7)
+    dup = codec.encode_publish(topic, b"1", 2, 7, dup=True)
+    conn.receive_data(first + dup, 0.0)  # the DUP arrives before the first is stored
+    (event,) = events(conn)
+    assert isinstance(event, PublishReceived)
+    assert conn.data_to_send() == b""  # no PUBREC before the caller stored it
+    conn.ack_publish(event.publish)
+    assert conn.data_to_send() == codec.encode_ack(PacketType.PUBREC, 7)
+    conn.receive_data(codec.encode_ack(PacketType.PUBREL, 7), 0.0)
+    assert conn.data_to_send() == codec.encode_ack(PacketType.PUBCOMP, 7)
+    conn.receive_data(first, 0.0)  # released: the id may carry a new message
+    assert isinstance(events(conn)[0], PublishReceived)
+
+
+def test_qos2_awaiting_pubrel_is_bounded_by_the_inflight_window() -> None:
+    conn = connected()  # max_inflight=2
+    topic = f"devices/{DEV}/up/event"
+    conn.receive_data(codec.encode_publish(topic, b"1", 2, 1), 0.0)
+    conn.receive_data(codec.encode_publish(topic, b"2", 2, 2), 0.0)
+    for event in events(conn):
+        assert isinstance(event, PublishReceived)
+        conn.ack_publish(event.publish)
+    conn.data_to_send()
+    conn.receive_data(codec.encode_publish(topic, b"3", 2, 3), 0.0)
+    assert events(conn) == [
+        ConnectionClosed(Cause.RECEIVE_MAXIMUM, True, "too many QoS 2 messages awaiting PUBREL")
+    ]
+    # A PUBREL frees a place.
+    conn = connected()
+    for pid in (1, 2):
+        conn.receive_data(codec.encode_publish(topic, b"x", 2, pid), 0.0)
+    for event in events(conn):
+        assert isinstance(event, PublishReceived)
+        conn.ack_publish(event.publish)
+    conn.receive_data(codec.encode_ack(PacketType.PUBREL, 1), 0.0)
+    conn.receive_data(codec.encode_publish(topic, b"3", 2, 3), 0.0)
+    assert [type(e) for e in events(conn)] == [PublishReceived]
+
+
+def test_empty_client_id_without_clean_session_gets_connack_2() -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(codec.encode_connect(Connect(4, "", False, 10, None, None)), 0.0)
+    assert conn.data_to_send() == b"\x20\x02\x00\x02"
+    (event,) = events(conn)
+    assert isinstance(event, ConnectionClosed) and event.cause is Cause.PROTOCOL_ERROR
+
+
+def _connect_named(name: bytes, level: int) -> bytes:
+    body = len(name).to_bytes(2, "big") + name + bytes((level, 0x02)) + b"\x00\x0a\x00\x01x"
+    return bytes((0x10, len(body))) + body
+
+
+@pytest.mark.parametrize(
+    ("name", "level", "reply"),
+    [
+        (b"MQIsdp", 4, b""),  # [MQTT-3.1.2-1]: wrong name -> close without CONNACK
+        (b"MQIsdp", 5, b""),
+        (b"MQTX", 4, b""),
+        (b"MQIsdp", 3, b"\x20\x02\x00\x01"),  # MQTT 3.1 is a level we do not speak
+        (b"MQTT", 3, b"\x20\x02\x00\x01"),  # [MQTT-3.1.2-2]
+        (b"MQTT", 6, b"\x20\x03\x00\x84\x00"),  # newer than 5: MQTT 5 CONNACK 0x84
+    ],
+)
+def test_protocol_name_and_level(name: bytes, level: int, reply: bytes) -> None:
+    conn = MqttConnection(CFG, 0.0)
+    conn.receive_data(_connect_named(name, level), 0.0)
+    assert conn.data_to_send() == reply
+    (event,) = events(conn)
+    assert isinstance(event, ConnectionClosed) and event.cause is Cause.PROTOCOL_ERROR
+
+
+def test_subscription_matching_is_exact_lookup_plus_bounded_wildcards() -> None:
+    subs = Subscriptions()
+    base = f"devices/{DEV}/down"
+    subs.add(f"{base}/config", 0)
+    subs.add(f"{base}/+", 1)
+    subs.add(f"{base}/#", 0)
+    assert len(subs) == 3 and f"{base}/+" in subs
+    assert subs.qos_for(f"{base}/config") == 1  # highest of the exact and wildcard matches
+    assert subs.qos_for(f"{base}/a/b") == 0
+    subs.remove(f"{base}/+")
+    assert subs.qos_for(f"{base}/config") == 0
+    subs.remove(f"{base}/#")
+    assert subs.qos_for(f"{base}/command") is None and subs.qos_for(f"{base}/config") == 0

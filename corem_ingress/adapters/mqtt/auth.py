@@ -58,5 +58,8 @@ async def authenticate(
             raise InvalidArgument("API key is malformed")
         identity = await resolver.resolve_api_key(raw)
         lookup = api_keys.hash_key(raw)
-    client_id = policy.client_id_for(identity, connect.client_id, connect.clean_session)
+    # MQTT 5 may leave the client id empty whatever Clean Start says (the server assigns).
+    client_id = policy.client_id_for(
+        identity, connect.client_id, connect.clean_session or connect.protocol_level == 5
+    )
     return Authenticated(identity, lookup, client_id, chain if fingerprint is not None else None)

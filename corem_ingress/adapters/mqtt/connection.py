@@ -1,15 +1,16 @@
-"""The MQTT 3.1.1 server-side connection core, sans I/O (after aioquic/h11).
+"""The MQTT 3.1.1 and 5.0 server-side connection core, sans I/O (after aioquic/h11).
 
 Inputs: ``receive_data(bytes, now)``, ``handle_timer(now)`` and the caller's decisions
 (``accept``/``refuse``, ``ack_publish``, ``suback``, ``send_publish``, ``close``).
 Outputs: events from ``next_event()`` and bytes from ``data_to_send()``. The clock is
 an argument (monotonic seconds); a peer's protocol violation never raises: it becomes
-a :class:`ConnectionClosed` event.
+a :class:`ConnectionClosed` event. An MQTT 5 connection that the server ends after its
+CONNACK first gets a DISCONNECT with the cause's reason code (``Cause.mqtt5``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from corem_ingress.adapters.mqtt import codec
@@ -19,9 +20,17 @@ from corem_ingress.adapters.mqtt.events import (
     ConnectReceived,
     Event,
     PublishReceived,
+    PublishRefused,
     SubscribeReceived,
     UnsubscribeReceived,
 )
+from corem_ingress.adapters.mqtt.properties import (
+    CONNACK_REASONS,
+    DISCONNECT_REASONS,
+    Prop,
+    Reason,
+)
+from corem_ingress.adapters.mqtt.properties import encode as props_encode
 from corem_ingress.core.causes import Cause
 
 
@@ -40,16 +49,28 @@ class ConnectionConfig:
     connect_timeout: float = 10.0
     #: The keep-alive used when a client asks for 0 (none) or more than this.
     max_keepalive: int = 1200
-    #: Unacknowledged QoS 1 downlinks per connection; more are refused (not queued).
+    #: Unacknowledged QoS 1 downlinks per connection; more are refused (not queued). Also
+    #: the QoS 2 uplinks that may await PUBREL, and the MQTT 5 Receive Maximum announced.
     max_inflight: int = 16
+    #: MQTT 5 Topic Alias Maximum announced (inbound aliases kept per connection).
+    topic_alias_maximum: int = 16
+
+
+#: MQTT 5 uplink properties carried into the envelope are bounded: at most this many
+#: User Properties, and this many UTF-8 bytes of their names and values plus the Content
+#: Type. A PUBLISH over either gets reason 0x97 (quota exceeded) and is not stored.
+MAX_USER_PROPERTIES = 16
+MAX_PROPERTY_BYTES = 1024
 
 
 class MqttConnection:
     """One client's MQTT session state. Not thread-safe; one per connection."""
 
     __slots__ = (
-        "_awaiting_rel",
+        "_aliases",
         "_buf",
+        "_client_max_packet",
+        "_client_receive_max",
         "_config",
         "_deadline",
         "_events",
@@ -58,9 +79,12 @@ class MqttConnection:
         "_last_rx",
         "_next_pid",
         "_out",
+        "_qos2",
+        "_session_expiry_requested",
         "close_cause",
         "disconnected",
         "state",
+        "version",
     )
 
     def __init__(self, config: ConnectionConfig, now: float) -> None:
@@ -74,11 +98,21 @@ class MqttConnection:
         self._last_rx = now
         # Created on first use: an empty set costs ~200 B per idle connection.
         self._inflight: set[int] | None = None
-        self._awaiting_rel: set[int] | None = None
+        #: QoS 2 packet ids received and not yet released: False while the caller stores
+        #: the message, True once its PUBREC went out (then awaiting PUBREL).
+        self._qos2: dict[int, bool] | None = None
         self._next_pid = 1
         self.close_cause: Cause | None = None
-        #: The client ended with DISCONNECT (MQTT 3.1.1: its will is then discarded).
+        #: The client ended with DISCONNECT (its will is then discarded; MQTT 5 reason
+        #: 0x04 "with will message" keeps it).
         self.disconnected = False
+        #: The CONNECT's protocol level: 4 (3.1.1) or 5 (5.0).
+        self.version = 4
+        # MQTT 5 only: what the client announced, inbound topic aliases.
+        self._client_max_packet: int | None = None
+        self._client_receive_max = 65535
+        self._aliases: dict[int, str] | None = None
+        self._session_expiry_requested = False
 
     # -- inputs ------------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
@@ -123,23 +157,55 @@ class MqttConnection:
         return data
 
     # -- decisions ---------------------------------------------------------------------------
-    def accept(self, now: float, keepalive: int) -> None:
-        """CONNACK 0 and start the session; parses whatever arrived in the meantime."""
+    def accept(self, now: float, keepalive: int, *, assigned_client_id: str | None = None) -> None:
+        """CONNACK 0 and start the session; parses whatever arrived in the meantime.
+
+        ``assigned_client_id``: the id the server gave a client that sent an empty one
+        (MQTT 5 tells it in the CONNACK)."""
         if self.state is not State.AUTHENTICATING:
             return
-        ka = (
-            keepalive if 0 < keepalive <= self._config.max_keepalive else self._config.max_keepalive
-        )
+        cfg = self._config
+        ka = keepalive if 0 < keepalive <= cfg.max_keepalive else cfg.max_keepalive
         self._keepalive = ka * 1.5
         self._last_rx = now
         self.state = State.CONNECTED
-        self._out.append(codec.encode_connack(False, 0))
+        if self.version == 5:
+            self._out.append(
+                codec.encode_connack(
+                    False, 0, self._connack_properties(ka, keepalive, assigned_client_id)
+                )
+            )
+        else:
+            self._out.append(codec.encode_connack(False, 0))
         self._parse(now)
 
+    def _connack_properties(
+        self, keepalive: int, requested: int, assigned_client_id: str | None
+    ) -> bytes:
+        cfg = self._config
+        items: list[tuple[Prop, int | str | bytes]] = [
+            (Prop.RECEIVE_MAXIMUM, min(cfg.max_inflight, 65535)),
+            (Prop.MAXIMUM_PACKET_SIZE, cfg.max_packet_size),
+            (Prop.TOPIC_ALIAS_MAXIMUM, cfg.topic_alias_maximum),
+            (Prop.SHARED_SUBSCRIPTION_AVAILABLE, 0),
+        ]
+        if keepalive != requested:
+            items.append((Prop.SERVER_KEEP_ALIVE, keepalive))
+        if assigned_client_id is not None:
+            items.append((Prop.ASSIGNED_CLIENT_IDENTIFIER, assigned_client_id))
+        if self._session_expiry_requested:
+            # No persistent sessions yet: the session ends with the connection.
+            items.append((Prop.SESSION_EXPIRY_INTERVAL, 0))
+        return props_encode(items)
+
     def refuse(self, cause: Cause, detail: str = "") -> None:
-        """CONNACK with the cause's return code, then close."""
+        """CONNACK with the cause's return code (MQTT 5: reason code), then close."""
         if self.state in (State.AWAIT_CONNECT, State.AUTHENTICATING):
-            self._out.append(codec.encode_connack(False, cause.connack))
+            if self.version == 5:
+                code = cause.mqtt5 if cause.mqtt5 in CONNACK_REASONS else Reason.UNSPECIFIED_ERROR
+                self._out.append(codec.encode_connack(False, code, b"\x00"))
+            else:
+                self._out.append(codec.encode_connack(False, cause.connack))
             self._close(cause, detail, error=True)
 
     def ack_publish(self, publish: Publish) -> None:
@@ -149,37 +215,60 @@ class MqttConnection:
         if publish.qos == 1:
             self._out.append(codec.encode_ack(PacketType.PUBACK, publish.packet_id))
         elif publish.qos == 2:
-            if self._awaiting_rel is None:
-                self._awaiting_rel = set()
-            self._awaiting_rel.add(publish.packet_id)
+            if self._qos2 is None:
+                self._qos2 = {}
+            self._qos2[publish.packet_id] = True
             self._out.append(codec.encode_ack(PacketType.PUBREC, publish.packet_id))
 
     def suback(self, packet_id: int, return_codes: list[int]) -> None:
         if self.state is State.CONNECTED:
-            self._out.append(codec.encode_suback(packet_id, return_codes))
+            self._out.append(codec.encode_suback(packet_id, return_codes, v5=self.version == 5))
 
-    def send_publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        """Queue a PUBLISH to the client; False if closed or the inflight window is full."""
+    def unsuback(self, packet_id: int, reasons: list[int]) -> None:
+        """MQTT 5 UNSUBACK with a reason per filter (3.1.1's went out on receipt)."""
+        if self.state is State.CONNECTED and self.version == 5:
+            self._out.append(codec.encode_unsuback(packet_id, reasons))
+
+    def send_publish(
+        self, topic: str, payload: bytes, qos: int, subscription_ids: tuple[int, ...] = ()
+    ) -> bool:
+        """Queue a PUBLISH to the client; False if closed, the inflight window is full or
+        (MQTT 5) the packet exceeds the client's Maximum Packet Size. MQTT 5 carries the
+        matching subscriptions' identifiers."""
         if self.state is not State.CONNECTED:
             return False
+        v5_props = None
+        if self.version == 5:
+            v5_props = props_encode([(Prop.SUBSCRIPTION_IDENTIFIER, i) for i in subscription_ids])
         if qos == 0:
-            self._out.append(codec.encode_publish(topic, payload, 0))
+            packet = codec.encode_publish(topic, payload, 0, properties=v5_props)
+            if not self._fits_client(packet):
+                return False
+            self._out.append(packet)
             return True
         if self._inflight is None:
             self._inflight = set()
-        if len(self._inflight) >= self._config.max_inflight:
+        if len(self._inflight) >= min(self._config.max_inflight, self._client_receive_max):
             return False
         pid = self._allocate_pid(self._inflight)
+        packet = codec.encode_publish(topic, payload, 1, pid, properties=v5_props)
+        if not self._fits_client(packet):
+            self._next_pid = pid  # unused: the next downlink takes it
+            return False
         self._inflight.add(pid)
-        self._out.append(codec.encode_publish(topic, payload, 1, pid))
+        self._out.append(packet)
         return True
+
+    def _fits_client(self, packet: bytes) -> bool:
+        return self._client_max_packet is None or len(packet) <= self._client_max_packet
 
     @property
     def inflight(self) -> int:
         return len(self._inflight) if self._inflight else 0
 
     def close(self, cause: Cause, detail: str = "") -> None:
-        """Local close (revocation, shutdown, policy): no further output."""
+        """Local close (revocation, shutdown, policy): MQTT 5 gets a DISCONNECT with the
+        cause's reason code, then no further output."""
         self._close(cause, detail, error=False)
 
     # -- internals ---------------------------------------------------------------------------
@@ -191,12 +280,18 @@ class MqttConnection:
                 return pid
         raise RuntimeError("no free packet identifier")  # unreachable: max_inflight < 65535
 
-    def _fail(self, cause: Cause, detail: str = "") -> None:
-        self._close(cause, detail, error=True)
+    def _fail(self, cause: Cause, detail: str = "", reason: int | None = None) -> None:
+        """Close for the peer's fault; ``reason`` overrides the cause's MQTT 5 code."""
+        self._close(cause, detail, error=True, reason=reason)
 
-    def _close(self, cause: Cause, detail: str, *, error: bool) -> None:
+    def _close(self, cause: Cause, detail: str, *, error: bool, reason: int | None = None) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.CONNECTED and self.version == 5 and cause is not Cause.PEER_CLOSED:
+            code = cause.mqtt5 if reason is None else reason
+            if code not in DISCONNECT_REASONS:
+                code = Reason.UNSPECIFIED_ERROR
+            self._out.append(codec.encode_disconnect(code))
         self.state = State.CLOSED
         self.close_cause = cause
         self._buf.clear()
@@ -212,13 +307,26 @@ class MqttConnection:
                     first = buf[pos]
                     if self.state is State.AWAIT_CONNECT and first != 0x10:
                         raise codec.ProtocolViolation("first packet is not CONNECT")
-                    codec.check_first_byte(first)
+                    codec.check_first_byte(first, self.version)
                     framed = codec.frame(buf, max_size, pos)
                     if framed is None or len(buf) < pos + framed[2]:
                         return
                     _, header, total = framed
-                    packet = codec.decode(first, bytes(buf[pos + header : pos + total]))
+                    packet = codec.decode(
+                        first, bytes(buf[pos + header : pos + total]), self.version
+                    )
                     pos += total
+                except codec.UnsupportedProtocolLevel as exc:
+                    if self.state is State.AWAIT_CONNECT and exc.level > 5:
+                        self._out.append(
+                            codec.encode_connack(
+                                False, Reason.UNSUPPORTED_PROTOCOL_VERSION, b"\x00"
+                            )
+                        )
+                    elif self.state is State.AWAIT_CONNECT:
+                        self._out.append(codec.encode_connack(False, 1))
+                    self._fail(exc.cause, exc.reason)
+                    return
                 except codec.ProtocolViolation as exc:
                     self._fail(exc.cause, exc.reason)
                     return
@@ -227,22 +335,103 @@ class MqttConnection:
             if pos and self.state is not State.CLOSED:
                 del buf[:pos]
 
+    def _receive_qos2(self, packet_id: int | None) -> bool:
+        """Whether a QoS 2 PUBLISH is new (to be reported); its id is known from now on.
+
+        The id is recorded as soon as the PUBLISH is parsed, so a DUP re-send in the same
+        read is recognised while the first copy is still being stored. At most
+        ``max_inflight`` QoS 2 messages may await PUBREL; a client past it broke the
+        window it was given (MQTT 5: Receive Maximum) and is disconnected (0x93). QoS 1
+        past the window is not: the adapter stops reading until PUBACKs catch up, as
+        for 3.1.1 (paho-mqtt 2.2 ignores the Receive Maximum and sends up to 20).
+        """
+        assert packet_id is not None  # the codec requires one for QoS > 0
+        if self._qos2 is None:
+            self._qos2 = {}
+        acked = self._qos2.get(packet_id)
+        if acked is not None:
+            if acked:  # stored and PUBREC sent (lost on the way?): say it again
+                self._out.append(codec.encode_ack(PacketType.PUBREC, packet_id))
+            # else still being stored: its PUBREC follows from ack_publish
+            return False
+        if len(self._qos2) >= self._config.max_inflight:
+            self._fail(Cause.RECEIVE_MAXIMUM, "too many QoS 2 messages awaiting PUBREL")
+            return False
+        self._qos2[packet_id] = False
+        return True
+
+    def _start_connect(self, packet: codec.Connect) -> None:
+        self.version = packet.protocol_level
+        if self.version == 5:
+            p = packet.properties
+            if Prop.AUTHENTICATION_METHOD in p:
+                # Enhanced authentication (AUTH exchanges) is not offered.
+                self._out.append(
+                    codec.encode_connack(False, Reason.BAD_AUTHENTICATION_METHOD, b"\x00")
+                )
+                self._fail(Cause.PROTOCOL_ERROR, "enhanced authentication not supported")
+                return
+            self._client_max_packet = p.int(Prop.MAXIMUM_PACKET_SIZE)
+            self._client_receive_max = p.int(Prop.RECEIVE_MAXIMUM, 65535) or 65535
+            self._session_expiry_requested = bool(p.int(Prop.SESSION_EXPIRY_INTERVAL, 0))
+        elif not packet.client_id and not packet.clean_session:
+            # [MQTT-3.1.3-8]: a zero-length client id needs CleanSession 1 (MQTT 5 assigns one).
+            self._out.append(codec.encode_connack(False, 2))
+            self._fail(Cause.PROTOCOL_ERROR, "empty client id without clean session")
+            return
+        self.state = State.AUTHENTICATING
+        self._events.append(ConnectReceived(packet))
+
+    def _publish_v5(self, packet: Publish) -> Publish | None:
+        """Topic alias, Payload Format Indicator and property bounds of an MQTT 5 PUBLISH;
+        None if it was refused (answered here, or the connection closed)."""
+        p = packet.properties
+        alias = p.int(Prop.TOPIC_ALIAS)
+        topic = packet.topic
+        if alias is not None:
+            if not 0 < alias <= self._config.topic_alias_maximum:
+                self._fail(Cause.PROTOCOL_ERROR, "topic alias invalid", Reason.TOPIC_ALIAS_INVALID)
+                return None
+            if self._aliases is None:
+                self._aliases = {}
+            if topic:
+                self._aliases[alias] = topic
+            elif (known := self._aliases.get(alias)) is not None:
+                topic = known
+            else:
+                self._fail(Cause.PROTOCOL_ERROR, "unknown topic alias")
+                return None
+        elif not topic:
+            self._fail(Cause.PROTOCOL_ERROR, "empty topic without a topic alias")
+            return None
+        refusal = None
+        if p.int(Prop.PAYLOAD_FORMAT_INDICATOR) == 1 and not _is_utf8(packet.payload):
+            refusal = Reason.PAYLOAD_FORMAT_INVALID
+        elif len(p.user) > MAX_USER_PROPERTIES or _property_bytes(packet) > MAX_PROPERTY_BYTES:
+            refusal = Reason.QUOTA_EXCEEDED
+        if refusal is not None:
+            if packet.packet_id is not None:
+                ack = PacketType.PUBACK if packet.qos == 1 else PacketType.PUBREC
+                self._out.append(codec.encode_ack(ack, packet.packet_id, refusal))
+            self._events.append(PublishRefused(packet, refusal))
+            return None
+        return packet if topic == packet.topic else replace(packet, topic=topic)
+
     def _handle(self, packet: codec.Packet, now: float) -> None:
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(packet, codec.Connect):
                 self._fail(Cause.PROTOCOL_ERROR, "first packet is not CONNECT")
                 return
-            if packet.protocol_level != 4:
-                self._out.append(codec.encode_connack(False, 1))
-                self._fail(Cause.PROTOCOL_ERROR, "unsupported protocol level")
-                return
-            self.state = State.AUTHENTICATING
-            self._events.append(ConnectReceived(packet))
+            self._start_connect(packet)
             return
+        v5 = self.version == 5
         if isinstance(packet, Publish):
-            if packet.qos == 2 and self._awaiting_rel and packet.packet_id in self._awaiting_rel:
-                # A re-sent QoS 2 message we already stored: acknowledge, do not store twice.
-                self._out.append(codec.encode_ack(PacketType.PUBREC, packet.packet_id))
+            if v5:
+                checked = self._publish_v5(packet)
+                if checked is None:
+                    return
+                packet = checked
+            if packet.qos == 2 and not self._receive_qos2(packet.packet_id):
                 return
             self._events.append(PublishReceived(packet))
         elif isinstance(packet, Ack):
@@ -250,20 +439,44 @@ class MqttConnection:
                 if self._inflight:
                     self._inflight.discard(packet.packet_id)
             elif packet.type is PacketType.PUBREL:
-                if self._awaiting_rel:
-                    self._awaiting_rel.discard(packet.packet_id)
-                self._out.append(codec.encode_ack(PacketType.PUBCOMP, packet.packet_id))
+                state = self._qos2.pop(packet.packet_id, None) if self._qos2 else None
+                if state is False:
+                    self._fail(Cause.PROTOCOL_ERROR, "PUBREL before PUBREC")
+                    return
+                unknown = v5 and state is None
+                reason = Reason.PACKET_IDENTIFIER_NOT_FOUND if unknown else 0
+                self._out.append(codec.encode_ack(PacketType.PUBCOMP, packet.packet_id, reason))
             else:  # PUBREC/PUBCOMP: we never send QoS 2
                 self._fail(Cause.PROTOCOL_ERROR, f"unexpected {packet.type.name}")
         elif isinstance(packet, codec.Subscribe):
             self._events.append(SubscribeReceived(packet))
         elif isinstance(packet, codec.Unsubscribe):
-            self._out.append(codec.encode_unsuback(packet.packet_id))
+            if not v5:
+                self._out.append(codec.encode_unsuback(packet.packet_id))
             self._events.append(UnsubscribeReceived(packet))
         elif isinstance(packet, codec.PingReq):
             self._out.append(codec.PINGRESP)
         elif isinstance(packet, codec.Disconnect):
-            self.disconnected = True
+            # MQTT 5 reason 0x04: "disconnect with will message" (the will stays).
+            self.disconnected = packet.reason != 0x04
             self._close(Cause.PEER_CLOSED, "DISCONNECT", error=False)
+        elif isinstance(packet, codec.Auth):
+            # No CONNECT carried an Authentication Method (it would have been refused).
+            self._fail(Cause.PROTOCOL_ERROR, "AUTH without enhanced authentication")
         else:  # a second CONNECT
             self._fail(Cause.PROTOCOL_ERROR, "second CONNECT")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _property_bytes(publish: Publish) -> int:
+    p = publish.properties
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in p.user)
+    content_type = p.str(Prop.CONTENT_TYPE)
+    return size + (len(content_type.encode()) if content_type else 0)

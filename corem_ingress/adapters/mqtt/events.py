@@ -23,6 +23,14 @@ class PublishReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishRefused:
+    """An MQTT 5 PUBLISH the core refused (already answered with ``reason``): count it."""
+
+    publish: Publish
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
 class SubscribeReceived:
     """Decide per filter, then call ``suback(packet_id, codes)``."""
 
@@ -31,7 +39,8 @@ class SubscribeReceived:
 
 @dataclass(frozen=True, slots=True)
 class UnsubscribeReceived:
-    """Forget the filters; the core already queued the UNSUBACK."""
+    """Forget the filters; the core already queued the 3.1.1 UNSUBACK (MQTT 5: call
+    ``unsuback(packet_id, reasons)``)."""
 
     unsubscribe: Unsubscribe
 
@@ -47,5 +56,10 @@ class ConnectionClosed:
 
 
 Event = (
-    ConnectReceived | PublishReceived | SubscribeReceived | UnsubscribeReceived | ConnectionClosed
+    ConnectReceived
+    | PublishReceived
+    | PublishRefused
+    | SubscribeReceived
+    | UnsubscribeReceived
+    | ConnectionClosed
 )

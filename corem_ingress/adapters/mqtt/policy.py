@@ -61,8 +61,11 @@ def granted_qos(requested: int) -> int:
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """MQTT topic-filter matching ('+' one level, trailing '#' the rest, parent included)."""
-    f_levels = topic_filter.split("/")
-    t_levels = topic.split("/")
+    return levels_match(topic_filter.split("/"), topic.split("/"))
+
+
+def levels_match(f_levels: list[str], t_levels: list[str]) -> bool:
+    """``topic_matches`` on filter and topic already split at '/'."""
     for i, f in enumerate(f_levels):
         if f == "#":
             return True

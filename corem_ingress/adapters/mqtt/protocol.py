@@ -22,6 +22,7 @@ from corem_ingress.adapters.mqtt.events import (
     ConnectionClosed,
     ConnectReceived,
     PublishReceived,
+    PublishRefused,
     SubscribeReceived,
     UnsubscribeReceived,
 )
@@ -177,11 +178,14 @@ class MqttProtocol(asyncio.BufferedProtocol):
             elif isinstance(event, UnsubscribeReceived):
                 assert session is not None
                 session.on_unsubscribe(event.unsubscribe)
+            elif isinstance(event, PublishRefused):
+                self.listener.count("publish_refused")
+                log.info("mqtt.publish_refused", peer=self.peer, reason=f"0x{event.reason:02x}")
             elif isinstance(event, ConnectionClosed):
                 if event.error:
                     self.listener.count("protocol_closes")
-                    if event.cause is Cause.MAX_SIZE:
-                        self._gate.refused(Cause.MAX_SIZE)
+                    if event.cause in (Cause.MAX_SIZE, Cause.RECEIVE_MAXIMUM):
+                        self._gate.refused(event.cause)
                     log.info(
                         "mqtt.closed", peer=self.peer, cause=event.cause.label, detail=event.detail
                     )
@@ -231,7 +235,11 @@ class MqttProtocol(asyncio.BufferedProtocol):
         session = self.session = DeviceSession(self, admitted, will)
         listener.claim(identity.device_id, self)
         listener.services.downlinks.add(identity.device_id, session.session_id, session.deliver)
-        self.mqtt.accept(listener.loop.time(), connect.keepalive)
+        self.mqtt.accept(
+            listener.loop.time(),
+            connect.keepalive,
+            assigned_client_id=identity.device_id if not connect.client_id else None,
+        )
         listener.count("connect_accepted")
         metrics.session_opened(TRANSPORT, identity.tenant_id)
         log.info(
@@ -283,6 +291,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
             if self.session is not None:
                 self.session.will = None  # closed by the broker: no will
             self.mqtt.close(cause)
+            self._flush()  # MQTT 5: the DISCONNECT, before close_notify
             self.tls.close_notify()
             self._close(cause, error=False)
 

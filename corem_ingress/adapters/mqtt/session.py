@@ -17,12 +17,19 @@ from corem_ingress.adapters.mqtt import codec, policy
 from corem_ingress.adapters.mqtt import downlink as dl
 from corem_ingress.adapters.mqtt.admission import Admitted
 from corem_ingress.adapters.mqtt.codec import Publish, Subscribe, Unsubscribe
+from corem_ingress.adapters.mqtt.properties import Prop, Properties, Reason
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import PermissionDenied, Unavailable
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.core.sessions import DisconnectOrder
-from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
+from corem_ingress.core.uplink import (
+    JsonValue,
+    Transport,
+    Uplink,
+    UplinkKind,
+    payload_from_bytes,
+)
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.mqtt.protocol import MqttProtocol
@@ -82,7 +89,7 @@ class DeviceSession:
                 log.info("mqtt.rate_limited", peer=conn.peer, device=identity.device_id)
                 conn.fail(Cause.DEVICE_RATE)
             return
-        uplink = self._uplink(kind, publish.payload)
+        uplink = self._uplink(kind, publish.payload, envelope_properties(publish.properties))
         self._unacked += 1
         if self._unacked > listener.config.max_inflight and not self._paused:
             self._paused = True
@@ -116,7 +123,9 @@ class DeviceSession:
             self._paused = False
             conn.resume_reading()
 
-    def _uplink(self, kind: UplinkKind, data: bytes) -> Uplink:
+    def _uplink(
+        self, kind: UplinkKind, data: bytes, properties: dict[str, JsonValue] | None = None
+    ) -> Uplink:
         """The envelope of a message from this device (a PUBLISH or its will)."""
         payload, encoding = payload_from_bytes(data)
         return Uplink.new(
@@ -126,6 +135,7 @@ class DeviceSession:
             payload,
             now=self._conn.listener.services.clock(),
             payload_encoding=encoding,
+            properties=properties,
         )
 
     # -- subscriptions and downlinks -----------------------------------------------------------
@@ -133,24 +143,40 @@ class DeviceSession:
         identity = self.identity
         if self._subs is None:
             self._subs = dl.Subscriptions()
+        subs = self._subs
+        limit = self._conn.listener.config.max_subscriptions
+        v5 = self._conn.mqtt.version == 5
+        sub_id = subscribe.properties.int(Prop.SUBSCRIPTION_IDENTIFIER)
         codes: list[int] = []
         for topic_filter, qos in subscribe.filters:
-            if policy.subscribe_allowed(identity, topic_filter):
-                granted = policy.granted_qos(qos)
-                self._subs.add(topic_filter, granted)
-                codes.append(granted)
-            else:
+            if v5 and topic_filter.startswith("$share/"):
+                # Ingress only: no shared subscriptions (MQTT 5 reason 0x9E).
+                codes.append(Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            elif not policy.subscribe_allowed(identity, topic_filter):
+                codes.append(Reason.NOT_AUTHORIZED if v5 else codec.SUBACK_FAILURE)
                 self._conn.listener.count("subscribe_denied")
                 log.info(
                     "mqtt.subscribe_denied", device=identity.device_id, tenant=identity.tenant_id
                 )
-                codes.append(codec.SUBACK_FAILURE)
+            elif len(subs) >= limit and topic_filter not in subs:
+                # mqtt.max_subscriptions: refused per filter (a re-subscribe replaces).
+                codes.append(Reason.QUOTA_EXCEEDED if v5 else codec.SUBACK_FAILURE)
+                self._conn.listener.count("subscriptions_over_limit")
+                log.info("mqtt.subscriptions_over_limit", device=identity.device_id, limit=limit)
+            else:
+                granted = policy.granted_qos(qos)
+                subs.add(topic_filter, granted, sub_id)
+                codes.append(granted)
         self._conn.mqtt.suback(subscribe.packet_id, codes)
 
     def on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
-        if self._subs is not None:
-            for topic_filter in unsubscribe.filters:
+        reasons: list[int] = []
+        for topic_filter in unsubscribe.filters:
+            held = self._subs is not None and topic_filter in self._subs
+            if held and self._subs is not None:
                 self._subs.remove(topic_filter)
+            reasons.append(Reason.SUCCESS if held else Reason.NO_SUBSCRIPTION_EXISTED)
+        self._conn.mqtt.unsuback(unsubscribe.packet_id, reasons)  # MQTT 5 only
 
     async def deliver(self, downlink: Downlink) -> bool:
         """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed."""
@@ -161,7 +187,8 @@ class DeviceSession:
         if planned is None or conn.write_buffer_size() > _WRITE_LIMIT:
             return False
         topic, qos = planned
-        sent = conn.mqtt.send_publish(topic, downlink.payload_bytes(), qos)
+        ids = self._subs.subscription_ids(topic)
+        sent = conn.mqtt.send_publish(topic, downlink.payload_bytes(), qos, ids)
         conn.flush()
         if sent:
             conn.listener.count("downlinks")
@@ -203,6 +230,21 @@ class DeviceSession:
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
+
+
+def envelope_properties(p: Properties) -> dict[str, JsonValue] | None:
+    """The MQTT 5 properties an uplink envelope carries (bounded by the core:
+    ``connection.MAX_USER_PROPERTIES``/``MAX_PROPERTY_BYTES``); None if there are none."""
+    out: dict[str, JsonValue] = {}
+    content_type = p.str(Prop.CONTENT_TYPE)
+    if content_type is not None:
+        out["content_type"] = content_type
+    indicator = p.int(Prop.PAYLOAD_FORMAT_INDICATOR)
+    if indicator is not None:
+        out["payload_format_indicator"] = indicator
+    if p.user:
+        out["user_properties"] = [[name, value] for name, value in p.user]
+    return out or None
 
 
 def _will_stored(error: Unavailable | None, started: float) -> None:

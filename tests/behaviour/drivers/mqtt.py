@@ -1,5 +1,5 @@
-"""MQTT 3.1.1 over TLS: paho-mqtt devices (QoS 1) with a client certificate or an API key
-as the password; malformed packets from the repo's raw MQTT-over-TLS client.
+"""MQTT 3.1.1 and 5.0 over TLS: paho-mqtt devices (QoS 1) with a client certificate or an
+API key as the password; malformed packets from the repo's raw MQTT-over-TLS client.
 
 MQTT 5 is a subclass: ``protocol = paho.MQTTv5``, its reason codes from ``Cause.mqtt5``
 (``cause_code``) and its CONNECT bytes for the raw client (``raw_connect``).
@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import paho.mqtt.client as paho
 
 from corem_ingress.adapters import mqtt
+from corem_ingress.adapters.mqtt import codec
 from corem_ingress.core import api_keys
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind
@@ -38,15 +39,27 @@ class MqttSession(Session):
     def __init__(self, client: Any, device_id: str) -> None:
         self.client = client
         self.topic = f"devices/{device_id}/up/telemetry"
+        #: The reason code of a DISCONNECT the broker sent (MQTT 5 only).
+        self.server_reason: int | None = None
+        client.on_disconnect = self._on_disconnect
+
+    def _on_disconnect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self.server_reason = reason.value
+
+    def connected(self) -> bool:
+        # paho 2.2 leaves is_connected() True after a server DISCONNECT (MQTT 5); the
+        # socket it closed says the truth.
+        return bool(self.client.is_connected()) and self.client.socket() is not None
 
     async def uplink(self, n: int, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
-        if not self.client.is_connected():
+        if not self.connected():
             return Outcome(False, CLOSED, closed=True)
         info = self.client.publish(self.topic, b'{"n":%d}' % n, qos=1)
         try:
             async with asyncio.timeout(timeout):
                 while not info.is_published():  # paho's network thread sets it on PUBACK
-                    if not self.client.is_connected():
+                    if not self.connected():
                         return Outcome(False, f"no PUBACK, {CLOSED}", closed=True)
                     await asyncio.sleep(0.005)
         except TimeoutError:
@@ -56,10 +69,12 @@ class MqttSession(Session):
     async def ended_by_server(self, *, timeout: float) -> str | None:
         try:
             async with asyncio.timeout(timeout):
-                while self.client.is_connected():
+                while self.connected():
                     await asyncio.sleep(0.01)
         except TimeoutError:
             return None
+        if self.server_reason is not None:
+            return f"DISCONNECT 0x{self.server_reason:02x}, {CLOSED}"
         return CLOSED
 
     async def close(self) -> None:
@@ -137,7 +152,8 @@ class MqttDriver(Driver):
         try:
             await raw.send(self.raw_connect(device))
             connack = await raw.read_packet()
-            assert connack is not None and connack[-1] == 0, connack
+            # CONNACK's fourth byte is the return (3.1.1) or reason (5.0) code.
+            assert connack is not None and connack[3] == 0, connack
             await raw.send(MALFORMED_PUBLISH)
             return (CLOSED if await raw.closed_by_server() else "still open",)
         finally:
@@ -167,3 +183,46 @@ class MqttApiKeyDriver(MqttDriver):
 
     def raw_cert(self, device: Device) -> DeviceCert | None:
         return None
+
+
+def _connect5(device: Device, password: str | None = None) -> bytes:
+    return codec.encode_connect(
+        codec.Connect(
+            5,
+            device.device_id,
+            True,
+            60,
+            None,
+            password.encode() if password is not None else None,
+        )
+    )
+
+
+class _Mqtt5:
+    """What MQTT 5.0 changes in a driver: paho's MQTTv5, reason codes from ``Cause.mqtt5``,
+    and the revocation's DISCONNECT 0x98 (administrative action: "revoked", not
+    "network")."""
+
+    protocol = paho.MQTTv5
+    revoked_answer = f"DISCONNECT 0x98, {CLOSED}"
+
+    def cause_code(self, cause: Cause) -> int:
+        return cause.mqtt5
+
+
+class Mqtt5Driver(_Mqtt5, MqttDriver):
+    """MQTT 5.0, client certificate."""
+
+    name = "mqtt5-cert"
+
+    def raw_connect(self, device: Device) -> bytes:
+        return _connect5(device)
+
+
+class Mqtt5ApiKeyDriver(_Mqtt5, MqttApiKeyDriver):
+    """MQTT 5.0, API key as the password (MQTT 5 needs no user name with it)."""
+
+    name = "mqtt5-key"
+
+    def raw_connect(self, device: Device) -> bytes:
+        return _connect5(device, str(device.credential))
