@@ -192,8 +192,9 @@ class MqttConfig:
     max_keepalive_s: int = 1200
     #: Unacknowledged QoS 1 messages per connection, each way (uplinks awaiting their
     #: Redis append pause reading; downlinks beyond it are not delivered); also the QoS 2
-    #: uplinks that may await PUBREL (a client past it is disconnected).
-    max_inflight: int = 16
+    #: uplinks that may await PUBREL (a client past it is disconnected). 20: paho-mqtt's and
+    #: mosquitto's own in-flight default, so their clients never cross it.
+    max_inflight: int = 20
     #: Topic filters one connection may hold; SUBSCRIBE past it is refused per filter
     #: (SUBACK 0x80). Bounds the work of matching each downlink.
     max_subscriptions: int = 32

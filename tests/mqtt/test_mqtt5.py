@@ -92,7 +92,9 @@ async def test_paho_v5_certificate_session(mqtt_node, registry, pki, redis, redi
     props = c.connack[1]
     # Empty client id: the device id is assigned; the broker's limits are announced.
     assert props.AssignedClientIdentifier == dev.device_id
-    assert props.ReceiveMaximum == 16 and props.MaximumPacketSize == 65536
+    mqtt = node.config.mqtt
+    assert props.ReceiveMaximum == mqtt.max_inflight == 20
+    assert props.MaximumPacketSize == mqtt.max_packet_size == 65536
     assert props.SharedSubscriptionAvailable == 0 and props.TopicAliasMaximum == 16
 
     pub = Properties(PacketTypes.PUBLISH)
