@@ -85,9 +85,11 @@ def _redis_url(cfg: config_mod.Config) -> str:
     try:
         return state.read_text().strip()
     except OSError:
+        # Name the file looked for: a dev broker may well run, from another directory.
         raise CliError(
             "no Redis configured: set COREM_REDIS_URL (or redis.url), or start "
-            "'corem-ingress serve' with the embedded Redis first",
+            "'corem-ingress serve' with the embedded Redis first (no "
+            f"{state.absolute()}: run the CLI where the broker runs)",
             EXIT_SERVER,
         ) from None
 
