@@ -33,7 +33,7 @@ from corem_ingress.embedded_redis import EmbeddedRedis
 from corem_ingress.resolver import Resolver
 from corem_ingress.services import Services, Stores
 from corem_ingress.session_hub import SessionHub
-from corem_ingress.state_dir import KEK_PATH_FILE, REDIS_URL_FILE
+from corem_ingress.state_dir import CONFIG_PATH_FILE, KEK_PATH_FILE, REDIS_URL_FILE
 from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
 from corem_ingress.store.clients import RedisClients
@@ -79,8 +79,11 @@ class Node:
         keyring_environ: dict[str, str] | None = None,
         listener_factories: list[ListenerFactory] | None = None,
         clock: Callable[[], float] = time.time,
+        config_file: str | Path | None = None,
     ) -> None:
         self.config = config
+        #: The file ``config`` was loaded from (recorded in the state dir for the dev CLI).
+        self._config_file = Path(config_file) if config_file is not None else None
         self.keyring = config.load_keyring(keyring_environ)
         self._kek_file = config.kek_file(keyring_environ) if self.keyring is not None else None
         self.clock = clock
@@ -126,6 +129,8 @@ class Node:
             self._write_state(REDIS_URL_FILE, self.redis_url + "\n")
             if self._kek_file is not None:
                 self._write_state(KEK_PATH_FILE, str(self._kek_file.resolve()) + "\n")
+            if self._config_file is not None:
+                self._write_state(CONFIG_PATH_FILE, str(self._config_file.resolve()) + "\n")
         timeout_s = cfg.redis.socket_timeout_s
         clients = RedisClients.connect(
             self.redis_url,
@@ -375,14 +380,14 @@ class Node:
             await self.clients.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.close)
-            for name in (REDIS_URL_FILE, KEK_PATH_FILE):
+            for name in (REDIS_URL_FILE, KEK_PATH_FILE, CONFIG_PATH_FILE):
                 with contextlib.suppress(OSError):
                     (Path(self.config.state_dir) / name).unlink()
         log.info("node.stopped")
 
 
-async def serve(config: Config) -> None:
-    node = Node(config)
+async def serve(config: Config, config_file: str | Path | None = None) -> None:
+    node = Node(config, config_file=config_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,7 @@ from corem_ingress import config as config_mod
 from corem_ingress.core.errors import IngressError, InvalidArgument, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.psk import KeyRing, SealedPsk, generate_kek_line, parse_psk_hex
-from corem_ingress.state_dir import KEK_PATH_FILE, REDIS_URL_FILE
+from corem_ingress.state_dir import CONFIG_PATH_FILE, KEK_PATH_FILE, REDIS_URL_FILE
 
 PROG = "corem-ingress"
 EXIT_USAGE = 2
@@ -54,9 +54,28 @@ def _actor() -> str:
         return f"cli:uid{os.getuid()}"
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    return getattr(args, "config", None) or os.environ.get("COREM_CONFIG") or None
+
+
 def _load_config(args: argparse.Namespace) -> config_mod.Config:
-    path = args.config or os.environ.get("COREM_CONFIG") or None
-    return config_mod.load(path)
+    """The config named by --config / COREM_CONFIG; else, when Redis comes from the state dir
+    (a broker running on the embedded dev Redis), the config file that broker was started
+    with, as it recorded in the same state dir: the CLI then applies the broker's settings
+    (API key overlap and its maximum, PSK minimum, ...), not the defaults."""
+    path = _config_path(args)
+    cfg = config_mod.load(path)
+    if path is not None or cfg.redis.url:
+        return cfg
+    state = Path(cfg.state_dir)
+    try:
+        recorded = (state / CONFIG_PATH_FILE).read_text().strip()
+    except OSError:
+        return cfg  # no dev broker, or one started without a config file
+    try:
+        return config_mod.load(recorded)
+    except config_mod.ConfigError as exc:
+        raise CliError(f"{exc} (the broker's config, found through {state}/)") from None
 
 
 def _redis_url(cfg: config_mod.Config) -> str:
@@ -66,9 +85,11 @@ def _redis_url(cfg: config_mod.Config) -> str:
     try:
         return state.read_text().strip()
     except OSError:
+        # Name the file looked for: a dev broker may well run, from another directory.
         raise CliError(
             "no Redis configured: set COREM_REDIS_URL (or redis.url), or start "
-            "'corem-ingress serve' with the embedded Redis first",
+            "'corem-ingress serve' with the embedded Redis first (no "
+            f"{state.absolute()}: run the CLI where the broker runs)",
             EXIT_SERVER,
         ) from None
 
@@ -190,10 +211,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from corem_ingress import logs
     from corem_ingress.app import serve
 
-    cfg = _load_config(args)
+    path = _config_path(args)  # never another broker's, from the state dir
+    cfg = config_mod.load(path)
     logs.configure(cfg.logging.format, cfg.logging.level, cfg.node_id)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, config_file=path))
     return 0
 
 
@@ -615,7 +637,11 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     """The parser; ``simulate=False`` leaves out the simulator's own options (importing the
     simulator costs most of the CLI's start-up, and only ``simulate`` needs it)."""
     common = _Parser(add_help=False)
-    common.add_argument("--config", help="YAML config file (or COREM_CONFIG)")
+    # SUPPRESS: a subcommand that is not given --config must not reset the one given before
+    # it (``corem-ingress --config X serve``); argparse would write its default None over X.
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help="YAML config file (or COREM_CONFIG)"
+    )
     p = _Parser(prog=PROG, description="CORE-M IoT ingress broker", parents=[common])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

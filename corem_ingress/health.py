@@ -65,7 +65,11 @@ def build_app(report: Callable[[], Report]) -> web.Application:
             body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE}
         )
 
+    async def no_banner(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.pop("Server", None)  # like the HTTP API: no software/version banner
+
     app = web.Application()
+    app.on_response_prepare.append(no_banner)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)

@@ -38,6 +38,9 @@ _METHOD_NAMES = {int(Code.GET): "GET", int(Code.PUT): "PUT", int(Code.POST): "PO
 _METHOD_NAMES[int(Code.DELETE)] = "DELETE"
 CF_LINK_FORMAT = 40
 REQUEST_TIMEOUT_S = 10.0
+#: Least wait between two registration refreshes (one that failed is retried after it; a
+#: tenth of the lifetime when that is shorter).
+REFRESH_RETRY_S = 1.0
 ACK_TIMEOUT_S = 1.0
 
 
@@ -244,6 +247,10 @@ class Lwm2mDevice:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = asyncio.Event()
         self.closed_at: float | None = None
+        #: Event-loop time of the last Register or Update the server accepted.
+        self._refreshed_at = 0.0
+        #: Set when the lifetime changed (a Write of /1/0/1): the refresh is due sooner.
+        self._lifetime_changed = asyncio.Event()
 
     # -- session -----------------------------------------------------------------------------
     def _context(self) -> Any:
@@ -292,6 +299,29 @@ class Lwm2mDevice:
         if response.code != Code.CREATED:
             await self.close()
             raise DeviceError(f"coap_{dotted(response.code)}")
+        refresh = asyncio.ensure_future(self._keep_registered())
+        self._tasks.add(refresh)
+        refresh.add_done_callback(self._tasks.discard)
+
+    async def _keep_registered(self) -> None:
+        """Update at half the lifetime, as a client must to stay registered; register again
+        if the server no longer knows the registration. Before, a run longer than the
+        lifetime (300 s, or what an operator wrote to /1/0/1) lost every registration, and
+        with it the observations that carry the devices' uplinks."""
+        loop = asyncio.get_running_loop()
+        while self.channel is not None and not self.closed.is_set():
+            lifetime = self.client.lifetime_s
+            due = self._refreshed_at + lifetime / 2
+            least = min(REFRESH_RETRY_S, lifetime / 10)  # a short lifetime leaves little slack
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lifetime_changed.wait(), max(due - loop.time(), least))
+            self._lifetime_changed.clear()
+            if loop.time() < self._refreshed_at + self.client.lifetime_s / 2:
+                continue  # not due yet (the lifetime changed), or an Update refreshed it
+            with contextlib.suppress(DeviceError):
+                if self.location and (await self.update()).code != Code.NOT_FOUND:
+                    continue
+                await self.register()
 
     async def request(
         self,
@@ -325,6 +355,7 @@ class Lwm2mDevice:
         )
         if response.code == Code.CREATED:
             self.location = tuple(response.opt.location_path)
+            self._refreshed_at = asyncio.get_running_loop().time()
         return response
 
     async def update(
@@ -335,13 +366,16 @@ class Lwm2mDevice:
         location: Sequence[str] | None = None,
     ) -> Message:
         query = [f"lt={lifetime_s}"] if lifetime_s is not None else []
-        return await self.request(
+        response = await self.request(
             Code.POST,
             self.location if location is None else location,
             query=query,
             payload=self.client.register_payload() if objects else b"",
             content_format=CF_LINK_FORMAT if objects else None,
         )
+        if response.code == Code.CHANGED:
+            self._refreshed_at = asyncio.get_running_loop().time()
+        return response
 
     async def deregister(self) -> Message:
         response = await self.request(Code.DELETE, self.location)
@@ -386,6 +420,8 @@ class Lwm2mDevice:
         while (event := self.client.next_event()) is not None:
             if isinstance(event, LifetimeChanged | UpdateTriggered):
                 lifetime = event.lifetime_s if isinstance(event, LifetimeChanged) else None
+                if lifetime is not None:
+                    self._lifetime_changed.set()
                 task = asyncio.ensure_future(self._update_quietly(lifetime))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

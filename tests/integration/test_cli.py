@@ -372,7 +372,10 @@ def test_unreachable_redis_is_exit_1(env: dict[str, str]) -> None:
     )
     fails(["devices", "list", "--tenant", "acme"], dead, code=1)
     no_url = {k: v for k, v in env.items() if k != "COREM_REDIS_URL"}
-    assert "no Redis configured" in fails(["devices", "list", "--tenant", "acme"], no_url, code=1)
+    said = fails(["devices", "list", "--tenant", "acme"], no_url, code=1)
+    assert "no Redis configured" in said
+    # Which file it looked for (a dev broker started in another directory is not found).
+    assert "/redis.url: run the CLI where the broker runs" in said
 
 
 def test_dev_certs(tmp_path: Path, env: dict[str, str]) -> None:

@@ -1,9 +1,10 @@
-"""The CLI next to a dev broker (issue 20): it finds the broker's embedded Redis *and* its PSK
-KEK through the state dir, says which KEK file it used, and a production setup (Redis
-configured) still needs the KEK configured explicitly. Plus ``keys list``.
+"""The CLI next to a dev broker (issue 20): it finds the broker's embedded Redis, its PSK
+KEK and its config file through the state dir, says which KEK file it used, and a production
+setup (Redis configured) still needs the KEK configured explicitly. Plus ``keys list``.
 
-A real ``corem-ingress serve`` on the embedded Redis, started with ``COREM_PSK_KEK_FILE`` as
-``make run`` does; the CLI runs in a second process with no KEK in its environment.
+A real ``corem-ingress serve --config dev.yaml`` on the embedded Redis, started with
+``COREM_PSK_KEK_FILE`` as ``make run`` does; the CLI runs in a second process with no KEK and
+no config in its environment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from corem_ingress.core.psk import generate_kek_line
 from corem_ingress.embedded_redis import free_port
 
 TOKEN = generate_token()
+#: The dev broker's credential policy, unlike the defaults (1 day, at most 7 days).
+OVERLAP_S, OVERLAP_MAX_S = 600, 1200
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +62,11 @@ def dev_broker(tmp_path_factory: pytest.TempPathFactory, http_port: int) -> Iter
     cwd = tmp_path_factory.mktemp("dev")
     (cwd / ".corem").mkdir()
     (cwd / ".corem" / "psk-kek").write_text(generate_kek_line("dev") + "\n")
+    (cwd / "dev.yaml").write_text(
+        "credentials:\n"
+        f"  api_key_overlap_s: {OVERLAP_S}\n"
+        f"  api_key_overlap_max_s: {OVERLAP_MAX_S}\n"
+    )
     health = free_port()
     env = _clean_env(
         COREM_PSK_KEK_FILE=".corem/psk-kek",
@@ -72,7 +80,7 @@ def dev_broker(tmp_path_factory: pytest.TempPathFactory, http_port: int) -> Iter
     log = cwd / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "corem_ingress", "serve"],
+            [sys.executable, "-m", "corem_ingress", "serve", "--config", "dev.yaml"],
             cwd=cwd,
             env=env,
             stdout=out,
@@ -174,3 +182,31 @@ def test_keys_list_has_the_admin_api_fields(dev_broker: Path, http_port: int) ->
     # Another tenant's device: not found, like one that does not exist.
     other = cli(["keys", "list", "--tenant", "globex", "--device", device], dev_broker)
     assert other.returncode != 0 and "NOT_FOUND" in other.stderr
+
+
+def test_the_cli_applies_the_dev_brokers_config(dev_broker: Path) -> None:
+    """The CLI given no config uses the one the broker was started with (recorded in the state
+    dir), so the broker's API key overlap and its maximum hold for the CLI too. Before, it used
+    the defaults: a rotation's old key lived a day, and 100,000 s passed a 1,200 s maximum."""
+    pointer = dev_broker / ".corem" / "config.path"
+    assert pointer.read_text().strip() == str((dev_broker / "dev.yaml").resolve())
+    args = ["devices", "provision", "--tenant", "acme", "--hardware-id", "SN-O"]
+    dev = json.loads(cli([*args, "--credential", "api_key"], dev_broker).stdout)
+    rotate = ["keys", "rotate", "--tenant", "acme", "--key-id", dev["key_id"]]
+    too_long = cli([*rotate, "--overlap", "100000"], dev_broker)
+    assert too_long.returncode == 2 and too_long.stdout == ""
+    assert too_long.stderr.startswith("corem-ingress: error: INVALID_ARGUMENT: overlap must not")
+    before = time.time()
+    rotated = cli(rotate, dev_broker)
+    assert rotated.returncode == 0, rotated.stderr
+    lasts = json.loads(rotated.stdout)["old_key_expires_at"] - before
+    assert OVERLAP_S - 30 < lasts < OVERLAP_S + 30
+    # Named explicitly, a config wins over the broker's (here: none, the defaults).
+    empty = dev_broker / "empty.yaml"
+    empty.write_text("{}\n")
+    other = json.loads(
+        cli(["keys", "create", "--tenant", "acme", "--device", dev["device_id"]], dev_broker).stdout
+    )
+    rotate_other = ["keys", "rotate", "--tenant", "acme", "--key-id", other["key_id"]]
+    ok = cli(["--config", str(empty), *rotate_other, "--overlap", "100000"], dev_broker)
+    assert ok.returncode == 0, ok.stderr

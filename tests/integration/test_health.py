@@ -42,3 +42,29 @@ async def test_ready_while_serving_unready_as_soon_as_it_stops(
     finally:
         if not stopped:
             await node.stop()
+
+
+async def test_the_health_port_names_no_server_software() -> None:
+    """Like the HTTP API (docs/http-api.md), no ``Server: Python/… aiohttp/…`` banner: not on
+    the probes, the metrics, nor aiohttp's own 404/405. Before, every answer carried it."""
+    from aiohttp.test_utils import TestServer
+
+    from corem_ingress import health
+
+    def report() -> health.Report:
+        return health.Report(ready=True, accepting=True, dependencies={"redis": True})
+
+    async with (
+        TestServer(health.build_app(report), host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+    ):
+        for method, path, status in [
+            ("GET", "/healthz", 200),
+            ("GET", "/readyz", 200),
+            ("GET", "/metrics", 200),
+            ("GET", "/nope", 404),
+            ("POST", "/healthz", 405),
+        ]:
+            async with session.request(method, server.make_url(path)) as resp:
+                assert resp.status == status, path
+                assert "Server" not in resp.headers, (method, path, resp.headers["Server"])

@@ -3,6 +3,7 @@ a real node (CoAP listener with /rd and /dp mounted, admin API) and the real Red
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -339,3 +340,29 @@ async def test_nosec_only_when_enabled_in_a_dev_config(lwm2m_node: Any) -> None:
     r = await n.op(p.device_id, "read", path="/3/0/0")
     assert r.status == 200 and r.body["records"][0]["value"] == "CORE-M"
     assert (await dev.deregister()).code == Code.DELETED
+
+
+async def test_a_simulated_device_stays_registered_past_its_lifetime(lwm2m_node: Any) -> None:
+    """The simulator's device Updates at half its lifetime, like a real client: the one it
+    registered with, or a shorter one an operator wrote to /1/0/1. Before, a run longer than
+    the lifetime lost every registration (``lwm2m.expired``) and its observations."""
+    n = await lwm2m_node(expiry_grace_s=0)
+    short = await provision(n.registry, n.certs, "psk")
+    written = await provision(n.registry, n.certs, "psk")
+    devices = {short.device_id: n.device(short, lifetime_s=3), written.device_id: n.device(written)}
+    for dev in devices.values():
+        await dev.connect()
+    values = [{"path": "/1/0/1", "value": 3}]
+    assert (await n.op(written.device_id, "write", path="/1/0/1", values=values)).status == 200
+    before = {d: (await n.registration(d)).body for d in devices}
+    await asyncio.sleep(7)  # over two lifetimes: expired twice over without its Updates
+    for device_id in devices:
+        now = await n.registration(device_id)
+        assert now.status == 200, now
+        assert now.body["registration_id"] == before[device_id]["registration_id"], (
+            device_id == short.device_id,
+            before[device_id],
+            now.body,
+        )
+        assert now.body["lifetime_s"] == 3
+        assert now.body["updated_at"] > before[device_id]["updated_at"]
