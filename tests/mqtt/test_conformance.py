@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
+
 import pytest
 
 from corem_ingress.adapters.mqtt import codec
 from corem_ingress.adapters.mqtt.codec import PacketType
-from tests.mqtt.conftest import RawClient, client_ssl, connect_packet, provision_x509, wait_for
+from tests.mqtt.conftest import (
+    RawClient,
+    client_ssl,
+    connect_packet,
+    provision_x509,
+    wait_for,
+)
 from tests.mqtt.test_topics_downlink import cli_downlink, finish, start_sub
 
 pytestmark = pytest.mark.integration
@@ -92,3 +102,41 @@ async def test_subscriptions_are_limited_per_connection(  # type: ignore[no-unty
     await cli_downlink(redis_url, "acme", dev.device_id, "x", "via-wildcard")
     code, out = await finish(proc)
     assert code == 0 and f"{down}/x via-wildcard" in out, out
+
+
+def _ends_with(port: int, ctx: ssl.SSLContext, device_id: str, then: bytes) -> str:
+    """Connect (blocking ssl socket: it tells a TLS close_notify from a cut connection), send
+    ``then`` after the CONNACK, and say how the server ended the connection."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls,
+    ):
+        tls.sendall(connect_packet(device_id))
+        assert tls.recv(4) == b"\x20\x02\x00\x00"
+        tls.sendall(then)
+        try:
+            while tls.recv(65536):
+                pass
+        except ssl.SSLEOFError:
+            return "cut without close_notify"
+        return "close_notify"
+
+
+@pytest.mark.parametrize("why", ["acl", "malformed"])
+async def test_a_close_for_the_devices_fault_still_ends_tls_cleanly(  # type: ignore[no-untyped-def]
+    mqtt_node, registry, pki, why: str
+):
+    """A device closed for its own fault (publishing to another device's topic, a malformed
+    packet) gets TLS close_notify like a revoked one: its stack reports "closed by the
+    broker", not "unexpected eof" (mosquitto_pub said the latter)."""
+    _node, listener = await mqtt_node()
+    dev = await provision_x509(registry, pki, "acme", f"hw-cn-{why}")
+    then = (
+        codec.encode_publish("devices/someone-else/up/event", b"x", 1, 1)
+        if why == "acl"
+        else b"\xf0\x00"  # reserved packet type 15
+    )
+    ending = await asyncio.to_thread(
+        _ends_with, listener.port, client_ssl(pki, dev.cert), dev.device_id, then
+    )
+    assert ending == "close_notify"

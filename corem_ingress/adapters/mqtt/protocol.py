@@ -270,7 +270,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         return self.session.identity.device_id if self.session else None
 
     def fail(self, cause: Cause) -> None:
-        """Close for the peer's fault (policy, limits, storage): no close_notify first."""
+        """Close for the peer's fault (policy, limits, storage): its will is published."""
         self._close(cause, error=True)
 
     def pause_reading(self) -> None:
@@ -290,9 +290,6 @@ class MqttProtocol(asyncio.BufferedProtocol):
         if not self._closed:
             if self.session is not None:
                 self.session.will = None  # closed by the broker: no will
-            self.mqtt.close(cause)
-            self._flush()  # MQTT 5: the DISCONNECT, before close_notify
-            self.tls.close_notify()
             self._close(cause, error=False)
 
     def _close(self, cause: Cause, *, error: bool) -> None:
@@ -301,7 +298,13 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._closed = True
         if self.mqtt.state is not State.CLOSED:
             self.mqtt.close(cause)
-        self._flush()
+        self._flush()  # MQTT 5: the DISCONNECT, before close_notify
+        if self.tls.handshake_done:
+            # Every close of an established TLS session says so (a device can tell the
+            # broker's close from a cut connection); after a fatal TLS error OpenSSL sends
+            # nothing more.
+            self.tls.close_notify()
+            self._flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
