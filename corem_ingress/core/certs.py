@@ -133,6 +133,13 @@ def _check_validity(cert: x509.Certificate, now: float) -> tuple[float, float]:
 def load_device_cert(pem: str | bytes, *, now: float) -> tuple[CertInfo, x509.Certificate]:
     """Validate a device certificate PEM: its description and the parsed certificate."""
     cert = _load_one_cert(pem, "device certificate")
+    if cert.version is not x509.Version.v3:
+        # Path validation (RFC 5280) needs v3; said here, the same for every tenant, rather
+        # than as a chain error after the tenant's CAs were looked at.
+        raise InvalidArgument(
+            "a device certificate must be X.509 v3 "
+            "(openssl x509 -req writes v1 unless given -extfile with extensions)"
+        )
     if _is_ca(cert):
         raise InvalidArgument("a CA certificate cannot be a device certificate")
     return CertInfo(**_described(cert, _key_type(cert), now)), cert

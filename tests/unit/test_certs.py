@@ -112,3 +112,23 @@ def _build(key, ca: devcerts.Issued) -> x509.Certificate:  # type: ignore[no-unt
         .not_valid_after(now + dt.timedelta(days=1))
         .sign(ca.key, hashes.SHA256())
     )
+
+
+#: ``openssl x509 -req`` without ``-extfile``: an X.509 v1 device certificate (valid to 2126).
+V1_DEVICE_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBHjCBxgIUe4XFbBv2g5+GLbFm9OBa1BCjWAYwCgYIKoZIzj0EAwIwDzENMAsG
+A1UEAwwEdjFjYTAgFw0yNjEyMDIwNDE3MDFaGA8yMTI2MTEwODA0MTcwMVowFDES
+MBAGA1UEAwwJdjEtZGV2aWNlMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEespc
+BKscT285HDpDZhYR0h0OCg0/H39NoP1D2x3jEEjLE7ExJQC81u8+zUQBMKdW2vXy
+kyWDIRZF2PI93oRH+DAKBggqhkjOPQQDAgNHADBEAiBNR1mdnL8hn1jCUNtkGBqT
+MsSHdTgTOlDnJHt4+1FpHQIgMzQweCJVwnk7tMlaY0NZjicsHb36gnsjcTvVOs2H
+GRI=
+-----END CERTIFICATE-----
+"""
+
+
+def test_a_v1_device_certificate_is_refused_as_such() -> None:
+    assert x509.load_pem_x509_certificate(V1_DEVICE_CERT.encode()).version is x509.Version.v1
+    with pytest.raises(InvalidArgument, match=r"must be X\.509 v3"):
+        certs.load_device_cert(V1_DEVICE_CERT, now=time.time())
