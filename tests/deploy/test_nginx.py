@@ -2,17 +2,11 @@
 
 from pathlib import Path
 
-from corem_ingress.embedded_redis import free_port
-from tests.ops.nginx import check, render
+from tests.ops.nginx import addresses, check, render
 
 
 def test_shipped_load_balancer_config_passes_nginx_t(tmp_path: Path) -> None:
-    backends = {
-        f"{node}:{port}": free_port()
-        for node in ("broker-a", "broker-b")
-        for port in (8883, 8080, 5684)
-    }
-    listens = {port: free_port() for port in (8883, 8080, 5684)}
+    backends, listens = addresses({"broker-a": {}, "broker-b": {}})
     text = render(backends, listens, tmp_path)
     # Only addresses changed: the balancing directives are the shipped ones.
     assert text.count("hash $remote_addr consistent;") == 3

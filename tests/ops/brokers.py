@@ -38,6 +38,11 @@ class Broker:
     http_port: int | None = None
 
 
+def lb_ports(b: Broker) -> dict[int, int | None]:
+    """The broker's port behind each of the shipped load balancer's ports (None: not run)."""
+    return {8883: b.mqtt_port, 8080: b.http_port, 5684: b.coap_port}
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
     ca = devcerts.make_ca()

@@ -8,7 +8,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+from corem_ingress.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -32,6 +35,24 @@ def _module_line() -> str:
     match = re.search(r"--modules-path=(\S+)", out)
     path = Path(match.group(1) if match else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
     return f"load_module {path};\n"
+
+
+#: The shipped nginx.conf's listeners: MQTT/TLS, device HTTP, CoAP/DTLS.
+LB_PORTS = (8883, 8080, 5684)
+
+
+def addresses(
+    nodes: Mapping[str, Mapping[int, int | None]],
+) -> tuple[dict[str, int], dict[int, int]]:
+    """``(backends, listens)`` for render(): per compose service name ("broker-a"), its local
+    port for each shipped port -- a free, closed one where that node runs no such listener --
+    and a free local port for each of nginx's own listeners."""
+    backends = {
+        f"{node}:{port}": ports.get(port) or free_port()
+        for node, ports in nodes.items()
+        for port in LB_PORTS
+    }
+    return backends, {port: free_port() for port in LB_PORTS}
 
 
 def render(backends: dict[str, int], listens: dict[int, int], prefix: Path) -> str:

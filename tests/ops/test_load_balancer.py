@@ -15,11 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from corem_ingress.core.identity import CredentialKind
-from corem_ingress.embedded_redis import free_port
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
-from tests.ops.brokers import Broker, Device, metric, wait_ready
-from tests.ops.nginx import BEHIND_NGINX, Nginx, render
+from tests.ops.brokers import Broker, Device, lb_ports, metric, wait_ready
+from tests.ops.nginx import BEHIND_NGINX, Nginx, addresses, render
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +36,8 @@ async def test_node_killed_behind_nginx(
     a, b = brokers("node-a", env_extra=BEHIND_NGINX), brokers("node-b", env_extra=BEHIND_NGINX)
     await asyncio.gather(wait_ready(a), wait_ready(b))
     by_name = {"node-a": a, "node-b": b}
-    backends = {
-        "broker-a:8883": a.mqtt_port,
-        "broker-b:8883": b.mqtt_port,
-        # HTTP and CoAP are not started here: their upstreams point at closed ports.
-        **{f"broker-{n}:{p}": free_port() for n in "ab" for p in (8080, 5684)},
-    }
-    listens = {8883: free_port(), 8080: free_port(), 5684: free_port()}
+    # HTTP and CoAP are not started here: their upstreams point at closed ports.
+    backends, listens = addresses({"broker-a": lb_ports(a), "broker-b": lb_ports(b)})
     (tmp_path / "lb").mkdir()
     lb = Nginx(render(backends, listens, tmp_path / "lb"), tmp_path / "lb")
     lb.start(wait_port=listens[8883])
@@ -116,14 +110,7 @@ async def test_coap_node_killed_behind_nginx_udp(
     b = brokers("node-b", coap=True, env_extra=BEHIND_NGINX)
     await asyncio.gather(wait_ready(a), wait_ready(b))
     assert a.coap_port is not None and b.coap_port is not None
-    backends = {
-        "broker-a:5684": a.coap_port,
-        "broker-b:5684": b.coap_port,
-        "broker-a:8883": a.mqtt_port,
-        "broker-b:8883": b.mqtt_port,
-        **{f"broker-{n}:8080": free_port() for n in "ab"},
-    }
-    listens = {8883: free_port(), 8080: free_port(), 5684: free_port()}
+    backends, listens = addresses({"broker-a": lb_ports(a), "broker-b": lb_ports(b)})
     (tmp_path / "lb").mkdir()
     lb = Nginx(render(backends, listens, tmp_path / "lb"), tmp_path / "lb")
     lb.start(wait_port=listens[8883])

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from corem_ingress.core.identity import CredentialKind
-from corem_ingress.embedded_redis import free_port
 from corem_ingress.store.registry import Registry
 from tests.mqtt.conftest import RawClient, connect_packet
-from tests.ops.brokers import Broker, wait_ready
-from tests.ops.nginx import BEHIND_NGINX, Nginx, render
+from tests.ops.brokers import Broker, lb_ports, wait_ready
+from tests.ops.nginx import BEHIND_NGINX, Nginx, addresses, render
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +75,7 @@ async def test_nginx_proxy_protocol_throttles_per_real_client(
     b = brokers("node-b", http=True, env_extra=env)
     await asyncio.gather(wait_ready(a), wait_ready(b))
     assert a.http_port is not None and b.http_port is not None
-    backends = {
-        "broker-a:8883": a.mqtt_port,
-        "broker-b:8883": b.mqtt_port,
-        "broker-a:8080": a.http_port,
-        "broker-b:8080": b.http_port,
-        **{f"broker-{n}:5684": free_port() for n in "ab"},
-    }
-    listens = {8883: free_port(), 8080: free_port(), 5684: free_port()}
+    backends, listens = addresses({"broker-a": lb_ports(a), "broker-b": lb_ports(b)})
     (tmp_path / "lb").mkdir()
     text = render(backends, listens, tmp_path / "lb")
     assert text.count("proxy_protocol on;") == 2  # the shipped file, MQTT and HTTP
