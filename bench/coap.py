@@ -193,6 +193,27 @@ def wait_ready(port: int, ctx: SSL.Context, proc: subprocess.Popen[bytes]) -> No
     raise RuntimeError("server did not come up")
 
 
+def coap_broker_env(tmp: Path, redis_url: str, kek: str, port: int) -> dict[str, str]:
+    """Environment of a CoAP/DTLS-only broker for a benchmark: ``tmp`` holds the dev PKI
+    (server.pem/.key, ca.pem) and the state dir; no handshake rate limit, warnings only."""
+    return {
+        **os.environ,
+        "COREM_REDIS_URL": redis_url,
+        "COREM_PSK_KEK": kek,
+        "COREM_HTTP_ENABLED": "0",
+        "COREM_MQTT_ENABLED": "0",
+        "COREM_HEALTH_PORT": "0",
+        "COREM_COAP_HOST": HOST,
+        "COREM_COAP_PORT": str(port),
+        "COREM_COAP_SERVER_CERT": str(tmp / "server.pem"),
+        "COREM_COAP_SERVER_KEY": str(tmp / "server.key"),
+        "COREM_COAP_CLIENT_CA_FILES": str(tmp / "ca.pem"),
+        "COREM_COAP_HANDSHAKE_RATE_PER_S": "0",
+        "COREM_LOGGING_LEVEL": "warning",
+        "COREM_STATE_DIR": str(tmp / "state"),
+    }
+
+
 async def provision(url: str, kek: str, device_pem: bytes, ca_pem: bytes) -> None:
     r = redis_client(url)
     reg = Registry(
@@ -243,22 +264,7 @@ def main() -> None:
     kek = generate_kek_line("bench")
     asyncio.run(provision(redis.url, kek, dev.cert_pem, ca.cert_pem))
     ours_port = free_port()
-    env = {
-        **os.environ,
-        "COREM_REDIS_URL": redis.url,
-        "COREM_PSK_KEK": kek,
-        "COREM_HTTP_ENABLED": "0",
-        "COREM_MQTT_ENABLED": "0",
-        "COREM_HEALTH_PORT": "0",
-        "COREM_COAP_HOST": HOST,
-        "COREM_COAP_PORT": str(ours_port),
-        "COREM_COAP_SERVER_CERT": str(tmp / "server.pem"),
-        "COREM_COAP_SERVER_KEY": str(tmp / "server.key"),
-        "COREM_COAP_CLIENT_CA_FILES": str(tmp / "ca.pem"),
-        "COREM_COAP_HANDSHAKE_RATE_PER_S": "0",
-        "COREM_LOGGING_LEVEL": "warning",
-        "COREM_STATE_DIR": str(tmp / "state"),
-    }
+    env = coap_broker_env(tmp, redis.url, kek, ours_port)
     prof = tmp / "ours.prof"
     cmd = [sys.executable, "-m", "corem_ingress", "serve"]
     if a.profile:

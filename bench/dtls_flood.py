@@ -50,7 +50,14 @@ sys.path.insert(0, str(ROOT))
 
 from aiocoap.numbers.codes import Code  # noqa: E402
 
-from bench.coap import PSK, PSK_ID, Session, provision, request_bytes  # noqa: E402
+from bench.coap import (  # noqa: E402
+    PSK,
+    PSK_ID,
+    Session,
+    coap_broker_env,
+    provision,
+    request_bytes,
+)
 from bench.procstat import cpu_seconds, pct, rss_bytes  # noqa: E402
 from corem_ingress import devcerts  # noqa: E402
 from corem_ingress.core.psk import generate_kek_line  # noqa: E402
@@ -88,27 +95,14 @@ class Broker:
 def start_broker(src: Path, tmp: Path, redis_url: str, kek: str, pending_cap: int) -> Broker:
     port = free_port()
     env = {
-        **os.environ,
+        **coap_broker_env(tmp, redis_url, kek, port),
         "PYTHONPATH": str(src),
-        "COREM_REDIS_URL": redis_url,
-        "COREM_PSK_KEK": kek,
-        "COREM_HTTP_ENABLED": "0",
-        "COREM_MQTT_ENABLED": "0",
-        "COREM_HEALTH_PORT": "0",
-        "COREM_COAP_HOST": HOST,
-        "COREM_COAP_PORT": str(port),
-        "COREM_COAP_SERVER_CERT": str(tmp / "server.pem"),
-        "COREM_COAP_SERVER_KEY": str(tmp / "server.key"),
-        "COREM_COAP_CLIENT_CA_FILES": str(tmp / "ca.pem"),
-        "COREM_COAP_HANDSHAKE_RATE_PER_S": "0",
         # Pending handshakes live through the whole measurement.
         "COREM_COAP_HANDSHAKE_TIMEOUT_S": "900",
         # Raised above the largest level: the cost of many pending handshakes is measured,
         # not the caps (a broker before the caps existed ignores these variables).
         "COREM_COAP_MAX_PENDING_HANDSHAKES": str(pending_cap),
         "COREM_COAP_MAX_PENDING_HANDSHAKES_PER_SOURCE": str(pending_cap),
-        "COREM_LOGGING_LEVEL": "warning",
-        "COREM_STATE_DIR": str(tmp / "state"),
     }
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "corem_ingress", "serve"],

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.coap import coap_broker_env
 from bench.procstat import cpu_seconds
 from corem_ingress import devcerts
 from corem_ingress.app import redis_client
@@ -123,22 +124,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     kek = generate_kek_line("bench")
     port = free_port()
     env = {
-        **os.environ,
-        "COREM_REDIS_URL": redis_server.url,
-        "COREM_PSK_KEK": kek,
+        **coap_broker_env(tmp, redis_server.url, kek, port),
         "COREM_NODE_ID": "bench-node",
-        "COREM_HTTP_ENABLED": "0",
-        "COREM_MQTT_ENABLED": "0",
-        "COREM_HEALTH_PORT": "0",
-        "COREM_COAP_HOST": HOST,
-        "COREM_COAP_PORT": str(port),
-        "COREM_COAP_SERVER_CERT": str(tmp / "server.pem"),
-        "COREM_COAP_SERVER_KEY": str(tmp / "server.key"),
-        "COREM_COAP_CLIENT_CA_FILES": str(tmp / "ca.pem"),
-        "COREM_COAP_HANDSHAKE_RATE_PER_S": "0",
         "COREM_LWM2M_OBSERVE_PATHS": "/3303/0",
-        "COREM_LOGGING_LEVEL": "warning",
-        "COREM_STATE_DIR": str(tmp / "state"),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "corem_ingress", "serve"],
