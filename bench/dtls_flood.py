@@ -288,7 +288,7 @@ def main() -> None:
     redis = EmbeddedRedis().start()
     subprocess.run(["taskset", "-cp", "1", str(redis.pid)], check=False, capture_output=True)
     kek = generate_kek_line("bench")
-    asyncio.run(provision(redis.url, kek, dev.cert_pem))
+    asyncio.run(provision(redis.url, kek, dev.cert_pem, ca.cert_pem))
     runs: dict[str, Any] = {}
     trees = [("after", ROOT)]
     if a.before:
