@@ -44,6 +44,7 @@ from corem_ingress.store.lookups import LookupBatcher
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.uplinks import UplinkStore
+from corem_ingress.tasks import still_running
 from corem_ingress.trust_bootstrap import bootstrap_cas
 
 log = structlog.get_logger("corem.app")
@@ -330,7 +331,7 @@ class Node:
     async def _watch_dependencies(self) -> None:
         interval = self.config.health.check_interval_s
         first = True
-        while True:
+        while still_running():
             checks = await self.ready_checks()
             down = sorted(k for k, ok in checks.items() if not ok)
             if down and (first or checks != self.dependencies):

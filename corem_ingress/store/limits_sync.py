@@ -22,6 +22,7 @@ import structlog
 from corem_ingress.core.limits import TenantConnections
 from corem_ingress.core.throttle import AuthThrottle
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.tasks import still_running
 
 log = structlog.get_logger("corem.limits")
 
@@ -48,7 +49,7 @@ class LimitsSync:
         self.rounds = 0
 
     async def run(self) -> None:
-        while True:
+        while still_running():
             try:
                 await self.sync_once()
             except (redis.exceptions.RedisError, OSError) as exc:

@@ -56,6 +56,7 @@ from corem_ingress.lwm2m.registration import (
 )
 from corem_ingress.lwm2m.reporting import DP, paths_to_observe
 from corem_ingress.store.lwm2m import RoutedRequest
+from corem_ingress.tasks import still_running
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.coap.listener import CoapListener
@@ -386,7 +387,7 @@ class Lwm2mServer:
         return expired
 
     async def _expire_loop(self) -> None:
-        while True:
+        while still_running():
             await asyncio.sleep(EXPIRY_CHECK_S)
             try:
                 await self.expire(self._clock())
