@@ -43,6 +43,7 @@ from corem_ingress.store.limits_sync import LimitsSync
 from corem_ingress.store.lookups import LookupBatcher
 from corem_ingress.store.lwm2m import Lwm2mStore
 from corem_ingress.store.registry import Registry
+from corem_ingress.store.sessions_index import SessionsIndexWriter, disconnect_listener
 from corem_ingress.store.uplinks import UplinkStore
 from corem_ingress.tasks import still_running
 from corem_ingress.trust_bootstrap import bootstrap_cas
@@ -110,6 +111,7 @@ class Node:
         self.keys = KeySchema(config.redis.key_prefix)
         self.bus: RevocationBus | None = None
         self.limits_sync: LimitsSync | None = None
+        self.sessions_index: SessionsIndexWriter | None = None
         self._lwm2m_stop = asyncio.Event()
         self._lwm2m_store: Lwm2mStore | None = None
         self._event_tasks: set[asyncio.Task[None]] = set()
@@ -140,6 +142,7 @@ class Node:
             admin_max_connections=cfg.redis.admin_pool_max_connections,
             pool_wait_s=cfg.redis.pool_wait_s,
             admin_pool_wait_s=cfg.redis.admin_pool_wait_s,
+            streams_max_connections=cfg.console.max_streams,
         )
         self.clients = clients
         redis = self.redis = clients.admin
@@ -215,11 +218,30 @@ class Node:
             keys.bus_channel,
             on_event=self._on_credential_event,
             on_resync=hub.resync,
-            extra_channels={keys.downlink_channel: self.services.downlinks.on_message},
+            extra_channels={
+                keys.downlink_channel: self.services.downlinks.on_message,
+                keys.sessions_channel: disconnect_listener(
+                    cfg.node_id,
+                    lambda t, s: hub.disconnect_session(t, s, Cause.OPERATOR_DISCONNECT),
+                ),
+            },
             clock=self.clock,
         )
         self._spawn(self.bus.run(), "bus")
         self._spawn(hub.run_expiry_timer(), "expiry-timer")
+        if cfg.sessions.index_interval_s > 0:
+            self.sessions_index = SessionsIndexWriter(
+                background,
+                keys,
+                cfg.node_id,
+                interval_s=cfg.sessions.index_interval_s,
+                max_entries=cfg.sessions.index_max_per_node,
+                status=self._status_figures,
+                clock=self.clock,
+            )
+            hub.mirror = self.sessions_index
+            self._spawn(self.sessions_index.run_writer(), "sessions-index-writer")
+            self._spawn(self.sessions_index.run_heartbeat(), "sessions-index-heartbeat")
         limits = cfg.limits
         if limits.sync_interval_s > 0 and (
             limits.per_tenant_max_connections > 0 or self.services.access.throttle.enabled
@@ -253,6 +275,19 @@ class Node:
         if self.keyring is None:
             log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
         log.info("node.started", node=cfg.node_id, health_port=self.health_port)
+
+    def _status_figures(self) -> dict[str, Any]:
+        """What this node shares each sessions-index heartbeat (the console's Health page)."""
+        per_transport: dict[str, int] = {}
+        if self.services is not None:
+            for session in self.services.sessions.registry.sessions():
+                per_transport[session.transport] = per_transport.get(session.transport, 0) + 1
+        return {
+            "accepting": self.accepting,
+            "dependencies": dict(self.dependencies),
+            "sessions": per_transport,
+            **metrics.key_figures(),
+        }
 
     def _on_credential_event(self, event: CredentialEvent) -> None:
         assert self.services is not None
@@ -359,6 +394,11 @@ class Node:
                 log.exception("listener.stop_failed", listener=listener.name)
         if self.services is not None:
             self.services.sessions.disconnect_all(Cause.SHUTTING_DOWN)
+        if self.sessions_index is not None:
+            try:  # a clean leave; if Redis is away, the entries expire with the heartbeat
+                await asyncio.wait_for(self.sessions_index.leave(), timeout=1.0)
+            except Exception as exc:
+                log.warning("sessions_index.leave_failed", error=str(exc))
         if self.bus is not None:
             self.bus.close()  # the bus task ends by itself within ~1 s
         for task in self._tasks:

@@ -582,6 +582,47 @@ async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
         await client.aclose()
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """Live sessions on every node (the sessions index), or an operator disconnect."""
+    from corem_ingress.adapters.http.sessions_api import DISCONNECT_NOTE, TRANSPORTS
+    from corem_ingress.core.identity import check_tenant_id
+
+    check_tenant_id(args.tenant)
+    if getattr(args, "transport", None) not in (None, *TRANSPORTS):
+        raise CliError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    cfg = _load_config(args)
+    _out(asyncio.run(_sessions(cfg, args, DISCONNECT_NOTE)))
+    return 0
+
+
+async def _sessions(cfg: config_mod.Config, args: argparse.Namespace, note: str) -> object:
+    from corem_ingress.store.connection import redis_client
+    from corem_ingress.store.keys import KeySchema
+    from corem_ingress.store.registry import Registry
+    from corem_ingress.store.sessions_index import SessionsIndex
+
+    keys = KeySchema(cfg.redis.key_prefix)
+    client = redis_client(_redis_url(cfg), socket_timeout=cfg.redis.socket_timeout_s)
+    index = SessionsIndex(client, keys, interval_s=cfg.sessions.index_interval_s or 1.0)
+    try:
+        if args.action == "list":
+            sessions, truncated = await index.of_tenant(
+                args.tenant, device_id=args.device, transport=args.transport, limit=args.limit
+            )
+            return {"sessions": sessions, "truncated": truncated}
+        entry = await index.find(args.tenant, args.session)
+        if entry is None:
+            raise CliError(f"session {args.session} not found (not live, or not the tenant's)")
+        await index.request_disconnect(entry)
+        gone = await index.wait_gone(entry, 3.0)
+        target = f"session={args.session} device={entry['device_id']} node={entry['node_id']}"
+        registry = Registry(client, keys, keyring=None, api_key_overlap=0, api_key_overlap_max=0)
+        await registry.audit(_actor(), args.tenant, "sessions.disconnect", target)
+        return {"session": entry, "disconnected": gone, "revoked": False, "note": note}
+    finally:
+        await client.aclose()
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from corem_ingress.sim import cli as sim_cli
 
@@ -848,6 +889,24 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     )
     sp.add_argument("--count", type=_positive_int, help="exit after this many uplinks")
     sp.set_defaults(func=cmd_tail)
+
+    sessions = sub.add_parser(
+        "sessions", help="live sessions on every node (the sessions index)"
+    ).add_subparsers(dest="action", required=True, parser_class=_Parser)
+    sp = sessions.add_parser("list", parents=[common], help="a tenant's live sessions")
+    tenant(sp)
+    sp.add_argument("--device", help="only this device's sessions")
+    sp.add_argument("--transport", help="only this transport's (mqtt, coap, ...)")
+    sp.add_argument("--limit", type=_positive_int, default=100)
+    sp.set_defaults(func=cmd_sessions)
+    sp = sessions.add_parser(
+        "disconnect",
+        parents=[common],
+        help="close one live session (not a revocation: the device may reconnect)",
+    )
+    tenant(sp)
+    sp.add_argument("--session", required=True, help="a session id from 'sessions list'")
+    sp.set_defaults(func=cmd_sessions)
 
     sp = sub.add_parser("simulate", parents=[common], help="run a simulated device fleet")
     if simulate:

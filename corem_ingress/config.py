@@ -478,6 +478,41 @@ class TrustConfig:
 
 
 @dataclass
+class SessionsConfig:
+    """The live-sessions index every node keeps in Redis (docs/console.md, docs/redis-keys.md)."""
+
+    #: Seconds between a node's heartbeats to the sessions index (its entries expire after
+    #: 3 intervals without one: a node that dies drops out). 0: no index (the console's and
+    #: ``GET /api/v1/sessions``' view of live sessions is then empty).
+    index_interval_s: float = 2.0
+    #: At most this many sessions of one node are listed in the index (the rest are live but
+    #: not shown; a warning is logged once).
+    index_max_per_node: int = 200_000
+
+    def validate(self) -> None:
+        _check(
+            self.index_interval_s == 0 or 0.05 <= self.index_interval_s <= 60,
+            "sessions.index_interval_s",
+            "must be 0 (no index) or 0.05..60",
+        )
+        _check(self.index_max_per_node >= 1, "sessions.index_max_per_node", "must be >= 1")
+
+
+@dataclass
+class ConsoleConfig:
+    """The operator console at ``/console`` on the admin listener (docs/console.md)."""
+
+    #: Serve the console (it needs the admin API: ``http.admin_tokens_file`` or
+    #: ``COREM_HTTP_ADMIN_TOKENS``).
+    enabled: bool = True
+    #: Live uplink tails (``GET /api/v1/uplinks/stream``) open at once on this node; more get 503.
+    max_streams: int = 32
+
+    def validate(self) -> None:
+        _check(1 <= self.max_streams <= 1000, "console.max_streams", "must be 1..1000")
+
+
+@dataclass
 class LoggingConfig:
     #: "console" (readable, dev) or "json" (production).
     format: str = "json"
@@ -505,6 +540,8 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     def validate(self) -> None:
         _check(0 <= self.health.port < 65536, "health.port", "must be 0..65535 (0: any free port)")

@@ -417,3 +417,29 @@ def untrack(
 def exposition() -> bytes:
     """The text format for ``GET /metrics``."""
     return generate_latest(REGISTRY)
+
+
+def _total(metric: Counter | Histogram, sample_name: str, **match: str) -> float:
+    total = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == sample_name and all(
+                sample.labels.get(k) == v for k, v in match.items()
+            ):
+                total += sample.value
+    return total
+
+
+def key_figures() -> dict[str, float]:
+    """The process's running totals the console's health charts are drawn from (each node
+    shares them through the sessions index heartbeat; rates come from two readings)."""
+    return {
+        "uplinks_total": _total(UPLINKS, "corem_uplinks_total", outcome="ok"),
+        "auth_failures_total": _total(AUTH_FAILURES, "corem_auth_failures_total"),
+        "revocations_total": _total(
+            REVOKE_TO_DISCONNECT_SECONDS, "corem_revoke_to_disconnect_seconds_count"
+        ),
+        "revocation_latency_sum_s": _total(
+            REVOKE_TO_DISCONNECT_SECONDS, "corem_revoke_to_disconnect_seconds_sum"
+        ),
+    }

@@ -15,11 +15,13 @@ from corem_ingress.config import Config
 from corem_ingress.core.access import AccessPolicy
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
+from corem_ingress.store.audit_log import AuditLog
 from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Handler, Lwm2mRequestServer, Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.registry import Registry
+from corem_ingress.store.sessions_index import SessionsIndex
 from corem_ingress.store.uplink_batcher import UplinkBatcher
 from corem_ingress.store.uplinks import UplinkStore
 
@@ -47,6 +49,17 @@ class Stores:
             keyed=self._clients.uplinks,
             timeout_s=self.timeout_s,
         )
+
+    def sessions_index(self, *, interval_s: float, clock: Callable[[], float]) -> SessionsIndex:
+        return SessionsIndex(self._clients.admin, self._keys, interval_s=interval_s, clock=clock)
+
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self._clients.admin, self._keys)
+
+    def uplink_tail(self) -> UplinkStore:
+        """Uplink reads that block (``XREAD BLOCK``), on their own pool."""
+        client = self._clients.streams or self._clients.admin
+        return UplinkStore(client, self._keys, timeout_s=self.timeout_s)
 
     def lwm2m_store(self, *, grace_s: int, clock: Callable[[], float]) -> Lwm2mStore:
         return Lwm2mStore(self._redis, self._keys, grace_s=grace_s, clock=clock)

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 
@@ -27,6 +28,14 @@ from corem_ingress.resolver import Resolver
 log = structlog.get_logger("corem.sessions")
 
 Disconnect = Callable[[DisconnectOrder], Awaitable[None] | None]
+
+
+class SessionsMirror(Protocol):
+    """Told of every session that starts or ends here (``store/sessions_index.py``)."""
+
+    def added(self, session: LiveSession) -> None: ...
+
+    def removed(self, tenant_id: str, session_id: str) -> None: ...
 
 
 class SessionHub:
@@ -44,6 +53,8 @@ class SessionHub:
         #: before it is disconnected -- unless the outage grace covers it.
         self.revalidate_attempts = 20
         self.revalidate_delay_s = 0.5
+        #: The node's entry in the cross-node sessions index (None: not kept).
+        self.mirror: SessionsMirror | None = None
 
     def __len__(self) -> int:
         return len(self.registry)
@@ -57,6 +68,8 @@ class SessionHub:
                 session = dataclasses.replace(session, credential_expires_at=expiry)
         self.registry.register(session)
         self._closers[session.session_id] = disconnect
+        if self.mirror is not None:
+            self.mirror.added(session)
         if session.credential_expires_at is not None:
             self._wake.set()
 
@@ -73,8 +86,19 @@ class SessionHub:
             raise
 
     def unregister(self, session_id: str) -> None:
-        self.registry.unregister(session_id)
+        session = self.registry.unregister(session_id)
         self._closers.pop(session_id, None)
+        if session is not None and self.mirror is not None:
+            self.mirror.removed(session.identity.tenant_id, session_id)
+
+    def disconnect_session(self, tenant_id: str, session_id: str, cause: Cause) -> bool:
+        """An operator's disconnect of one session of ``tenant_id`` held here (the credential
+        stays valid). False if no such session of that tenant is here."""
+        session = self.registry.get(session_id)
+        if session is None or session.identity.tenant_id != tenant_id:
+            return False
+        self._execute(self.registry.revoke_sessions([session_id], cause))
+        return True
 
     # -- events ------------------------------------------------------------------------------
     def on_event(self, event: CredentialEvent) -> None:
@@ -200,6 +224,8 @@ class SessionHub:
     def _execute(self, orders: list[DisconnectOrder]) -> None:
         for order in orders:
             closer = self._closers.pop(order.session_id, None)
+            if self.mirror is not None:
+                self.mirror.removed(order.identity.tenant_id, order.session_id)
             log.info(
                 "sessions.disconnect",
                 session=order.session_id,

@@ -60,6 +60,10 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.lwm2m_device("<device_id>"),
         k.lwm2m_requests("<node_id>"),
         k.lwm2m_reply("<request_id>"),
+        k.sessions_nodes,
+        k.node_sessions("<node_id>", "<tenant>"),
+        k.node_status("<node_id>"),
+        k.sessions_channel,
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

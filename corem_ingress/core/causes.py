@@ -161,6 +161,9 @@ class Cause(StrEnum):
     TRANSPORT_ERROR = "transport_error"
     #: Closed by the broker for another operator/broker reason (e.g. LwM2M de-register).
     CLOSED_BY_SERVER = "closed_by_server"
+    #: An operator disconnected the session (console / ``DELETE /api/v1/sessions/{id}``):
+    #: the credential stays valid and the device may connect again.
+    OPERATOR_DISCONNECT = "operator_disconnect"
 
     @property
     def label(self) -> str:
@@ -256,6 +259,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.STORAGE_UNAVAILABLE: _end(0x88),
     Cause.TRANSPORT_ERROR: _end(0x80, ALERT_INTERNAL_ERROR),
     Cause.CLOSED_BY_SERVER: _end(),
+    Cause.OPERATOR_DISCONNECT: _end(0x98),
 }
 
 AUTH_CAUSES = frozenset(c for c in Cause if c.group is CauseGroup.AUTH)

@@ -28,6 +28,8 @@ class LiveSession:
     #: X.509: the chain the device authenticated with (re-checked when its tenant's trust
     #: anchors change).
     chain: PeerChain | None = None
+    #: The peer's address ("ip:port"), for the operator's view of live sessions.
+    peer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

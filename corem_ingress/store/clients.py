@@ -33,6 +33,9 @@ class RedisClients:
     background: aioredis.Redis
     lookups: KeyedCommands
     uplinks: KeyedCommands
+    #: Live uplink tails (SSE, ``XREAD BLOCK``): their own pool, so that a blocked read never
+    #: holds a connection another class needs.
+    streams: aioredis.Redis | None = None
 
     @classmethod
     def connect(
@@ -44,6 +47,7 @@ class RedisClients:
         admin_max_connections: int,
         pool_wait_s: float,
         admin_pool_wait_s: float,
+        streams_max_connections: int = 32,
     ) -> RedisClients:
         def pool(size: int, wait_s: float = pool_wait_s, retry: bool = False) -> PoolSettings:
             return PoolSettings(socket_timeout_s, size, wait_s, retry)
@@ -57,6 +61,7 @@ class RedisClients:
             background=redis_client(url, pool=pool(max_connections, retry=True)),
             lookups=keyed_commands(url, pool(max_connections)),
             uplinks=keyed_commands(url, pool(max_connections)),
+            streams=redis_client(url, pool=pool(streams_max_connections)),
         )
 
     @property
@@ -69,3 +74,5 @@ class RedisClients:
             await keyed.aclose()
         await self.admin.aclose()
         await self.background.aclose()
+        if self.streams is not None:
+            await self.streams.aclose()

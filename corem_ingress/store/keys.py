@@ -123,6 +123,25 @@ class KeySchema:
         """Sorted set: source addresses blocked for failed authentications, by block end."""
         return f"{self._r}:limits:blocks"
 
+    # -- live sessions across the nodes (store/sessions_index.py) ------------------------------
+    @property
+    def sessions_nodes(self) -> str:
+        """Sorted set: node ids by their last sessions-index heartbeat."""
+        return f"{self._r}:sessions:nodes"
+
+    def node_sessions(self, node_id: str, tenant_id: str) -> str:
+        """Hash session_id -> JSON: the tenant's live sessions on that node (expires with it)."""
+        return f"{self._r}:sessions:node:{node_id}:{tenant_id}"
+
+    def node_status(self, node_id: str) -> str:
+        """String (JSON): the node's status and key figures, rewritten each heartbeat (TTL)."""
+        return f"{self._r}:sessions:status:{node_id}"
+
+    @property
+    def sessions_channel(self) -> str:
+        """Pub/sub: operator disconnects, routed to the node holding the session."""
+        return f"{self.prefix}:sessions:disconnect"
+
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"

@@ -57,6 +57,60 @@ class UplinkStore:
         metrics.uplink_appended(uplink.transport.value, time.perf_counter() - started)
         return str(entry_id)
 
+    async def recent(
+        self, tenant_id: str, device_id: str | None, *, limit: int, scan: int
+    ) -> list[tuple[str, Uplink]]:
+        """The newest ``limit`` entries (of ``device_id`` if given), newest first, looking at
+        most ``scan`` entries back."""
+        stream = self._keys.uplink_stream(tenant_id)
+        out: list[tuple[str, Uplink]] = []
+        upper = "+"
+        seen = 0
+        try:
+            while seen < scan and len(out) < limit:
+                count = min(500, scan - seen) if device_id is not None else limit - len(out)
+                chunk = await self._r.xrevrange(stream, upper, "-", count=count)
+                for entry_id, fields in chunk:
+                    seen += 1
+                    upper = f"({entry_id}"
+                    uplink = Uplink.from_fields(fields)
+                    if device_id is None or uplink.device_id == device_id:
+                        out.append((str(entry_id), uplink))
+                        if len(out) >= limit:
+                            break
+                if len(chunk) < count:
+                    break
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("uplink storage is unavailable", reason=str(exc)) from None
+        return out
+
+    async def tail(
+        self,
+        tenant_id: str,
+        *,
+        device_id: str | None = None,
+        start: str = "$",
+        block_ms: int = 1000,
+    ) -> AsyncIterator[tuple[str, Uplink] | None]:
+        """Like ``follow``, and None after each read that brought nothing (a live tail
+        writes its keep-alives then)."""
+        stream = self._keys.uplink_stream(tenant_id)
+        last = start
+        if last == "$":
+            newest = await self._r.xrevrange(stream, count=1)
+            last = newest[0][0] if newest else "0-0"
+        while True:
+            result = await self._r.xread({stream: last}, block=block_ms, count=100)
+            if not result:
+                yield None
+                continue
+            for _name, entries in result:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    uplink = Uplink.from_fields(fields)
+                    if device_id is None or uplink.device_id == device_id:
+                        yield str(entry_id), uplink
+
     async def follow(
         self,
         tenant_id: str,

@@ -134,6 +134,7 @@ class CoapListener:
                     credential.identity,
                     credential.lookup,
                     chain=credential.chain,
+                    peer=f"{addr[0]}:{addr[1]}",
                 ),
                 functools.partial(self._disconnect, addr, session_id),
             )

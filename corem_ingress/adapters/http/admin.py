@@ -29,7 +29,9 @@ from corem_ingress.adapters.http.bodies import (
 from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.adapters.http.sessions_api import SessionsApi
 from corem_ingress.adapters.http.trust import TrustApi, proof_field
+from corem_ingress.adapters.http.uplink_tail import UplinkTailApi
 from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
@@ -85,7 +87,8 @@ class AdminApi:
         self._tokens = tokens
         self._guard = AuthGuard(services)
         self._limit = services.config.http.max_body_bytes
-        #: For the admin API's other route groups (``trust.py``).
+        #: For the admin API's other route groups (``trust.py``, ``sessions_api.py``...).
+        self.services = services
         self.registry = services.registry
         self.body_limit = self._limit
         self.clock = services.clock
@@ -117,6 +120,8 @@ class AdminApi:
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
         TrustApi(self).add_routes(app)
+        SessionsApi(self).add_routes(app)
+        UplinkTailApi(self).add_routes(app)
 
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:

@@ -924,6 +924,8 @@ def _paths() -> Json:
 
 
 def document() -> Json:
+    from corem_ingress.adapters.http import openapi_console  # its routes import this module
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -939,9 +941,9 @@ def document() -> Json:
             {"name": "admin", "description": "Operators, with a tenant's operator token."},
             {"name": "meta"},
         ],
-        "paths": _paths(),
+        "paths": {**_paths(), **openapi_console.paths()},
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openapi_console.schemas()},
             "responses": _responses(),
             "securitySchemes": {
                 "deviceBearer": {

@@ -80,7 +80,9 @@ async def admit(
         return Refused(Cause.PEER_CLOSED)
     session_id = listener.new_session_id()
     identity = auth.identity
-    session = LiveSession(session_id, Transport.MQTT.value, identity, auth.lookup, chain=auth.chain)
+    session = LiveSession(
+        session_id, Transport.MQTT.value, identity, auth.lookup, chain=auth.chain, peer=peer
+    )
     try:
         await services.sessions.register_verified(session, disconnect)
     except IngressError as exc:

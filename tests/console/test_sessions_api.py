@@ -1,0 +1,222 @@
+"""The sessions index across nodes (real Redis, real MQTT clients): a session held by node B
+is listed from node A's admin API and by the CLI, only to its tenant; an operator disconnect
+is routed to B, is not a revocation, and is audited; entries go when a node dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+
+from corem_ingress.adapters import http, mqtt
+from corem_ingress.app import Node
+from tests.mqtt.conftest import (
+    RawClient,
+    client_ssl,
+    connect_packet,
+    mqtt_section,
+    provision_key,
+)
+
+pytestmark = pytest.mark.integration
+
+INDEX = {"index_interval_s": 0.1}
+
+
+class Admin:
+    def __init__(self, session: aiohttp.ClientSession, base: str, tokens: dict[str, str]):
+        self.session, self.base, self.tokens = session, base, tokens
+
+    async def call(self, method: str, path: str, tenant: str = "acme") -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.tokens[tenant]}"}
+        async with self.session.request(method, self.base + path, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def sessions(self, query: str = "", tenant: str = "acme") -> list[dict[str, Any]]:
+        status, body = await self.call("GET", f"/api/v1/sessions{query}", tenant)
+        assert status == 200, body
+        return list(body["sessions"])
+
+
+async def until(predicate: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def connect(port: int, pki: Any, dev: Any) -> RawClient:
+    client = await RawClient.open(port, client_ssl(pki, None))
+    await client.send(connect_packet(dev.device_id, password=dev.api_key))
+    connack = await client.read_packet()
+    assert connack is not None and connack[3] == 0, connack
+    return client
+
+
+def cli(args: list[str], redis_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COREM_REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, "-m", "corem_ingress", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_a_session_on_node_b_is_listed_and_disconnected_from_node_a(
+    start_node: Any, operator_tokens: Any, pki: Any, registry: Any, redis_url: str
+) -> None:
+    path, tokens = operator_tokens
+    a: Node = await start_node(
+        [http.build],
+        http={"admin_tokens_file": str(path)},
+        sessions=INDEX,
+        limits={"auth_fail_max": 0},
+    )
+    b: Node = await start_node(
+        [mqtt.build], mqtt=mqtt_section(pki, client_auth="optional"), sessions=INDEX
+    )
+    dev = await provision_key(registry, "acme", "console-hw-1")
+    device = await connect(b.listeners[0].port, pki, dev)
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, f"http://127.0.0.1:{a.listeners[0].port}", tokens)
+
+        async def listed() -> bool:
+            return len(await admin.sessions()) == 1
+
+        await until(listed)
+        (entry,) = await admin.sessions()
+        assert entry["node_id"] == b.config.node_id != a.config.node_id
+        assert entry["device_id"] == dev.device_id and entry["transport"] == "mqtt"
+        assert entry["credential_kind"] == "api_key" and entry["peer"].startswith("127.0.0.1:")
+        assert entry["since"] > 0
+        assert await admin.sessions(f"?device_id={dev.device_id}") == [entry]
+        assert await admin.sessions("?transport=coap") == []
+        assert await admin.sessions("?transport=mqtt&device_id=other") == []
+        status, body = await admin.call("GET", "/api/v1/sessions?transport=smtp")
+        assert status == 400, body
+
+        # Another tenant sees nothing of it and cannot disconnect it.
+        assert await admin.sessions(tenant="globex") == []
+        status, body = await admin.call(
+            "DELETE", f"/api/v1/sessions/{entry['session_id']}", "globex"
+        )
+        assert status == 404, body
+
+        # The CLI sees what the API sees (straight from Redis).
+        r = await asyncio.to_thread(
+            cli, ["sessions", "list", "--tenant", "acme", "--transport", "mqtt"], redis_url
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["sessions"] == [entry]
+
+        # Disconnect from A: B closes the session; the credential stays valid.
+        status, body = await admin.call("DELETE", f"/api/v1/sessions/{entry['session_id']}")
+        assert status == 200, body
+        assert body["disconnected"] is True and body["revoked"] is False
+        assert "not revoked" in body["note"] and body["session"] == entry
+        assert await device.closed_by_server()
+        assert await admin.sessions() == []
+        status, audit = await admin.call("GET", "/api/v1/audit?action=sessions.disconnect")
+        assert status == 200, audit
+        (record, *_older) = audit["records"]
+        assert record["actor"] == "admin:ops-acme" and record["outcome"] == "OK"
+        assert f"session={entry['session_id']}" in record["target"]
+        assert f"node={b.config.node_id}" in record["target"]
+        status, other = await admin.call("GET", "/api/v1/audit", "globex")
+        # globex's audit holds only its own refused attempt, nothing of acme's disconnect.
+        assert all(r["tenant_id"] == "globex" for r in other["records"])
+        assert [r["outcome"] for r in other["records"] if r["action"] == "sessions.disconnect"] == [
+            "NOT_FOUND"
+        ]
+        assert not any(dev.device_id in r["target"] for r in other["records"])
+
+        again = await connect(b.listeners[0].port, pki, dev)  # not revoked: it may come back
+        await until(listed)
+        (second,) = await admin.sessions()
+        assert second["session_id"] != entry["session_id"]
+
+        # The CLI's disconnect is routed the same way.
+        r = await asyncio.to_thread(
+            cli,
+            ["sessions", "disconnect", "--tenant", "acme", "--session", second["session_id"]],
+            redis_url,
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["disconnected"] is True
+        assert await again.closed_by_server()
+        await device.close()
+        await again.close()
+
+
+async def test_the_sessions_of_a_node_that_dies_expire(
+    start_node: Any, operator_tokens: Any, pki: Any, registry: Any
+) -> None:
+    path, tokens = operator_tokens
+    a: Node = await start_node([http.build], http={"admin_tokens_file": str(path)}, sessions=INDEX)
+    b: Node = await start_node(
+        [mqtt.build], mqtt=mqtt_section(pki, client_auth="optional"), sessions=INDEX
+    )
+    dev = await provision_key(registry, "acme", "console-hw-2")
+    device = await connect(b.listeners[0].port, pki, dev)
+    async with aiohttp.ClientSession() as session:
+        admin = Admin(session, f"http://127.0.0.1:{a.listeners[0].port}", tokens)
+
+        async def listed() -> bool:
+            return len(await admin.sessions()) == 1
+
+        await until(listed)
+        by_id: dict[str, Any] = {}
+
+        async def status_shared() -> bool:
+            status, nodes = await admin.call("GET", "/api/v1/nodes")
+            assert status == 200, nodes
+            by_id.update({n["node_id"]: n for n in nodes["nodes"]})
+            return by_id.get(b.config.node_id, {}).get("sessions") == {"mqtt": 1}
+
+        await until(status_shared)
+        assert by_id[b.config.node_id]["tenant_sessions"] == {"mqtt": 1}
+        assert by_id[b.config.node_id]["sessions"] == {"mqtt": 1}
+        assert by_id[a.config.node_id]["tenant_sessions"] == {}
+
+        # B "dies": its heartbeat and writer stop (no clean leave), its device still connected.
+        for task in b._tasks:
+            if task.get_name().startswith("sessions-index"):
+                task.cancel()
+
+        async def gone() -> bool:
+            return await admin.sessions() == []
+
+        await until(gone, timeout=5)
+        _status, nodes = await admin.call("GET", "/api/v1/nodes")
+        assert b.config.node_id not in {n["node_id"] for n in nodes["nodes"]}
+        assert b.services is not None and len(b.services.sessions) == 1  # still held on B
+        await device.close()
+
+
+async def test_a_clean_stop_leaves_the_index_at_once(
+    start_node: Any, pki: Any, registry: Any, redis: Any
+) -> None:
+    b: Node = await start_node(
+        [mqtt.build],
+        mqtt=mqtt_section(pki, client_auth="optional"),
+        sessions={"index_interval_s": 30},
+    )
+    dev = await provision_key(registry, "acme", "console-hw-3")
+    device = await connect(b.listeners[0].port, pki, dev)
+    key = b.keys.node_sessions(b.config.node_id, "acme")
+
+    async def written() -> bool:
+        return bool(await redis.hlen(key))
+
+    await until(written)
+    await b.stop()
+    assert not await redis.exists(key)
+    assert await redis.zscore(b.keys.sessions_nodes, b.config.node_id) is None
+    await device.close()
