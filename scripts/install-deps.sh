@@ -19,6 +19,7 @@ APT_PACKAGES=(
   gnutls-bin            # gnutls-cli: a DTLS 1.2 peer of the interop matrix (tests/coap)
   autoconf automake libtool build-essential pkg-config  # DTLSSocket builds tinydtls
   cmake                 # the device-side peers (Wakaama, mbedTLS) built from ../shared/peers
+  chromium chromium-driver  # the operator console's browser tests (Selenium, headless)
   python3-venv python3-dev
   curl
 )

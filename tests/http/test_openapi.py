@@ -12,6 +12,7 @@ import pytest
 
 from corem_ingress.adapters import http
 from corem_ingress.adapters.http import openapi
+from corem_ingress.adapters.http.console import CONSOLE
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
@@ -24,6 +25,8 @@ def routes_of(listener: Any) -> set[tuple[str, str]]:
                 continue  # aiohttp adds HEAD to every GET
             info = route.resource.get_info() if route.resource else {}
             path = info.get("path") or info.get("formatter")
+            if path == CONSOLE or path.startswith(CONSOLE + "/"):
+                continue  # the console's pages and files (HTML/JS/CSS): not the JSON API
             out.add((route.method.lower(), path))
     return out
 

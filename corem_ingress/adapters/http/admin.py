@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from corem_ingress.adapters.http import console
 from corem_ingress.adapters.http.bodies import (
     check_text,
     number_field,
@@ -122,6 +123,8 @@ class AdminApi:
         TrustApi(self).add_routes(app)
         SessionsApi(self).add_routes(app)
         UplinkTailApi(self).add_routes(app)
+        if self._s.config.console.enabled:
+            console.add_routes(app)
 
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:
