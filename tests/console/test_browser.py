@@ -27,6 +27,7 @@ import pytest
 from corem_ingress.adapters import http, mqtt
 from corem_ingress.adapters.http.console import CSP
 from corem_ingress.app import Node
+from tests.lwm2m.conftest import provision
 from tests.mqtt.conftest import (
     MOSQUITTO_PUB,
     RawClient,
@@ -425,5 +426,34 @@ async def test_pages_fit_a_phone_and_a_laptop(
         go(d, "#/audit")
         text_of(d, "#audit-list", "keys.rotate")
         d.save_screenshot(str(shots / "console-audit.png"))
+
+    await asyncio.to_thread(flow)
+
+
+async def test_an_lwm2m_read_from_the_object_tree(
+    browser: WebDriver, lwm2m_node: Any, operator_tokens: Any, shots: Path
+) -> None:
+    _, tokens = operator_tokens
+    n = await lwm2m_node()
+    p = await provision(n.registry, n.certs, "psk")
+    dev = n.device(p)
+    await dev.connect()  # the simulator's LwM2M client, over real DTLS (PSK)
+
+    def flow() -> None:
+        d = browser
+        viewport(d, 1280, 800)
+        sign_in(d, n.api.base, tokens["acme"])
+        go(d, f"#/device/{p.device_id}")
+        tree = text_of(d, "#device-lwm2m", p.hardware_id)
+        assert "/3/0 Device" in tree.text and "/3303/0 Temperature" in tree.text
+        summary = next(
+            s for s in d.find_elements(By.CSS_SELECTOR, ".lwm2m-tree summary") if "/3/0" in s.text
+        )
+        summary.click()
+        d.find_element(By.CSS_SELECTOR, 'button[data-op="read"][data-path="/3/0/0"]').click()
+        result = text_of(d, ".lwm2m-result", "read /3/0/0: 2.05")
+        assert "CORE-M" in result.text  # the client's manufacturer, read from the device
+        d.execute_script("arguments[0].scrollIntoView({block: 'end'})", result)
+        d.save_screenshot(str(shots / "console-lwm2m.png"))
 
     await asyncio.to_thread(flow)

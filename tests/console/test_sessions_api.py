@@ -13,9 +13,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
+import redis.exceptions as redis_exceptions
 
 from corem_ingress.adapters import http, mqtt
 from corem_ingress.app import Node
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.core.sessions import LiveSession
+from corem_ingress.embedded_redis import free_port
+from corem_ingress.store.sessions_index import SessionsIndex, SessionsIndexWriter
 from tests.mqtt.conftest import (
     RawClient,
     client_ssl,
@@ -220,3 +226,45 @@ async def test_a_clean_stop_leaves_the_index_at_once(
     assert not await redis.exists(key)
     assert await redis.zscore(b.keys.sessions_nodes, b.config.node_id) is None
     await device.close()
+
+
+def _live(n: int, tenant: str = "acme") -> LiveSession:
+    identity = DeviceIdentity(tenant, f"dev-{n}", CredentialKind.API_KEY, f"key_{n:016x}")
+    return LiveSession(f"s-{n}", "mqtt", identity, f"lookup-{n}", peer=f"192.0.2.{n}:1883")
+
+
+async def test_the_index_is_bounded_and_rewritten_after_a_failed_write(
+    redis: Any, keys: Any
+) -> None:
+    writer = SessionsIndexWriter(redis, keys, "node-x", interval_s=1.0, max_entries=2)
+    await writer.heartbeat()  # the first heartbeat writes everything (nothing yet)
+    writer.added(_live(1))
+    writer.added(_live(2))
+    writer.added(_live(3))  # past max_entries: live, but not listed
+    assert len(writer) == 2
+    batch, writer._pending = writer._pending, []
+    await writer._write_changes(batch)
+    key = keys.node_sessions("node-x", "acme")
+    assert sorted(await redis.hkeys(key)) == ["s-1", "s-2"]
+    assert 0 < await redis.pttl(key) <= 3000
+    entry = json.loads(await redis.hget(key, "s-1"))
+    assert entry["peer"] == "192.0.2.1:1883" and "lookup" not in json.dumps(entry)
+
+    # Redis unreachable for a heartbeat: changes meanwhile are not lost, the next
+    # heartbeat that gets through rewrites the node's entries in full.
+    unreachable = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    writer._r = unreachable
+    with pytest.raises(redis_exceptions.ConnectionError):
+        await writer.heartbeat()
+    writer.removed("acme", "s-1")
+    writer.removed("acme", "s-2")
+    writer.added(_live(4, tenant="globex"))
+    assert writer._pending == []  # dirty: left to the full rewrite
+    writer._r = redis
+    await writer.heartbeat()
+    assert not await redis.exists(key)  # the tenant whose sessions all went
+    assert await redis.hkeys(keys.node_sessions("node-x", "globex")) == ["s-4"]
+    index = SessionsIndex(redis, keys, interval_s=1.0)
+    assert [e["session_id"] for e in (await index.of_tenant("globex"))[0]] == ["s-4"]
+    assert (await index.of_tenant("acme"))[0] == []
+    await unreachable.aclose()
