@@ -10,6 +10,7 @@ picked from them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -24,9 +25,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from corem_ingress import devcerts
 from corem_ingress.adapters import http, mqtt
 from corem_ingress.adapters.http.console import CSP
 from corem_ingress.app import Node
+from corem_ingress.core.proof import sign_challenge
 from tests.lwm2m.conftest import provision
 from tests.mqtt.conftest import (
     MOSQUITTO_PUB,
@@ -196,6 +199,12 @@ async def test_sign_in_keyboard_menu_and_provision_with_the_secret_shown_once(
 ) -> None:
     _, tokens = operator_tokens
     _node, base = await console_node(start_node, operator_tokens, pki)
+    ca = devcerts.make_ca("console test CA")
+    ca_pem, ca_fingerprint = ca.cert_pem.decode(), ca.fingerprint
+
+    def sign(challenge: str) -> str:
+        return base64.b64encode(sign_challenge(ca.key, challenge)).decode()
+
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/console/") as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
@@ -205,6 +214,9 @@ async def test_sign_in_keyboard_menu_and_provision_with_the_secret_shown_once(
             assert "<script>" not in await resp.text()  # no inline script
         async with session.get(f"{base}/console/secrets.txt") as resp:
             assert resp.status == 404
+        async with session.get(f"{base}/console", allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/console/"
+            assert resp.headers["X-Frame-Options"] == "DENY"
 
     def flow() -> None:
         d = browser
@@ -265,6 +277,24 @@ async def test_sign_in_keyboard_menu_and_provision_with_the_secret_shown_once(
         d.find_element(By.ID, "provision-submit").click()
         text_of(d, "#provision-result", "no new secret")
         assert not d.find_elements(By.ID, "secret-value")
+
+        # A tenant CA, added with proof of possession (the challenge signed outside the
+        # browser, as an operator would with openssl), then removed after confirmation.
+        go(d, "#/cas")
+        text_of(d, "#cas-list", "No CA")
+        css(d, "#view details summary").click()
+        d.execute_script("arguments[0].value = arguments[1]", css(d, "#ca-pem"), ca_pem)
+        next(
+            b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Get a challenge"
+        ).click()
+        challenge = wait(d, lambda d: d.find_element(By.ID, "ca-challenge").text, "challenge")
+        css(d, "#ca-signature").send_keys(sign(challenge))
+        next(b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Add CA").click()
+        text_of(d, ".audit-entry", "cas.add")
+        row = text_of(d, "#cas-list", ca_fingerprint)
+        row.find_element(By.CSS_SELECTOR, "button.danger").click()
+        confirm(d, "stop authenticating")
+        text_of(d, ".audit-entry", "cas.remove")
 
         # Tenant isolation: globex sees nothing of acme's.
         d.find_element(By.ID, "sign-out").click()
@@ -333,6 +363,15 @@ async def test_live_tail_and_a_confirmed_revocation_that_disconnects_a_live_mqtt
         text_of(d, "#device-sessions", "mqtt")
         text_of(d, "#device-uplinks", '"n":2')
         d.save_screenshot(str(shots / "console-device.png"))
+        # A downlink to the live device: the API's answer is shown.
+        payload = css(d, "#downlink-payload")
+        payload.clear()
+        payload.send_keys('{"led": "on"}')
+        next(
+            b for b in d.find_elements(By.CSS_SELECTOR, "button") if b.text == "Send downlink"
+        ).click()
+        answer = text_of(d, "#downlink-result", "Answer 202")
+        assert dev.device_id in answer.text and "message_id" in answer.text
         d.find_element(By.CSS_SELECTOR, "#credential-table button[data-revoke]").click()
         css(d, "dialog#confirm[open]")
         d.find_element(By.ID, "confirm-cancel").click()  # cancel: nothing happens
@@ -426,6 +465,9 @@ async def test_pages_fit_a_phone_and_a_laptop(
         go(d, "#/audit")
         text_of(d, "#audit-list", "keys.rotate")
         d.save_screenshot(str(shots / "console-audit.png"))
+        css(d, "#audit-action").send_keys("devices.", Keys.ENTER)  # filtered: no keys.* left
+        wait(d, lambda d: "keys.rotate" not in css(d, "#audit-list").text, "audit filter")
+        assert "devices." in css(d, "#audit-list").text
 
     await asyncio.to_thread(flow)
 

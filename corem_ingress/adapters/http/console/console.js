@@ -499,8 +499,7 @@
   async function casPage() {
     const out = h("div", { id: "cas-list" });
     const notice = h("div", { "aria-live": "polite" });
-    view().append(h("h1", {}, "Tenant CAs (trust anchors)"), notice, out,
-      h("p", { class: "hint" }, "Adding a CA needs proof of possession of its key: use POST /api/v1/challenges and POST /api/v1/cas, or the CLI."));
+    view().append(h("h1", {}, "Tenant CAs (trust anchors)"), notice, out, addCaForm(notice));
     const r = await api("GET", "/api/v1/cas");
     if (!r.ok) { out.replaceChildren(h("p", { class: "error" }, errorText(r))); return; }
     out.replaceChildren(r.body.cas.length ? table(["Fingerprint", "Subject", "Not after", "Device proof", ""], r.body.cas.map((c) => [
@@ -510,6 +509,33 @@
         const x = await api("DELETE", `/api/v1/cas/${enc(c.fingerprint)}`);
         notice.replaceChildren(x.ok ? h("p", { class: "ok" }, "Removed.") : h("p", { class: "error" }, errorText(x)), x.ok ? await auditEntry("cas.remove") : "");
       } }, "Remove")])) : h("p", { class: "hint" }, "No CA."));
+  }
+
+  // Adding a CA needs proof of possession of its key: a challenge from the server, signed
+  // offline with the CA's key (the key never comes near the browser).
+  function addCaForm(notice) {
+    const pem = h("textarea", { id: "ca-pem", placeholder: "-----BEGIN CERTIFICATE-----" });
+    const challenge = h("code", { id: "ca-challenge" });
+    const signature = h("input", { type: "text", id: "ca-signature", spellcheck: "false" });
+    const deviceProof = h("input", { type: "checkbox", id: "ca-device-proof" });
+    const how = h("pre", { class: "hint", hidden: true });
+    return h("details", {}, h("summary", {}, "Add a CA"),
+      h("label", { for: "ca-pem" }, "CA certificate (PEM)"), pem, fileInput("ca-file", pem),
+      h("div", { class: "row" }, h("button", { type: "button", onclick: async () => {
+        const r = await api("POST", "/api/v1/challenges");
+        if (!r.ok) { notice.replaceChildren(h("p", { class: "error" }, errorText(r))); return; }
+        challenge.textContent = r.body.challenge;
+        how.hidden = false;
+        how.textContent = `printf %s '${r.body.challenge}' | openssl dgst -sha256 -sign ca.key | base64 -w0`;
+      } }, "Get a challenge"), challenge), how,
+      field("ca-signature", "Signature of the challenge by the CA's key (base64)", signature),
+      h("label", { for: "ca-device-proof" }, deviceProof, " Ask proof of possession for every device certificate under this CA"),
+      h("button", { type: "button", class: "primary", onclick: async () => {
+        const r = await api("POST", "/api/v1/cas", { cert_pem: pem.value, require_device_proof: deviceProof.checked,
+          proof: { challenge: challenge.textContent, signature: signature.value.trim() } });
+        notice.replaceChildren(r.ok ? h("p", { class: "ok" }, "CA added.") : h("p", { class: "error", role: "alert" }, errorText(r)), r.ok ? await auditEntry("cas.add") : "");
+        if (r.ok) setTimeout(render, 1500);
+      } }, "Add CA"));
   }
 
   function auditPage() {
@@ -609,6 +635,8 @@
       if (!err) $("#main").focus();
     });
     $("#sign-out").addEventListener("click", () => signOut(""));
+    // The skip link moves focus without touching the hash (the hash is the page).
+    $(".skip").addEventListener("click", (ev) => { ev.preventDefault(); $("#main").focus(); });
     window.addEventListener("hashchange", render);
     const saved = sessionStorage.getItem(TOKEN_KEY);
     if (saved) await signIn(saved);
