@@ -103,7 +103,8 @@ class SessionsIndexWriter:
         #: This node's view: tenant -> session_id -> entry (the source of a full rewrite).
         self._local: dict[str, dict[str, dict[str, Any]]] = {}
         self._count = 0
-        self._pending: list[tuple[str, str, str | None]] = []  # (tenant, session, json|None)
+        #: Changes to write: (tenant, session id, entry; None: gone). Serialised by the writer.
+        self._pending: list[tuple[str, str, dict[str, Any] | None]] = []
         self._dirty = True  # the first heartbeat writes everything
         #: Tenants this node has written a hash for (a full rewrite deletes those now empty).
         self._written: set[str] = set()
@@ -129,7 +130,7 @@ class SessionsIndexWriter:
         entry = session_entry(session, self._node, self._clock())
         sessions[session.session_id] = entry
         self._written.add(tenant)
-        self._queue(tenant, session.session_id, json.dumps(entry))
+        self._queue(tenant, session.session_id, entry)
 
     def removed(self, tenant_id: str, session_id: str) -> None:
         sessions = self._local.get(tenant_id)
@@ -140,7 +141,7 @@ class SessionsIndexWriter:
             del self._local[tenant_id]
         self._queue(tenant_id, session_id, None)
 
-    def _queue(self, tenant: str, session_id: str, entry: str | None) -> None:
+    def _queue(self, tenant: str, session_id: str, entry: dict[str, Any] | None) -> None:
         if self._dirty:
             return  # the next heartbeat rewrites everything anyway
         if len(self._pending) >= MAX_PENDING:
@@ -169,14 +170,14 @@ class SessionsIndexWriter:
                 log.warning("sessions_index.write_failed", error=str(exc))
                 self._dirty = True
 
-    async def _write_changes(self, batch: list[tuple[str, str, str | None]]) -> None:
+    async def _write_changes(self, batch: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         pipe = self._r.pipeline(transaction=False)
         for tenant, session_id, entry in batch:
             key = self._keys.node_sessions(self._node, tenant)
             if entry is None:
                 pipe.hdel(key, session_id)
             else:
-                pipe.hset(key, session_id, entry)
+                pipe.hset(key, session_id, json.dumps(entry))
                 pipe.pexpire(key, self._ttl_ms)
         await pipe.execute()
         self.writes += 1
