@@ -36,12 +36,15 @@ from schemathesis.core.parameters import ParameterLocation
 
 from corem_ingress import devcerts
 from corem_ingress.adapters import http
-from corem_ingress.adapters.http import openapi
+from corem_ingress.adapters.http import openapi, openapi_console
 from corem_ingress.adapters.http.uplink_tail import UPLINK_STREAM
 
 from .conftest import Api
 
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
+#: The console's read routes (a few query parameters each, no body): fewer cases suffice.
+CONSOLE_EXAMPLES = {GenerationMode.POSITIVE: 15, GenerationMode.NEGATIVE: 10}
+CONSOLE_PATHS = frozenset(openapi_console.paths())
 POSITIVE_CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -93,7 +96,7 @@ def fuzz(base: str, tokens: dict[str, str], real: dict[str, str]) -> int:
         )
 
         @settings(
-            max_examples=EXAMPLES[mode],
+            max_examples=(CONSOLE_EXAMPLES if op.path in CONSOLE_PATHS else EXAMPLES)[mode],
             deadline=None,
             database=None,
             derandomize=True,
