@@ -420,14 +420,8 @@ async def test_pages_fit_a_phone_and_a_laptop(
 ) -> None:
     _, tokens = operator_tokens
     node, base = await console_node(start_node, operator_tokens, pki)
-    dev = await provision_key(registry, "acme", "browser-hw-4-with-a-rather-long-hardware-id")
-    await registry.rotate_api_key(
-        "acme",
-        (await registry.credentials("acme", dev.device_id))[0].credential_id,
-        actor="test",
-        device_id=dev.device_id,
-        overlap=600,
-    )
+    hardware_id = "browser-hw-4-with-a-rather-long-hardware-id"
+    dev = await provision_key(registry, "acme", hardware_id)
     await asyncio.to_thread(publish, pki, mqtt_port(node), dev, {"t": 1})
     pages = [
         "#/devices",
@@ -439,9 +433,37 @@ async def test_pages_fit_a_phone_and_a_laptop(
         "#/health",
     ]
 
+    def rotate() -> str:
+        """Find the device by hardware id, rotate its key with a chosen overlap: the new key
+        is shown once and the old one's overlap counts down."""
+        d = browser
+        viewport(d, 1280, 800)
+        sign_in(d, base, tokens["acme"])
+        go(d, "#/devices")
+        css(d, "#device-search").send_keys(hardware_id, Keys.ENTER)
+        text_of(d, "#device-table", dev.device_id).find_element(By.TAG_NAME, "a").click()
+        overlap = css(d, "#credential-table input[type=number]")
+        overlap.clear()
+        overlap.send_keys("600")
+        next(b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Rotate").click()
+        text_of(d, ".secret", "cannot be shown again")
+        new_key = str(d.find_element(By.ID, "secret-value").text)
+        left = wait(d, lambda d: d.find_element(By.ID, "overlap-countdown").text, "countdown")
+        assert 590 <= int(left.split()[0]) <= 600, left
+        text_of(d, ".audit-entry", "keys.rotate")
+        text_of(d, "#credential-table", "rotated")  # the table is current, the secret stays
+        assert d.find_element(By.ID, "secret-value").text == new_key
+        return new_key
+
+    new_key = await asyncio.to_thread(rotate)
+    assert new_key != dev.api_key
+    (old, new) = sorted(
+        await registry.credentials("acme", dev.device_id), key=lambda c: c.created_at
+    )
+    assert (old.status, new.status) == ("rotated", "active")
+
     def flow() -> None:
         d = browser
-        sign_in(d, base, tokens["acme"])
         for width, height, mobile in ((375, 740, True), (1280, 800, False)):
             viewport(d, width, height, mobile)
             for page in pages:

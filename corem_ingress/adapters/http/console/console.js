@@ -178,15 +178,24 @@
     if (!res.ok) { root.append(h("h1", {}, "Device"), h("p", { class: "error" }, errorText(res))); return; }
     const d = res.body;
     const notice = h("div", { id: "action-result", "aria-live": "polite" });
-    const reload = () => render();
     async function act(what, action, method, path, body, destructive, extraNote) {
       if (destructive && !(await confirmAction(what, destructive))) return null;
       const r = await api(method, path, body);
       if (!r.ok) { notice.replaceChildren(h("p", { class: "error", role: "alert" }, `${what}: ${errorText(r)}`)); return null; }
       notice.replaceChildren(h("p", { class: "ok" }, `${what}: done.${extraNote ? " " + extraNote : ""}`), await auditEntry(action));
+      refreshCreds();
       return r;
     }
-    const credRows = d.credentials.map((c) => {
+    const creds = h("div", { id: "credentials" });
+    async function refreshCreds() {
+      const r = await api("GET", `/api/v1/devices/${enc(deviceId)}`);
+      if (r.ok) showCreds(r.body.credentials);
+    }
+    function showCreds(list) {
+      creds.replaceChildren(table(["Credential", "Kind", "Status", "Created", "Revoked", "Overlap ends", "Actions"],
+        credRowsOf(list), { id: "credential-table" }));
+    }
+    const credRowsOf = (list) => list.map((c) => {
       const actions = [];
       if (c.kind === "api_key" && (c.status === "active" || c.status === "rotated")) {
         const overlap = h("input", { type: "number", min: "0", value: "300", id: `overlap-${c.key_id}`, "aria-label": `Overlap seconds for ${c.key_id}` });
@@ -242,7 +251,7 @@
       notice,
       h("h2", {}, "Credentials"),
       h("p", { class: "hint" }, "History of the device's credentials (never a secret)."),
-      table(["Credential", "Kind", "Status", "Created", "Revoked", "Overlap ends", "Actions"], credRows, { id: "credential-table" }),
+      creds,
       d.credential_kind === "api_key" ? h("button", { type: "button", onclick: async () => {
         const r = await act("Create API key", "keys.create", "POST", `/api/v1/devices/${enc(deviceId)}/keys`, undefined, null);
         if (r) notice.prepend(secretBox("New API key", r.body.api_key));
@@ -251,13 +260,13 @@
         h("label", { for: "register-cert-pem" }, "Device certificate (PEM)"), certPem,
         fileInput("register-cert-file", certPem),
         h("button", { type: "button", onclick: async () => {
-          if (await act("Register certificate", "certs.register", "POST", `/api/v1/devices/${enc(deviceId)}/certs`, { pem: certPem.value }, null)) setTimeout(reload, 1500);
+          await act("Register certificate", "certs.register", "POST", `/api/v1/devices/${enc(deviceId)}/certs`, { pem: certPem.value }, null);
         } }, "Register")) : null,
       h("h2", {}, "Live sessions"), sessions,
       h("h2", {}, "Last uplinks"), uplinks,
       h("h2", {}, "Send a downlink"), downlinkForm(deviceId),
       h("h2", {}, "LwM2M"), h("div", { id: "device-lwm2m" }, await lwm2mTree(deviceId))));
-    refreshSessions(); refreshUplinks();
+    showCreds(d.credentials); refreshSessions(); refreshUplinks();
     every(3000, refreshSessions);
   }
 
@@ -331,7 +340,7 @@
     if (!r.ok) return h("p", { class: "error" }, errorText(r));
     const reg = r.body;
     const known = await lwm2mModels();
-    const out = h("div", { class: "panel lwm2m-result", "aria-live": "polite" });
+    const out = h("div", { class: "panel lwm2m-result", "aria-live": "polite" }, h("p", { class: "hint" }, "Pick an operation below; the device's answer shows here."));
     async function call(op, path, extra) {
       out.replaceChildren(h("p", { class: "hint" }, `${op} ${path}…`));
       const res = await api("POST", `/api/v1/devices/${enc(deviceId)}/lwm2m/${op}`, { path, ...(extra || {}) });
@@ -360,7 +369,7 @@
     return h("div", {}, h("dl", { class: "kv" }, h("dt", {}, "Endpoint"), h("dd", {}, reg.endpoint), h("dt", {}, "Registration"), h("dd", {}, reg.registration_id),
       h("dt", {}, "Node"), h("dd", {}, reg.node_id), h("dt", {}, "Lifetime"), h("dd", {}, `${reg.lifetime_s} s (expires ${time(reg.expires_at)})`),
       h("dt", {}, "Queue mode"), h("dd", {}, String(reg.queue_mode))),
-    h("ul", { class: "lwm2m-tree" }, items), out,
+    out, h("ul", { class: "lwm2m-tree" }, items),
     h("p", { class: "hint" }, "Notifications of observed paths arrive as uplinks: see the live tail."));
   }
 
