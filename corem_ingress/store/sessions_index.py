@@ -109,6 +109,7 @@ class SessionsIndexWriter:
         #: Tenants this node has written a hash for (a full rewrite deletes those now empty).
         self._written: set[str] = set()
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._warned_full = False
         self.heartbeats = 0
         self.writes = 0
@@ -161,14 +162,15 @@ class SessionsIndexWriter:
         while still_running():
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            try:
-                await self._write_changes(batch)
-            except _REDIS_ERRORS as exc:
-                log.warning("sessions_index.write_failed", error=str(exc))
-                self._dirty = True
+            async with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    continue
+                try:
+                    await self._write_changes(batch)
+                except _REDIS_ERRORS as exc:
+                    log.warning("sessions_index.write_failed", error=str(exc))
+                    self._dirty = True
 
     async def _write_changes(self, batch: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         pipe = self._r.pipeline(transaction=False)
@@ -192,6 +194,12 @@ class SessionsIndexWriter:
             await asyncio.sleep(self.interval_s)
 
     async def heartbeat(self) -> None:
+        # One write at a time: a full rewrite built from the local view must not land after
+        # a change the writer made meanwhile (it would bring a gone session back).
+        async with self._lock:
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
         now = self._clock()
         keys, ttl = self._keys, self._ttl_ms
         rewrite = self._dirty
@@ -225,12 +233,13 @@ class SessionsIndexWriter:
     async def leave(self) -> None:
         """A clean stop: this node's entries go at once (a dead node's expire)."""
         keys = self._keys
-        pipe = self._r.pipeline(transaction=False)
-        for tenant in self._written | self._local.keys():
-            pipe.delete(keys.node_sessions(self._node, tenant))
-        pipe.zrem(keys.sessions_nodes, self._node)
-        pipe.delete(keys.node_status(self._node))
-        await pipe.execute()
+        async with self._lock:
+            pipe = self._r.pipeline(transaction=False)
+            for tenant in self._written | self._local.keys():
+                pipe.delete(keys.node_sessions(self._node, tenant))
+            pipe.zrem(keys.sessions_nodes, self._node)
+            pipe.delete(keys.node_status(self._node))
+            await pipe.execute()
 
 
 class SessionsIndex:
