@@ -206,7 +206,9 @@ class SessionsIndexWriter:
         if rewrite:
             self._dirty = False
             self._pending.clear()
-        pipe = self._r.pipeline(transaction=False)
+        # A rewrite is one MULTI (one slot: the keys share the prefix's hash tag), so a
+        # reader never sees the node's hash half rewritten.
+        pipe = self._r.pipeline(transaction=rewrite)
         for tenant, sessions in self._local.items():
             key = keys.node_sessions(self._node, tenant)
             if rewrite:
