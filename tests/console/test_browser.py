@@ -449,7 +449,7 @@ async def test_pages_fit_a_phone_and_a_laptop(
         text_of(d, ".secret", "cannot be shown again")
         new_key = str(d.find_element(By.ID, "secret-value").text)
         left = wait(d, lambda d: d.find_element(By.ID, "overlap-countdown").text, "countdown")
-        assert 590 <= int(left.split()[0]) <= 600, left
+        assert 500 <= int(left.split()[0]) <= 600, left  # counting down from the 600 s chosen
         text_of(d, ".audit-entry", "keys.rotate")
         text_of(d, "#credential-table", "rotated")  # the table is current, the secret stays
         assert d.find_element(By.ID, "secret-value").text == new_key
