@@ -211,11 +211,13 @@ class SessionsIndexWriter:
         # of a rewrite go in one batch: a reader may, rarely, miss the node's entries for
         # that instant.
         pipe = self._r.pipeline(transaction=False)
+        refreshes: list[int] = []  # positions of the PEXPIREs in the pipeline's replies
         for tenant, sessions in self._local.items():
             key = keys.node_sessions(self._node, tenant)
             if rewrite:
                 pipe.delete(key)
                 pipe.hset(key, mapping={sid: json.dumps(e) for sid, e in sessions.items()})
+            refreshes.append(len(pipe))
             pipe.pexpire(key, ttl)
         if rewrite:
             # Tenants whose last session went while Redis was away: drop their hashes.
@@ -228,11 +230,17 @@ class SessionsIndexWriter:
             status = {"node_id": self._node, "at": round(now, 3), **self._status()}
             pipe.set(keys.node_status(self._node), json.dumps(status), px=ttl)
         try:
-            await pipe.execute()
+            replies = await pipe.execute()
         except BaseException:
             self._dirty = True
             raise
         self.heartbeats += 1
+        if not rewrite and not all(replies[i] for i in refreshes):
+            # A hash expired (this node was too slow to beat in time: a stalled event loop,
+            # Redis away): its entries are gone, so write them all again now.
+            log.warning("sessions_index.expired_rewrite", node=self._node)
+            self._dirty = True
+            await self._heartbeat()
 
     async def leave(self) -> None:
         """A clean stop: this node's entries go at once (a dead node's expire)."""

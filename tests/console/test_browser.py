@@ -52,6 +52,10 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -102,7 +106,13 @@ def viewport(driver: WebDriver, width: int, height: int, mobile: bool = False) -
 
 
 def wait(driver: WebDriver, predicate: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(predicate, message=what)
+    # Pages that refresh themselves (sessions, health) replace elements between two looks.
+    return WebDriverWait(
+        driver,
+        WAIT_S,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(predicate, message=what)
 
 
 def css(driver: WebDriver, selector: str) -> Any:
@@ -151,7 +161,7 @@ async def console_node(start_node: Any, operator_tokens: Any, pki: Any) -> tuple
         [http.build, mqtt.build],
         http={"admin_tokens_file": str(path)},
         mqtt=mqtt_section(pki, client_auth="optional"),
-        sessions={"index_interval_s": 0.2},
+        sessions={"index_interval_s": 0.25},
         limits={"auth_fail_max": 0},
     )
     http_listener = next(x for x in node.listeners if x.name == "http")

@@ -32,7 +32,8 @@ from tests.mqtt.conftest import (
 
 pytestmark = pytest.mark.integration
 
-INDEX = {"index_interval_s": 0.1}
+#: Short heartbeats (entries expire after 3): a dead node drops out within a second.
+INDEX = {"index_interval_s": 0.25}
 
 
 class Admin:
@@ -268,3 +269,17 @@ async def test_the_index_is_bounded_and_rewritten_after_a_failed_write(
     assert [e["session_id"] for e in (await index.of_tenant("globex"))[0]] == ["s-4"]
     assert (await index.of_tenant("acme"))[0] == []
     await unreachable.aclose()
+
+
+async def test_a_late_heartbeat_writes_back_entries_that_expired(redis: Any, keys: Any) -> None:
+    """A node whose heartbeat came too late (event loop stalled past the TTL) finds its hash
+    gone and writes its sessions again, instead of staying invisible while alive."""
+    writer = SessionsIndexWriter(redis, keys, "node-slow", interval_s=0.05, max_entries=10)
+    writer.added(_live(7))
+    await writer.heartbeat()  # the first one writes everything
+    key = keys.node_sessions("node-slow", "acme")
+    assert await redis.hkeys(key) == ["s-7"]
+    await redis.delete(key)  # what the TTL does when no heartbeat came in time
+    await writer.heartbeat()
+    assert await redis.hkeys(key) == ["s-7"]
+    assert 0 < await redis.pttl(key) <= 150
