@@ -582,6 +582,44 @@ async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
         await client.aclose()
 
 
+def cmd_lwm2m_events(args: argparse.Namespace) -> int:
+    """Follow a tenant's LwM2M events: one JSON object per line (with its ``id``)."""
+    from corem_ingress.core.identity import check_device_id, check_tenant_id
+    from corem_ingress.lwm2m.events import check_event_id
+
+    check_tenant_id(args.tenant)
+    if args.device is not None:
+        check_device_id(args.device)
+    if args.after is not None:
+        check_event_id(args.after)
+    cfg = _load_config(args)
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        asyncio.run(_lwm2m_events(cfg, args))
+    return 0
+
+
+async def _lwm2m_events(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    from corem_ingress.store.connection import redis_client
+    from corem_ingress.store.keys import KeySchema
+    from corem_ingress.store.lwm2m_events import Lwm2mEventLog
+
+    client = redis_client(_redis_url(cfg), socket_timeout=max(cfg.redis.socket_timeout_s, 5.0))
+    try:
+        events = Lwm2mEventLog(client, KeySchema(cfg.redis.key_prefix))
+        after = args.after if args.after is not None else await events.newest_id(args.tenant)
+        shown = 0
+        while args.count is None or shown < args.count:
+            after, got = await events.read(args.tenant, after, device_id=args.device)
+            for event_id, event in got:
+                sys.stdout.write(json.dumps({"id": event_id, **event.to_json()}) + "\n")
+                sys.stdout.flush()
+                shown += 1
+                if args.count is not None and shown >= args.count:
+                    break
+    finally:
+        await client.aclose()
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from corem_ingress.sim import cli as sim_cli
 
@@ -837,6 +875,17 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
             )
             sp.add_argument("--partial", action="store_true", help="partial update (POST)")
         sp.set_defaults(func=_registry_command(_lwm2m))
+
+    sp = lwm2m.add_parser(
+        "events", parents=[common], help="follow the tenant's LwM2M events (JSON lines)"
+    )
+    tenant(sp)
+    sp.add_argument("--device", help="only this device's events")
+    sp.add_argument(
+        "--after", help="resume after this event id (0: from the oldest kept); default: new only"
+    )
+    sp.add_argument("--count", type=_positive_int, help="exit after this many events")
+    sp.set_defaults(func=cmd_lwm2m_events)
 
     sp = sub.add_parser(
         "tail", parents=[common], help="follow a tenant's uplinks (JSON lines) as they arrive"

@@ -126,3 +126,7 @@ class KeySchema:
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"
+
+    def lwm2m_events(self, tenant_id: str) -> str:
+        """Stream of the tenant's LwM2M events (registrations, queued requests, firmware)."""
+        return f"{self.prefix}:lwm2m:events:{{{tenant_id}}}"

@@ -12,6 +12,7 @@ carry a secret, returned exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -33,9 +34,10 @@ from corem_ingress.adapters.http.trust import TrustApi, proof_field
 from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
-from corem_ingress.core.identity import CredentialKind, check_hardware_id
+from corem_ingress.core.identity import CredentialKind, check_device_id, check_hardware_id
 from corem_ingress.core.proof import Proof
 from corem_ingress.core.psk import parse_psk_hex
+from corem_ingress.lwm2m.events import SSE_KEEPALIVE, check_event_id, sse_frame
 from corem_ingress.services import Services
 from corem_ingress.store.downlinks import send_downlink
 
@@ -55,6 +57,9 @@ DOWNLINKS = "/api/v1/devices/{device_id}/downlinks"
 LWM2M = "/api/v1/devices/{device_id}/lwm2m"
 #: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
 LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
+LWM2M_EVENTS = "/api/v1/lwm2m/events"
+#: An SSE comment at least this often on an idle event stream (proxies close idle ones).
+SSE_KEEPALIVE_S = 15.0
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _PROVISION_FIELDS = frozenset(
@@ -97,6 +102,9 @@ class AdminApi:
             default_timeout_s=lwm2m.request_timeout_s,
             clock=services.clock,
         )
+        self._events = services.stores.lwm2m_events()
+        #: Set at shutdown: open event streams end (their clients resume with Last-Event-ID).
+        self._closing = asyncio.Event()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -116,7 +124,12 @@ class AdminApi:
         r.add_get(LWM2M, self.lwm2m_registration)
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
+        r.add_get(LWM2M_EVENTS, self.lwm2m_events)
+        app.on_shutdown.append(self._close_streams)
         TrustApi(self).add_routes(app)
+
+    async def _close_streams(self, _app: web.Application) -> None:
+        self._closing.set()
 
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:
@@ -369,3 +382,48 @@ class AdminApi:
             self._lwm2m.call(op.tenant_id, device_id, operation, params),
         )
         return _json(result)
+
+    async def lwm2m_events(self, request: web.Request) -> web.StreamResponse:
+        """The tenant's LwM2M events as Server-Sent Events, from after ``Last-Event-ID`` (header
+        or ``last_event_id``; ``0``: from the oldest kept), else only new ones."""
+        op = await self.operator(request)
+        device_id = request.query.get("device_id")
+        if device_id is not None:
+            check_device_id(device_id)
+        resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        after = (
+            check_event_id(resume)
+            if resume is not None
+            else await self._events.newest_id(op.tenant_id)
+        )
+        await self._registry._audit(
+            op.actor, op.tenant_id, "lwm2m.events", f"device={device_id or '*'}", "OK"
+        )
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+            }
+        )
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        try:
+            while not self._closing.is_set():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                after, events = await self._events.read(
+                    op.tenant_id, after, device_id=device_id, block_ms=1000
+                )
+                for event_id, event in events:
+                    await response.write(sse_frame(event_id, event))
+                if events:
+                    quiet_since = loop.time()
+                elif loop.time() - quiet_since >= SSE_KEEPALIVE_S:
+                    await response.write(SSE_KEEPALIVE)
+                    quiet_since = loop.time()
+        except (ConnectionError, IngressError):
+            pass  # the client left, or Redis did: the client resumes with Last-Event-ID
+        return response

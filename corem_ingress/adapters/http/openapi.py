@@ -911,6 +911,42 @@ def _paths() -> Json:
             }
             for name, summary in _LWM2M_OPERATIONS.items()
         },
+        "/api/v1/lwm2m/events": {
+            "get": {
+                **admin,
+                "operationId": "FollowLwm2mEvents",
+                "summary": "The tenant's LwM2M events as Server-Sent Events (text/event-stream).",
+                "description": "Each event: `id` (resume with Last-Event-ID), `event` (the kind: "
+                "registered, updated, deregistered, expired, awake, observation_cancelled, "
+                "request_done, request_failed, firmware) and `data` (one line of JSON: id, kind, "
+                "tenant_id, device_id, at, data). Without Last-Event-ID only new events are "
+                "sent; a `: keepalive` comment comes every 15 s on an idle stream. The stream "
+                "ends when the node shuts down or loses Redis: reconnect with Last-Event-ID.",
+                "parameters": [
+                    _query_param("device_id", "Only this device's events.", {"type": "string"}),
+                    _query_param(
+                        "last_event_id",
+                        "Resume after this event id (as the Last-Event-ID header; 0: from the "
+                        "oldest event kept).",
+                        {"type": "string", "pattern": "^(0|[0-9]{1,20}-[0-9]{1,20})$"},
+                    ),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The id of the last event received (SSE reconnection).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 401, 429, 503),
+                },
+            }
+        },
         OPENAPI_PATH: {
             "get": {
                 "operationId": "GetOpenAPI",

@@ -34,12 +34,14 @@ from corem_ingress.adapters.coap.blockwise import Complete
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, receive_block1
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
+from corem_ingress.adapters.lwm2m.events import EventPublisher
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
 from corem_ingress.adapters.lwm2m.service import Lwm2mDeviceService
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated, Unavailable
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.events import EventKind
 from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.lwm2m.registration import (
@@ -109,6 +111,8 @@ class Lwm2mServer:
             unavailable_max_age_s=services.config.coap.unavailable_max_age_s,
         )
         self.observations = ObservationTable()
+        #: The tenant's LwM2M event stream (``GET /api/v1/lwm2m/events``).
+        self.events = EventPublisher(services.stores.lwm2m_events(), clock=self._clock)
         self.request_server = services.stores.lwm2m_request_server(
             services.node_id, self.handle_routed, clock=self._clock
         )
@@ -167,7 +171,11 @@ class Lwm2mServer:
         self._peers.pop(sid, None)
         self._nosec_sessions.discard(sid)
         # The endpoint forgot the session's observers; forget our side too.
-        self.observations.remove_session(sid)
+        self._observations_ended(
+            self.observations.remove_session(sid),
+            session.credential.identity.tenant_id,
+            "session ended",
+        )
         for reg in [r for r in self._regs.values() if r.session_id == sid]:
             self._regs[reg.registration_id] = dataclasses.replace(reg, reachable=False)
             log.info(
@@ -251,8 +259,26 @@ class Lwm2mServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _cancel_at_device(self, gone: list[Observation]) -> None:
-        """Forget observations at the CoAP layer: their next notification gets a RST."""
+    def _observations_ended(self, gone: list[Observation], tenant_id: str, reason: str) -> None:
+        for obs in gone:
+            self.events.publish(
+                EventKind.OBSERVATION_CANCELLED,
+                tenant_id,
+                obs.device_id,
+                {
+                    "registration_id": obs.registration_id,
+                    "path": str(obs.request.path),
+                    "reason": reason,
+                },
+            )
+
+    def _cancel_at_device(
+        self, gone: list[Observation], tenant_id: str | None = None, reason: str = ""
+    ) -> None:
+        """Forget observations at the CoAP layer: their next notification gets a RST.
+        With ``tenant_id``, each is reported as an ``observation_cancelled`` event."""
+        if tenant_id is not None:
+            self._observations_ended(gone, tenant_id, reason)
         for obs in gone:
             session = self._live.get(obs.session_id)
             if session is not None:
@@ -275,7 +301,9 @@ class Lwm2mServer:
             # Every observation of the device's earlier registrations is void, also of one
             # that expired unseen (Redis dropped it: ``replaced`` is then None).
             self._cancel_at_device(
-                self.observations.remove_device_except(reg.device_id, reg.registration_id)
+                self.observations.remove_device_except(reg.device_id, reg.registration_id),
+                reg.tenant_id,
+                "registration replaced",
             )
             for old in [r for r in self._regs.values() if r.device_id == reg.device_id]:
                 del self._regs[old.registration_id]
@@ -293,6 +321,21 @@ class Lwm2mServer:
                 session=reg.session_id,
                 replaced=event.replaced.registration_id if event.replaced else None,
             )
+            self.events.publish(
+                EventKind.REGISTERED,
+                reg.tenant_id,
+                reg.device_id,
+                {
+                    "registration_id": reg.registration_id,
+                    "endpoint": reg.endpoint,
+                    "version": reg.version,
+                    "binding": reg.binding,
+                    "queue_mode": reg.queue_mode,
+                    "lifetime_s": reg.lifetime_s,
+                    "node_id": reg.node_id,
+                    "replaced": event.replaced.registration_id if event.replaced else None,
+                },
+            )
             self._spawn(self._observe_configured(reg))
         elif isinstance(event, Updated):
             reg, previous = event.registration, event.previous
@@ -306,7 +349,7 @@ class Lwm2mServer:
                     for o in self.observations.remove_session(old_session)
                     if o.registration_id == reg.registration_id
                 ]
-                self._cancel_at_device(gone)
+                self._cancel_at_device(gone, reg.tenant_id, "session changed")
                 if known is not None:
                     self._keep(known, 0.0)
             self._bind(reg)
@@ -318,6 +361,17 @@ class Lwm2mServer:
                 session=reg.session_id,
                 session_changed=old_session != reg.session_id,
             )
+            self.events.publish(
+                EventKind.UPDATED,
+                reg.tenant_id,
+                reg.device_id,
+                {
+                    "registration_id": reg.registration_id,
+                    "lifetime_s": reg.lifetime_s,
+                    "node_id": reg.node_id,
+                    "session_changed": old_session != reg.session_id,
+                },
+            )
             self._spawn(self._observe_configured(reg))
         elif isinstance(event, Deregistered):
             reg = event.registration
@@ -328,9 +382,19 @@ class Lwm2mServer:
                 endpoint=reg.endpoint,
                 registration=reg.registration_id,
             )
+            self.events.publish(
+                EventKind.DEREGISTERED,
+                reg.tenant_id,
+                reg.device_id,
+                {"registration_id": reg.registration_id, "endpoint": reg.endpoint},
+            )
 
     def _drop(self, reg: Registration) -> None:
-        self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+        self._cancel_at_device(
+            self.observations.remove_registration(reg.registration_id),
+            reg.tenant_id,
+            "registration ended",
+        )
         known = self._regs.pop(reg.registration_id, None)
         if known is not None:
             self._keep(known, 0.0)
@@ -373,7 +437,11 @@ class Lwm2mServer:
             elif current is not None:  # replaced by a newer registration elsewhere
                 self._drop(reg)
                 continue
-            self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+            self._cancel_at_device(
+                self.observations.remove_registration(reg.registration_id),
+                reg.tenant_id,
+                "registration expired",
+            )
             self._regs.pop(reg.registration_id, None)
             # The session stays until lifetime + grace (``_bind``), then idles out.
             expired.append(reg)
@@ -383,6 +451,12 @@ class Lwm2mServer:
                 endpoint=reg.endpoint,
                 registration=reg.registration_id,
                 lifetime_s=reg.lifetime_s,
+            )
+            self.events.publish(
+                EventKind.EXPIRED,
+                reg.tenant_id,
+                reg.device_id,
+                {"registration_id": reg.registration_id, "endpoint": reg.endpoint},
             )
         return expired
 
@@ -472,7 +546,11 @@ class Lwm2mServer:
         ended = seq is None or not response.code.startswith("2.")
         if reg is None or reg.expired(self._clock()) or ended:
             self.observations.remove(token)
-            self._cancel_at_device([obs])
+            session = self._live.get(obs.session_id)
+            tenant = reg.tenant_id if reg is not None else None
+            if tenant is None and session is not None and session.credential is not None:
+                tenant = session.credential.identity.tenant_id
+            self._cancel_at_device([obs], tenant, "ended by the device" if ended else "stale")
             if reg is None or reg.expired(self._clock()) or not response.code.startswith("2."):
                 return
         await self._notified_uplink(reg, obs.request, response)
@@ -575,6 +653,7 @@ class Lwm2mServer:
         pending = [t for t in (*self._tasks, self._expiry_task) if t is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.events.flush()
         if self._writes:  # the sessions just closed: their registrations say unreachable
             await asyncio.wait(list(self._writes), timeout=2.0)
 
