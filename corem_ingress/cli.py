@@ -497,10 +497,12 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     """An LwM2M operation on a registered device, routed to the node holding its session."""
     params: dict[str, Any] = {}
-    if args.operation != "registration":
+    if args.operation not in ("registration", "request"):
         params["path"] = args.path
         if args.timeout is not None:
             params["timeout_s"] = args.timeout
+        if args.deadline is not None:
+            params["deadline_s"] = args.deadline
     if getattr(args, "accept", None) is not None:
         params["accept"] = args.accept
     if getattr(args, "args", None):
@@ -516,6 +518,7 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
         from corem_ingress.adapters.lwm2m.operator import OperatorCalls
         from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+        from corem_ingress.store.lwm2m_queue import Lwm2mQueue
 
         cfg = _load_config(args)
         calls = OperatorCalls(
@@ -523,11 +526,15 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             Lwm2mStore(reg._r, reg.keys, grace_s=cfg.lwm2m.expiry_grace_s),
             Lwm2mRouter(reg._r, reg.keys),
             default_timeout_s=cfg.lwm2m.request_timeout_s,
+            queue=Lwm2mQueue(reg._r, reg.keys),
+            queue_policy=cfg.lwm2m.queue_policy(),
         )
-        target = f"device={args.device}"
+        target = f"device={args.device}" if args.operation != "request" else f"request={args.id}"
         try:
-            if args.operation == "registration":
-                result: object = (await calls.registration(args.tenant, args.device)).to_json()
+            if args.operation == "request":
+                result: object = await calls.queued(args.tenant, args.id)
+            elif args.operation == "registration":
+                result = (await calls.registration(args.tenant, args.device)).to_json()
             else:
                 result = await calls.call(args.tenant, args.device, args.operation, params)
         except IngressError as exc:
@@ -850,6 +857,12 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     tenant(sp)
     sp.add_argument("--device", required=True)
     sp.set_defaults(func=_registry_command(_lwm2m))
+    sp = lwm2m.add_parser(
+        "request", parents=[common], help="a queued request's state and result (queue mode)"
+    )
+    tenant(sp)
+    sp.add_argument("--id", required=True, help="the request id (rq_...) the operation answered")
+    sp.set_defaults(func=_registry_command(_lwm2m))
     for name, text in (
         ("read", "read a resource, instance or object"),
         ("write", "write values (--values JSON)"),
@@ -863,6 +876,11 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
         sp.add_argument("--device", required=True)
         sp.add_argument("--path", required=True, help="e.g. /3/0/0")
         sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
+        sp.add_argument(
+            "--deadline",
+            type=_seconds,
+            help="queue mode: seconds a request for a sleeping device may wait",
+        )
         if name in ("read", "observe", "cancel-observe"):
             sp.add_argument("--accept", type=int, help="content format to ask for")
         if name == "execute":

@@ -60,6 +60,11 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.lwm2m_device("<device_id>"),
         k.lwm2m_requests("<node_id>"),
         k.lwm2m_reply("<request_id>"),
+        k.lwm2m_events("<tenant>"),
+        k.lwm2m_awake("<device_id>"),
+        k.lwm2m_queue("<device_id>"),
+        k.lwm2m_queued("<request_id>"),
+        k.lwm2m_queue_deadlines,
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

@@ -161,6 +161,8 @@ class Cause(StrEnum):
     TRANSPORT_ERROR = "transport_error"
     #: Closed by the broker for another operator/broker reason (e.g. LwM2M de-register).
     CLOSED_BY_SERVER = "closed_by_server"
+    #: A queue-mode LwM2M device has its maximum of requests waiting (``lwm2m.queue_max``).
+    LWM2M_QUEUE_FULL = "lwm2m_queue_full"
 
     @property
     def label(self) -> str:
@@ -256,6 +258,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.STORAGE_UNAVAILABLE: _end(0x88),
     Cause.TRANSPORT_ERROR: _end(0x80, ALERT_INTERNAL_ERROR),
     Cause.CLOSED_BY_SERVER: _end(),
+    Cause.LWM2M_QUEUE_FULL: _limit(_CONNACK_UNAVAILABLE, 0x97, "4.29", 429),
 }
 
 AUTH_CAUSES = frozenset(c for c in Cause if c.group is CauseGroup.AUTH)

@@ -231,10 +231,13 @@ class Lwm2mDevice:
         lifetime_s: int = 300,
         clock: Any = time.time,
         nosec: bool = False,
+        binding: str = "U",
     ) -> None:
         self.name = name
         self.target = target
-        self.client = SimulatedClient(endpoint, clock=clock, version=version, lifetime_s=lifetime_s)
+        self.client = SimulatedClient(
+            endpoint, clock=clock, version=version, lifetime_s=lifetime_s, binding=binding
+        )
         self._psk = (psk_identity, psk)
         self._cert = (cert_file, key_file)
         #: DEV ONLY: plain UDP to the server's NoSec port (``lwm2m.allow_nosec``).

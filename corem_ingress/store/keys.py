@@ -130,3 +130,20 @@ class KeySchema:
     def lwm2m_events(self, tenant_id: str) -> str:
         """Stream of the tenant's LwM2M events (registrations, queued requests, firmware)."""
         return f"{self.prefix}:lwm2m:events:{{{tenant_id}}}"
+
+    def lwm2m_awake(self, device_id: str) -> str:
+        """String: present while a queue-mode device is awake (PX = the awake window)."""
+        return f"{self._r}:lwm2m:awake:{device_id}"
+
+    def lwm2m_queue(self, device_id: str) -> str:
+        """List of the request ids queued for a sleeping queue-mode device, oldest first."""
+        return f"{self._r}:lwm2m:queue:{device_id}"
+
+    def lwm2m_queued(self, request_id: str) -> str:
+        """String (JSON): one queued request and, once finished, its result."""
+        return f"{self._r}:lwm2m:queued:{request_id}"
+
+    @property
+    def lwm2m_queue_deadlines(self) -> str:
+        """Sorted set request id -> deadline of every queued request (the expiry sweep)."""
+        return f"{self._r}:lwm2m:queue-deadlines"

@@ -58,10 +58,12 @@ LWM2M = "/api/v1/devices/{device_id}/lwm2m"
 #: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
 LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
 LWM2M_EVENTS = "/api/v1/lwm2m/events"
+LWM2M_REQUEST = "/api/v1/lwm2m/requests/{request_id}"
 #: An SSE comment at least this often on an idle event stream (proxies close idle ones).
 SSE_KEEPALIVE_S = 15.0
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
+_REQUEST_ID_RE = re.compile(r"rq_[0-9a-f]{24}")
 _PROVISION_FIELDS = frozenset(
     {"hardware_id", "credential_kind", "cert_pem", "psk_identity", "psk_hex", "proof"}
 )
@@ -101,6 +103,8 @@ class AdminApi:
             services.stores.lwm2m_router(clock=services.clock),
             default_timeout_s=lwm2m.request_timeout_s,
             clock=services.clock,
+            queue=services.stores.lwm2m_queue(clock=services.clock),
+            queue_policy=lwm2m.queue_policy(),
         )
         self._events = services.stores.lwm2m_events()
         #: Set at shutdown: open event streams end (their clients resume with Last-Event-ID).
@@ -125,6 +129,7 @@ class AdminApi:
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
         r.add_get(LWM2M_EVENTS, self.lwm2m_events)
+        r.add_get(LWM2M_REQUEST, self.lwm2m_request)
         app.on_shutdown.append(self._close_streams)
         TrustApi(self).add_routes(app)
 
@@ -381,7 +386,23 @@ class AdminApi:
             target,
             self._lwm2m.call(op.tenant_id, device_id, operation, params),
         )
-        return _json(result)
+        # A sleeping queue-mode device: accepted, the result comes later.
+        return _json(result, status=202 if result.get("status") == "queued" else 200)
+
+    async def lwm2m_request(self, request: web.Request) -> web.Response:
+        """A queued LwM2M request: its state and, once finished, the device's answer."""
+        op = await self.operator(request)
+        request_id = request.match_info["request_id"]
+        if not _REQUEST_ID_RE.fullmatch(request_id):
+            raise NotFound("no such queued request")
+        return _json(
+            await self.audited_read(
+                op,
+                "lwm2m.request",
+                f"request={request_id}",
+                self._lwm2m.queued(op.tenant_id, request_id),
+            )
+        )
 
     async def lwm2m_events(self, request: web.Request) -> web.StreamResponse:
         """The tenant's LwM2M events as Server-Sent Events, from after ``Last-Event-ID`` (header

@@ -562,6 +562,36 @@ def _schemas() -> Json:
                     "description": "How long to wait for the device (default "
                     "lwm2m.request_timeout_s).",
                 },
+                "deadline_s": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "Queue mode: how long the request may wait for a sleeping "
+                    "device (default lwm2m.queue_deadline_s, at most "
+                    "lwm2m.queue_max_deadline_s).",
+                },
+            },
+        ),
+        "Lwm2mQueuedRequest": _obj(
+            ["request_id", "device_id", "operation", "path", "status", "queued_at", "deadline"],
+            {
+                "request_id": {"type": "string", "pattern": "^rq_[0-9a-f]{24}$"},
+                "device_id": _UUID,
+                "registration_id": _STR,
+                "operation": _STR,
+                "path": _STR,
+                "status": {
+                    "type": "string",
+                    "enum": ["queued", "sent", "done", "failed", "expired"],
+                },
+                "queued_at": _NUM,
+                "deadline": _NUM,
+                "finished_at": {"type": ["number", "null"]},
+                "waiting": {
+                    "type": "integer",
+                    "description": "Requests now waiting for the device (202 only).",
+                },
+                "result": {**_ref("Lwm2mResult"), "description": "The answer (status done)."},
+                "error": {"type": "object", "description": "{code, message} (failed, expired)."},
             },
         ),
         "Lwm2mResult": _obj(
@@ -905,11 +935,34 @@ def _paths() -> Json:
                     "requestBody": _json_body(_ref("Lwm2mRequest")),
                     "responses": {
                         "200": _ok("The device's answer.", _ref("Lwm2mResult")),
+                        "202": _ok(
+                            "Queue mode: the device sleeps; the request waits for it "
+                            "(GET /api/v1/lwm2m/requests/{request_id}, or the events).",
+                            _ref("Lwm2mQueuedRequest"),
+                        ),
                         **_errors(400, 401, 403, 404, 405, 412, 413, 429, 502, 503),
                     },
                 }
             }
             for name, summary in _LWM2M_OPERATIONS.items()
+        },
+        "/api/v1/lwm2m/requests/{request_id}": {
+            "get": {
+                **admin,
+                "operationId": "GetLwm2mQueuedRequest",
+                "summary": "A queued request (queue mode): its state and, once done, the answer.",
+                "parameters": [
+                    _path_param(
+                        "request_id",
+                        "The id a 202 answered (`rq_` + 24 hex).",
+                        {"type": "string", "pattern": "^rq_[0-9a-f]{24}$"},
+                    )
+                ],
+                "responses": {
+                    "200": _ok("The request.", _ref("Lwm2mQueuedRequest")),
+                    **_errors(401, 404, 429, 503),
+                },
+            }
         },
         "/api/v1/lwm2m/events": {
             "get": {

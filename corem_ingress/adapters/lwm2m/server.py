@@ -14,6 +14,9 @@
   session; every notification (and every Send) becomes an uplink (transport ``lwm2m``).
   Observations belong to one registration and one session and die with either; operator
   and automatic observations of one path share one CoAP observation (``observations.py``).
+* Queue mode: a request from a queue-mode device (Register, Update, Send) marks it awake
+  (``store/lwm2m_queue.py``) and sends, in order, the requests queued while it slept; their
+  results are stored and reported as events. Its session ending puts it to sleep again.
 * ``handle_routed`` serves operator requests routed here through Redis
   (``Lwm2mRequestServer``): Read / Write / Execute / Observe / Cancel-Observe / Discover
   sent as server-initiated CoAP requests over the bound session.
@@ -44,6 +47,7 @@ from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.events import EventKind
 from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
+from corem_ingress.lwm2m.queue import QueuedRequest, Status
 from corem_ingress.lwm2m.registration import (
     RD,
     Deregistered,
@@ -68,6 +72,11 @@ log = structlog.get_logger("corem.lwm2m")
 
 #: How often registrations made here are checked for expiry (their observations end then).
 EXPIRY_CHECK_S = 1.0
+#: The error of a queued request whose deadline passed before its device woke up.
+_EXPIRED = {
+    "code": "DEADLINE_EXCEEDED",
+    "message": "the device did not wake up before the deadline",
+}
 #: After a De-register's 2.02 went out, its session is closed this much later (a client
 #: that sends its own close_notify does it first).
 DEREGISTER_CLOSE_S = 0.5
@@ -113,6 +122,10 @@ class Lwm2mServer:
         self.observations = ObservationTable()
         #: The tenant's LwM2M event stream (``GET /api/v1/lwm2m/events``).
         self.events = EventPublisher(services.stores.lwm2m_events(), clock=self._clock)
+        self.queue = services.stores.lwm2m_queue(clock=self._clock)
+        self._queue_policy = self.config.queue_policy()
+        #: Devices whose queued requests are being sent now (one drain per device).
+        self._draining: set[str] = set()
         self.request_server = services.stores.lwm2m_request_server(
             services.node_id, self.handle_routed, clock=self._clock
         )
@@ -178,6 +191,8 @@ class Lwm2mServer:
         )
         for reg in [r for r in self._regs.values() if r.session_id == sid]:
             self._regs[reg.registration_id] = dataclasses.replace(reg, reachable=False)
+            if reg.queue_mode:
+                self._spawn(self.queue.sleep(reg.device_id))
             log.info(
                 "lwm2m.unreachable",
                 device=reg.device_id,
@@ -223,6 +238,10 @@ class Lwm2mServer:
 
     async def _handle(self, session: DeviceSession, msg: Any, block: Complete | None) -> Any:
         resp = await self._handler(session, msg)
+        if tuple(msg.opt.uri_path[:1]) == (DP,) and resp.code.is_successful():
+            for reg in [r for r in self._regs.values() if r.session_id == session.session_id]:
+                if reg.queue_mode:
+                    self._spawn(self._woke(reg))
         if block is not None:
             resp.opt.block1 = (block.num, False, block.szx)
         if msg.code == Code.DELETE and resp.code == Code.DELETED:
@@ -337,6 +356,8 @@ class Lwm2mServer:
                 },
             )
             self._spawn(self._observe_configured(reg))
+            if reg.queue_mode:
+                self._spawn(self._woke(reg))
         elif isinstance(event, Updated):
             reg, previous = event.registration, event.previous
             known = self._regs.get(reg.registration_id)
@@ -373,6 +394,8 @@ class Lwm2mServer:
                 },
             )
             self._spawn(self._observe_configured(reg))
+            if reg.queue_mode:
+                self._spawn(self._woke(reg))
         elif isinstance(event, Deregistered):
             reg = event.registration
             self._drop(reg)
@@ -465,8 +488,87 @@ class Lwm2mServer:
             await asyncio.sleep(EXPIRY_CHECK_S)
             try:
                 await self.expire(self._clock())
+                await self.sweep_queue(self._clock())
             except Exception:  # never let the loop die
                 log.exception("lwm2m.expiry_check_failed")
+
+    # -- queue mode ---------------------------------------------------------------------------
+    async def _woke(self, reg: Registration) -> None:
+        """A queue-mode device sent a request: awake for the window; what waited goes out."""
+        try:
+            woke = await self.queue.wake(reg.device_id, self._queue_policy.awake_s)
+            if woke:
+                waiting = await self.queue.waiting(reg.device_id)
+                log.info("lwm2m.awake", device=reg.device_id, queued=waiting)
+                self.events.publish(
+                    EventKind.AWAKE,
+                    reg.tenant_id,
+                    reg.device_id,
+                    {"registration_id": reg.registration_id, "queued": waiting},
+                )
+            if reg.device_id in self._draining:
+                return  # the running drain takes what came meanwhile
+            self._draining.add(reg.device_id)
+            try:
+                while (item := await self.queue.pop(reg.device_id)) is not None:
+                    await self._send_queued(reg, item)
+            finally:
+                self._draining.discard(reg.device_id)
+        except IngressError as exc:  # Redis: the requests stay queued for the next wake
+            log.warning("lwm2m.queue_drain_failed", device=reg.device_id, error=exc.code)
+
+    async def _send_queued(self, reg: Registration, item: QueuedRequest) -> None:
+        now = self._clock()
+        if not item.due(now):
+            await self._queued_finished(item.finished(Status.EXPIRED, now, error=_EXPIRED))
+            return
+        await self.queue.save(dataclasses.replace(item, status=Status.SENT))
+        current = self._regs.get(reg.registration_id, reg)
+        try:
+            response = await self.call(
+                current, item.request, timeout_s=self.config.request_timeout_s
+            )
+            result = {  # the same body as a 200 of the admin API
+                "device_id": item.device_id,
+                "registration_id": current.registration_id,
+                **ops.interpret(item.request, response, now=self._clock()).to_json(),
+            }
+        except IngressError as exc:
+            error = exc.to_json()["error"]
+            await self._queued_finished(item.finished(Status.FAILED, self._clock(), error=error))
+            return
+        await self._queued_finished(item.finished(Status.DONE, self._clock(), result=result))
+
+    async def _queued_finished(self, item: QueuedRequest) -> None:
+        await self.queue.save(item)
+        done = item.status is Status.DONE
+        log.info(
+            "lwm2m.queued_request_finished",
+            device=item.device_id,
+            request_id=item.request_id,
+            status=item.status.value,
+        )
+        self.events.publish(
+            EventKind.REQUEST_DONE if done else EventKind.REQUEST_FAILED,
+            item.tenant_id,
+            item.device_id,
+            {
+                "request_id": item.request_id,
+                "operation": item.operation,
+                "path": str(item.request.path),
+                "status": item.status.value,
+                **({"result": item.result} if done else {"error": item.error}),
+            },
+        )
+
+    async def sweep_queue(self, now: float) -> int:
+        """Queued requests whose deadline passed while their device slept: recorded as
+        expired and reported (each by the one node that claimed it)."""
+        swept = await self.queue.past_deadline(now)
+        for item in swept:
+            if item.status is Status.QUEUED:
+                await self._queued_finished(item.finished(Status.EXPIRED, now, error=_EXPIRED))
+        return len(swept)
 
     async def _observe_configured(self, reg: Registration) -> None:
         """Observe the tenant's configured paths the client announced and not yet observed."""
