@@ -546,6 +546,47 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
+def _firmware(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    """Firmware update (object 5): upload an image, start a campaign, view it."""
+    data = b""
+    if args.operation == "firmware-upload":
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+
+    async def op(reg: Any) -> object:
+        from corem_ingress.adapters.lwm2m.firmware_calls import FirmwareCalls
+        from corem_ingress.store.firmware import FirmwareStore
+        from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+
+        cfg = _load_config(args)
+        calls = FirmwareCalls(
+            reg,
+            Lwm2mStore(reg._r, reg.keys, grace_s=cfg.lwm2m.expiry_grace_s),
+            Lwm2mRouter(reg._r, reg.keys),
+            FirmwareStore(reg._r, reg.keys),
+            max_bytes=cfg.lwm2m.firmware_max_bytes,
+        )
+        action = f"lwm2m.{args.operation}"
+        try:
+            if args.operation == "firmware-upload":
+                result: object = await calls.upload(args.tenant, args.name, args.version, data)
+            elif args.operation == "firmware-list":
+                result = await calls.images(args.tenant)
+            elif args.operation == "firmware-update":
+                result = await calls.start(args.tenant, args.image, args.device, args.method)
+            else:
+                result = await calls.campaign(args.tenant, args.id)
+        except IngressError as exc:
+            await reg._audit(_actor(), args.tenant, action, "firmware", exc.code)
+            raise
+        await reg._audit(_actor(), args.tenant, action, "firmware", "OK")
+        return result
+
+    return op
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     """Follow a tenant's uplink stream: one JSON object per line, as messages arrive."""
     from corem_ingress.core.identity import check_device_id, check_tenant_id
@@ -893,6 +934,30 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
             )
             sp.add_argument("--partial", action="store_true", help="partial update (POST)")
         sp.set_defaults(func=_registry_command(_lwm2m))
+
+    sp = lwm2m.add_parser("firmware-upload", parents=[common], help="upload a firmware image")
+    tenant(sp)
+    sp.add_argument("--file", required=True, help="the image file")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--version", required=True)
+    sp.set_defaults(func=_registry_command(_firmware))
+    sp = lwm2m.add_parser("firmware-list", parents=[common], help="the tenant's firmware images")
+    tenant(sp)
+    sp.set_defaults(func=_registry_command(_firmware))
+    sp = lwm2m.add_parser(
+        "firmware-update", parents=[common], help="update devices to an image (a campaign)"
+    )
+    tenant(sp)
+    sp.add_argument("--image", required=True, help="the image id (fw_...)")
+    sp.add_argument("--device", required=True, action="append", help="a device (repeatable)")
+    sp.add_argument("--method", choices=["pull", "push"], default="pull")
+    sp.set_defaults(func=_registry_command(_firmware))
+    sp = lwm2m.add_parser(
+        "firmware-campaign", parents=[common], help="a campaign: counts per state, its jobs"
+    )
+    tenant(sp)
+    sp.add_argument("--id", required=True, help="the campaign id (fc_...)")
+    sp.set_defaults(func=_registry_command(_firmware))
 
     sp = lwm2m.add_parser(
         "events", parents=[common], help="follow the tenant's LwM2M events (JSON lines)"

@@ -349,6 +349,13 @@ class Lwm2mConfig:
     #: Queue mode: a device counts as awake this long after each request it sends (seconds;
     #: CoAP MAX_TRANSMIT_WAIT, 93 s, as Leshan).
     queue_awake_s: float = 93.0
+    #: Firmware update: the largest image an operator may upload (bytes).
+    firmware_max_bytes: int = 8 * 1024 * 1024
+    #: Firmware update: block size of a push (Block1) and the largest of a pull (Block2).
+    firmware_block_size: int = 512
+    #: Firmware update (pull): the host devices reach this node's DTLS port at, in the
+    #: Package URI given to them ("": coap.host).
+    firmware_uri_host: str = ""
 
     def queue_policy(self) -> QueuePolicy:
         from corem_ingress.lwm2m.queue import QueuePolicy
@@ -387,6 +394,12 @@ class Lwm2mConfig:
             "need 0 < queue_deadline_s <= queue_max_deadline_s",
         )
         _check(self.queue_awake_s > 0, "lwm2m.queue_awake_s", "must be > 0")
+        _check(self.firmware_max_bytes >= 1, "lwm2m.firmware_max_bytes", "must be >= 1")
+        _check(
+            self.firmware_block_size in (16, 32, 64, 128, 256, 512, 1024),
+            "lwm2m.firmware_block_size",
+            "must be a power of two in 16..1024",
+        )
         _check(0 <= self.nosec_port < 65536, "lwm2m.nosec_port", "must be 0..65535")
         _check(
             not self.allow_nosec or bool(self.nosec_tenant),

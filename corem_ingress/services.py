@@ -17,6 +17,7 @@ from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
 from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
+from corem_ingress.store.firmware import FirmwareStore
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Handler, Lwm2mRequestServer, Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.lwm2m_events import Lwm2mEventLog
@@ -58,6 +59,9 @@ class Stores:
 
     def lwm2m_queue(self, *, clock: Callable[[], float]) -> Lwm2mQueue:
         return Lwm2mQueue(self._redis, self._keys, clock=clock)
+
+    def firmware(self, *, clock: Callable[[], float]) -> FirmwareStore:
+        return FirmwareStore(self._redis, self._keys, clock=clock)
 
     def lwm2m_events(self) -> Lwm2mEventLog:
         return Lwm2mEventLog(self._redis, self._keys)

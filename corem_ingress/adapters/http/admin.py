@@ -31,6 +31,7 @@ from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
 from corem_ingress.adapters.http.trust import TrustApi, proof_field
+from corem_ingress.adapters.lwm2m.firmware_calls import FirmwareCalls
 from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
@@ -59,11 +60,17 @@ LWM2M = "/api/v1/devices/{device_id}/lwm2m"
 LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
 LWM2M_EVENTS = "/api/v1/lwm2m/events"
 LWM2M_REQUEST = "/api/v1/lwm2m/requests/{request_id}"
+FIRMWARE = "/api/v1/lwm2m/firmware"
+FIRMWARE_UPDATES = "/api/v1/lwm2m/firmware/{image_id}/updates"
+CAMPAIGN = "/api/v1/lwm2m/campaigns/{campaign_id}"
 #: An SSE comment at least this often on an idle event stream (proxies close idle ones).
 SSE_KEEPALIVE_S = 15.0
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _REQUEST_ID_RE = re.compile(r"rq_[0-9a-f]{24}")
+_IMAGE_ID_RE = re.compile(r"fw_[0-9a-f]{24}")
+_CAMPAIGN_ID_RE = re.compile(r"fc_[0-9a-f]{24}")
+_UPDATE_FIELDS = frozenset({"device_ids", "method"})
 _PROVISION_FIELDS = frozenset(
     {"hardware_id", "credential_kind", "cert_pem", "psk_identity", "psk_hex", "proof"}
 )
@@ -107,6 +114,15 @@ class AdminApi:
             queue_policy=lwm2m.queue_policy(),
         )
         self._events = services.stores.lwm2m_events()
+        self._firmware = FirmwareCalls(
+            services.registry,
+            services.stores.lwm2m_store(grace_s=lwm2m.expiry_grace_s, clock=services.clock),
+            services.stores.lwm2m_router(clock=services.clock),
+            services.stores.firmware(clock=services.clock),
+            max_bytes=lwm2m.firmware_max_bytes,
+            clock=services.clock,
+        )
+        self._firmware_max = lwm2m.firmware_max_bytes
         #: Set at shutdown: open event streams end (their clients resume with Last-Event-ID).
         self._closing = asyncio.Event()
 
@@ -130,6 +146,10 @@ class AdminApi:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
         r.add_get(LWM2M_EVENTS, self.lwm2m_events)
         r.add_get(LWM2M_REQUEST, self.lwm2m_request)
+        r.add_post(FIRMWARE, self.firmware_upload)
+        r.add_get(FIRMWARE, self.firmware_images)
+        r.add_post(FIRMWARE_UPDATES, self.firmware_update)
+        r.add_get(CAMPAIGN, self.firmware_campaign)
         app.on_shutdown.append(self._close_streams)
         TrustApi(self).add_routes(app)
 
@@ -448,3 +468,62 @@ class AdminApi:
         except (ConnectionError, IngressError):
             pass  # the client left, or Redis did: the client resumes with Last-Event-ID
         return response
+
+    # -- firmware update (LwM2M object 5) ---------------------------------------------------
+    async def firmware_upload(self, request: web.Request) -> web.Response:
+        """The image as the body (application/octet-stream), ``name`` and ``version`` in the
+        query; up to ``lwm2m.firmware_max_bytes`` (413 beyond)."""
+        op = await self.operator(request)
+        if request.content_type != "application/octet-stream":
+            raise UnsupportedMediaType("send the image as application/octet-stream")
+        name = request.query.get("name", "")
+        version = request.query.get("version", "")
+        body = await read_body(
+            request.clone(client_max_size=self._firmware_max), self._firmware_max
+        )
+        image = await self._firmware.upload(op.tenant_id, name, version, body)
+        await self._registry._audit(
+            op.actor, op.tenant_id, "lwm2m.firmware.upload", f"image={image['image_id']}", "OK"
+        )
+        return _json(image, status=201)
+
+    async def firmware_images(self, request: web.Request) -> web.Response:
+        op = await self.operator(request)
+        return _json(
+            await self.audited_read(
+                op, "lwm2m.firmware.list", "images", self._firmware.images(op.tenant_id)
+            )
+        )
+
+    async def firmware_update(self, request: web.Request) -> web.Response:
+        """Start updating ``device_ids`` to the image, by ``method`` pull or push."""
+        op = await self.operator(request)
+        image_id = request.match_info["image_id"]
+        if not _IMAGE_ID_RE.fullmatch(image_id):
+            raise NotFound("no such firmware image")
+        doc = parse_json_object(await read_body(request, self._limit), allowed=_UPDATE_FIELDS)
+        devices = doc.get("device_ids")
+        if not isinstance(devices, list):
+            raise InvalidArgument("device_ids is a list of device ids")
+        campaign = await self.audited_read(
+            op,
+            "lwm2m.firmware.update",
+            f"image={image_id}",
+            self._firmware.start(op.tenant_id, image_id, devices, doc.get("method", "pull")),
+        )
+        return _json(campaign, status=201)
+
+    async def firmware_campaign(self, request: web.Request) -> web.Response:
+        """A campaign: jobs per status and each device's job."""
+        op = await self.operator(request)
+        campaign_id = request.match_info["campaign_id"]
+        if not _CAMPAIGN_ID_RE.fullmatch(campaign_id):
+            raise NotFound("no such firmware campaign")
+        return _json(
+            await self.audited_read(
+                op,
+                "lwm2m.firmware.campaign",
+                f"campaign={campaign_id}",
+                self._firmware.campaign(op.tenant_id, campaign_id),
+            )
+        )

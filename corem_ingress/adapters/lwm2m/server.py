@@ -38,6 +38,7 @@ from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, receive_block1
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
 from corem_ingress.adapters.lwm2m.events import EventPublisher
+from corem_ingress.adapters.lwm2m.firmware_agent import FirmwareAgent
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
 from corem_ingress.adapters.lwm2m.service import Lwm2mDeviceService
 from corem_ingress.core.causes import Cause
@@ -45,6 +46,7 @@ from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated, U
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.events import EventKind
+from corem_ingress.lwm2m.firmware import PULL_SEGMENT
 from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.lwm2m.queue import QueuedRequest, Status
@@ -146,6 +148,10 @@ class Lwm2mServer:
         self._handler = mounted_handler(self.service, self.peer_of)
         listener.mount(RD, self._blockwise)
         listener.mount(DP, self._blockwise)
+        #: Firmware update (object 5): jobs handed here, image pulls on ``/fw/<token>``.
+        self.firmware = FirmwareAgent(self)
+        self.request_server.on_firmware = self.firmware.start_job
+        listener.mount(PULL_SEGMENT, self.firmware.serve_pull)
         listener.session_hooks.append(self._session_hook)
         self.stats = {"notifications": 0, "observe_failed": 0}
         #: DEV ONLY: the plain-UDP NoSec listener (``lwm2m.allow_nosec``).
@@ -665,6 +671,35 @@ class Lwm2mServer:
             self.stats["notifications"] += 1
         except IngressError as exc:
             log.info("lwm2m.notification_dropped", device=reg.device_id, error=exc.code)
+        if request.path.object_id == 5:  # a firmware update's progress
+            try:
+                await self.firmware.notified(reg, request, response)
+            except IngressError as exc:
+                log.info("lwm2m.firmware_report_dropped", device=reg.device_id, error=exc.code)
+
+    async def observe_auto(
+        self, reg: Registration, request: DeviceRequest
+    ) -> DeviceResponse | None:
+        """Observe for the server itself (firmware progress); None if already observed."""
+        self._regs.setdefault(reg.registration_id, reg)
+        return await self._observe(
+            reg, request, Owner.AUTO, timeout_s=self.config.request_timeout_s
+        )
+
+    async def send_message(self, reg: Registration, msg: Any, *, timeout_s: float) -> Any:
+        """A ready-made CoAP request (a Block1 block) over the registration's session."""
+        session = self._session(reg)
+        try:
+            async with asyncio.timeout(max(0.01, timeout_s)):
+                return await self._endpoint_of(session).request(
+                    session.addr, msg, response_timeout=timeout_s
+                )
+        except TimeoutError:
+            raise ops.timeout_error() from None
+        except ConnectionError:
+            raise Unavailable(
+                "the device's DTLS session ended during the request", reason="session closed"
+            ) from None
 
     # -- server-initiated requests --------------------------------------------------------------
     def _session(self, reg: Registration) -> DeviceSession:
