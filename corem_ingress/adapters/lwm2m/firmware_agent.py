@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -36,6 +37,7 @@ from corem_ingress.lwm2m.firmware import (
     UPDATE_RESULT,
     Action,
     FirmwareJob,
+    JobStatus,
     Method,
     block_of,
     on_device_report,
@@ -96,12 +98,42 @@ class FirmwareAgent:
                 await self._call(reg, write)
                 log.info("lwm2m.firmware_uri_written", device=job.device_id, job=job.job_id)
             else:
-                await self._push(reg, job)
+                # A push can take minutes: a server task (cancelled at shutdown), not part of
+                # the request stream's work, which shutdown waits for.
+                self._server.spawn(self._push_job(reg, job))
         except IngressError as exc:
-            log.info("lwm2m.firmware_failed", job=job_id, error=exc.code, message=exc.message)
-            current = await self._job_or_none(job_id)
-            if current is not None and not current.status.final:
-                await self._save(current.failed(exc.message, _now(self)))
+            await self._failed(job_id, exc)
+
+    async def _failed(self, job_id: str, exc: IngressError) -> None:
+        log.info("lwm2m.firmware_failed", job=job_id, error=exc.code, message=exc.message)
+        current = await self._job_or_none(job_id)
+        if current is not None and not current.status.final:
+            await self._save(current.failed(exc.message, _now(self)))
+
+    async def _push_job(self, reg: Registration, job: FirmwareJob) -> None:
+        try:
+            async with self._lock(job.device_id):
+                current = await self.store.job(job.job_id)
+                if current is None or current.status not in (
+                    JobStatus.PENDING,
+                    JobStatus.DOWNLOADING,  # the device's State 1 may have said so first
+                ):
+                    return  # finished or moved on meanwhile
+                if current.status is JobStatus.PENDING:
+                    await self._save(
+                        replace(current, status=JobStatus.DOWNLOADING, updated_at=_now(self))
+                    )
+            await self._push(reg, job)
+        except IngressError as exc:
+            await self._failed(job.job_id, exc)
+
+    def _lock(self, device_id: str) -> asyncio.Lock:
+        lock = self._locks.get(device_id)
+        if lock is None:
+            if len(self._locks) > 10_000:  # drop the idle ones (devices done updating)
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[device_id] = asyncio.Lock()
+        return lock
 
     async def _job_or_none(self, job_id: str) -> FirmwareJob | None:
         try:
@@ -171,8 +203,7 @@ class FirmwareAgent:
         state, result = values.get(STATE), values.get(UPDATE_RESULT)
         if not isinstance(state, int) and not isinstance(result, int):
             return
-        lock = self._locks.setdefault(reg.device_id, asyncio.Lock())
-        async with lock:  # a state and a result notification arriving together
+        async with self._lock(reg.device_id):  # a state and a result notification together
             job = await self.store.job_for_device(reg.device_id)
             if job is None:
                 return

@@ -284,6 +284,10 @@ class Lwm2mServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as one of the server's tasks (cancelled by ``stop``)."""
+        self._spawn(coro)
+
     def _observations_ended(self, gone: list[Observation], tenant_id: str, reason: str) -> None:
         for obs in gone:
             self.events.publish(
