@@ -530,20 +530,30 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             queue_policy=cfg.lwm2m.queue_policy(),
         )
         target = f"device={args.device}" if args.operation != "request" else f"request={args.id}"
-        try:
+
+        async def run() -> object:
             if args.operation == "request":
-                result: object = await calls.queued(args.tenant, args.id)
-            elif args.operation == "registration":
-                result = (await calls.registration(args.tenant, args.device)).to_json()
-            else:
-                result = await calls.call(args.tenant, args.device, args.operation, params)
-        except IngressError as exc:
-            await reg._audit(_actor(), args.tenant, f"lwm2m.{args.operation}", target, exc.code)
-            raise
-        await reg._audit(_actor(), args.tenant, f"lwm2m.{args.operation}", target, "OK")
-        return result
+                return await calls.queued(args.tenant, args.id)
+            if args.operation == "registration":
+                return (await calls.registration(args.tenant, args.device)).to_json()
+            return await calls.call(args.tenant, args.device, args.operation, params)
+
+        return await _audited(reg, args.tenant, f"lwm2m.{args.operation}", target, run())
 
     return op
+
+
+async def _audited(
+    reg: Any, tenant: str, action: str, target: str, aw: Awaitable[object]
+) -> object:
+    """Await an operator action and write its audit record (OK or the error code)."""
+    try:
+        result = await aw
+    except IngressError as exc:
+        await reg._audit(_actor(), tenant, action, target, exc.code)
+        raise
+    await reg._audit(_actor(), tenant, action, target, "OK")
+    return result
 
 
 def _firmware(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
@@ -568,21 +578,17 @@ def _firmware(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             FirmwareStore(reg._r, reg.keys),
             max_bytes=cfg.lwm2m.firmware_max_bytes,
         )
-        action = f"lwm2m.{args.operation}"
-        try:
+
+        async def run() -> object:
             if args.operation == "firmware-upload":
-                result: object = await calls.upload(args.tenant, args.name, args.version, data)
-            elif args.operation == "firmware-list":
-                result = await calls.images(args.tenant)
-            elif args.operation == "firmware-update":
-                result = await calls.start(args.tenant, args.image, args.device, args.method)
-            else:
-                result = await calls.campaign(args.tenant, args.id)
-        except IngressError as exc:
-            await reg._audit(_actor(), args.tenant, action, "firmware", exc.code)
-            raise
-        await reg._audit(_actor(), args.tenant, action, "firmware", "OK")
-        return result
+                return await calls.upload(args.tenant, args.name, args.version, data)
+            if args.operation == "firmware-list":
+                return await calls.images(args.tenant)
+            if args.operation == "firmware-update":
+                return await calls.start(args.tenant, args.image, args.device, args.method)
+            return await calls.campaign(args.tenant, args.id)
+
+        return await _audited(reg, args.tenant, f"lwm2m.{args.operation}", "firmware", run())
 
     return op
 

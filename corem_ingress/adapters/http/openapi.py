@@ -1115,7 +1115,7 @@ def _paths() -> Json:
                 "sent; a `: keepalive` comment comes every 15 s on an idle stream. The stream "
                 "ends when the node shuts down or loses Redis: reconnect with Last-Event-ID.",
                 "parameters": [
-                    _query_param("device_id", "Only this device's events.", {"type": "string"}),
+                    _query_param("device_id", "Only this device's events.", _UUID),
                     _query_param(
                         "last_event_id",
                         "Resume after this event id (as the Last-Event-ID header; 0: from the "

@@ -692,18 +692,7 @@ class Lwm2mServer:
 
     async def send_message(self, reg: Registration, msg: Any, *, timeout_s: float) -> Any:
         """A ready-made CoAP request (a Block1 block) over the registration's session."""
-        session = self._session(reg)
-        try:
-            async with asyncio.timeout(max(0.01, timeout_s)):
-                return await self._endpoint_of(session).request(
-                    session.addr, msg, response_timeout=timeout_s
-                )
-        except TimeoutError:
-            raise ops.timeout_error() from None
-        except ConnectionError:
-            raise Unavailable(
-                "the device's DTLS session ended during the request", reason="session closed"
-            ) from None
+        return await self._exchange(self._session(reg), msg, timeout_s)
 
     # -- server-initiated requests --------------------------------------------------------------
     def _session(self, reg: Registration) -> DeviceSession:
@@ -732,11 +721,23 @@ class Lwm2mServer:
         token: bytes | None = None,
         observer: Any = None,
     ) -> Any:
+        message = request_message(request)
+        return await self._exchange(session, message, timeout_s, token=token, observer=observer)
+
+    async def _exchange(
+        self,
+        session: DeviceSession,
+        message: Any,
+        timeout_s: float,
+        *,
+        token: bytes | None = None,
+        observer: Any = None,
+    ) -> Any:
         try:
             async with asyncio.timeout(max(0.01, timeout_s)):
                 return await self._endpoint_of(session).request(
                     session.addr,
-                    request_message(request),
+                    message,
                     response_timeout=timeout_s,
                     token=token,
                     on_notification=observer,
