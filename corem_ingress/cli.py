@@ -497,10 +497,12 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     """An LwM2M operation on a registered device, routed to the node holding its session."""
     params: dict[str, Any] = {}
-    if args.operation != "registration":
+    if args.operation not in ("registration", "request"):
         params["path"] = args.path
         if args.timeout is not None:
             params["timeout_s"] = args.timeout
+        if args.deadline is not None:
+            params["deadline_s"] = args.deadline
     if getattr(args, "accept", None) is not None:
         params["accept"] = args.accept
     if getattr(args, "args", None):
@@ -516,6 +518,7 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
         from corem_ingress.adapters.lwm2m.operator import OperatorCalls
         from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+        from corem_ingress.store.lwm2m_queue import Lwm2mQueue
 
         cfg = _load_config(args)
         calls = OperatorCalls(
@@ -523,18 +526,69 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             Lwm2mStore(reg._r, reg.keys, grace_s=cfg.lwm2m.expiry_grace_s),
             Lwm2mRouter(reg._r, reg.keys),
             default_timeout_s=cfg.lwm2m.request_timeout_s,
+            queue=Lwm2mQueue(reg._r, reg.keys),
+            queue_policy=cfg.lwm2m.queue_policy(),
         )
-        target = f"device={args.device}"
-        try:
+        target = f"device={args.device}" if args.operation != "request" else f"request={args.id}"
+
+        async def run() -> object:
+            if args.operation == "request":
+                return await calls.queued(args.tenant, args.id)
             if args.operation == "registration":
-                result: object = (await calls.registration(args.tenant, args.device)).to_json()
-            else:
-                result = await calls.call(args.tenant, args.device, args.operation, params)
-        except IngressError as exc:
-            await reg._audit(_actor(), args.tenant, f"lwm2m.{args.operation}", target, exc.code)
-            raise
-        await reg._audit(_actor(), args.tenant, f"lwm2m.{args.operation}", target, "OK")
-        return result
+                return (await calls.registration(args.tenant, args.device)).to_json()
+            return await calls.call(args.tenant, args.device, args.operation, params)
+
+        return await _audited(reg, args.tenant, f"lwm2m.{args.operation}", target, run())
+
+    return op
+
+
+async def _audited(
+    reg: Any, tenant: str, action: str, target: str, aw: Awaitable[object]
+) -> object:
+    """Await an operator action and write its audit record (OK or the error code)."""
+    try:
+        result = await aw
+    except IngressError as exc:
+        await reg._audit(_actor(), tenant, action, target, exc.code)
+        raise
+    await reg._audit(_actor(), tenant, action, target, "OK")
+    return result
+
+
+def _firmware(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    """Firmware update (object 5): upload an image, start a campaign, view it."""
+    data = b""
+    if args.operation == "firmware-upload":
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+
+    async def op(reg: Any) -> object:
+        from corem_ingress.adapters.lwm2m.firmware_calls import FirmwareCalls
+        from corem_ingress.store.firmware import FirmwareStore
+        from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+
+        cfg = _load_config(args)
+        calls = FirmwareCalls(
+            reg,
+            Lwm2mStore(reg._r, reg.keys, grace_s=cfg.lwm2m.expiry_grace_s),
+            Lwm2mRouter(reg._r, reg.keys),
+            FirmwareStore(reg._r, reg.keys),
+            max_bytes=cfg.lwm2m.firmware_max_bytes,
+        )
+
+        async def run() -> object:
+            if args.operation == "firmware-upload":
+                return await calls.upload(args.tenant, args.name, args.version, data)
+            if args.operation == "firmware-list":
+                return await calls.images(args.tenant)
+            if args.operation == "firmware-update":
+                return await calls.start(args.tenant, args.image, args.device, args.method)
+            return await calls.campaign(args.tenant, args.id)
+
+        return await _audited(reg, args.tenant, f"lwm2m.{args.operation}", "firmware", run())
 
     return op
 
@@ -619,6 +673,44 @@ async def _sessions(cfg: config_mod.Config, args: argparse.Namespace, note: str)
         registry = Registry(client, keys, keyring=None, api_key_overlap=0, api_key_overlap_max=0)
         await registry.audit(_actor(), args.tenant, "sessions.disconnect", target)
         return {"session": entry, "disconnected": gone, "revoked": False, "note": note}
+    finally:
+        await client.aclose()
+
+
+def cmd_lwm2m_events(args: argparse.Namespace) -> int:
+    """Follow a tenant's LwM2M events: one JSON object per line (with its ``id``)."""
+    from corem_ingress.core.identity import check_device_id, check_tenant_id
+    from corem_ingress.lwm2m.events import check_event_id
+
+    check_tenant_id(args.tenant)
+    if args.device is not None:
+        check_device_id(args.device)
+    if args.after is not None:
+        check_event_id(args.after)
+    cfg = _load_config(args)
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        asyncio.run(_lwm2m_events(cfg, args))
+    return 0
+
+
+async def _lwm2m_events(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    from corem_ingress.store.connection import redis_client
+    from corem_ingress.store.keys import KeySchema
+    from corem_ingress.store.lwm2m_events import Lwm2mEventLog
+
+    client = redis_client(_redis_url(cfg), socket_timeout=max(cfg.redis.socket_timeout_s, 5.0))
+    try:
+        events = Lwm2mEventLog(client, KeySchema(cfg.redis.key_prefix))
+        after = args.after if args.after is not None else await events.newest_id(args.tenant)
+        shown = 0
+        while args.count is None or shown < args.count:
+            after, got = await events.read(args.tenant, after, device_id=args.device)
+            for event_id, event in got:
+                sys.stdout.write(json.dumps({"id": event_id, **event.to_json()}) + "\n")
+                sys.stdout.flush()
+                shown += 1
+                if args.count is not None and shown >= args.count:
+                    break
     finally:
         await client.aclose()
 
@@ -853,6 +945,12 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     tenant(sp)
     sp.add_argument("--device", required=True)
     sp.set_defaults(func=_registry_command(_lwm2m))
+    sp = lwm2m.add_parser(
+        "request", parents=[common], help="a queued request's state and result (queue mode)"
+    )
+    tenant(sp)
+    sp.add_argument("--id", required=True, help="the request id (rq_...) the operation answered")
+    sp.set_defaults(func=_registry_command(_lwm2m))
     for name, text in (
         ("read", "read a resource, instance or object"),
         ("write", "write values (--values JSON)"),
@@ -866,6 +964,11 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
         sp.add_argument("--device", required=True)
         sp.add_argument("--path", required=True, help="e.g. /3/0/0")
         sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
+        sp.add_argument(
+            "--deadline",
+            type=_seconds,
+            help="queue mode: seconds a request for a sleeping device may wait",
+        )
         if name in ("read", "observe", "cancel-observe"):
             sp.add_argument("--accept", type=int, help="content format to ask for")
         if name == "execute":
@@ -878,6 +981,41 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
             )
             sp.add_argument("--partial", action="store_true", help="partial update (POST)")
         sp.set_defaults(func=_registry_command(_lwm2m))
+
+    sp = lwm2m.add_parser("firmware-upload", parents=[common], help="upload a firmware image")
+    tenant(sp)
+    sp.add_argument("--file", required=True, help="the image file")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--version", required=True)
+    sp.set_defaults(func=_registry_command(_firmware))
+    sp = lwm2m.add_parser("firmware-list", parents=[common], help="the tenant's firmware images")
+    tenant(sp)
+    sp.set_defaults(func=_registry_command(_firmware))
+    sp = lwm2m.add_parser(
+        "firmware-update", parents=[common], help="update devices to an image (a campaign)"
+    )
+    tenant(sp)
+    sp.add_argument("--image", required=True, help="the image id (fw_...)")
+    sp.add_argument("--device", required=True, action="append", help="a device (repeatable)")
+    sp.add_argument("--method", choices=["pull", "push"], default="pull")
+    sp.set_defaults(func=_registry_command(_firmware))
+    sp = lwm2m.add_parser(
+        "firmware-campaign", parents=[common], help="a campaign: counts per state, its jobs"
+    )
+    tenant(sp)
+    sp.add_argument("--id", required=True, help="the campaign id (fc_...)")
+    sp.set_defaults(func=_registry_command(_firmware))
+
+    sp = lwm2m.add_parser(
+        "events", parents=[common], help="follow the tenant's LwM2M events (JSON lines)"
+    )
+    tenant(sp)
+    sp.add_argument("--device", help="only this device's events")
+    sp.add_argument(
+        "--after", help="resume after this event id (0: from the oldest kept); default: new only"
+    )
+    sp.add_argument("--count", type=_positive_int, help="exit after this many events")
+    sp.set_defaults(func=cmd_lwm2m_events)
 
     sp = sub.add_parser(
         "tail", parents=[common], help="follow a tenant's uplinks (JSON lines) as they arrive"

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,6 +24,9 @@ from corem_ingress.core import psk
 from corem_ingress.core.proxy_protocol import ProxyMode
 from corem_ingress.core.trusted_proxies import TrustedProxies
 from corem_ingress.store import connection
+
+if TYPE_CHECKING:
+    from corem_ingress.lwm2m.queue import QueuePolicy
 
 
 class ConfigError(Exception):
@@ -337,6 +340,32 @@ class Lwm2mConfig:
     tenant_observe_paths: dict[str, str] = field(default_factory=dict)
     #: How long an operator's Read/Write/Execute/... waits for the device's answer.
     request_timeout_s: float = 10.0
+    #: Queue mode: requests a sleeping device may have waiting (one more: 429).
+    queue_max_per_device: int = 16
+    #: Queue mode: deadline of a queued request when the operator gives none (seconds).
+    queue_deadline_s: float = 3600.0
+    #: Queue mode: the longest deadline an operator may give (seconds).
+    queue_max_deadline_s: float = 86400.0
+    #: Queue mode: a device counts as awake this long after each request it sends (seconds;
+    #: CoAP MAX_TRANSMIT_WAIT, 93 s, as Leshan).
+    queue_awake_s: float = 93.0
+    #: Firmware update: the largest image an operator may upload (bytes).
+    firmware_max_bytes: int = 8 * 1024 * 1024
+    #: Firmware update: block size of a push (Block1) and the largest of a pull (Block2).
+    firmware_block_size: int = 512
+    #: Firmware update (pull): the host devices reach this node's DTLS port at, in the
+    #: Package URI given to them ("": coap.host).
+    firmware_uri_host: str = ""
+
+    def queue_policy(self) -> QueuePolicy:
+        from corem_ingress.lwm2m.queue import QueuePolicy
+
+        return QueuePolicy(
+            max_per_device=self.queue_max_per_device,
+            default_deadline_s=self.queue_deadline_s,
+            max_deadline_s=self.queue_max_deadline_s,
+            awake_s=self.queue_awake_s,
+        )
 
     def paths_for(self, tenant_id: str) -> list[str]:
         """The paths to observe for a tenant's devices."""
@@ -358,6 +387,19 @@ class Lwm2mConfig:
         )
         _check(self.expiry_grace_s >= 0, "lwm2m.expiry_grace_s", "must be >= 0")
         _check(self.request_timeout_s > 0, "lwm2m.request_timeout_s", "must be > 0")
+        _check(self.queue_max_per_device >= 1, "lwm2m.queue_max_per_device", "must be >= 1")
+        _check(
+            0 < self.queue_deadline_s <= self.queue_max_deadline_s,
+            "lwm2m.queue_deadline_s",
+            "need 0 < queue_deadline_s <= queue_max_deadline_s",
+        )
+        _check(self.queue_awake_s > 0, "lwm2m.queue_awake_s", "must be > 0")
+        _check(self.firmware_max_bytes >= 1, "lwm2m.firmware_max_bytes", "must be >= 1")
+        _check(
+            self.firmware_block_size in (16, 32, 64, 128, 256, 512, 1024),
+            "lwm2m.firmware_block_size",
+            "must be a power of two in 16..1024",
+        )
         _check(0 <= self.nosec_port < 65536, "lwm2m.nosec_port", "must be 0..65535")
         _check(
             not self.allow_nosec or bool(self.nosec_tenant),

@@ -18,8 +18,11 @@ from corem_ingress.session_hub import SessionHub
 from corem_ingress.store.audit_log import AuditLog
 from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
+from corem_ingress.store.firmware import FirmwareStore
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Handler, Lwm2mRequestServer, Lwm2mRouter, Lwm2mStore
+from corem_ingress.store.lwm2m_events import Lwm2mEventLog
+from corem_ingress.store.lwm2m_queue import Lwm2mQueue
 from corem_ingress.store.registry import Registry
 from corem_ingress.store.sessions_index import SessionsIndex
 from corem_ingress.store.uplink_batcher import UplinkBatcher
@@ -66,6 +69,15 @@ class Stores:
 
     def lwm2m_router(self, *, clock: Callable[[], float]) -> Lwm2mRouter:
         return Lwm2mRouter(self._redis, self._keys, clock=clock)
+
+    def lwm2m_queue(self, *, clock: Callable[[], float]) -> Lwm2mQueue:
+        return Lwm2mQueue(self._redis, self._keys, clock=clock)
+
+    def firmware(self, *, clock: Callable[[], float]) -> FirmwareStore:
+        return FirmwareStore(self._redis, self._keys, clock=clock)
+
+    def lwm2m_events(self) -> Lwm2mEventLog:
+        return Lwm2mEventLog(self._redis, self._keys)
 
     def lwm2m_request_server(
         self, node_id: str, handler: Handler, *, clock: Callable[[], float]

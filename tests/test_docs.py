@@ -64,6 +64,18 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.node_sessions("<node_id>", "<tenant>"),
         k.node_status("<node_id>"),
         k.sessions_channel,
+        k.lwm2m_events("<tenant>"),
+        k.lwm2m_awake("<device_id>"),
+        k.lwm2m_queue("<device_id>"),
+        k.lwm2m_queued("<request_id>"),
+        k.lwm2m_queue_deadlines,
+        k.firmware_image("<image_id>"),
+        k.firmware_chunk("<image_id>", 0),
+        k.tenant_firmware("<tenant>"),
+        k.firmware_campaign("<campaign_id>"),
+        k.firmware_job("<job_id>"),
+        k.firmware_device_job("<device_id>"),
+        k.firmware_token("<token>"),
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

@@ -164,6 +164,8 @@ class Cause(StrEnum):
     #: An operator disconnected the session (console / ``DELETE /api/v1/sessions/{id}``):
     #: the credential stays valid and the device may connect again.
     OPERATOR_DISCONNECT = "operator_disconnect"
+    #: A queue-mode LwM2M device has its maximum of requests waiting (``lwm2m.queue_max``).
+    LWM2M_QUEUE_FULL = "lwm2m_queue_full"
 
     @property
     def label(self) -> str:
@@ -260,6 +262,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.TRANSPORT_ERROR: _end(0x80, ALERT_INTERNAL_ERROR),
     Cause.CLOSED_BY_SERVER: _end(),
     Cause.OPERATOR_DISCONNECT: _end(0x98),
+    Cause.LWM2M_QUEUE_FULL: _limit(_CONNACK_UNAVAILABLE, 0x97, "4.29", 429),
 }
 
 AUTH_CAUSES = frozenset(c for c in Cause if c.group is CauseGroup.AUTH)

@@ -1,4 +1,5 @@
-"""A simulated LwM2M client's object model: objects 3 (Device), 1 (Server), 3303 (Temperature).
+"""A simulated LwM2M client's object model: objects 3 (Device), 1 (Server), 3303 (Temperature),
+and optionally 5 (Firmware Update: pull by Package URI, push by a Package write).
 
 Pure: no sockets, time from the ``clock`` passed in. The fleet simulator
 (``corem_ingress/sim/``) drives it from a CoAP/DTLS client: it registers with
@@ -71,7 +72,37 @@ class RebootRequested:
     """The server executed /3/0/4."""
 
 
-ClientEvent = Executed | LifetimeChanged | UpdateTriggered | RebootRequested
+@dataclass(frozen=True, slots=True)
+class FirmwareUriWritten:
+    """The server wrote /5/0/1: the transport fetches the package from ``uri`` and hands it
+    to ``firmware_downloaded`` (or ``firmware_download_failed``)."""
+
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareChanged:
+    """/5/0/3 or /5/0/5 changed: the transport notifies their observers."""
+
+    paths: tuple[Lwm2mPath, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareApplying:
+    """The server executed /5/0/2: the transport calls ``finish_update`` a moment later."""
+
+
+ClientEvent = (
+    Executed
+    | LifetimeChanged
+    | UpdateTriggered
+    | RebootRequested
+    | FirmwareUriWritten
+    | FirmwareChanged
+    | FirmwareApplying
+)
+_FW_STATE = Lwm2mPath.of(5, 0, 3)
+_FW_RESULT = Lwm2mPath.of(5, 0, 5)
 
 _SUPPORTED = (CF_TEXT, CF_OPAQUE, CF_CBOR, CF_TLV, CF_SENML_JSON, CF_SENML_CBOR)
 _INSTANCES = ((1, 0), (3, 0), (3303, 0))
@@ -91,6 +122,8 @@ class SimulatedClient:
         manufacturer: str = "CORE-M",
         model_number: str = "corem-sim-1",
         firmware: str = "1.0.0",
+        firmware_update: bool = False,
+        firmware_result: int = 1,
     ) -> None:
         if version not in ("1.0", "1.1"):
             raise InvalidArgument("the simulated client speaks LwM2M 1.0 or 1.1")
@@ -99,6 +132,11 @@ class SimulatedClient:
         self._clock = clock
         self._events: collections.deque[ClientEvent] = collections.deque()
         self.default_format = CF_SENML_JSON if version == "1.1" else CF_TLV
+        self._instances = _INSTANCES + (((5, 0),) if firmware_update else ())
+        #: The Update Result a firmware update ends with (1 success; 2..9 failures).
+        self.firmware_result = firmware_result
+        #: The last firmware package received (pull or push).
+        self.package = b""
         self.values: dict[Lwm2mPath, Value] = {}
         p = Lwm2mPath.of
         self.values.update(
@@ -131,6 +169,18 @@ class SimulatedClient:
         )
         if version == "1.1":
             self.values[p(3303, 0, 5518)] = int(clock())
+        if firmware_update:
+            self.values.update(
+                {
+                    p(5, 0, 0): b"",  # write-only: never read back
+                    p(5, 0, 1): "",
+                    p(5, 0, 3): 0,
+                    p(5, 0, 5): 0,
+                    p(5, 0, 6): "",
+                    p(5, 0, 7): "",
+                    p(5, 0, 9): 2,  # pull and push
+                }
+            )
 
     # -- registration -----------------------------------------------------------------------
     @property
@@ -147,7 +197,7 @@ class SimulatedClient:
 
     def object_list(self) -> ObjectList:
         cts = (CF_SENML_CBOR, CF_SENML_JSON, CF_TLV) if self.version == "1.1" else ()
-        objects = tuple(ObjectLink(o, i) for o, i in _INSTANCES)
+        objects = tuple(ObjectLink(o, i) for o, i in self._instances)
         return ObjectList(objects, "/", cts)
 
     def register_query(self) -> list[str]:
@@ -222,9 +272,9 @@ class SimulatedClient:
         if path.level == 0:
             return True
         if path.level == 1:
-            return any(o == path.object_id for o, _ in _INSTANCES)
+            return any(o == path.object_id for o, _ in self._instances)
         if path.level == 2:
-            return (path.object_id, path.instance_id) in _INSTANCES
+            return (path.object_id, path.instance_id) in self._instances
         if path == Lwm2mPath.of(3, 0, 13):
             return True
         res = self._res(path)
@@ -311,7 +361,54 @@ class SimulatedClient:
             if r.path == Lwm2mPath.of(1, 0, 1):
                 assert isinstance(r.value, int)
                 self._events.append(LifetimeChanged(r.value))
+            elif r.path == Lwm2mPath.of(5, 0, 0):
+                assert isinstance(r.value, bytes)
+                self._package_written(r.value)
+            elif r.path == Lwm2mPath.of(5, 0, 1):
+                assert isinstance(r.value, str)
+                self._uri_written(r.value)
         return ClientResponse("2.04")
+
+    # -- firmware update (object 5) ---------------------------------------------------------
+    def _firmware(self, state: int, result: int | None = None) -> None:
+        changed = [_FW_STATE]
+        self.values[_FW_STATE] = state
+        if result is not None and self.values.get(_FW_RESULT) != result:
+            self.values[_FW_RESULT] = result
+            changed.append(_FW_RESULT)
+        self._events.append(FirmwareChanged(tuple(changed)))
+
+    def _package_written(self, package: bytes) -> None:
+        self.values[Lwm2mPath.of(5, 0, 0)] = b""
+        if not package:  # an empty package resets the state machine
+            self._firmware(0, 0)
+            return
+        self.package = package
+        self._firmware(2, 0)
+
+    def _uri_written(self, uri: str) -> None:
+        if not uri:
+            self._firmware(0, 0)
+            return
+        self._firmware(1, 0)
+        self._events.append(FirmwareUriWritten(uri))
+
+    def firmware_downloaded(self, package: bytes) -> None:
+        """The transport fetched the package from the Package URI."""
+        self.package = package
+        self._firmware(2)
+
+    def firmware_download_failed(self, result: int = 4) -> None:
+        """The fetch failed (4: connection lost, 7: invalid URI, 9: unsupported protocol)."""
+        self._firmware(0, result)
+
+    def finish_update(self) -> None:
+        """The update applied (or failed with ``firmware_result``): back to Idle."""
+        if self.values.get(_FW_STATE) != 3:
+            return
+        if self.firmware_result == 1:
+            self.values[Lwm2mPath.of(3, 0, 3)] = f"pkg-{len(self.package)}"
+        self._firmware(0, self.firmware_result)
 
     def execute(self, path: Lwm2mPath, args: bytes = b"") -> ClientResponse:
         res = self._res(path)
@@ -330,6 +427,12 @@ class SimulatedClient:
         elif path == p(3, 0, 12):
             self.values = {k: v for k, v in self.values.items() if not p(3, 0, 11).is_prefix_of(k)}
             self.values[p(3, 0, 11, 0)] = 0
+        elif path == p(5, 0, 2):
+            if self.values.get(_FW_STATE) != 2:
+                self._events.pop()  # not Executed after all
+                return ClientResponse("4.05")
+            self._firmware(3)
+            self._events.append(FirmwareApplying())
         elif path == p(3303, 0, 5605):
             now = self.values[p(3303, 0, 5700)]
             self.values[p(3303, 0, 5601)] = now
@@ -340,7 +443,7 @@ class SimulatedClient:
         if path.level == 0 or path.level > 3:
             return ClientResponse("4.05")
         links: list[Link] = []
-        for o, i in _INSTANCES:
+        for o, i in self._instances:
             inst = Lwm2mPath.of(o, i)
             if path.level == 1 and path.object_id == o:
                 if not links:
@@ -367,6 +470,9 @@ __all__ = [
     "ClientEvent",
     "ClientResponse",
     "Executed",
+    "FirmwareApplying",
+    "FirmwareChanged",
+    "FirmwareUriWritten",
     "LifetimeChanged",
     "RebootRequested",
     "SimulatedClient",

@@ -26,6 +26,9 @@ from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.lwm2m.coap import code_of, dotted
 from corem_ingress.lwm2m.client_objects import (
+    FirmwareApplying,
+    FirmwareChanged,
+    FirmwareUriWritten,
     LifetimeChanged,
     SimulatedClient,
     UpdateTriggered,
@@ -231,10 +234,29 @@ class Lwm2mDevice:
         lifetime_s: int = 300,
         clock: Any = time.time,
         nosec: bool = False,
+        binding: str = "U",
+        firmware_update: bool = False,
+        firmware_result: int = 1,
+        pull_block_size: int = 1024,
     ) -> None:
         self.name = name
         self.target = target
-        self.client = SimulatedClient(endpoint, clock=clock, version=version, lifetime_s=lifetime_s)
+        self.client = SimulatedClient(
+            endpoint,
+            clock=clock,
+            version=version,
+            lifetime_s=lifetime_s,
+            binding=binding,
+            firmware_update=firmware_update,
+            firmware_result=firmware_result,
+        )
+        #: Firmware pull: the Block2 size asked for; blocks fetched (for tests).
+        self._pull_szx = pull_block_size.bit_length() - 5
+        self.pulled_blocks = 0
+        self.pull_error: str | None = None
+        #: Block1 reassembly of a server's block-wise write: (uri, bytes so far).
+        self._block1: tuple[tuple[str, ...], bytearray] | None = None
+        self.pushed_blocks = 0
         self._psk = (psk_identity, psk)
         self._cert = (cert_file, key_file)
         #: DEV ONLY: plain UDP to the server's NoSec port (``lwm2m.allow_nosec``).
@@ -392,6 +414,14 @@ class Lwm2mDevice:
         method = _METHOD_NAMES.get(int(msg.code), "?")
         uri = tuple(msg.opt.uri_path)
         observe = msg.opt.observe
+        block1 = msg.opt.block1
+        if block1 is not None:
+            step = self._reassemble(uri, msg)
+            if step is not None:
+                return step
+            assert self._block1 is not None  # the last block: the whole body
+            msg.payload = bytes(self._block1[1])
+            self._block1 = None
         self.requests.append((method, "/" + "/".join(uri), observe))
         accept = None if msg.opt.accept is None else int(msg.opt.accept)
         cf = None if msg.opt.content_format is None else int(msg.opt.content_format)
@@ -413,12 +443,96 @@ class Lwm2mDevice:
             out.opt.observe = obs.seq
         elif method == "GET" and observe == 1:
             self.observed.pop(bytes(msg.token), None)
+        if block1 is not None:
+            out.opt.block1 = (block1.block_number, False, block1.size_exponent)
         self._after_request()
         return out
 
+    def _reassemble(self, uri: tuple[str, ...], msg: Message) -> Message | None:
+        """One block of a Block1 write: 2.31 Continue while more come; None on the last
+        (``self._block1`` then holds the whole body)."""
+        b1 = msg.opt.block1
+        size = 1 << (b1.size_exponent + 4)
+        if b1.block_number == 0:
+            self._block1 = (uri, bytearray())
+        if (
+            self._block1 is None
+            or self._block1[0] != uri
+            or len(self._block1[1]) != (b1.block_number * size)
+        ):
+            self._block1 = None
+            return Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
+        self._block1[1].extend(msg.payload)
+        self.pushed_blocks += 1
+        if b1.more:
+            answer = Message(code=Code.CONTINUE)
+            answer.opt.block1 = (b1.block_number, True, b1.size_exponent)
+            return answer
+        return None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notify_soon(self, paths: Sequence[Lwm2mPath]) -> None:
+        """Notify after the answer that caused the change went out."""
+        await asyncio.sleep(0)
+        self.notify(paths)
+
+    async def _pull(self, uri: str) -> None:
+        """Fetch the package from ``coaps://…/fw/<token>`` over this session, with Block2."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(uri)
+        if parts.scheme != "coaps":
+            self.client.firmware_download_failed(9)
+            self._after_request()
+            return
+        path = tuple(p for p in parts.path.split("/") if p)
+        data, num, szx = bytearray(), 0, self._pull_szx
+        try:
+            while True:
+                msg = Message(code=Code.GET)
+                msg.opt.uri_path = path
+                msg.opt.block2 = (num, False, szx)
+                answer = await self.request_message(msg)
+                if answer.code != Code.CONTENT:
+                    raise DeviceError(f"coap_{dotted(answer.code)}")
+                self.pulled_blocks += 1
+                data.extend(answer.payload)
+                b2 = answer.opt.block2
+                if b2 is None or not b2.more:
+                    break
+                szx = b2.size_exponent  # the server's block size from now on (RFC 7959 2.4)
+                num = len(data) // (1 << (szx + 4))
+        except DeviceError as exc:
+            self.pull_error = str(exc)
+            self.client.firmware_download_failed(4)
+            self._after_request()
+            return
+        self.client.firmware_downloaded(bytes(data))
+        self._after_request()
+
+    async def _apply_firmware(self) -> None:
+        await asyncio.sleep(0.05)
+        self.client.finish_update()
+        self._after_request()
+
+    async def request_message(self, msg: Message) -> Message:
+        if self.channel is None:
+            raise DeviceError("closed")
+        return await self.channel.request(msg)
+
     def _after_request(self) -> None:
         while (event := self.client.next_event()) is not None:
-            if isinstance(event, LifetimeChanged | UpdateTriggered):
+            if isinstance(event, FirmwareChanged):
+                self._spawn(self._notify_soon(event.paths))
+            elif isinstance(event, FirmwareUriWritten):
+                self._spawn(self._pull(event.uri))
+            elif isinstance(event, FirmwareApplying):
+                self._spawn(self._apply_firmware())
+            elif isinstance(event, LifetimeChanged | UpdateTriggered):
                 lifetime = event.lifetime_s if isinstance(event, LifetimeChanged) else None
                 if lifetime is not None:
                     self._lifetime_changed.set()

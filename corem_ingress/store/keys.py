@@ -145,3 +145,53 @@ class KeySchema:
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"
+
+    def lwm2m_events(self, tenant_id: str) -> str:
+        """Stream of the tenant's LwM2M events (registrations, queued requests, firmware)."""
+        return f"{self.prefix}:lwm2m:events:{{{tenant_id}}}"
+
+    def lwm2m_awake(self, device_id: str) -> str:
+        """String: present while a queue-mode device is awake (PX = the awake window)."""
+        return f"{self._r}:lwm2m:awake:{device_id}"
+
+    def lwm2m_queue(self, device_id: str) -> str:
+        """List of the request ids queued for a sleeping queue-mode device, oldest first."""
+        return f"{self._r}:lwm2m:queue:{device_id}"
+
+    def lwm2m_queued(self, request_id: str) -> str:
+        """String (JSON): one queued request and, once finished, its result."""
+        return f"{self._r}:lwm2m:queued:{request_id}"
+
+    @property
+    def lwm2m_queue_deadlines(self) -> str:
+        """Sorted set request id -> deadline of every queued request (the expiry sweep)."""
+        return f"{self._r}:lwm2m:queue-deadlines"
+
+    # -- firmware (store/firmware.py) ------------------------------------------------------
+    def firmware_image(self, image_id: str) -> str:
+        """Hash: one firmware image's metadata (tenant, name, version, size, sha256, chunks)."""
+        return f"{self._r}:fw:img:{image_id}"
+
+    def firmware_chunk(self, image_id: str, n: int) -> str:
+        """String: chunk ``n`` of an image (base64 of up to 64 KiB)."""
+        return f"{self._r}:fw:img:{image_id}:{n}"
+
+    def tenant_firmware(self, tenant_id: str) -> str:
+        """Sorted set: the tenant's image ids by upload time."""
+        return f"{self._r}:tenant:{tenant_id}:fw"
+
+    def firmware_campaign(self, campaign_id: str) -> str:
+        """String (JSON): a firmware campaign (tenant, image, method, its job ids)."""
+        return f"{self._r}:fw:campaign:{campaign_id}"
+
+    def firmware_job(self, job_id: str) -> str:
+        """String (JSON): one device's firmware update job."""
+        return f"{self._r}:fw:job:{job_id}"
+
+    def firmware_device_job(self, device_id: str) -> str:
+        """String -> the device's current firmware job id."""
+        return f"{self._r}:fw:dev:{device_id}"
+
+    def firmware_token(self, token: str) -> str:
+        """String -> the job id whose pull URI ends in ``token``."""
+        return f"{self._r}:fw:token:{token}"

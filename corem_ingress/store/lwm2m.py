@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,6 +311,19 @@ class Lwm2mRouter:
             raise Unavailable("request routing is unavailable", reason=str(exc)) from None
         raise timeout_error()
 
+    async def start_firmware(self, node_id: str, job_id: str) -> None:
+        """Hand a firmware update job to the node holding the device's session (no reply:
+        the job's progress is in its record and the event stream)."""
+        try:
+            await self._r.xadd(
+                self._keys.lwm2m_requests(node_id),
+                {"firmware": job_id},
+                maxlen=REQUEST_STREAM_MAXLEN,
+                approximate=True,
+            )
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("request routing is unavailable", reason=str(exc)) from None
+
 
 Handler = Callable[[RoutedRequest], Awaitable[DeviceResponse]]
 
@@ -342,6 +355,8 @@ class Lwm2mRequestServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
         self.dropped = 0
+        #: Firmware jobs handed to this node (``Lwm2mRouter.start_firmware``).
+        self.on_firmware: Callable[[str], Coroutine[Any, Any, None]] | None = None
 
     async def start_position(self) -> None:
         """Serve requests sent from now on, even before the first ``poll`` (call at start)."""
@@ -365,6 +380,13 @@ class Lwm2mRequestServer:
             for entry_id, fields in entries:
                 self._last = entry_id
                 n += 1
+                if "firmware" in fields and self.on_firmware is not None:
+                    job: asyncio.Task[None] = asyncio.ensure_future(
+                        self.on_firmware(str(fields["firmware"]))
+                    )
+                    self._tasks.add(job)
+                    job.add_done_callback(self._tasks.discard)
+                    continue
                 try:
                     routed = RoutedRequest.decode(fields.get("request", ""))
                 except InvalidArgument:

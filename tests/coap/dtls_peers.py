@@ -174,9 +174,11 @@ async def gnutls_cli(cred: Credential, port: int) -> PeerRun:
     return PeerRun("Handshake was completed" in out, alert, seconds, out)
 
 
-async def mbedtls_ssl_client2(cred: Credential, port: int) -> PeerRun:
+async def mbedtls_ssl_client2(
+    cred: Credential, port: int, *, extra: tuple[str, ...] = ()
+) -> PeerRun:
     argv = [peer("ssl_client2"), f"server_addr={LOOPBACK}", f"server_port={port}", "dtls=1"]
-    argv += ["read_timeout=1000", "debug_level=1", "exchanges=1"]
+    argv += ["read_timeout=1000", "debug_level=1", "exchanges=1", *extra]
     if cred.kind == "psk":
         argv += [f"psk={cred.key.hex()}", f"psk_identity={cred.identity}"]
     else:

@@ -287,3 +287,41 @@ async def test_a_device_back_after_expiry_is_observed_again(broker: Broker) -> N
         old.stop()
         if new is not None:
             new.stop()
+
+
+async def test_firmware_push_with_block1(broker: Broker) -> None:
+    """Issue 15.5 with Wakaama: its object 5 is a stub (State starts at 1, a Package write is
+    accepted and dropped, nothing is ever downloaded or applied), so what it proves is the
+    wire: the server's block-wise Write of /5/0/0 (Block1, 512-byte blocks, 2.31 Continue
+    each, 2.04 for the last) is accepted by a real client, and /5/0/3 is observed."""
+    dev = await provision(broker)
+    wk = Wakaama(broker, dev, lifetime_s=30)
+    agent = broker.lwm2m.firmware
+    before = dict(agent.stats)
+    try:
+        await _registered(broker, dev)
+        image = os.urandom(3000)
+        up = await broker.api.request(
+            "POST",
+            "/api/v1/lwm2m/firmware?name=wk&version=1.1",
+            tenant="acme",
+            data=image,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert up.status == 201, up.body
+        r = await broker.api.request(
+            "POST",
+            f"/api/v1/lwm2m/firmware/{up.body['image_id']}/updates",
+            tenant="acme",
+            json={"device_ids": [dev.device_id], "method": "push"},
+        )
+        assert r.status == 201, r.body
+        campaign = r.body["campaign_id"]
+        await until(lambda: agent.stats["pushes_completed"] == before["pushes_completed"] + 1)
+        assert agent.stats["blocks_pushed"] - before["blocks_pushed"] == 6  # 3000 / 512
+        view = await broker.api.request("GET", f"/api/v1/lwm2m/campaigns/{campaign}", tenant="acme")
+        (job,) = view.body["jobs"]
+        # Its State (observed) says 1, Downloading, and stays there: no error, no Execute.
+        assert (job["status"], job["device_state"], job["error"]) == ("downloading", 1, None)
+    finally:
+        wk.stop()

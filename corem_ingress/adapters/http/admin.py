@@ -12,6 +12,7 @@ carry a secret, returned exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -33,12 +34,14 @@ from corem_ingress.adapters.http.operators import Operator, OperatorTokens
 from corem_ingress.adapters.http.sessions_api import SessionsApi
 from corem_ingress.adapters.http.trust import TrustApi, proof_field
 from corem_ingress.adapters.http.uplink_tail import UplinkTailApi
+from corem_ingress.adapters.lwm2m.firmware_calls import FirmwareCalls
 from corem_ingress.adapters.lwm2m.operator import OPERATIONS, PARAM_FIELDS, OperatorCalls
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, Unauthenticated
-from corem_ingress.core.identity import CredentialKind, check_hardware_id
+from corem_ingress.core.identity import CredentialKind, check_device_id, check_hardware_id
 from corem_ingress.core.proof import Proof
 from corem_ingress.core.psk import parse_psk_hex
+from corem_ingress.lwm2m.events import SSE_KEEPALIVE, check_event_id, sse_frame
 from corem_ingress.services import Services
 from corem_ingress.store.downlinks import send_downlink
 
@@ -58,8 +61,19 @@ DOWNLINKS = "/api/v1/devices/{device_id}/downlinks"
 LWM2M = "/api/v1/devices/{device_id}/lwm2m"
 #: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
 LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
+LWM2M_EVENTS = "/api/v1/lwm2m/events"
+LWM2M_REQUEST = "/api/v1/lwm2m/requests/{request_id}"
+FIRMWARE = "/api/v1/lwm2m/firmware"
+FIRMWARE_UPDATES = "/api/v1/lwm2m/firmware/{image_id}/updates"
+CAMPAIGN = "/api/v1/lwm2m/campaigns/{campaign_id}"
+#: An SSE comment at least this often on an idle event stream (proxies close idle ones).
+SSE_KEEPALIVE_S = 15.0
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
+_REQUEST_ID_RE = re.compile(r"rq_[0-9a-f]{24}")
+_IMAGE_ID_RE = re.compile(r"fw_[0-9a-f]{24}")
+_CAMPAIGN_ID_RE = re.compile(r"fc_[0-9a-f]{24}")
+_UPDATE_FIELDS = frozenset({"device_ids", "method"})
 _PROVISION_FIELDS = frozenset(
     {"hardware_id", "credential_kind", "cert_pem", "psk_identity", "psk_hex", "proof"}
 )
@@ -100,7 +114,21 @@ class AdminApi:
             services.stores.lwm2m_router(clock=services.clock),
             default_timeout_s=lwm2m.request_timeout_s,
             clock=services.clock,
+            queue=services.stores.lwm2m_queue(clock=services.clock),
+            queue_policy=lwm2m.queue_policy(),
         )
+        self._events = services.stores.lwm2m_events()
+        self._firmware = FirmwareCalls(
+            services.registry,
+            services.stores.lwm2m_store(grace_s=lwm2m.expiry_grace_s, clock=services.clock),
+            services.stores.lwm2m_router(clock=services.clock),
+            services.stores.firmware(clock=services.clock),
+            max_bytes=lwm2m.firmware_max_bytes,
+            clock=services.clock,
+        )
+        self._firmware_max = lwm2m.firmware_max_bytes
+        #: Set at shutdown: open event streams end (their clients resume with Last-Event-ID).
+        self._closing = asyncio.Event()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -120,11 +148,21 @@ class AdminApi:
         r.add_get(LWM2M, self.lwm2m_registration)
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
+        r.add_get(LWM2M_EVENTS, self.lwm2m_events)
+        r.add_get(LWM2M_REQUEST, self.lwm2m_request)
+        r.add_post(FIRMWARE, self.firmware_upload)
+        r.add_get(FIRMWARE, self.firmware_images)
+        r.add_post(FIRMWARE_UPDATES, self.firmware_update)
+        r.add_get(CAMPAIGN, self.firmware_campaign)
+        app.on_shutdown.append(self._close_streams)
         TrustApi(self).add_routes(app)
         SessionsApi(self).add_routes(app)
         UplinkTailApi(self).add_routes(app)
         if self._s.config.console.enabled:
             console.add_routes(app)
+
+    async def _close_streams(self, _app: web.Application) -> None:
+        self._closing.set()
 
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:
@@ -376,4 +414,124 @@ class AdminApi:
             target,
             self._lwm2m.call(op.tenant_id, device_id, operation, params),
         )
-        return _json(result)
+        # A sleeping queue-mode device: accepted, the result comes later.
+        return _json(result, status=202 if result.get("status") == "queued" else 200)
+
+    async def lwm2m_request(self, request: web.Request) -> web.Response:
+        """A queued LwM2M request: its state and, once finished, the device's answer."""
+        op = await self.operator(request)
+        request_id = request.match_info["request_id"]
+        if not _REQUEST_ID_RE.fullmatch(request_id):
+            raise NotFound("no such queued request")
+        return _json(
+            await self.audited_read(
+                op,
+                "lwm2m.request",
+                f"request={request_id}",
+                self._lwm2m.queued(op.tenant_id, request_id),
+            )
+        )
+
+    async def lwm2m_events(self, request: web.Request) -> web.StreamResponse:
+        """The tenant's LwM2M events as Server-Sent Events, from after ``Last-Event-ID`` (header
+        or ``last_event_id``; ``0``: from the oldest kept), else only new ones."""
+        op = await self.operator(request)
+        device_id = request.query.get("device_id")
+        if device_id is not None:
+            check_device_id(device_id)
+        resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        after = (
+            check_event_id(resume)
+            if resume is not None
+            else await self._events.newest_id(op.tenant_id)
+        )
+        await self._registry._audit(
+            op.actor, op.tenant_id, "lwm2m.events", f"device={device_id or '*'}", "OK"
+        )
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+            }
+        )
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        try:
+            while not self._closing.is_set():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                after, events = await self._events.read(
+                    op.tenant_id, after, device_id=device_id, block_ms=1000
+                )
+                for event_id, event in events:
+                    await response.write(sse_frame(event_id, event))
+                if events:
+                    quiet_since = loop.time()
+                elif loop.time() - quiet_since >= SSE_KEEPALIVE_S:
+                    await response.write(SSE_KEEPALIVE)
+                    quiet_since = loop.time()
+        except (ConnectionError, IngressError):
+            pass  # the client left, or Redis did: the client resumes with Last-Event-ID
+        return response
+
+    # -- firmware update (LwM2M object 5) ---------------------------------------------------
+    async def firmware_upload(self, request: web.Request) -> web.Response:
+        """The image as the body (application/octet-stream), ``name`` and ``version`` in the
+        query; up to ``lwm2m.firmware_max_bytes`` (413 beyond)."""
+        op = await self.operator(request)
+        if request.content_type != "application/octet-stream":
+            raise UnsupportedMediaType("send the image as application/octet-stream")
+        name = request.query.get("name", "")
+        version = request.query.get("version", "")
+        body = await read_body(
+            request.clone(client_max_size=self._firmware_max), self._firmware_max
+        )
+        image = await self._firmware.upload(op.tenant_id, name, version, body)
+        await self._registry._audit(
+            op.actor, op.tenant_id, "lwm2m.firmware.upload", f"image={image['image_id']}", "OK"
+        )
+        return _json(image, status=201)
+
+    async def firmware_images(self, request: web.Request) -> web.Response:
+        op = await self.operator(request)
+        return _json(
+            await self.audited_read(
+                op, "lwm2m.firmware.list", "images", self._firmware.images(op.tenant_id)
+            )
+        )
+
+    async def firmware_update(self, request: web.Request) -> web.Response:
+        """Start updating ``device_ids`` to the image, by ``method`` pull or push."""
+        op = await self.operator(request)
+        image_id = request.match_info["image_id"]
+        if not _IMAGE_ID_RE.fullmatch(image_id):
+            raise NotFound("no such firmware image")
+        doc = parse_json_object(await read_body(request, self._limit), allowed=_UPDATE_FIELDS)
+        devices = doc.get("device_ids")
+        if not isinstance(devices, list):
+            raise InvalidArgument("device_ids is a list of device ids")
+        campaign = await self.audited_read(
+            op,
+            "lwm2m.firmware.update",
+            f"image={image_id}",
+            self._firmware.start(op.tenant_id, image_id, devices, doc.get("method", "pull")),
+        )
+        return _json(campaign, status=201)
+
+    async def firmware_campaign(self, request: web.Request) -> web.Response:
+        """A campaign: jobs per status and each device's job."""
+        op = await self.operator(request)
+        campaign_id = request.match_info["campaign_id"]
+        if not _CAMPAIGN_ID_RE.fullmatch(campaign_id):
+            raise NotFound("no such firmware campaign")
+        return _json(
+            await self.audited_read(
+                op,
+                "lwm2m.firmware.campaign",
+                f"campaign={campaign_id}",
+                self._firmware.campaign(op.tenant_id, campaign_id),
+            )
+        )

@@ -562,6 +562,103 @@ def _schemas() -> Json:
                     "description": "How long to wait for the device (default "
                     "lwm2m.request_timeout_s).",
                 },
+                "deadline_s": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "Queue mode: how long the request may wait for a sleeping "
+                    "device (default lwm2m.queue_deadline_s, at most "
+                    "lwm2m.queue_max_deadline_s).",
+                },
+            },
+        ),
+        "FirmwareImage": _obj(
+            ["image_id", "name", "version", "size", "sha256", "created_at"],
+            {
+                "image_id": {"type": "string", "pattern": "^fw_[0-9a-f]{24}$"},
+                "name": _STR,
+                "version": _STR,
+                "size": {"type": "integer"},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "created_at": _NUM,
+            },
+        ),
+        "FirmwareImageList": _obj(
+            ["images"], {"images": {"type": "array", "items": _ref("FirmwareImage")}}
+        ),
+        "FirmwareUpdateRequest": _obj(
+            ["device_ids"],
+            {
+                "device_ids": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _UUID},
+                "method": {
+                    "type": "string",
+                    "enum": ["pull", "push"],
+                    "description": "pull (default): the device fetches the image with Block2 "
+                    "from a per-job coaps URI on the DTLS port; push: the server writes "
+                    "/5/0/0 with Block1.",
+                },
+            },
+        ),
+        "FirmwareJob": _obj(
+            ["job_id", "campaign_id", "device_id", "image_id", "method", "status"],
+            {
+                "job_id": _STR,
+                "campaign_id": _STR,
+                "device_id": _UUID,
+                "image_id": _STR,
+                "method": {"type": "string", "enum": ["pull", "push"]},
+                "status": {
+                    "type": "string",
+                    "enum": [
+                        "pending",
+                        "downloading",
+                        "downloaded",
+                        "updating",
+                        "succeeded",
+                        "failed",
+                    ],
+                },
+                "updated_at": _NUM,
+                "device_state": {"type": ["integer", "null"], "description": "/5/0/3"},
+                "device_result": {"type": ["integer", "null"], "description": "/5/0/5"},
+                "error": {"type": ["string", "null"]},
+            },
+        ),
+        "FirmwareCampaign": _obj(
+            ["campaign_id", "image_id", "method", "created_at", "counts", "jobs"],
+            {
+                "campaign_id": {"type": "string", "pattern": "^fc_[0-9a-f]{24}$"},
+                "image_id": _STR,
+                "method": _STR,
+                "created_at": _NUM,
+                "counts": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                    "description": "Jobs per status (every status named).",
+                },
+                "jobs": {"type": "array", "items": _ref("FirmwareJob")},
+            },
+        ),
+        "Lwm2mQueuedRequest": _obj(
+            ["request_id", "device_id", "operation", "path", "status", "queued_at", "deadline"],
+            {
+                "request_id": {"type": "string", "pattern": "^rq_[0-9a-f]{24}$"},
+                "device_id": _UUID,
+                "registration_id": _STR,
+                "operation": _STR,
+                "path": _STR,
+                "status": {
+                    "type": "string",
+                    "enum": ["queued", "sent", "done", "failed", "expired"],
+                },
+                "queued_at": _NUM,
+                "deadline": _NUM,
+                "finished_at": {"type": ["number", "null"]},
+                "waiting": {
+                    "type": "integer",
+                    "description": "Requests now waiting for the device (202 only).",
+                },
+                "result": {**_ref("Lwm2mResult"), "description": "The answer (status done)."},
+                "error": {"type": "object", "description": "{code, message} (failed, expired)."},
             },
         ),
         "Lwm2mResult": _obj(
@@ -905,11 +1002,142 @@ def _paths() -> Json:
                     "requestBody": _json_body(_ref("Lwm2mRequest")),
                     "responses": {
                         "200": _ok("The device's answer.", _ref("Lwm2mResult")),
+                        "202": _ok(
+                            "Queue mode: the device sleeps; the request waits for it "
+                            "(GET /api/v1/lwm2m/requests/{request_id}, or the events).",
+                            _ref("Lwm2mQueuedRequest"),
+                        ),
                         **_errors(400, 401, 403, 404, 405, 412, 413, 429, 502, 503),
                     },
                 }
             }
             for name, summary in _LWM2M_OPERATIONS.items()
+        },
+        "/api/v1/lwm2m/requests/{request_id}": {
+            "get": {
+                **admin,
+                "operationId": "GetLwm2mQueuedRequest",
+                "summary": "A queued request (queue mode): its state and, once done, the answer.",
+                "parameters": [
+                    _path_param(
+                        "request_id",
+                        "The id a 202 answered (`rq_` + 24 hex).",
+                        {"type": "string", "pattern": "^rq_[0-9a-f]{24}$"},
+                    )
+                ],
+                "responses": {
+                    "200": _ok("The request.", _ref("Lwm2mQueuedRequest")),
+                    **_errors(401, 404, 429, 503),
+                },
+            }
+        },
+        "/api/v1/lwm2m/firmware": {
+            "post": {
+                **admin,
+                "operationId": "UploadFirmware",
+                "summary": "Upload a firmware image (the body, application/octet-stream).",
+                "description": "Stored in Redis in 64 KiB chunks; at most "
+                "lwm2m.firmware_max_bytes (413 beyond).",
+                "parameters": [
+                    {**_query_param("name", "The image's name.", _STR), "required": True},
+                    {**_query_param("version", "The image's version.", _STR), "required": True},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _ok("The stored image.", _ref("FirmwareImage")),
+                    **_errors(400, 401, 413, 415, 429, 503),
+                },
+            },
+            "get": {
+                **admin,
+                "operationId": "ListFirmware",
+                "summary": "The tenant's firmware images, newest first (at most 100).",
+                "responses": {
+                    "200": _ok("The images.", _ref("FirmwareImageList")),
+                    **_errors(401, 429, 503),
+                },
+            },
+        },
+        "/api/v1/lwm2m/firmware/{image_id}/updates": {
+            "post": {
+                **admin,
+                "operationId": "StartFirmwareUpdate",
+                "summary": "Update devices to the image (a campaign): one job per device, "
+                "driven by the node holding its session.",
+                "parameters": [
+                    _path_param(
+                        "image_id",
+                        "The image (`fw_` + 24 hex).",
+                        {"type": "string", "pattern": "^fw_[0-9a-f]{24}$"},
+                    )
+                ],
+                "requestBody": _json_body(_ref("FirmwareUpdateRequest")),
+                "responses": {
+                    "201": _ok("The campaign.", _ref("FirmwareCampaign")),
+                    **_errors(400, 401, 404, 413, 429, 503),
+                },
+            }
+        },
+        "/api/v1/lwm2m/campaigns/{campaign_id}": {
+            "get": {
+                **admin,
+                "operationId": "GetFirmwareCampaign",
+                "summary": "A firmware campaign: counts per status and each device's job.",
+                "parameters": [
+                    _path_param(
+                        "campaign_id",
+                        "The campaign (`fc_` + 24 hex).",
+                        {"type": "string", "pattern": "^fc_[0-9a-f]{24}$"},
+                    )
+                ],
+                "responses": {
+                    "200": _ok("The campaign.", _ref("FirmwareCampaign")),
+                    **_errors(401, 404, 429, 503),
+                },
+            }
+        },
+        "/api/v1/lwm2m/events": {
+            "get": {
+                **admin,
+                "operationId": "FollowLwm2mEvents",
+                "summary": "The tenant's LwM2M events as Server-Sent Events (text/event-stream).",
+                "description": "Each event: `id` (resume with Last-Event-ID), `event` (the kind: "
+                "registered, updated, deregistered, expired, awake, observation_cancelled, "
+                "request_done, request_failed, firmware) and `data` (one line of JSON: id, kind, "
+                "tenant_id, device_id, at, data). Without Last-Event-ID only new events are "
+                "sent; a `: keepalive` comment comes every 15 s on an idle stream. The stream "
+                "ends when the node shuts down or loses Redis: reconnect with Last-Event-ID.",
+                "parameters": [
+                    _query_param("device_id", "Only this device's events.", _UUID),
+                    _query_param(
+                        "last_event_id",
+                        "Resume after this event id (as the Last-Event-ID header; 0: from the "
+                        "oldest event kept).",
+                        {"type": "string", "pattern": "^(0|[0-9]{1,20}-[0-9]{1,20})$"},
+                    ),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "The id of the last event received (SSE reconnection).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 401, 429, 503),
+                },
+            }
         },
         OPENAPI_PATH: {
             "get": {

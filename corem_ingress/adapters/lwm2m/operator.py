@@ -4,6 +4,10 @@
 tenant (registry), have a live registration (Redis), then the request is built from the
 operator's parameters, routed through Redis to the node holding the device's DTLS session
 (``Lwm2mRouter``) and the device's answer interpreted (``operations.interpret``).
+
+A device in queue mode that is asleep (``lwm2m/queue.py``) gets the request queued instead:
+the answer is then ``{"status": "queued", "request_id": ...}`` (the admin API's 202), and the
+result is fetched later (``queued``) or followed as an event.
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from corem_ingress.core.errors import InvalidArgument, NotFound, Unavailable
 from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.content import CF_TEXT
 from corem_ingress.lwm2m.operations import DeviceRequest, Operation
+from corem_ingress.lwm2m.queue import QueuedRequest, QueuePolicy, new_request_id
 from corem_ingress.lwm2m.records import Record
 from corem_ingress.lwm2m.registration import Registration
 from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
+from corem_ingress.store.lwm2m_queue import Lwm2mQueue
 from corem_ingress.store.registry import Registry
 
 #: The operations operators call (``write-attributes`` is not exposed).
 OPERATIONS = ("read", "write", "execute", "observe", "cancel-observe", "discover")
 #: Fields of an operation's parameters (admin API body, CLI options).
-PARAM_FIELDS = frozenset({"path", "values", "args", "accept", "replace", "timeout_s"})
+PARAM_FIELDS = frozenset({"path", "values", "args", "accept", "replace", "timeout_s", "deadline_s"})
 MAX_TIMEOUT_S = 60.0
 
 
@@ -97,12 +103,16 @@ class OperatorCalls:
         *,
         default_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        queue: Lwm2mQueue | None = None,
+        queue_policy: QueuePolicy | None = None,
     ) -> None:
         self._registry = registry
         self.store = store
         self._router = router
         self._timeout = default_timeout_s
         self._clock = clock
+        self._queue = queue
+        self._policy = queue_policy or QueuePolicy()
 
     async def registration(self, tenant_id: str, device_id: str) -> Registration:
         """The tenant's device's live registration; NotFound if none (or not the tenant's)."""
@@ -120,6 +130,11 @@ class OperatorCalls:
         timeout = timeout_of(params, self._timeout)
         reg = await self.registration(tenant_id, device_id)
         request = build_request(operation, reg, params)
+        self._policy.deadline(params.get("deadline_s"), 0.0)  # checked whatever the mode
+        if reg.queue_mode and self._queue is not None:
+            queued = await self._enqueue(reg, operation, request, params)
+            if queued is not None:
+                return queued
         if not reg.reachable:
             raise Unavailable(
                 "the device is not reachable: the DTLS session of its registration ended "
@@ -134,6 +149,50 @@ class OperatorCalls:
             **result.to_json(),
         }
         return out
+
+    async def _enqueue(
+        self,
+        reg: Registration,
+        operation: str,
+        request: DeviceRequest,
+        params: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """Queue the request if the device sleeps (or its session ended); None if it is awake."""
+        assert self._queue is not None
+        now = self._clock()
+        item = QueuedRequest(
+            new_request_id(),
+            reg.tenant_id,
+            reg.device_id,
+            operation,
+            request,
+            now,
+            self._policy.deadline(params.get("deadline_s"), now),
+        )
+        waiting = await self._queue.enqueue(
+            item,
+            max_per_device=self._policy.max_per_device,
+            max_deadline_s=self._policy.max_deadline_s,
+            even_if_awake=not reg.reachable,
+        )
+        if waiting is None:
+            return None
+        return {
+            "device_id": reg.device_id,
+            "registration_id": reg.registration_id,
+            **item.view(now),
+            "waiting": waiting,
+        }
+
+    async def queued(self, tenant_id: str, request_id: str) -> dict[str, Any]:
+        """A queued request's state and, once finished, its result (NotFound if not the
+        tenant's, or past its keeping time)."""
+        if self._queue is None:
+            raise NotFound("no such queued request")
+        item = await self._queue.get(request_id)
+        if item is None or item.tenant_id != tenant_id:
+            raise NotFound("no such queued request")
+        return item.view(self._clock())
 
 
 __all__ = ["OPERATIONS", "OperatorCalls", "build_request", "timeout_of"]

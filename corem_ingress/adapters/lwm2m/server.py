@@ -14,6 +14,9 @@
   session; every notification (and every Send) becomes an uplink (transport ``lwm2m``).
   Observations belong to one registration and one session and die with either; operator
   and automatic observations of one path share one CoAP observation (``observations.py``).
+* Queue mode: a request from a queue-mode device (Register, Update, Send) marks it awake
+  (``store/lwm2m_queue.py``) and sends, in order, the requests queued while it slept; their
+  results are stored and reported as events. Its session ending puts it to sleep again.
 * ``handle_routed`` serves operator requests routed here through Redis
   (``Lwm2mRequestServer``): Read / Write / Execute / Observe / Cancel-Observe / Discover
   sent as server-initiated CoAP requests over the bound session.
@@ -34,14 +37,19 @@ from corem_ingress.adapters.coap.blockwise import Complete
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, receive_block1
 from corem_ingress.adapters.lwm2m.coap import device_response, mounted_handler, request_message
+from corem_ingress.adapters.lwm2m.events import EventPublisher
+from corem_ingress.adapters.lwm2m.firmware_agent import FirmwareAgent
 from corem_ingress.adapters.lwm2m.nosec import NoSecListener
 from corem_ingress.adapters.lwm2m.service import Lwm2mDeviceService
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated, Unavailable
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.events import EventKind
+from corem_ingress.lwm2m.firmware import PULL_SEGMENT
 from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
+from corem_ingress.lwm2m.queue import QueuedRequest, Status
 from corem_ingress.lwm2m.registration import (
     RD,
     Deregistered,
@@ -66,6 +74,11 @@ log = structlog.get_logger("corem.lwm2m")
 
 #: How often registrations made here are checked for expiry (their observations end then).
 EXPIRY_CHECK_S = 1.0
+#: The error of a queued request whose deadline passed before its device woke up.
+_EXPIRED = {
+    "code": "DEADLINE_EXCEEDED",
+    "message": "the device did not wake up before the deadline",
+}
 #: After a De-register's 2.02 went out, its session is closed this much later (a client
 #: that sends its own close_notify does it first).
 DEREGISTER_CLOSE_S = 0.5
@@ -109,6 +122,12 @@ class Lwm2mServer:
             unavailable_max_age_s=services.config.coap.unavailable_max_age_s,
         )
         self.observations = ObservationTable()
+        #: The tenant's LwM2M event stream (``GET /api/v1/lwm2m/events``).
+        self.events = EventPublisher(services.stores.lwm2m_events(), clock=self._clock)
+        self.queue = services.stores.lwm2m_queue(clock=self._clock)
+        self._queue_policy = self.config.queue_policy()
+        #: Devices whose queued requests are being sent now (one drain per device).
+        self._draining: set[str] = set()
         self.request_server = services.stores.lwm2m_request_server(
             services.node_id, self.handle_routed, clock=self._clock
         )
@@ -129,6 +148,10 @@ class Lwm2mServer:
         self._handler = mounted_handler(self.service, self.peer_of)
         listener.mount(RD, self._blockwise)
         listener.mount(DP, self._blockwise)
+        #: Firmware update (object 5): jobs handed here, image pulls on ``/fw/<token>``.
+        self.firmware = FirmwareAgent(self)
+        self.request_server.on_firmware = self.firmware.start_job
+        listener.mount(PULL_SEGMENT, self.firmware.serve_pull)
         listener.session_hooks.append(self._session_hook)
         self.stats = {"notifications": 0, "observe_failed": 0}
         #: DEV ONLY: the plain-UDP NoSec listener (``lwm2m.allow_nosec``).
@@ -167,9 +190,15 @@ class Lwm2mServer:
         self._peers.pop(sid, None)
         self._nosec_sessions.discard(sid)
         # The endpoint forgot the session's observers; forget our side too.
-        self.observations.remove_session(sid)
+        self._observations_ended(
+            self.observations.remove_session(sid),
+            session.credential.identity.tenant_id,
+            "session ended",
+        )
         for reg in [r for r in self._regs.values() if r.session_id == sid]:
             self._regs[reg.registration_id] = dataclasses.replace(reg, reachable=False)
+            if reg.queue_mode:
+                self._spawn(self.queue.sleep(reg.device_id))
             log.info(
                 "lwm2m.unreachable",
                 device=reg.device_id,
@@ -215,6 +244,10 @@ class Lwm2mServer:
 
     async def _handle(self, session: DeviceSession, msg: Any, block: Complete | None) -> Any:
         resp = await self._handler(session, msg)
+        if tuple(msg.opt.uri_path[:1]) == (DP,) and resp.code.is_successful():
+            for reg in [r for r in self._regs.values() if r.session_id == session.session_id]:
+                if reg.queue_mode:
+                    self._spawn(self._woke(reg))
         if block is not None:
             resp.opt.block1 = (block.num, False, block.szx)
         if msg.code == Code.DELETE and resp.code == Code.DELETED:
@@ -251,8 +284,30 @@ class Lwm2mServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _cancel_at_device(self, gone: list[Observation]) -> None:
-        """Forget observations at the CoAP layer: their next notification gets a RST."""
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as one of the server's tasks (cancelled by ``stop``)."""
+        self._spawn(coro)
+
+    def _observations_ended(self, gone: list[Observation], tenant_id: str, reason: str) -> None:
+        for obs in gone:
+            self.events.publish(
+                EventKind.OBSERVATION_CANCELLED,
+                tenant_id,
+                obs.device_id,
+                {
+                    "registration_id": obs.registration_id,
+                    "path": str(obs.request.path),
+                    "reason": reason,
+                },
+            )
+
+    def _cancel_at_device(
+        self, gone: list[Observation], tenant_id: str | None = None, reason: str = ""
+    ) -> None:
+        """Forget observations at the CoAP layer: their next notification gets a RST.
+        With ``tenant_id``, each is reported as an ``observation_cancelled`` event."""
+        if tenant_id is not None:
+            self._observations_ended(gone, tenant_id, reason)
         for obs in gone:
             session = self._live.get(obs.session_id)
             if session is not None:
@@ -275,7 +330,9 @@ class Lwm2mServer:
             # Every observation of the device's earlier registrations is void, also of one
             # that expired unseen (Redis dropped it: ``replaced`` is then None).
             self._cancel_at_device(
-                self.observations.remove_device_except(reg.device_id, reg.registration_id)
+                self.observations.remove_device_except(reg.device_id, reg.registration_id),
+                reg.tenant_id,
+                "registration replaced",
             )
             for old in [r for r in self._regs.values() if r.device_id == reg.device_id]:
                 del self._regs[old.registration_id]
@@ -293,7 +350,24 @@ class Lwm2mServer:
                 session=reg.session_id,
                 replaced=event.replaced.registration_id if event.replaced else None,
             )
+            self.events.publish(
+                EventKind.REGISTERED,
+                reg.tenant_id,
+                reg.device_id,
+                {
+                    "registration_id": reg.registration_id,
+                    "endpoint": reg.endpoint,
+                    "version": reg.version,
+                    "binding": reg.binding,
+                    "queue_mode": reg.queue_mode,
+                    "lifetime_s": reg.lifetime_s,
+                    "node_id": reg.node_id,
+                    "replaced": event.replaced.registration_id if event.replaced else None,
+                },
+            )
             self._spawn(self._observe_configured(reg))
+            if reg.queue_mode:
+                self._spawn(self._woke(reg))
         elif isinstance(event, Updated):
             reg, previous = event.registration, event.previous
             known = self._regs.get(reg.registration_id)
@@ -306,7 +380,7 @@ class Lwm2mServer:
                     for o in self.observations.remove_session(old_session)
                     if o.registration_id == reg.registration_id
                 ]
-                self._cancel_at_device(gone)
+                self._cancel_at_device(gone, reg.tenant_id, "session changed")
                 if known is not None:
                     self._keep(known, 0.0)
             self._bind(reg)
@@ -318,7 +392,20 @@ class Lwm2mServer:
                 session=reg.session_id,
                 session_changed=old_session != reg.session_id,
             )
+            self.events.publish(
+                EventKind.UPDATED,
+                reg.tenant_id,
+                reg.device_id,
+                {
+                    "registration_id": reg.registration_id,
+                    "lifetime_s": reg.lifetime_s,
+                    "node_id": reg.node_id,
+                    "session_changed": old_session != reg.session_id,
+                },
+            )
             self._spawn(self._observe_configured(reg))
+            if reg.queue_mode:
+                self._spawn(self._woke(reg))
         elif isinstance(event, Deregistered):
             reg = event.registration
             self._drop(reg)
@@ -328,9 +415,19 @@ class Lwm2mServer:
                 endpoint=reg.endpoint,
                 registration=reg.registration_id,
             )
+            self.events.publish(
+                EventKind.DEREGISTERED,
+                reg.tenant_id,
+                reg.device_id,
+                {"registration_id": reg.registration_id, "endpoint": reg.endpoint},
+            )
 
     def _drop(self, reg: Registration) -> None:
-        self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+        self._cancel_at_device(
+            self.observations.remove_registration(reg.registration_id),
+            reg.tenant_id,
+            "registration ended",
+        )
         known = self._regs.pop(reg.registration_id, None)
         if known is not None:
             self._keep(known, 0.0)
@@ -373,7 +470,11 @@ class Lwm2mServer:
             elif current is not None:  # replaced by a newer registration elsewhere
                 self._drop(reg)
                 continue
-            self._cancel_at_device(self.observations.remove_registration(reg.registration_id))
+            self._cancel_at_device(
+                self.observations.remove_registration(reg.registration_id),
+                reg.tenant_id,
+                "registration expired",
+            )
             self._regs.pop(reg.registration_id, None)
             # The session stays until lifetime + grace (``_bind``), then idles out.
             expired.append(reg)
@@ -384,6 +485,12 @@ class Lwm2mServer:
                 registration=reg.registration_id,
                 lifetime_s=reg.lifetime_s,
             )
+            self.events.publish(
+                EventKind.EXPIRED,
+                reg.tenant_id,
+                reg.device_id,
+                {"registration_id": reg.registration_id, "endpoint": reg.endpoint},
+            )
         return expired
 
     async def _expire_loop(self) -> None:
@@ -391,8 +498,87 @@ class Lwm2mServer:
             await asyncio.sleep(EXPIRY_CHECK_S)
             try:
                 await self.expire(self._clock())
+                await self.sweep_queue(self._clock())
             except Exception:  # never let the loop die
                 log.exception("lwm2m.expiry_check_failed")
+
+    # -- queue mode ---------------------------------------------------------------------------
+    async def _woke(self, reg: Registration) -> None:
+        """A queue-mode device sent a request: awake for the window; what waited goes out."""
+        try:
+            woke = await self.queue.wake(reg.device_id, self._queue_policy.awake_s)
+            if woke:
+                waiting = await self.queue.waiting(reg.device_id)
+                log.info("lwm2m.awake", device=reg.device_id, queued=waiting)
+                self.events.publish(
+                    EventKind.AWAKE,
+                    reg.tenant_id,
+                    reg.device_id,
+                    {"registration_id": reg.registration_id, "queued": waiting},
+                )
+            if reg.device_id in self._draining:
+                return  # the running drain takes what came meanwhile
+            self._draining.add(reg.device_id)
+            try:
+                while (item := await self.queue.pop(reg.device_id)) is not None:
+                    await self._send_queued(reg, item)
+            finally:
+                self._draining.discard(reg.device_id)
+        except IngressError as exc:  # Redis: the requests stay queued for the next wake
+            log.warning("lwm2m.queue_drain_failed", device=reg.device_id, error=exc.code)
+
+    async def _send_queued(self, reg: Registration, item: QueuedRequest) -> None:
+        now = self._clock()
+        if not item.due(now):
+            await self._queued_finished(item.finished(Status.EXPIRED, now, error=_EXPIRED))
+            return
+        await self.queue.save(dataclasses.replace(item, status=Status.SENT))
+        current = self._regs.get(reg.registration_id, reg)
+        try:
+            response = await self.call(
+                current, item.request, timeout_s=self.config.request_timeout_s
+            )
+            result = {  # the same body as a 200 of the admin API
+                "device_id": item.device_id,
+                "registration_id": current.registration_id,
+                **ops.interpret(item.request, response, now=self._clock()).to_json(),
+            }
+        except IngressError as exc:
+            error = exc.to_json()["error"]
+            await self._queued_finished(item.finished(Status.FAILED, self._clock(), error=error))
+            return
+        await self._queued_finished(item.finished(Status.DONE, self._clock(), result=result))
+
+    async def _queued_finished(self, item: QueuedRequest) -> None:
+        await self.queue.save(item)
+        done = item.status is Status.DONE
+        log.info(
+            "lwm2m.queued_request_finished",
+            device=item.device_id,
+            request_id=item.request_id,
+            status=item.status.value,
+        )
+        self.events.publish(
+            EventKind.REQUEST_DONE if done else EventKind.REQUEST_FAILED,
+            item.tenant_id,
+            item.device_id,
+            {
+                "request_id": item.request_id,
+                "operation": item.operation,
+                "path": str(item.request.path),
+                "status": item.status.value,
+                **({"result": item.result} if done else {"error": item.error}),
+            },
+        )
+
+    async def sweep_queue(self, now: float) -> int:
+        """Queued requests whose deadline passed while their device slept: recorded as
+        expired and reported (each by the one node that claimed it)."""
+        swept = await self.queue.past_deadline(now)
+        for item in swept:
+            if item.status is Status.QUEUED:
+                await self._queued_finished(item.finished(Status.EXPIRED, now, error=_EXPIRED))
+        return len(swept)
 
     async def _observe_configured(self, reg: Registration) -> None:
         """Observe the tenant's configured paths the client announced and not yet observed."""
@@ -472,7 +658,11 @@ class Lwm2mServer:
         ended = seq is None or not response.code.startswith("2.")
         if reg is None or reg.expired(self._clock()) or ended:
             self.observations.remove(token)
-            self._cancel_at_device([obs])
+            session = self._live.get(obs.session_id)
+            tenant = reg.tenant_id if reg is not None else None
+            if tenant is None and session is not None and session.credential is not None:
+                tenant = session.credential.identity.tenant_id
+            self._cancel_at_device([obs], tenant, "ended by the device" if ended else "stale")
             if reg is None or reg.expired(self._clock()) or not response.code.startswith("2."):
                 return
         await self._notified_uplink(reg, obs.request, response)
@@ -485,6 +675,24 @@ class Lwm2mServer:
             self.stats["notifications"] += 1
         except IngressError as exc:
             log.info("lwm2m.notification_dropped", device=reg.device_id, error=exc.code)
+        if request.path.object_id == 5:  # a firmware update's progress
+            try:
+                await self.firmware.notified(reg, request, response)
+            except IngressError as exc:
+                log.info("lwm2m.firmware_report_dropped", device=reg.device_id, error=exc.code)
+
+    async def observe_auto(
+        self, reg: Registration, request: DeviceRequest
+    ) -> DeviceResponse | None:
+        """Observe for the server itself (firmware progress); None if already observed."""
+        self._regs.setdefault(reg.registration_id, reg)
+        return await self._observe(
+            reg, request, Owner.AUTO, timeout_s=self.config.request_timeout_s
+        )
+
+    async def send_message(self, reg: Registration, msg: Any, *, timeout_s: float) -> Any:
+        """A ready-made CoAP request (a Block1 block) over the registration's session."""
+        return await self._exchange(self._session(reg), msg, timeout_s)
 
     # -- server-initiated requests --------------------------------------------------------------
     def _session(self, reg: Registration) -> DeviceSession:
@@ -513,11 +721,23 @@ class Lwm2mServer:
         token: bytes | None = None,
         observer: Any = None,
     ) -> Any:
+        message = request_message(request)
+        return await self._exchange(session, message, timeout_s, token=token, observer=observer)
+
+    async def _exchange(
+        self,
+        session: DeviceSession,
+        message: Any,
+        timeout_s: float,
+        *,
+        token: bytes | None = None,
+        observer: Any = None,
+    ) -> Any:
         try:
             async with asyncio.timeout(max(0.01, timeout_s)):
                 return await self._endpoint_of(session).request(
                     session.addr,
-                    request_message(request),
+                    message,
                     response_timeout=timeout_s,
                     token=token,
                     on_notification=observer,
@@ -575,6 +795,7 @@ class Lwm2mServer:
         pending = [t for t in (*self._tasks, self._expiry_task) if t is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.events.flush()
         if self._writes:  # the sessions just closed: their registrations say unreachable
             await asyncio.wait(list(self._writes), timeout=2.0)
 
