@@ -505,16 +505,24 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
         params["accept"] = args.accept
     if getattr(args, "args", None):
         params["args"] = args.args
-    if args.operation == "write":
+    if args.operation == "write-attributes":
+        for attr in ("pmin", "pmax", "gt", "lt", "st", "epmin", "epmax"):
+            if getattr(args, attr) is not None:
+                params[attr] = getattr(args, attr)
+        if args.clear:
+            params["clear"] = [c.strip() for c in args.clear.split(",") if c.strip()]
+    if args.operation in ("write", "create"):
         try:
             values = json.loads(args.values)
         except ValueError:
             raise CliError("--values is not valid JSON") from None
         params["values"] = values if isinstance(values, list) else [values]
+    if args.operation == "write":
         params["replace"] = not args.partial
 
     async def op(reg: Any) -> object:
         from corem_ingress.adapters.lwm2m.operator import OperatorCalls
+        from corem_ingress.lwm2m.objects import load_model
         from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 
         cfg = _load_config(args)
@@ -523,6 +531,7 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             Lwm2mStore(reg._r, reg.keys, grace_s=cfg.lwm2m.expiry_grace_s),
             Lwm2mRouter(reg._r, reg.keys),
             default_timeout_s=cfg.lwm2m.request_timeout_s,
+            model=load_model(cfg.lwm2m.models_dir),
         )
         target = f"device={args.device}"
         try:
@@ -537,6 +546,22 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
         return result
 
     return op
+
+
+def cmd_lwm2m_models(args: argparse.Namespace) -> int:
+    """The object models the broker uses (shipped OMA objects + lwm2m.models_dir); no Redis."""
+    from corem_ingress.lwm2m.objects import load_model
+
+    cfg = _load_config(args)
+    model = load_model(cfg.lwm2m.models_dir)
+    if args.object is None:
+        _out({"objects": [o.to_json(resources=False) for o in model.objects()]})
+        return 0
+    obj = model.object(args.object)
+    if obj is None:
+        raise CliError(f"no model of object {args.object}")
+    _out(obj.to_json())
+    return 0
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -808,6 +833,11 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     lwm2m = sub.add_parser(
         "lwm2m", help="LwM2M operations on a registered device (via its session's node)"
     ).add_subparsers(dest="operation", required=True, parser_class=_Parser)
+    sp = lwm2m.add_parser(
+        "models", parents=[common], help="the object models (OMA DDF) the broker knows"
+    )
+    sp.add_argument("--object", type=int, help="one object's definition with its resources")
+    sp.set_defaults(func=cmd_lwm2m_models)
     sp = lwm2m.add_parser("registration", parents=[common], help="the device's registration")
     tenant(sp)
     sp.add_argument("--device", required=True)
@@ -818,7 +848,10 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
         ("execute", "execute a resource"),
         ("observe", "observe a path (notifications become uplinks)"),
         ("cancel-observe", "cancel an observation"),
-        ("discover", "discover what is under a path"),
+        ("discover", "discover what is under a path (with the device's attributes)"),
+        ("write-attributes", "write notification attributes (pmin, pmax, gt, lt, st, ...)"),
+        ("create", "create object instance(s): --path /OBJECT --values naming /OBJECT/ID/RES"),
+        ("delete", "delete an object instance (--path /OBJECT/ID)"),
     ):
         sp = lwm2m.add_parser(name, parents=[common], help=text)
         tenant(sp)
@@ -829,13 +862,26 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
             sp.add_argument("--accept", type=int, help="content format to ask for")
         if name == "execute":
             sp.add_argument("--args", help="arguments, e.g. 0='x',1")
-        if name == "write":
+        if name in ("write", "create"):
             sp.add_argument(
                 "--values",
                 required=True,
                 help='JSON: [{"path": "/1/0/1", "value": 60}] (type optional for known resources)',
             )
+        if name == "write":
             sp.add_argument("--partial", action="store_true", help="partial update (POST)")
+        if name == "write-attributes":
+            for attr, kind, text in (
+                ("pmin", int, "minimum period (s)"),
+                ("pmax", int, "maximum period (s)"),
+                ("gt", float, "greater than (numeric resources)"),
+                ("lt", float, "less than (numeric resources)"),
+                ("st", float, "step (numeric resources)"),
+                ("epmin", int, "minimum evaluation period (s)"),
+                ("epmax", int, "maximum evaluation period (s)"),
+            ):
+                sp.add_argument(f"--{attr}", type=kind, help=text)
+            sp.add_argument("--clear", help="attributes to remove, comma-separated (e.g. gt,lt)")
         sp.set_defaults(func=_registry_command(_lwm2m))
 
     sp = sub.add_parser(

@@ -36,7 +36,8 @@ from corem_ingress.lwm2m.linkformat import (
     ObjectList,
     serialize_links,
 )
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ResourceDef, ValueType
+from corem_ingress.lwm2m.model import Lwm2mPath, ResourceDef, ValueType
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 
 Value = int | float | bool | str | bytes
 
@@ -75,6 +76,8 @@ ClientEvent = Executed | LifetimeChanged | UpdateTriggered | RebootRequested
 
 _SUPPORTED = (CF_TEXT, CF_OPAQUE, CF_CBOR, CF_TLV, CF_SENML_JSON, CF_SENML_CBOR)
 _INSTANCES = ((1, 0), (3, 0), (3303, 0))
+_CREATABLE = frozenset({3303})
+_ATTRIBUTE_NAMES = frozenset({"pmin", "pmax", "gt", "lt", "st", "epmin", "epmax"})
 
 
 class SimulatedClient:
@@ -100,6 +103,10 @@ class SimulatedClient:
         self._events: collections.deque[ClientEvent] = collections.deque()
         self.default_format = CF_SENML_JSON if version == "1.1" else CF_TLV
         self.values: dict[Lwm2mPath, Value] = {}
+        #: (object, instance) pairs that exist; Create / Delete change those of 3303.
+        self.instances: set[tuple[int, int]] = set(_INSTANCES)
+        #: Write-Attributes per path: name -> value as written.
+        self.attributes: dict[Lwm2mPath, dict[str, str]] = {}
         p = Lwm2mPath.of
         self.values.update(
             {
@@ -147,7 +154,7 @@ class SimulatedClient:
 
     def object_list(self) -> ObjectList:
         cts = (CF_SENML_CBOR, CF_SENML_JSON, CF_TLV) if self.version == "1.1" else ()
-        objects = tuple(ObjectLink(o, i) for o, i in _INSTANCES)
+        objects = tuple(ObjectLink(o, i) for o, i in sorted(self.instances))
         return ObjectList(objects, "/", cts)
 
     def register_query(self) -> list[str]:
@@ -222,9 +229,11 @@ class SimulatedClient:
         if path.level == 0:
             return True
         if path.level == 1:
-            return any(o == path.object_id for o, _ in _INSTANCES)
+            return path.object_id in _CREATABLE or any(
+                o == path.object_id for o, _ in self.instances
+            )
         if path.level == 2:
-            return (path.object_id, path.instance_id) in _INSTANCES
+            return (path.object_id, path.instance_id) in self.instances
         if path == Lwm2mPath.of(3, 0, 13):
             return True
         res = self._res(path)
@@ -255,10 +264,14 @@ class SimulatedClient:
             if accept == CF_LINK_FORMAT:
                 return self.discover(path)
             return self.read(path, accept)
-        if method in ("PUT", "POST") and uri_query and not payload:
-            return ClientResponse("2.04")  # Write-Attributes: accepted, not acted on
+        if method == "PUT" and uri_query and not payload:
+            return self.write_attributes(path, uri_query)
         if method == "PUT":
             return self.write(path, content_format, payload, replace=True)
+        if method == "POST" and path.level == 1:
+            return self.create(path, content_format, payload)
+        if method == "DELETE":
+            return self.delete(path)
         if method == "POST":
             if path.level == 3 and (res := self._res(path)) is not None and res.executable:
                 return self.execute(path, payload)
@@ -313,6 +326,64 @@ class SimulatedClient:
                 self._events.append(LifetimeChanged(r.value))
         return ClientResponse("2.04")
 
+    def create(self, path: Lwm2mPath, content_format: int | None, payload: bytes) -> ClientResponse:
+        """Create instance(s) of 3303 (the only multiple-instance object here) with the ids
+        the payload names; 4.05 for another object, 4.00 for an instance that exists."""
+        if path.object_id not in _CREATABLE:
+            return ClientResponse("4.05")
+        try:
+            records = decode(payload, content_format, path, now=self._clock())
+        except InvalidArgument:
+            return ClientResponse("4.00")
+        new = {(r.path.ids[0], r.path.ids[1]) for r in records}
+        if not records or new & self.instances:
+            return ClientResponse("4.00")
+        for r in records:
+            res = self._res(r.path)
+            if res is None or res.type is not r.type or (r.path.level == 4) != res.multiple:
+                return ClientResponse("4.00")
+        self.instances |= new
+        for r in records:
+            self.values[r.path] = r.value
+        return ClientResponse("2.01")
+
+    def delete(self, path: Lwm2mPath) -> ClientResponse:
+        if path.level != 2 or path.object_id not in _CREATABLE:
+            return ClientResponse("4.05")
+        assert path.object_id is not None and path.instance_id is not None
+        self.instances.discard((path.object_id, path.instance_id))
+        self.values = {k: v for k, v in self.values.items() if not path.is_prefix_of(k)}
+        self.attributes = {k: v for k, v in self.attributes.items() if not path.is_prefix_of(k)}
+        return ClientResponse("2.02")
+
+    def write_attributes(self, path: Lwm2mPath, query: Sequence[str]) -> ClientResponse:
+        """Stored per path (and shown by Discover); a bare name removes an attribute. Not
+        acted on: notifications follow the simulator's own schedule."""
+        if path.level == 0:
+            return ClientResponse("4.05")
+        attrs = dict(self.attributes.get(path, {}))
+        for part in query:
+            name, eq, value = part.partition("=")
+            if name not in _ATTRIBUTE_NAMES:
+                return ClientResponse("4.00")
+            if not eq:
+                attrs.pop(name, None)
+                continue
+            try:
+                float(value)
+            except ValueError:
+                return ClientResponse("4.00")
+            attrs[name] = value
+        if attrs:
+            self.attributes[path] = attrs
+        else:
+            self.attributes.pop(path, None)
+        return ClientResponse("2.04")
+
+    def _link(self, path: Lwm2mPath, params: tuple[tuple[str, str | None], ...] = ()) -> Link:
+        extra = tuple(sorted(self.attributes.get(path, {}).items()))
+        return Link(str(path), params + extra)
+
     def execute(self, path: Lwm2mPath, args: bytes = b"") -> ClientResponse:
         res = self._res(path)
         if res is None or not res.executable:
@@ -340,12 +411,14 @@ class SimulatedClient:
         if path.level == 0 or path.level > 3:
             return ClientResponse("4.05")
         links: list[Link] = []
-        for o, i in _INSTANCES:
+        for o, i in sorted(self.instances):
             inst = Lwm2mPath.of(o, i)
             if path.level == 1 and path.object_id == o:
                 if not links:
-                    links.append(Link(str(path), (("ver", "1.1"),) if o == 3303 else ()))
-                links.append(Link(str(inst)))
+                    links.append(self._link(path, (("ver", "1.1"),) if o == 3303 else ()))
+                links.append(self._link(inst))
+            elif path == inst:
+                links.append(self._link(inst))
             if not (path.is_prefix_of(inst) or inst.is_prefix_of(path)):
                 continue
             obj = DEFAULT_MODEL.object(o)
@@ -356,9 +429,9 @@ class SimulatedClient:
                     continue
                 if res.multiple:
                     n = sum(1 for k in self.values if rp.is_prefix_of(k))
-                    links.append(Link(str(rp), (("dim", str(n)),)))
+                    links.append(self._link(rp, (("dim", str(n)),)))
                 else:
-                    links.append(Link(str(rp)))
+                    links.append(self._link(rp))
         return ClientResponse("2.05", CF_LINK_FORMAT, serialize_links(links).encode())
 
 

@@ -15,7 +15,7 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,11 +45,13 @@ from corem_ingress.lwm2m.content import (
 )
 from corem_ingress.lwm2m.linkformat import Link, parse_links
 from corem_ingress.lwm2m.model import (
-    DEFAULT_MODEL,
+    EMPTY_MODEL,
     NUMERIC_TYPES,
     Lwm2mPath,
     ObjectModel,
+    ValueType,
 )
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 
 
@@ -61,6 +63,8 @@ class Operation(StrEnum):
     CANCEL_OBSERVE = "cancel-observe"
     DISCOVER = "discover"
     WRITE_ATTRIBUTES = "write-attributes"
+    CREATE = "create"
+    DELETE = "delete"
 
 
 _SUCCESS = {
@@ -71,6 +75,8 @@ _SUCCESS = {
     Operation.WRITE: "2.04",
     Operation.EXECUTE: "2.04",
     Operation.WRITE_ATTRIBUTES: "2.04",
+    Operation.CREATE: "2.01",
+    Operation.DELETE: "2.02",
 }
 _METHODS = frozenset({"GET", "PUT", "POST", "DELETE"})
 
@@ -184,8 +190,12 @@ class DeviceResult:
     records: tuple[Record, ...] = ()
     #: Discover's answer.
     links: tuple[Link, ...] = ()
+    #: Create: the instances created.
+    created: tuple[Lwm2mPath, ...] = ()
 
-    def to_json(self) -> dict[str, JsonValue]:
+    def to_json(self, model: ObjectModel | None = None) -> dict[str, JsonValue]:
+        """The operator's view; with ``model``, Discover's links carry the ``name`` of the
+        object or resource they point at (null when the model does not know it)."""
         out: dict[str, JsonValue] = {
             "operation": self.operation.value,
             "path": str(self.path),
@@ -194,11 +204,20 @@ class DeviceResult:
         if self.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
             out["records"] = [r.to_json() for r in self.records]
         if self.operation is Operation.DISCOVER:
-            out["links"] = [
-                {"target": link.target, "params": {k: v for k, v in link.params}}
-                for link in self.links
-            ]
+            out["links"] = [_link_json(link, model) for link in self.links]
+        if self.operation is Operation.CREATE:
+            out["instances"] = [str(p) for p in self.created]
         return out
+
+
+def _link_json(link: Link, model: ObjectModel | None) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {"target": link.target, "params": {k: v for k, v in link.params}}
+    if model is not None:
+        try:
+            out["name"] = model.name_of(Lwm2mPath.parse(link.target))
+        except InvalidArgument:
+            out["name"] = None
+    return out
 
 
 # -- building -------------------------------------------------------------------------------
@@ -296,16 +315,7 @@ def write(
     for r in records:
         if not p.is_prefix_of(r.path):
             raise InvalidArgument(f"{r.path} lies outside {p}")
-        assert r.path.object_id is not None and r.path.resource_id is not None
-        res = model.resource(r.path.object_id, r.path.resource_id)
-        if res is None:
-            continue
-        if not res.writable:
-            raise InvalidArgument(f"{r.path} ({res.name}) is not writable")
-        if res.type is not r.type:
-            raise InvalidArgument(f"{r.path} ({res.name}) takes a {res.type.value} value")
-        if r.path.level == 4 and not res.multiple:
-            raise InvalidArgument(f"{r.path} ({res.name}) has no resource instances")
+        _check_against_model(r, model, need_writable=True)
     payload = encode(records, content_format, p)
     return DeviceRequest(
         Operation.WRITE,
@@ -315,6 +325,60 @@ def write(
         content_format=content_format,
         payload=payload,
     )
+
+
+def _check_against_model(r: Record, model: ObjectModel, *, need_writable: bool) -> None:
+    """A value the model knows to be wrong for its resource: not writable (Write), of
+    another type, an instance of a single resource, outside the resource's range."""
+    assert r.path.object_id is not None and r.path.resource_id is not None
+    res = model.resource(r.path.object_id, r.path.resource_id)
+    if res is None:
+        return
+    if need_writable and not res.writable:
+        raise InvalidArgument(f"{r.path} ({res.name}) is not writable")
+    if res.type is ValueType.NONE:
+        raise InvalidArgument(f"{r.path} ({res.name}) is executable: it holds no value")
+    if res.type is not r.type:
+        raise InvalidArgument(f"{r.path} ({res.name}) takes a {res.type.value} value")
+    if r.path.level == 4 and not res.multiple:
+        raise InvalidArgument(f"{r.path} ({res.name}) has no resource instances")
+    if (why := res.out_of_range(r.value)) is not None:
+        raise InvalidArgument(f"{r.path} ({res.name}): {why}")
+
+
+def create(
+    path: Lwm2mPath | str,
+    records: Sequence[Record],
+    *,
+    content_format: int = CF_TLV,
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Create object instance(s): POST /{object} with the new instances' resources. Each
+    record names its instance (``/31024/20/1``): the new instance ids are the operator's.
+    Values are checked against the model (type, range), not for W: a Create also sets
+    resources the server may only read afterwards."""
+    p = _path(path)
+    _levels(p, 1, 1, "Create")
+    if content_format not in (CF_TLV, CF_SENML_JSON, CF_SENML_CBOR):
+        raise InvalidArgument("Create payloads are TLV, SenML JSON or SenML CBOR")
+    if not records:
+        raise InvalidArgument("Create needs at least one value")
+    for r in records:
+        if not p.is_prefix_of(r.path):
+            raise InvalidArgument(f"{r.path} lies outside {p}")
+        _check_against_model(r, model, need_writable=False)
+    payload = encode(records, content_format, p)
+    return DeviceRequest(
+        Operation.CREATE, p, "POST", _uri(p, root), content_format=content_format, payload=payload
+    )
+
+
+def delete(path: Lwm2mPath | str, *, root: str = "/") -> DeviceRequest:
+    """Delete an object instance: DELETE /{object}/{instance}."""
+    p = _path(path)
+    _levels(p, 2, 2, "Delete")
+    return DeviceRequest(Operation.DELETE, p, "DELETE", _uri(p, root))
 
 
 _EXEC_ARGS_RE = re.compile(
@@ -419,6 +483,61 @@ def write_attributes(
     )
 
 
+ATTRIBUTES = _ATTRIBUTES
+_INTEGER_ATTRIBUTES = frozenset({"pmin", "pmax", "epmin", "epmax"})
+
+
+def attributes_from(params: Mapping[str, object]) -> dict[str, float | int]:
+    """The attributes among an operator's parameters (JSON numbers), by name."""
+    out: dict[str, float | int] = {}
+    for name in _ATTRIBUTES:
+        value = params.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(f"{name} must be a number")
+        if name in _INTEGER_ATTRIBUTES and isinstance(value, float):
+            if not value.is_integer():
+                raise InvalidArgument(f"{name} is a whole number of seconds")
+            value = int(value)
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSpec:
+    """Configured default attributes: ``/3303/0/5700?pmin=5&pmax=30&st=0.5``."""
+
+    path: Lwm2mPath
+    attributes: dict[str, float | int]
+
+    @classmethod
+    def parse(cls, text: str) -> AttributeSpec:
+        path_text, sep, query = text.strip().partition("?")
+        if not sep or not query:
+            raise InvalidArgument(f"{text[:64]!r} is not PATH?attr=value&... (e.g. /3/0?pmax=60)")
+        path = Lwm2mPath.parse(path_text)
+        values: dict[str, float | int] = {}
+        for part in query.split("&"):
+            name, eq, value = part.partition("=")
+            if name not in _ATTRIBUTES or not eq:
+                raise InvalidArgument(f"{part[:24]!r}: attributes are {', '.join(_ATTRIBUTES)}")
+            if name in values:
+                raise InvalidArgument(f"{name} is given twice")
+            try:
+                integral = name in _INTEGER_ATTRIBUTES or re.fullmatch(r"-?[0-9]{1,18}", value)
+                number: float | int = int(value) if integral else float(value)
+            except ValueError:
+                raise InvalidArgument(f"{name}={value[:16]!r} is not a number") from None
+            values[name] = number
+        spec = cls(path, values)
+        spec.request()  # validated as Write-Attributes would be
+        return spec
+
+    def request(self, *, root: str = "/", model: ObjectModel = DEFAULT_MODEL) -> DeviceRequest:
+        return write_attributes(self.path, **self.attributes, root=root, model=model)  # type: ignore[arg-type]
+
+
 # -- interpreting ---------------------------------------------------------------------------
 
 _ERRORS: dict[str, tuple[type[IngressError], str]] = {
@@ -482,7 +601,19 @@ def interpret(
             response.payload, response.content_format, request.path, now=now, model=model
         )
         return DeviceResult(request.operation, request.path, response.code, tuple(records))
+    if request.operation is Operation.CREATE:
+        return DeviceResult(
+            request.operation, request.path, response.code, created=created_instances(request)
+        )
     return DeviceResult(request.operation, request.path, response.code)
+
+
+def created_instances(request: DeviceRequest) -> tuple[Lwm2mPath, ...]:
+    """The instances a Create request creates (its payload names them)."""
+    records = decode(
+        request.payload, request.content_format, request.path, now=0.0, model=EMPTY_MODEL
+    )
+    return tuple(sorted({Lwm2mPath(r.path.ids[:2]) for r in records}))
 
 
 def notification_records(
@@ -497,12 +628,18 @@ def notification_records(
 
 
 __all__ = [
+    "ATTRIBUTES",
+    "AttributeSpec",
     "DeviceRequest",
     "DeviceResponse",
     "DeviceResult",
     "Operation",
+    "attributes_from",
     "cancel_observe",
     "check_accept",
+    "create",
+    "created_instances",
+    "delete",
     "discover",
     "error_for",
     "execute",

@@ -144,6 +144,43 @@ async def test_requests_are_routed_to_the_node_holding_the_session(
             redis_url, "discover", "--tenant", "acme", "--device", p.device_id, "--path", "/3/0"
         )
         assert rc == 0 and out["links"], err
+        assert {x["target"]: x["name"] for x in out["links"]}["/3/0/9"] == "Battery Level"
+        # Issue 15.1: Write-Attributes (epmin/epmax too: Wakaama has none) and Discover.
+        dm = ("--tenant", "acme", "--device", p.device_id)
+        rc, out, err = await cli(
+            redis_url, "write-attributes", *dm, "--path", "/3303/0/5700",
+            "--pmin", "5", "--pmax", "60", "--gt", "30.5", "--st", "0.5",
+            "--epmin", "1", "--epmax", "30",
+        )  # fmt: skip
+        assert rc == 0 and out["code"] == "2.04", err
+        rc, out, err = await cli(redis_url, "discover", *dm, "--path", "/3303/0")
+        params = {x["target"]: x["params"] for x in out["links"]}["/3303/0/5700"]
+        assert params == {"epmax": "30", "epmin": "1", "gt": "30.5", "pmax": "60", "pmin": "5",
+                          "st": "0.5"}, out  # fmt: skip
+        rc, out, err = await cli(
+            redis_url, "write-attributes", *dm, "--path", "/3303/0/5700", "--clear", "gt,st"
+        )
+        assert rc == 0, err
+        rc, out, err = await cli(redis_url, "discover", *dm, "--path", "/3303/0/5700")
+        assert "gt" not in {x["target"]: x["params"] for x in out["links"]}["/3303/0/5700"]
+        rc, out, err = await cli(
+            redis_url, "write-attributes", *dm, "--path", "/3303/0/5700", "--pmin", "9",
+            "--pmax", "1",
+        )  # fmt: skip
+        assert rc == 2 and "pmin must not exceed pmax" in err and err.count("\n") == 1
+        # Issue 15.3: Create and Delete of an instance (3303/7), routed to node B.
+        new = '[{"path": "/3303/7/5700", "value": 19.5}, {"path": "/3303/7/5701", "value": "Cel"}]'
+        rc, out, err = await cli(redis_url, "create", *dm, "--path", "/3303", "--values", new)
+        assert rc == 0 and out["code"] == "2.01" and out["instances"] == ["/3303/7"], err
+        rc, out, err = await cli(redis_url, "read", *dm, "--path", "/3303/7/5700")
+        assert rc == 0 and out["records"][0]["value"] == 19.5, err
+        rc, out, err = await cli(redis_url, "create", *dm, "--path", "/3303", "--values", new)
+        assert rc == 2 and "INVALID_ARGUMENT" in err  # the device: 4.00, it exists
+        rc, out, err = await cli(redis_url, "delete", *dm, "--path", "/3303/7")
+        assert rc == 0 and out["code"] == "2.02", err
+        assert (3303, 7) not in dev.client.instances
+        rc, out, err = await cli(redis_url, "delete", *dm, "--path", "/3303/7")
+        assert rc == 2 and "NOT_FOUND" in err
         rc, out, err = await cli(
             redis_url, "registration", "--tenant", "acme", "--device", p.device_id
         )

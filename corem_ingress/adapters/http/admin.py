@@ -36,6 +36,7 @@ from corem_ingress.core.errors import IngressError, InvalidArgument, NotFound, U
 from corem_ingress.core.identity import CredentialKind, check_hardware_id
 from corem_ingress.core.proof import Proof
 from corem_ingress.core.psk import parse_psk_hex
+from corem_ingress.lwm2m.objects import load_model
 from corem_ingress.services import Services
 from corem_ingress.store.downlinks import send_downlink
 
@@ -55,6 +56,9 @@ DOWNLINKS = "/api/v1/devices/{device_id}/downlinks"
 LWM2M = "/api/v1/devices/{device_id}/lwm2m"
 #: One route per LwM2M operation: /api/v1/devices/{device_id}/lwm2m/read, .../write, ...
 LWM2M_OPERATION = "/api/v1/devices/{device_id}/lwm2m/{operation}"
+#: The object models (shipped OMA objects and ``lwm2m.models_dir``): names for the console.
+LWM2M_MODELS = "/api/v1/lwm2m/models"
+LWM2M_MODEL = "/api/v1/lwm2m/models/{object_id}"
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _PROVISION_FIELDS = frozenset(
@@ -96,6 +100,7 @@ class AdminApi:
             services.stores.lwm2m_router(clock=services.clock),
             default_timeout_s=lwm2m.request_timeout_s,
             clock=services.clock,
+            model=load_model(lwm2m.models_dir),
         )
 
     def add_routes(self, app: web.Application) -> None:
@@ -114,6 +119,8 @@ class AdminApi:
         r.add_post(DEVICE_CERTS, self.register_cert)
         r.add_post(DOWNLINKS, self.send_downlink)
         r.add_get(LWM2M, self.lwm2m_registration)
+        r.add_get(LWM2M_MODELS, self.lwm2m_models)
+        r.add_get(LWM2M_MODEL, self.lwm2m_model)
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
         TrustApi(self).add_routes(app)
@@ -352,6 +359,23 @@ class AdminApi:
             return reg.to_json()
 
         return _json(await self.audited_read(op, "lwm2m.get", f"device={device_id}", read()))
+
+    async def lwm2m_models(self, request: web.Request) -> web.Response:
+        """Every object the server knows (without resources): id, name, version, ..."""
+        await self.operator(request)
+        objects = [o.to_json(resources=False) for o in self._lwm2m.model.objects()]
+        return _json({"objects": objects})
+
+    async def lwm2m_model(self, request: web.Request) -> web.Response:
+        """One object's definition with its resources."""
+        await self.operator(request)
+        text = request.match_info["object_id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 5:
+            raise InvalidArgument("object id is a number 0-65534")
+        obj = self._lwm2m.model.object(int(text))
+        if obj is None:
+            raise NotFound(f"no model of object {int(text)}", reason="unknown object")
+        return _json(obj.to_json())
 
     async def lwm2m_call(self, request: web.Request) -> web.Response:
         """Read / Write / Execute / Observe / Cancel-Observe / Discover on the device."""

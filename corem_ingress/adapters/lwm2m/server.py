@@ -40,6 +40,7 @@ from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import IngressError, NotFound, Unauthenticated, Unavailable
 from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
+from corem_ingress.lwm2m.objects import load_model
 from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.lwm2m.registration import (
@@ -107,6 +108,7 @@ class Lwm2mServer:
             clock=self._clock,
             on_event=self._on_event,
             unavailable_max_age_s=services.config.coap.unavailable_max_age_s,
+            model=load_model(self.config.models_dir),
         )
         self.observations = ObservationTable()
         self.request_server = services.stores.lwm2m_request_server(
@@ -130,7 +132,7 @@ class Lwm2mServer:
         listener.mount(RD, self._blockwise)
         listener.mount(DP, self._blockwise)
         listener.session_hooks.append(self._session_hook)
-        self.stats = {"notifications": 0, "observe_failed": 0}
+        self.stats = {"notifications": 0, "observe_failed": 0, "attributes_failed": 0}
         #: DEV ONLY: the plain-UDP NoSec listener (``lwm2m.allow_nosec``).
         self.nosec: NoSecListener | None = None
         if self.config.allow_nosec:
@@ -293,7 +295,7 @@ class Lwm2mServer:
                 session=reg.session_id,
                 replaced=event.replaced.registration_id if event.replaced else None,
             )
-            self._spawn(self._observe_configured(reg))
+            self._spawn(self._observe_configured(reg, attributes=True))
         elif isinstance(event, Updated):
             reg, previous = event.registration, event.previous
             known = self._regs.get(reg.registration_id)
@@ -394,8 +396,12 @@ class Lwm2mServer:
             except Exception:  # never let the loop die
                 log.exception("lwm2m.expiry_check_failed")
 
-    async def _observe_configured(self, reg: Registration) -> None:
-        """Observe the tenant's configured paths the client announced and not yet observed."""
+    async def _observe_configured(self, reg: Registration, *, attributes: bool = False) -> None:
+        """Observe the tenant's configured paths the client announced and not yet observed;
+        after a Register (``attributes``), first write the tenant's default attributes (the
+        observations then report by them)."""
+        if attributes:
+            await self._write_default_attributes(reg)
         paths = paths_to_observe(self.config.paths_for(reg.tenant_id), reg.objects)
         for path in paths:
             if self._regs.get(reg.registration_id) is not reg:
@@ -413,6 +419,32 @@ class Lwm2mServer:
                 continue
             if response is not None and response.code == "2.05":
                 await self._notified_uplink(reg, request, response)
+
+    async def _write_default_attributes(self, reg: Registration) -> None:
+        """Write-Attributes of the tenant's ``default_attributes`` on objects the client
+        announced. A refusal is logged and counted; the rest still goes."""
+        for text in self.config.attributes_for(reg.tenant_id):
+            spec = ops.AttributeSpec.parse(text)  # validated at config load
+            if not reg.objects.has(spec.path):
+                continue
+            if self._regs.get(reg.registration_id) is not reg:
+                return  # updated, replaced or gone meanwhile
+            request = spec.request(root=reg.objects.root, model=self.service.model)
+            try:
+                session = self._session(reg)
+                response = device_response(
+                    await self._send(session, request, self.config.request_timeout_s)
+                )
+            except IngressError as exc:
+                response = DeviceResponse(exc.coap_code)
+            if response.code != "2.04":
+                self.stats["attributes_failed"] += 1
+                log.info(
+                    "lwm2m.attributes_failed",
+                    device=reg.device_id,
+                    path=str(spec.path),
+                    code=response.code,
+                )
 
     # -- observations ---------------------------------------------------------------------------
     async def _observe(
