@@ -497,10 +497,12 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
 def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     """An LwM2M operation on a registered device, routed to the node holding its session."""
     params: dict[str, Any] = {}
-    if args.operation != "registration":
+    if getattr(args, "path", None) is not None:
         params["path"] = args.path
-        if args.timeout is not None:
-            params["timeout_s"] = args.timeout
+    if getattr(args, "paths", None) is not None:
+        params["paths"] = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if getattr(args, "timeout", None) is not None:
+        params["timeout_s"] = args.timeout
     if getattr(args, "accept", None) is not None:
         params["accept"] = args.accept
     if getattr(args, "args", None):
@@ -511,7 +513,7 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
                 params[attr] = getattr(args, attr)
         if args.clear:
             params["clear"] = [c.strip() for c in args.clear.split(",") if c.strip()]
-    if args.operation in ("write", "create"):
+    if args.operation in ("write", "create", "write-composite"):
         try:
             values = json.loads(args.values)
         except ValueError:
@@ -882,6 +884,29 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
             ):
                 sp.add_argument(f"--{attr}", type=kind, help=text)
             sp.add_argument("--clear", help="attributes to remove, comma-separated (e.g. gt,lt)")
+        sp.set_defaults(func=_registry_command(_lwm2m))
+
+    for name, text in (
+        ("read-composite", "read several paths at once (LwM2M 1.1, SenML)"),
+        ("observe-composite", "observe several paths as one observation (LwM2M 1.1)"),
+        ("cancel-observe-composite", "cancel a composite observation (same --paths)"),
+        ("write-composite", "write values anywhere on the device at once (LwM2M 1.1)"),
+    ):
+        sp = lwm2m.add_parser(name, parents=[common], help=text)
+        tenant(sp)
+        sp.add_argument("--device", required=True)
+        sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
+        sp.add_argument("--accept", type=int, help="110 (SenML JSON) or 112 (SenML CBOR)")
+        if name == "write-composite":
+            sp.add_argument(
+                "--values",
+                required=True,
+                help='JSON: [{"path": "/1/0/2", "value": 5}, {"path": "/3/0/14", ...}]',
+            )
+        else:
+            sp.add_argument(
+                "--paths", required=True, help="comma-separated, e.g. /3/0/0,/3303/0/5700"
+            )
         sp.set_defaults(func=_registry_command(_lwm2m))
 
     sp = sub.add_parser(

@@ -38,6 +38,7 @@ from corem_ingress.lwm2m.linkformat import (
 )
 from corem_ingress.lwm2m.model import Lwm2mPath, ResourceDef, ValueType
 from corem_ingress.lwm2m.objects import DEFAULT_MODEL
+from corem_ingress.lwm2m.senml import decode_senml_names, load_cbor, load_json
 
 Value = int | float | bool | str | bytes
 
@@ -74,6 +75,9 @@ class RebootRequested:
 
 ClientEvent = Executed | LifetimeChanged | UpdateTriggered | RebootRequested
 
+#: RFC 8790 SenML-etch (also accepted for a composite request's list of paths).
+CF_SENML_ETCH_JSON = 320
+CF_SENML_ETCH_CBOR = 322
 _SUPPORTED = (CF_TEXT, CF_OPAQUE, CF_CBOR, CF_TLV, CF_SENML_JSON, CF_SENML_CBOR)
 _INSTANCES = ((1, 0), (3, 0), (3303, 0))
 _CREATABLE = frozenset({3303})
@@ -260,6 +264,10 @@ class SimulatedClient:
             return ClientResponse("4.04")
         if not self._exists(path):
             return ClientResponse("4.04")
+        if method == "FETCH" and path.level == 0:
+            return self.read_composite(content_format, payload, accept)
+        if method == "iPATCH" and path.level == 0:
+            return self.write_composite(content_format, payload)
         if method == "GET":
             if accept == CF_LINK_FORMAT:
                 return self.discover(path)
@@ -319,6 +327,64 @@ class SimulatedClient:
                 parent = Lwm2mPath(r.path.ids[:3])
                 for old in [p for p in self.values if parent.is_prefix_of(p)]:
                     del self.values[old]
+        for r in records:
+            self.values[r.path] = r.value
+            if r.path == Lwm2mPath.of(1, 0, 1):
+                assert isinstance(r.value, int)
+                self._events.append(LifetimeChanged(r.value))
+        return ClientResponse("2.04")
+
+    def composite_paths(self, content_format: int | None, payload: bytes) -> list[Lwm2mPath]:
+        """The paths of a Read-/Observe-Composite body (SenML names; InvalidArgument)."""
+        if content_format in (CF_SENML_JSON, CF_SENML_ETCH_JSON):
+            return decode_senml_names(load_json(payload), cbor=False)
+        if content_format in (CF_SENML_CBOR, CF_SENML_ETCH_CBOR):
+            return decode_senml_names(load_cbor(payload), cbor=True)
+        raise InvalidArgument("composite requests are SenML")
+
+    def read_composite(
+        self, content_format: int | None, payload: bytes, accept: int | None
+    ) -> ClientResponse:
+        """Read-Composite: the readable values under every existing path asked for (the
+        missing ones are left out; 4.04 when none exists)."""
+        if self.version == "1.0":
+            return ClientResponse("4.05")
+        try:
+            paths = self.composite_paths(content_format, payload)
+        except InvalidArgument:
+            return ClientResponse("4.00")
+        return self.composite_answer(paths, accept)
+
+    def composite_answer(self, paths: Sequence[Lwm2mPath], accept: int | None) -> ClientResponse:
+        cf = CF_SENML_JSON if accept is None else accept
+        if cf not in (CF_SENML_JSON, CF_SENML_CBOR):
+            return ClientResponse("4.06")
+        records: list[Record] = []
+        for p in paths:
+            if self._exists(p) and p.level > 0:
+                records += [r for r in self.current(p) if r not in records]
+        if not records:
+            return ClientResponse("4.04")
+        return ClientResponse("2.05", cf, encode(records, cf, Lwm2mPath()))
+
+    def write_composite(self, content_format: int | None, payload: bytes) -> ClientResponse:
+        """Write-Composite: all values or none (4.04 / 4.05 / 4.00 for the first bad one)."""
+        if self.version == "1.0":
+            return ClientResponse("4.05")
+        if content_format not in (CF_SENML_JSON, CF_SENML_CBOR):
+            return ClientResponse("4.15")
+        try:
+            records = decode(payload, content_format, Lwm2mPath(), now=self._clock())
+        except InvalidArgument:
+            return ClientResponse("4.00")
+        for r in records:
+            res = self._res(r.path)
+            if res is None or not self._exists(Lwm2mPath(r.path.ids[:2])):
+                return ClientResponse("4.04")
+            if not res.writable:
+                return ClientResponse("4.05")
+            if res.type is not r.type or (r.path.level == 4) != res.multiple:
+                return ClientResponse("4.00")
         for r in records:
             self.values[r.path] = r.value
             if r.path == Lwm2mPath.of(1, 0, 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ from corem_ingress.lwm2m.model import (
 )
 from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
+from corem_ingress.lwm2m.senml import encode_senml_names
 
 
 class Operation(StrEnum):
@@ -65,6 +67,33 @@ class Operation(StrEnum):
     WRITE_ATTRIBUTES = "write-attributes"
     CREATE = "create"
     DELETE = "delete"
+    READ_COMPOSITE = "read-composite"
+    WRITE_COMPOSITE = "write-composite"
+    OBSERVE_COMPOSITE = "observe-composite"
+    CANCEL_OBSERVE_COMPOSITE = "cancel-observe-composite"
+
+
+#: Operations whose answer carries values.
+READING = frozenset(
+    {
+        Operation.READ,
+        Operation.OBSERVE,
+        Operation.CANCEL_OBSERVE,
+        Operation.READ_COMPOSITE,
+        Operation.OBSERVE_COMPOSITE,
+        Operation.CANCEL_OBSERVE_COMPOSITE,
+    }
+)
+COMPOSITE = frozenset(
+    {
+        Operation.READ_COMPOSITE,
+        Operation.WRITE_COMPOSITE,
+        Operation.OBSERVE_COMPOSITE,
+        Operation.CANCEL_OBSERVE_COMPOSITE,
+    }
+)
+#: Most paths in one composite request.
+MAX_COMPOSITE_PATHS = 64
 
 
 _SUCCESS = {
@@ -77,8 +106,27 @@ _SUCCESS = {
     Operation.WRITE_ATTRIBUTES: "2.04",
     Operation.CREATE: "2.01",
     Operation.DELETE: "2.02",
+    Operation.READ_COMPOSITE: "2.05",
+    Operation.OBSERVE_COMPOSITE: "2.05",
+    Operation.CANCEL_OBSERVE_COMPOSITE: "2.05",
+    Operation.WRITE_COMPOSITE: "2.04",
 }
-_METHODS = frozenset({"GET", "PUT", "POST", "DELETE"})
+#: The CoAP method(s) each operation is sent with (a routed request is checked against it).
+_METHODS: dict[Operation, frozenset[str]] = {
+    Operation.READ: frozenset({"GET"}),
+    Operation.OBSERVE: frozenset({"GET"}),
+    Operation.CANCEL_OBSERVE: frozenset({"GET"}),
+    Operation.DISCOVER: frozenset({"GET"}),
+    Operation.WRITE: frozenset({"PUT", "POST"}),
+    Operation.EXECUTE: frozenset({"POST"}),
+    Operation.WRITE_ATTRIBUTES: frozenset({"PUT"}),
+    Operation.CREATE: frozenset({"POST"}),
+    Operation.DELETE: frozenset({"DELETE"}),
+    Operation.READ_COMPOSITE: frozenset({"FETCH"}),
+    Operation.OBSERVE_COMPOSITE: frozenset({"FETCH"}),
+    Operation.CANCEL_OBSERVE_COMPOSITE: frozenset({"FETCH"}),
+    Operation.WRITE_COMPOSITE: frozenset({"iPATCH"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +146,19 @@ class DeviceRequest:
     payload: bytes = b""
     #: Observe option: 0 register, 1 deregister, None absent.
     observe: int | None = None
+    #: Read-/Observe-Composite: the paths asked for (``path`` is then the root).
+    paths: tuple[Lwm2mPath, ...] = ()
+
+    @property
+    def observe_key(self) -> tuple[Lwm2mPath, tuple[Lwm2mPath, ...]]:
+        """What one observation is of: a path, or a composite's set of paths."""
+        return (self.path, self.paths)
 
     def to_json(self) -> dict[str, JsonValue]:
         return {
             "operation": self.operation.value,
             "path": str(self.path),
+            "paths": [str(p) for p in self.paths],
             "method": self.method,
             "uri_path": list(self.uri_path),
             "uri_query": list(self.uri_query),
@@ -118,7 +174,7 @@ class DeviceRequest:
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             method = str(data["method"])
-            if method not in _METHODS:
+            if method not in _METHODS[Operation(data["operation"])]:
                 raise ValueError("method")
             observe = data.get("observe")
             if observe not in (None, 0, 1):
@@ -133,6 +189,7 @@ class DeviceRequest:
                 accept=_opt_int(data.get("accept")),
                 payload=base64.b64decode(str(data.get("payload", "")), validate=True),
                 observe=observe,
+                paths=tuple(Lwm2mPath.parse(p) for p in data.get("paths", [])),
             )
         except (KeyError, TypeError, ValueError, binascii.Error, InvalidArgument) as exc:
             raise InvalidArgument("malformed device request", reason=repr(exc)) from None
@@ -201,7 +258,7 @@ class DeviceResult:
             "path": str(self.path),
             "code": self.code,
         }
-        if self.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
+        if self.operation in READING:
             out["records"] = [r.to_json() for r in self.records]
         if self.operation is Operation.DISCOVER:
             out["links"] = [_link_json(link, model) for link in self.links]
@@ -379,6 +436,104 @@ def delete(path: Lwm2mPath | str, *, root: str = "/") -> DeviceRequest:
     p = _path(path)
     _levels(p, 2, 2, "Delete")
     return DeviceRequest(Operation.DELETE, p, "DELETE", _uri(p, root))
+
+
+def _composite_paths(paths: Sequence[Lwm2mPath | str]) -> tuple[Lwm2mPath, ...]:
+    if not paths or len(paths) > MAX_COMPOSITE_PATHS:
+        raise InvalidArgument(f"a composite operation takes 1..{MAX_COMPOSITE_PATHS} paths")
+    out: list[Lwm2mPath] = []
+    for text in paths:
+        p = _path(text)
+        _levels(p, 1, 4, "a composite operation")
+        if p in out:
+            raise InvalidArgument(f"{p} is given twice")
+        out.append(p)
+    return tuple(out)
+
+
+def _senml_format(fmt: int | None, what: str) -> int:
+    if fmt is None:
+        return CF_SENML_JSON
+    if fmt not in (CF_SENML_JSON, CF_SENML_CBOR):
+        raise InvalidArgument(f"{what} is SenML JSON (110) or SenML CBOR (112)")
+    return fmt
+
+
+def _composite_read(
+    operation: Operation,
+    paths: Sequence[Lwm2mPath | str],
+    accept: int | None,
+    root: str,
+    observe: int | None,
+) -> DeviceRequest:
+    ps = _composite_paths(paths)
+    cf = _senml_format(accept, "the answer of a composite operation")
+    return DeviceRequest(
+        operation,
+        Lwm2mPath(),
+        "FETCH",
+        _uri(Lwm2mPath(), root),
+        content_format=cf,
+        accept=cf,
+        payload=encode_senml_names(ps, cbor=cf == CF_SENML_CBOR),
+        observe=observe,
+        paths=ps,
+    )
+
+
+def read_composite(
+    paths: Sequence[Lwm2mPath | str], *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """Read-Composite (LwM2M 1.1): FETCH on the root with the paths as SenML names; the
+    answer is SenML of every value under them. The request's body is in the answer's
+    format (SenML JSON or CBOR)."""
+    return _composite_read(Operation.READ_COMPOSITE, paths, accept, root, None)
+
+
+def observe_composite(
+    paths: Sequence[Lwm2mPath | str], *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """Observe-Composite: Read-Composite with Observe 0; each notification holds them all."""
+    return _composite_read(Operation.OBSERVE_COMPOSITE, paths, accept, root, 0)
+
+
+def cancel_observe_composite(
+    paths: Sequence[Lwm2mPath | str], *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """Observe 1 with the same paths; the CoAP layer reuses the observation's token."""
+    return _composite_read(Operation.CANCEL_OBSERVE_COMPOSITE, paths, accept, root, 1)
+
+
+def write_composite(
+    records: Sequence[Record],
+    *,
+    content_format: int | None = None,
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Write-Composite: iPATCH on the root with SenML of values anywhere on the device,
+    each checked against the model as a Write."""
+    cf = _senml_format(content_format, "a Write-Composite payload")
+    if not records:
+        raise InvalidArgument("Write-Composite needs at least one value")
+    for r in records:
+        _check_against_model(r, model, need_writable=True)
+    return DeviceRequest(
+        Operation.WRITE_COMPOSITE,
+        Lwm2mPath(),
+        "iPATCH",
+        _uri(Lwm2mPath(), root),
+        content_format=cf,
+        payload=encode(records, cf, Lwm2mPath()),
+        paths=tuple(r.path for r in records),
+    )
+
+
+def as_read(request: DeviceRequest) -> DeviceRequest:
+    """The Read of what an Observe (or its Cancel) is of, for an answer without touching
+    the observation (an owner joining or leaving a shared one)."""
+    read_op = Operation.READ_COMPOSITE if request.operation in COMPOSITE else Operation.READ
+    return dataclasses.replace(request, operation=read_op, observe=None)
 
 
 _EXEC_ARGS_RE = re.compile(
@@ -596,10 +751,14 @@ def interpret(
             raise InvalidArgument("Discover answer is not link format")
         return DeviceResult(request.operation, request.path, response.code,
                             links=parse_links(response.payload))  # fmt: skip
-    if request.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
+    if request.operation in READING:
         records = decode(
             response.payload, response.content_format, request.path, now=now, model=model
         )
+        if request.paths:
+            for r in records:
+                if not any(p.is_prefix_of(r.path) for p in request.paths):
+                    raise InvalidArgument(f"malformed payload: {r.path} was not asked for")
         return DeviceResult(request.operation, request.path, response.code, tuple(records))
     if request.operation is Operation.CREATE:
         return DeviceResult(
@@ -629,13 +788,18 @@ def notification_records(
 
 __all__ = [
     "ATTRIBUTES",
+    "COMPOSITE",
+    "MAX_COMPOSITE_PATHS",
+    "READING",
     "AttributeSpec",
     "DeviceRequest",
     "DeviceResponse",
     "DeviceResult",
     "Operation",
+    "as_read",
     "attributes_from",
     "cancel_observe",
+    "cancel_observe_composite",
     "check_accept",
     "create",
     "created_instances",
@@ -646,9 +810,12 @@ __all__ = [
     "interpret",
     "notification_records",
     "observe",
+    "observe_composite",
     "preferred_format",
     "read",
+    "read_composite",
     "timeout_error",
     "write",
     "write_attributes",
+    "write_composite",
 ]

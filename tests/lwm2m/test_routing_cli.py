@@ -181,6 +181,26 @@ async def test_requests_are_routed_to_the_node_holding_the_session(
         assert (3303, 7) not in dev.client.instances
         rc, out, err = await cli(redis_url, "delete", *dm, "--path", "/3303/7")
         assert rc == 2 and "NOT_FOUND" in err
+        # Issue 15.2: composite operations, routed to node B, SenML CBOR.
+        rc, out, err = await cli(
+            redis_url, "write-composite", *dm, "--accept", "112", "--values",
+            '[{"path": "/1/0/3", "value": 77}, {"path": "/3303/0/5750", "value": "attic"}]',
+        )  # fmt: skip
+        assert rc == 0 and out["code"] == "2.04", err
+        rc, out, err = await cli(
+            redis_url, "read-composite", *dm, "--accept", "112", "--paths", "/1/0/3,/3303/0/5750"
+        )
+        assert rc == 0, err
+        assert {x["path"]: x["value"] for x in out["records"]} == {
+            "/1/0/3": 77,
+            "/3303/0/5750": "attic",
+        }
+        rc, out, err = await cli(redis_url, "observe-composite", *dm, "--paths", "/3303/0/5700")
+        assert rc == 0 and out["records"], err
+        rc, out, err = await cli(
+            redis_url, "cancel-observe-composite", *dm, "--paths", "/3303/0/5700"
+        )
+        assert rc == 0 and out["code"] == "2.05", err
         rc, out, err = await cli(
             redis_url, "registration", "--tenant", "acme", "--device", p.device_id
         )

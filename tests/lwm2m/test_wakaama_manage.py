@@ -204,3 +204,15 @@ async def test_create_and_delete_refusals(
 ) -> None:
     r = await client.op(operation, **body)
     assert r.status == 400 and message in r.body["error"]["message"], r.body
+
+
+async def test_composite_operations_go_unanswered_by_this_wakaama_build(client: Client) -> None:
+    """The Wakaama build (fc4c4315, lwm2mclient) has no composite operations: it drops a
+    FETCH / iPATCH without an answer, so the operator gets 503 at the timeout (the
+    simulator's client is the composite peer). The device stays usable."""
+    r = await client.op("read-composite", paths=["/3/0/0", "/31024/10/1"], timeout_s=1)
+    assert r.status == 503 and "did not answer" in r.body["error"]["message"], r.body
+    r = await client.op("write-composite", values=[{"path": "/31024/10/1", "value": 5}],
+                        timeout_s=1)  # fmt: skip
+    assert r.status == 503, r.body
+    assert (await client.op("read", path="/3/0/0")).status == 200

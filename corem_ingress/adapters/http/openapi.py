@@ -124,6 +124,13 @@ _LWM2M_OPERATIONS = {
     "create": "Create object instance(s): `path` is the object (/31024), `values` name the "
     "new instances' resources (/31024/20/1); checked against the object model (type, range).",
     "delete": "Delete an object instance (`path` /object/instance).",
+    "read-composite": "Read-Composite (LwM2M 1.1): the values under every one of `paths` in "
+    "one answer (SenML JSON or CBOR: `accept` 110 or 112).",
+    "write-composite": "Write-Composite (LwM2M 1.1): `values` anywhere on the device in one "
+    "request (SenML), each checked against the object model as a Write.",
+    "observe-composite": "Observe-Composite (LwM2M 1.1): one observation of all of `paths`; "
+    "the first values are returned, each notification (all the values) becomes an uplink.",
+    "cancel-observe-composite": "Cancel an Observe-Composite (the same `paths`).",
 }
 
 
@@ -525,12 +532,21 @@ def _schemas() -> Json:
             },
         ),
         "Lwm2mRequest": _obj(
-            ["path"],
+            [],
             {
+                "paths": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 64,
+                    "items": {"type": "string", "pattern": "^(/[0-9]{1,5}){1,4}$"},
+                    "description": "Read-/Observe-Composite and its Cancel: the paths "
+                    "(instead of `path`).",
+                },
                 "path": {
                     "type": "string",
                     "pattern": "^(/[0-9]{1,5}){1,4}$",
-                    "description": "LwM2M path: /object[/instance[/resource[/instance]]].",
+                    "description": "LwM2M path: /object[/instance[/resource[/instance]]]. "
+                    "Required, except for the composite operations.",
                 },
                 "values": {
                     "type": "array",
@@ -615,6 +631,10 @@ def _schemas() -> Json:
                         "write-attributes",
                         "create",
                         "delete",
+                        "read-composite",
+                        "write-composite",
+                        "observe-composite",
+                        "cancel-observe-composite",
                     ],
                 },
                 "path": _STR,

@@ -14,7 +14,7 @@ from typing import Any
 
 from corem_ingress.core.errors import InvalidArgument, NotFound, Unavailable
 from corem_ingress.lwm2m import operations as ops
-from corem_ingress.lwm2m.content import CF_TEXT
+from corem_ingress.lwm2m.content import CF_SENML_CBOR, CF_SENML_JSON, CF_TEXT
 from corem_ingress.lwm2m.model import ObjectModel
 from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.operations import DeviceRequest, Operation
@@ -34,10 +34,24 @@ OPERATIONS = (
     "write-attributes",
     "create",
     "delete",
+    "read-composite",
+    "write-composite",
+    "observe-composite",
+    "cancel-observe-composite",
 )
 #: Fields of an operation's parameters (admin API body, CLI options).
 PARAM_FIELDS = frozenset(
-    {"path", "values", "args", "accept", "replace", "timeout_s", "clear", *ops.ATTRIBUTES}
+    {
+        "path",
+        "paths",
+        "values",
+        "args",
+        "accept",
+        "replace",
+        "timeout_s",
+        "clear",
+        *ops.ATTRIBUTES,
+    }
 )
 MAX_TIMEOUT_S = 60.0
 
@@ -62,6 +76,8 @@ def build_request(
     unknown = set(params) - PARAM_FIELDS
     if unknown:
         raise InvalidArgument(f"unknown parameter: {sorted(unknown)[0]}")
+    if operation in ops.COMPOSITE:
+        return _composite(Operation(operation), reg, params, model)
     path = params.get("path")
     if not isinstance(path, str):
         raise InvalidArgument("path is required (e.g. /3/0/0)")
@@ -115,6 +131,36 @@ def build_request(
             model=model,
         )
     raise NotFound("no such LwM2M operation")
+
+
+def _composite(
+    operation: Operation, reg: Registration, params: Mapping[str, Any], model: ObjectModel
+) -> DeviceRequest:
+    """Read-/Write-/Observe-Composite and its Cancel (LwM2M 1.1, SenML only)."""
+    if reg.version == "1.0":
+        raise InvalidArgument("composite operations need an LwM2M 1.1 client")
+    root = reg.objects.root
+    accept = _accept(params.get("accept"))
+    if accept is None:  # the SenML the client announced (SenML JSON if it announced none)
+        preferred = ops.preferred_format(reg)
+        accept = preferred if preferred in (CF_SENML_CBOR, CF_SENML_JSON) else CF_SENML_JSON
+    if operation is Operation.WRITE_COMPOSITE:
+        if "paths" in params or "path" in params:
+            raise InvalidArgument("write-composite takes values (each with its path), no path")
+        return ops.write_composite(
+            _records(params, model), content_format=accept, root=root, model=model
+        )
+    if "path" in params or "values" in params:
+        raise InvalidArgument(f"{operation.value} takes paths (a list), no path or values")
+    paths = params.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise InvalidArgument('paths is a list of LwM2M paths, e.g. ["/3/0/0", "/3303/0"]')
+    build = {
+        Operation.READ_COMPOSITE: ops.read_composite,
+        Operation.OBSERVE_COMPOSITE: ops.observe_composite,
+        Operation.CANCEL_OBSERVE_COMPOSITE: ops.cancel_observe_composite,
+    }[operation]
+    return build(paths, accept=accept, root=root)
 
 
 def _records(params: Mapping[str, Any], model: ObjectModel) -> list[Record]:

@@ -454,13 +454,12 @@ class Lwm2mServer:
         is observed already, ``owner`` joins it; an operator then gets the current value
         (a Read), the automatic feed nothing (None)."""
         session = self._session(reg)
-        existing = self.observations.for_path(reg.registration_id, request.path)
+        existing = self.observations.for_key(reg.registration_id, request.observe_key)
         if existing is not None and existing.session_id == session.session_id:
             existing.owners.add(owner)
             if owner is Owner.AUTO:
                 return None
-            read = dataclasses.replace(request, operation=Operation.READ, observe=None)
-            return device_response(await self._send(session, read, timeout_s))
+            return device_response(await self._send(session, ops.as_read(request), timeout_s))
         if existing is not None:  # observed over a session the registration left
             self._cancel_at_device([existing])
             self.observations.remove(existing.token)
@@ -565,13 +564,13 @@ class Lwm2mServer:
         self, reg: Registration, request: DeviceRequest, *, timeout_s: float
     ) -> DeviceResponse:
         """Send an operator's request to a device whose session is on this node."""
-        if request.operation is Operation.OBSERVE:
+        if request.operation in (Operation.OBSERVE, Operation.OBSERVE_COMPOSITE):
             self._regs.setdefault(reg.registration_id, reg)
             response = await self._observe(reg, request, Owner.OPERATOR, timeout_s=timeout_s)
             assert response is not None
             return response
         session = self._session(reg)
-        if request.operation is Operation.CANCEL_OBSERVE:
+        if request.operation in (Operation.CANCEL_OBSERVE, Operation.CANCEL_OBSERVE_COMPOSITE):
             return await self._cancel(reg, session, request, timeout_s)
         return device_response(await self._send(session, request, timeout_s))
 
@@ -580,12 +579,12 @@ class Lwm2mServer:
     ) -> DeviceResponse:
         """An operator's Cancel-Observe: the automatic feed of the same path stays (the
         answer is then a Read of the path); cancelled at the device when nobody is left."""
-        obs = self.observations.for_path(reg.registration_id, request.path)
+        obs = self.observations.for_key(reg.registration_id, request.observe_key)
         if obs is None or Owner.OPERATOR not in obs.owners:
-            raise NotFound(f"{request.path} is not observed by an operator", reason="not observed")
+            what = ", ".join(str(p) for p in request.paths) if request.paths else request.path
+            raise NotFound(f"{what} is not observed by an operator", reason="not observed")
         if self.observations.release(obs.token, Owner.OPERATOR) is None:
-            read = dataclasses.replace(request, operation=Operation.READ, observe=None)
-            return device_response(await self._send(session, read, timeout_s))
+            return device_response(await self._send(session, ops.as_read(request), timeout_s))
         self._endpoint_of(session).stop_observing(session.addr, obs.token)
         return device_response(await self._send(session, request, timeout_s, token=obs.token))
 
