@@ -854,17 +854,27 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
         ("write-attributes", "write notification attributes (pmin, pmax, gt, lt, st, ...)"),
         ("create", "create object instance(s): --path /OBJECT --values naming /OBJECT/ID/RES"),
         ("delete", "delete an object instance (--path /OBJECT/ID)"),
+        ("read-composite", "read several paths at once (LwM2M 1.1, SenML)"),
+        ("observe-composite", "observe several paths as one observation (LwM2M 1.1)"),
+        ("cancel-observe-composite", "cancel a composite observation (same --paths)"),
+        ("write-composite", "write values anywhere on the device at once (LwM2M 1.1)"),
     ):
+        composite = name.endswith("-composite")
         sp = lwm2m.add_parser(name, parents=[common], help=text)
         tenant(sp)
         sp.add_argument("--device", required=True)
-        sp.add_argument("--path", required=True, help="e.g. /3/0/0")
+        if composite and name != "write-composite":
+            sp.add_argument("--paths", required=True, help="comma-separated: /3/0/0,/3303/0")
+        elif not composite:
+            sp.add_argument("--path", required=True, help="e.g. /3/0/0")
         sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
         if name in ("read", "observe", "cancel-observe"):
             sp.add_argument("--accept", type=int, help="content format to ask for")
+        if composite:
+            sp.add_argument("--accept", type=int, help="110 (SenML JSON) or 112 (SenML CBOR)")
         if name == "execute":
             sp.add_argument("--args", help="arguments, e.g. 0='x',1")
-        if name in ("write", "create"):
+        if name in ("write", "create", "write-composite"):
             sp.add_argument(
                 "--values",
                 required=True,
@@ -884,29 +894,6 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
             ):
                 sp.add_argument(f"--{attr}", type=kind, help=text)
             sp.add_argument("--clear", help="attributes to remove, comma-separated (e.g. gt,lt)")
-        sp.set_defaults(func=_registry_command(_lwm2m))
-
-    for name, text in (
-        ("read-composite", "read several paths at once (LwM2M 1.1, SenML)"),
-        ("observe-composite", "observe several paths as one observation (LwM2M 1.1)"),
-        ("cancel-observe-composite", "cancel a composite observation (same --paths)"),
-        ("write-composite", "write values anywhere on the device at once (LwM2M 1.1)"),
-    ):
-        sp = lwm2m.add_parser(name, parents=[common], help=text)
-        tenant(sp)
-        sp.add_argument("--device", required=True)
-        sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
-        sp.add_argument("--accept", type=int, help="110 (SenML JSON) or 112 (SenML CBOR)")
-        if name == "write-composite":
-            sp.add_argument(
-                "--values",
-                required=True,
-                help='JSON: [{"path": "/1/0/2", "value": 5}, {"path": "/3/0/14", ...}]',
-            )
-        else:
-            sp.add_argument(
-                "--paths", required=True, help="comma-separated, e.g. /3/0/0,/3303/0/5700"
-            )
         sp.set_defaults(func=_registry_command(_lwm2m))
 
     sp = sub.add_parser(

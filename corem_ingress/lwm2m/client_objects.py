@@ -312,21 +312,16 @@ class SimulatedClient:
             records = decode(payload, content_format, path, now=self._clock())
         except InvalidArgument:
             return ClientResponse("4.00")
-        if not records:
-            return ClientResponse("4.00")
-        for r in records:
-            res = self._res(r.path)
-            if res is None or not self._exists(Lwm2mPath(r.path.ids[:2])):
-                return ClientResponse("4.04")
-            if not res.writable:
-                return ClientResponse("4.05")
-            if res.type is not r.type or (r.path.level == 4) != res.multiple:
-                return ClientResponse("4.00")
+        if (refused := self._refuse_write(records)) is not None:
+            return refused
         for r in records:
             if replace and r.path.level == 4:
                 parent = Lwm2mPath(r.path.ids[:3])
                 for old in [p for p in self.values if parent.is_prefix_of(p)]:
                     del self.values[old]
+        return self._store(records)
+
+    def _store(self, records: Sequence[Record]) -> ClientResponse:
         for r in records:
             self.values[r.path] = r.value
             if r.path == Lwm2mPath.of(1, 0, 1):
@@ -367,6 +362,20 @@ class SimulatedClient:
             return ClientResponse("4.04")
         return ClientResponse("2.05", cf, encode(records, cf, Lwm2mPath()))
 
+    def _refuse_write(self, records: Sequence[Record]) -> ClientResponse | None:
+        """The answer to a Write of ``records`` that cannot be done (None: it can)."""
+        if not records:
+            return ClientResponse("4.00")
+        for r in records:
+            res = self._res(r.path)
+            if res is None or not self._exists(Lwm2mPath(r.path.ids[:2])):
+                return ClientResponse("4.04")
+            if not res.writable:
+                return ClientResponse("4.05")
+            if res.type is not r.type or (r.path.level == 4) != res.multiple:
+                return ClientResponse("4.00")
+        return None
+
     def write_composite(self, content_format: int | None, payload: bytes) -> ClientResponse:
         """Write-Composite: all values or none (4.04 / 4.05 / 4.00 for the first bad one)."""
         if self.version == "1.0":
@@ -377,20 +386,9 @@ class SimulatedClient:
             records = decode(payload, content_format, Lwm2mPath(), now=self._clock())
         except InvalidArgument:
             return ClientResponse("4.00")
-        for r in records:
-            res = self._res(r.path)
-            if res is None or not self._exists(Lwm2mPath(r.path.ids[:2])):
-                return ClientResponse("4.04")
-            if not res.writable:
-                return ClientResponse("4.05")
-            if res.type is not r.type or (r.path.level == 4) != res.multiple:
-                return ClientResponse("4.00")
-        for r in records:
-            self.values[r.path] = r.value
-            if r.path == Lwm2mPath.of(1, 0, 1):
-                assert isinstance(r.value, int)
-                self._events.append(LifetimeChanged(r.value))
-        return ClientResponse("2.04")
+        if (refused := self._refuse_write(records)) is not None:
+            return refused
+        return self._store(records)
 
     def create(self, path: Lwm2mPath, content_format: int | None, payload: bytes) -> ClientResponse:
         """Create instance(s) of 3303 (the only multiple-instance object here) with the ids

@@ -369,10 +369,7 @@ def write(
         raise InvalidArgument("text, opaque and CBOR write a single resource")
     if not records:
         raise InvalidArgument("Write needs at least one value")
-    for r in records:
-        if not p.is_prefix_of(r.path):
-            raise InvalidArgument(f"{r.path} lies outside {p}")
-        _check_against_model(r, model, need_writable=True)
+    _check_under(p, records, model, need_writable=True)
     payload = encode(records, content_format, p)
     return DeviceRequest(
         Operation.WRITE,
@@ -403,6 +400,15 @@ def _check_against_model(r: Record, model: ObjectModel, *, need_writable: bool) 
         raise InvalidArgument(f"{r.path} ({res.name}): {why}")
 
 
+def _check_under(
+    base: Lwm2mPath, records: Sequence[Record], model: ObjectModel, *, need_writable: bool
+) -> None:
+    for r in records:
+        if not base.is_prefix_of(r.path):
+            raise InvalidArgument(f"{r.path} lies outside {base}")
+        _check_against_model(r, model, need_writable=need_writable)
+
+
 def create(
     path: Lwm2mPath | str,
     records: Sequence[Record],
@@ -421,10 +427,7 @@ def create(
         raise InvalidArgument("Create payloads are TLV, SenML JSON or SenML CBOR")
     if not records:
         raise InvalidArgument("Create needs at least one value")
-    for r in records:
-        if not p.is_prefix_of(r.path):
-            raise InvalidArgument(f"{r.path} lies outside {p}")
-        _check_against_model(r, model, need_writable=False)
+    _check_under(p, records, model, need_writable=False)
     payload = encode(records, content_format, p)
     return DeviceRequest(
         Operation.CREATE, p, "POST", _uri(p, root), content_format=content_format, payload=payload

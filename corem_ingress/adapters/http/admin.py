@@ -385,6 +385,9 @@ class AdminApi:
         body = await read_body(request, self._limit)
         params = parse_json_object(body, allowed=PARAM_FIELDS)
         path = params.get("path")
+        paths = params.get("paths")
+        if isinstance(paths, list) and not isinstance(path, str):  # a composite operation
+            path = ",".join(p for p in paths[:8] if isinstance(p, str))[:200]
         target = f"device={device_id} path={path if isinstance(path, str) else ''}"
         result = await self.audited_read(
             op,

@@ -15,6 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from corem_ingress.lwm2m.model import ValueType
+from corem_ingress.lwm2m.operations import Operation
+
 OPENAPI_PATH = "/api/v1/openapi.json"
 
 Json = dict[str, Any]
@@ -516,16 +519,7 @@ def _schemas() -> Json:
                 "path": _STR,
                 "type": {
                     "type": "string",
-                    "enum": [
-                        "string",
-                        "integer",
-                        "unsigned",
-                        "float",
-                        "boolean",
-                        "opaque",
-                        "time",
-                        "objlnk",
-                    ],
+                    "enum": [t.value for t in ValueType if t is not ValueType.NONE],
                 },
                 "value": {"type": ["string", "number", "boolean"]},
                 "time": {"type": ["number", "null"]},
@@ -621,21 +615,7 @@ def _schemas() -> Json:
                 "registration_id": _STR,
                 "operation": {
                     "type": "string",
-                    "enum": [
-                        "read",
-                        "write",
-                        "execute",
-                        "observe",
-                        "cancel-observe",
-                        "discover",
-                        "write-attributes",
-                        "create",
-                        "delete",
-                        "read-composite",
-                        "write-composite",
-                        "observe-composite",
-                        "cancel-observe-composite",
-                    ],
+                    "enum": [op.value for op in Operation],
                 },
                 "path": _STR,
                 "code": {**_STR, "description": "The device's CoAP response code (2.xx)."},
@@ -677,17 +657,7 @@ def _schemas() -> Json:
                 "mandatory": {"type": "boolean"},
                 "type": {
                     "type": "string",
-                    "enum": [
-                        "string",
-                        "integer",
-                        "unsigned",
-                        "float",
-                        "boolean",
-                        "opaque",
-                        "time",
-                        "objlnk",
-                        "none",
-                    ],
+                    "enum": [t.value for t in ValueType],
                 },
                 "range": {
                     **_STR,

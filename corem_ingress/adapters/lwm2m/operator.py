@@ -23,22 +23,8 @@ from corem_ingress.lwm2m.registration import Registration
 from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.registry import Registry
 
-#: The operations operators call.
-OPERATIONS = (
-    "read",
-    "write",
-    "execute",
-    "observe",
-    "cancel-observe",
-    "discover",
-    "write-attributes",
-    "create",
-    "delete",
-    "read-composite",
-    "write-composite",
-    "observe-composite",
-    "cancel-observe-composite",
-)
+#: The operations operators call: every one the server models.
+OPERATIONS = tuple(op.value for op in Operation)
 #: Fields of an operation's parameters (admin API body, CLI options).
 PARAM_FIELDS = frozenset(
     {
