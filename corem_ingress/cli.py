@@ -494,8 +494,9 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
-def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
-    """An LwM2M operation on a registered device, routed to the node holding its session."""
+def lwm2m_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The operation's parameters from the options of ``corem-ingress lwm2m <operation>``:
+    the same body as the admin API's ``POST …/lwm2m/<operation>``."""
     params: dict[str, Any] = {}
     if getattr(args, "path", None) is not None:
         params["path"] = args.path
@@ -521,6 +522,12 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
         params["values"] = values if isinstance(values, list) else [values]
     if args.operation == "write":
         params["replace"] = not args.partial
+    return params
+
+
+def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    """An LwM2M operation on a registered device, routed to the node holding its session."""
+    params = lwm2m_params(args) if args.operation != "registration" else {}
 
     async def op(reg: Any) -> object:
         from corem_ingress.adapters.lwm2m.operator import OperatorCalls

@@ -250,9 +250,10 @@ class DeviceResult:
     #: Create: the instances created.
     created: tuple[Lwm2mPath, ...] = ()
 
-    def to_json(self, model: ObjectModel | None = None) -> dict[str, JsonValue]:
+    def to_json(self, model: ObjectModel | None = None, *, root: str = "/") -> dict[str, JsonValue]:
         """The operator's view; with ``model``, Discover's links carry the ``name`` of the
-        object or resource they point at (null when the model does not know it)."""
+        object or resource they point at (null when the model does not know it); ``root``
+        is the client's root path its link targets start with."""
         out: dict[str, JsonValue] = {
             "operation": self.operation.value,
             "path": str(self.path),
@@ -261,17 +262,21 @@ class DeviceResult:
         if self.operation in READING:
             out["records"] = [r.to_json() for r in self.records]
         if self.operation is Operation.DISCOVER:
-            out["links"] = [_link_json(link, model) for link in self.links]
+            out["links"] = [_link_json(link, model, root) for link in self.links]
         if self.operation is Operation.CREATE:
             out["instances"] = [str(p) for p in self.created]
         return out
 
 
-def _link_json(link: Link, model: ObjectModel | None) -> dict[str, JsonValue]:
+def _link_json(link: Link, model: ObjectModel | None, root: str) -> dict[str, JsonValue]:
     out: dict[str, JsonValue] = {"target": link.target, "params": {k: v for k, v in link.params}}
     if model is not None:
+        prefix = "/" + "/".join(s for s in root.split("/") if s)
+        target = link.target
+        if prefix != "/" and target.startswith(prefix + "/"):
+            target = target[len(prefix) :]
         try:
-            out["name"] = model.name_of(Lwm2mPath.parse(link.target))
+            out["name"] = model.name_of(Lwm2mPath.parse(target))
         except InvalidArgument:
             out["name"] = None
     return out

@@ -177,3 +177,11 @@ def test_discover_output_names_objects_and_resources() -> None:
         ("/3", "Device"), ("/3/0", "Device"), ("/3/0/9", "Battery Level"), ("/9/0/1", None),
     ]  # fmt: skip
     assert links[2]["params"] == {"pmin": "10"}  # type: ignore[index]
+
+
+def test_discover_names_behind_a_client_root_path() -> None:
+    result = DeviceResult(
+        Operation.DISCOVER, P("/3"), "2.05", links=(Link("/lwm2m/3/0/9"), Link("/other/3"))
+    )
+    links = result.to_json(DEFAULT_MODEL, root="/lwm2m")["links"]
+    assert [x["name"] for x in links] == ["Battery Level", None]  # type: ignore[index,union-attr]

@@ -210,7 +210,7 @@ class OperatorCalls:
         out: dict[str, Any] = {
             "device_id": device_id,
             "registration_id": reg.registration_id,
-            **result.to_json(self.model),
+            **result.to_json(self.model, root=reg.objects.root),
         }
         return out
 
