@@ -14,9 +14,13 @@
   session; every notification (and every Send) becomes an uplink (transport ``lwm2m``).
   Observations belong to one registration and one session and die with either; operator
   and automatic observations of one path share one CoAP observation (``observations.py``).
+* After a Register, the tenant's default attributes (``lwm2m.default_attributes``) are
+  written before those paths are observed.
 * ``handle_routed`` serves operator requests routed here through Redis
-  (``Lwm2mRequestServer``): Read / Write / Execute / Observe / Cancel-Observe / Discover
-  sent as server-initiated CoAP requests over the bound session.
+  (``Lwm2mRequestServer``): every ``operations.Operation`` (Read / Write / Execute /
+  Observe / Cancel-Observe / Discover / Write-Attributes / Create / Delete and the
+  composite ones) sent as server-initiated CoAP requests over the bound session; an
+  Observe-Composite is an observation of its own, keyed by its paths.
 """
 
 from __future__ import annotations
