@@ -494,29 +494,46 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
-def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
-    """An LwM2M operation on a registered device, routed to the node holding its session."""
+def lwm2m_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The operation's parameters from the options of ``corem-ingress lwm2m <operation>``:
+    the same body as the admin API's ``POST …/lwm2m/<operation>``."""
     params: dict[str, Any] = {}
-    if args.operation not in ("registration", "request"):
+    if getattr(args, "path", None) is not None:
         params["path"] = args.path
-        if args.timeout is not None:
-            params["timeout_s"] = args.timeout
-        if args.deadline is not None:
-            params["deadline_s"] = args.deadline
+    if getattr(args, "paths", None) is not None:
+        params["paths"] = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if getattr(args, "timeout", None) is not None:
+        params["timeout_s"] = args.timeout
+    if getattr(args, "deadline", None) is not None:
+        params["deadline_s"] = args.deadline
     if getattr(args, "accept", None) is not None:
         params["accept"] = args.accept
     if getattr(args, "args", None):
         params["args"] = args.args
-    if args.operation == "write":
+    if args.operation == "write-attributes":
+        for attr in ("pmin", "pmax", "gt", "lt", "st", "epmin", "epmax"):
+            if getattr(args, attr) is not None:
+                params[attr] = getattr(args, attr)
+        if args.clear:
+            params["clear"] = [c.strip() for c in args.clear.split(",") if c.strip()]
+    if args.operation in ("write", "create", "write-composite"):
         try:
             values = json.loads(args.values)
         except ValueError:
             raise CliError("--values is not valid JSON") from None
         params["values"] = values if isinstance(values, list) else [values]
+    if args.operation == "write":
         params["replace"] = not args.partial
+    return params
+
+
+def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    """An LwM2M operation on a registered device, routed to the node holding its session."""
+    params = lwm2m_params(args) if args.operation != "registration" else {}
 
     async def op(reg: Any) -> object:
         from corem_ingress.adapters.lwm2m.operator import OperatorCalls
+        from corem_ingress.lwm2m.objects import load_model
         from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
         from corem_ingress.store.lwm2m_queue import Lwm2mQueue
 
@@ -528,6 +545,7 @@ def _lwm2m(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             default_timeout_s=cfg.lwm2m.request_timeout_s,
             queue=Lwm2mQueue(reg._r, reg.keys),
             queue_policy=cfg.lwm2m.queue_policy(),
+            model=load_model(cfg.lwm2m.models_dir),
         )
         target = f"device={args.device}" if args.operation != "request" else f"request={args.id}"
 
@@ -591,6 +609,22 @@ def _firmware(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
         return await _audited(reg, args.tenant, f"lwm2m.{args.operation}", "firmware", run())
 
     return op
+
+
+def cmd_lwm2m_models(args: argparse.Namespace) -> int:
+    """The object models the broker uses (shipped OMA objects + lwm2m.models_dir); no Redis."""
+    from corem_ingress.lwm2m.objects import load_model
+
+    cfg = _load_config(args)
+    model = load_model(cfg.lwm2m.models_dir)
+    if args.object is None:
+        _out({"objects": [o.to_json(resources=False) for o in model.objects()]})
+        return 0
+    obj = model.object(args.object)
+    if obj is None:
+        raise CliError(f"no model of object {args.object}")
+    _out(obj.to_json())
+    return 0
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -941,6 +975,11 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     lwm2m = sub.add_parser(
         "lwm2m", help="LwM2M operations on a registered device (via its session's node)"
     ).add_subparsers(dest="operation", required=True, parser_class=_Parser)
+    sp = lwm2m.add_parser(
+        "models", parents=[common], help="the object models (OMA DDF) the broker knows"
+    )
+    sp.add_argument("--object", type=int, help="one object's definition with its resources")
+    sp.set_defaults(func=cmd_lwm2m_models)
     sp = lwm2m.add_parser("registration", parents=[common], help="the device's registration")
     tenant(sp)
     sp.add_argument("--device", required=True)
@@ -957,12 +996,23 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
         ("execute", "execute a resource"),
         ("observe", "observe a path (notifications become uplinks)"),
         ("cancel-observe", "cancel an observation"),
-        ("discover", "discover what is under a path"),
+        ("discover", "discover what is under a path (with the device's attributes)"),
+        ("write-attributes", "write notification attributes (pmin, pmax, gt, lt, st, ...)"),
+        ("create", "create object instance(s): --path /OBJECT --values naming /OBJECT/ID/RES"),
+        ("delete", "delete an object instance (--path /OBJECT/ID)"),
+        ("read-composite", "read several paths at once (LwM2M 1.1, SenML)"),
+        ("observe-composite", "observe several paths as one observation (LwM2M 1.1)"),
+        ("cancel-observe-composite", "cancel a composite observation (same --paths)"),
+        ("write-composite", "write values anywhere on the device at once (LwM2M 1.1)"),
     ):
+        composite = name.endswith("-composite")
         sp = lwm2m.add_parser(name, parents=[common], help=text)
         tenant(sp)
         sp.add_argument("--device", required=True)
-        sp.add_argument("--path", required=True, help="e.g. /3/0/0")
+        if composite and name != "write-composite":
+            sp.add_argument("--paths", required=True, help="comma-separated: /3/0/0,/3303/0")
+        elif not composite:
+            sp.add_argument("--path", required=True, help="e.g. /3/0/0")
         sp.add_argument("--timeout", type=_seconds, help="seconds to wait for the device")
         sp.add_argument(
             "--deadline",
@@ -971,15 +1021,30 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
         )
         if name in ("read", "observe", "cancel-observe"):
             sp.add_argument("--accept", type=int, help="content format to ask for")
+        if composite:
+            sp.add_argument("--accept", type=int, help="110 (SenML JSON) or 112 (SenML CBOR)")
         if name == "execute":
             sp.add_argument("--args", help="arguments, e.g. 0='x',1")
-        if name == "write":
+        if name in ("write", "create", "write-composite"):
             sp.add_argument(
                 "--values",
                 required=True,
                 help='JSON: [{"path": "/1/0/1", "value": 60}] (type optional for known resources)',
             )
+        if name == "write":
             sp.add_argument("--partial", action="store_true", help="partial update (POST)")
+        if name == "write-attributes":
+            for attr, kind, text in (
+                ("pmin", int, "minimum period (s)"),
+                ("pmax", int, "maximum period (s)"),
+                ("gt", float, "greater than (numeric resources)"),
+                ("lt", float, "less than (numeric resources)"),
+                ("st", float, "step (numeric resources)"),
+                ("epmin", int, "minimum evaluation period (s)"),
+                ("epmax", int, "maximum evaluation period (s)"),
+            ):
+                sp.add_argument(f"--{attr}", type=kind, help=text)
+            sp.add_argument("--clear", help="attributes to remove, comma-separated (e.g. gt,lt)")
         sp.set_defaults(func=_registry_command(_lwm2m))
 
     sp = lwm2m.add_parser("firmware-upload", parents=[common], help="upload a firmware image")

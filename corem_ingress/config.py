@@ -338,6 +338,13 @@ class Lwm2mConfig:
     observe_paths: list[str] = field(default_factory=lambda: ["/3/0", "/3303"])
     #: Per-tenant override of observe_paths: tenant id -> comma-separated paths ("" : none).
     tenant_observe_paths: dict[str, str] = field(default_factory=dict)
+    #: Write-Attributes sent after every Register, before the observe paths are observed:
+    #: "PATH?attr=value&..." (pmin, pmax, gt, lt, st, epmin, epmax), e.g. "/3/0?pmax=60".
+    #: Only those whose object the client announced.
+    default_attributes: list[str] = field(default_factory=list)
+    #: Per-tenant override of default_attributes: tenant id -> space-separated entries
+    #: ("/3/0?pmax=60 /3303/0/5700?st=0.5"; "" : none).
+    tenant_default_attributes: dict[str, str] = field(default_factory=dict)
     #: How long an operator's Read/Write/Execute/... waits for the device's answer.
     request_timeout_s: float = 10.0
     #: Queue mode: requests a sleeping device may have waiting (one more: 429).
@@ -367,12 +374,23 @@ class Lwm2mConfig:
             awake_s=self.queue_awake_s,
         )
 
+    #: A folder of OMA DDF XML object definitions (*.xml) added to the shipped objects
+    #: 0-7 and 3303 ("" : only those); one there may redefine a shipped object.
+    models_dir: str = ""
+
     def paths_for(self, tenant_id: str) -> list[str]:
         """The paths to observe for a tenant's devices."""
         override = self.tenant_observe_paths.get(tenant_id)
         if override is None:
             return list(self.observe_paths)
         return [p.strip() for p in override.split(",") if p.strip()]
+
+    def attributes_for(self, tenant_id: str) -> list[str]:
+        """The default attributes (``PATH?query`` entries) for a tenant's devices."""
+        override = self.tenant_default_attributes.get(tenant_id)
+        if override is None:
+            return list(self.default_attributes)
+        return override.split()
 
     def validate(self) -> None:
         _check(
@@ -417,6 +435,26 @@ class Lwm2mConfig:
                     ok = False
                 key = f"lwm2m.tenant_observe_paths.{tenant}" if tenant else "lwm2m.observe_paths"
                 _check(ok, key, f"{text!r} is not an LwM2M object/instance/resource path")
+        from corem_ingress.lwm2m.operations import AttributeSpec
+
+        for tenant in ["", *self.tenant_default_attributes]:
+            for text in self.attributes_for(tenant) if tenant else self.default_attributes:
+                key = (
+                    f"lwm2m.tenant_default_attributes.{tenant}"
+                    if tenant
+                    else "lwm2m.default_attributes"
+                )
+                try:
+                    AttributeSpec.parse(text)
+                except InvalidArgument as exc:
+                    _check(False, key, exc.message)
+        if self.models_dir:
+            from corem_ingress.lwm2m.objects import load_model
+
+            try:
+                load_model(self.models_dir)
+            except InvalidArgument as exc:
+                _check(False, "lwm2m.models_dir", exc.message)
 
 
 @dataclass

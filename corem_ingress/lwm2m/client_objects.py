@@ -37,7 +37,9 @@ from corem_ingress.lwm2m.linkformat import (
     ObjectList,
     serialize_links,
 )
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ResourceDef, ValueType
+from corem_ingress.lwm2m.model import Lwm2mPath, ResourceDef, ValueType
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
+from corem_ingress.lwm2m.senml import decode_senml_names, load_cbor, load_json
 
 Value = int | float | bool | str | bytes
 
@@ -104,8 +106,13 @@ ClientEvent = (
 _FW_STATE = Lwm2mPath.of(5, 0, 3)
 _FW_RESULT = Lwm2mPath.of(5, 0, 5)
 
+#: RFC 8790 SenML-etch (also accepted for a composite request's list of paths).
+CF_SENML_ETCH_JSON = 320
+CF_SENML_ETCH_CBOR = 322
 _SUPPORTED = (CF_TEXT, CF_OPAQUE, CF_CBOR, CF_TLV, CF_SENML_JSON, CF_SENML_CBOR)
 _INSTANCES = ((1, 0), (3, 0), (3303, 0))
+_CREATABLE = frozenset({3303})
+_ATTRIBUTE_NAMES = frozenset({"pmin", "pmax", "gt", "lt", "st", "epmin", "epmax"})
 
 
 class SimulatedClient:
@@ -132,12 +139,17 @@ class SimulatedClient:
         self._clock = clock
         self._events: collections.deque[ClientEvent] = collections.deque()
         self.default_format = CF_SENML_JSON if version == "1.1" else CF_TLV
-        self._instances = _INSTANCES + (((5, 0),) if firmware_update else ())
         #: The Update Result a firmware update ends with (1 success; 2..9 failures).
         self.firmware_result = firmware_result
         #: The last firmware package received (pull or push).
         self.package = b""
         self.values: dict[Lwm2mPath, Value] = {}
+        #: (object, instance) pairs that exist; Create / Delete change those of 3303.
+        self.instances: set[tuple[int, int]] = set(_INSTANCES)
+        if firmware_update:
+            self.instances.add((5, 0))
+        #: Write-Attributes per path: name -> value as written.
+        self.attributes: dict[Lwm2mPath, dict[str, str]] = {}
         p = Lwm2mPath.of
         self.values.update(
             {
@@ -197,7 +209,7 @@ class SimulatedClient:
 
     def object_list(self) -> ObjectList:
         cts = (CF_SENML_CBOR, CF_SENML_JSON, CF_TLV) if self.version == "1.1" else ()
-        objects = tuple(ObjectLink(o, i) for o, i in self._instances)
+        objects = tuple(ObjectLink(o, i) for o, i in sorted(self.instances))
         return ObjectList(objects, "/", cts)
 
     def register_query(self) -> list[str]:
@@ -272,9 +284,11 @@ class SimulatedClient:
         if path.level == 0:
             return True
         if path.level == 1:
-            return any(o == path.object_id for o, _ in self._instances)
+            return path.object_id in _CREATABLE or any(
+                o == path.object_id for o, _ in self.instances
+            )
         if path.level == 2:
-            return (path.object_id, path.instance_id) in self._instances
+            return (path.object_id, path.instance_id) in self.instances
         if path == Lwm2mPath.of(3, 0, 13):
             return True
         res = self._res(path)
@@ -301,14 +315,22 @@ class SimulatedClient:
             return ClientResponse("4.04")
         if not self._exists(path):
             return ClientResponse("4.04")
+        if method == "FETCH" and path.level == 0:
+            return self.read_composite(content_format, payload, accept)
+        if method == "iPATCH" and path.level == 0:
+            return self.write_composite(content_format, payload)
         if method == "GET":
             if accept == CF_LINK_FORMAT:
                 return self.discover(path)
             return self.read(path, accept)
-        if method in ("PUT", "POST") and uri_query and not payload:
-            return ClientResponse("2.04")  # Write-Attributes: accepted, not acted on
+        if method == "PUT" and uri_query and not payload:
+            return self.write_attributes(path, uri_query)
         if method == "PUT":
             return self.write(path, content_format, payload, replace=True)
+        if method == "POST" and path.level == 1:
+            return self.create(path, content_format, payload)
+        if method == "DELETE":
+            return self.delete(path)
         if method == "POST":
             if path.level == 3 and (res := self._res(path)) is not None and res.executable:
                 return self.execute(path, payload)
@@ -341,21 +363,16 @@ class SimulatedClient:
             records = decode(payload, content_format, path, now=self._clock())
         except InvalidArgument:
             return ClientResponse("4.00")
-        if not records:
-            return ClientResponse("4.00")
-        for r in records:
-            res = self._res(r.path)
-            if res is None or not self._exists(Lwm2mPath(r.path.ids[:2])):
-                return ClientResponse("4.04")
-            if not res.writable:
-                return ClientResponse("4.05")
-            if res.type is not r.type or (r.path.level == 4) != res.multiple:
-                return ClientResponse("4.00")
+        if (refused := self._refuse_write(records)) is not None:
+            return refused
         for r in records:
             if replace and r.path.level == 4:
                 parent = Lwm2mPath(r.path.ids[:3])
                 for old in [p for p in self.values if parent.is_prefix_of(p)]:
                     del self.values[old]
+        return self._store(records)
+
+    def _store(self, records: Sequence[Record]) -> ClientResponse:
         for r in records:
             self.values[r.path] = r.value
             if r.path == Lwm2mPath.of(1, 0, 1):
@@ -368,6 +385,125 @@ class SimulatedClient:
                 assert isinstance(r.value, str)
                 self._uri_written(r.value)
         return ClientResponse("2.04")
+
+    def composite_paths(self, content_format: int | None, payload: bytes) -> list[Lwm2mPath]:
+        """The paths of a Read-/Observe-Composite body (SenML names; InvalidArgument)."""
+        if content_format in (CF_SENML_JSON, CF_SENML_ETCH_JSON):
+            return decode_senml_names(load_json(payload), cbor=False)
+        if content_format in (CF_SENML_CBOR, CF_SENML_ETCH_CBOR):
+            return decode_senml_names(load_cbor(payload), cbor=True)
+        raise InvalidArgument("composite requests are SenML")
+
+    def read_composite(
+        self, content_format: int | None, payload: bytes, accept: int | None
+    ) -> ClientResponse:
+        """Read-Composite: the readable values under every existing path asked for (the
+        missing ones are left out; 4.04 when none exists)."""
+        if self.version == "1.0":
+            return ClientResponse("4.05")
+        try:
+            paths = self.composite_paths(content_format, payload)
+        except InvalidArgument:
+            return ClientResponse("4.00")
+        return self.composite_answer(paths, accept)
+
+    def composite_answer(self, paths: Sequence[Lwm2mPath], accept: int | None) -> ClientResponse:
+        cf = CF_SENML_JSON if accept is None else accept
+        if cf not in (CF_SENML_JSON, CF_SENML_CBOR):
+            return ClientResponse("4.06")
+        records: list[Record] = []
+        for p in paths:
+            if self._exists(p) and p.level > 0:
+                records += [r for r in self.current(p) if r not in records]
+        if not records:
+            return ClientResponse("4.04")
+        return ClientResponse("2.05", cf, encode(records, cf, Lwm2mPath()))
+
+    def _refuse_write(self, records: Sequence[Record]) -> ClientResponse | None:
+        """The answer to a Write of ``records`` that cannot be done (None: it can)."""
+        if not records:
+            return ClientResponse("4.00")
+        for r in records:
+            res = self._res(r.path)
+            if res is None or not self._exists(Lwm2mPath(r.path.ids[:2])):
+                return ClientResponse("4.04")
+            if not res.writable:
+                return ClientResponse("4.05")
+            if res.type is not r.type or (r.path.level == 4) != res.multiple:
+                return ClientResponse("4.00")
+        return None
+
+    def write_composite(self, content_format: int | None, payload: bytes) -> ClientResponse:
+        """Write-Composite: all values or none (4.04 / 4.05 / 4.00 for the first bad one)."""
+        if self.version == "1.0":
+            return ClientResponse("4.05")
+        if content_format not in (CF_SENML_JSON, CF_SENML_CBOR):
+            return ClientResponse("4.15")
+        try:
+            records = decode(payload, content_format, Lwm2mPath(), now=self._clock())
+        except InvalidArgument:
+            return ClientResponse("4.00")
+        if (refused := self._refuse_write(records)) is not None:
+            return refused
+        return self._store(records)
+
+    def create(self, path: Lwm2mPath, content_format: int | None, payload: bytes) -> ClientResponse:
+        """Create instance(s) of 3303 (the only multiple-instance object here) with the ids
+        the payload names; 4.05 for another object, 4.00 for an instance that exists."""
+        if path.object_id not in _CREATABLE:
+            return ClientResponse("4.05")
+        try:
+            records = decode(payload, content_format, path, now=self._clock())
+        except InvalidArgument:
+            return ClientResponse("4.00")
+        new = {(r.path.ids[0], r.path.ids[1]) for r in records}
+        if not records or new & self.instances:
+            return ClientResponse("4.00")
+        for r in records:
+            res = self._res(r.path)
+            if res is None or res.type is not r.type or (r.path.level == 4) != res.multiple:
+                return ClientResponse("4.00")
+        self.instances |= new
+        for r in records:
+            self.values[r.path] = r.value
+        return ClientResponse("2.01")
+
+    def delete(self, path: Lwm2mPath) -> ClientResponse:
+        if path.level != 2 or path.object_id not in _CREATABLE:
+            return ClientResponse("4.05")
+        assert path.object_id is not None and path.instance_id is not None
+        self.instances.discard((path.object_id, path.instance_id))
+        self.values = {k: v for k, v in self.values.items() if not path.is_prefix_of(k)}
+        self.attributes = {k: v for k, v in self.attributes.items() if not path.is_prefix_of(k)}
+        return ClientResponse("2.02")
+
+    def write_attributes(self, path: Lwm2mPath, query: Sequence[str]) -> ClientResponse:
+        """Stored per path (and shown by Discover); a bare name removes an attribute. Not
+        acted on: notifications follow the simulator's own schedule."""
+        if path.level == 0:
+            return ClientResponse("4.05")
+        attrs = dict(self.attributes.get(path, {}))
+        for part in query:
+            name, eq, value = part.partition("=")
+            if name not in _ATTRIBUTE_NAMES:
+                return ClientResponse("4.00")
+            if not eq:
+                attrs.pop(name, None)
+                continue
+            try:
+                float(value)
+            except ValueError:
+                return ClientResponse("4.00")
+            attrs[name] = value
+        if attrs:
+            self.attributes[path] = attrs
+        else:
+            self.attributes.pop(path, None)
+        return ClientResponse("2.04")
+
+    def _link(self, path: Lwm2mPath, params: tuple[tuple[str, str | None], ...] = ()) -> Link:
+        extra = tuple(sorted(self.attributes.get(path, {}).items()))
+        return Link(str(path), params + extra)
 
     # -- firmware update (object 5) ---------------------------------------------------------
     def _firmware(self, state: int, result: int | None = None) -> None:
@@ -443,12 +579,14 @@ class SimulatedClient:
         if path.level == 0 or path.level > 3:
             return ClientResponse("4.05")
         links: list[Link] = []
-        for o, i in self._instances:
+        for o, i in sorted(self.instances):
             inst = Lwm2mPath.of(o, i)
             if path.level == 1 and path.object_id == o:
                 if not links:
-                    links.append(Link(str(path), (("ver", "1.1"),) if o == 3303 else ()))
-                links.append(Link(str(inst)))
+                    links.append(self._link(path, (("ver", "1.1"),) if o == 3303 else ()))
+                links.append(self._link(inst))
+            elif path == inst:
+                links.append(self._link(inst))
             if not (path.is_prefix_of(inst) or inst.is_prefix_of(path)):
                 continue
             obj = DEFAULT_MODEL.object(o)
@@ -459,9 +597,9 @@ class SimulatedClient:
                     continue
                 if res.multiple:
                     n = sum(1 for k in self.values if rp.is_prefix_of(k))
-                    links.append(Link(str(rp), (("dim", str(n)),)))
+                    links.append(self._link(rp, (("dim", str(n)),)))
                 else:
-                    links.append(Link(str(rp)))
+                    links.append(self._link(rp))
         return ClientResponse("2.05", CF_LINK_FORMAT, serialize_links(links).encode())
 
 

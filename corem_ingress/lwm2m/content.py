@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import cbor2
 
 from corem_ingress.core.errors import IngressError, InvalidArgument
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.records import (
     INT64,
     MAX_RECORDS,

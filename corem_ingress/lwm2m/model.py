@@ -1,15 +1,16 @@
 """LwM2M object definitions: resource ids, value types and allowed operations.
 
-The OMA core objects a server meets on every client — 1 (Server), 2 (Access Control),
-3 (Device), 4 (Connectivity Monitoring), 5 (Firmware Update), 6 (Location),
-7 (Connectivity Statistics) — and 3303 (IPSO Temperature). Every decoder types a known
-resource by this model, whatever the content format (``records.conform``). Unknown
-objects are allowed everywhere; the model only sharpens types and refuses operations it
-knows a resource does not support.
+The definitions come from OMA DDF XML files (``ddf.py`` reads them; ``objects.py`` ships
+the core objects 0-7 and 3303 and adds those of ``lwm2m.models_dir``). Every decoder types
+a known resource by the model, whatever the content format (``records.conform``); writes
+are checked against its operations, types and ranges. Unknown objects are allowed
+everywhere; the model only sharpens types and refuses what it knows a resource does not
+support.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -110,6 +111,11 @@ class ResourceDef:
     operations: str
     multiple: bool = False
     mandatory: bool = False
+    #: The DDF's RangeEnumeration as written ("0..100", "1..65534", "16,32,48"; "" none):
+    #: the allowed values of a number, the allowed lengths (bytes) of a string or opaque.
+    range: str = ""
+    units: str = ""
+    description: str = ""
 
     @property
     def readable(self) -> bool:
@@ -123,6 +129,61 @@ class ResourceDef:
     def executable(self) -> bool:
         return "E" in self.operations
 
+    def out_of_range(self, value: object) -> str | None:
+        """Why ``value`` is outside the resource's range (None: inside, or no range we
+        understand). Numbers are checked against the range, text (UTF-8) and opaque by
+        their length in bytes."""
+        allowed = parse_range(self.range)
+        if allowed is None:
+            return None
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            measured: float = value
+            what = "value"
+        elif isinstance(value, str | bytes):
+            measured = len(value.encode("utf-8") if isinstance(value, str) else value)
+            what = "length"
+        else:
+            return None
+        if any(lo <= measured <= hi for lo, hi in allowed):
+            return None
+        return f"{what} must be in {self.range}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "operations": self.operations,
+            "multiple": self.multiple,
+            "mandatory": self.mandatory,
+            "type": self.type.value,
+            "range": self.range,
+            "units": self.units,
+            "description": self.description,
+        }
+
+
+def parse_range(text: str) -> list[tuple[float, float]] | None:
+    """``"0..255"``, ``"-40..85"``, ``"16,32,48"``, ``"6"`` -> allowed closed intervals;
+    None for no range or an enumeration of words (not enforced)."""
+    text = text.strip()
+    if not text:
+        return None
+    out: list[tuple[float, float]] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo_text, sep, hi_text = part.partition("..")
+        try:
+            lo = float(lo_text)
+            hi = float(hi_text) if sep else lo
+        except ValueError:
+            return None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            return None
+        out.append((lo, hi))
+    return out
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectDef:
@@ -131,6 +192,25 @@ class ObjectDef:
     version: str
     multiple_instances: bool
     resources: dict[int, ResourceDef]
+    mandatory: bool = False
+    urn: str = ""
+    description: str = ""
+    lwm2m_version: str = "1.0"
+
+    def to_json(self, *, resources: bool = True) -> dict[str, object]:
+        out: dict[str, object] = {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "lwm2m_version": self.lwm2m_version,
+            "urn": self.urn,
+            "multiple": self.multiple_instances,
+            "mandatory": self.mandatory,
+            "description": self.description,
+        }
+        if resources:
+            out["resources"] = [r.to_json() for _, r in sorted(self.resources.items())]
+        return out
 
 
 class ObjectModel:
@@ -153,187 +233,34 @@ class ObjectModel:
     def object_ids(self) -> list[int]:
         return sorted(self._objects)
 
+    def objects(self) -> list[ObjectDef]:
+        return [self._objects[i] for i in sorted(self._objects)]
 
-def _obj(oid: int, name: str, version: str, multiple: bool, *res: ResourceDef) -> ObjectDef:
-    return ObjectDef(oid, name, version, multiple, {r.id: r for r in res})
+    def with_objects(self, objects: Iterable[ObjectDef]) -> ObjectModel:
+        """This model plus ``objects``; one of ``objects`` replaces a definition of its id."""
+        return ObjectModel([*self._objects.values(), *objects])
+
+    def name_of(self, path: Lwm2mPath) -> str | None:
+        """The name of the object (``/3``, ``/3/0``) or resource (``/3/0/9``, ``/3/0/7/1``)."""
+        if path.object_id is None:
+            return None
+        if path.resource_id is None:
+            obj = self.object(path.object_id)
+            return None if obj is None else obj.name
+        res = self.resource(path.object_id, path.resource_id)
+        return None if res is None else res.name
 
 
-S, INT, U, F, B, T, OPQ, LNK = (
-    ValueType.STRING,
-    ValueType.INTEGER,
-    ValueType.UNSIGNED,
-    ValueType.FLOAT,
-    ValueType.BOOLEAN,
-    ValueType.TIME,
-    ValueType.OPAQUE,
-    ValueType.OBJLNK,
-)
-N = ValueType.NONE
-R = ResourceDef
-
-SERVER = _obj(
-    1, "LwM2M Server", "1.1", True,
-    R(0, "Short Server ID", INT, "R", mandatory=True),
-    R(1, "Lifetime", INT, "RW", mandatory=True),
-    R(2, "Default Minimum Period", INT, "RW"),
-    R(3, "Default Maximum Period", INT, "RW"),
-    R(4, "Disable", N, "E"),
-    R(5, "Disable Timeout", INT, "RW"),
-    R(6, "Notification Storing When Disabled or Offline", B, "RW", mandatory=True),
-    R(7, "Binding", S, "RW", mandatory=True),
-    R(8, "Registration Update Trigger", N, "E", mandatory=True),
-    R(9, "Bootstrap-Request Trigger", N, "E"),
-    R(10, "APN Link", LNK, "RW"),
-    R(11, "TLS-DTLS Alert Code", U, "R"),
-    R(12, "Last Bootstrapped", T, "R"),
-    R(13, "Registration Priority Order", U, "RW"),
-    R(14, "Initial Registration Delay Timer", U, "RW"),
-    R(15, "Registration Failure Block", B, "RW"),
-    R(16, "Bootstrap on Registration Failure", B, "RW"),
-    R(17, "Communication Retry Count", U, "RW"),
-    R(18, "Communication Retry Timer", U, "RW"),
-    R(19, "Communication Sequence Delay Timer", U, "RW"),
-    R(20, "Communication Sequence Retry Count", U, "RW"),
-    R(21, "Trigger", B, "RW"),
-    R(22, "Preferred Transport", S, "RW"),
-    R(23, "Mute Send", B, "RW"),
-)  # fmt: skip
-
-ACCESS_CONTROL = _obj(
-    2, "LwM2M Access Control", "1.0", True,
-    R(0, "Object ID", INT, "R", mandatory=True),
-    R(1, "Object Instance ID", INT, "R", mandatory=True),
-    R(2, "ACL", INT, "RW", multiple=True),
-    R(3, "Access Control Owner", INT, "RW", mandatory=True),
-)  # fmt: skip
-
-DEVICE = _obj(
-    3, "Device", "1.1", False,
-    R(0, "Manufacturer", S, "R"),
-    R(1, "Model Number", S, "R"),
-    R(2, "Serial Number", S, "R"),
-    R(3, "Firmware Version", S, "R"),
-    R(4, "Reboot", N, "E", mandatory=True),
-    R(5, "Factory Reset", N, "E"),
-    R(6, "Available Power Sources", INT, "R", multiple=True),
-    R(7, "Power Source Voltage", INT, "R", multiple=True),
-    R(8, "Power Source Current", INT, "R", multiple=True),
-    R(9, "Battery Level", INT, "R"),
-    R(10, "Memory Free", INT, "R"),
-    R(11, "Error Code", INT, "R", multiple=True, mandatory=True),
-    R(12, "Reset Error Code", N, "E"),
-    R(13, "Current Time", T, "RW"),
-    R(14, "UTC Offset", S, "RW"),
-    R(15, "Timezone", S, "RW"),
-    R(16, "Supported Binding and Modes", S, "R", mandatory=True),
-    R(17, "Device Type", S, "R"),
-    R(18, "Hardware Version", S, "R"),
-    R(19, "Software Version", S, "R"),
-    R(20, "Battery Status", INT, "R"),
-    R(21, "Memory Total", INT, "R"),
-)  # fmt: skip
-
-CONNECTIVITY_MONITORING = _obj(
-    4, "Connectivity Monitoring", "1.2", False,
-    R(0, "Network Bearer", INT, "R", mandatory=True),
-    R(1, "Available Network Bearer", INT, "R", multiple=True, mandatory=True),
-    R(2, "Radio Signal Strength", INT, "R", mandatory=True),
-    R(3, "Link Quality", INT, "R"),
-    R(4, "IP Addresses", S, "R", multiple=True, mandatory=True),
-    R(5, "Router IP Addresses", S, "R", multiple=True),
-    R(6, "Link Utilization", INT, "R"),
-    R(7, "APN", S, "R", multiple=True),
-    R(8, "Cell ID", INT, "R"),
-    R(9, "SMNC", INT, "R"),
-    R(10, "SMCC", INT, "R"),
-    R(11, "SignalSNR", INT, "R"),
-    R(12, "LAC", INT, "R"),
-)  # fmt: skip
-
-FIRMWARE_UPDATE = _obj(
-    5, "Firmware Update", "1.1", False,
-    R(0, "Package", OPQ, "W", mandatory=True),
-    R(1, "Package URI", S, "RW", mandatory=True),
-    R(2, "Update", N, "E", mandatory=True),
-    R(3, "State", INT, "R", mandatory=True),
-    R(5, "Update Result", INT, "R", mandatory=True),
-    R(6, "PkgName", S, "R"),
-    R(7, "PkgVersion", S, "R"),
-    R(8, "Firmware Update Protocol Support", INT, "R", multiple=True),
-    R(9, "Firmware Update Delivery Method", INT, "R", mandatory=True),
-    R(10, "Cancel", N, "E"),
-    R(11, "Severity", INT, "RW"),
-    R(12, "Last State Change Time", T, "R"),
-    R(13, "Maximum Defer Period", U, "RW"),
-)  # fmt: skip
-
-LOCATION = _obj(
-    6, "Location", "1.0", False,
-    R(0, "Latitude", F, "R", mandatory=True),
-    R(1, "Longitude", F, "R", mandatory=True),
-    R(2, "Altitude", F, "R"),
-    R(3, "Radius", F, "R"),
-    R(4, "Velocity", OPQ, "R"),
-    R(5, "Timestamp", T, "R", mandatory=True),
-    R(6, "Speed", F, "R"),
-)  # fmt: skip
-
-CONNECTIVITY_STATISTICS = _obj(
-    7, "Connectivity Statistics", "1.0", False,
-    R(0, "SMS Tx Counter", INT, "R"),
-    R(1, "SMS Rx Counter", INT, "R"),
-    R(2, "Tx Data", INT, "R"),
-    R(3, "Rx Data", INT, "R"),
-    R(4, "Max Message Size", INT, "R"),
-    R(5, "Average Message Size", INT, "R"),
-    R(6, "Start", N, "E", mandatory=True),
-    R(7, "Stop", N, "E"),
-    R(8, "Collection Period", INT, "RW"),
-)  # fmt: skip
-
-TEMPERATURE = _obj(
-    3303, "Temperature", "1.1", True,
-    R(5518, "Timestamp", T, "R"),
-    R(5601, "Min Measured Value", F, "R"),
-    R(5602, "Max Measured Value", F, "R"),
-    R(5603, "Min Range Value", F, "R"),
-    R(5604, "Max Range Value", F, "R"),
-    R(5605, "Reset Min and Max Measured Values", N, "E"),
-    R(5700, "Sensor Value", F, "R", mandatory=True),
-    R(5701, "Sensor Units", S, "R"),
-    R(5750, "Application Type", S, "RW"),
-)  # fmt: skip
-
-DEFAULT_MODEL = ObjectModel(
-    [
-        SERVER,
-        ACCESS_CONTROL,
-        DEVICE,
-        CONNECTIVITY_MONITORING,
-        FIRMWARE_UPDATE,
-        LOCATION,
-        CONNECTIVITY_STATISTICS,
-        TEMPERATURE,
-    ]
-)
 EMPTY_MODEL = ObjectModel()
 
 __all__ = [
-    "ACCESS_CONTROL",
-    "CONNECTIVITY_MONITORING",
-    "CONNECTIVITY_STATISTICS",
-    "DEFAULT_MODEL",
-    "DEVICE",
     "EMPTY_MODEL",
-    "FIRMWARE_UPDATE",
-    "LOCATION",
     "MAX_ID",
     "NUMERIC_TYPES",
-    "SERVER",
-    "TEMPERATURE",
     "Lwm2mPath",
     "ObjectDef",
     "ObjectModel",
     "ResourceDef",
     "ValueType",
+    "parse_range",
 ]

@@ -25,6 +25,7 @@ from corem_ingress.lwm2m.operations import DeviceRequest, Operation
 
 #: RFC 7641 3.4: sequence numbers are 24-bit; an older notification is stale unless 128 s passed.
 _SEQ_HALF = 1 << 23
+ObserveKey = tuple[Lwm2mPath, tuple[Lwm2mPath, ...]]
 _FRESHNESS_S = 128.0
 
 
@@ -67,7 +68,8 @@ class Observation:
 class ObservationTable:
     def __init__(self) -> None:
         self._by_token: dict[bytes, Observation] = {}
-        self._by_registration: dict[str, dict[Lwm2mPath, bytes]] = {}
+        #: registration -> observe key (a path, or a composite's paths) -> token.
+        self._by_registration: dict[str, dict[ObserveKey, bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -83,17 +85,17 @@ class ObservationTable:
         *,
         now: float,
     ) -> Observation:
-        if request.operation is not Operation.OBSERVE:
+        if request.operation not in (Operation.OBSERVE, Operation.OBSERVE_COMPOSITE):
             raise InvalidArgument("only Observe requests are tracked")
         if not 1 <= len(token) <= 8:
             raise InvalidArgument("a CoAP token is 1-8 bytes")
         if token in self._by_token:
             raise AlreadyExists("token already in use")
-        if request.path in self._by_registration.get(registration_id, {}):
+        if request.observe_key in self._by_registration.get(registration_id, {}):
             raise AlreadyExists(f"{request.path} is already observed")
         obs = Observation(token, registration_id, device_id, session_id, request, now, {owner})
         self._by_token[token] = obs
-        self._by_registration.setdefault(registration_id, {})[request.path] = token
+        self._by_registration.setdefault(registration_id, {})[request.observe_key] = token
         return obs
 
     def get(self, token: bytes) -> Observation | None:
@@ -101,7 +103,12 @@ class ObservationTable:
 
     def for_path(self, registration_id: str, path: Lwm2mPath) -> Observation | None:
         """The registration's observation of ``path`` (a Cancel-Observe reuses its token)."""
-        token = self._by_registration.get(registration_id, {}).get(path)
+        return self.for_key(registration_id, (path, ()))
+
+    def for_key(self, registration_id: str, key: ObserveKey) -> Observation | None:
+        """The registration's observation of ``key`` (``DeviceRequest.observe_key``: a path,
+        or the paths of an Observe-Composite)."""
+        token = self._by_registration.get(registration_id, {}).get(key)
         return None if token is None else self._by_token[token]
 
     def notification(self, token: bytes, seq: int | None, *, now: float) -> Observation | None:
@@ -136,7 +143,7 @@ class ObservationTable:
         obs = self._by_token.pop(token, None)
         if obs is not None:
             paths = self._by_registration.get(obs.registration_id, {})
-            paths.pop(obs.path, None)
+            paths.pop(obs.request.observe_key, None)
             if not paths:
                 self._by_registration.pop(obs.registration_id, None)
         return obs

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -45,12 +46,15 @@ from corem_ingress.lwm2m.content import (
 )
 from corem_ingress.lwm2m.linkformat import Link, parse_links
 from corem_ingress.lwm2m.model import (
-    DEFAULT_MODEL,
+    EMPTY_MODEL,
     NUMERIC_TYPES,
     Lwm2mPath,
     ObjectModel,
+    ValueType,
 )
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
+from corem_ingress.lwm2m.senml import encode_senml_names
 
 
 class Operation(StrEnum):
@@ -61,6 +65,35 @@ class Operation(StrEnum):
     CANCEL_OBSERVE = "cancel-observe"
     DISCOVER = "discover"
     WRITE_ATTRIBUTES = "write-attributes"
+    CREATE = "create"
+    DELETE = "delete"
+    READ_COMPOSITE = "read-composite"
+    WRITE_COMPOSITE = "write-composite"
+    OBSERVE_COMPOSITE = "observe-composite"
+    CANCEL_OBSERVE_COMPOSITE = "cancel-observe-composite"
+
+
+#: Operations whose answer carries values.
+READING = frozenset(
+    {
+        Operation.READ,
+        Operation.OBSERVE,
+        Operation.CANCEL_OBSERVE,
+        Operation.READ_COMPOSITE,
+        Operation.OBSERVE_COMPOSITE,
+        Operation.CANCEL_OBSERVE_COMPOSITE,
+    }
+)
+COMPOSITE = frozenset(
+    {
+        Operation.READ_COMPOSITE,
+        Operation.WRITE_COMPOSITE,
+        Operation.OBSERVE_COMPOSITE,
+        Operation.CANCEL_OBSERVE_COMPOSITE,
+    }
+)
+#: Most paths in one composite request.
+MAX_COMPOSITE_PATHS = 64
 
 
 _SUCCESS = {
@@ -71,8 +104,29 @@ _SUCCESS = {
     Operation.WRITE: "2.04",
     Operation.EXECUTE: "2.04",
     Operation.WRITE_ATTRIBUTES: "2.04",
+    Operation.CREATE: "2.01",
+    Operation.DELETE: "2.02",
+    Operation.READ_COMPOSITE: "2.05",
+    Operation.OBSERVE_COMPOSITE: "2.05",
+    Operation.CANCEL_OBSERVE_COMPOSITE: "2.05",
+    Operation.WRITE_COMPOSITE: "2.04",
 }
-_METHODS = frozenset({"GET", "PUT", "POST", "DELETE"})
+#: The CoAP method(s) each operation is sent with (a routed request is checked against it).
+_METHODS: dict[Operation, frozenset[str]] = {
+    Operation.READ: frozenset({"GET"}),
+    Operation.OBSERVE: frozenset({"GET"}),
+    Operation.CANCEL_OBSERVE: frozenset({"GET"}),
+    Operation.DISCOVER: frozenset({"GET"}),
+    Operation.WRITE: frozenset({"PUT", "POST"}),
+    Operation.EXECUTE: frozenset({"POST"}),
+    Operation.WRITE_ATTRIBUTES: frozenset({"PUT"}),
+    Operation.CREATE: frozenset({"POST"}),
+    Operation.DELETE: frozenset({"DELETE"}),
+    Operation.READ_COMPOSITE: frozenset({"FETCH"}),
+    Operation.OBSERVE_COMPOSITE: frozenset({"FETCH"}),
+    Operation.CANCEL_OBSERVE_COMPOSITE: frozenset({"FETCH"}),
+    Operation.WRITE_COMPOSITE: frozenset({"iPATCH"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +146,19 @@ class DeviceRequest:
     payload: bytes = b""
     #: Observe option: 0 register, 1 deregister, None absent.
     observe: int | None = None
+    #: Read-/Observe-Composite: the paths asked for (``path`` is then the root).
+    paths: tuple[Lwm2mPath, ...] = ()
+
+    @property
+    def observe_key(self) -> tuple[Lwm2mPath, tuple[Lwm2mPath, ...]]:
+        """What one observation is of: a path, or a composite's set of paths."""
+        return (self.path, self.paths)
 
     def to_json(self) -> dict[str, JsonValue]:
         return {
             "operation": self.operation.value,
             "path": str(self.path),
+            "paths": [str(p) for p in self.paths],
             "method": self.method,
             "uri_path": list(self.uri_path),
             "uri_query": list(self.uri_query),
@@ -112,7 +174,7 @@ class DeviceRequest:
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             method = str(data["method"])
-            if method not in _METHODS:
+            if method not in _METHODS[Operation(data["operation"])]:
                 raise ValueError("method")
             observe = data.get("observe")
             if observe not in (None, 0, 1):
@@ -127,6 +189,7 @@ class DeviceRequest:
                 accept=_opt_int(data.get("accept")),
                 payload=base64.b64decode(str(data.get("payload", "")), validate=True),
                 observe=observe,
+                paths=tuple(Lwm2mPath.parse(p) for p in data.get("paths", [])),
             )
         except (KeyError, TypeError, ValueError, binascii.Error, InvalidArgument) as exc:
             raise InvalidArgument("malformed device request", reason=repr(exc)) from None
@@ -184,21 +247,39 @@ class DeviceResult:
     records: tuple[Record, ...] = ()
     #: Discover's answer.
     links: tuple[Link, ...] = ()
+    #: Create: the instances created.
+    created: tuple[Lwm2mPath, ...] = ()
 
-    def to_json(self) -> dict[str, JsonValue]:
+    def to_json(self, model: ObjectModel | None = None, *, root: str = "/") -> dict[str, JsonValue]:
+        """The operator's view; with ``model``, Discover's links carry the ``name`` of the
+        object or resource they point at (null when the model does not know it); ``root``
+        is the client's root path its link targets start with."""
         out: dict[str, JsonValue] = {
             "operation": self.operation.value,
             "path": str(self.path),
             "code": self.code,
         }
-        if self.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
+        if self.operation in READING:
             out["records"] = [r.to_json() for r in self.records]
         if self.operation is Operation.DISCOVER:
-            out["links"] = [
-                {"target": link.target, "params": {k: v for k, v in link.params}}
-                for link in self.links
-            ]
+            out["links"] = [_link_json(link, model, root) for link in self.links]
+        if self.operation is Operation.CREATE:
+            out["instances"] = [str(p) for p in self.created]
         return out
+
+
+def _link_json(link: Link, model: ObjectModel | None, root: str) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {"target": link.target, "params": {k: v for k, v in link.params}}
+    if model is not None:
+        prefix = "/" + "/".join(s for s in root.split("/") if s)
+        target = link.target
+        if prefix != "/" and target.startswith(prefix + "/"):
+            target = target[len(prefix) :]
+        try:
+            out["name"] = model.name_of(Lwm2mPath.parse(target))
+        except InvalidArgument:
+            out["name"] = None
+    return out
 
 
 # -- building -------------------------------------------------------------------------------
@@ -293,19 +374,7 @@ def write(
         raise InvalidArgument("text, opaque and CBOR write a single resource")
     if not records:
         raise InvalidArgument("Write needs at least one value")
-    for r in records:
-        if not p.is_prefix_of(r.path):
-            raise InvalidArgument(f"{r.path} lies outside {p}")
-        assert r.path.object_id is not None and r.path.resource_id is not None
-        res = model.resource(r.path.object_id, r.path.resource_id)
-        if res is None:
-            continue
-        if not res.writable:
-            raise InvalidArgument(f"{r.path} ({res.name}) is not writable")
-        if res.type is not r.type:
-            raise InvalidArgument(f"{r.path} ({res.name}) takes a {res.type.value} value")
-        if r.path.level == 4 and not res.multiple:
-            raise InvalidArgument(f"{r.path} ({res.name}) has no resource instances")
+    _check_under(p, records, model, need_writable=True)
     payload = encode(records, content_format, p)
     return DeviceRequest(
         Operation.WRITE,
@@ -315,6 +384,164 @@ def write(
         content_format=content_format,
         payload=payload,
     )
+
+
+def _check_against_model(r: Record, model: ObjectModel, *, need_writable: bool) -> None:
+    """A value the model knows to be wrong for its resource: not writable (Write), of
+    another type, an instance of a single resource, outside the resource's range."""
+    assert r.path.object_id is not None and r.path.resource_id is not None
+    res = model.resource(r.path.object_id, r.path.resource_id)
+    if res is None:
+        return
+    if need_writable and not res.writable:
+        raise InvalidArgument(f"{r.path} ({res.name}) is not writable")
+    if res.type is ValueType.NONE:
+        raise InvalidArgument(f"{r.path} ({res.name}) is executable: it holds no value")
+    if res.type is not r.type:
+        raise InvalidArgument(f"{r.path} ({res.name}) takes a {res.type.value} value")
+    if r.path.level == 4 and not res.multiple:
+        raise InvalidArgument(f"{r.path} ({res.name}) has no resource instances")
+    if (why := res.out_of_range(r.value)) is not None:
+        raise InvalidArgument(f"{r.path} ({res.name}): {why}")
+
+
+def _check_under(
+    base: Lwm2mPath, records: Sequence[Record], model: ObjectModel, *, need_writable: bool
+) -> None:
+    for r in records:
+        if not base.is_prefix_of(r.path):
+            raise InvalidArgument(f"{r.path} lies outside {base}")
+        _check_against_model(r, model, need_writable=need_writable)
+
+
+def create(
+    path: Lwm2mPath | str,
+    records: Sequence[Record],
+    *,
+    content_format: int = CF_TLV,
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Create object instance(s): POST /{object} with the new instances' resources. Each
+    record names its instance (``/31024/20/1``): the new instance ids are the operator's.
+    Values are checked against the model (type, range), not for W: a Create also sets
+    resources the server may only read afterwards."""
+    p = _path(path)
+    _levels(p, 1, 1, "Create")
+    if content_format not in (CF_TLV, CF_SENML_JSON, CF_SENML_CBOR):
+        raise InvalidArgument("Create payloads are TLV, SenML JSON or SenML CBOR")
+    if not records:
+        raise InvalidArgument("Create needs at least one value")
+    _check_under(p, records, model, need_writable=False)
+    payload = encode(records, content_format, p)
+    return DeviceRequest(
+        Operation.CREATE, p, "POST", _uri(p, root), content_format=content_format, payload=payload
+    )
+
+
+def delete(path: Lwm2mPath | str, *, root: str = "/") -> DeviceRequest:
+    """Delete an object instance: DELETE /{object}/{instance}."""
+    p = _path(path)
+    _levels(p, 2, 2, "Delete")
+    return DeviceRequest(Operation.DELETE, p, "DELETE", _uri(p, root))
+
+
+def _composite_paths(paths: Sequence[Lwm2mPath | str]) -> tuple[Lwm2mPath, ...]:
+    if not paths or len(paths) > MAX_COMPOSITE_PATHS:
+        raise InvalidArgument(f"a composite operation takes 1..{MAX_COMPOSITE_PATHS} paths")
+    out: list[Lwm2mPath] = []
+    for text in paths:
+        p = _path(text)
+        _levels(p, 1, 4, "a composite operation")
+        if p in out:
+            raise InvalidArgument(f"{p} is given twice")
+        out.append(p)
+    return tuple(out)
+
+
+def _senml_format(fmt: int | None, what: str) -> int:
+    if fmt is None:
+        return CF_SENML_JSON
+    if fmt not in (CF_SENML_JSON, CF_SENML_CBOR):
+        raise InvalidArgument(f"{what} is SenML JSON (110) or SenML CBOR (112)")
+    return fmt
+
+
+def _composite_read(
+    operation: Operation,
+    paths: Sequence[Lwm2mPath | str],
+    accept: int | None,
+    root: str,
+    observe: int | None,
+) -> DeviceRequest:
+    ps = _composite_paths(paths)
+    cf = _senml_format(accept, "the answer of a composite operation")
+    return DeviceRequest(
+        operation,
+        Lwm2mPath(),
+        "FETCH",
+        _uri(Lwm2mPath(), root),
+        content_format=cf,
+        accept=cf,
+        payload=encode_senml_names(ps, cbor=cf == CF_SENML_CBOR),
+        observe=observe,
+        paths=ps,
+    )
+
+
+def read_composite(
+    paths: Sequence[Lwm2mPath | str], *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """Read-Composite (LwM2M 1.1): FETCH on the root with the paths as SenML names; the
+    answer is SenML of every value under them. The request's body is in the answer's
+    format (SenML JSON or CBOR)."""
+    return _composite_read(Operation.READ_COMPOSITE, paths, accept, root, None)
+
+
+def observe_composite(
+    paths: Sequence[Lwm2mPath | str], *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """Observe-Composite: Read-Composite with Observe 0; each notification holds them all."""
+    return _composite_read(Operation.OBSERVE_COMPOSITE, paths, accept, root, 0)
+
+
+def cancel_observe_composite(
+    paths: Sequence[Lwm2mPath | str], *, accept: int | None = None, root: str = "/"
+) -> DeviceRequest:
+    """Observe 1 with the same paths; the CoAP layer reuses the observation's token."""
+    return _composite_read(Operation.CANCEL_OBSERVE_COMPOSITE, paths, accept, root, 1)
+
+
+def write_composite(
+    records: Sequence[Record],
+    *,
+    content_format: int | None = None,
+    root: str = "/",
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
+    """Write-Composite: iPATCH on the root with SenML of values anywhere on the device,
+    each checked against the model as a Write."""
+    cf = _senml_format(content_format, "a Write-Composite payload")
+    if not records:
+        raise InvalidArgument("Write-Composite needs at least one value")
+    for r in records:
+        _check_against_model(r, model, need_writable=True)
+    return DeviceRequest(
+        Operation.WRITE_COMPOSITE,
+        Lwm2mPath(),
+        "iPATCH",
+        _uri(Lwm2mPath(), root),
+        content_format=cf,
+        payload=encode(records, cf, Lwm2mPath()),
+        paths=tuple(r.path for r in records),
+    )
+
+
+def as_read(request: DeviceRequest) -> DeviceRequest:
+    """The Read of what an Observe (or its Cancel) is of, for an answer without touching
+    the observation (an owner joining or leaving a shared one)."""
+    read_op = Operation.READ_COMPOSITE if request.operation in COMPOSITE else Operation.READ
+    return dataclasses.replace(request, operation=read_op, observe=None)
 
 
 _EXEC_ARGS_RE = re.compile(
@@ -419,6 +646,61 @@ def write_attributes(
     )
 
 
+ATTRIBUTES = _ATTRIBUTES
+_INTEGER_ATTRIBUTES = frozenset({"pmin", "pmax", "epmin", "epmax"})
+
+
+def attributes_from(params: Mapping[str, object]) -> dict[str, float | int]:
+    """The attributes among an operator's parameters (JSON numbers), by name."""
+    out: dict[str, float | int] = {}
+    for name in _ATTRIBUTES:
+        value = params.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(f"{name} must be a number")
+        if name in _INTEGER_ATTRIBUTES and isinstance(value, float):
+            if not value.is_integer():
+                raise InvalidArgument(f"{name} is a whole number of seconds")
+            value = int(value)
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSpec:
+    """Configured default attributes: ``/3303/0/5700?pmin=5&pmax=30&st=0.5``."""
+
+    path: Lwm2mPath
+    attributes: dict[str, float | int]
+
+    @classmethod
+    def parse(cls, text: str) -> AttributeSpec:
+        path_text, sep, query = text.strip().partition("?")
+        if not sep or not query:
+            raise InvalidArgument(f"{text[:64]!r} is not PATH?attr=value&... (e.g. /3/0?pmax=60)")
+        path = Lwm2mPath.parse(path_text)
+        values: dict[str, float | int] = {}
+        for part in query.split("&"):
+            name, eq, value = part.partition("=")
+            if name not in _ATTRIBUTES or not eq:
+                raise InvalidArgument(f"{part[:24]!r}: attributes are {', '.join(_ATTRIBUTES)}")
+            if name in values:
+                raise InvalidArgument(f"{name} is given twice")
+            try:
+                integral = name in _INTEGER_ATTRIBUTES or re.fullmatch(r"-?[0-9]{1,18}", value)
+                number: float | int = int(value) if integral else float(value)
+            except ValueError:
+                raise InvalidArgument(f"{name}={value[:16]!r} is not a number") from None
+            values[name] = number
+        spec = cls(path, values)
+        spec.request()  # validated as Write-Attributes would be
+        return spec
+
+    def request(self, *, root: str = "/", model: ObjectModel = DEFAULT_MODEL) -> DeviceRequest:
+        return write_attributes(self.path, **self.attributes, root=root, model=model)  # type: ignore[arg-type]
+
+
 # -- interpreting ---------------------------------------------------------------------------
 
 _ERRORS: dict[str, tuple[type[IngressError], str]] = {
@@ -477,12 +759,28 @@ def interpret(
             raise InvalidArgument("Discover answer is not link format")
         return DeviceResult(request.operation, request.path, response.code,
                             links=parse_links(response.payload))  # fmt: skip
-    if request.operation in (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE):
+    if request.operation in READING:
         records = decode(
             response.payload, response.content_format, request.path, now=now, model=model
         )
+        if request.paths:
+            for r in records:
+                if not any(p.is_prefix_of(r.path) for p in request.paths):
+                    raise InvalidArgument(f"malformed payload: {r.path} was not asked for")
         return DeviceResult(request.operation, request.path, response.code, tuple(records))
+    if request.operation is Operation.CREATE:
+        return DeviceResult(
+            request.operation, request.path, response.code, created=created_instances(request)
+        )
     return DeviceResult(request.operation, request.path, response.code)
+
+
+def created_instances(request: DeviceRequest) -> tuple[Lwm2mPath, ...]:
+    """The instances a Create request creates (its payload names them)."""
+    records = decode(
+        request.payload, request.content_format, request.path, now=0.0, model=EMPTY_MODEL
+    )
+    return tuple(sorted({Lwm2mPath(r.path.ids[:2]) for r in records}))
 
 
 def notification_records(
@@ -497,21 +795,35 @@ def notification_records(
 
 
 __all__ = [
+    "ATTRIBUTES",
+    "COMPOSITE",
+    "MAX_COMPOSITE_PATHS",
+    "READING",
+    "AttributeSpec",
     "DeviceRequest",
     "DeviceResponse",
     "DeviceResult",
     "Operation",
+    "as_read",
+    "attributes_from",
     "cancel_observe",
+    "cancel_observe_composite",
     "check_accept",
+    "create",
+    "created_instances",
+    "delete",
     "discover",
     "error_for",
     "execute",
     "interpret",
     "notification_records",
     "observe",
+    "observe_composite",
     "preferred_format",
     "read",
+    "read_composite",
     "timeout_error",
     "write",
     "write_attributes",
+    "write_composite",
 ]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.uplink import JsonValue
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.model import Lwm2mPath, ObjectModel, ValueType
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 
 MAX_RECORDS = 4096
 #: SenML: times below 2**28 are relative to "now" (RFC 8428 4.5.3).

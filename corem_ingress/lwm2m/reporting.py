@@ -11,7 +11,8 @@ from corem_ingress.core.errors import InvalidArgument, NotFound
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
 from corem_ingress.lwm2m.content import CF_SENML_CBOR, CF_SENML_JSON, Record, decode
 from corem_ingress.lwm2m.linkformat import ObjectList
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, Lwm2mPath, ObjectModel
+from corem_ingress.lwm2m.model import Lwm2mPath, ObjectModel
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Registration
 
 DP = "dp"

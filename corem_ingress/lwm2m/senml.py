@@ -139,6 +139,40 @@ def load_cbor(payload: bytes) -> object:
         raise malformed("not valid CBOR") from None
 
 
+def encode_senml_names(paths: Sequence[Lwm2mPath], *, cbor: bool) -> bytes:
+    """The payload of a Read-/Observe-Composite: SenML records with only a name."""
+    if cbor:
+        return cbor2.dumps([{_SENML_LABELS_BY_NAME["n"]: str(p)} for p in paths])
+    return json.dumps([{"n": str(p)} for p in paths], separators=(",", ":")).encode()
+
+
+def decode_senml_names(items: object, *, cbor: bool) -> list[Lwm2mPath]:
+    """The paths of a Read-/Observe-Composite payload (``bn`` + ``n`` per record; values,
+    if any, are ignored)."""
+    if not isinstance(items, list) or not items:
+        raise malformed("a composite request is a non-empty SenML array")
+    if len(items) > MAX_RECORDS:
+        raise malformed("too many records")
+    bn = ""
+    out: list[Lwm2mPath] = []
+    for raw in items:
+        if not isinstance(raw, dict):
+            raise malformed("a SenML record is a map")
+        rec = {
+            (_SENML_CBOR_LABELS.get(k) if cbor and isinstance(k, int) else k): v
+            for k, v in raw.items()
+        }
+        if "bn" in rec:
+            if not isinstance(rec["bn"], str):
+                raise malformed("bn must be text")
+            bn = rec["bn"]
+        n = rec.get("n", "")
+        if not isinstance(n, str):
+            raise malformed("n must be text")
+        out.append(record_path(bn + n))
+    return out
+
+
 # -- LwM2M JSON (11543, LwM2M 1.0) -------------------------------------------------------
 
 

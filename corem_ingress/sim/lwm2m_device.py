@@ -39,6 +39,8 @@ from corem_ingress.sim.fleet import DeviceError
 
 _METHOD_NAMES = {int(Code.GET): "GET", int(Code.PUT): "PUT", int(Code.POST): "POST"}
 _METHOD_NAMES[int(Code.DELETE)] = "DELETE"
+_METHOD_NAMES[int(Code.FETCH)] = "FETCH"
+_METHOD_NAMES[int(Code.iPATCH)] = "iPATCH"
 CF_LINK_FORMAT = 40
 REQUEST_TIMEOUT_S = 10.0
 #: Least wait between two registration refreshes (one that failed is retried after it; a
@@ -53,6 +55,11 @@ class _Observed:
     uri_path: tuple[str, ...]
     accept: int | None
     seq: int = 0
+    #: Observe-Composite: the paths observed together (``path`` is the root).
+    paths: tuple[Lwm2mPath, ...] = ()
+
+    def covers(self, changed: Lwm2mPath) -> bool:
+        return any(p.is_prefix_of(changed) for p in self.paths or (self.path,))
 
 
 class PlainUdp(asyncio.DatagramProtocol):
@@ -441,7 +448,12 @@ class Lwm2mDevice:
             obs = _Observed(path, uri, accept)
             self.observed[bytes(msg.token)] = obs
             out.opt.observe = obs.seq
-        elif method == "GET" and observe == 1:
+        elif method == "FETCH" and observe == 0 and answer.code == "2.05":
+            paths = tuple(self.client.composite_paths(cf, bytes(msg.payload)))
+            obs = _Observed(Lwm2mPath(), uri, accept, paths=paths)
+            self.observed[bytes(msg.token)] = obs
+            out.opt.observe = obs.seq
+        elif method in ("GET", "FETCH") and observe == 1:
             self.observed.pop(bytes(msg.token), None)
         if block1 is not None:
             out.opt.block1 = (block1.block_number, False, block1.size_exponent)
@@ -550,9 +562,12 @@ class Lwm2mDevice:
             return 0
         sent = 0
         for token, obs in list(self.observed.items()):
-            if not any(obs.path.is_prefix_of(p) for p in changed):
+            if not any(obs.covers(p) for p in changed):
                 continue
-            answer = self.client.read(obs.path, obs.accept)
+            if obs.paths:
+                answer = self.client.composite_answer(obs.paths, obs.accept)
+            else:
+                answer = self.client.read(obs.path, obs.accept)
             obs.seq = (obs.seq + 1) % (1 << 24)
             msg = Message(code=code_of(answer.code), payload=answer.payload)
             if answer.content_format is not None:

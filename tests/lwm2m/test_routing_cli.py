@@ -144,6 +144,56 @@ async def test_requests_are_routed_to_the_node_holding_the_session(
             redis_url, "discover", "--tenant", "acme", "--device", p.device_id, "--path", "/3/0"
         )
         assert rc == 0 and out["links"], err
+        assert {x["target"]: x["name"] for x in out["links"]}["/3/0/9"] == "Battery Level"
+        # Issue 15: two of the new operations through the CLI (at once: a CLI process
+        # takes seconds to start under load; the options of every new subcommand are checked
+        # in tests/unit/test_cli_parser.py), the others through node A's admin API; every
+        # one is served over node B's session.
+        dm = ("--tenant", "acme", "--device", p.device_id)
+        values = [{"path": "/1/0/3", "value": 77}, {"path": "/3303/0/5750", "value": "attic"}]
+        r = await a.op(p.device_id, "write-composite", values=values, accept=112)
+        assert r.status == 200 and r.body["code"] == "2.04", r.body
+        wa, rd = await asyncio.gather(
+            cli(redis_url, "write-attributes", *dm, "--path", "/3303/0/5700", "--pmin", "5",
+                "--pmax", "60", "--gt", "30.5", "--st", "0.5", "--epmin", "1", "--epmax", "30"),
+            cli(redis_url, "read-composite", *dm, "--accept", "112", "--paths",
+                "/1/0/3,/3303/0/5750"),
+        )  # fmt: skip
+        assert wa[0] == 0 and wa[1]["code"] == "2.04", wa[2]
+        new = [{"path": "/3303/7/5700", "value": 19.5}, {"path": "/3303/7/5701", "value": "Cel"}]
+        r = await a.op(p.device_id, "create", path="/3303", values=new)
+        assert r.status == 200 and r.body["instances"] == ["/3303/7"], r.body
+        assert rd[0] == 0, rd[2]
+        assert {x["path"]: x["value"] for x in rd[1]["records"]} == {
+            "/1/0/3": 77,
+            "/3303/0/5750": "attic",
+        }
+        # 15.1: Discover shows the attributes (epmin/epmax too: Wakaama has none).
+        r = await a.op(p.device_id, "discover", path="/3303/0")
+        params = {x["target"]: x["params"] for x in r.body["links"]}["/3303/0/5700"]
+        assert params == {"epmax": "30", "epmin": "1", "gt": "30.5", "pmax": "60", "pmin": "5",
+                          "st": "0.5"}, r.body  # fmt: skip
+        r = await a.op(p.device_id, "write-attributes", path="/3303/0/5700", clear=["gt", "st"])
+        assert r.status == 200, r.body
+        r = await a.op(p.device_id, "discover", path="/3303/0/5700")
+        assert "gt" not in {x["target"]: x["params"] for x in r.body["links"]}["/3303/0/5700"]
+        # 15.3: the created instance reads back; created again: the device's 4.00; deleted.
+        r = await a.op(p.device_id, "read", path="/3303/7/5700")
+        assert r.status == 200 and r.body["records"][0]["value"] == 19.5, r.body
+        body = {"path": "/3303", "values": [{"path": "/3303/7/5700", "value": 1.0}]}
+        assert (await a.op(p.device_id, "create", **body)).status == 400
+        r = await a.op(p.device_id, "delete", path="/3303/7")
+        assert r.status == 200 and r.body["code"] == "2.02", r.body
+        assert (3303, 7) not in dev.client.instances
+        assert (await a.op(p.device_id, "delete", path="/3303/7")).status == 404
+        # 15.2: an Observe-Composite held by node B's session, cancelled from node A.
+        paths = ["/3303/0/5700", "/3/0/9"]
+        r = await a.op(p.device_id, "observe-composite", paths=paths)
+        assert r.status == 200 and {x["path"] for x in r.body["records"]} == set(paths), r.body
+        assert any(o.paths for o in dev.observed.values())
+        r = await a.op(p.device_id, "cancel-observe-composite", paths=paths)
+        assert r.status == 200 and r.body["code"] == "2.05", r.body
+        assert not any(o.paths for o in dev.observed.values())
         rc, out, err = await cli(
             redis_url, "registration", "--tenant", "acme", "--device", p.device_id
         )

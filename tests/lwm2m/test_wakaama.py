@@ -9,6 +9,7 @@ Wakaama caps PSKs at 16 bytes (``credentials.psk_min_bytes: 16`` here), announce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -89,20 +90,17 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("wakaama")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def broker(redis_server: Any, module_tmp: Path) -> AsyncIterator[Broker]:
+@contextlib.asynccontextmanager
+async def start_broker(redis_server: Any, tmp: Path, **lwm2m: Any) -> AsyncIterator[Broker]:
+    """One node (CoAP/DTLS + HTTP admin) for Wakaama; ``lwm2m`` overrides its LwM2M section."""
     from corem_ingress import devcerts
 
     ca = devcerts.make_ca("corem test CA")
-    ca.write(module_tmp / "ca.pem", module_tmp / "ca.key")
-    devcerts.issue(ca, "localhost", server=True).write(
-        module_tmp / "server.pem", module_tmp / "server.key"
-    )
-    certs = CertSet(
-        module_tmp, ca, module_tmp / "ca.pem", module_tmp / "server.pem", module_tmp / "server.key"
-    )
+    ca.write(tmp / "ca.pem", tmp / "ca.key")
+    devcerts.issue(ca, "localhost", server=True).write(tmp / "server.pem", tmp / "server.key")
+    certs = CertSet(tmp, ca, tmp / "ca.pem", tmp / "server.pem", tmp / "server.key")
     token = generate_token()
-    tokens_file = module_tmp / "admin-tokens"
+    tokens_file = tmp / "admin-tokens"
     tokens_file.write_text(f"acme:{hash_token(token)}:ops-acme\n")
     saved = {k: os.environ.get(k) for k in ("COREM_PSK_KEK", "COREM_HTTP_ADMIN_TOKENS")}
     os.environ["COREM_PSK_KEK"] = KEK_LINE
@@ -115,23 +113,36 @@ async def broker(redis_server: Any, module_tmp: Path) -> AsyncIterator[Broker]:
         http={"admin_tokens_file": str(tokens_file)},
         limits={"auth_fail_max": 0},
         credentials={"psk_min_bytes": 16},
-        lwm2m={"observe_paths": ["/3/0"], "expiry_grace_s": 1, "request_timeout_s": 5.0},
+        lwm2m={
+            "observe_paths": ["/3/0"],
+            "expiry_grace_s": 1,
+            "request_timeout_s": 5.0,
+            **lwm2m,
+        },
     )
     node = Node(cfg, listener_factories=[coap.build, http.build])
     await node.start()
     await node.bus.subscribed.wait()
     coap_port = next(x for x in node.listeners if x.name == "coap").port
     http_port = next(x for x in node.listeners if x.name == "http").port
-    async with aiohttp.ClientSession() as session:
-        api = Api(session, f"http://127.0.0.1:{http_port}", {"acme": token})
-        yield Broker(node, coap_port, api, redis)
-    await node.stop()
-    await redis.aclose()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{http_port}", {"acme": token})
+            yield Broker(node, coap_port, api, redis)
+    finally:
+        await node.stop()
+        await redis.aclose()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def broker(redis_server: Any, module_tmp: Path) -> AsyncIterator[Broker]:
+    async with start_broker(redis_server, module_tmp) as b:
+        yield b
 
 
 def _free_udp_port() -> int:
@@ -161,7 +172,15 @@ async def provision(b: Broker) -> Device:
 class Wakaama:
     """One ``lwm2mclient_tinydtls`` process (stdin held open: it quits on EOF)."""
 
-    def __init__(self, b: Broker, dev: Device, *, lifetime_s: int, block: int | None = None):
+    def __init__(
+        self,
+        b: Broker,
+        dev: Device,
+        *,
+        lifetime_s: int,
+        block: int | None = None,
+        max_s: float = WAKAAMA_MAX_S,
+    ):
         args = [
             peer("lwm2mclient_tinydtls"), "-4", "-h", "127.0.0.1", "-p", str(b.port),
             "-l", str(_free_udp_port()), "-n", dev.endpoint, "-i", dev.identity,
@@ -173,7 +192,7 @@ class Wakaama:
             args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         # Bounded whatever happens to the test.
-        self._watchdog = asyncio.get_running_loop().call_later(WAKAAMA_MAX_S, self.stop)
+        self._watchdog = asyncio.get_running_loop().call_later(max_s, self.stop)
 
     def pause(self) -> None:
         """SIGSTOP: the device goes silent (no Update, no close_notify)."""

@@ -32,3 +32,51 @@ def test_no_config_given(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _config_path(args) is None
     monkeypatch.setenv("COREM_CONFIG", "env.yaml")
     assert _config_path(args) == "env.yaml"
+
+
+_DM = ["--tenant", "acme", "--device", "d"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "params"),
+    [
+        (["write-attributes", *_DM, "--path", "/3303/0/5700", "--pmin", "5", "--gt", "30.5",
+          "--epmax", "30", "--clear", "lt, st"],
+         {"path": "/3303/0/5700", "pmin": 5, "gt": 30.5, "epmax": 30, "clear": ["lt", "st"]}),
+        (["create", *_DM, "--path", "/3303", "--values", '[{"path": "/3303/7/5700", "value": 1}]'],
+         {"path": "/3303", "values": [{"path": "/3303/7/5700", "value": 1}]}),
+        (["delete", *_DM, "--path", "/3303/7", "--timeout", "3"],
+         {"path": "/3303/7", "timeout_s": 3.0}),
+        (["read-composite", *_DM, "--paths", "/3/0/0,/3303/0", "--accept", "112"],
+         {"paths": ["/3/0/0", "/3303/0"], "accept": 112}),
+        (["observe-composite", *_DM, "--paths", "/3303/0"], {"paths": ["/3303/0"]}),
+        (["cancel-observe-composite", *_DM, "--paths", "/3303/0"], {"paths": ["/3303/0"]}),
+        (["write-composite", *_DM, "--values", '{"path": "/1/0/2", "value": 5}'],
+         {"values": [{"path": "/1/0/2", "value": 5}]}),
+    ],
+)  # fmt: skip
+def test_lwm2m_options_become_the_admin_api_body(
+    argv: list[str], params: dict[str, object]
+) -> None:
+    """Issue 15: each new LwM2M subcommand's options give the body the admin API takes (the
+    routed CLI run of each is in tests/lwm2m/test_routing_cli.py)."""
+    from corem_ingress.cli import lwm2m_params
+
+    args = build_parser(simulate=False).parse_args(["lwm2m", *argv])
+    assert lwm2m_params(args) == params
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["read-composite", *_DM],  # composite: --paths
+        ["write-composite", *_DM, "--paths", "/3/0", "--values", "[]"],
+        ["write-attributes", *_DM, "--path", "/3/0", "--pmin", "1.5"],  # whole seconds
+        ["create", *_DM, "--path", "/3303"],  # --values needed
+    ],
+)
+def test_lwm2m_option_mistakes_are_usage_errors(argv: list[str]) -> None:
+    from corem_ingress.cli import CliError
+
+    with pytest.raises(CliError, match=r"argument|required"):
+        build_parser(simulate=False).parse_args(["lwm2m", *argv])

@@ -42,6 +42,7 @@ from corem_ingress.core.identity import CredentialKind, check_device_id, check_h
 from corem_ingress.core.proof import Proof
 from corem_ingress.core.psk import parse_psk_hex
 from corem_ingress.lwm2m.events import SSE_KEEPALIVE, check_event_id, sse_frame
+from corem_ingress.lwm2m.objects import load_model
 from corem_ingress.services import Services
 from corem_ingress.store.downlinks import send_downlink
 
@@ -68,6 +69,9 @@ FIRMWARE_UPDATES = "/api/v1/lwm2m/firmware/{image_id}/updates"
 CAMPAIGN = "/api/v1/lwm2m/campaigns/{campaign_id}"
 #: An SSE comment at least this often on an idle event stream (proxies close idle ones).
 SSE_KEEPALIVE_S = 15.0
+#: The object models (shipped OMA objects and ``lwm2m.models_dir``): names for the console.
+LWM2M_MODELS = "/api/v1/lwm2m/models"
+LWM2M_MODEL = "/api/v1/lwm2m/models/{object_id}"
 
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{16}")
 _REQUEST_ID_RE = re.compile(r"rq_[0-9a-f]{24}")
@@ -116,6 +120,7 @@ class AdminApi:
             clock=services.clock,
             queue=services.stores.lwm2m_queue(clock=services.clock),
             queue_policy=lwm2m.queue_policy(),
+            model=load_model(lwm2m.models_dir),
         )
         self._events = services.stores.lwm2m_events()
         self._firmware = FirmwareCalls(
@@ -146,6 +151,8 @@ class AdminApi:
         r.add_post(DEVICE_CERTS, self.register_cert)
         r.add_post(DOWNLINKS, self.send_downlink)
         r.add_get(LWM2M, self.lwm2m_registration)
+        r.add_get(LWM2M_MODELS, self.lwm2m_models)
+        r.add_get(LWM2M_MODEL, self.lwm2m_model)
         for operation in OPERATIONS:
             r.add_post(LWM2M_OPERATION.replace("{operation}", operation), self.lwm2m_call)
         r.add_get(LWM2M_EVENTS, self.lwm2m_events)
@@ -399,6 +406,23 @@ class AdminApi:
 
         return _json(await self.audited_read(op, "lwm2m.get", f"device={device_id}", read()))
 
+    async def lwm2m_models(self, request: web.Request) -> web.Response:
+        """Every object the server knows (without resources): id, name, version, ..."""
+        await self.operator(request)
+        objects = [o.to_json(resources=False) for o in self._lwm2m.model.objects()]
+        return _json({"objects": objects})
+
+    async def lwm2m_model(self, request: web.Request) -> web.Response:
+        """One object's definition with its resources."""
+        await self.operator(request)
+        text = request.match_info["object_id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 5:
+            raise InvalidArgument("object id is a number 0-65534")
+        obj = self._lwm2m.model.object(int(text))
+        if obj is None:
+            raise NotFound(f"no model of object {int(text)}", reason="unknown object")
+        return _json(obj.to_json())
+
     async def lwm2m_call(self, request: web.Request) -> web.Response:
         """Read / Write / Execute / Observe / Cancel-Observe / Discover on the device."""
         op = await self.operator(request)
@@ -407,6 +431,9 @@ class AdminApi:
         body = await read_body(request, self._limit)
         params = parse_json_object(body, allowed=PARAM_FIELDS)
         path = params.get("path")
+        paths = params.get("paths")
+        if isinstance(paths, list) and not isinstance(path, str):  # a composite operation
+            path = ",".join(p for p in paths[:8] if isinstance(p, str))[:200]
         target = f"device={device_id} path={path if isinstance(path, str) else ''}"
         result = await self.audited_read(
             op,

@@ -15,6 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from corem_ingress.lwm2m.model import ValueType
+from corem_ingress.lwm2m.operations import Operation
+
 OPENAPI_PATH = "/api/v1/openapi.json"
 
 Json = dict[str, Any]
@@ -116,7 +119,21 @@ _LWM2M_OPERATIONS = {
     "execute": "Execute a resource (optional arguments).",
     "observe": "Observe a path: the first value is returned, later notifications are uplinks.",
     "cancel-observe": "Cancel an observation (the device answers with the current value).",
-    "discover": "Discover the attributes and resources under a path (links).",
+    "discover": "Discover the attributes and resources under a path (links, with the "
+    "attributes the device reports and each target's name in the object model).",
+    "write-attributes": "Write notification attributes (pmin, pmax, gt, lt, st, epmin, epmax) "
+    "of a path; `clear` removes attributes. Checked before the device is asked: pmin <= pmax, "
+    "epmin <= epmax, gt/lt/st only on a numeric resource, lt + 2*st < gt.",
+    "create": "Create object instance(s): `path` is the object (/31024), `values` name the "
+    "new instances' resources (/31024/20/1); checked against the object model (type, range).",
+    "delete": "Delete an object instance (`path` /object/instance).",
+    "read-composite": "Read-Composite (LwM2M 1.1): the values under every one of `paths` in "
+    "one answer (SenML JSON or CBOR: `accept` 110 or 112).",
+    "write-composite": "Write-Composite (LwM2M 1.1): `values` anywhere on the device in one "
+    "request (SenML), each checked against the object model as a Write.",
+    "observe-composite": "Observe-Composite (LwM2M 1.1): one observation of all of `paths`; "
+    "the first values are returned, each notification (all the values) becomes an uplink.",
+    "cancel-observe-composite": "Cancel an Observe-Composite (the same `paths`).",
 }
 
 
@@ -502,28 +519,28 @@ def _schemas() -> Json:
                 "path": _STR,
                 "type": {
                     "type": "string",
-                    "enum": [
-                        "string",
-                        "integer",
-                        "unsigned",
-                        "float",
-                        "boolean",
-                        "opaque",
-                        "time",
-                        "objlnk",
-                    ],
+                    "enum": [t.value for t in ValueType if t is not ValueType.NONE],
                 },
                 "value": {"type": ["string", "number", "boolean"]},
                 "time": {"type": ["number", "null"]},
             },
         ),
         "Lwm2mRequest": _obj(
-            ["path"],
+            [],
             {
+                "paths": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 64,
+                    "items": {"type": "string", "pattern": "^(/[0-9]{1,5}){1,4}$"},
+                    "description": "Read-/Observe-Composite and its Cancel: the paths "
+                    "(instead of `path`).",
+                },
                 "path": {
                     "type": "string",
                     "pattern": "^(/[0-9]{1,5}){1,4}$",
-                    "description": "LwM2M path: /object[/instance[/resource[/instance]]].",
+                    "description": "LwM2M path: /object[/instance[/resource[/instance]]]. "
+                    "Required, except for the composite operations.",
                 },
                 "values": {
                     "type": "array",
@@ -538,8 +555,9 @@ def _schemas() -> Json:
                             "time": _NUM,
                         },
                     ),
-                    "description": "Write: the values (type may be left out for resources "
-                    "of objects 1-7 and 3303; opaque as base64).",
+                    "description": "Write / Create: the values (type may be left out for resources "
+                    "of a known object: objects 0-7, 3303 and lwm2m.models_dir; opaque as "
+                    "base64). Checked against the object model: writable, type, range.",
                 },
                 "args": {**_STR, "description": "Execute arguments, e.g. 0='x',1."},
                 "accept": {
@@ -554,6 +572,32 @@ def _schemas() -> Json:
                 "replace": {
                     "type": "boolean",
                     "description": "Write: true (PUT, replace) or false (POST, partial update).",
+                },
+                **{
+                    name: {
+                        "type": "integer"
+                        if name in ("pmin", "pmax", "epmin", "epmax")
+                        else "number",
+                        "description": f"Write-Attributes: {text}.",
+                        **({"minimum": 0} if name not in ("gt", "lt") else {}),
+                    }
+                    for name, text in (
+                        ("pmin", "minimum period (s)"),
+                        ("pmax", "maximum period (s)"),
+                        ("gt", "greater than (numeric resource)"),
+                        ("lt", "less than (numeric resource)"),
+                        ("st", "step (numeric resource)"),
+                        ("epmin", "minimum evaluation period (s)"),
+                        ("epmax", "maximum evaluation period (s)"),
+                    )
+                },
+                "clear": {
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "enum": ["pmin", "pmax", "gt", "lt", "st", "epmin", "epmax"],
+                    },
+                    "description": "Write-Attributes: attributes to remove.",
                 },
                 "timeout_s": {
                     "type": "number",
@@ -668,18 +712,71 @@ def _schemas() -> Json:
                 "registration_id": _STR,
                 "operation": {
                     "type": "string",
-                    "enum": ["read", "write", "execute", "observe", "cancel-observe", "discover"],
+                    "enum": [op.value for op in Operation],
                 },
                 "path": _STR,
                 "code": {**_STR, "description": "The device's CoAP response code (2.xx)."},
                 "records": {"type": "array", "items": _ref("Lwm2mRecord")},
+                "instances": {
+                    "type": "array",
+                    "items": _STR,
+                    "description": "Create: the instances created (/31024/20).",
+                },
                 "links": {
                     "type": "array",
                     "items": _obj(
                         ["target", "params"],
-                        {"target": _STR, "params": {"type": "object"}},
+                        {
+                            "target": _STR,
+                            "params": {
+                                "type": "object",
+                                "description": "Link parameters, with the attributes the "
+                                "device reports (pmin, pmax, gt, lt, st, epmin, epmax, dim, "
+                                "ver).",
+                            },
+                            "name": {
+                                "type": ["string", "null"],
+                                "description": "The object's or resource's name in the "
+                                "object model (null when unknown).",
+                            },
+                        },
                     ),
                 },
+            },
+        ),
+        "Lwm2mResourceModel": _obj(
+            ["id", "name", "operations", "multiple", "mandatory", "type"],
+            {
+                "id": {"type": "integer"},
+                "name": _STR,
+                "operations": {"type": "string", "enum": ["", "R", "W", "E", "RW"]},
+                "multiple": {"type": "boolean"},
+                "mandatory": {"type": "boolean"},
+                "type": {
+                    "type": "string",
+                    "enum": [t.value for t in ValueType],
+                },
+                "range": {
+                    **_STR,
+                    "description": "RangeEnumeration (e.g. 0..100; for text and opaque: "
+                    "the length in bytes); writes outside it are refused with 400.",
+                },
+                "units": _STR,
+                "description": _STR,
+            },
+        ),
+        "Lwm2mObjectModel": _obj(
+            ["id", "name", "version", "multiple", "mandatory"],
+            {
+                "id": {"type": "integer"},
+                "name": _STR,
+                "version": _STR,
+                "lwm2m_version": _STR,
+                "urn": _STR,
+                "multiple": {"type": "boolean"},
+                "mandatory": {"type": "boolean"},
+                "description": _STR,
+                "resources": {"type": "array", "items": _ref("Lwm2mResourceModel")},
             },
         ),
     }
@@ -1136,6 +1233,43 @@ def _paths() -> Json:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     **_errors(400, 401, 429, 503),
+                },
+            }
+        },
+        "/api/v1/lwm2m/models": {
+            "get": {
+                **admin,
+                "operationId": "ListLwm2mModels",
+                "summary": "The LwM2M object models in use (shipped OMA objects 0-7 and 3303, "
+                "plus lwm2m.models_dir), without their resources.",
+                "responses": {
+                    "200": _ok(
+                        "The objects.",
+                        _obj(
+                            ["objects"],
+                            {"objects": {"type": "array", "items": _ref("Lwm2mObjectModel")}},
+                        ),
+                    ),
+                    **_errors(401, 429, 503),
+                },
+            }
+        },
+        "/api/v1/lwm2m/models/{object_id}": {
+            "get": {
+                **admin,
+                "operationId": "GetLwm2mModel",
+                "summary": "One object's model with its resources (404 when unknown).",
+                "parameters": [
+                    {
+                        "name": "object_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,5}$"},
+                    }
+                ],
+                "responses": {
+                    "200": _ok("The object.", _ref("Lwm2mObjectModel")),
+                    **_errors(400, 401, 404, 429, 503),
                 },
             }
         },

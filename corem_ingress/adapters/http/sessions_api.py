@@ -16,7 +16,8 @@ from aiohttp import web
 
 from corem_ingress.adapters.http.bodies import page_params
 from corem_ingress.core.errors import InvalidArgument, NotFound
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, ObjectModel
+from corem_ingress.lwm2m.model import ObjectModel
+from corem_ingress.lwm2m.objects import load_model
 from corem_ingress.store.audit_log import AuditFilter, check_stream_id
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class SessionsApi:
     async def lwm2m_objects(self, request: web.Request) -> web.Response:
         """The LwM2M object models the server knows (names of objects and resources)."""
         await self._admin.operator(request)
-        return _json({"objects": objects_json(DEFAULT_MODEL)})
+        model = load_model(self._admin.services.config.lwm2m.models_dir)
+        return _json({"objects": objects_json(model)})
 
     async def whoami(self, request: web.Request) -> web.Response:
         op = await self._admin.operator(request)

@@ -20,7 +20,15 @@ from corem_ingress.core.errors import IngressError
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse
 from corem_ingress.lwm2m.registration import Peer
 
-_METHODS = {"GET": Code.GET, "PUT": Code.PUT, "POST": Code.POST, "DELETE": Code.DELETE}
+_METHODS = {
+    "GET": Code.GET,
+    "PUT": Code.PUT,
+    "POST": Code.POST,
+    "DELETE": Code.DELETE,
+    # LwM2M 1.1 composite operations (RFC 8132).
+    "FETCH": Code.FETCH,
+    "iPATCH": Code.iPATCH,
+}
 
 
 def code_of(dotted: str) -> Any:

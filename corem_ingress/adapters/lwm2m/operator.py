@@ -18,7 +18,9 @@ from typing import Any
 
 from corem_ingress.core.errors import InvalidArgument, NotFound, Unavailable
 from corem_ingress.lwm2m import operations as ops
-from corem_ingress.lwm2m.content import CF_TEXT
+from corem_ingress.lwm2m.content import CF_SENML_CBOR, CF_SENML_JSON, CF_TEXT
+from corem_ingress.lwm2m.model import ObjectModel
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.operations import DeviceRequest, Operation
 from corem_ingress.lwm2m.queue import QueuedRequest, QueuePolicy, new_request_id
 from corem_ingress.lwm2m.records import Record
@@ -27,10 +29,23 @@ from corem_ingress.store.lwm2m import Lwm2mRouter, Lwm2mStore
 from corem_ingress.store.lwm2m_queue import Lwm2mQueue
 from corem_ingress.store.registry import Registry
 
-#: The operations operators call (``write-attributes`` is not exposed).
-OPERATIONS = ("read", "write", "execute", "observe", "cancel-observe", "discover")
+#: The operations operators call: every one the server models.
+OPERATIONS = tuple(op.value for op in Operation)
 #: Fields of an operation's parameters (admin API body, CLI options).
-PARAM_FIELDS = frozenset({"path", "values", "args", "accept", "replace", "timeout_s", "deadline_s"})
+PARAM_FIELDS = frozenset(
+    {
+        "path",
+        "paths",
+        "values",
+        "args",
+        "accept",
+        "replace",
+        "timeout_s",
+        "clear",
+        "deadline_s",
+        *ops.ATTRIBUTES,
+    }
+)
 MAX_TIMEOUT_S = 60.0
 
 
@@ -42,12 +57,20 @@ def _accept(value: object) -> int | None:
     return value
 
 
-def build_request(operation: str, reg: Registration, params: Mapping[str, Any]) -> DeviceRequest:
+def build_request(
+    operation: str,
+    reg: Registration,
+    params: Mapping[str, Any],
+    model: ObjectModel = DEFAULT_MODEL,
+) -> DeviceRequest:
     """The device request for an operator's ``operation`` with ``params``; InvalidArgument
-    for anything malformed (the path, values, arguments)."""
+    for anything malformed (the path, values, arguments) or refused by the object model
+    (not writable / executable, wrong type, out of range)."""
     unknown = set(params) - PARAM_FIELDS
     if unknown:
         raise InvalidArgument(f"unknown parameter: {sorted(unknown)[0]}")
+    if operation in ops.COMPOSITE:
+        return _composite(Operation(operation), reg, params, model)
     path = params.get("path")
     if not isinstance(path, str):
         raise InvalidArgument("path is required (e.g. /3/0/0)")
@@ -68,12 +91,19 @@ def build_request(operation: str, reg: Registration, params: Mapping[str, Any]) 
         args = params.get("args", "")
         if not isinstance(args, str):
             raise InvalidArgument("args is text, e.g. 0='x',1")
-        return ops.execute(path, args, root=root)
+        return ops.execute(path, args, root=root, model=model)
+    if operation == Operation.DELETE:
+        return ops.delete(path, root=root)
+    if operation == Operation.CREATE:
+        return ops.create(
+            path,
+            _records(params, model),
+            content_format=ops.preferred_format(reg),
+            root=root,
+            model=model,
+        )
     if operation == Operation.WRITE:
-        values = params.get("values")
-        if not isinstance(values, list) or not values or len(values) > 256:
-            raise InvalidArgument("values is a list of 1..256 {path, value, type?} objects")
-        records = [Record.from_json(v) for v in values]
+        records = _records(params, model)
         replace = params.get("replace", True)
         if not isinstance(replace, bool):
             raise InvalidArgument("replace is true (Write, PUT) or false (Partial Update)")
@@ -81,8 +111,56 @@ def build_request(operation: str, reg: Registration, params: Mapping[str, Any]) 
         single = len(records) == 1 and str(records[0].path) == path
         if single and records[0].path.level == 3 and reg.version == "1.0":
             cf = CF_TEXT
-        return ops.write(path, records, content_format=cf, replace=replace, root=root)
+        return ops.write(path, records, content_format=cf, replace=replace, root=root, model=model)
+    if operation == Operation.WRITE_ATTRIBUTES:
+        clear = params.get("clear", [])
+        if not isinstance(clear, list) or not all(isinstance(c, str) for c in clear):
+            raise InvalidArgument('clear is a list of attribute names, e.g. ["gt"]')
+        return ops.write_attributes(
+            path,
+            **ops.attributes_from(params),  # type: ignore[arg-type]
+            clear=clear,
+            root=root,
+            model=model,
+        )
     raise NotFound("no such LwM2M operation")
+
+
+def _composite(
+    operation: Operation, reg: Registration, params: Mapping[str, Any], model: ObjectModel
+) -> DeviceRequest:
+    """Read-/Write-/Observe-Composite and its Cancel (LwM2M 1.1, SenML only)."""
+    if reg.version == "1.0":
+        raise InvalidArgument("composite operations need an LwM2M 1.1 client")
+    root = reg.objects.root
+    accept = _accept(params.get("accept"))
+    if accept is None:  # the SenML the client announced (SenML JSON if it announced none)
+        preferred = ops.preferred_format(reg)
+        accept = preferred if preferred in (CF_SENML_CBOR, CF_SENML_JSON) else CF_SENML_JSON
+    if operation is Operation.WRITE_COMPOSITE:
+        if "paths" in params or "path" in params:
+            raise InvalidArgument("write-composite takes values (each with its path), no path")
+        return ops.write_composite(
+            _records(params, model), content_format=accept, root=root, model=model
+        )
+    if "path" in params or "values" in params:
+        raise InvalidArgument(f"{operation.value} takes paths (a list), no path or values")
+    paths = params.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise InvalidArgument('paths is a list of LwM2M paths, e.g. ["/3/0/0", "/3303/0"]')
+    build = {
+        Operation.READ_COMPOSITE: ops.read_composite,
+        Operation.OBSERVE_COMPOSITE: ops.observe_composite,
+        Operation.CANCEL_OBSERVE_COMPOSITE: ops.cancel_observe_composite,
+    }[operation]
+    return build(paths, accept=accept, root=root)
+
+
+def _records(params: Mapping[str, Any], model: ObjectModel) -> list[Record]:
+    values = params.get("values")
+    if not isinstance(values, list) or not values or len(values) > 256:
+        raise InvalidArgument("values is a list of 1..256 {path, value, type?} objects")
+    return [Record.from_json(v, model=model) for v in values]
 
 
 def timeout_of(params: Mapping[str, Any], default: float) -> float:
@@ -105,7 +183,9 @@ class OperatorCalls:
         clock: Callable[[], float] = time.time,
         queue: Lwm2mQueue | None = None,
         queue_policy: QueuePolicy | None = None,
+        model: ObjectModel = DEFAULT_MODEL,
     ) -> None:
+        self.model = model
         self._registry = registry
         self.store = store
         self._router = router
@@ -129,7 +209,7 @@ class OperatorCalls:
             raise NotFound("no such LwM2M operation")
         timeout = timeout_of(params, self._timeout)
         reg = await self.registration(tenant_id, device_id)
-        request = build_request(operation, reg, params)
+        request = build_request(operation, reg, params, self.model)
         self._policy.deadline(params.get("deadline_s"), 0.0)  # checked whatever the mode
         if reg.queue_mode and self._queue is not None:
             queued = await self._enqueue(reg, operation, request, params)
@@ -142,11 +222,11 @@ class OperatorCalls:
                 reason="unreachable",
             )
         response = await self._router.call(reg, request, timeout_s=timeout)
-        result = ops.interpret(request, response, now=self._clock())
+        result = ops.interpret(request, response, now=self._clock(), model=self.model)
         out: dict[str, Any] = {
             "device_id": device_id,
             "registration_id": reg.registration_id,
-            **result.to_json(),
+            **result.to_json(self.model, root=reg.objects.root),
         }
         return out
 

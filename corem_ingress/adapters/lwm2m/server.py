@@ -17,9 +17,13 @@
 * Queue mode: a request from a queue-mode device (Register, Update, Send) marks it awake
   (``store/lwm2m_queue.py``) and sends, in order, the requests queued while it slept; their
   results are stored and reported as events. Its session ending puts it to sleep again.
+* After a Register, the tenant's default attributes (``lwm2m.default_attributes``) are
+  written before those paths are observed.
 * ``handle_routed`` serves operator requests routed here through Redis
-  (``Lwm2mRequestServer``): Read / Write / Execute / Observe / Cancel-Observe / Discover
-  sent as server-initiated CoAP requests over the bound session.
+  (``Lwm2mRequestServer``): every ``operations.Operation`` (Read / Write / Execute /
+  Observe / Cancel-Observe / Discover / Write-Attributes / Create / Delete and the
+  composite ones) sent as server-initiated CoAP requests over the bound session; an
+  Observe-Composite is an observation of its own, keyed by its paths.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from corem_ingress.core.uplink import Uplink
 from corem_ingress.lwm2m import operations as ops
 from corem_ingress.lwm2m.events import EventKind
 from corem_ingress.lwm2m.firmware import PULL_SEGMENT
+from corem_ingress.lwm2m.objects import load_model
 from corem_ingress.lwm2m.observations import Observation, ObservationTable, Owner
 from corem_ingress.lwm2m.operations import DeviceRequest, DeviceResponse, Operation
 from corem_ingress.lwm2m.queue import QueuedRequest, Status
@@ -120,6 +125,7 @@ class Lwm2mServer:
             clock=self._clock,
             on_event=self._on_event,
             unavailable_max_age_s=services.config.coap.unavailable_max_age_s,
+            model=load_model(self.config.models_dir),
         )
         self.observations = ObservationTable()
         #: The tenant's LwM2M event stream (``GET /api/v1/lwm2m/events``).
@@ -153,7 +159,7 @@ class Lwm2mServer:
         self.request_server.on_firmware = self.firmware.start_job
         listener.mount(PULL_SEGMENT, self.firmware.serve_pull)
         listener.session_hooks.append(self._session_hook)
-        self.stats = {"notifications": 0, "observe_failed": 0}
+        self.stats = {"notifications": 0, "observe_failed": 0, "attributes_failed": 0}
         #: DEV ONLY: the plain-UDP NoSec listener (``lwm2m.allow_nosec``).
         self.nosec: NoSecListener | None = None
         if self.config.allow_nosec:
@@ -365,7 +371,7 @@ class Lwm2mServer:
                     "replaced": event.replaced.registration_id if event.replaced else None,
                 },
             )
-            self._spawn(self._observe_configured(reg))
+            self._spawn(self._observe_configured(reg, attributes=True))
             if reg.queue_mode:
                 self._spawn(self._woke(reg))
         elif isinstance(event, Updated):
@@ -541,7 +547,9 @@ class Lwm2mServer:
             result = {  # the same body as a 200 of the admin API
                 "device_id": item.device_id,
                 "registration_id": current.registration_id,
-                **ops.interpret(item.request, response, now=self._clock()).to_json(),
+                **ops.interpret(
+                    item.request, response, now=self._clock(), model=self.service.model
+                ).to_json(self.service.model, root=current.objects.root),
             }
         except IngressError as exc:
             error = exc.to_json()["error"]
@@ -580,8 +588,12 @@ class Lwm2mServer:
                 await self._queued_finished(item.finished(Status.EXPIRED, now, error=_EXPIRED))
         return len(swept)
 
-    async def _observe_configured(self, reg: Registration) -> None:
-        """Observe the tenant's configured paths the client announced and not yet observed."""
+    async def _observe_configured(self, reg: Registration, *, attributes: bool = False) -> None:
+        """Observe the tenant's configured paths the client announced and not yet observed;
+        after a Register (``attributes``), first write the tenant's default attributes (the
+        observations then report by them)."""
+        if attributes:
+            await self._write_default_attributes(reg)
         paths = paths_to_observe(self.config.paths_for(reg.tenant_id), reg.objects)
         for path in paths:
             if self._regs.get(reg.registration_id) is not reg:
@@ -600,6 +612,32 @@ class Lwm2mServer:
             if response is not None and response.code == "2.05":
                 await self._notified_uplink(reg, request, response)
 
+    async def _write_default_attributes(self, reg: Registration) -> None:
+        """Write-Attributes of the tenant's ``default_attributes`` on objects the client
+        announced. A refusal is logged and counted; the rest still goes."""
+        for text in self.config.attributes_for(reg.tenant_id):
+            spec = ops.AttributeSpec.parse(text)  # validated at config load
+            if not reg.objects.has(spec.path):
+                continue
+            if self._regs.get(reg.registration_id) is not reg:
+                return  # updated, replaced or gone meanwhile
+            request = spec.request(root=reg.objects.root, model=self.service.model)
+            try:
+                session = self._session(reg)
+                response = device_response(
+                    await self._send(session, request, self.config.request_timeout_s)
+                )
+            except IngressError as exc:
+                response = DeviceResponse(exc.coap_code)
+            if response.code != "2.04":
+                self.stats["attributes_failed"] += 1
+                log.info(
+                    "lwm2m.attributes_failed",
+                    device=reg.device_id,
+                    path=str(spec.path),
+                    code=response.code,
+                )
+
     # -- observations ---------------------------------------------------------------------------
     async def _observe(
         self, reg: Registration, request: DeviceRequest, owner: Owner, *, timeout_s: float
@@ -608,13 +646,12 @@ class Lwm2mServer:
         is observed already, ``owner`` joins it; an operator then gets the current value
         (a Read), the automatic feed nothing (None)."""
         session = self._session(reg)
-        existing = self.observations.for_path(reg.registration_id, request.path)
+        existing = self.observations.for_key(reg.registration_id, request.observe_key)
         if existing is not None and existing.session_id == session.session_id:
             existing.owners.add(owner)
             if owner is Owner.AUTO:
                 return None
-            read = dataclasses.replace(request, operation=Operation.READ, observe=None)
-            return device_response(await self._send(session, read, timeout_s))
+            return device_response(await self._send(session, ops.as_read(request), timeout_s))
         if existing is not None:  # observed over a session the registration left
             self._cancel_at_device([existing])
             self.observations.remove(existing.token)
@@ -753,13 +790,13 @@ class Lwm2mServer:
         self, reg: Registration, request: DeviceRequest, *, timeout_s: float
     ) -> DeviceResponse:
         """Send an operator's request to a device whose session is on this node."""
-        if request.operation is Operation.OBSERVE:
+        if request.operation in (Operation.OBSERVE, Operation.OBSERVE_COMPOSITE):
             self._regs.setdefault(reg.registration_id, reg)
             response = await self._observe(reg, request, Owner.OPERATOR, timeout_s=timeout_s)
             assert response is not None
             return response
         session = self._session(reg)
-        if request.operation is Operation.CANCEL_OBSERVE:
+        if request.operation in (Operation.CANCEL_OBSERVE, Operation.CANCEL_OBSERVE_COMPOSITE):
             return await self._cancel(reg, session, request, timeout_s)
         return device_response(await self._send(session, request, timeout_s))
 
@@ -768,12 +805,12 @@ class Lwm2mServer:
     ) -> DeviceResponse:
         """An operator's Cancel-Observe: the automatic feed of the same path stays (the
         answer is then a Read of the path); cancelled at the device when nobody is left."""
-        obs = self.observations.for_path(reg.registration_id, request.path)
+        obs = self.observations.for_key(reg.registration_id, request.observe_key)
         if obs is None or Owner.OPERATOR not in obs.owners:
-            raise NotFound(f"{request.path} is not observed by an operator", reason="not observed")
+            what = ", ".join(str(p) for p in request.paths) if request.paths else request.path
+            raise NotFound(f"{what} is not observed by an operator", reason="not observed")
         if self.observations.release(obs.token, Owner.OPERATOR) is None:
-            read = dataclasses.replace(request, operation=Operation.READ, observe=None)
-            return device_response(await self._send(session, read, timeout_s))
+            return device_response(await self._send(session, ops.as_read(request), timeout_s))
         self._endpoint_of(session).stop_observing(session.addr, obs.token)
         return device_response(await self._send(session, request, timeout_s, token=obs.token))
 

@@ -19,7 +19,8 @@ import structlog
 
 from corem_ingress.core.errors import IngressError, NotFound, coap_max_age
 from corem_ingress.core.uplink import Uplink
-from corem_ingress.lwm2m.model import DEFAULT_MODEL, ObjectModel
+from corem_ingress.lwm2m.model import ObjectModel
+from corem_ingress.lwm2m.objects import DEFAULT_MODEL
 from corem_ingress.lwm2m.operations import (
     DeviceRequest,
     DeviceResponse,
@@ -81,7 +82,7 @@ class Lwm2mDeviceService:
         self._append = append
         self._clock = clock
         self._on_event = on_event
-        self._model = model
+        self.model = model
 
     @staticmethod
     def handles(uri_path: Sequence[str]) -> bool:
@@ -136,7 +137,7 @@ class Lwm2mDeviceService:
     ) -> DeviceReply:
         self.registrar.check_peer(peer)
         now = self._clock()
-        records = parse_send(method, uri_path, content_format, payload, now=now, model=self._model)
+        records = parse_send(method, uri_path, content_format, payload, now=now, model=self.model)
         reg = await self._store.get_by_device(peer.identity.device_id)
         if reg is None:
             raise NotFound("Send needs a registration", reason="send without registration")
@@ -152,7 +153,7 @@ class Lwm2mDeviceService:
         keeps the observation), ``Unavailable`` if the uplink could not be stored.
         """
         now = self._clock()
-        records = notification_records(observe, response, now=now, model=self._model)
+        records = notification_records(observe, response, now=now, model=self.model)
         return await self._append(
             uplink(registration, records, source="notify", path=observe.path, now=now)
         )
