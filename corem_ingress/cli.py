@@ -437,6 +437,44 @@ def _cas_remove(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
+def _claims_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    from corem_ingress.core.claims import ClaimKind, parse_expiry
+
+    kind = ClaimKind.parse(args.kind)
+    credential_kind = CredentialKind.parse(args.credential_kind)
+    expires_at = parse_expiry(args.expires, now=time.time()) if args.expires else None
+
+    async def op(reg: Any) -> object:
+        issued = await reg.create_claim(
+            args.tenant,
+            kind,
+            credential_kind,
+            max_uses=args.max_uses,
+            expires_at=expires_at,
+            actor=_actor(),
+        )
+        return issued.to_json(time.time())
+
+    return op
+
+
+def _claims_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        found, cursor = await reg.list_claims(args.tenant, limit=args.limit, cursor=args.cursor)
+        now = time.time()
+        return {"claims": [c.to_json(now) for c in found], "next_cursor": cursor}
+
+    return op
+
+
+def _claims_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        claim = await reg.revoke_claim(args.tenant, args.claim, actor=_actor())
+        return claim.to_json(time.time())
+
+    return op
+
+
 def _tenant_settings(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
         if args.allow_self_signed is None:
@@ -783,6 +821,27 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--cert", help="the CA certificate PEM file")
     sp.add_argument("--fingerprint", help="the CA's SHA-256 fingerprint")
     sp.set_defaults(func=_registry_command(_cas_remove))
+
+    # provisioning by claim
+    claims = sub.add_parser(
+        "claims", help="claim credentials: devices that provision themselves"
+    ).add_subparsers(dest="action", required=True, parser_class=_Parser)
+    sp = claims.add_parser("create", parents=[common], help="prints the claim's secret, once")
+    tenant(sp)
+    sp.add_argument("--kind", choices=["api_key", "psk"], default="api_key")
+    sp.add_argument("--credential-kind", choices=["api_key", "psk"], default="api_key")
+    sp.add_argument("--max-uses", type=_positive_int, required=True)
+    sp.add_argument("--expires", help="90d, 12h, 30m, 3600s or an ISO 8601 time (default: never)")
+    sp.set_defaults(func=_registry_command(_claims_create))
+    sp = claims.add_parser("list", parents=[common])
+    tenant(sp)
+    sp.add_argument("--limit", type=_positive_int, default=100)
+    sp.add_argument("--cursor")
+    sp.set_defaults(func=_registry_command(_claims_list))
+    sp = claims.add_parser("revoke", parents=[common])
+    tenant(sp)
+    sp.add_argument("--claim", required=True, help="the claim id (clm_...)")
+    sp.set_defaults(func=_registry_command(_claims_revoke))
 
     tenants = sub.add_parser("tenants", help="tenant settings").add_subparsers(
         dest="action", required=True, parser_class=_Parser

@@ -428,6 +428,20 @@ class LimitsConfig:
 
 
 @dataclass
+class ProvisioningConfig:
+    """Devices that enrol themselves (docs/provisioning.md): provisioning by claim."""
+
+    #: Provisioning requests per minute per claim, all nodes together (0: unlimited).
+    claim_rate_per_minute: int = 120
+    #: Provisioning requests per minute per tenant, all nodes together (0: unlimited).
+    tenant_rate_per_minute: int = 1200
+
+    def validate(self) -> None:
+        for key in ("claim_rate_per_minute", "tenant_rate_per_minute"):
+            _check(getattr(self, key) >= 0, f"provisioning.{key}", "must be >= 0 (0: unlimited)")
+
+
+@dataclass
 class ProxyConfig:
     """Load balancers in front of the listeners (docs/operations.md, "Behind a load balancer")."""
 
@@ -502,6 +516,7 @@ class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     lwm2m: Lwm2mConfig = field(default_factory=Lwm2mConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

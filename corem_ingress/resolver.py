@@ -32,12 +32,14 @@ import structlog
 from corem_ingress import metrics
 from corem_ingress.core import api_keys, certs, psk
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.claims import is_pending
 from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.resolver_cache import CacheEntry, ResolverCache
 from corem_ingress.core.trust import PeerChain, TenantTrust
 from corem_ingress.store.connection import ClientCommands
+from corem_ingress.store.first_use import FirstUse
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lookups import LookupBatcher
 
@@ -69,6 +71,8 @@ class Resolver:
         self._clock = clock
         #: Reads of lookup keys (the node passes one on its own pool; else on ``redis``).
         self.lookups = lookups or LookupBatcher(ClientCommands(redis), timeout_s=timeout_s)
+        #: Drops the pending mark of a credential a claim issued, at its first use.
+        self._first_use = FirstUse(redis, keys)
         self.outage_grace_s = outage_grace_s
         #: Bumped by every cache change from the bus: a lookup that overlapped one reads again.
         self._epoch = 0
@@ -272,6 +276,8 @@ class Resolver:
                 return kept
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None
         now = self._clock()
+        if raw is not None and is_pending(raw):
+            raw = await self._first_used(key, raw, now)
         if raw is None:
             self.cache.put_negative(kind, lookup, now)
             raise self._refuse(kind, Cause.UNKNOWN_OR_REVOKED)
@@ -301,6 +307,16 @@ class Resolver:
             credential_expires_at=None if expires_at is None else float(expires_at),
             proven_self_signed=proven_self_signed,
         )
+
+    async def _first_used(self, key: str, raw: str, now: float) -> str | None:
+        """A credential a claim issued authenticates for the first time: from now on a retry
+        of its enrolment is refused (``store/first_use.py``). Redis errors fail closed."""
+        try:
+            return await self._first_use.mark(key, raw, now)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            metrics.redis_error("resolver")
+            log.warning("resolver.redis_unreachable", kind="first_use", error=str(exc))
+            raise Unavailable("credential store unreachable", reason="redis unreachable") from None
 
     @staticmethod
     def _refuse(kind: CredentialKind, cause: Cause, detail: str = "") -> Unauthenticated:

@@ -161,6 +161,8 @@ class Cause(StrEnum):
     TRANSPORT_ERROR = "transport_error"
     #: Closed by the broker for another operator/broker reason (e.g. LwM2M de-register).
     CLOSED_BY_SERVER = "closed_by_server"
+    #: Too many provisioning requests for one claim or tenant (``provisioning.*_per_minute``).
+    PROVISIONING_RATE = "provisioning_rate"
 
     @property
     def label(self) -> str:
@@ -256,6 +258,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.STORAGE_UNAVAILABLE: _end(0x88),
     Cause.TRANSPORT_ERROR: _end(0x80, ALERT_INTERNAL_ERROR),
     Cause.CLOSED_BY_SERVER: _end(),
+    Cause.PROVISIONING_RATE: _limit(_CONNACK_UNAVAILABLE, 0x97, "4.29", 429),
 }
 
 AUTH_CAUSES = frozenset(c for c in Cause if c.group is CauseGroup.AUTH)
