@@ -289,6 +289,22 @@ class ClaimRegistry(DeviceRegistry):
                 cause=Cause.PROVISIONING_RATE,
             )
 
+    async def provisioning_rate_full(
+        self, resolved: ResolvedClaim, *, per_claim: int, per_tenant: int
+    ) -> bool:
+        """Whether the claim's or tenant's current window is already full (counts nothing:
+        for refusing a connection before any request, MQTT's CONNACK quota code)."""
+        window, _ttl = claims.rate_window(self._clock(), RATE_WINDOW_S)
+        by_claim, by_tenant = await self._wrap(
+            self._r.mget(
+                self.keys.provisioning_rate(f"claim:{resolved.claim_id}", window),
+                self.keys.provisioning_rate(f"tenant:{resolved.tenant_id}", window),
+            )
+        )
+        return claims.over_rate(int(by_claim or 0) + 1, per_claim) or claims.over_rate(
+            int(by_tenant or 0) + 1, per_tenant
+        )
+
     async def enrol(self, resolved: ResolvedClaim, hardware_id: str) -> Enrolled:
         """The device's own credential for ``hardware_id`` (``core/claims.decide``), audited
         with actor ``claim:<id>``."""
