@@ -443,6 +443,7 @@ def _claims_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object
     kind = ClaimKind.parse(args.kind)
     credential_kind = CredentialKind.parse(args.credential_kind)
     expires_at = parse_expiry(args.expires, now=time.time()) if args.expires else None
+    psk = parse_psk_hex(args.psk_hex) if args.psk_hex else None
 
     async def op(reg: Any) -> object:
         issued = await reg.create_claim(
@@ -452,6 +453,7 @@ def _claims_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object
             max_uses=args.max_uses,
             expires_at=expires_at,
             actor=_actor(),
+            psk_bytes=psk,
         )
         return issued.to_json(time.time())
 
@@ -832,6 +834,7 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--credential-kind", choices=["api_key", "psk"], default="api_key")
     sp.add_argument("--max-uses", type=_positive_int, required=True)
     sp.add_argument("--expires", help="90d, 12h, 30m, 3600s or an ISO 8601 time (default: never)")
+    sp.add_argument("--psk-hex", help="a psk claim's key, assigned (default: generated)")
     sp.set_defaults(func=_registry_command(_claims_create))
     sp = claims.add_parser("list", parents=[common])
     tenant(sp)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import math
 import re
 import secrets
@@ -264,6 +265,20 @@ def parse_expiry(text: str, *, now: float) -> float:
     return when.timestamp()
 
 
+def parse_enrol_request(payload: bytes) -> str:
+    """The hardware_id of an enrolment request body (MQTT, CoAP): ``{"hardware_id": …}``."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidArgument('payload must be JSON {"hardware_id": …}') from None
+    if not isinstance(doc, dict) or set(doc) != {"hardware_id"}:
+        raise InvalidArgument('payload must be JSON {"hardware_id": …}')
+    value = doc["hardware_id"]
+    if not isinstance(value, str):
+        raise InvalidArgument("hardware_id must be a string")
+    return value
+
+
 def generate_claim_key() -> str:
     token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     return CLAIM_KEY_PREFIX + token
@@ -294,8 +309,9 @@ def check_claim_id(claim_id: str) -> str:
 
 
 def claim_psk_identity(claim_id: str) -> str:
-    """The PSK identity of a psk claim: not guessable (a random suffix)."""
-    return f"{CLAIM_PSK_PREFIX}{claim_id}:{secrets.token_hex(6)}"
+    """The PSK identity of a psk claim: 31 characters (tinydtls holds at most 32), with a
+    random suffix (identities travel in clear: not guessable from the claim id)."""
+    return f"{CLAIM_PSK_PREFIX}{claim_id.removeprefix('clm_')}.{secrets.token_hex(4)}"
 
 
 def is_claim_psk_identity(identity: str) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiocoap import Message
 
+from corem_ingress.adapters.coap import provisioning
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
 from corem_ingress.adapters.dtls.events import Address, Credential
@@ -66,11 +67,14 @@ class CoapListener:
         #: The LwM2M server mounted on this listener (``lwm2m.enabled``), set by ``build``.
         self.lwm2m: Lwm2mServer | None = None
         self._order: dict[str, _NotificationOrder] = {}
+        #: Sessions a claim opened (address -> claim PSK identity): ``POST /provision`` only.
+        self.claim_sessions: dict[Address, str] = {}
+        credentials = provisioning.ClaimCredentials(services.resolver, services)
         self.dtls_server = DtlsServer(
             cert_file=cfg.server_cert or None,
             key_file=cfg.server_key or None,
             ca_files=list(cfg.client_ca_files),
-            credentials=services.resolver,
+            credentials=credentials,
             wall_clock=services.clock,
             config=DtlsConfig(
                 mtu=cfg.mtu,
@@ -85,7 +89,7 @@ class CoapListener:
         )
         # Timers on the monotonic clock; certificate validity and dates on the node's clock.
         self.transport = DtlsTransport(
-            self.dtls_server, services.resolver, self, wall_clock=services.clock
+            self.dtls_server, credentials, self, wall_clock=services.clock
         )
         self.endpoint = CoapEndpoint(
             self.transport.send,
@@ -124,6 +128,12 @@ class CoapListener:
     # -- DtlsHandler ---------------------------------------------------------------------------
     def session_started(self, addr: Address, credential: Credential | None) -> None:
         session_id = f"coap-{self.services.node_id}-{next(self._ids)}"
+        if credential is not None and provisioning.is_claim_credential(credential):
+            # No device credential on the session: the site and mounts answer 4.01.
+            self.sessions[addr] = DeviceSession(addr, session_id, None)
+            self.claim_sessions[addr] = credential.lookup
+            log.info("coap.claim_session_started", session=session_id)
+            return
         session = DeviceSession(addr, session_id, credential)
         self.sessions[addr] = session
         if credential is not None:
@@ -156,7 +166,7 @@ class CoapListener:
             return
         session = self.sessions.pop(addr, None)
         self.endpoint.forget(addr)
-        if session is None:
+        if session is None or self.claim_sessions.pop(addr, None) is not None:
             return
         self.services.sessions.unregister(session.session_id)
         self._order.pop(session.session_id, None)
@@ -178,6 +188,9 @@ class CoapListener:
         session = self.sessions.get(addr)
         if session is None:
             session = DeviceSession(addr, "", None)  # -> 4.01
+        claim = self.claim_sessions.get(addr)
+        if claim is not None:
+            return provisioning.provision(self.services, claim, msg)
         path = msg.opt.uri_path
         mounted = self.mounts.get(path[0]) if path else None
         if mounted is not None and session.credential is not None:

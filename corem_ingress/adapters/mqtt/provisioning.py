@@ -28,8 +28,8 @@ import structlog
 from corem_ingress.adapters.mqtt.codec import Connect, Publish, Subscribe, Unsubscribe
 from corem_ingress.adapters.mqtt.properties import Prop, Reason
 from corem_ingress.core.causes import Cause
-from corem_ingress.core.claims import CLAIM_KEY_PREFIX
-from corem_ingress.core.errors import IngressError, InvalidArgument
+from corem_ingress.core.claims import CLAIM_KEY_PREFIX, parse_enrol_request
+from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.sessions import DisconnectOrder
 from corem_ingress.store.registry.claims import ResolvedClaim
@@ -164,23 +164,10 @@ async def answer(conn: MqttProtocol, key: str, payload: bytes) -> dict[str, obje
         await registry.check_provisioning_rate(
             resolved, per_claim=cfg.claim_rate_per_minute, per_tenant=cfg.tenant_rate_per_minute
         )
-        enrolled = await registry.enrol(resolved, _hardware_id(payload))
+        enrolled = await registry.enrol(resolved, parse_enrol_request(payload))
     except IngressError as exc:
         return {"status": exc.http_status, **exc.to_json()}
     except Exception:  # a bug answers 500 rather than leaving the device waiting
         log.exception("mqtt.claim_failed", peer=conn.peer)
         return {"status": 500, "error": {"code": "INTERNAL", "message": "internal error"}}
     return {"status": 201 if enrolled.result.created else 200, **enrolled.to_json()}
-
-
-def _hardware_id(payload: bytes) -> str:
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidArgument('payload must be JSON {"hardware_id": …}') from None
-    if not isinstance(doc, dict) or set(doc) != {"hardware_id"}:
-        raise InvalidArgument('payload must be JSON {"hardware_id": …}')
-    hardware_id = doc["hardware_id"]
-    if not isinstance(hardware_id, str):
-        raise InvalidArgument("hardware_id must be a string")
-    return hardware_id

@@ -128,8 +128,13 @@ class ClaimRegistry(DeviceRegistry):
         max_uses: int,
         expires_at: float | None,
         actor: str,
+        psk_bytes: bytes | None = None,
     ) -> IssuedClaim:
+        """``psk_bytes``: a psk claim's key assigned by the operator (many device SDKs and
+        libcoap take PSKs as text); generated otherwise."""
         check_tenant_id(tenant_id)
+        if psk_bytes is not None and kind is not ClaimKind.PSK:
+            raise InvalidArgument("a PSK can only be given for a claim of kind psk")
         now = self._clock()
         claims.check_new_claim(kind, credential_kind, max_uses, expires_at, now=now)
         if credential_kind is CredentialKind.PSK or kind is ClaimKind.PSK:
@@ -143,7 +148,11 @@ class ClaimRegistry(DeviceRegistry):
             value = {"t": tenant_id, "c": claim_id}
         else:
             lookup = claims.claim_psk_identity(claim_id)
-            secret = psk.generate_psk(self.psk_min_bytes)
+            secret = (
+                psk.check_entropy(psk.check_psk(psk_bytes, min_bytes=self.psk_min_bytes))
+                if psk_bytes is not None
+                else psk.generate_psk(self.psk_min_bytes)
+            )
             sealed = self._require_keyring().seal(tenant_id, lookup, secret)
             value = {"t": tenant_id, "c": claim_id, **sealed.to_json()}
         claim = Claim(
