@@ -460,6 +460,39 @@ def _claims_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object
     return op
 
 
+def _cas_auto_provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    from corem_ingress.core.jitp import JitpTemplate
+
+    template = None
+    if not args.off:
+        metadata = {}
+        for item in args.metadata or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CliError("--metadata takes key=value")
+            metadata[key] = value
+        template = JitpTemplate.from_json(
+            {
+                "hardware_id_from": args.hardware_id_from,
+                "san_prefix": args.san_prefix,
+                "metadata": metadata,
+                "allow_certificate_rotation": args.allow_certificate_rotation,
+            }
+        )
+
+    async def op(reg: Any) -> object:
+        result = await reg.set_auto_provision(
+            args.tenant, args.fingerprint, template, actor=_actor()
+        )
+        return {
+            "ca_fingerprint": args.fingerprint,
+            "auto_provision": result is not None,
+            "template": result.to_json() if result is not None else None,
+        }
+
+    return op
+
+
 def _claims_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
         found, cursor = await reg.list_claims(args.tenant, limit=args.limit, cursor=args.cursor)
@@ -823,6 +856,25 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--cert", help="the CA certificate PEM file")
     sp.add_argument("--fingerprint", help="the CA's SHA-256 fingerprint")
     sp.set_defaults(func=_registry_command(_cas_remove))
+    sp = cas.add_parser(
+        "auto-provision", parents=[common], help="just-in-time provisioning with this CA"
+    )
+    tenant(sp)
+    sp.add_argument("--fingerprint", required=True, help="the CA's SHA-256 fingerprint")
+    sp.add_argument("--off", action="store_true", help="turn it off")
+    sp.add_argument(
+        "--hardware-id-from",
+        choices=["subject_cn", "san_uri", "san_dns", "serial"],
+        default="subject_cn",
+    )
+    sp.add_argument("--san-prefix", default="", help="SAN entries start with it; cut off")
+    sp.add_argument("--metadata", action="append", help="key=value on every device (repeat)")
+    sp.add_argument(
+        "--allow-certificate-rotation",
+        action="store_true",
+        help="a known hardware_id with a new certificate of this CA replaces the old one",
+    )
+    sp.set_defaults(func=_registry_command(_cas_auto_provision))
 
     # provisioning by claim
     claims = sub.add_parser(

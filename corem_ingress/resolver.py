@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -71,6 +71,9 @@ class Resolver:
         self._clock = clock
         #: Reads of lookup keys (the node passes one on its own pool; else on ``redis``).
         self.lookups = lookups or LookupBatcher(ClientCommands(redis), timeout_s=timeout_s)
+        #: Just-in-time provisioning of an unregistered certificate (its DER): True when it
+        #: is registered now (``Registry.jit_provision``; wired by the node).
+        self.on_unknown_cert: Callable[[bytes], Awaitable[bool]] | None = None
         #: Drops the pending mark of a credential a claim issued, at its first use.
         self._first_use = FirstUse(redis, keys)
         self.outage_grace_s = outage_grace_s
@@ -95,16 +98,35 @@ class Resolver:
         return ResolvedPsk(entry.identity, entry.secret)
 
     async def resolve_cert(
-        self, fingerprint: str, *, chain: PeerChain | None, fallback: bool = True
+        self,
+        fingerprint: str,
+        *,
+        chain: PeerChain | None,
+        fallback: bool = True,
+        der: bytes | None = None,
     ) -> DeviceIdentity:
         """The certificate's device, if ``chain`` (as the listener verified it) ends in one of
         that tenant's CAs. ``chain=None`` checks the registration only and fills the cache
-        (the DTLS path: its handshake callback checks the chain from the cache)."""
+        (the DTLS path: its handshake callback checks the chain from the cache).
+
+        ``der``: the certificate itself, from a handshake. Unregistered, it goes to
+        ``on_unknown_cert`` (just-in-time provisioning, ``store/registry/jitp.py``), the one
+        place an unknown certificate that chains to an auto-provisioning CA is decided;
+        if that registered it, it resolves like any other."""
         try:
             certs.check_fingerprint(fingerprint)
         except Exception:
             raise self._refuse(CredentialKind.X509, Cause.MALFORMED) from None
-        entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
+        try:
+            entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
+        except Unauthenticated as exc:
+            hook = self.on_unknown_cert
+            if der is None or hook is None or exc.cause is not Cause.UNKNOWN_OR_REVOKED:
+                raise
+            if certs.fingerprint_der(der) != fingerprint or not await hook(der):
+                raise
+            self.cache.evict(CredentialKind.X509, fingerprint)
+            entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
         assert entry.identity is not None
         trust = await self._tenant_trust(entry.identity.tenant_id, fallback=fallback)
         if chain is not None:

@@ -54,6 +54,11 @@ class KeySchema:
         """Hash: the tenant's trust settings (``allow_self_signed``: 0/1)."""
         return f"{self._r}:tenant:{tenant_id}:settings"
 
+    def jitp_issuer(self, subject_hash: str) -> str:
+        """String (JSON: tenant, CA fingerprint): the auto-provisioning CA whose subject name
+        has this SHA-256 (of its DER), found from a device certificate's issuer name."""
+        return f"{self._r}:jitp:issuer:{subject_hash}"
+
     def challenge(self, token: str) -> str:
         """String -> tenant_id: a proof-of-possession challenge; TTL, deleted when used."""
         return f"{self._r}:challenge:{token}"

@@ -209,3 +209,37 @@ async def test_provisioning_rate_per_claim_and_tenant(limited_api: Api, redis: A
     assert statuses == [201, 429]
     outcomes = [r["outcome"] for r in await audit(redis) if r["action"] == "claims.enrol"]
     assert outcomes.count("RESOURCE_EXHAUSTED") == 2
+
+
+async def test_auto_provision_admin_routes(api: Api) -> None:
+    from corem_ingress import devcerts
+
+    ca = devcerts.make_ca("jitp CA")
+    added = await api.add_ca("acme", ca)
+    fp = added.body["fingerprint"]
+    path = f"/api/v1/cas/{fp}/auto-provision"
+    off = await api.request("GET", path, tenant="acme")
+    assert off.status == 200 and off.body == {
+        "ca_fingerprint": fp,
+        "auto_provision": False,
+        "template": None,
+    }
+    template = {
+        "hardware_id_from": "san_uri",
+        "san_prefix": "urn:dev:",
+        "metadata": {"model": "x1"},
+        "allow_certificate_rotation": True,
+    }
+    on = await api.request("PUT", path, tenant="acme", json=template)
+    assert on.status == 200 and on.body["auto_provision"] and on.body["template"] == template
+    assert (await api.request("GET", path, tenant="acme")).body["template"] == template
+    bad = await api.request("PUT", path, tenant="acme", json={"hardware_id_from": "mac"})
+    assert bad.status == 400
+    # Another tenant does not see acme's CA; the same CA cannot auto-provision for two.
+    assert (await api.request("PUT", path, tenant="globex", json={})).status == 404
+    await api.add_ca("globex", ca)
+    clash = await api.request("PUT", path, tenant="globex", json={})
+    assert clash.status == 409
+    gone = await api.request("DELETE", path, tenant="acme")
+    assert gone.status == 200 and not gone.body["auto_provision"]
+    assert (await api.request("PUT", path, tenant="globex", json={})).status == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.integration.test_cli import env, fails, ok  # noqa: F401 (env is a fixture)
@@ -53,3 +55,39 @@ def test_claims_create_list_revoke(env: dict[str, str]) -> None:  # noqa: F811
 )
 def test_bad_claims_are_one_line_errors(env: dict[str, str], extra: list[str]) -> None:  # noqa: F811
     fails(["claims", "create", "--tenant", "acme", *extra], env)
+
+
+def test_cas_auto_provision(env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    from corem_ingress import devcerts
+
+    ca = devcerts.make_ca("cli jitp CA")
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    fp = ok(["cas", "add", "--tenant", "acme", "--cert", str(tmp_path / "ca.pem")], env)[
+        "fingerprint"
+    ]
+    on = ok(
+        [
+            "cas",
+            "auto-provision",
+            "--tenant",
+            "acme",
+            "--fingerprint",
+            fp,
+            "--hardware-id-from",
+            "serial",
+            "--metadata",
+            "site=lyon",
+            "--allow-certificate-rotation",
+        ],
+        env,
+    )
+    assert on["auto_provision"] and on["template"]["metadata"] == {"site": "lyon"}
+    assert on["template"]["hardware_id_from"] == "serial"
+    off = ok(["cas", "auto-provision", "--tenant", "acme", "--fingerprint", fp, "--off"], env)
+    assert off == {"ca_fingerprint": fp, "auto_provision": False, "template": None}
+    fails(
+        ["cas", "auto-provision", "--tenant", "acme", "--fingerprint", fp, "--metadata", "x"], env
+    )
+    assert "CA not found" in fails(
+        ["cas", "auto-provision", "--tenant", "acme", "--fingerprint", "0" * 64], env
+    )

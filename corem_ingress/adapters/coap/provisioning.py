@@ -104,8 +104,8 @@ class ClaimCredentials:
             self._claims.popitem(last=False)
         return resolved
 
-    async def resolve_cert(self, fingerprint: str, *, chain: None) -> Any:
-        return await self._resolver.resolve_cert(fingerprint, chain=chain)
+    async def resolve_cert(self, fingerprint: str, *, chain: None, der: bytes | None = None) -> Any:
+        return await self._resolver.resolve_cert(fingerprint, chain=chain, der=der)
 
 
 def claim_device(claim_id: str) -> str:

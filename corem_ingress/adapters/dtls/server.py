@@ -508,7 +508,8 @@ class DtlsServer:
             peer.state = PeerState.AWAITING_CREDENTIAL
             peer.held.append(data)
             peer.looked_up.add(needed)
-            self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1]))
+            der = peer.peek.certificate_der  # used for certificates only (JITP)
+            self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1], der))
             return
         alert = fatal_alert(data)
         if alert is not None:

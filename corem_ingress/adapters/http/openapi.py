@@ -636,6 +636,38 @@ def _provisioning_schemas() -> Json:
                 "max_uses": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
                 "expires_at": {**_NUM, "description": "Epoch seconds (default: never)."},
                 "expires_in_s": {**_NUM, "description": "Or: seconds from now."},
+                "psk_hex": {
+                    **_STR,
+                    "description": "A psk claim's key, assigned (hex; default: generated).",
+                },
+            },
+        ),
+        "JitpTemplate": _obj(
+            [],
+            {
+                "hardware_id_from": {
+                    "type": "string",
+                    "enum": ["subject_cn", "san_uri", "san_dns", "serial"],
+                    "default": "subject_cn",
+                },
+                "san_prefix": {
+                    **_STR,
+                    "description": "SAN entries must start with it; it is cut off.",
+                },
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Written on every device this CA provisions.",
+                },
+                "allow_certificate_rotation": {"type": "boolean", "default": False},
+            },
+        ),
+        "AutoProvision": _obj(
+            ["ca_fingerprint", "auto_provision", "template"],
+            {
+                "ca_fingerprint": _STR,
+                "auto_provision": {"type": "boolean"},
+                "template": {"oneOf": [_ref("JitpTemplate"), {"type": "null"}]},
             },
         ),
         "ClaimProvisionRequest": _obj(
@@ -693,6 +725,41 @@ def _provisioning_paths() -> Json:
                     **_errors(400, 401, 403, 409, 413, 429, 503),
                 },
             }
+        },
+        "/api/v1/cas/{ca_fingerprint}/auto-provision": {
+            "get": {
+                **admin,
+                "operationId": "GetCaAutoProvision",
+                "summary": "Whether this CA provisions devices just in time, and its template.",
+                "parameters": [_CA_FINGERPRINT],
+                "responses": {
+                    "200": _ok("The CA's setting.", _ref("AutoProvision")),
+                    **_errors(401, 404, 429, 503),
+                },
+            },
+            "put": {
+                **admin,
+                "operationId": "SetCaAutoProvision",
+                "summary": "Provision devices just in time: an unregistered certificate this "
+                "CA issued, presented over MQTT or DTLS, creates (or finds) the device by the "
+                "hardware_id the template takes from it and registers the certificate.",
+                "parameters": [_CA_FINGERPRINT],
+                "requestBody": _json_body(_ref("JitpTemplate")),
+                "responses": {
+                    "200": _ok("On, with this template.", _ref("AutoProvision")),
+                    **_errors(400, 401, 404, 409, 413, 429, 503),
+                },
+            },
+            "delete": {
+                **admin,
+                "operationId": "DisableCaAutoProvision",
+                "summary": "Stop provisioning devices just in time with this CA.",
+                "parameters": [_CA_FINGERPRINT],
+                "responses": {
+                    "200": _ok("Off.", _ref("AutoProvision")),
+                    **_errors(401, 404, 429, 503),
+                },
+            },
         },
         "/api/v1/claims": {
             "post": {

@@ -29,6 +29,8 @@ from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.core.claims import ClaimKind
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.identity import CredentialKind
+from corem_ingress.core.jitp import JitpTemplate
+from corem_ingress.core.psk import parse_psk_hex
 from corem_ingress.services import Services
 
 if TYPE_CHECKING:
@@ -36,10 +38,16 @@ if TYPE_CHECKING:
 
 CLAIM_PROVISION = "/api/v1/provisioning/claim"
 CLAIMS = "/api/v1/claims"
+AUTO_PROVISION = "/api/v1/cas/{ca_fingerprint}/auto-provision"
 CLAIM = "/api/v1/claims/{claim_id}"
 
 _ENROL_FIELDS = frozenset({"hardware_id"})
-_CREATE_FIELDS = frozenset({"kind", "credential_kind", "max_uses", "expires_at", "expires_in_s"})
+_CREATE_FIELDS = frozenset(
+    {"kind", "credential_kind", "max_uses", "expires_at", "expires_in_s", "psk_hex"}
+)
+_TEMPLATE_FIELDS = frozenset(
+    {"hardware_id_from", "san_prefix", "metadata", "allow_certificate_rotation"}
+)
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -73,6 +81,54 @@ class ProvisioningApi:
         return _json(enrolled.to_json(), status=201 if enrolled.result.created else 200)
 
 
+def _auto_provision_json(fingerprint: str, template: JitpTemplate | None) -> dict[str, object]:
+    return {
+        "ca_fingerprint": fingerprint,
+        "auto_provision": template is not None,
+        "template": template.to_json() if template is not None else None,
+    }
+
+
+class AutoProvisionApi:
+    """The admin side of just-in-time provisioning: a tenant CA's ``auto_provision``."""
+
+    def __init__(self, admin: AdminApi) -> None:
+        self._admin = admin
+        self._registry = admin.registry
+        self._limit = admin.body_limit
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get(AUTO_PROVISION, self.get)
+        r.add_put(AUTO_PROVISION, self.put)
+        r.add_delete(AUTO_PROVISION, self.delete)
+
+    async def get(self, request: web.Request) -> web.Response:
+        op = await self._admin.operator(request)
+        fp = check_text(request.match_info["ca_fingerprint"], "CA fingerprint")
+        template = await self._admin.audited_read(
+            op,
+            "cas.auto_provision.get",
+            f"fingerprint={fp}",
+            self._registry.auto_provision_template(op.tenant_id, fp),
+        )
+        return _json(_auto_provision_json(fp, template))
+
+    async def put(self, request: web.Request) -> web.Response:
+        op = await self._admin.operator(request)
+        fp = check_text(request.match_info["ca_fingerprint"], "CA fingerprint")
+        doc = parse_json_object(await read_body(request, self._limit), allowed=_TEMPLATE_FIELDS)
+        template = JitpTemplate.from_json(doc)
+        await self._registry.set_auto_provision(op.tenant_id, fp, template, actor=op.actor)
+        return _json(_auto_provision_json(fp, template))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        op = await self._admin.operator(request)
+        fp = check_text(request.match_info["ca_fingerprint"], "CA fingerprint")
+        await self._registry.set_auto_provision(op.tenant_id, fp, None, actor=op.actor)
+        return _json(_auto_provision_json(fp, None))
+
+
 class ClaimsApi:
     """The admin side: a tenant's claims."""
 
@@ -84,6 +140,7 @@ class ClaimsApi:
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
+        AutoProvisionApi(self._admin).add_routes(app)
         r.add_post(CLAIMS, self.create)
         r.add_get(CLAIMS, self.list)
         r.add_get(CLAIM, self.get)
@@ -105,6 +162,7 @@ class ClaimsApi:
             raise InvalidArgument("give expires_at or expires_in_s, not both")
         if expires_in is not None:
             expires_at = self._clock() + expires_in
+        psk_hex = text_field(doc, "psk_hex", max_len=256)
         issued = await self._registry.create_claim(
             op.tenant_id,
             kind,
@@ -112,6 +170,7 @@ class ClaimsApi:
             max_uses=max_uses,
             expires_at=expires_at,
             actor=op.actor,
+            psk_bytes=parse_psk_hex(psk_hex) if psk_hex is not None else None,
         )
         return _json(issued.to_json(self._clock()), status=201)
 
