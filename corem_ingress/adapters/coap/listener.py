@@ -22,6 +22,7 @@ from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimi
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.adapters.dtls.transport import DtlsTransport
+from corem_ingress.adapters.lwm2m.bootstrap import bootstrap_request
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
@@ -190,6 +191,8 @@ class CoapListener:
             session = DeviceSession(addr, "", None)  # -> 4.01
         claim = self.claim_sessions.get(addr)
         if claim is not None:
+            if tuple(msg.opt.uri_path) == ("bs",):
+                return bootstrap_request(self, addr, claim, msg)  # LwM2M bootstrap
             return provisioning.provision(self.services, claim, msg)
         path = msg.opt.uri_path
         mounted = self.mounts.get(path[0]) if path else None
@@ -200,6 +203,16 @@ class CoapListener:
         if order is not None and not session.representations.transfer_open:
             order.transfer_closed.set()
         return reply
+
+    def adopt_claim_session(self, addr: Address, credential: Credential) -> bool:
+        """A claim session whose device was just bootstrapped becomes that device's session
+        (LwM2M clients register over the session they bootstrapped on when both servers
+        share an address). False if the session is gone."""
+        if self.claim_sessions.pop(addr, None) is None:
+            return False
+        self.sessions.pop(addr, None)
+        self.session_started(addr, credential)
+        return True
 
     # -- for other CoAP adapters on this port (LwM2M) -------------------------------------------
     def mount(self, first_segment: str, handler: MountedHandler) -> None:
