@@ -109,3 +109,49 @@ def bootstrap_steps(
         BootstrapStep("PUT", ("1", str(SERVER_INSTANCE)), server_payload, CF_SENML_JSON),
         BootstrapStep("POST", ("bs",)),
     ]
+
+
+@dataclass
+class BootstrappedServer:
+    """What a client keeps of a bootstrap (the device-management server's settings)."""
+
+    server_uri: str = ""
+    psk_identity: str = ""
+    psk: bytes = b""
+    lifetime_s: int = 0
+
+
+class BootstrapClient:
+    """The client's side of the sequence (the simulator's LwM2M device): takes the server's
+    Bootstrap-Delete / Write / Finish requests and answers each with a CoAP code."""
+
+    def __init__(self) -> None:
+        self.server = BootstrappedServer()
+        self.finished = False
+
+    def handle(self, method: str, uri_path: tuple[str, ...], payload: bytes) -> str:
+        if method == "DELETE":
+            return "2.02"
+        if method == "POST" and uri_path == ("bs",):
+            complete = bool(self.server.server_uri and self.server.psk and self.server.lifetime_s)
+            self.finished = complete
+            return "2.04" if complete else "4.06"  # Finish on an inconsistent configuration
+        if method != "PUT" or len(uri_path) != 2 or uri_path[0] not in ("0", "1"):
+            return "4.05"
+        try:
+            values = {
+                str(item["n"]).rsplit("/", 1)[-1]: item
+                for item in json.loads(payload)
+                if isinstance(item, dict)
+            }
+            if uri_path[0] == "0":
+                if values["1"].get("vb"):
+                    return "2.04"  # the bootstrap server's own instance
+                self.server.server_uri = str(values["0"]["vs"])
+                self.server.psk_identity = base64.b64decode(values["3"]["vd"]).decode()
+                self.server.psk = base64.b64decode(values["5"]["vd"])
+            else:
+                self.server.lifetime_s = int(values["1"]["v"])
+        except (KeyError, TypeError, ValueError):
+            return "4.00"
+        return "2.04"

@@ -25,6 +25,7 @@ from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.lwm2m.coap import code_of, dotted
+from corem_ingress.lwm2m.bootstrap import BootstrapClient
 from corem_ingress.lwm2m.client_objects import (
     LifetimeChanged,
     SimulatedClient,
@@ -251,6 +252,9 @@ class Lwm2mDevice:
         self._refreshed_at = 0.0
         #: Set when the lifetime changed (a Write of /1/0/1): the refresh is due sooner.
         self._lifetime_changed = asyncio.Event()
+        #: While bootstrapping: the server's Bootstrap-Delete/Write/Finish go here.
+        self._bootstrap: BootstrapClient | None = None
+        self._bootstrap_done = asyncio.Event()
 
     # -- session -----------------------------------------------------------------------------
     def _context(self) -> Any:
@@ -293,8 +297,28 @@ class Lwm2mDevice:
             self.closed_at = channel.closed_at
             self.closed.set()
 
+    async def bootstrap(self, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        """LwM2M Bootstrap with the PSK given (a psk claim): ``POST /bs?ep=``, then the
+        server's Delete / Write / Finish; the device then holds its own PSK (``self._psk``)
+        and keeps the session, over which it registers (``connect`` does both)."""
+        self._bootstrap = BootstrapClient()
+        self._bootstrap_done.clear()
+        if self.channel is None:
+            await self.open_session()
+        response = await self.request(Code.POST, ("bs",), query=(f"ep={self.client.endpoint}",))
+        if response.code != Code.CHANGED:
+            raise DeviceError(f"coap_{dotted(response.code)}")
+        try:
+            await asyncio.wait_for(self._bootstrap_done.wait(), timeout_s)
+        except TimeoutError:
+            raise DeviceError("timeout", "Bootstrap-Finish") from None
+        server = self._bootstrap.server
+        self._bootstrap = None
+        self._psk = (server.psk_identity, server.psk)
+
     async def connect(self) -> None:
-        await self.open_session()
+        if self.channel is None:
+            await self.open_session()
         response = await self.register()
         if response.code != Code.CREATED:
             await self.close()
@@ -393,6 +417,11 @@ class Lwm2mDevice:
         uri = tuple(msg.opt.uri_path)
         observe = msg.opt.observe
         self.requests.append((method, "/" + "/".join(uri), observe))
+        if self._bootstrap is not None:
+            code = self._bootstrap.handle(method, uri, bytes(msg.payload))
+            if self._bootstrap.finished:
+                self._bootstrap_done.set()
+            return Message(code=code_of(code))
         accept = None if msg.opt.accept is None else int(msg.opt.accept)
         cf = None if msg.opt.content_format is None else int(msg.opt.content_format)
         answer = self.client.handle(

@@ -12,9 +12,12 @@ import socket
 import subprocess
 from typing import Any
 
+import pytest
+
 from corem_ingress.adapters import coap
 from corem_ingress.core.claims import ClaimKind
 from corem_ingress.core.identity import CredentialKind
+from corem_ingress.sim.devices import DeviceError
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from tests.coap.conftest import CertSet, coap_section
@@ -95,3 +98,53 @@ async def test_wakaama_bootstraps_then_registers(
         proc.communicate(timeout=10)
         if proc.stdin is not None:
             proc.stdin.close()
+
+
+async def test_the_simulator_bootstraps_then_registers(
+    start_node: Any, certs: CertSet, redis: Any, keys: KeySchema, keyring: Any
+) -> None:
+    from corem_ingress.sim.devices import Target
+    from corem_ingress.sim.lwm2m_device import Lwm2mDevice
+
+    node = await start_node([coap.build], coap=coap_section(certs), lwm2m={"observe_paths": []})
+    port = next(x for x in node.listeners if x.name == "coap").port
+    registry = node.services.registry
+    claim_psk = secrets.token_bytes(32)
+    claim = await registry.create_claim(
+        "acme",
+        ClaimKind.PSK,
+        CredentialKind.PSK,
+        max_uses=1,
+        expires_at=None,
+        actor="test",
+        psk_bytes=claim_psk,
+    )
+    dev = Lwm2mDevice(
+        "sim-bs",
+        Target("127.0.0.1", port, str(certs.ca_pem)),
+        endpoint="sim-bs-1",
+        psk_identity=claim.claim.lookup,
+        psk=claim_psk,
+    )
+    try:
+        await dev.bootstrap()
+        device = await registry.find_device("acme", "sim-bs-1")
+        assert dev._psk[0] != claim.claim.lookup and dev._psk[0].startswith("acme:sim-bs-1:")
+        assert [r[0] for r in dev.requests] == ["DELETE", "PUT", "PUT", "POST"]
+        await dev.connect()  # registers over the bootstrap session, now the device's
+        assert await redis.exists(keys.lwm2m_device(device.device_id))
+        # The claim had one use: another endpoint is refused (4.03).
+        other = Lwm2mDevice(
+            "sim-bs-2",
+            Target("127.0.0.1", port, str(certs.ca_pem)),
+            endpoint="sim-bs-2",
+            psk_identity=claim.claim.lookup,
+            psk=claim_psk,
+        )
+        try:
+            with pytest.raises(DeviceError, match=r"coap_4\.03"):
+                await other.bootstrap()
+        finally:
+            await other.close()
+    finally:
+        await dev.close()

@@ -50,3 +50,22 @@ def test_bad_parameters() -> None:
         bootstrap_steps(
             server_uri="coaps://x:5684", psk_identity="a", psk=b"k" * 16, short_server_id=0
         )
+
+
+def test_the_client_side_keeps_what_the_server_wrote() -> None:
+    from corem_ingress.lwm2m.bootstrap import BootstrapClient
+
+    steps = bootstrap_steps(
+        server_uri="coaps://10.0.0.1:5684", psk_identity="acme:SN-1:ab", psk=b"k" * 16
+    )
+    client = BootstrapClient()
+    assert client.handle("POST", ("bs",), b"") == "4.06"  # nothing written yet
+    codes = [client.handle(s.method, s.uri_path, s.payload) for s in steps]
+    assert codes == ["2.02", "2.04", "2.04", "2.04"] and client.finished
+    assert (client.server.server_uri, client.server.psk_identity) == (
+        "coaps://10.0.0.1:5684",
+        "acme:SN-1:ab",
+    )
+    assert client.server.psk == b"k" * 16 and client.server.lifetime_s == 300
+    assert client.handle("PUT", ("0", "1"), b"not json") == "4.00"
+    assert client.handle("GET", ("3", "0"), b"") == "4.05"
