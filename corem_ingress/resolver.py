@@ -73,7 +73,7 @@ class Resolver:
         self.lookups = lookups or LookupBatcher(ClientCommands(redis), timeout_s=timeout_s)
         #: Just-in-time provisioning of an unregistered certificate (its DER): True when it
         #: is registered now (``Registry.jit_provision``; wired by the node).
-        self.on_unknown_cert: Callable[[bytes], Awaitable[bool]] | None = None
+        self.on_unknown_cert: Callable[[bytes, bool], Awaitable[bool]] | None = None
         #: Drops the pending mark of a credential a claim issued, at its first use.
         self._first_use = FirstUse(redis, keys)
         self.outage_grace_s = outage_grace_s
@@ -123,7 +123,10 @@ class Resolver:
             hook = self.on_unknown_cert
             if der is None or hook is None or exc.cause is not Cause.UNKNOWN_OR_REVOKED:
                 raise
-            if certs.fingerprint_der(der) != fingerprint or not await hook(der):
+            # With ``chain`` the handshake is complete: possession of the key is proven (the
+            # DTLS path asks mid-handshake, before the client's CertificateVerify).
+            proven = chain is not None
+            if certs.fingerprint_der(der) != fingerprint or not await hook(der, proven):
                 raise
             self.cache.evict(CredentialKind.X509, fingerprint)
             entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)

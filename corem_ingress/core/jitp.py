@@ -151,12 +151,23 @@ class JitpAction(Enum):
     REFUSE = "refuse"
 
 
-def decide(existing_kind: CredentialKind | None, template: JitpTemplate) -> JitpAction:
+def decide(
+    existing_kind: CredentialKind | None,
+    template: JitpTemplate,
+    *,
+    possession_proven: bool = True,
+) -> JitpAction:
     """What an unregistered certificate gets, given the device already holding its
     hardware_id (None: none). The anchor is immutable: a second certificate for a known
-    hardware_id is a rotation, allowed only by the template."""
+    hardware_id is a rotation, allowed only by the template, and only once the handshake
+    proved possession of the new certificate's key (a rotation revokes the device's
+    working certificate: a replayed public certificate must not)."""
     if existing_kind is None:
         return JitpAction.CREATE
-    if existing_kind is CredentialKind.X509 and template.allow_certificate_rotation:
+    if (
+        existing_kind is CredentialKind.X509
+        and template.allow_certificate_rotation
+        and possession_proven
+    ):
         return JitpAction.ROTATE
     return JitpAction.REFUSE

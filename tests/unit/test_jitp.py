@@ -84,6 +84,11 @@ def test_decisions() -> None:
     assert jitp.decide(None, plain) is JitpAction.CREATE
     assert jitp.decide(CredentialKind.X509, plain) is JitpAction.REFUSE
     assert jitp.decide(CredentialKind.X509, rotating) is JitpAction.ROTATE
+    # Mid-DTLS-handshake (possession not proven yet): create, never rotate.
+    assert jitp.decide(None, rotating, possession_proven=False) is JitpAction.CREATE
+    assert jitp.decide(CredentialKind.X509, rotating, possession_proven=False) is (
+        JitpAction.REFUSE
+    )
     # A device of another credential kind is never taken over by a certificate.
     assert jitp.decide(CredentialKind.API_KEY, rotating) is JitpAction.REFUSE
     assert jitp.decide(CredentialKind.PSK, rotating) is JitpAction.REFUSE

@@ -112,12 +112,18 @@ class JitpRegistry(ClaimRegistry):
         return "" if exists else str(current)
 
     # -- the handshake's hook ----------------------------------------------------------------
-    async def jit_provision(self, der: bytes) -> bool:
+    async def jit_provision(self, der: bytes, proven: bool = True) -> bool:
         """Provision the device of an unregistered certificate if one of a tenant's
         auto-provisioning CAs issued it. True: the certificate is registered now (by this
         call or a concurrent one): resolve it again. False: not provisioned (refused and
         audited, or no auto-provisioning CA issued it). Raises ResourceExhausted (the
-        tenant's provisioning rate) and Unavailable."""
+        tenant's provisioning rate) and Unavailable.
+
+        ``proven``: the handshake already proved possession of the certificate's key (MQTT:
+        TLS is complete). The DTLS handshake asks before the client's CertificateVerify, so
+        there a certificate may create its device (the same outcome as when that device
+        connects) but never rotates one: a replayed public certificate must not revoke a
+        device's working one."""
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
@@ -147,7 +153,7 @@ class JitpRegistry(ClaimRegistry):
                 tenant_id,
                 "jitp.provision",
                 target,
-                lambda: self._jit(tenant_id, hardware_id, cert, template),
+                lambda: self._jit(tenant_id, hardware_id, cert, template, proven),
             )
         except (FailedPrecondition, AlreadyExists, InvalidArgument) as exc:
             log.info("jitp.refused", tenant=tenant_id, hardware_id=hardware_id, reason=exc.message)
@@ -178,7 +184,12 @@ class JitpRegistry(ClaimRegistry):
             )
 
     async def _jit(
-        self, tenant_id: str, hardware_id: str, cert: x509.Certificate, template: jitp.JitpTemplate
+        self,
+        tenant_id: str,
+        hardware_id: str,
+        cert: x509.Certificate,
+        template: jitp.JitpTemplate,
+        proven: bool,
     ) -> bool:
         now = self._clock()
         pem = cert.public_bytes(Encoding.PEM)
@@ -212,7 +223,7 @@ class JitpRegistry(ClaimRegistry):
         if status == "conflict":
             raise AlreadyExists("certificate fingerprint is already registered (or revoked)")
         existing = await self._device(winner)
-        action = jitp.decide(existing.credential_kind, template)
+        action = jitp.decide(existing.credential_kind, template, possession_proven=proven)
         if action is jitp.JitpAction.REFUSE:
             raise AlreadyExists(
                 "a device with this hardware_id exists with another certificate "
