@@ -119,7 +119,7 @@ async def test_bad_requests(api: Api) -> None:
     claim = await create_claim(api, max_uses=1)
     bad_hw = await enrol(api, claim["claim_key"], "not a hardware id")
     assert bad_hw.status == 400
-    for body in ({"max_uses": 0}, {"max_uses": 1, "kind": "x509"}, {"max_uses": "1"}):
+    for body in ({"max_uses": 0}, {"max_uses": 1, "kind": "x509"}, {"max_uses": "1"}, {}):
         reply = await api.request("POST", "/api/v1/claims", tenant="acme", json=body)
         assert reply.status == 400, body
     assert (await enrol(api, "ck_live_short", "hw")).status == 401

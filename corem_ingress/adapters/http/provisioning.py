@@ -153,7 +153,9 @@ class ClaimsApi:
         credential_kind = CredentialKind.parse(
             text_field(doc, "credential_kind", max_len=16) or "api_key"
         )
-        max_uses = doc.get("max_uses", 1)
+        if "max_uses" not in doc:
+            raise InvalidArgument("field 'max_uses' is required")
+        max_uses = doc["max_uses"]
         if isinstance(max_uses, bool) or not isinstance(max_uses, int):
             raise InvalidArgument("field 'max_uses' must be an integer")
         expires_at = number_field(doc, "expires_at")
