@@ -5,7 +5,10 @@ After the device's ``POST /bs?ep=<endpoint>`` (answered 2.04), the bootstrap ser
 
 1. Bootstrap-Delete ``/``: every instance but the bootstrap server's own Security one;
 2. Bootstrap-Write ``/0/<i>``: a Security instance for the device-management server (its
-   URI, PSK mode, the device's own PSK identity and key, its Short Server ID);
+   URI, the device's own credential, its Short Server ID): PSK mode with the device's PSK
+   identity and key, or Certificate mode with the device's own certificate (resource 3) and
+   the server's (resource 4); a device's private key (resource 5) is never written there:
+   the server never holds it, the device keeps the key it authenticated with;
 3. Bootstrap-Write ``/1/<i>``: the Server instance (Short Server ID, lifetime, binding);
 4. Bootstrap-Finish ``POST /bs``.
 
@@ -29,6 +32,7 @@ CF_SENML_JSON = 110
 SECURITY_INSTANCE = 1
 SERVER_INSTANCE = 1
 SECURITY_MODE_PSK = 0
+SECURITY_MODE_CERTIFICATE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +71,17 @@ def _senml(base: str, items: list[tuple[int, str, object]]) -> bytes:
 def bootstrap_steps(
     *,
     server_uri: str,
-    psk_identity: str,
-    psk: bytes,
+    psk_identity: str = "",
+    psk: bytes = b"",
+    client_certificate: bytes | None = None,
+    server_certificate: bytes = b"",
     short_server_id: int = 1,
     lifetime_s: int = 300,
     binding: str = "U",
 ) -> list[BootstrapStep]:
-    """The sequence after a Bootstrap-Request (module doc)."""
+    """The sequence after a Bootstrap-Request (module doc): Certificate mode when
+    ``client_certificate`` (DER) is given (then ``server_certificate``, DER, is needed),
+    else PSK mode."""
     if not server_uri.startswith("coaps://"):
         raise InvalidArgument("the device-management server URI must be coaps://")
     if not 1 <= short_server_id <= 65534:
@@ -82,15 +90,30 @@ def bootstrap_steps(
         raise InvalidArgument("lifetime must be >= 1 s")
     security = f"/0/{SECURITY_INSTANCE}"
     server = f"/1/{SERVER_INSTANCE}"
+    credential: list[tuple[int, str, object]]
+    if client_certificate is not None:
+        if not client_certificate or not server_certificate:
+            raise InvalidArgument("certificate mode needs the device's and the server's")
+        credential = [
+            (2, "v", SECURITY_MODE_CERTIFICATE),
+            (3, "vd", client_certificate),
+            (4, "vd", server_certificate),
+        ]
+    else:
+        if not psk_identity or not psk:
+            raise InvalidArgument("PSK mode needs the identity and the key")
+        credential = [
+            (2, "v", SECURITY_MODE_PSK),
+            (3, "vd", psk_identity.encode()),
+            (4, "vd", b""),
+            (5, "vd", psk),
+        ]
     security_payload = _senml(
         security,
         [
             (0, "vs", server_uri),
             (1, "vb", False),  # not a bootstrap server
-            (2, "v", SECURITY_MODE_PSK),
-            (3, "vd", psk_identity.encode()),
-            (4, "vd", b""),
-            (5, "vd", psk),
+            *credential,
             (10, "v", short_server_id),
         ],
     )
@@ -116,9 +139,18 @@ class BootstrappedServer:
     """What a client keeps of a bootstrap (the device-management server's settings)."""
 
     server_uri: str = ""
+    security_mode: int = SECURITY_MODE_PSK
     psk_identity: str = ""
     psk: bytes = b""
+    client_certificate: bytes = b""
+    server_certificate: bytes = b""
     lifetime_s: int = 0
+
+    @property
+    def has_credential(self) -> bool:
+        if self.security_mode == SECURITY_MODE_CERTIFICATE:
+            return bool(self.client_certificate and self.server_certificate)
+        return bool(self.psk_identity and self.psk)
 
 
 class BootstrapClient:
@@ -133,7 +165,8 @@ class BootstrapClient:
         if method == "DELETE":
             return "2.02"
         if method == "POST" and uri_path == ("bs",):
-            complete = bool(self.server.server_uri and self.server.psk and self.server.lifetime_s)
+            server = self.server
+            complete = bool(server.server_uri and server.has_credential and server.lifetime_s)
             self.finished = complete
             return "2.04" if complete else "4.06"  # Finish on an inconsistent configuration
         if method != "PUT" or len(uri_path) != 2 or uri_path[0] not in ("0", "1"):
@@ -148,8 +181,16 @@ class BootstrapClient:
                 if values["1"].get("vb"):
                     return "2.04"  # the bootstrap server's own instance
                 self.server.server_uri = str(values["0"]["vs"])
-                self.server.psk_identity = base64.b64decode(values["3"]["vd"]).decode()
-                self.server.psk = base64.b64decode(values["5"]["vd"])
+                mode = int(values["2"]["v"])
+                self.server.security_mode = mode
+                if mode == SECURITY_MODE_CERTIFICATE:
+                    self.server.client_certificate = base64.b64decode(values["3"]["vd"])
+                    self.server.server_certificate = base64.b64decode(values["4"]["vd"])
+                elif mode == SECURITY_MODE_PSK:
+                    self.server.psk_identity = base64.b64decode(values["3"]["vd"]).decode()
+                    self.server.psk = base64.b64decode(values["5"]["vd"])
+                else:
+                    return "4.00"  # a mode this client does not hold keys for
             else:
                 self.server.lifetime_s = int(values["1"]["v"])
         except (KeyError, TypeError, ValueError):

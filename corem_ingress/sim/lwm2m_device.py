@@ -25,7 +25,7 @@ from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.lwm2m.coap import code_of, dotted
-from corem_ingress.lwm2m.bootstrap import BootstrapClient
+from corem_ingress.lwm2m.bootstrap import SECURITY_MODE_PSK, BootstrapClient, BootstrappedServer
 from corem_ingress.lwm2m.client_objects import (
     LifetimeChanged,
     SimulatedClient,
@@ -255,6 +255,7 @@ class Lwm2mDevice:
         #: While bootstrapping: the server's Bootstrap-Delete/Write/Finish go here.
         self._bootstrap: BootstrapClient | None = None
         self._bootstrap_done = asyncio.Event()
+        self.bootstrapped: BootstrappedServer | None = None
 
     # -- session -----------------------------------------------------------------------------
     def _context(self) -> Any:
@@ -298,8 +299,9 @@ class Lwm2mDevice:
             self.closed.set()
 
     async def bootstrap(self, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        """LwM2M Bootstrap with the PSK given (a psk claim): ``POST /bs?ep=``, then the
-        server's Delete / Write / Finish; the device then holds its own PSK (``self._psk``)
+        """LwM2M Bootstrap with the PSK given (a psk claim) or the certificate given (of a
+        tenant's auto-provisioning CA): ``POST /bs?ep=``, then the server's Delete / Write /
+        Finish; the device then holds its own PSK (``self._psk``) or keeps its certificate,
         and keeps the session, over which it registers (``connect`` does both)."""
         self._bootstrap = BootstrapClient()
         self._bootstrap_done.clear()
@@ -314,7 +316,11 @@ class Lwm2mDevice:
             raise DeviceError("timeout", "Bootstrap-Finish") from None
         server = self._bootstrap.server
         self._bootstrap = None
-        self._psk = (server.psk_identity, server.psk)
+        #: What the bootstrap server wrote (tests compare it with what they expect).
+        self.bootstrapped = server
+        if server.security_mode == SECURITY_MODE_PSK:
+            self._psk = (server.psk_identity, server.psk)
+        # Certificate mode: it keeps its certificate and key (no private key is written).
 
     async def connect(self) -> None:
         if self.channel is None:

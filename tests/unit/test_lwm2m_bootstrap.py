@@ -69,3 +69,36 @@ def test_the_client_side_keeps_what_the_server_wrote() -> None:
     assert client.server.psk == b"k" * 16 and client.server.lifetime_s == 300
     assert client.handle("PUT", ("0", "1"), b"not json") == "4.00"
     assert client.handle("GET", ("3", "0"), b"") == "4.05"
+
+
+def test_certificate_mode_writes_both_certificates_and_no_private_key() -> None:
+    from corem_ingress.lwm2m.bootstrap import SECURITY_MODE_CERTIFICATE, BootstrapClient
+
+    steps = bootstrap_steps(
+        server_uri="coaps://10.0.0.1:5684",
+        client_certificate=b"\x30\x82device",
+        server_certificate=b"\x30\x82server",
+    )
+    security = {e["n"]: e for e in json.loads(steps[1].payload)}
+    assert security["/0/1/2"]["v"] == SECURITY_MODE_CERTIFICATE == 2
+    assert base64.b64decode(security["/0/1/3"]["vd"]) == b"\x30\x82device"
+    assert base64.b64decode(security["/0/1/4"]["vd"]) == b"\x30\x82server"
+    assert "/0/1/5" not in security  # the server never holds the device's private key
+    client = BootstrapClient()
+    codes = [client.handle(s.method, s.uri_path, s.payload) for s in steps]
+    assert codes == ["2.02", "2.04", "2.04", "2.04"] and client.finished
+    assert client.server.security_mode == SECURITY_MODE_CERTIFICATE
+    assert client.server.client_certificate == b"\x30\x82device"
+    assert client.server.server_certificate == b"\x30\x82server" and not client.server.psk
+
+
+def test_certificate_mode_needs_both_certificates() -> None:
+    for client_cert, server_cert in ((b"", b"s"), (b"c", b"")):
+        with pytest.raises(InvalidArgument):
+            bootstrap_steps(
+                server_uri="coaps://x:5684",
+                client_certificate=client_cert,
+                server_certificate=server_cert,
+            )
+    with pytest.raises(InvalidArgument):
+        bootstrap_steps(server_uri="coaps://x:5684")  # neither a PSK nor a certificate

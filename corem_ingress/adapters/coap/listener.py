@@ -22,7 +22,10 @@ from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimi
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.adapters.dtls.transport import DtlsTransport
-from corem_ingress.adapters.lwm2m.bootstrap import bootstrap_request
+from corem_ingress.adapters.lwm2m.bootstrap import (
+    bootstrap_request,
+    certificate_bootstrap_request,
+)
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
@@ -195,6 +198,8 @@ class CoapListener:
                 return bootstrap_request(self, addr, claim, msg)  # LwM2M bootstrap
             return provisioning.provision(self.services, claim, msg)
         path = msg.opt.uri_path
+        if tuple(path) == ("bs",) and session.credential is not None:
+            return certificate_bootstrap_request(self, session, msg)  # by the tenant CA
         mounted = self.mounts.get(path[0]) if path else None
         if mounted is not None and session.credential is not None:
             return mounted(session, msg)
@@ -239,6 +244,10 @@ class CoapListener:
             token=token,
             on_notification=on_notification,
         )
+
+    def peer_certificate(self, addr: Address) -> bytes | None:
+        """The certificate (DER) this peer's DTLS session authenticated with, if any."""
+        return self.dtls_server.peer_certificate(addr)
 
     def close_session(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
         """close_notify and forget this peer's DTLS session."""

@@ -9,6 +9,16 @@ Finish) over the same session. The device then registers normally (``/rd``) with
 PSK. Refusals: 4.00 (no or bad ``ep``), 4.01 (claim unknown, revoked, expired), 4.03
 (no uses left, or a claim that issues API keys), 4.09 (the credential is already in use),
 4.29 (provisioning rate).
+
+A device with a certificate of one of its tenant's auto-provisioning CAs bootstraps too
+(``certificate_bootstrap_request``): the DTLS handshake already found or provisioned it by
+JITP (``Registry.jit_provision``, atomic on (tenant, hardware_id)), so its session is the
+device's. ``POST /bs?ep=`` is accepted when the CA auto-provisions for the session's tenant
+and ``ep`` is the hardware_id the CA's template derives from the certificate (4.03 and
+audited otherwise: a device must not bootstrap as another); the Security instance is
+written in Certificate mode (its own certificate, this server's certificate, no new
+secret: one device, one live credential), then Server and Finish, over the session the
+device then registers on.
 """
 
 from __future__ import annotations
@@ -19,15 +29,18 @@ from typing import TYPE_CHECKING
 import structlog
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from corem_ingress.adapters.coap.endpoint import error_response, response
 from corem_ingress.adapters.dtls.events import Address, Credential
-from corem_ingress.core.errors import IngressError, PermissionDenied
+from corem_ingress.core.errors import IngressError, PermissionDenied, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.lwm2m.bootstrap import BootstrapStep, bootstrap_steps, endpoint_of
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.coap.listener import CoapListener
+    from corem_ingress.adapters.coap.site import DeviceSession
 
 log = structlog.get_logger("corem.lwm2m")
 
@@ -60,9 +73,8 @@ async def bootstrap_request(
         return error_response(exc.coap_code)
     issued = enrolled.result.psk
     assert issued is not None
-    server_uri = cfg.bootstrap_server_uri or f"coaps://{services.config.coap.host}:{listener.port}"
     steps = bootstrap_steps(
-        server_uri=server_uri,
+        server_uri=_server_uri(listener),
         psk_identity=issued.psk_identity,
         psk=issued.psk,
         lifetime_s=cfg.bootstrap_lifetime_s,
@@ -79,6 +91,69 @@ async def bootstrap_request(
         reissued=enrolled.reissued,
     )
     return response(Code.CHANGED)
+
+
+async def certificate_bootstrap_request(
+    listener: CoapListener, session: DeviceSession, msg: Message
+) -> Message:
+    """``POST /bs?ep=`` on a device's certificate session (module doc)."""
+    if msg.code != Code.POST:
+        return response(Code.METHOD_NOT_ALLOWED)
+    services = listener.services
+    credential = session.credential
+    addr = session.addr
+    der = listener.peer_certificate(addr)
+    try:
+        if credential is None or credential.kind is not CredentialKind.X509 or der is None:
+            raise PermissionDenied("bootstrap needs a psk claim or a certificate of a CA")
+        endpoint = endpoint_of(list(msg.opt.uri_query))
+        ident = credential.identity
+        await services.registry.bootstrap_by_certificate(
+            ident.tenant_id, ident.device_id, der, endpoint
+        )
+        server_certificate = _server_certificate(services.config.coap.server_cert)
+    except IngressError as exc:
+        log.info("lwm2m.bootstrap_refused", peer=addr[0], code=exc.code, reason=exc.reason)
+        return error_response(exc.coap_code)
+    steps = bootstrap_steps(
+        server_uri=_server_uri(listener),
+        client_certificate=der,
+        server_certificate=server_certificate,
+        lifetime_s=services.config.provisioning.bootstrap_lifetime_s,
+    )
+    task = asyncio.get_running_loop().create_task(
+        _configure_certificate(listener, addr, steps, ident.device_id)
+    )
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    log.info("lwm2m.bootstrap_started", tenant=ident.tenant_id, device=ident.device_id)
+    return response(Code.CHANGED)
+
+
+def _server_uri(listener: CoapListener) -> str:
+    cfg = listener.services.config
+    return cfg.provisioning.bootstrap_server_uri or f"coaps://{cfg.coap.host}:{listener.port}"
+
+
+def _server_certificate(path: str) -> bytes:
+    """This server's certificate (DER), what the device is to trust."""
+    try:
+        with open(path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        raise Unavailable("the server certificate is unreadable") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+async def _configure_certificate(
+    listener: CoapListener, addr: Address, steps: list[BootstrapStep], device_id: str
+) -> None:
+    await asyncio.sleep(0)  # the 2.04 to the Bootstrap-Request goes out first
+    for step in steps:
+        if not await _step(listener, addr, step, device_id):
+            listener.close_session(addr)  # not bootstrapped: it must start over
+            return
+    log.info("lwm2m.bootstrap_finished", device=device_id)
 
 
 async def _configure(

@@ -33,6 +33,7 @@ from corem_ingress.core.errors import (
     IngressError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 from corem_ingress.core.identity import CredentialKind, check_tenant_id, new_device_id
@@ -158,6 +159,47 @@ class JitpRegistry(ClaimRegistry):
         except (FailedPrecondition, AlreadyExists, InvalidArgument) as exc:
             log.info("jitp.refused", tenant=tenant_id, hardware_id=hardware_id, reason=exc.message)
             return False
+
+    # -- LwM2M bootstrap by the tenant CA -----------------------------------------------------
+    async def bootstrap_by_certificate(
+        self, tenant_id: str, device_id: str, der: bytes, endpoint: str
+    ) -> None:
+        """May the device of this certificate session bootstrap as ``endpoint``? Its
+        certificate's CA must auto-provision for the session's tenant (the mark JITP uses:
+        the same trust decision, and the handshake's JITP is what found or created the
+        device), and ``endpoint`` must be both the hardware_id the CA's template derives from
+        the certificate and the device's own. PermissionDenied (4.03) otherwise,
+        ResourceExhausted (4.29) beyond the tenant's provisioning rate; audited (action
+        ``lwm2m.bootstrap``, actor ``jitp:<CA fingerprint>``) whatever the outcome."""
+        fp = certs.fingerprint_der(der)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise PermissionDenied("unreadable peer certificate") from None
+        raw = await self._wrap(self._r.get(self.keys.jitp_issuer(subject_hash(cert.issuer))))
+        doc = json.loads(raw) if raw is not None else {}
+        ca_fp = str(doc.get("ca", ""))
+        text = None
+        if doc.get("t") == tenant_id:
+            text = await self._wrap(self._r.hget(self.keys.tenant_ca(tenant_id, ca_fp), "jitp"))
+        actor = f"jitp:{ca_fp[:16]}" if text else f"cert:{fp[:16]}"
+        target = f"endpoint={endpoint} fingerprint={fp}"
+
+        async def check() -> None:
+            if not text:
+                raise PermissionDenied(
+                    "the certificate's CA does not auto-provision (bootstrap) for this tenant"
+                )
+            derived = jitp.hardware_id_of(cert, jitp.JitpTemplate.decode(text))
+            device = await self._device(device_id)
+            if not (endpoint == derived == device.hardware_id):
+                raise PermissionDenied(
+                    "the endpoint is not the hardware_id of the certificate's device"
+                )
+
+        if text:  # counted with JITP and claims (a refusal is audited as rate=tenant)
+            await self._jitp_rate(tenant_id, ca_fp)
+        await self._audited(actor, tenant_id, "lwm2m.bootstrap", target, check)
 
     async def _jitp_rate(self, tenant_id: str, ca_fp: str) -> None:
         limit = self.jitp_rate_per_minute
