@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiocoap.numbers.codes import Code
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -27,7 +28,7 @@ from corem_ingress.sim.fleet import DeviceError
 from corem_ingress.sim.lwm2m_device import Lwm2mDevice
 from corem_ingress.store.keys import KeySchema
 from tests.coap.conftest import CertSet
-from tests.lwm2m.conftest import Lwm2mNode, until
+from tests.lwm2m.conftest import Lwm2mNode, provision, until
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +147,16 @@ async def test_refusals(lwm2m_node: Any, certs: CertSet, redis: Any) -> None:
         ("PERMISSION_DENIED", "endpoint=SN-SOMEONE-ELSE"),
         ("PERMISSION_DENIED", "endpoint=SN-BSCA-3"),
     ]
+
+    # No ep: 4.00. A PSK device's session (not a claim) cannot bootstrap: 4.03.
+    _i6, cert6, key6 = n.certs.device("SN-BSCA-6")
+    dev6 = _device(n, "bsca-6", cert6, key6, "SN-BSCA-6")
+    await dev6.open_session()
+    assert (await dev6.request(Code.POST, ("bs",))).code == Code.BAD_REQUEST
+    await dev6.close()
+    psk_device = n.device(await provision(n.registry, n.certs, "psk"))
+    with pytest.raises(DeviceError, match=r"coap_4\.03"):
+        await psk_device.bootstrap()
 
     # A CA no tenant trusts: the handshake is refused (alert unknown_ca).
     foreign = devcerts.make_ca("foreign CA")
