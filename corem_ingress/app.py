@@ -178,6 +178,9 @@ class Node:
             psk_min_bytes=cfg.credentials.psk_min_bytes,
             clock=self.clock,
         )
+        # Just-in-time provisioning: the resolver hands unregistered certificates over.
+        registry.jitp_rate_per_minute = cfg.provisioning.tenant_rate_per_minute
+        resolver.on_unknown_cert = registry.jit_provision
         self.services = Services(
             config=cfg,
             node_id=cfg.node_id,

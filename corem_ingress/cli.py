@@ -437,6 +437,79 @@ def _cas_remove(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     return op
 
 
+def _claims_create(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    from corem_ingress.core.claims import ClaimKind, parse_expiry
+
+    kind = ClaimKind.parse(args.kind)
+    credential_kind = CredentialKind.parse(args.credential_kind)
+    expires_at = parse_expiry(args.expires, now=time.time()) if args.expires else None
+    psk = parse_psk_hex(args.psk_hex) if args.psk_hex else None
+
+    async def op(reg: Any) -> object:
+        issued = await reg.create_claim(
+            args.tenant,
+            kind,
+            credential_kind,
+            max_uses=args.max_uses,
+            expires_at=expires_at,
+            actor=_actor(),
+            psk_bytes=psk,
+        )
+        return issued.to_json(time.time())
+
+    return op
+
+
+def _cas_auto_provision(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    from corem_ingress.core.jitp import JitpTemplate
+
+    template = None
+    if not args.off:
+        metadata = {}
+        for item in args.metadata or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CliError("--metadata takes key=value")
+            metadata[key] = value
+        template = JitpTemplate.from_json(
+            {
+                "hardware_id_from": args.hardware_id_from,
+                "san_prefix": args.san_prefix,
+                "metadata": metadata,
+                "allow_certificate_rotation": args.allow_certificate_rotation,
+            }
+        )
+
+    async def op(reg: Any) -> object:
+        result = await reg.set_auto_provision(
+            args.tenant, args.fingerprint, template, actor=_actor()
+        )
+        return {
+            "ca_fingerprint": args.fingerprint,
+            "auto_provision": result is not None,
+            "template": result.to_json() if result is not None else None,
+        }
+
+    return op
+
+
+def _claims_list(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        found, cursor = await reg.list_claims(args.tenant, limit=args.limit, cursor=args.cursor)
+        now = time.time()
+        return {"claims": [c.to_json(now) for c in found], "next_cursor": cursor}
+
+    return op
+
+
+def _claims_revoke(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
+    async def op(reg: Any) -> object:
+        claim = await reg.revoke_claim(args.tenant, args.claim, actor=_actor())
+        return claim.to_json(time.time())
+
+    return op
+
+
 def _tenant_settings(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     async def op(reg: Any) -> object:
         if args.allow_self_signed is None:
@@ -950,6 +1023,47 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--cert", help="the CA certificate PEM file")
     sp.add_argument("--fingerprint", help="the CA's SHA-256 fingerprint")
     sp.set_defaults(func=_registry_command(_cas_remove))
+    sp = cas.add_parser(
+        "auto-provision", parents=[common], help="just-in-time provisioning with this CA"
+    )
+    tenant(sp)
+    sp.add_argument("--fingerprint", required=True, help="the CA's SHA-256 fingerprint")
+    sp.add_argument("--off", action="store_true", help="turn it off")
+    sp.add_argument(
+        "--hardware-id-from",
+        choices=["subject_cn", "san_uri", "san_dns", "serial"],
+        default="subject_cn",
+    )
+    sp.add_argument("--san-prefix", default="", help="SAN entries start with it; cut off")
+    sp.add_argument("--metadata", action="append", help="key=value on every device (repeat)")
+    sp.add_argument(
+        "--allow-certificate-rotation",
+        action="store_true",
+        help="a known hardware_id with a new certificate of this CA replaces the old one",
+    )
+    sp.set_defaults(func=_registry_command(_cas_auto_provision))
+
+    # provisioning by claim
+    claims = sub.add_parser(
+        "claims", help="claim credentials: devices that provision themselves"
+    ).add_subparsers(dest="action", required=True, parser_class=_Parser)
+    sp = claims.add_parser("create", parents=[common], help="prints the claim's secret, once")
+    tenant(sp)
+    sp.add_argument("--kind", choices=["api_key", "psk"], default="api_key")
+    sp.add_argument("--credential-kind", choices=["api_key", "psk"], default="api_key")
+    sp.add_argument("--max-uses", type=_positive_int, required=True)
+    sp.add_argument("--expires", help="90d, 12h, 30m, 3600s or an ISO 8601 time (default: never)")
+    sp.add_argument("--psk-hex", help="a psk claim's key, assigned (default: generated)")
+    sp.set_defaults(func=_registry_command(_claims_create))
+    sp = claims.add_parser("list", parents=[common])
+    tenant(sp)
+    sp.add_argument("--limit", type=_positive_int, default=100)
+    sp.add_argument("--cursor")
+    sp.set_defaults(func=_registry_command(_claims_list))
+    sp = claims.add_parser("revoke", parents=[common])
+    tenant(sp)
+    sp.add_argument("--claim", required=True, help="the claim id (clm_...)")
+    sp.set_defaults(func=_registry_command(_claims_revoke))
 
     tenants = sub.add_parser("tenants", help="tenant settings").add_subparsers(
         dest="action", required=True, parser_class=_Parser

@@ -508,6 +508,31 @@ class LimitsConfig:
 
 
 @dataclass
+class ProvisioningConfig:
+    """Devices that enrol themselves (docs/provisioning.md): provisioning by claim."""
+
+    #: Provisioning requests per minute per claim, all nodes together (0: unlimited).
+    claim_rate_per_minute: int = 120
+    #: Provisioning requests per minute per tenant, all nodes together (0: unlimited).
+    tenant_rate_per_minute: int = 1200
+    #: The LwM2M server URI the bootstrap server writes to devices (empty: this node's
+    #: ``coaps://<coap.host>:<coap port>``; behind a load balancer, its address).
+    bootstrap_server_uri: str = ""
+    #: The registration lifetime the bootstrap server writes (Server object /1/x/1).
+    bootstrap_lifetime_s: int = 300
+
+    def validate(self) -> None:
+        for key in ("claim_rate_per_minute", "tenant_rate_per_minute"):
+            _check(getattr(self, key) >= 0, f"provisioning.{key}", "must be >= 0 (0: unlimited)")
+        _check(
+            self.bootstrap_server_uri == "" or self.bootstrap_server_uri.startswith("coaps://"),
+            "provisioning.bootstrap_server_uri",
+            "must be a coaps:// URI (or empty)",
+        )
+        _check(self.bootstrap_lifetime_s >= 1, "provisioning.bootstrap_lifetime_s", "must be >= 1")
+
+
+@dataclass
 class ProxyConfig:
     """Load balancers in front of the listeners (docs/operations.md, "Behind a load balancer")."""
 
@@ -617,6 +642,7 @@ class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     lwm2m: Lwm2mConfig = field(default_factory=Lwm2mConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -32,12 +32,14 @@ import structlog
 from corem_ingress import metrics
 from corem_ingress.core import api_keys, certs, psk
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.claims import is_pending
 from corem_ingress.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 from corem_ingress.core.events import CredentialEvent, EventType
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.resolver_cache import CacheEntry, ResolverCache
 from corem_ingress.core.trust import PeerChain, TenantTrust
 from corem_ingress.store.connection import ClientCommands
+from corem_ingress.store.first_use import FirstUse
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lookups import LookupBatcher
 
@@ -69,6 +71,11 @@ class Resolver:
         self._clock = clock
         #: Reads of lookup keys (the node passes one on its own pool; else on ``redis``).
         self.lookups = lookups or LookupBatcher(ClientCommands(redis), timeout_s=timeout_s)
+        #: Just-in-time provisioning of an unregistered certificate (its DER): True when it
+        #: is registered now (``Registry.jit_provision``; wired by the node).
+        self.on_unknown_cert: Callable[[bytes, bool], Awaitable[bool]] | None = None
+        #: Drops the pending mark of a credential a claim issued, at its first use.
+        self._first_use = FirstUse(redis, keys)
         self.outage_grace_s = outage_grace_s
         #: Bumped by every cache change from the bus: a lookup that overlapped one reads again.
         self._epoch = 0
@@ -91,16 +98,38 @@ class Resolver:
         return ResolvedPsk(entry.identity, entry.secret)
 
     async def resolve_cert(
-        self, fingerprint: str, *, chain: PeerChain | None, fallback: bool = True
+        self,
+        fingerprint: str,
+        *,
+        chain: PeerChain | None,
+        fallback: bool = True,
+        der: bytes | None = None,
     ) -> DeviceIdentity:
         """The certificate's device, if ``chain`` (as the listener verified it) ends in one of
         that tenant's CAs. ``chain=None`` checks the registration only and fills the cache
-        (the DTLS path: its handshake callback checks the chain from the cache)."""
+        (the DTLS path: its handshake callback checks the chain from the cache).
+
+        ``der``: the certificate itself, from a handshake. Unregistered, it goes to
+        ``on_unknown_cert`` (just-in-time provisioning, ``store/registry/jitp.py``), the one
+        place an unknown certificate that chains to an auto-provisioning CA is decided;
+        if that registered it, it resolves like any other."""
         try:
             certs.check_fingerprint(fingerprint)
         except Exception:
             raise self._refuse(CredentialKind.X509, Cause.MALFORMED) from None
-        entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
+        try:
+            entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
+        except Unauthenticated as exc:
+            hook = self.on_unknown_cert
+            if der is None or hook is None or exc.cause is not Cause.UNKNOWN_OR_REVOKED:
+                raise
+            # With ``chain`` the handshake is complete: possession of the key is proven (the
+            # DTLS path asks mid-handshake, before the client's CertificateVerify).
+            proven = chain is not None
+            if certs.fingerprint_der(der) != fingerprint or not await hook(der, proven):
+                raise
+            self.cache.evict(CredentialKind.X509, fingerprint)
+            entry = await self._resolve(CredentialKind.X509, fingerprint, fallback=fallback)
         assert entry.identity is not None
         trust = await self._tenant_trust(entry.identity.tenant_id, fallback=fallback)
         if chain is not None:
@@ -272,6 +301,8 @@ class Resolver:
                 return kept
             raise Unavailable("credential store unreachable", reason="redis unreachable") from None
         now = self._clock()
+        if raw is not None and is_pending(raw):
+            raw = await self._first_used(key, raw, now)
         if raw is None:
             self.cache.put_negative(kind, lookup, now)
             raise self._refuse(kind, Cause.UNKNOWN_OR_REVOKED)
@@ -301,6 +332,16 @@ class Resolver:
             credential_expires_at=None if expires_at is None else float(expires_at),
             proven_self_signed=proven_self_signed,
         )
+
+    async def _first_used(self, key: str, raw: str, now: float) -> str | None:
+        """A credential a claim issued authenticates for the first time: from now on a retry
+        of its enrolment is refused (``store/first_use.py``). Redis errors fail closed."""
+        try:
+            return await self._first_use.mark(key, raw, now)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            metrics.redis_error("resolver")
+            log.warning("resolver.redis_unreachable", kind="first_use", error=str(exc))
+            raise Unavailable("credential store unreachable", reason="redis unreachable") from None
 
     @staticmethod
     def _refuse(kind: CredentialKind, cause: Cause, detail: str = "") -> Unauthenticated:

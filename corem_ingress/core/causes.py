@@ -166,6 +166,8 @@ class Cause(StrEnum):
     OPERATOR_DISCONNECT = "operator_disconnect"
     #: A queue-mode LwM2M device has its maximum of requests waiting (``lwm2m.queue_max``).
     LWM2M_QUEUE_FULL = "lwm2m_queue_full"
+    #: Too many provisioning requests for one claim or tenant (``provisioning.*_per_minute``).
+    PROVISIONING_RATE = "provisioning_rate"
 
     @property
     def label(self) -> str:
@@ -263,6 +265,7 @@ _REPLIES: dict[Cause, Reply] = {
     Cause.CLOSED_BY_SERVER: _end(),
     Cause.OPERATOR_DISCONNECT: _end(0x98),
     Cause.LWM2M_QUEUE_FULL: _limit(_CONNACK_UNAVAILABLE, 0x97, "4.29", 429),
+    Cause.PROVISIONING_RATE: _limit(_CONNACK_UNAVAILABLE, 0x97, "4.29", 429),
 }
 
 AUTH_CAUSES = frozenset(c for c in Cause if c.group is CauseGroup.AUTH)

@@ -25,6 +25,7 @@ from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.lwm2m.coap import code_of, dotted
+from corem_ingress.lwm2m.bootstrap import SECURITY_MODE_PSK, BootstrapClient, BootstrappedServer
 from corem_ingress.lwm2m.client_objects import (
     FirmwareApplying,
     FirmwareChanged,
@@ -280,6 +281,10 @@ class Lwm2mDevice:
         self._refreshed_at = 0.0
         #: Set when the lifetime changed (a Write of /1/0/1): the refresh is due sooner.
         self._lifetime_changed = asyncio.Event()
+        #: While bootstrapping: the server's Bootstrap-Delete/Write/Finish go here.
+        self._bootstrap: BootstrapClient | None = None
+        self._bootstrap_done = asyncio.Event()
+        self.bootstrapped: BootstrappedServer | None = None
 
     # -- session -----------------------------------------------------------------------------
     def _context(self) -> Any:
@@ -322,8 +327,33 @@ class Lwm2mDevice:
             self.closed_at = channel.closed_at
             self.closed.set()
 
+    async def bootstrap(self, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        """LwM2M Bootstrap with the PSK given (a psk claim) or the certificate given (of a
+        tenant's auto-provisioning CA): ``POST /bs?ep=``, then the server's Delete / Write /
+        Finish; the device then holds its own PSK (``self._psk``) or keeps its certificate,
+        and keeps the session, over which it registers (``connect`` does both)."""
+        self._bootstrap = BootstrapClient()
+        self._bootstrap_done.clear()
+        if self.channel is None:
+            await self.open_session()
+        response = await self.request(Code.POST, ("bs",), query=(f"ep={self.client.endpoint}",))
+        if response.code != Code.CHANGED:
+            raise DeviceError(f"coap_{dotted(response.code)}")
+        try:
+            await asyncio.wait_for(self._bootstrap_done.wait(), timeout_s)
+        except TimeoutError:
+            raise DeviceError("timeout", "Bootstrap-Finish") from None
+        server = self._bootstrap.server
+        self._bootstrap = None
+        #: What the bootstrap server wrote (tests compare it with what they expect).
+        self.bootstrapped = server
+        if server.security_mode == SECURITY_MODE_PSK:
+            self._psk = (server.psk_identity, server.psk)
+        # Certificate mode: it keeps its certificate and key (no private key is written).
+
     async def connect(self) -> None:
-        await self.open_session()
+        if self.channel is None:
+            await self.open_session()
         response = await self.register()
         if response.code != Code.CREATED:
             await self.close()
@@ -430,6 +460,11 @@ class Lwm2mDevice:
             msg.payload = bytes(self._block1[1])
             self._block1 = None
         self.requests.append((method, "/" + "/".join(uri), observe))
+        if self._bootstrap is not None:
+            code = self._bootstrap.handle(method, uri, bytes(msg.payload))
+            if self._bootstrap.finished:
+                self._bootstrap_done.set()
+            return Message(code=code_of(code))
         accept = None if msg.opt.accept is None else int(msg.opt.accept)
         cf = None if msg.opt.content_format is None else int(msg.opt.content_format)
         answer = self.client.handle(

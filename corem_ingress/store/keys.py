@@ -54,6 +54,11 @@ class KeySchema:
         """Hash: the tenant's trust settings (``allow_self_signed``: 0/1)."""
         return f"{self._r}:tenant:{tenant_id}:settings"
 
+    def jitp_issuer(self, subject_hash: str) -> str:
+        """String (JSON: tenant, CA fingerprint): the auto-provisioning CA whose subject name
+        has this SHA-256 (of its DER), found from a device certificate's issuer name."""
+        return f"{self._r}:jitp:issuer:{subject_hash}"
+
     def challenge(self, token: str) -> str:
         """String -> tenant_id: a proof-of-possession challenge; TTL, deleted when used."""
         return f"{self._r}:challenge:{token}"
@@ -61,6 +66,30 @@ class KeySchema:
     def tenant_challenges(self, tenant_id: str) -> str:
         """Sorted set token -> expiry: a tenant's outstanding challenges (bounds how many)."""
         return f"{self._r}:tenant:{tenant_id}:challenges"
+
+    # -- provisioning by claim (store/registry/claims.py) -------------------------------
+    def claim(self, claim_id: str) -> str:
+        """Hash: one claim (tenant, kinds, max_uses, uses, expires_at, status, lookup)."""
+        return f"{self._r}:claim:{claim_id}"
+
+    def tenant_claims(self, tenant_id: str) -> str:
+        """Sorted set of the tenant's claim ids by creation time."""
+        return f"{self._r}:tenant:{tenant_id}:claims"
+
+    def claim_auth(self, kind: str, lookup: str) -> str:
+        """String (JSON: tenant, claim id; a PSK claim's key sealed): a claim's secret, found
+        only by the provisioning endpoints, never by the device resolver. Deleted on revoke;
+        expires with the claim."""
+        return f"{self._r}:claimauth:{kind}:{lookup}"
+
+    def enrolment(self, tenant_id: str, hardware_id: str) -> str:
+        """Hash: what a claim enrolled for (tenant, hardware_id): claim_id, device_id,
+        credential_id, its lookup and record keys, issued_at, issues, used_at (first use)."""
+        return f"{self._r}:enrol:{tenant_id}:{hardware_id}"
+
+    def provisioning_rate(self, scope: str, window: int) -> str:
+        """Counter: provisioning requests of one claim or tenant in one fixed window (TTL)."""
+        return f"{self._r}:provrate:{scope}:{window}"
 
     # -- credentials ---------------------------------------------------------------
     def lookup(self, kind: CredentialKind, lookup: str) -> str:

@@ -145,6 +145,7 @@ async def lwm2m_node(
         clock: Any = None,
         limits: dict[str, Any] | None = None,
         coap_extra: dict[str, Any] | None = None,
+        provisioning: dict[str, Any] | None = None,
         **lwm2m: Any,
     ) -> Lwm2mNode:
         node = await start_node(
@@ -154,6 +155,7 @@ async def lwm2m_node(
             http={"admin_tokens_file": str(path)},
             limits={"auth_fail_max": 0, **(limits or {})},
             lwm2m=lwm2m,
+            provisioning=provisioning or {},
         )
         coap_listener = next(x for x in node.listeners if x.name == "coap")
         http_listener = next(x for x in node.listeners if x.name == "http")

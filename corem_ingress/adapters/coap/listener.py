@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING
 import structlog
 from aiocoap import Message
 
+from corem_ingress.adapters.coap import provisioning
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.adapters.dtls.transport import DtlsTransport
+from corem_ingress.adapters.lwm2m.bootstrap import (
+    bootstrap_request,
+    certificate_bootstrap_request,
+)
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
@@ -66,11 +71,14 @@ class CoapListener:
         #: The LwM2M server mounted on this listener (``lwm2m.enabled``), set by ``build``.
         self.lwm2m: Lwm2mServer | None = None
         self._order: dict[str, _NotificationOrder] = {}
+        #: Sessions a claim opened (address -> claim PSK identity): ``POST /provision`` only.
+        self.claim_sessions: dict[Address, str] = {}
+        credentials = provisioning.ClaimCredentials(services.resolver, services)
         self.dtls_server = DtlsServer(
             cert_file=cfg.server_cert or None,
             key_file=cfg.server_key or None,
             ca_files=list(cfg.client_ca_files),
-            credentials=services.resolver,
+            credentials=credentials,
             wall_clock=services.clock,
             config=DtlsConfig(
                 mtu=cfg.mtu,
@@ -85,7 +93,7 @@ class CoapListener:
         )
         # Timers on the monotonic clock; certificate validity and dates on the node's clock.
         self.transport = DtlsTransport(
-            self.dtls_server, services.resolver, self, wall_clock=services.clock
+            self.dtls_server, credentials, self, wall_clock=services.clock
         )
         self.endpoint = CoapEndpoint(
             self.transport.send,
@@ -124,6 +132,12 @@ class CoapListener:
     # -- DtlsHandler ---------------------------------------------------------------------------
     def session_started(self, addr: Address, credential: Credential | None) -> None:
         session_id = f"coap-{self.services.node_id}-{next(self._ids)}"
+        if credential is not None and provisioning.is_claim_credential(credential):
+            # No device credential on the session: the site and mounts answer 4.01.
+            self.sessions[addr] = DeviceSession(addr, session_id, None)
+            self.claim_sessions[addr] = credential.lookup
+            log.info("coap.claim_session_started", session=session_id)
+            return
         session = DeviceSession(addr, session_id, credential)
         self.sessions[addr] = session
         if credential is not None:
@@ -157,7 +171,7 @@ class CoapListener:
             return
         session = self.sessions.pop(addr, None)
         self.endpoint.forget(addr)
-        if session is None:
+        if session is None or self.claim_sessions.pop(addr, None) is not None:
             return
         self.services.sessions.unregister(session.session_id)
         self._order.pop(session.session_id, None)
@@ -179,7 +193,14 @@ class CoapListener:
         session = self.sessions.get(addr)
         if session is None:
             session = DeviceSession(addr, "", None)  # -> 4.01
+        claim = self.claim_sessions.get(addr)
+        if claim is not None:
+            if tuple(msg.opt.uri_path) == ("bs",):
+                return bootstrap_request(self, addr, claim, msg)  # LwM2M bootstrap
+            return provisioning.provision(self.services, claim, msg)
         path = msg.opt.uri_path
+        if tuple(path) == ("bs",) and session.credential is not None:
+            return certificate_bootstrap_request(self, session, msg)  # by the tenant CA
         mounted = self.mounts.get(path[0]) if path else None
         if mounted is not None and session.credential is not None:
             return mounted(session, msg)
@@ -188,6 +209,16 @@ class CoapListener:
         if order is not None and not session.representations.transfer_open:
             order.transfer_closed.set()
         return reply
+
+    def adopt_claim_session(self, addr: Address, credential: Credential) -> bool:
+        """A claim session whose device was just bootstrapped becomes that device's session
+        (LwM2M clients register over the session they bootstrapped on when both servers
+        share an address). False if the session is gone."""
+        if self.claim_sessions.pop(addr, None) is None:
+            return False
+        self.sessions.pop(addr, None)
+        self.session_started(addr, credential)
+        return True
 
     # -- for other CoAP adapters on this port (LwM2M) -------------------------------------------
     def mount(self, first_segment: str, handler: MountedHandler) -> None:
@@ -214,6 +245,10 @@ class CoapListener:
             token=token,
             on_notification=on_notification,
         )
+
+    def peer_certificate(self, addr: Address) -> bytes | None:
+        """The certificate (DER) this peer's DTLS session authenticated with, if any."""
+        return self.dtls_server.peer_certificate(addr)
 
     def close_session(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
         """close_notify and forget this peer's DTLS session."""

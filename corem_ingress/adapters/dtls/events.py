@@ -31,6 +31,8 @@ class CredentialNeeded:
     addr: Address
     kind: CredentialKind
     lookup: str
+    #: X.509: the presented certificate (DER), for just-in-time provisioning.
+    der: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

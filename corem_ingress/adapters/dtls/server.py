@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from corem_ingress.adapters.dtls import _binding
 from corem_ingress.adapters.dtls.authn import Authenticator, CredentialCache
@@ -227,6 +227,15 @@ class DtlsServer:
     def credential_of(self, addr: Address) -> Credential | None:
         peer = self._peers.get(addr)
         return None if peer is None else peer.credential
+
+    def peer_certificate(self, addr: Address) -> bytes | None:
+        """The certificate (DER) an established peer authenticated with, if any (read from
+        the connection when asked: sessions keep no copy)."""
+        peer = self._peers.get(addr)
+        if peer is None or peer.state is not PeerState.ESTABLISHED:
+            return None
+        cert = peer.conn.get_peer_certificate()
+        return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         out, self._out = self._out, []
@@ -508,7 +517,8 @@ class DtlsServer:
             peer.state = PeerState.AWAITING_CREDENTIAL
             peer.held.append(data)
             peer.looked_up.add(needed)
-            self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1]))
+            der = peer.peek.certificate_der  # used for certificates only (JITP)
+            self._events.append(CredentialNeeded(peer.addr, needed[0], needed[1], der))
             return
         alert = fatal_alert(data)
         if alert is not None:

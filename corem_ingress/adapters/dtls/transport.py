@@ -65,7 +65,9 @@ class DtlsGuard(Protocol):
 class AsyncResolver(Protocol):
     async def resolve_psk(self, identity: str) -> Any: ...
 
-    async def resolve_cert(self, fingerprint: str, *, chain: None) -> Any: ...
+    async def resolve_cert(
+        self, fingerprint: str, *, chain: None, der: bytes | None = None
+    ) -> Any: ...
 
 
 class DtlsTransport(asyncio.DatagramProtocol):
@@ -217,6 +219,6 @@ class DtlsTransport(asyncio.DatagramProtocol):
             else:
                 # Fills the cache (registration and tenant trust); the handshake's verify
                 # callback then checks the chain the device presented.
-                await self._resolver.resolve_cert(event.lookup, chain=None)
+                await self._resolver.resolve_cert(event.lookup, chain=None, der=event.der)
         self.server.credential_resolved(event.addr, self._clock())
         self._pump()

@@ -31,6 +31,7 @@ from corem_ingress.adapters.http.bodies import (
 from corem_ingress.adapters.http.errors import UnsupportedMediaType
 from corem_ingress.adapters.http.guard import AuthGuard
 from corem_ingress.adapters.http.operators import Operator, OperatorTokens
+from corem_ingress.adapters.http.provisioning import ClaimsApi
 from corem_ingress.adapters.http.sessions_api import SessionsApi
 from corem_ingress.adapters.http.trust import TrustApi, proof_field
 from corem_ingress.adapters.http.uplink_tail import UplinkTailApi
@@ -164,6 +165,7 @@ class AdminApi:
         app.on_shutdown.append(self._close_streams)
         TrustApi(self).add_routes(app)
         SessionsApi(self).add_routes(app)
+        ClaimsApi(self).add_routes(app)
         UplinkTailApi(self).add_routes(app)
         if self._s.config.console.enabled:
             console.add_routes(app)

@@ -23,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from corem_ingress.adapters.http import bodies, client, errors, openapi, tls
 from corem_ingress.adapters.http.admin import AdminApi
 from corem_ingress.adapters.http.operators import OperatorTokens
+from corem_ingress.adapters.http.provisioning import CLAIM_PROVISION
 from corem_ingress.adapters.http.site import ClientAddresses, EdgeSite
 from corem_ingress.adapters.http.uplink import DeviceApi
 from corem_ingress.core.proxy_protocol import ProxyMode
@@ -97,7 +98,8 @@ def _app(
 
 
 def _realm_by_path(request: web.Request) -> str:
-    return errors.DEVICE_REALM if request.path.endswith("/uplink") else errors.ADMIN_REALM
+    device = request.path.endswith("/uplink") or request.path == CLAIM_PROVISION
+    return errors.DEVICE_REALM if device else errors.ADMIN_REALM
 
 
 def build_apps(

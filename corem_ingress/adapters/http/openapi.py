@@ -782,6 +782,226 @@ def _schemas() -> Json:
     }
 
 
+def _provisioning_schemas() -> Json:
+    """Provisioning by claim (docs/provisioning.md)."""
+    two_kinds = {"type": "string", "enum": ["api_key", "psk"]}
+    claim = _obj(
+        [
+            "claim_id",
+            "tenant_id",
+            "kind",
+            "credential_kind",
+            "max_uses",
+            "uses",
+            "expires_at",
+            "status",
+            "created_at",
+        ],
+        {
+            "claim_id": {"type": "string", "pattern": "^clm_[0-9a-f]{16}$"},
+            "tenant_id": _STR,
+            "kind": {**two_kinds, "description": "How devices present the claim."},
+            "credential_kind": {**two_kinds, "description": "What the claim issues."},
+            "max_uses": {"type": "integer"},
+            "uses": {"type": "integer", "description": "Devices enrolled (re-issues not)."},
+            "expires_at": {"type": ["number", "null"]},
+            "status": {"type": "string", "enum": ["active", "revoked", "expired", "exhausted"]},
+            "created_at": _NUM,
+            "revoked_at": _NUM,
+            "psk_identity": {**_STR, "description": "A psk claim's PSK identity."},
+            "claim_key": {"description": "An api_key claim's key (ck_live_…): once.", **_STR},
+            "psk": {"description": "A psk claim's key, hex: once.", **_STR},
+        },
+    )
+    return {
+        "Claim": claim,
+        "ClaimList": _obj(
+            ["claims", "next_cursor"],
+            {
+                "claims": {"type": "array", "items": _ref("Claim")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        ),
+        "CreateClaimRequest": _obj(
+            ["max_uses"],
+            {
+                "kind": {**two_kinds, "default": "api_key"},
+                "credential_kind": {**two_kinds, "default": "api_key"},
+                "max_uses": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+                "expires_at": {**_NUM, "description": "Epoch seconds (default: never)."},
+                "expires_in_s": {**_NUM, "description": "Or: seconds from now."},
+                "psk_hex": {
+                    **_STR,
+                    "description": "A psk claim's key, assigned (hex; default: generated).",
+                },
+            },
+        ),
+        "JitpTemplate": _obj(
+            [],
+            {
+                "hardware_id_from": {
+                    "type": "string",
+                    "enum": ["subject_cn", "san_uri", "san_dns", "serial"],
+                    "default": "subject_cn",
+                },
+                "san_prefix": {
+                    **_STR,
+                    "description": "SAN entries must start with it; it is cut off.",
+                },
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Written on every device this CA provisions.",
+                },
+                "allow_certificate_rotation": {"type": "boolean", "default": False},
+            },
+        ),
+        "AutoProvision": _obj(
+            ["ca_fingerprint", "auto_provision", "template"],
+            {
+                "ca_fingerprint": _STR,
+                "auto_provision": {"type": "boolean"},
+                "template": {"oneOf": [_ref("JitpTemplate"), {"type": "null"}]},
+            },
+        ),
+        "ClaimProvisionRequest": _obj(
+            ["hardware_id"],
+            {"hardware_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@+=-]{1,128}$"}},
+        ),
+        "ClaimProvisionResult": _obj(
+            ["device_id", "tenant_id", "hardware_id", "credential_kind", "created", "reissued"],
+            {
+                "device_id": _UUID,
+                "tenant_id": _STR,
+                "hardware_id": _STR,
+                "credential_kind": two_kinds,
+                "created": {"type": "boolean"},
+                "reissued": {
+                    "type": "boolean",
+                    "description": "A retry before first use: the previous credential is "
+                    "revoked, this one replaces it.",
+                },
+                "api_key": {"description": "The device's own key: once.", **_STR},
+                "key_id": _STR,
+                "psk_identity": _STR,
+                "psk": {"description": "The device's own PSK, hex: once.", **_STR},
+            },
+        ),
+    }
+
+
+def _provisioning_paths() -> Json:
+    admin = {"tags": _ADMIN_TAG, "security": _ADMIN}
+    claim_id = _path_param(
+        "claim_id", "A claim's id (`clm_` + 16 hex).", {"type": "string", "pattern": "^clm_"}
+    )
+    return {
+        "/api/v1/provisioning/claim": {
+            "post": {
+                "operationId": "ProvisionByClaim",
+                "tags": ["device"],
+                "summary": "A device enrols itself: its claim key in, its own credential out.",
+                "description": "The claim key (ck_live_…) as Authorization: Bearer or X-API-Key. "
+                "201: a new device. 200: a retry before the credential was first used re-issued "
+                "it (the previous one is revoked). 409: the credential is already in use, or "
+                "the hardware_id belongs to a device this claim did not enrol. 403: the claim "
+                "has no uses left. 429: the claim's or tenant's provisioning rate.",
+                "security": [{"deviceBearer": []}, {"deviceApiKey": []}],
+                "requestBody": _json_body(_ref("ClaimProvisionRequest")),
+                "responses": {
+                    "201": _ok(
+                        "Enrolled; the secret is in this answer only.", _ref("ClaimProvisionResult")
+                    ),
+                    "200": _ok(
+                        "Re-issued; the secret is in this answer only.",
+                        _ref("ClaimProvisionResult"),
+                    ),
+                    **_errors(400, 401, 403, 409, 413, 429, 503),
+                },
+            }
+        },
+        "/api/v1/cas/{ca_fingerprint}/auto-provision": {
+            "get": {
+                **admin,
+                "operationId": "GetCaAutoProvision",
+                "summary": "Whether this CA provisions devices just in time, and its template.",
+                "parameters": [_CA_FINGERPRINT],
+                "responses": {
+                    "200": _ok("The CA's setting.", _ref("AutoProvision")),
+                    **_errors(401, 404, 429, 503),
+                },
+            },
+            "put": {
+                **admin,
+                "operationId": "SetCaAutoProvision",
+                "summary": "Provision devices just in time: an unregistered certificate this "
+                "CA issued, presented over MQTT or DTLS, creates (or finds) the device by the "
+                "hardware_id the template takes from it and registers the certificate.",
+                "parameters": [_CA_FINGERPRINT],
+                "requestBody": _json_body(_ref("JitpTemplate")),
+                "responses": {
+                    "200": _ok("On, with this template.", _ref("AutoProvision")),
+                    **_errors(400, 401, 404, 409, 413, 429, 503),
+                },
+            },
+            "delete": {
+                **admin,
+                "operationId": "DisableCaAutoProvision",
+                "summary": "Stop provisioning devices just in time with this CA.",
+                "parameters": [_CA_FINGERPRINT],
+                "responses": {
+                    "200": _ok("Off.", _ref("AutoProvision")),
+                    **_errors(401, 404, 429, 503),
+                },
+            },
+        },
+        "/api/v1/claims": {
+            "post": {
+                **admin,
+                "operationId": "CreateClaim",
+                "summary": "Create a claim credential for a batch of devices.",
+                "requestBody": _json_body(_ref("CreateClaimRequest")),
+                "responses": {
+                    "201": _ok("Created; its secret is in this answer only.", _ref("Claim")),
+                    **_errors(400, 401, 412, 413, 429, 503),
+                },
+            },
+            "get": {
+                **admin,
+                "operationId": "ListClaims",
+                "summary": "This tenant's claims (uses, status; never a secret).",
+                "parameters": [_LIMIT, _CURSOR],
+                "responses": {
+                    "200": _ok("A page of claims.", _ref("ClaimList")),
+                    **_errors(400, 401, 429, 503),
+                },
+            },
+        },
+        "/api/v1/claims/{claim_id}": {
+            "get": {
+                **admin,
+                "operationId": "GetClaim",
+                "summary": "One claim.",
+                "parameters": [claim_id],
+                "responses": {
+                    "200": _ok("The claim.", _ref("Claim")),
+                    **_errors(401, 404, 429, 503),
+                },
+            },
+            "delete": {
+                **admin,
+                "operationId": "RevokeClaim",
+                "summary": "Revoke a claim now (devices it enrolled keep their credentials).",
+                "parameters": [claim_id],
+                "responses": {
+                    "200": _ok("The revoked claim.", _ref("Claim")),
+                    **_errors(401, 404, 429, 503),
+                },
+            },
+        },
+    }
+
+
 def _responses() -> Json:
     def err(description: str, headers: Json | None = None) -> Json:
         out: Json = {"description": description, "content": _json_content(_ref("Error"))}
@@ -1303,9 +1523,13 @@ def document() -> Json:
             {"name": "admin", "description": "Operators, with a tenant's operator token."},
             {"name": "meta"},
         ],
-        "paths": {**_paths(), **openapi_console.paths()},
+        "paths": {**_paths(), **openapi_console.paths(), **_provisioning_paths()},
         "components": {
-            "schemas": {**_schemas(), **openapi_console.schemas()},
+            "schemas": {
+                **_schemas(),
+                **openapi_console.schemas(),
+                **_provisioning_schemas(),
+            },
             "responses": _responses(),
             "securitySchemes": {
                 "deviceBearer": {

@@ -17,6 +17,7 @@ from corem_ingress.adapters.http.appender import Appender
 from corem_ingress.adapters.http.bodies import parse_json_object, read_body
 from corem_ingress.adapters.http.device_auth import api_key_from_headers
 from corem_ingress.adapters.http.guard import AuthGuard
+from corem_ingress.adapters.http.provisioning import ProvisioningApi
 from corem_ingress.core.errors import InvalidArgument, PermissionDenied
 from corem_ingress.core.uplink import Transport, Uplink, UplinkKind
 from corem_ingress.services import Services
@@ -47,6 +48,7 @@ class DeviceApi:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(UPLINK_PATH, self.uplink)
+        ProvisioningApi(self._services).add_routes(app)  # devices enrolling with a claim
 
     async def uplink(self, request: web.Request) -> web.Response:
         raw_key = api_key_from_headers(request.headers)

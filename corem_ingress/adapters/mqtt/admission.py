@@ -72,6 +72,7 @@ async def admit(
             fingerprint,
             client_auth=listener.config.client_auth,
             chain=chain,
+            der=conn.tls.peer_certificate_der() if fingerprint is not None else None,
         )
     except IngressError as exc:
         gate.auth_failed(ip, exc.cause)

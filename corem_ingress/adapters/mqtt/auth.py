@@ -35,13 +35,15 @@ async def authenticate(
     *,
     client_auth: str,
     chain: PeerChain | None = None,
+    der: bytes | None = None,
 ) -> Authenticated:
     """Raises an IngressError whose ``mqtt_connack`` is the CONNACK code to send."""
     if fingerprint is not None:
         # A presented certificate is the credential; any password is ignored. Its chain
         # must end in one of the resolved tenant's CAs.
         chain = chain if chain is not None else PeerChain(())
-        identity = await resolver.resolve_cert(fingerprint, chain=chain)
+        # ``der``: an unregistered certificate may be provisioned just in time (JITP).
+        identity = await resolver.resolve_cert(fingerprint, chain=chain, der=der)
         lookup = fingerprint
     elif client_auth == "required":
         raise Unauthenticated(

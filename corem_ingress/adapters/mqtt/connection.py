@@ -10,6 +10,7 @@ CONNACK first gets a DISCONNECT with the cause's reason code (``Cause.mqtt5``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -230,16 +231,25 @@ class MqttConnection:
             self._out.append(codec.encode_unsuback(packet_id, reasons))
 
     def send_publish(
-        self, topic: str, payload: bytes, qos: int, subscription_ids: tuple[int, ...] = ()
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        subscription_ids: tuple[int, ...] = (),
+        *,
+        extra_properties: Sequence[tuple[Prop, int | str | bytes]] = (),
     ) -> bool:
         """Queue a PUBLISH to the client; False if closed, the inflight window is full or
         (MQTT 5) the packet exceeds the client's Maximum Packet Size. MQTT 5 carries the
-        matching subscriptions' identifiers."""
+        matching subscriptions' identifiers (and ``extra_properties``: a reply's
+        Correlation Data)."""
         if self.state is not State.CONNECTED:
             return False
         v5_props = None
         if self.version == 5:
-            v5_props = props_encode([(Prop.SUBSCRIPTION_IDENTIFIER, i) for i in subscription_ids])
+            items: list[tuple[Prop, int | str | bytes]] = list(extra_properties)
+            items += [(Prop.SUBSCRIPTION_IDENTIFIER, i) for i in subscription_ids]
+            v5_props = props_encode(items)
         if qos == 0:
             packet = codec.encode_publish(topic, payload, 0, properties=v5_props)
             if not self._fits_client(packet):

@@ -15,6 +15,7 @@ import structlog
 
 from corem_ingress import metrics
 from corem_ingress.access_gate import AccessGate
+from corem_ingress.adapters.mqtt import provisioning
 from corem_ingress.adapters.mqtt.admission import Admitted, admit
 from corem_ingress.adapters.mqtt.codec import Connect, Publish
 from corem_ingress.adapters.mqtt.connection import MqttConnection, State
@@ -66,8 +67,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self.tls = TlsSession(listener.tls_context)
         self.mqtt = MqttConnection(listener.connection_config, listener.loop.time())
         self._timer: asyncio.TimerHandle | None = None
-        #: The admitted device, once CONNACK 0 went out.
-        self.session: DeviceSession | None = None
+        #: The admitted device (or claim: adapters/mqtt/provisioning.py), once CONNACK 0 went out.
+        self.session: DeviceSession | provisioning.ClaimSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.peer = ""
@@ -193,6 +194,9 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._flush()
 
     async def _admit(self, connect: Connect) -> None:
+        if provisioning.presents_claim(connect, self.tls.peer_fingerprint()):
+            await self._admit_claim(connect)  # a claim key: provisioning requests only
+            return
         try:
             outcome = await admit(
                 self.listener,
@@ -225,6 +229,25 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self._drain()
             return
         self._start(connect, outcome)
+
+    async def _admit_claim(self, connect: Connect) -> None:
+        try:
+            outcome = await provisioning.admit_claim(self, self._gate, connect, self._ip)
+        finally:
+            self._task = None
+        if self._closed:
+            if isinstance(outcome, provisioning.ClaimSession):
+                outcome.ended(Cause.PEER_CLOSED, graceful=False)
+        elif isinstance(outcome, provisioning.ClaimSession):
+            self.session = outcome
+            assigned = None if connect.client_id else outcome.session_id
+            self.mqtt.accept(
+                self.listener.loop.time(), connect.keepalive, assigned_client_id=assigned
+            )
+            self._schedule_timer()
+        else:
+            self.mqtt.refuse(outcome)
+        self._drain()
 
     def _start(self, connect: Connect, admitted: Admitted) -> None:
         listener = self.listener

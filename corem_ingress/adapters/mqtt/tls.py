@@ -165,6 +165,11 @@ class TlsSession:
             return None
         return hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).hexdigest()
 
+    def peer_certificate_der(self) -> bytes | None:
+        """The client certificate (DER), for just-in-time provisioning of an unknown one."""
+        cert = self._conn.get_peer_certificate(as_cryptography=False)
+        return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+
     def peer_chain(self) -> PeerChain | None:
         """The chain OpenSSL verified (leaf first), or None without a client certificate."""
         chain = self._conn.get_verified_chain()

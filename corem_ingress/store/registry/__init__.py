@@ -12,6 +12,8 @@ audit stream. One module per concern:
                    trust anchors)
 * ``cas.py``       the tenant's trust anchors (CA certificates) and its self-signed setting
 * ``proofs.py``    proof-of-possession challenges (single use, expiring)
+* ``claims.py``    provisioning by claim: claims, enrolments (``core/claims.py`` decides)
+* ``jitp.py``      just-in-time provisioning with a tenant's auto-provisioning CA
 * ``base.py``      auditing, reads, and the add / rotate / revoke steps all kinds share
 * ``records.py``   what is written (``CredentialWrite``) and returned
 """
@@ -19,7 +21,7 @@ audit stream. One module per concern:
 from __future__ import annotations
 
 from corem_ingress.store.registry.base import AUDIT_MAXLEN
-from corem_ingress.store.registry.devices import DeviceRegistry
+from corem_ingress.store.registry.jitp import JitpRegistry
 from corem_ingress.store.registry.records import (
     MAX_PAGE,
     CaRecord,
@@ -33,7 +35,7 @@ from corem_ingress.store.registry.records import (
 )
 
 
-class Registry(DeviceRegistry):
+class Registry(JitpRegistry):
     """Writes (and operator reads) of devices and credentials."""
 
 
