@@ -126,3 +126,23 @@ class KeySchema:
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"
+
+    # -- device sessions and offline downlinks (store/device_sessions.py) --------------------
+    # Tagged per device: each device's session, queue and sent-set share one Cluster slot
+    # (one script touches them together); devices spread over the slots.
+    def device_session(self, device_id: str) -> str:
+        """Hash: the device's downlink session (owner, persistent, expiry_s, transport,
+        subs); no TTL while connected, ``expiry_s`` once disconnected."""
+        return f"{self.prefix}:sess:{{{device_id}}}"
+
+    def downlink_queue(self, device_id: str) -> str:
+        """List: the device's queued downlinks (JSON), oldest first; same TTL as its session."""
+        return f"{self.prefix}:dlq:{{{device_id}}}"
+
+    def downlink_sent(self, device_id: str) -> str:
+        """Set: message ids of queued downlinks already sent once (redelivered with DUP=1)."""
+        return f"{self.prefix}:dlsent:{{{device_id}}}"
+
+    def downlink_reply(self, message_id: str) -> str:
+        """List holding the delivering node's answer for one downlink (short TTL)."""
+        return f"{self.prefix}:dlreply:{{{message_id}}}"
