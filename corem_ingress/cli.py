@@ -478,7 +478,12 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     except json_text.JsonTextError as exc:
         raise CliError(f"--payload {exc.reason} (drop --json to send it as text)") from None
 
-    cfg = _load_config(args).downlinks
+    full = _load_config(args)
+    cfg = full.downlinks
+    from corem_ingress import logs
+
+    # The answer on stdout says what was dropped; logs (stderr) only for warnings.
+    logs.configure(full.logging.format, "warning")
 
     async def op(reg: Any) -> object:
         from corem_ingress.store.downlinks import send_downlink

@@ -60,6 +60,10 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.lwm2m_device("<device_id>"),
         k.lwm2m_requests("<node_id>"),
         k.lwm2m_reply("<request_id>"),
+        k.device_session("<device_id>"),
+        k.downlink_queue("<device_id>"),
+        k.downlink_sent("<device_id>"),
+        k.downlink_reply("<message_id>"),
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

@@ -49,7 +49,8 @@ def connect(client_id: str, *, clean: bool, v5_expiry: int | None = None) -> byt
     props = codec.EMPTY
     level = 4
     if v5_expiry is not None:
-        from corem_ingress.adapters.mqtt.properties import Prop, Properties as P
+        from corem_ingress.adapters.mqtt.properties import Prop
+        from corem_ingress.adapters.mqtt.properties import Properties as P
 
         level, props = 5, P({Prop.SESSION_EXPIRY_INTERVAL: v5_expiry}, ())
     return codec.encode_connect(
