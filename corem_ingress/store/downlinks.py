@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("corem.downlink")
 
 #: Delivers one downlink to one local session; returns a ``DeliveryState``/``DropReason``
-#: value: "delivered", "not_subscribed" or "not_delivered".
-Sink = Callable[[Downlink], Awaitable[str]]
+#: value: "delivered", "not_subscribed" or "not_delivered". ``queued``: the downlink is in
+#: the device's queue (the session sends it from there, removed on acknowledgement).
+Sink = Callable[[Downlink, bool], Awaitable[str]]
 #: Ends a local session taken over by another node (device id, owner "node|session").
 TakeoverHandler = Callable[[str, str], None]
 #: Longest single blocking call: below the Redis client's socket timeout.
@@ -63,6 +64,13 @@ class DownlinkPublisher:
         except redis.exceptions.RedisError as exc:
             raise Unavailable("downlink storage is unavailable", reason=str(exc)) from None
         return str(entry_id)
+
+    async def publish(self, downlink: Downlink) -> str:
+        """Record and hand to whichever live session holds the device (no queue, no
+        answer); returns the stream entry id. Operators' sends go through ``deliver``."""
+        entry_id = await self.record(downlink)
+        await self.fan_out(downlink, queued=False, reply=False)
+        return entry_id
 
     async def fan_out(self, downlink: Downlink, *, queued: bool, reply: bool) -> None:
         """Tell every node; the owner of the device's session delivers (``queued``: from
@@ -237,18 +245,21 @@ class DownlinkRouter:
             log.error("downlink.bad_message", error=str(exc))
             return
         reply = doc.get("reply") if isinstance(doc.get("reply"), str) else None
+        queued = doc.get("queued") is True
         sinks = list(self._sinks.get(downlink.device_id, {}).values())
         if not sinks:
             return  # not this node's device: the owner answers
-        task = asyncio.ensure_future(self._deliver(sinks, downlink, reply))
+        task = asyncio.ensure_future(self._deliver(sinks, downlink, queued, reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, sinks: list[Sink], downlink: Downlink, reply: str | None) -> None:
+    async def _deliver(
+        self, sinks: list[Sink], downlink: Downlink, queued: bool, reply: str | None
+    ) -> None:
         results: list[str] = []
         for sink in sinks:
             try:
-                results.append(await sink(downlink))
+                results.append(await sink(downlink, queued))
             except Exception:
                 log.exception("downlink.delivery_failed", device=downlink.device_id)
         if DeliveryState.DELIVERED in results:

@@ -307,7 +307,7 @@ class CoapListener:
                 if len(results) > 256:
                     del results[next(iter(results))]
 
-        async def sink(downlink: Downlink) -> str:
+        async def sink(downlink: Downlink, queued: bool) -> str:
             async with order.lock:
                 current = live()
                 if current is None:
@@ -318,7 +318,7 @@ class CoapListener:
                     ident.device_id,
                 ):
                     return DropReason.NOT_DELIVERED.value
-                if downlink.qos == 1:  # queued for this device: sent from the queue
+                if queued:  # in this device's queue: sent from there, oldest first
                     try:
                         await drain_queue()
                     except Unavailable:

@@ -256,11 +256,11 @@ class DeviceSession:
         if self._again:  # kicked while saving
             await self._drain()
 
-    async def deliver(self, downlink: Downlink) -> str:
-        """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed. A QoS 1
-        downlink for a persistent session was queued: it goes out from the queue."""
+    async def deliver(self, downlink: Downlink, queued: bool = False) -> str:
+        """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed. A
+        downlink queued for a persistent session goes out from the queue."""
         conn = self._conn
-        if self.persistent and downlink.qos == 1:
+        if queued and self.persistent:
             self.kick()
             task = self._drain_task
             if task is not None:
