@@ -64,6 +64,7 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.downlink_queue("<device_id>"),
         k.downlink_sent("<device_id>"),
         k.downlink_reply("<message_id>"),
+        k.device_will("<device_id>"),
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

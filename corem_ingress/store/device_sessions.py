@@ -73,6 +73,7 @@ class DeviceSessions:
         self._enqueue = _Script(redis, "downlink_enqueue")
         self._fetch = _Script(redis, "downlink_fetch")
         self._ack = _Script(redis, "downlink_ack")
+        self._will_claim = _Script(redis, "will_claim")
 
     def _device_keys(self, device_id: str) -> list[str]:
         k = self._keys
@@ -100,7 +101,7 @@ class DeviceSessions:
     ) -> OpenedSession:
         present, prev, subs = await self._call(
             self._open,
-            self._device_keys(device_id),
+            [*self._device_keys(device_id), self._keys.device_will(device_id)],
             [owner, int(clean), int(persistent), expiry_s, transport],
         )
         return OpenedSession(bool(int(present)), _text(prev), _text(subs))
@@ -154,6 +155,18 @@ class DeviceSessions:
         k = self._keys
         keys = [k.downlink_queue(device_id), k.downlink_sent(device_id)]
         return bool(int(await self._call(self._ack, keys, [entry, message_id])))
+
+    async def pend_will(self, device_id: str, token: str, ttl_s: int) -> None:
+        """A will waits for its delay: a reconnect (``open``) on any node cancels it."""
+        try:
+            await self._r.set(self._keys.device_will(device_id), token, ex=max(1, ttl_s))
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("session storage is unavailable", reason=str(exc)) from None
+
+    async def claim_will(self, device_id: str, token: str) -> bool:
+        """The delay is over: True if the will is still pending (store it now)."""
+        keys = [self._keys.device_will(device_id)]
+        return bool(int(await self._call(self._will_claim, keys, [token])))
 
     async def queue_length(self, device_id: str) -> int:
         try:

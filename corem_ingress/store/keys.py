@@ -146,3 +146,8 @@ class KeySchema:
     def downlink_reply(self, message_id: str) -> str:
         """List holding the delivering node's answer for one downlink (short TTL)."""
         return f"{self.prefix}:dlreply:{{{message_id}}}"
+
+    def device_will(self, device_id: str) -> str:
+        """String: the token of the device's pending (MQTT 5 delayed) will; TTL = the delay
+        plus a margin. A reconnect deletes it (the will is cancelled)."""
+        return f"{self.prefix}:will:{{{device_id}}}"

@@ -29,6 +29,7 @@ from corem_ingress.adapters.mqtt.properties import (
     CONNACK_REASONS,
     DISCONNECT_REASONS,
     Prop,
+    Properties,
     Reason,
 )
 from corem_ingress.adapters.mqtt.properties import encode as props_encode
@@ -414,6 +415,14 @@ class MqttConnection:
                 )
                 self._fail(Cause.PROTOCOL_ERROR, "enhanced authentication not supported")
                 return
+            wp = packet.will_properties
+            if packet.will_topic is not None and (
+                len(wp.user) > MAX_USER_PROPERTIES or _properties_bytes(wp) > MAX_PROPERTY_BYTES
+            ):
+                # Will properties go into the will's uplink envelope: bounded like a PUBLISH's.
+                self._out.append(codec.encode_connack(False, Reason.QUOTA_EXCEEDED, b"\x00"))
+                self._fail(Cause.PROTOCOL_ERROR, "will properties over the bounds")
+                return
             self._client_max_packet = p.int(Prop.MAXIMUM_PACKET_SIZE)
             self._client_receive_max = p.int(Prop.RECEIVE_MAXIMUM, 65535) or 65535
             self._session_expiry = p.int(Prop.SESSION_EXPIRY_INTERVAL)
@@ -520,7 +529,10 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _property_bytes(publish: Publish) -> int:
-    p = publish.properties
+    return _properties_bytes(publish.properties)
+
+
+def _properties_bytes(p: Properties) -> int:
     size = sum(len(k.encode()) + len(v.encode()) for k, v in p.user)
     content_type = p.str(Prop.CONTENT_TYPE)
     return size + (len(content_type.encode()) if content_type else 0)

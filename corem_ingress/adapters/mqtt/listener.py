@@ -58,6 +58,8 @@ class MqttListener:
         self._server: asyncio.Server | None = None
         #: Session-record writes after a connection ends (awaited, bounded, at stop).
         self._background: set[asyncio.Task[None]] = set()
+        #: Wills waiting for their MQTT 5 Will Delay Interval (cancelled at stop).
+        self._delayed_wills: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Counters for logs/metrics and tests: connect_accepted, connect_refused,
         #: acl_violations, subscribe_denied, protocol_closes, tls_failures, uplinks,
@@ -92,6 +94,8 @@ class MqttListener:
         if self._server is None:
             return
         self._server.close()
+        for task in list(self._delayed_wills):
+            task.cancel()
         # Let accepted messages reach Redis (and their PUBACKs go out) before closing.
         await self.batcher.drain(max(0.0, deadline / 2))
         self._flush_dirty()
@@ -110,6 +114,12 @@ class MqttListener:
         task = self.loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def delay_will(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A will waiting for its delay; a node that stops meanwhile does not store it."""
+        task = self.loop.create_task(coro)
+        self._delayed_wills.add(task)
+        task.add_done_callback(self._delayed_wills.discard)
 
     def taken_over(self, device_id: str, owner: str) -> None:
         """Take-over order from another node: end this device's session ``owner`` here."""

@@ -29,6 +29,7 @@ from corem_ingress.adapters.mqtt.events import (
     SubscribeReceived,
     UnsubscribeReceived,
 )
+from corem_ingress.adapters.mqtt.properties import Prop
 from corem_ingress.adapters.mqtt.session import DeviceSession
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
 from corem_ingress.core.causes import Cause
@@ -295,7 +296,12 @@ class MqttProtocol(asyncio.BufferedProtocol):
         identity = admitted.auth.identity
         will = None
         if listener.config.wills_as_uplinks and connect.will_topic is not None:
-            will = Publish(connect.will_topic, connect.will_payload or b"", 1)
+            will = Publish(
+                connect.will_topic,
+                connect.will_payload or b"",
+                1,
+                properties=connect.will_properties,
+            )
         persistent, expiry = terms
         present = opened is not None and opened.present
         subs = None
@@ -308,6 +314,8 @@ class MqttProtocol(asyncio.BufferedProtocol):
             owner=owner if opened is not None else "",
             persistent=persistent and opened is not None,
             subscriptions=subs,
+            session_expiry=expiry,
+            will_delay=connect.will_properties.int(Prop.WILL_DELAY_INTERVAL, 0) or 0,
         )
         listener.claim(identity.device_id, self)
         listener.services.downlinks.add(identity.device_id, session.session_id, session.deliver)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,9 @@ class DeviceSession:
         "admitted",
         "owner",
         "persistent",
+        "session_expiry",
         "will",
+        "will_delay",
     )
 
     def __init__(
@@ -71,6 +74,8 @@ class DeviceSession:
         owner: str = "",
         persistent: bool = False,
         subscriptions: dl.Subscriptions | None = None,
+        session_expiry: int = 0,
+        will_delay: int = 0,
     ) -> None:
         self._conn = conn
         self.admitted = admitted
@@ -83,6 +88,11 @@ class DeviceSession:
         self.owner = owner
         #: The session outlives the connection: QoS 1 downlinks go through its queue.
         self.persistent = persistent
+        #: Seconds the session outlives the connection (0: it ends with it).
+        self.session_expiry = session_expiry if persistent else 0
+        #: MQTT 5 Will Delay Interval: the will waits this long (at most the session's
+        #: life) for a reconnect that cancels it.
+        self.will_delay = will_delay
         #: Queued downlinks written and awaiting PUBACK: packet id -> (entry, message id).
         self._queued: dict[int, tuple[str, str]] = {}
         #: Entries PUBACKed, to remove from the queue (by the drain task, in order).
@@ -394,7 +404,11 @@ class DeviceSession:
         services = listener.services
         listener.gate.close_session(self.admitted.slot)
         if self.will is not None and not graceful:
-            self._store_will(self.will)
+            delay = min(self.will_delay, self.session_expiry)
+            if delay > 0 and self.owner:
+                listener.delay_will(self._delayed_will(self.will, delay))
+            else:
+                self._store_will(self.will)
         services.sessions.unregister(self.session_id)
         services.downlinks.remove(self.identity.device_id, self.session_id)
         if self.owner:
@@ -415,6 +429,25 @@ class DeviceSession:
         except Unavailable as exc:
             log.warning("mqtt.session_not_closed", device=device_id, reason=exc.reason)
 
+    async def _delayed_will(self, will: Publish, delay: int) -> None:
+        """Stored after ``delay`` seconds unless the device reconnected meanwhile, on any
+        node (its CONNECT deletes the pending will in Redis)."""
+        store = self._conn.listener.services.device_sessions
+        device_id = self.identity.device_id
+        token = uuid.uuid4().hex
+        try:
+            await store.pend_will(device_id, token, delay + 60)
+            await asyncio.sleep(delay)
+            due = await store.claim_will(device_id, token)
+        except Unavailable as exc:
+            log.warning("mqtt.will_delay_unavailable", device=device_id, reason=exc.reason)
+            due = True  # never silently lost: stored now (may be a reconnect's duplicate)
+        if due:
+            self._store_will(will)
+        else:
+            log.info("mqtt.will_cancelled", device=device_id, reason="reconnected")
+            self._conn.listener.count("wills_cancelled")
+
     def _store_will(self, will: Publish) -> None:
         """The device went away without DISCONNECT: its will becomes an uplink (if allowed)."""
         listener = self._conn.listener
@@ -423,7 +456,7 @@ class DeviceSession:
         except PermissionDenied:
             log.info("mqtt.will_ignored", device=self.identity.device_id, reason="foreign topic")
             return
-        uplink = self._uplink(kind, will.payload)
+        uplink = self._uplink(kind, will.payload, envelope_properties(will.properties))
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
