@@ -246,6 +246,13 @@ class DeviceSession:
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])
+        try:
+            await self._save(answer)
+        finally:
+            if self._again:  # kicked while saving (a PUBACK counts even after the close)
+                await self._drain()
+
+    async def _save(self, answer: Callable[[], None]) -> None:
         conn = self._conn
         if conn.closed:
             return
@@ -263,8 +270,6 @@ class DeviceSession:
             return
         answer()
         conn.flush()
-        if self._again:  # kicked while saving
-            await self._drain()
 
     async def deliver(self, downlink: Downlink, queued: bool = False) -> str:
         """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed. A
