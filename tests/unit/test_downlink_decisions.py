@@ -54,7 +54,7 @@ def test_outcome_json_says_state_first_and_only_what_applies() -> None:
     out = DownlinkOutcome(
         DeliveryState.QUEUED, "m", "d", "1-0", queue_position=3, dropped_oldest=("old",)
     ).to_json()
-    assert list(out)[0] == "state"
+    assert next(iter(out)) == "state"
     assert out == {
         "state": "queued",
         "queue_position": 3,
