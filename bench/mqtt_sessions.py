@@ -158,12 +158,19 @@ async def phase_storm(
     sem = asyncio.Semaphore(conc)
     got = 0
     dups = 0
+    retries = 0
 
     async def one(i: int, dev: tuple[str, str]) -> None:
-        nonlocal got, dups
+        nonlocal got, dups, retries
         async with sem:
-            raw = await session(ports[(i + 1) % len(ports)], ctx, *dev)  # the other node
-            connack = await raw.packet()
+            for _attempt in range(10):  # CONNACK 3 (try later): a device retries, backing off
+                raw = await session(ports[(i + 1) % len(ports)], ctx, *dev)  # the other node
+                connack = await raw.packet()
+                if connack != b"\x20\x02\x00\x03":
+                    break
+                retries += 1
+                await raw.close()
+                await asyncio.sleep(0.5)
             assert connack == b"\x20\x02\x01\x00", connack  # session present
             seen: set[bytes] = set()
             while len(seen) < per:
@@ -186,7 +193,11 @@ async def phase_storm(
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i, d) for i, d in enumerate(devs)))
+    RETRIES[0] = retries
     return time.perf_counter() - t0, got, dups
+
+
+RETRIES = [0]
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
@@ -245,6 +256,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         results["storm_reconnects_per_s"] = args.devices / drain
         results["downlinks_received"] = got
         results["duplicates"] = dups
+        results["connack3_retries"] = RETRIES[0]
         results["broker_cpu_s"] = sum(
             cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)
         )
@@ -272,12 +284,16 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase, seconds")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (broker logs)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="corem-bench-sessions-"))
     try:
         results = asyncio.run(run(args, tmp))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}", file=sys.stderr)
     width = max(len(k) for k in results)
     for k, v in results.items():
         print(f"{k:<{width}}  {v:>12.1f}")

@@ -188,7 +188,7 @@ class Node:
             ),
             downlinks=DownlinkRouter(),
             downlink_publisher=DownlinkPublisher(redis, keys),
-            device_sessions=DeviceSessions(clients.background, keys),
+            device_sessions=DeviceSessions(clients.sessions, keys),
             clock=self.clock,
             access=AccessPolicy(
                 throttle=AuthThrottle(

@@ -128,12 +128,24 @@ class DeviceSessions:
         return Enqueued("queued", _text(out[1]), int(out[2]), tuple(_text(x) for x in out[3:]))
 
     async def fetch(
-        self, device_id: str, owner: str, *, now: float, count: int, in_flight: list[str]
+        self,
+        device_id: str,
+        owner: str,
+        *,
+        now: float,
+        count: int,
+        in_flight: list[str],
+        acked: list[tuple[str, str]] | None = None,
     ) -> Fetched | None:
-        """The next ``count`` queued downlinks not in flight; None if another owner holds
-        the session (this node must stop delivering)."""
+        """Remove the ``acked`` (entry, message id) pairs, then the next ``count`` queued
+        downlinks not in flight, in one round trip; None if another owner holds the
+        session (this node must stop delivering)."""
+        acks = acked or []
+        flat = [x for pair in acks for x in pair]
         out = await self._call(
-            self._fetch, self._device_keys(device_id), [owner, now, count, *in_flight]
+            self._fetch,
+            self._device_keys(device_id),
+            [owner, now, count, len(acks), *flat, *in_flight],
         )
         if out is None:
             return None

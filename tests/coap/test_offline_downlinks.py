@@ -80,9 +80,15 @@ async def test_observer_that_slept_gets_the_queue_on_its_next_observe(
         assert first.code == Code.CONTENT and first.opt.observe is not None
         return pr
 
+    async def owned() -> None:  # the Observe opened the device's session record
+        async with asyncio.timeout(10):
+            while not await redis.hget(f"corem:sess:{{{device_id}}}", "owner"):
+                await asyncio.sleep(0.02)
+
     ctx = await _client(port, ident, key)
     try:
         pr = await observe(ctx)
+        await owned()
         live = await send(registry, device_id, "live")  # observing: CON notification, ACKed
         note = await asyncio.wait_for(pr.observation.__aiter__().__anext__(), 30)
         assert note.payload == b"live" and live["state"] == "delivered", live

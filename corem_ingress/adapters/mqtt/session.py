@@ -44,6 +44,8 @@ TRANSPORT = "mqtt"
 _WRITE_LIMIT = 256 * 1024
 #: Message ids of queued downlinks written on this connection, kept to answer "delivered".
 _WRITTEN_KEPT = 256
+#: Wait before trying the queue again after Redis failed (the device waits for it).
+_RETRY_S = 0.5
 
 
 class DeviceSession:
@@ -324,25 +326,32 @@ class DeviceSession:
                 self._again = False
                 # PUBACKs first, even after the connection closed (they were received).
                 acks, self._acks = self._acks, []
-                for entry, message_id in acks:
-                    await store.done(device_id, entry, message_id)
-                if conn.closed:
-                    break
                 free = conn.mqtt.send_window - conn.mqtt.inflight
-                if free <= 0 or conn.write_buffer_size() > _WRITE_LIMIT:
+                if conn.closed or conn.write_buffer_size() > _WRITE_LIMIT:
+                    free = 0
+                if free <= 0 and not acks:
                     continue
                 in_flight = [mid for _entry, mid in self._queued.values()]
                 now = conn.listener.services.clock()
-                fetched = await store.fetch(
-                    device_id, self.owner, now=now, count=free, in_flight=in_flight
-                )
+                try:
+                    fetched = await store.fetch(
+                        device_id,
+                        self.owner,
+                        now=now,
+                        count=max(0, free),
+                        in_flight=in_flight,
+                        acked=acks,
+                    )
+                except Unavailable:
+                    self._acks[:0] = acks  # not applied: again with the next attempt
+                    raise
                 if fetched is None:  # another node resumed the session
                     conn.close(Cause.TAKEN_OVER)
                     return
                 if fetched.expired:
                     metrics.downlink_dropped(DropReason.EXPIRED.value, len(fetched.expired))
                     for message_id in fetched.expired:
-                        self._results[message_id] = DropReason.EXPIRED.value
+                        self._remember(message_id, DropReason.EXPIRED.value)
                         log.info(
                             "downlink.dropped",
                             device=device_id,
@@ -353,8 +362,10 @@ class DeviceSession:
                     await self._send_queued(entry, downlink, dup, now)
                 conn.flush()
         except Unavailable as exc:
-            # Kept in the queue: the next kick (a PUBACK, a downlink, a reconnect) retries.
+            # Kept in the queue; tried again shortly (and on the next PUBACK or downlink).
             log.warning("mqtt.queue_unavailable", device=device_id, reason=exc.reason)
+            if not conn.closed or self._acks:
+                conn.listener.loop.call_later(_RETRY_S, self.kick)
 
     async def _send_queued(self, entry: str, downlink: Downlink, dup: bool, now: float) -> None:
         conn = self._conn
