@@ -11,7 +11,8 @@ generator and Redis to CPU 1. Measures, per broker:
   per connection;
 - broker CPU per QoS 0 and per QoS 1 message (ours includes the Redis append; mosquitto
   has no subscriber, so it only parses and drops);
-- RSS per idle mTLS connection at each --idle count.
+- RSS per idle mTLS connection at each --idle count;
+- the same connects and messages again as MQTT 5.0 clients (``*_v5``; ``--no-v5`` skips).
 
 Bounded: every phase has a count and a timeout. Prints a table and a JSON line.
 """
@@ -224,19 +225,23 @@ def read_packet(sock: ssl.SSLSocket) -> bytes:
         buf += chunk
 
 
-def open_session(port: int, ca: Path, dev: Device, keepalive: int = 1200) -> ssl.SSLSocket:
+def open_session(
+    port: int, ca: Path, dev: Device, keepalive: int = 1200, version: int = 4
+) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=30)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock = dev.context(ca).wrap_socket(raw, server_hostname="localhost")
-    sock.sendall(codec.encode_connect(codec.Connect(4, dev.device_id, True, keepalive, None, None)))
+    connect = codec.Connect(version, dev.device_id, True, keepalive, None, None)
+    sock.sendall(codec.encode_connect(connect))
     connack = read_packet(sock)
-    if connack != b"\x20\x02\x00\x00":
+    # 3.1.1: exactly 20 02 00 00; MQTT 5: reason code 0, then the CONNACK's properties.
+    if connack[0] != 0x20 or connack[3] != 0 or (version == 4 and len(connack) != 4):
         raise ConnectionError(f"CONNACK {connack!r}")
     return sock
 
 
-def connect_cycle(port: int, ca: Path, dev: Device) -> None:
-    sock = open_session(port, ca, dev)
+def connect_cycle(port: int, ca: Path, dev: Device, version: int = 4) -> None:
+    sock = open_session(port, ca, dev, version=version)
     sock.sendall(b"\xe0\x00")
     sock.close()
 
@@ -248,11 +253,14 @@ def measure(pid: int, fn: Callable[[], None]) -> tuple[float, float]:
     return cpu_seconds(pid) - c0, time.perf_counter() - t0
 
 
-def bench_connects(b: Broker, ca: Path, devices: list[Device], n: int, threads: int) -> None:
+def bench_connects(
+    b: Broker, ca: Path, devices: list[Device], n: int, threads: int, version: int = 4
+) -> None:
     pool = devices[: max(threads * 4, 64)]
+    suffix = "_v5" if version == 5 else ""
     # Warm up (and fill our resolver cache, as in steady state).
     with ThreadPoolExecutor(threads) as ex:
-        list(ex.map(lambda d: connect_cycle(b.port, ca, d), pool))
+        list(ex.map(lambda d: connect_cycle(b.port, ca, d, version), pool))
 
     def run() -> None:
         lock = threading.Lock()
@@ -265,28 +273,35 @@ def bench_connects(b: Broker, ca: Path, devices: list[Device], n: int, threads: 
                 with lock:
                     if next(counter, None) is None:
                         return
-                connect_cycle(b.port, ca, mine[j % len(mine)])
+                connect_cycle(b.port, ca, mine[j % len(mine)], version)
                 j += 1
 
         with ThreadPoolExecutor(threads) as ex:
             list(ex.map(worker, range(threads)))
 
     cpu, wall = measure(b.pid, run)
-    b.results["connects_per_s"] = n / wall
-    b.results["cpu_us_per_connect"] = cpu / n * 1e6
+    b.results[f"connects_per_s{suffix}"] = n / wall
+    b.results[f"cpu_us_per_connect{suffix}"] = cpu / n * 1e6
 
 
 def bench_messages(
-    b: Broker, ca: Path, dev: Device, n: int, qos: int, done: Callable[[int], None]
+    b: Broker,
+    ca: Path,
+    dev: Device,
+    n: int,
+    qos: int,
+    done: Callable[[int], None],
+    version: int = 4,
 ) -> None:
     topic = f"devices/{dev.device_id}/up/telemetry"
     payload = b'{"temp":21.5,"hum":40}'
-    sock = open_session(b.port, ca, dev)
+    sock = open_session(b.port, ca, dev, version=version)
     window = 16
+    props = b"\x00" if version == 5 else None  # an MQTT 5 PUBLISH: empty properties
 
     def run() -> None:
         if qos == 0:
-            batch = codec.encode_publish(topic, payload, 0) * 500
+            batch = codec.encode_publish(topic, payload, 0, properties=props) * 500
             for _ in range(n // 500):
                 sock.sendall(batch)
             sock.sendall(b"\xc0\x00")
@@ -299,14 +314,14 @@ def bench_messages(
                 out = []
                 for _ in range(window):
                     pid = pid % 65535 + 1
-                    out.append(codec.encode_publish(topic, payload, 1, pid))
+                    out.append(codec.encode_publish(topic, payload, 1, pid, properties=props))
                 sock.sendall(b"".join(out))
                 for _ in range(window):
                     if read_packet(sock)[0] != 0x40:
                         raise ConnectionError("expected PUBACK")
 
     cpu, _wall = measure(b.pid, run)
-    b.results[f"cpu_us_per_msg_qos{qos}"] = cpu / n * 1e6
+    b.results[f"cpu_us_per_msg_qos{qos}{'_v5' if version == 5 else ''}"] = cpu / n * 1e6
     sock.sendall(b"\xe0\x00")
     sock.close()
 
@@ -349,6 +364,7 @@ def main() -> int:
     ap.add_argument("--idle", default="1000,10000")
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--only", choices=["corem_ingress", "mosquitto"], default=None)
+    ap.add_argument("--no-v5", action="store_true", help="skip the MQTT 5.0 runs")
     args = ap.parse_args()
     idle_counts = [int(x) for x in args.idle.split(",") if x]
     n_devices = max([*idle_counts, args.threads * 4, 64]) + 1
@@ -399,24 +415,26 @@ def run_broker(
     redis: EmbeddedRedis,
 ) -> None:
     stream_len = _stream_len(redis)
-    bench_connects(b, ca, devices, args.connects, args.threads)
     redis_pid = redis.pid or 0
-    for qos in (0, 1):
-        r0 = cpu_seconds(redis_pid)
-        base = stream_len()
+    for version in (4,) if args.no_v5 else (4, 5):
+        suffix = "_v5" if version == 5 else ""
+        bench_connects(b, ca, devices, args.connects, args.threads, version)
+        for qos in (0, 1):
+            r0 = cpu_seconds(redis_pid)
+            base = stream_len()
 
-        def done(n: int, base: int = base) -> None:
-            if b.name != "corem_ingress":
-                return
-            end = time.monotonic() + 60
-            while stream_len() < base + n and time.monotonic() < end:
-                time.sleep(0.01)
+            def done(n: int, base: int = base) -> None:
+                if b.name != "corem_ingress":
+                    return
+                end = time.monotonic() + 60
+                while stream_len() < base + n and time.monotonic() < end:
+                    time.sleep(0.01)
 
-        bench_messages(b, ca, devices[-1], args.messages, qos, done)
-        if b.name == "corem_ingress":
-            b.results[f"redis_cpu_us_per_msg_qos{qos}"] = (
-                (cpu_seconds(redis_pid) - r0) / args.messages * 1e6
-            )
+            bench_messages(b, ca, devices[-1], args.messages, qos, done, version)
+            if b.name == "corem_ingress":
+                b.results[f"redis_cpu_us_per_msg_qos{qos}{suffix}"] = (
+                    (cpu_seconds(redis_pid) - r0) / args.messages * 1e6
+                )
     for n in idle_counts:
         socks = bench_idle(b, ca, devices, n, args.threads)
         close_all(socks)
@@ -443,7 +461,14 @@ def report(brokers: list[Broker]) -> None:
         print(f"{k:<{width}}  {cells}")
     if len(brokers) == 2:
         ours, theirs = brokers
-        for k in ("cpu_us_per_connect", "cpu_us_per_msg_qos0", "cpu_us_per_msg_qos1"):
+        for k in (
+            "cpu_us_per_connect",
+            "cpu_us_per_msg_qos0",
+            "cpu_us_per_msg_qos1",
+            "cpu_us_per_connect_v5",
+            "cpu_us_per_msg_qos0_v5",
+            "cpu_us_per_msg_qos1_v5",
+        ):
             if k in ours.results and theirs.results.get(k):
                 print(f"ratio {k}: {ours.results[k] / theirs.results[k]:.2f}x mosquitto")
     print(json.dumps({b.name: b.results for b in brokers}, sort_keys=True))

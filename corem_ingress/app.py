@@ -37,6 +37,7 @@ from corem_ingress.state_dir import CONFIG_PATH_FILE, KEK_PATH_FILE, REDIS_URL_F
 from corem_ingress.store import connection
 from corem_ingress.store.bus import RevocationBus
 from corem_ingress.store.clients import RedisClients
+from corem_ingress.store.device_sessions import DeviceSessions
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.limits_sync import LimitsSync
@@ -193,6 +194,7 @@ class Node:
             ),
             downlinks=DownlinkRouter(),
             downlink_publisher=DownlinkPublisher(redis, keys),
+            device_sessions=DeviceSessions(clients.sessions, keys),
             clock=self.clock,
             access=AccessPolicy(
                 throttle=AuthThrottle(
@@ -213,6 +215,7 @@ class Node:
             ),
         )
         background = clients.background
+        self.services.downlinks.reply_redis = background
         if cfg.lwm2m.enabled:
             self._lwm2m_store = Lwm2mStore(background, keys, grace_s=cfg.lwm2m.expiry_grace_s)
         metrics.track(throttle=self.services.access.throttle)

@@ -221,10 +221,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _registry_command(
     build: Callable[[argparse.Namespace], Callable[[Any], Awaitable[object]]],
+    out: Callable[[object], None] = _out,
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         result = asyncio.run(_with_registry(args, build(args)))
-        _out(result)
+        out(result)
         return 0
 
     return run
@@ -550,6 +551,13 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
     except json_text.JsonTextError as exc:
         raise CliError(f"--payload {exc.reason} (drop --json to send it as text)") from None
 
+    full = _load_config(args)
+    cfg = full.downlinks
+    from corem_ingress import logs
+
+    # The answer on stdout says what was dropped; logs (stderr) only for warnings.
+    logs.configure(full.logging.format, "warning")
+
     async def op(reg: Any) -> object:
         from corem_ingress.store.downlinks import send_downlink
 
@@ -562,9 +570,18 @@ def _downlink(args: argparse.Namespace) -> Callable[[Any], Awaitable[object]]:
             qos=args.qos,
             actor=_actor(),
             now=time.time(),
+            expiry_s=args.expiry,
+            queue_max=cfg.queue_max,
+            reply_wait_s=cfg.reply_wait_s,
         )
 
     return op
+
+
+def _one_line(data: object) -> None:
+    """One JSON line, ``state`` first: what became of the downlink, readable at a glance."""
+    sys.stdout.write(json.dumps(data, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
 
 
 def lwm2m_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -1084,7 +1101,10 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--payload", required=True)
     sp.add_argument("--json", action="store_true", help="the payload is JSON, not text")
     sp.add_argument("--qos", type=int, choices=[0, 1], default=1)
-    sp.set_defaults(func=_registry_command(_downlink))
+    sp.add_argument(
+        "--expiry", type=int, default=None, help="seconds after which it is not delivered"
+    )
+    sp.set_defaults(func=_registry_command(_downlink, out=_one_line))
 
     lwm2m = sub.add_parser(
         "lwm2m", help="LwM2M operations on a registered device (via its session's node)"

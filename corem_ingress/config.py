@@ -210,6 +210,10 @@ class MqttConfig:
     #: PROXY protocol (v1/v2) from ``proxy.trusted_cidrs``: off, optional or required (a trusted
     #: proxy's connection without a header is refused). A header from anyone else: refused.
     proxy_protocol: str = "off"
+    #: Longest a persistent session (its subscriptions and queued QoS 1 downlinks) is kept
+    #: after its connection ends: an MQTT 5 Session Expiry Interval above it is clamped (and
+    #: the CONNACK says so); a 3.1.1 CleanSession 0 session gets exactly this.
+    session_expiry_max_s: int = 86_400
 
     def validate(self) -> None:
         """Errors name the key (``mqtt.<key>``); called when the listener is built."""
@@ -237,6 +241,11 @@ class MqttConfig:
         _check(1 <= self.max_inflight <= 65535, "mqtt.max_inflight", "must be 1..65535")
         _check(1 <= self.max_subscriptions <= 1024, "mqtt.max_subscriptions", "must be 1..1024")
         _check(self.backlog >= 1, "mqtt.backlog", "must be >= 1")
+        _check(
+            1 <= self.session_expiry_max_s <= 4_294_967_294,
+            "mqtt.session_expiry_max_s",
+            "must be 1..4294967294",
+        )
         _check_proxy_mode(self.proxy_protocol, "mqtt.proxy_protocol")
 
 
@@ -533,6 +542,30 @@ class ProvisioningConfig:
 
 
 @dataclass
+class DownlinksConfig:
+    """Downlinks to devices (docs/mqtt.md, "Downlinks"): the offline queue, the send answer."""
+
+    #: Queued downlinks kept per device with a persistent session; the oldest is dropped
+    #: (counted in ``corem_downlink_drops_total{reason="queue_full"}``) to make room.
+    queue_max: int = 100
+    #: How long a send waits for the node holding the device's session to say it delivered
+    #: (else the answer is ``queued`` for a persistent session, ``dropped`` otherwise).
+    reply_wait_s: float = 2.0
+    #: How long a CoAP device's queue is kept after its DTLS session ends (it observed
+    #: ``/down`` once: downlinks sent while it sleeps wait for its next Observe or GET).
+    coap_session_expiry_s: int = 86_400
+
+    def validate(self) -> None:
+        _check(1 <= self.queue_max <= 10_000, "downlinks.queue_max", "must be 1..10000")
+        _check(0 < self.reply_wait_s <= 30, "downlinks.reply_wait_s", "must be > 0 and <= 30")
+        _check(
+            1 <= self.coap_session_expiry_s <= 4_294_967_294,
+            "downlinks.coap_session_expiry_s",
+            "must be 1..4294967294",
+        )
+
+
+@dataclass
 class ProxyConfig:
     """Load balancers in front of the listeners (docs/operations.md, "Behind a load balancer")."""
 
@@ -644,6 +677,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    downlinks: DownlinksConfig = field(default_factory=DownlinksConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)

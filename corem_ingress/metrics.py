@@ -117,6 +117,20 @@ UPLINK_APPEND_SECONDS = Histogram(
     buckets=_FAST,
     registry=REGISTRY,
 )
+DOWNLINKS = Counter(
+    "corem_downlinks",
+    "Downlinks sent through this process, by state (delivered, queued, dropped) and drop "
+    "reason (empty unless dropped).",
+    ["state", "reason"],
+    registry=REGISTRY,
+)
+DOWNLINKS_DROPPED = Counter(
+    "corem_downlink_drops",
+    "Downlinks dropped, by reason: queue_full (the oldest queued made room), expired, "
+    "not_subscribed, no_session, qos0_offline, not_delivered.",
+    ["reason"],
+    registry=REGISTRY,
+)
 REVOCATIONS = Counter(
     "corem_revocations",
     "Revoked-credential events received by this node from the bus.",
@@ -244,6 +258,22 @@ def proxy_refused(transport: str) -> None:
 def limit_refused(transport: str, cause: Cause) -> None:
     """A limit refused a connection, handshake or message: ``cause`` is one of the LIMIT group."""
     LIMIT_REFUSALS.labels(_transport(transport), _one_of(cause.label, LIMITS)).inc()
+
+
+_DOWNLINK_STATES = frozenset({"delivered", "queued", "dropped"})
+_DROP_REASONS = frozenset(
+    {"", "queue_full", "expired", "not_subscribed", "no_session", "qos0_offline", "not_delivered"}
+)
+
+
+def downlink_outcome(state: str, reason: str) -> None:
+    DOWNLINKS.labels(_one_of(state, _DOWNLINK_STATES), _one_of(reason, _DROP_REASONS)).inc()
+    if state == "dropped":
+        downlink_dropped(reason)
+
+
+def downlink_dropped(reason: str, count: int = 1) -> None:
+    DOWNLINKS_DROPPED.labels(_one_of(reason, _DROP_REASONS)).inc(count)
 
 
 def redis_error(component: str) -> None:

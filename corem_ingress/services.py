@@ -17,6 +17,7 @@ from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
 from corem_ingress.store.audit_log import AuditLog
 from corem_ingress.store.clients import RedisClients
+from corem_ingress.store.device_sessions import DeviceSessions
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
 from corem_ingress.store.firmware import FirmwareStore
 from corem_ingress.store.keys import KeySchema
@@ -99,6 +100,9 @@ class Services:
     #: Local sessions that accept downlinks register a sink here (MQTT, CoAP Observe).
     downlinks: DownlinkRouter
     downlink_publisher: DownlinkPublisher
+    #: Devices' sessions and offline downlink queues in Redis (MQTT persistent sessions,
+    #: CoAP observers of ``/down``).
+    device_sessions: DeviceSessions
     clock: Callable[[], float] = field(default=time.time)
     #: The node's limits (failed-auth throttle per source, per-tenant connection slots,
     #: per-device message rate), one policy for every transport: ``core/access.py``;

@@ -79,6 +79,11 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.firmware_job("<job_id>"),
         k.firmware_device_job("<device_id>"),
         k.firmware_token("<token>"),
+        k.device_session("<device_id>"),
+        k.downlink_queue("<device_id>"),
+        k.downlink_sent("<device_id>"),
+        k.downlink_reply("<message_id>"),
+        k.device_will("<device_id>"),
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key

@@ -6,7 +6,9 @@ connections of a shared pool, and devices got 503 while Redis answered PING):
 * ``lookups`` -- the resolver's credential lookups (request path, batched MGETs);
 * ``uplinks`` -- uplink appends (request path);
 * ``admin`` -- the admin API's registry reads and writes, audit records, downlinks;
-* ``background`` -- the revocation bus, the shared limits, LwM2M routing, health checks.
+* ``background`` -- the revocation bus, the shared limits, LwM2M routing, health checks;
+* ``sessions`` -- device sessions and their downlink queues (a reconnect storm must not
+  take the bus's connections).
 
 On a Redis Cluster the two request-path classes use the per-node slot router
 (``store/slot_router.py``), so a master that fails holds up only its own slots.
@@ -33,6 +35,7 @@ class RedisClients:
     background: aioredis.Redis
     lookups: KeyedCommands
     uplinks: KeyedCommands
+    sessions: aioredis.Redis
     #: Live uplink tails (SSE, ``XREAD BLOCK``): their own pool, so that a blocked read never
     #: holds a connection another class needs.
     streams: aioredis.Redis | None = None
@@ -62,6 +65,7 @@ class RedisClients:
             lookups=keyed_commands(url, pool(max_connections)),
             uplinks=keyed_commands(url, pool(max_connections)),
             streams=redis_client(url, pool=pool(streams_max_connections)),
+            sessions=redis_client(url, pool=pool(max_connections)),
         )
 
     @property
@@ -76,3 +80,4 @@ class RedisClients:
         await self.background.aclose()
         if self.streams is not None:
             await self.streams.aclose()
+        await self.sessions.aclose()

@@ -224,3 +224,28 @@ class KeySchema:
     def firmware_token(self, token: str) -> str:
         """String -> the job id whose pull URI ends in ``token``."""
         return f"{self._r}:fw:token:{token}"
+
+    # -- device sessions and offline downlinks (store/device_sessions.py) --------------------
+    # Tagged per device: each device's session, queue and sent-set share one Cluster slot
+    # (one script touches them together); devices spread over the slots.
+    def device_session(self, device_id: str) -> str:
+        """Hash: the device's downlink session (owner, persistent, expiry_s, transport,
+        subs); no TTL while connected, ``expiry_s`` once disconnected."""
+        return f"{self.prefix}:sess:{{{device_id}}}"
+
+    def downlink_queue(self, device_id: str) -> str:
+        """List: the device's queued downlinks (JSON), oldest first; same TTL as its session."""
+        return f"{self.prefix}:dlq:{{{device_id}}}"
+
+    def downlink_sent(self, device_id: str) -> str:
+        """Set: message ids of queued downlinks already sent once (redelivered with DUP=1)."""
+        return f"{self.prefix}:dlsent:{{{device_id}}}"
+
+    def downlink_reply(self, message_id: str) -> str:
+        """List holding the delivering node's answer for one downlink (short TTL)."""
+        return f"{self.prefix}:dlreply:{{{message_id}}}"
+
+    def device_will(self, device_id: str) -> str:
+        """String: the token of the device's pending (MQTT 5 delayed) will; TTL = the delay
+        plus a margin. A reconnect deletes it (the will is cancelled)."""
+        return f"{self.prefix}:will:{{{device_id}}}"

@@ -63,7 +63,9 @@ async def test_downlink_reaches_the_subscribed_device_and_is_audited(
             json={"kind": "config", "payload": {"rate": 5}},
         )
         assert sent.status == 202
-        assert set(sent.body) == {"message_id", "stream_id", "device_id"}
+        # Issue 13: the answer says what happened (the bare id it gave before did not).
+        assert set(sent.body) == {"state", "message_id", "stream_id", "device_id"}
+        assert sent.body["state"] == "delivered"
         assert sent.body["device_id"] == dev.device_id
         packet = await client.read_packet()
         assert packet is not None
@@ -77,9 +79,22 @@ async def test_downlink_reaches_the_subscribed_device_and_is_audited(
             tenant="acme",
             json={"kind": "reboot", "payload": "now", "qos": 0},
         )
-        assert sent.status == 202
+        assert sent.status == 202 and sent.body["state"] == "delivered"
         packet = await client.read_packet()
         assert packet is not None and packet.endswith(b"now") and (packet[0] >> 1) & 3 == 0
+        # Not subscribed to that kind: dropped, and the answer says why.
+        flt = f"devices/{dev.device_id}/down/#".encode()
+        body = b"\x00\x02" + len(flt).to_bytes(2, "big") + flt
+        await client.send(bytes((0xA2, len(body))) + body)  # UNSUBSCRIBE
+        assert await client.read_packet() == b"\xb0\x02\x00\x02"
+        sent = await api.request(
+            "POST", path(dev.device_id), tenant="acme", json={"kind": "config", "payload": 1}
+        )
+        assert (sent.status, sent.body["state"], sent.body["reason"]) == (
+            202,
+            "dropped",
+            "not_subscribed",
+        )
         # Another tenant's operator: 404 like a device that does not exist; nothing recorded.
         other = await api.request(
             "POST", path(dev.device_id), tenant="globex", json={"kind": "x", "payload": 1}
@@ -94,6 +109,8 @@ async def test_downlink_reaches_the_subscribed_device_and_is_audited(
             {"kind": "ok", "payload": 1, "qos": None},
             {"kind": None, "payload": 1},
             {"kind": "ok", "payload": 1, "extra": 1},
+            {"kind": "ok", "payload": 1, "expiry_s": 0},
+            {"kind": "ok", "payload": 1, "expiry_s": "10"},
         ):
             reply = await api.request("POST", path(dev.device_id), tenant="acme", json=body)
             assert reply.status == 400, body
@@ -110,7 +127,11 @@ async def test_downlink_reaches_the_subscribed_device_and_is_audited(
         ).status == 401
     await client.close()
     stream = await redis.xrange(KeySchema("corem").downlink_stream("acme"))
-    assert [json.loads(f["downlink"])["kind"] for _id, f in stream] == ["config", "reboot"]
+    assert [json.loads(f["downlink"])["kind"] for _id, f in stream] == [
+        "config",
+        "reboot",
+        "config",
+    ]
     assert await redis.xlen(KeySchema("corem").downlink_stream("globex")) == 0
     records = [f for _id, f in await redis.xrange(KeySchema("corem").audit_stream)]
     sends = [
@@ -121,6 +142,8 @@ async def test_downlink_reaches_the_subscribed_device_and_is_audited(
     assert sends == [
         ("acme", "admin:ops-acme", "OK"),
         ("acme", "admin:ops-acme", "OK"),
+        ("acme", "admin:ops-acme", "OK"),
         ("globex", "admin:ops-globex", "NOT_FOUND"),
         ("acme", "admin:ops-acme", "INVALID_ARGUMENT"),  # the bad kind, refused by the core
+        ("acme", "admin:ops-acme", "INVALID_ARGUMENT"),  # expiry_s 0, refused by the core
     ]

@@ -230,6 +230,23 @@ def test_credential_commands(env: dict[str, str], tmp_path: Path) -> None:
         env,
     )
     assert len(sent["message_id"]) == 32
+    # Issue 13: what happened, not a bare id (this device never connected: nothing to queue).
+    assert (sent["state"], sent["reason"]) == ("dropped", "no_session")
+    line = run(
+        [
+            "downlink",
+            "--tenant",
+            "acme",
+            "--device",
+            x["device_id"],
+            "--kind",
+            "c",
+            "--payload",
+            "1",
+        ],
+        env,
+    ).stdout
+    assert line.count("\n") == 1 and line.startswith('{"state":"dropped"'), line
 
 
 def test_bad_input_is_one_line_exit_2(env: dict[str, str], tmp_path: Path) -> None:

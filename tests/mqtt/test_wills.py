@@ -70,3 +70,63 @@ async def test_wills_are_ignored_by_default(mqtt_node, registry, pki, redis):  #
     await asyncio.sleep(0.3)
     assert listener.stats["wills_stored"] == 0
     assert await uplinks(redis, "acme") == []
+
+
+def connect_v5_with_delayed_will(client_id: str, will_topic: str, delay: int) -> bytes:
+    from corem_ingress.adapters.mqtt.properties import Prop, Properties
+
+    return codec.encode_connect(
+        codec.Connect(
+            5,
+            client_id,
+            False,
+            60,
+            None,
+            None,
+            will_topic,
+            b'{"state":"gone"}',
+            1,
+            False,
+            properties=Properties({Prop.SESSION_EXPIRY_INTERVAL: 300}),
+            will_properties=Properties(
+                {Prop.WILL_DELAY_INTERVAL: delay, Prop.CONTENT_TYPE: "application/json"}
+            ),
+        )
+    )
+
+
+async def test_will_delay_reconnect_on_another_node_cancels_else_stored_with_properties(
+    mqtt_node, registry, pki, redis
+):  # type: ignore[no-untyped-def]
+    """MQTT 5 Will Delay Interval (issue 13 §5): a reconnect within the delay, on any node,
+    cancels the will; otherwise it is stored after the delay, with its properties."""
+    _a, la = await mqtt_node(wills_as_uplinks=True)
+    _b, lb = await mqtt_node(wills_as_uplinks=True)
+    dev = await provision_x509(registry, pki, "acme", "hw-delay")
+    own = f"devices/{dev.device_id}/up/state"
+
+    async def visit(listener, delay: int) -> RawClient:  # type: ignore[no-untyped-def]
+        client = await RawClient.open(listener.port, client_ssl(pki, dev.cert))
+        await client.send(connect_v5_with_delayed_will(dev.device_id, own, delay))
+        connack = await client.read_packet()
+        assert connack is not None and connack[3] == 0, connack
+        return client
+
+    client = await visit(la, 1)
+    client.writer.transport.abort()
+    await wait_for(lambda: la.holder(dev.device_id) is None)
+    back = await visit(lb, 30)  # within the second: the will on node A is cancelled
+    await wait_for(lambda: la.stats["wills_cancelled"] == 1, what="will cancelled")
+    assert la.stats["wills_stored"] == 0 and await uplinks(redis, "acme") == []
+    back.writer.transport.abort()
+    await wait_for(lambda: lb.holder(dev.device_id) is None)
+    will_key = f"corem:will:{{{dev.device_id}}}"
+    assert await redis.exists(will_key) == 1  # B's will waits (30 s)
+    client = await visit(la, 1)  # cancels it: B finds it gone when its delay ends
+    assert await redis.exists(will_key) == 0
+    client.writer.transport.abort()
+    await wait_for(lambda: la.stats["wills_stored"] == 1, timeout=10, what="will stored")
+    await asyncio.sleep(0.2)  # let the batch land
+    (entry,) = await uplinks(redis, "acme")
+    assert entry["kind"] == "state" and json.loads(entry["payload"]) == {"state": "gone"}
+    assert json.loads(entry["properties"]) == {"content_type": "application/json"}

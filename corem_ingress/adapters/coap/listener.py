@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiocoap import Message
+from aiocoap import Code, Message
 
+from corem_ingress import metrics
 from corem_ingress.adapters.coap import provisioning
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
@@ -27,7 +28,8 @@ from corem_ingress.adapters.lwm2m.bootstrap import (
     certificate_bootstrap_request,
 )
 from corem_ingress.core.causes import Cause
-from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.downlink import DeliveryState, Downlink, DropReason
+from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.sessions import DisconnectOrder, LiveSession
 from corem_ingress.core.uplink import Transport
 
@@ -74,6 +76,9 @@ class CoapListener:
         #: Sessions a claim opened (address -> claim PSK identity): ``POST /provision`` only.
         self.claim_sessions: dict[Address, str] = {}
         credentials = provisioning.ClaimCredentials(services.resolver, services)
+        #: Session id -> (device id, owner) of the sessions observing ``/down``.
+        self._owners: dict[str, tuple[str, str]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.dtls_server = DtlsServer(
             cert_file=cfg.server_cert or None,
             key_file=cfg.server_key or None,
@@ -125,6 +130,8 @@ class CoapListener:
         await self.endpoint.drain(max(0.0, deadline / 2))
         for addr in list(self.sessions):
             self.transport.close(addr, Cause.SHUTTING_DOWN)
+        if self._background:  # queues of observers start their expiry now
+            await asyncio.wait(list(self._background), timeout=max(0.1, deadline / 4))
         if self.lwm2m is not None:  # after the sessions: their registrations are unreachable
             await self.lwm2m.stop()
         self.transport.close_transport()
@@ -181,6 +188,9 @@ class CoapListener:
             self.services.downlinks.remove(
                 session.credential.identity.device_id, session.session_id
             )
+        owned = self._owners.pop(session.session_id, None)
+        if owned is not None:
+            self._spawn(self._close_record(*owned))
         log.info("coap.session_closed", session=session.session_id, cause=cause.label)
 
     # -- internals -----------------------------------------------------------------------------
@@ -204,6 +214,14 @@ class CoapListener:
         mounted = self.mounts.get(path[0]) if path else None
         if mounted is not None and session.credential is not None:
             return mounted(session, msg)
+        if (
+            tuple(path) == ("down",)
+            and msg.code == Code.GET
+            and msg.opt.observe is None
+            and msg.opt.block2 is None
+            and session.credential is not None
+        ):
+            return self._poll_down(session, msg)
         reply = self.site.handle(session, msg)
         order = self._order.get(session.session_id)
         if order is not None and not session.representations.transfer_open:
@@ -279,30 +297,131 @@ class CoapListener:
             return
         device_id = session.credential.identity.device_id
         addr, sid = session.addr, session.session_id
-
+        owner = f"{self.services.node_id}|{sid}"
         order = self._order.setdefault(sid, _NotificationOrder())
+        results: dict[str, str] = {}
 
-        async def sink(downlink: Downlink) -> bool:
-            async with order.lock:
-                current = self.sessions.get(addr)
-                if current is None or current.session_id != sid or current.credential is None:
-                    return False
-                ident = current.credential.identity
-                if (downlink.tenant_id, downlink.device_id) != (ident.tenant_id, ident.device_id):
-                    return False
-                await self._transfer_done(current, order)
-                results = await asyncio.gather(
-                    *(
-                        self.endpoint.notify(
-                            addr,
-                            self.site.notification(current, obs, downlink),
-                            confirmable=downlink.qos >= 1,
-                        )
-                        for obs in list(current.observations.values())
+        async def notify_all(current: DeviceSession, downlink: Downlink) -> bool:
+            """One notification per observation of ``/down`` (CON: True once ACKed)."""
+            await self._transfer_done(current, order)
+            sent = await asyncio.gather(
+                *(
+                    self.endpoint.notify(
+                        addr,
+                        self.site.notification(current, obs, downlink),
+                        confirmable=downlink.qos >= 1,
                     )
+                    for obs in list(current.observations.values())
                 )
-                if current.representations.transfer_open:
-                    order.transfer_closed.clear()
-                return any(results)
+            )
+            if current.representations.transfer_open:
+                order.transfer_closed.clear()
+            return any(sent)
+
+        def live() -> DeviceSession | None:
+            current = self.sessions.get(addr)
+            if current is None or current.session_id != sid or current.credential is None:
+                return None
+            return current
+
+        async def drain_queue() -> None:
+            """Queued downlinks, oldest first, one CON notification at a time: each leaves
+            the queue on its ACK; an unanswered one stays (the device sleeps again)."""
+            store = self.services.device_sessions
+            while (current := live()) is not None and current.observations:
+                fetched = await store.fetch(
+                    device_id, owner, now=self.services.clock(), count=1, in_flight=[]
+                )
+                if fetched is None or not fetched.entries:
+                    return
+                entry, downlink, _dup = fetched.entries[0]
+                if not await notify_all(current, downlink):
+                    results[downlink.message_id] = DropReason.NOT_DELIVERED.value
+                    return
+                await store.done(device_id, entry, downlink.message_id)
+                results[downlink.message_id] = DeliveryState.DELIVERED.value
+                if len(results) > 256:
+                    del results[next(iter(results))]
+
+        async def sink(downlink: Downlink, queued: bool) -> str:
+            async with order.lock:
+                current = live()
+                if current is None:
+                    return DropReason.NOT_DELIVERED.value
+                ident = current.credential.identity if current.credential else None
+                if ident is None or (downlink.tenant_id, downlink.device_id) != (
+                    ident.tenant_id,
+                    ident.device_id,
+                ):
+                    return DropReason.NOT_DELIVERED.value
+                if queued:  # in this device's queue: sent from there, oldest first
+                    try:
+                        await drain_queue()
+                    except Unavailable:
+                        return DropReason.NOT_DELIVERED.value
+                    return results.get(downlink.message_id, DropReason.NOT_DELIVERED.value)
+                delivered = await notify_all(current, downlink)
+                return (
+                    DeliveryState.DELIVERED.value if delivered else DropReason.NOT_DELIVERED.value
+                )
+
+        async def open_and_drain() -> None:
+            try:
+                await self.services.device_sessions.open(
+                    device_id,
+                    owner,
+                    clean=False,
+                    persistent=True,
+                    expiry_s=self.services.config.downlinks.coap_session_expiry_s,
+                    transport=Transport.COAP.value,
+                )
+                async with order.lock:
+                    await drain_queue()
+            except Unavailable as exc:
+                log.warning("coap.queue_unavailable", device=device_id, reason=exc.reason)
 
         self.services.downlinks.add(device_id, sid, sink)
+        self._owners[sid] = (device_id, owner)
+        self._spawn(open_and_drain())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close_record(self, device_id: str, owner: str) -> None:
+        """The DTLS session ended: its queue is kept for ``downlinks.coap_session_expiry_s``."""
+        try:
+            await self.services.device_sessions.close(device_id, owner)
+        except Unavailable as exc:
+            log.warning("coap.session_not_closed", device=device_id, reason=exc.reason)
+
+    async def _poll_down(self, session: DeviceSession, msg: Message) -> Message:
+        """``GET /down`` without Observe: the oldest queued downlink, which leaves the queue
+        as this 2.05 is sent; 2.05 with no payload when nothing is queued. The device's
+        queue is kept from now on (downlinks sent while it sleeps wait for its next poll)."""
+        assert session.credential is not None
+        store = self.services.device_sessions
+        device_id = session.credential.identity.device_id
+        try:
+            if session.session_id not in self._owners:
+                owner = f"{self.services.node_id}|{session.session_id}|poll"
+                await store.open(
+                    device_id,
+                    owner,
+                    clean=False,
+                    persistent=True,
+                    expiry_s=self.services.config.downlinks.coap_session_expiry_s,
+                    transport=Transport.COAP.value,
+                )
+                await store.close(device_id, owner)  # offline between polls: queue, no wake
+            downlink, expired = await store.pop_oldest(device_id, now=self.services.clock())
+        except Unavailable:
+            resp = Message(code=Code.SERVICE_UNAVAILABLE)
+            resp.opt.max_age = self.services.config.coap.unavailable_max_age_s
+            return resp
+        if expired:
+            metrics.downlink_dropped(DropReason.EXPIRED.value, expired)
+        if downlink is None:
+            return Message(code=Code.CONTENT)
+        return self.site.downlink_response(session, downlink)

@@ -227,11 +227,9 @@ class DeviceSite:
         session.representations.served(rep, last=not more)
         return resp
 
-    def notification(self, session: DeviceSession, obs: Observation, dl: Downlink) -> Message:
-        """The Observe notification carrying one downlink (first block, with an ETag, if large).
-
-        The caller sends the next large one only once this one's blocks were fetched
-        (``session.representations.transfer_open``), so their blocks never mix."""
+    def downlink_response(self, session: DeviceSession, dl: Downlink) -> Message:
+        """2.05 carrying one downlink (its first block, with an ETag, if large): a
+        notification's body, or the answer to ``GET /down`` for a queued one."""
         data = dl.payload_bytes()
         cf = CF_TEXT if isinstance(dl.payload, str) else CF_JSON
         if len(data) > self.limits.block_size:
@@ -241,6 +239,14 @@ class DeviceSite:
         else:
             msg = response(Code.CONTENT, data)
             msg.opt.content_format = cf
+        return msg
+
+    def notification(self, session: DeviceSession, obs: Observation, dl: Downlink) -> Message:
+        """The Observe notification carrying one downlink (first block, with an ETag, if large).
+
+        The caller sends the next large one only once this one's blocks were fetched
+        (``session.representations.transfer_open``), so their blocks never mix."""
+        msg = self.downlink_response(session, dl)
         msg.token = obs.token
         msg.opt.observe = obs.next_seq()
         return msg

@@ -85,7 +85,7 @@ _PROVISION_FIELDS = frozenset(
 _ROTATE_FIELDS = frozenset({"overlap_s"})
 _PSK_FIELDS = frozenset({"psk_identity", "psk_hex"})
 _CERT_FIELDS = frozenset({"pem", "proof"})
-_DOWNLINK_FIELDS = frozenset({"kind", "payload", "qos"})
+_DOWNLINK_FIELDS = frozenset({"kind", "payload", "qos", "expiry_s"})
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -373,8 +373,8 @@ class AdminApi:
 
     # -- downlinks -------------------------------------------------------------------------------
     async def send_downlink(self, request: web.Request) -> web.Response:
-        """``corem-ingress downlink`` over HTTP: recorded, fanned out to the node holding the
-        device's session, audited; 202 (delivery is not waited for)."""
+        """``corem-ingress downlink`` over HTTP: recorded, queued or handed to the node holding
+        the device's session, audited; 202 with what happened (delivered/queued/dropped)."""
         op = await self.operator(request)
         device_id = check_text(request.match_info["device_id"], "device id")
         doc = parse_json_object(await read_body(request, self._limit), allowed=_DOWNLINK_FIELDS)
@@ -385,6 +385,10 @@ class AdminApi:
         qos = doc.get("qos", 1)
         if isinstance(qos, bool) or qos not in (0, 1):
             raise InvalidArgument("field 'qos' must be 0 or 1")
+        expiry = doc.get("expiry_s")
+        if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, int)):
+            raise InvalidArgument("field 'expiry_s' must be an integer")
+        cfg = self._s.config.downlinks
         result = await send_downlink(
             self._registry,
             op.tenant_id,
@@ -394,6 +398,9 @@ class AdminApi:
             qos=int(qos),
             actor=op.actor,
             now=self._s.clock(),
+            expiry_s=expiry,
+            queue_max=cfg.queue_max,
+            reply_wait_s=cfg.reply_wait_s,
         )
         return _json(result, status=202)
 

@@ -443,11 +443,48 @@ def _schemas() -> Json:
                     "else as JSON."
                 },
                 "qos": {"type": "integer", "enum": [0, 1], "default": 1},
+                "expiry_s": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 604800,
+                    "description": "Message expiry: not delivered after this many seconds "
+                    "(MQTT 5 devices get the time left as the Message Expiry Interval).",
+                },
             },
         ),
         "DownlinkAccepted": _obj(
-            ["message_id", "stream_id", "device_id"],
+            ["state", "message_id", "stream_id", "device_id"],
             {
+                "state": {
+                    "type": "string",
+                    "enum": ["delivered", "queued", "dropped"],
+                    "description": "delivered: written to the device's live session (QoS 1 "
+                    "to a persistent session stays queued until its PUBACK / CoAP ACK); "
+                    "queued: kept in the device's queue for its next connection; dropped: "
+                    "not kept (see reason).",
+                },
+                "reason": {
+                    "type": "string",
+                    "enum": [
+                        "no_session",
+                        "qos0_offline",
+                        "not_subscribed",
+                        "not_delivered",
+                        "expired",
+                    ],
+                    "description": "Why it was dropped (only when state is dropped).",
+                },
+                "queue_position": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Its place in the device's queue (1: next); only when queued.",
+                },
+                "dropped_oldest": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    "description": "Older queued downlinks dropped to make room for this "
+                    "one (the queue was full: downlinks.queue_max).",
+                },
                 "message_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                 "stream_id": {
                     **_STR,
@@ -1203,15 +1240,16 @@ def _paths() -> Json:
                 **admin,
                 "operationId": "SendDownlink",
                 "summary": "Send a message to a device (as `corem-ingress downlink`).",
-                "description": "Recorded in the tenant's downlink stream and published to every "
-                "node; the node holding the device's session delivers it (MQTT: "
-                "devices/{device_id}/down/{kind}, if subscribed). 202 does not wait for "
-                "delivery: a device with no live session gets nothing (the stream keeps it). "
-                "Audited as downlink.send.",
+                "description": "Recorded in the tenant's downlink stream; queued for a "
+                "device with a persistent session (MQTT CleanSession 0 / Session Expiry, a "
+                "CoAP observer of /down); handed to the node holding the device's live "
+                "session, which answers within downlinks.reply_wait_s. The answer says what "
+                "happened: delivered, queued (with its position) or dropped (with the "
+                "reason). Audited as downlink.send.",
                 "parameters": [_DEVICE_ID],
                 "requestBody": _json_body(_ref("DownlinkRequest")),
                 "responses": {
-                    "202": _ok("Recorded and published.", _ref("DownlinkAccepted")),
+                    "202": _ok("Recorded; what became of it.", _ref("DownlinkAccepted")),
                     **_errors(400, 401, 404, 413, 429, 503),
                 },
             }

@@ -20,6 +20,7 @@ from corem_ingress.adapters.mqtt.events import (
     ConnectionClosed,
     ConnectReceived,
     Event,
+    PublishAcknowledged,
     PublishReceived,
     PublishRefused,
     SubscribeReceived,
@@ -29,6 +30,7 @@ from corem_ingress.adapters.mqtt.properties import (
     CONNACK_REASONS,
     DISCONNECT_REASONS,
     Prop,
+    Properties,
     Reason,
 )
 from corem_ingress.adapters.mqtt.properties import encode as props_encode
@@ -81,7 +83,7 @@ class MqttConnection:
         "_next_pid",
         "_out",
         "_qos2",
-        "_session_expiry_requested",
+        "_session_expiry",
         "close_cause",
         "disconnected",
         "state",
@@ -113,7 +115,8 @@ class MqttConnection:
         self._client_max_packet: int | None = None
         self._client_receive_max = 65535
         self._aliases: dict[int, str] | None = None
-        self._session_expiry_requested = False
+        #: MQTT 5: the Session Expiry Interval the CONNECT asked for (None: absent).
+        self._session_expiry: int | None = None
 
     # -- inputs ------------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
@@ -158,11 +161,26 @@ class MqttConnection:
         return data
 
     # -- decisions ---------------------------------------------------------------------------
-    def accept(self, now: float, keepalive: int, *, assigned_client_id: str | None = None) -> None:
+    @property
+    def requested_session_expiry(self) -> int | None:
+        """MQTT 5: the CONNECT's Session Expiry Interval (None when absent, or 3.1.1)."""
+        return self._session_expiry
+
+    def accept(
+        self,
+        now: float,
+        keepalive: int,
+        *,
+        assigned_client_id: str | None = None,
+        session_present: bool = False,
+        session_expiry: int = 0,
+    ) -> None:
         """CONNACK 0 and start the session; parses whatever arrived in the meantime.
 
         ``assigned_client_id``: the id the server gave a client that sent an empty one
-        (MQTT 5 tells it in the CONNACK)."""
+        (MQTT 5 tells it in the CONNACK). ``session_present``: a stored session was
+        resumed. ``session_expiry``: the seconds granted (MQTT 5 says so when it differs
+        from what the client asked)."""
         if self.state is not State.AUTHENTICATING:
             return
         cfg = self._config
@@ -171,17 +189,14 @@ class MqttConnection:
         self._last_rx = now
         self.state = State.CONNECTED
         if self.version == 5:
-            self._out.append(
-                codec.encode_connack(
-                    False, 0, self._connack_properties(ka, keepalive, assigned_client_id)
-                )
-            )
+            props = self._connack_properties(ka, keepalive, assigned_client_id, session_expiry)
+            self._out.append(codec.encode_connack(session_present, 0, props))
         else:
-            self._out.append(codec.encode_connack(False, 0))
+            self._out.append(codec.encode_connack(session_present, 0))
         self._parse(now)
 
     def _connack_properties(
-        self, keepalive: int, requested: int, assigned_client_id: str | None
+        self, keepalive: int, requested: int, assigned_client_id: str | None, session_expiry: int
     ) -> bytes:
         cfg = self._config
         items: list[tuple[Prop, int | str | bytes]] = [
@@ -194,9 +209,9 @@ class MqttConnection:
             items.append((Prop.SERVER_KEEP_ALIVE, keepalive))
         if assigned_client_id is not None:
             items.append((Prop.ASSIGNED_CLIENT_IDENTIFIER, assigned_client_id))
-        if self._session_expiry_requested:
-            # No persistent sessions yet: the session ends with the connection.
-            items.append((Prop.SESSION_EXPIRY_INTERVAL, 0))
+        if (self._session_expiry or 0) != session_expiry:
+            # Clamped to mqtt.session_expiry_max_s: the client learns what it got.
+            items.append((Prop.SESSION_EXPIRY_INTERVAL, session_expiry))
         return props_encode(items)
 
     def refuse(self, cause: Cause, detail: str = "") -> None:
@@ -256,18 +271,47 @@ class MqttConnection:
                 return False
             self._out.append(packet)
             return True
+        return bool(self.publish_qos1(topic, payload, subscription_ids))
+
+    def publish_qos1(
+        self,
+        topic: str,
+        payload: bytes,
+        subscription_ids: tuple[int, ...] = (),
+        *,
+        dup: bool = False,
+        message_expiry: int | None = None,
+    ) -> int | None:
+        """Queue a QoS 1 PUBLISH; returns its packet id, None if the window is full (or the
+        connection is not up), 0 if the packet exceeds the client's Maximum Packet Size
+        (it never will fit). MQTT 5: the time left of a message expiry goes with it."""
+        if self.state is not State.CONNECTED:
+            return None
         if self._inflight is None:
             self._inflight = set()
-        if len(self._inflight) >= min(self._config.max_inflight, self._client_receive_max):
-            return False
+        if len(self._inflight) >= self.send_window:
+            return None
+        v5_props = None
+        if self.version == 5:
+            items: list[tuple[Prop, int | str | bytes]] = [
+                (Prop.SUBSCRIPTION_IDENTIFIER, i) for i in subscription_ids
+            ]
+            if message_expiry is not None:
+                items.append((Prop.MESSAGE_EXPIRY_INTERVAL, message_expiry))
+            v5_props = props_encode(items)
         pid = self._allocate_pid(self._inflight)
-        packet = codec.encode_publish(topic, payload, 1, pid, properties=v5_props)
+        packet = codec.encode_publish(topic, payload, 1, pid, dup=dup, properties=v5_props)
         if not self._fits_client(packet):
             self._next_pid = pid  # unused: the next downlink takes it
-            return False
+            return 0
         self._inflight.add(pid)
         self._out.append(packet)
-        return True
+        return pid
+
+    @property
+    def send_window(self) -> int:
+        """Unacknowledged QoS 1 PUBLISHes we may have out (ours and the client's limit)."""
+        return min(self._config.max_inflight, self._client_receive_max)
 
     def _fits_client(self, packet: bytes) -> bool:
         return self._client_max_packet is None or len(packet) <= self._client_max_packet
@@ -381,9 +425,17 @@ class MqttConnection:
                 )
                 self._fail(Cause.PROTOCOL_ERROR, "enhanced authentication not supported")
                 return
+            wp = packet.will_properties
+            if packet.will_topic is not None and (
+                len(wp.user) > MAX_USER_PROPERTIES or _properties_bytes(wp) > MAX_PROPERTY_BYTES
+            ):
+                # Will properties go into the will's uplink envelope: bounded like a PUBLISH's.
+                self._out.append(codec.encode_connack(False, Reason.QUOTA_EXCEEDED, b"\x00"))
+                self._fail(Cause.PROTOCOL_ERROR, "will properties over the bounds")
+                return
             self._client_max_packet = p.int(Prop.MAXIMUM_PACKET_SIZE)
             self._client_receive_max = p.int(Prop.RECEIVE_MAXIMUM, 65535) or 65535
-            self._session_expiry_requested = bool(p.int(Prop.SESSION_EXPIRY_INTERVAL, 0))
+            self._session_expiry = p.int(Prop.SESSION_EXPIRY_INTERVAL)
         elif not packet.client_id and not packet.clean_session:
             # [MQTT-3.1.3-8]: a zero-length client id needs CleanSession 1 (MQTT 5 assigns one).
             self._out.append(codec.encode_connack(False, 2))
@@ -446,8 +498,9 @@ class MqttConnection:
             self._events.append(PublishReceived(packet))
         elif isinstance(packet, Ack):
             if packet.type is PacketType.PUBACK:
-                if self._inflight:
+                if self._inflight and packet.packet_id in self._inflight:
                     self._inflight.discard(packet.packet_id)
+                    self._events.append(PublishAcknowledged(packet.packet_id))
             elif packet.type is PacketType.PUBREL:
                 state = self._qos2.pop(packet.packet_id, None) if self._qos2 else None
                 if state is False:
@@ -486,7 +539,10 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _property_bytes(publish: Publish) -> int:
-    p = publish.properties
+    return _properties_bytes(publish.properties)
+
+
+def _properties_bytes(p: Properties) -> int:
     size = sum(len(k.encode()) + len(v.encode()) for k, v in p.user)
     content_type = p.str(Prop.CONTENT_TYPE)
     return size + (len(content_type.encode()) if content_type else 0)

@@ -8,8 +8,13 @@ min(requested QoS, granted subscription QoS), if the device subscribed to that t
 
 from __future__ import annotations
 
+import json
+
 from corem_ingress.adapters.mqtt import policy
 from corem_ingress.core.downlink import Downlink
+
+#: MQTT 5 Session Expiry Interval meaning "never expires".
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
 class Subscriptions:
@@ -63,6 +68,34 @@ class Subscriptions:
             if policy.levels_match(topic_filter.split("/"), levels)
         )
 
+    def to_json(self) -> str:
+        """[[filter, granted QoS, subscription id or null], ...] (a persistent session's)."""
+        ids = self._ids or {}
+        rows: list[list[object]] = [[f, q, ids.get(f)] for f, q in self._exact.items()]
+        rows += [[f, q, ids.get(f)] for f, (_levels, q) in self._wildcards.items()]
+        return json.dumps(rows, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, limit: int) -> Subscriptions:
+        """What ``to_json`` stored (at most ``limit`` filters; malformed rows are skipped)."""
+        subs = cls()
+        try:
+            rows = json.loads(text) if text else []
+        except ValueError:
+            rows = []
+        for row in rows if isinstance(rows, list) else []:
+            if len(subs) >= limit:
+                break
+            if (
+                isinstance(row, list)
+                and len(row) == 3
+                and isinstance(row[0], str)
+                and row[1] in (0, 1)
+                and (row[2] is None or isinstance(row[2], int))
+            ):
+                subs.add(row[0], row[1], row[2])
+        return subs
+
     def qos_for(self, topic: str) -> int | None:
         """Highest granted QoS among matching filters; None if nothing matches."""
         best = self._exact.get(topic)
@@ -81,3 +114,20 @@ def plan(subs: Subscriptions, downlink: Downlink) -> tuple[str, int] | None:
     if granted is None:
         return None
     return topic, min(downlink.qos, granted)
+
+
+def session_terms(
+    version: int, clean: bool, requested_expiry: int | None, expiry_max: int
+) -> tuple[bool, int]:
+    """(persistent, expiry seconds) of a new session.
+
+    3.1.1: CleanSession 0 is persistent for ``mqtt.session_expiry_max_s``. MQTT 5: the
+    Session Expiry Interval (absent: 0, the session ends with the connection), clamped to
+    the maximum (0xFFFFFFFF "never" included); Clean Start only says whether a stored one
+    is resumed."""
+    if version != 5:
+        return (False, 0) if clean else (True, expiry_max)
+    expiry = requested_expiry or 0
+    if expiry == SESSION_NEVER_EXPIRES or expiry > expiry_max:
+        expiry = expiry_max
+    return expiry > 0, expiry

@@ -31,6 +31,14 @@ class PublishRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishAcknowledged:
+    """The client PUBACKed one of our QoS 1 PUBLISHes (a persistent session's queued
+    downlink leaves the queue only now)."""
+
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class SubscribeReceived:
     """Decide per filter, then call ``suback(packet_id, codes)``."""
 
@@ -55,7 +63,7 @@ class ConnectionClosed:
     detail: str = ""
 
 
-Event = (
+Event = PublishAcknowledged | (
     ConnectReceived
     | PublishReceived
     | PublishRefused

@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
@@ -42,6 +44,7 @@ class MqttListener:
             max_inflight=self.config.max_inflight,
         )
         self.gate = AccessGate(services.access, "mqtt", services.clock)
+        services.downlinks.takeover_handlers.append(self.taken_over)
         #: Whether connections start with a PROXY header (``mqtt.proxy_protocol``).
         self.proxy_mode = ProxyMode(self.config.proxy_protocol)
         self.batcher = services.stores.uplink_batcher(on_batch_done=self._flush_dirty)
@@ -53,6 +56,10 @@ class MqttListener:
         self._by_device: dict[str, MqttProtocol] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
+        #: Session-record writes after a connection ends (awaited, bounded, at stop).
+        self._background: set[asyncio.Task[None]] = set()
+        #: Wills waiting for their MQTT 5 Will Delay Interval (cancelled at stop).
+        self._delayed_wills: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Counters for logs/metrics and tests: connect_accepted, connect_refused,
         #: acl_violations, subscribe_denied, protocol_closes, tls_failures, uplinks,
@@ -87,17 +94,43 @@ class MqttListener:
         if self._server is None:
             return
         self._server.close()
+        for task in list(self._delayed_wills):
+            task.cancel()
         # Let accepted messages reach Redis (and their PUBACKs go out) before closing.
         await self.batcher.drain(max(0.0, deadline / 2))
         self._flush_dirty()
         await self.batcher.close()
         for conn in list(self.connections):
             conn.close(Cause.SHUTTING_DOWN)
+        if self._background:  # persistent sessions start their expiry now
+            await asyncio.wait(list(self._background), timeout=max(0.1, deadline / 4))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), timeout=max(0.1, deadline / 2))
         self._server = None
 
     # -- called by connections ---------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` beyond its connection (stop() waits for it, bounded)."""
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def delay_will(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A will waiting for its delay; a node that stops meanwhile does not store it."""
+        task = self.loop.create_task(coro)
+        self._delayed_wills.add(task)
+        task.add_done_callback(self._delayed_wills.discard)
+
+    def taken_over(self, device_id: str, owner: str) -> None:
+        """Take-over order from another node: end this device's session ``owner`` here."""
+        node, _, session_id = owner.partition("|")
+        conn = self._by_device.get(device_id)
+        if node != self.services.node_id or conn is None or conn.session is None:
+            return
+        if conn.session.session_id == session_id:
+            self.count("takeovers")
+            conn.close(Cause.TAKEN_OVER)
+
     def count(self, name: str) -> None:
         self.stats[name] += 1
 

@@ -9,7 +9,8 @@ downlinks, revocation, the will).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
@@ -19,19 +20,24 @@ from corem_ingress.adapters.mqtt import provisioning
 from corem_ingress.adapters.mqtt.admission import Admitted, admit
 from corem_ingress.adapters.mqtt.codec import Connect, Publish
 from corem_ingress.adapters.mqtt.connection import MqttConnection, State
+from corem_ingress.adapters.mqtt.downlink import Subscriptions, session_terms
 from corem_ingress.adapters.mqtt.events import (
     ConnectionClosed,
     ConnectReceived,
+    PublishAcknowledged,
     PublishReceived,
     PublishRefused,
     SubscribeReceived,
     UnsubscribeReceived,
 )
+from corem_ingress.adapters.mqtt.properties import Prop
 from corem_ingress.adapters.mqtt.session import DeviceSession
 from corem_ingress.adapters.mqtt.tls import TlsError, TlsSession
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.proxy_protocol import ProxyHeaderError, ProxyMode, ProxyPreamble
 from corem_ingress.core.sessions import DisconnectOrder
+from corem_ingress.store.device_sessions import OpenedSession, owner_node
 
 if TYPE_CHECKING:
     from corem_ingress.adapters.mqtt.listener import MqttListener
@@ -171,6 +177,9 @@ class MqttProtocol(asyncio.BufferedProtocol):
             if isinstance(event, PublishReceived):
                 assert session is not None  # the core reports these only once CONNECTED
                 session.on_publish(event.publish)
+            elif isinstance(event, PublishAcknowledged):
+                if session is not None:
+                    session.on_puback(event.packet_id)
             elif isinstance(event, ConnectReceived):
                 self._task = self.listener.loop.create_task(self._admit(event.connect))
             elif isinstance(event, SubscribeReceived):
@@ -228,7 +237,24 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self.mqtt.refuse(outcome.cause, outcome.detail)
             self._drain()
             return
-        self._start(connect, outcome)
+        terms = session_terms(
+            self.mqtt.version,
+            connect.clean_session,
+            self.mqtt.requested_session_expiry,
+            self.listener.config.session_expiry_max_s,
+        )
+        owner = f"{self.listener.services.node_id}|{outcome.session_id}"
+        opened = await self._open_record(outcome, owner, connect.clean_session, terms)
+        if self._closed or opened is False:
+            self.listener.services.sessions.unregister(outcome.session_id)
+            self._gate.close_session(outcome.slot)
+            if opened:  # a record this connection will never use
+                self.listener.spawn(self._release_record(outcome, owner))
+            if opened is False and not self._closed:
+                self.mqtt.refuse(Cause.UNAVAILABLE, "session storage unavailable")
+                self._drain()
+            return
+        self._start(connect, outcome, opened, owner, terms)
 
     async def _admit_claim(self, connect: Connect) -> None:
         try:
@@ -249,20 +275,82 @@ class MqttProtocol(asyncio.BufferedProtocol):
             self.mqtt.refuse(outcome)
         self._drain()
 
-    def _start(self, connect: Connect, admitted: Admitted) -> None:
+    async def _open_record(
+        self, admitted: Admitted, owner: str, clean: bool, terms: tuple[bool, int]
+    ) -> OpenedSession | Literal[False] | None:
+        """The device's session record (present flag, stored subscriptions); a session
+        resumed from another node ends there. None: Redis failed, the session goes on
+        without one (not persistent); False: a persistent session cannot start."""
+        services = self.listener.services
+        device_id = admitted.auth.identity.device_id
+        persistent, expiry = terms
+        try:
+            opened = await services.device_sessions.open(
+                device_id,
+                owner,
+                clean=clean,
+                persistent=persistent,
+                expiry_s=expiry,
+                transport=TRANSPORT,
+            )
+        except Unavailable as exc:
+            log.warning("mqtt.session_unavailable", device=device_id, reason=exc.reason)
+            return False if persistent or not clean else None
+        prev = opened.previous_owner
+        if prev and owner_node(prev) != services.node_id:
+            await services.downlink_publisher.takeover(device_id, prev)
+        return opened
+
+    async def _release_record(self, admitted: Admitted, owner: str) -> None:
+        with contextlib.suppress(Unavailable):
+            await self.listener.services.device_sessions.close(
+                admitted.auth.identity.device_id, owner
+            )
+
+    def _start(
+        self,
+        connect: Connect,
+        admitted: Admitted,
+        opened: OpenedSession | None,
+        owner: str,
+        terms: tuple[bool, int],
+    ) -> None:
         listener = self.listener
         identity = admitted.auth.identity
         will = None
         if listener.config.wills_as_uplinks and connect.will_topic is not None:
-            will = Publish(connect.will_topic, connect.will_payload or b"", 1)
-        session = self.session = DeviceSession(self, admitted, will)
+            will = Publish(
+                connect.will_topic,
+                connect.will_payload or b"",
+                1,
+                properties=connect.will_properties,
+            )
+        persistent, expiry = terms
+        present = opened is not None and opened.present
+        subs = None
+        if present and opened is not None and opened.subscriptions:
+            subs = Subscriptions.from_json(opened.subscriptions, listener.config.max_subscriptions)
+        session = self.session = DeviceSession(
+            self,
+            admitted,
+            will,
+            owner=owner if opened is not None else "",
+            persistent=persistent and opened is not None,
+            subscriptions=subs,
+            session_expiry=expiry,
+            will_delay=connect.will_properties.int(Prop.WILL_DELAY_INTERVAL, 0) or 0,
+        )
         listener.claim(identity.device_id, self)
         listener.services.downlinks.add(identity.device_id, session.session_id, session.deliver)
         self.mqtt.accept(
             listener.loop.time(),
             connect.keepalive,
             assigned_client_id=identity.device_id if not connect.client_id else None,
+            session_present=present,
+            session_expiry=expiry,
         )
+        if present:
+            session.kick()  # what was queued (and unacknowledged) while it was away
         listener.count("connect_accepted")
         metrics.session_opened(TRANSPORT, identity.tenant_id)
         log.info(

@@ -128,6 +128,9 @@ class ClaimSession:
     def on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
         self._conn.mqtt.unsuback(unsubscribe.packet_id, [Reason.SUCCESS] * len(unsubscribe.filters))
 
+    def on_puback(self, packet_id: int) -> None:
+        """Replies go out at QoS 0: nothing awaits a PUBACK on a claim session."""
+
     def disconnect(self, order: DisconnectOrder) -> None:
         self._conn.close(order.cause)
 

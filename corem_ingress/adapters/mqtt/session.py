@@ -7,7 +7,10 @@ answers through the connection core (``conn.mqtt``) and closes through ``conn``.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -19,7 +22,7 @@ from corem_ingress.adapters.mqtt.admission import Admitted
 from corem_ingress.adapters.mqtt.codec import Publish, Subscribe, Unsubscribe
 from corem_ingress.adapters.mqtt.properties import Prop, Properties, Reason
 from corem_ingress.core.causes import Cause
-from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.downlink import DeliveryState, Downlink, DropReason
 from corem_ingress.core.errors import PermissionDenied, Unavailable
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.core.sessions import DisconnectOrder
@@ -39,19 +42,67 @@ log = structlog.get_logger("corem.mqtt")
 TRANSPORT = "mqtt"
 #: Bytes queued to a slow client beyond which downlinks are not delivered.
 _WRITE_LIMIT = 256 * 1024
+#: Message ids of queued downlinks written on this connection, kept to answer "delivered".
+_WRITTEN_KEPT = 256
+#: Wait before trying the queue again after Redis failed (the device waits for it).
+_RETRY_S = 0.5
 
 
 class DeviceSession:
-    __slots__ = ("_conn", "_paused", "_subs", "_unacked", "admitted", "will")
+    __slots__ = (
+        "_acks",
+        "_again",
+        "_conn",
+        "_drain_task",
+        "_paused",
+        "_queued",
+        "_results",
+        "_subs",
+        "_unacked",
+        "admitted",
+        "owner",
+        "persistent",
+        "session_expiry",
+        "will",
+        "will_delay",
+    )
 
-    def __init__(self, conn: MqttProtocol, admitted: Admitted, will: Publish | None) -> None:
+    def __init__(
+        self,
+        conn: MqttProtocol,
+        admitted: Admitted,
+        will: Publish | None,
+        *,
+        owner: str = "",
+        persistent: bool = False,
+        subscriptions: dl.Subscriptions | None = None,
+        session_expiry: int = 0,
+        will_delay: int = 0,
+    ) -> None:
         self._conn = conn
         self.admitted = admitted
         #: The CONNECT's will, kept only when ``wills_as_uplinks`` is on.
         self.will = will
-        self._subs: dl.Subscriptions | None = None
+        self._subs: dl.Subscriptions | None = subscriptions
         self._unacked = 0
         self._paused = False
+        #: "node|session" in the device's session record ("" if Redis had none for it).
+        self.owner = owner
+        #: The session outlives the connection: QoS 1 downlinks go through its queue.
+        self.persistent = persistent
+        #: Seconds the session outlives the connection (0: it ends with it).
+        self.session_expiry = session_expiry if persistent else 0
+        #: MQTT 5 Will Delay Interval: the will waits this long (at most the session's
+        #: life) for a reconnect that cancels it.
+        self.will_delay = will_delay
+        #: Queued downlinks written and awaiting PUBACK: packet id -> (entry, message id).
+        self._queued: dict[int, tuple[str, str]] = {}
+        #: Entries PUBACKed, to remove from the queue (by the drain task, in order).
+        self._acks: list[tuple[str, str]] = []
+        #: Message id -> what became of it on this connection (delivered, not_subscribed...).
+        self._results: dict[str, str] = {}
+        self._drain_task: asyncio.Task[None] | None = None
+        self._again = False
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -167,7 +218,7 @@ class DeviceSession:
                 granted = policy.granted_qos(qos)
                 subs.add(topic_filter, granted, sub_id)
                 codes.append(granted)
-        self._conn.mqtt.suback(subscribe.packet_id, codes)
+        self._answer_after_save(lambda: self._conn.mqtt.suback(subscribe.packet_id, codes))
 
     def on_unsubscribe(self, unsubscribe: Unsubscribe) -> None:
         reasons: list[int] = []
@@ -176,23 +227,184 @@ class DeviceSession:
             if held and self._subs is not None:
                 self._subs.remove(topic_filter)
             reasons.append(Reason.SUCCESS if held else Reason.NO_SUBSCRIPTION_EXISTED)
-        self._conn.mqtt.unsuback(unsubscribe.packet_id, reasons)  # MQTT 5 only
+        if self._conn.mqtt.version == 5:
+            self._answer_after_save(
+                lambda: self._conn.mqtt.unsuback(unsubscribe.packet_id, reasons)
+            )
+        else:  # 3.1.1: the core answered on receipt
+            self._answer_after_save(lambda: None)
 
-    async def deliver(self, downlink: Downlink) -> bool:
-        """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed."""
+    def _answer_after_save(self, answer: Callable[[], None]) -> None:
+        """A persistent session's SUBACK/UNSUBACK goes out once Redis holds its
+        subscriptions (in order, through the session's one task); else at once."""
+        if not self.persistent:
+            answer()
+            return
+        previous = self._drain_task
+        self._drain_task = asyncio.get_running_loop().create_task(self._save_then(previous, answer))
+
+    async def _save_then(
+        self, previous: asyncio.Task[None] | None, answer: Callable[[], None]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await self._save(answer)
+        finally:
+            if self._again:  # kicked while saving (a PUBACK counts even after the close)
+                await self._drain()
+
+    async def _save(self, answer: Callable[[], None]) -> None:
         conn = self._conn
-        if conn.closed or self._subs is None:
-            return False
-        planned = dl.plan(self._subs, downlink)
-        if planned is None or conn.write_buffer_size() > _WRITE_LIMIT:
-            return False
+        if conn.closed:
+            return
+        subs = self._subs.to_json() if self._subs is not None else "[]"
+        try:
+            held = await conn.listener.services.device_sessions.save_subscriptions(
+                self.identity.device_id, self.owner, subs
+            )
+        except Unavailable as exc:
+            log.warning("mqtt.session_not_saved", device=self.identity.device_id, reason=exc.reason)
+            conn.fail(Cause.STORAGE_UNAVAILABLE)  # no SUBACK: the client subscribes again
+            return
+        if not held:
+            conn.close(Cause.TAKEN_OVER)
+            return
+        answer()
+        conn.flush()
+
+    async def deliver(self, downlink: Downlink, queued: bool = False) -> str:
+        """DownlinkRouter sink: publish to devices/{id}/down/{kind} if subscribed. A
+        downlink queued for a persistent session goes out from the queue."""
+        conn = self._conn
+        if queued and self.persistent:
+            self.kick()
+            task = self._drain_task
+            if task is not None:
+                await asyncio.wait([task], timeout=conn.listener.services.stores.timeout_s)
+            return self._results.get(downlink.message_id, DropReason.NOT_DELIVERED.value)
+        if conn.closed:
+            return DropReason.NOT_DELIVERED.value
+        planned = dl.plan(self._subs, downlink) if self._subs is not None else None
+        if planned is None:
+            return DropReason.NOT_SUBSCRIBED.value
+        if conn.write_buffer_size() > _WRITE_LIMIT:
+            return DropReason.NOT_DELIVERED.value
         topic, qos = planned
-        ids = self._subs.subscription_ids(topic)
+        ids = self._subs.subscription_ids(topic) if self._subs is not None else ()
         sent = conn.mqtt.send_publish(topic, downlink.payload_bytes(), qos, ids)
         conn.flush()
-        if sent:
-            conn.listener.count("downlinks")
-        return sent
+        if not sent:
+            return DropReason.NOT_DELIVERED.value
+        conn.listener.count("downlinks")
+        return DeliveryState.DELIVERED.value
+
+    # -- the persistent session's queue --------------------------------------------------------
+    def on_puback(self, packet_id: int) -> None:
+        """A queued downlink was acknowledged: it leaves the queue (then the next goes)."""
+        done = self._queued.pop(packet_id, None)
+        if done is not None:
+            self._acks.append(done)
+            self.kick()
+
+    def kick(self) -> None:
+        """Send what the queue holds, up to the window (one task per session, in order)."""
+        if not self.persistent or (self._conn.closed and not self._acks):
+            return
+        self._again = True
+        task = self._drain_task
+        if task is None or task.done():
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        # else: the running task sees _again (a save task runs _drain after it, below)
+
+    async def _drain(self) -> None:
+        conn = self._conn
+        store = conn.listener.services.device_sessions
+        device_id = self.identity.device_id
+        try:
+            while self._again:
+                self._again = False
+                # PUBACKs first, even after the connection closed (they were received).
+                acks, self._acks = self._acks, []
+                free = conn.mqtt.send_window - conn.mqtt.inflight
+                if conn.closed or conn.write_buffer_size() > _WRITE_LIMIT:
+                    free = 0
+                if free <= 0 and not acks:
+                    continue
+                in_flight = [mid for _entry, mid in self._queued.values()]
+                now = conn.listener.services.clock()
+                try:
+                    fetched = await store.fetch(
+                        device_id,
+                        self.owner,
+                        now=now,
+                        count=max(0, free),
+                        in_flight=in_flight,
+                        acked=acks,
+                    )
+                except Unavailable:
+                    self._acks[:0] = acks  # not applied: again with the next attempt
+                    raise
+                if fetched is None:  # another node resumed the session
+                    conn.close(Cause.TAKEN_OVER)
+                    return
+                if fetched.expired:
+                    metrics.downlink_dropped(DropReason.EXPIRED.value, len(fetched.expired))
+                    for message_id in fetched.expired:
+                        self._remember(message_id, DropReason.EXPIRED.value)
+                        log.info(
+                            "downlink.dropped",
+                            device=device_id,
+                            message_id=message_id,
+                            reason=DropReason.EXPIRED.value,
+                        )
+                for entry, downlink, dup in fetched.entries:
+                    await self._send_queued(entry, downlink, dup, now)
+                conn.flush()
+        except Unavailable as exc:
+            # Kept in the queue; tried again shortly (and on the next PUBACK or downlink).
+            log.warning("mqtt.queue_unavailable", device=device_id, reason=exc.reason)
+            if not conn.closed or self._acks:
+                conn.listener.loop.call_later(_RETRY_S, self.kick)
+
+    async def _send_queued(self, entry: str, downlink: Downlink, dup: bool, now: float) -> None:
+        conn = self._conn
+        store = conn.listener.services.device_sessions
+        device_id = self.identity.device_id
+        message_id = downlink.message_id
+        planned = dl.plan(self._subs, downlink) if self._subs is not None else None
+        if planned is None:
+            await store.done(device_id, entry, message_id)
+            self._remember(message_id, DropReason.NOT_SUBSCRIBED.value)
+            metrics.downlink_dropped(DropReason.NOT_SUBSCRIBED.value)
+            log.info(
+                "downlink.dropped",
+                device=device_id,
+                message_id=message_id,
+                reason=DropReason.NOT_SUBSCRIBED.value,
+            )
+            return
+        topic, _qos = planned  # queued downlinks are QoS 1 (granted 0 is served as 1)
+        ids = self._subs.subscription_ids(topic) if self._subs is not None else ()
+        pid = conn.mqtt.publish_qos1(
+            topic, downlink.payload_bytes(), ids, dup=dup, message_expiry=downlink.expiry_left(now)
+        )
+        if pid is None:  # the window closed meanwhile: stays queued (fetched again later)
+            return
+        if pid == 0:  # larger than the client takes: it never will
+            await store.done(device_id, entry, message_id)
+            self._remember(message_id, DropReason.NOT_DELIVERED.value)
+            metrics.downlink_dropped(DropReason.NOT_DELIVERED.value)
+            return
+        self._queued[pid] = (entry, message_id)
+        self._remember(message_id, DeliveryState.DELIVERED.value)
+        conn.listener.count("downlinks_redelivered" if dup else "downlinks")
+
+    def _remember(self, message_id: str, result: str) -> None:
+        results = self._results
+        results[message_id] = result
+        if len(results) > _WRITTEN_KEPT:
+            del results[next(iter(results))]
 
     # -- the end -------------------------------------------------------------------------------
     def disconnect(self, order: DisconnectOrder) -> None:
@@ -208,15 +420,49 @@ class DeviceSession:
         services = listener.services
         listener.gate.close_session(self.admitted.slot)
         if self.will is not None and not graceful:
-            self._store_will(self.will)
+            delay = min(self.will_delay, self.session_expiry)
+            if delay > 0 and self.owner:
+                listener.delay_will(self._delayed_will(self.will, delay))
+            else:
+                self._store_will(self.will)
         services.sessions.unregister(self.session_id)
         services.downlinks.remove(self.identity.device_id, self.session_id)
+        if self.owner:
+            listener.spawn(self._close_record())
         log.info(
             "mqtt.session_closed",
             session=self.session_id,
             device=self.identity.device_id,
             cause=cause.label,
         )
+
+    async def _close_record(self) -> None:
+        """The session record: kept for its expiry (persistent) or removed; untouched if
+        another connection took it over."""
+        device_id = self.identity.device_id
+        try:
+            await self._conn.listener.services.device_sessions.close(device_id, self.owner)
+        except Unavailable as exc:
+            log.warning("mqtt.session_not_closed", device=device_id, reason=exc.reason)
+
+    async def _delayed_will(self, will: Publish, delay: int) -> None:
+        """Stored after ``delay`` seconds unless the device reconnected meanwhile, on any
+        node (its CONNECT deletes the pending will in Redis)."""
+        store = self._conn.listener.services.device_sessions
+        device_id = self.identity.device_id
+        token = uuid.uuid4().hex
+        try:
+            await store.pend_will(device_id, token, delay + 60)
+            await asyncio.sleep(delay)
+            due = await store.claim_will(device_id, token)
+        except Unavailable as exc:
+            log.warning("mqtt.will_delay_unavailable", device=device_id, reason=exc.reason)
+            due = True  # never silently lost: stored now (may be a reconnect's duplicate)
+        if due:
+            self._store_will(will)
+        else:
+            log.info("mqtt.will_cancelled", device=device_id, reason="reconnected")
+            self._conn.listener.count("wills_cancelled")
 
     def _store_will(self, will: Publish) -> None:
         """The device went away without DISCONNECT: its will becomes an uplink (if allowed)."""
@@ -226,7 +472,7 @@ class DeviceSession:
         except PermissionDenied:
             log.info("mqtt.will_ignored", device=self.identity.device_id, reason="foreign topic")
             return
-        uplink = self._uplink(kind, will.payload)
+        uplink = self._uplink(kind, will.payload, envelope_properties(will.properties))
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
