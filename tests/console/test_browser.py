@@ -356,6 +356,30 @@ async def test_live_tail_and_a_confirmed_revocation_that_disconnects_a_live_mqtt
         d.find_element(By.ID, "tail-pause").click()
         text_of(d, "#tail-list li", '"n": 2')
         assert len(d.find_elements(By.CSS_SELECTOR, "#tail-list li")) == 2
+        # An HTTP uplink (curl, the device's API key) appears in the same live tail.
+        sent = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                f"X-API-Key: {dev.api_key}",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                json.dumps({"kind": "telemetry", "payload": {"n": 3}}),
+                f"{base}/api/v1/devices/{dev.device_id}/uplink",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert sent.stdout == "202", sent.stdout + sent.stderr
+        third = text_of(d, "#tail-list li", '"n": 3')
+        assert json.loads(third.find_element(By.CSS_SELECTOR, "pre").text)["transport"] == "http"
         d.save_screenshot(str(shots / "console-uplinks.png"))
 
     await asyncio.to_thread(tail_flow)
