@@ -19,6 +19,7 @@ from aiocoap import Message
 from corem_ingress.adapters.coap import provisioning
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
+from corem_ingress.adapters.dtls import cid
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.adapters.dtls.transport import DtlsTransport
@@ -89,6 +90,9 @@ class CoapListener:
                 handshake_burst=float(cfg.handshake_burst),
                 max_pending=cfg.max_pending_handshakes,
                 max_pending_per_source=cfg.max_pending_handshakes_per_source,
+                cid_enabled=cfg.connection_id.enabled,
+                cid_length=cfg.connection_id.length,
+                node_tag=cid.node_tag(services.node_id),
             ),
         )
         # Timers on the monotonic clock; certificate validity and dates on the node's clock.

@@ -16,6 +16,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from corem_ingress import metrics
 from corem_ingress.adapters.dtls.events import (
     Address,
     ApplicationData,
@@ -93,6 +94,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        server.on_address_changed = self._address_changed
 
     async def open(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -153,6 +155,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
         return self.server.keep_alive(addr, until)
 
     # -- internals -----------------------------------------------------------------------------
+    def _address_changed(self, session: Address, old: Address, new: Address) -> None:
+        metrics.cid_address_changed()
+        log.info("dtls.cid_address_changed", session=session, old=old, new=new)
+
     def _pump(self) -> None:
         transport = self._transport
         for datagram, addr in self.server.datagrams_to_send():
