@@ -251,6 +251,9 @@ class ConnectionIdConfig:
     #: still send a client's CID, but its address can no longer change), else 4..16 (the
     #: first 2 name this node, for cross-node forwarding).
     length: int = 8
+    #: The address other nodes forward this node's CID records to (its DTLS port; empty:
+    #: coap.host). Needed when coap.host is a wildcard such as 0.0.0.0.
+    advertise_host: str = ""
 
     def validate(self) -> None:
         _check(

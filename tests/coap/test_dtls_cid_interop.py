@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from corem_ingress import metrics
+from corem_ingress.adapters.dtls import cluster
 from corem_ingress.adapters.dtls.server import DtlsServer
 from corem_ingress.store.registry import Registry
 from tests.coap.conftest import CertSet, coap_listener, coap_port, provision_cert, provision_psk
@@ -157,3 +158,65 @@ async def test_client_without_cid_is_unchanged(node: Any, registry: Registry) ->
     out = await ssl_client2(coap_port(node), *await _psk_args(registry))
     assert len(_READ.findall(out)) == 1, out
     assert _server(node).stats["cid_negotiated"] == 0
+
+
+async def test_rebinding_onto_another_node_is_forwarded_to_the_owner(
+    coap_node: Any, registry: Registry
+) -> None:
+    """The relay also moves the device to another node (a load balancer routing by the new
+    address): that node forwards the CID records to the owner, which answers through it."""
+    owner, other = await coap_node(), await coap_node()
+    relay = Relay(coap_port(owner))
+    front = await relay.open()
+    relay.rebind_before_cid_datagram = 2
+    relay.rebind_to = coap_port(other)
+    forwarded = _forwarded()
+    try:
+        out = await ssl_client2(
+            front,
+            *await _psk_args(registry),
+            "cid=1",
+            "cid_val=beef",
+            "force_ciphersuite=TLS-PSK-WITH-AES-128-CCM-8",
+            exchanges=3,
+        )
+    finally:
+        relay.close()
+    assert len(_READ.findall(out)) == 3, out
+    held, passed = _server(owner).stats, _server(other).stats
+    assert held["handshakes_completed"] == 1 and passed["handshakes_started"] == 0
+    assert held["cid_address_changes"] == 1 and held["cid_via_node"] == 1
+    # Exchanges 2 and 3, and the close_notify, went through the other node.
+    assert passed["cid_forwarded"] == 3
+    assert held["closed:peer_closed"] == 1  # its close_notify reached the owner
+    after = _forwarded()
+    assert after["out"] - forwarded["out"] == 3 and after["in"] - forwarded["in"] == 3
+    # The answers to exchanges 2 and 3, sent on by the other node (that to the close_notify
+    # may still be on its way: ssl_client2 does not wait for it).
+    assert after["back"] - forwarded["back"] >= 2
+    assert after["refused"] == forwarded["refused"]
+    # The device only ever heard the node it talks to: the owner's answers came from the
+    # other node's port, as the device's NAT expects.
+    _old, new = relay.upstreams
+    assert new.senders and set(new.senders) == {coap_port(other)}
+
+
+async def test_forged_node_frames_are_refused(coap_node: Any) -> None:
+    """Only a node that holds the shared key can speak for a device address."""
+    node = await coap_node()
+    before = _forwarded()["refused"]
+    sock = await Relay(coap_port(node)).open_socket()
+    fake = cluster.wrap(b"\x00" * 32, cluster.TO_OWNER, (LOOPBACK, 9), b"\x19" * 40)
+    sock.sendto(fake, (LOOPBACK, coap_port(node)))
+    sock.sendto(fake[:-1] + bytes([fake[-1] ^ 1]), (LOOPBACK, coap_port(node)))
+    await _until(lambda: _forwarded()["refused"] >= before + 2)
+    sock.close()
+    assert _server(node).stats["cid_via_node"] == 0
+
+
+def _forwarded() -> dict[str, float]:
+    return {
+        d: metrics.REGISTRY.get_sample_value("corem_dtls_cid_forwarded_total", {"direction": d})
+        or 0.0
+        for d in ("out", "in", "back", "refused")
+    }

@@ -20,12 +20,15 @@ class _Upstream(asyncio.DatagramProtocol):
         self.relay = relay
         self.transport: asyncio.DatagramTransport | None = None
         self.received: list[bytes] = []
+        #: The port each datagram came from (which node answered).
+        self.senders: list[int] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.received.append(data)
+        self.senders.append(int(addr[1]))
         self.relay.to_device(data)
 
     @property

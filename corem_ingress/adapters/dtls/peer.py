@@ -53,6 +53,9 @@ class Peer:
     #: Where the peer is now, when an authenticated CID record moved it (NAT rebinding);
     #: ``addr`` stays the session's name for the layers above.
     remote: Address | None = None
+    #: The node the peer now talks to, when its records reach us forwarded by that node
+    #: (our datagrams go back through it).
+    via: Address | None = None
 
     @property
     def destination(self) -> Address:

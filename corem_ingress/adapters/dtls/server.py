@@ -203,6 +203,11 @@ class DtlsServer:
         #: A CID record for a session another node issued: (datagram, source, CID) to
         #: forward it there; None drops it.
         self.forward_cid: Callable[[bytes, Address, bytes], None] | None = None
+        #: (device address, datagram) -> the frame that another node sends on to the device
+        #: (cross-node CID); set with ``forward_cid``.
+        self.wrap_back: Callable[[Address, bytes], bytes] | None = None
+        #: The node that forwarded the datagram being received (None: straight from it).
+        self._via: Address | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
@@ -275,7 +280,7 @@ class DtlsServer:
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return False
         if peer.cid is not None:
-            self._out.append((peer.cid.protect(CT_APPLICATION_DATA, data), peer.destination))
+            self._emit(peer, peer.cid.protect(CT_APPLICATION_DATA, data))
             return True
         try:
             peer.conn.send(data)
@@ -322,8 +327,19 @@ class DtlsServer:
                 self._handshake_datagram(peer, data)
 
     # -- input -----------------------------------------------------------------------------
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_datagram(
+        self, data: bytes, addr: Address, now: float, *, via: Address | None = None
+    ) -> None:
+        """``via``: the node that forwarded this device datagram (only CID records are)."""
         self._now = now
+        if via is not None:
+            if data[:1] == b"\x19" and self.config.cid_enabled:
+                self._via = via
+                try:
+                    self._cid_datagram(data, addr)
+                finally:
+                    self._via = None
+            return
         if data[:1] == b"\x19" and self.config.cid_enabled:  # tls12_cid
             self._cid_datagram(data, addr)
             return
@@ -750,7 +766,7 @@ class DtlsServer:
         peer = self._by_cid.get(own) if own else None
         if peer is None:
             foreign = own[: len(self.config.node_tag)] != self.config.node_tag
-            if own and foreign and self.forward_cid is not None:
+            if own and foreign and self.forward_cid is not None and self._via is None:
                 self.stats["cid_forwarded"] += 1
                 self.forward_cid(data, addr, own)
                 return
@@ -758,7 +774,7 @@ class DtlsServer:
             return
         if peer.state is PeerState.ESTABLISHED:
             self._cid_established(peer, data, addr)
-        elif addr == peer.destination:
+        elif addr == peer.destination and self._via is None:
             self._peer_datagram(peer, data)  # the client's Finished
         else:
             self.stats["dropped_no_session"] += 1
@@ -779,7 +795,7 @@ class DtlsServer:
                 self.stats["cid_dropped_records"] += 1
                 continue
             opened, newer = result
-            if addr != peer.destination:
+            if addr != peer.destination or self._via != peer.via:
                 if not newer:
                     self.stats["cid_stale_elsewhere"] += 1
                     continue
@@ -790,7 +806,7 @@ class DtlsServer:
             elif opened.content_type == CT_ALERT and len(opened.payload) == 2:
                 level, description = opened.payload
                 if description == 0:  # close_notify: answer it and forget at once
-                    self._out.append((state.protect(CT_ALERT, b"\x01\x00"), peer.destination))
+                    self._emit(peer, state.protect(CT_ALERT, b"\x01\x00"))
                     self._drop(peer, Cause.PEER_CLOSED, "close_notify")
                     return
                 if level == 2:
@@ -800,11 +816,26 @@ class DtlsServer:
             elif opened.content_type == CT_HANDSHAKE:
                 resend = True  # its Finished again
         if resend and state.last_flight:
-            self._out.extend((d, peer.destination) for d in state.last_flight)
+            for datagram in state.last_flight:
+                self._emit(peer, datagram)
+
+    def _emit(self, peer: Peer, datagram: bytes) -> None:
+        """A datagram of an established CID session: to the device, or through the node it
+        talks to now."""
+        if peer.via is not None and self.wrap_back is not None:
+            self._out.append((self.wrap_back(peer.destination, datagram), peer.via))
+        else:
+            self._out.append((datagram, peer.destination))
 
     def _cid_move(self, peer: Peer, addr: Address) -> None:
+        """To ``addr``, through the node that forwarded the record if one did."""
         old = peer.destination
         peer.remote = None if addr == peer.addr else addr
+        peer.via = self._via
+        if peer.via is not None:
+            self.stats["cid_via_node"] += 1
+        if addr == old:
+            return  # the same address, now reaching us through another node
         self.stats["cid_address_changes"] += 1
         if self.on_address_changed is not None:
             self.on_address_changed(peer.addr, old, addr)
@@ -868,7 +899,7 @@ class DtlsServer:
     def _close_peer(self, peer: Peer, cause: Cause, *, notify: bool = True) -> None:
         """close_notify (if established) and forget."""
         if peer.state is PeerState.ESTABLISHED and notify and peer.cid is not None:
-            self._out.append((peer.cid.protect(CT_ALERT, b"\x01\x00"), peer.destination))
+            self._emit(peer, peer.cid.protect(CT_ALERT, b"\x01\x00"))
         elif peer.state is PeerState.ESTABLISHED and notify:
             with contextlib.suppress(SSL.Error):
                 peer.conn.shutdown()
