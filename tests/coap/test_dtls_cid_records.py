@@ -218,3 +218,29 @@ def test_extension_data() -> None:
     own = cid.node_cid(tag, 8, b"\x00" * 6)
     assert own[:2] == tag and len(own) == 8
     assert cid.node_cid(tag, 0, b"") == b""
+
+
+def test_node_frames_are_authenticated() -> None:
+    from corem_ingress.adapters.dtls import cluster
+
+    key = b"\x07" * 32
+    frame = cluster.wrap(key, cluster.TO_OWNER, ("10.0.0.7", 40123), b"\x19record")
+    opened = cluster.unwrap(key, frame)
+    assert opened == cluster.Frame(cluster.TO_OWNER, ("10.0.0.7", 40123), b"\x19record")
+    assert frame[:2] == cluster.MAGIC and frame[:1] not in (bytes([t]) for t in range(20, 26))
+    assert cluster.unwrap(b"\x08" * 32, frame) is None  # another key
+    for i in range(len(frame)):  # any changed byte: address, kind, datagram or tag
+        tampered = bytearray(frame)
+        tampered[i] ^= 1
+        assert cluster.unwrap(key, bytes(tampered)) is None
+    assert cluster.unwrap(key, frame[:10]) is None
+
+
+def test_connection_id_config_is_checked() -> None:
+    from corem_ingress.config import ConfigError, ConnectionIdConfig
+
+    for length in (0, 4, 8, 16):
+        ConnectionIdConfig(length=length).validate()
+    for length in (1, 3, 17, -1):
+        with pytest.raises(ConfigError, match=r"coap\.connection_id\.length"):
+            ConnectionIdConfig(length=length).validate()
