@@ -158,6 +158,30 @@ async def _until(condition: Any, timeout: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def test_lost_server_finished_is_resent_from_the_cid_session(
+    node: Any, registry: Registry
+) -> None:
+    """Our ChangeCipherSpec + Finished is lost: the broker already holds the session (our
+    record layer, not OpenSSL's), the client retransmits its flight, and gets ours again."""
+    relay = Relay(coap_port(node))
+    front = await relay.open()
+    relay.drop_server_finished = True
+    try:
+        out = await ssl_client2(
+            front,
+            *await _psk_args(registry),
+            "cid=1",
+            "cid_val=beef",
+            "hs_timeout=300-2000",
+            "force_ciphersuite=TLS-PSK-WITH-AES-128-CCM-8",
+        )
+    finally:
+        relay.close()
+    assert not relay.drop_server_finished  # one was dropped
+    assert len(_READ.findall(out)) == 1, out
+    assert _server(node).stats["handshakes_completed"] == 1
+
+
 async def test_client_without_cid_is_unchanged(node: Any, registry: Registry) -> None:
     out = await ssl_client2(coap_port(node), *await _psk_args(registry))
     assert len(_READ.findall(out)) == 1, out

@@ -49,6 +49,9 @@ class Relay(asyncio.DatagramProtocol):
         self.rebind_to: int | None = None
         self.cid_datagrams = 0
         self.rebinds = 0
+        #: Drop the broker's next datagram that opens with a ChangeCipherSpec (its last
+        #: handshake flight is lost once).
+        self.drop_server_finished = False
         #: What the device sent, as forwarded.
         self.sent_up: list[bytes] = []
 
@@ -110,5 +113,8 @@ class Relay(asyncio.DatagramProtocol):
         self.upstream.transport.sendto(data, self.target)
 
     def to_device(self, data: bytes) -> None:
+        if self.drop_server_finished and data[:1] == b"\x14":
+            self.drop_server_finished = False
+            return
         if self.front is not None and self.device is not None:
             self.front.sendto(data, self.device)
