@@ -94,13 +94,16 @@ class CidSession:
         """(the record, whether it is newer than every record before it), or None for a
         record to drop: not epoch 1, not ours, a replay, or a bad tag."""
         assert self.reader is not None
-        epoch, seq = cid.record_epoch_seq(record)
-        if epoch != 1 or not self.window.check(seq):
+        if record[3:5] != b"\x00\x01":
+            return None  # only epoch 1 exists after the handshake (no renegotiation)
+        seq = int.from_bytes(record[5:11], "big")
+        if not self.window.check(seq):
             return None
+        own = self.own_cid
         if record[0] == cid.CT_TLS12_CID:
-            if cid.record_cid(record, len(self.own_cid)) != self.own_cid or not self.own_cid:
+            if not own or record[11 : 11 + len(own)] != own:
                 return None
-        elif self.own_cid:
+        elif own:
             return None  # we issued a CID: every protected record must carry it
         try:
             opened = self.reader.open(record, len(self.own_cid))
