@@ -182,6 +182,20 @@ async def test_lost_server_finished_is_resent_from_the_cid_session(
     assert _server(node).stats["handshakes_completed"] == 1
 
 
+async def test_wrong_key_with_cid_is_refused_with_decrypt_error(
+    node: Any, registry: Registry
+) -> None:
+    """The client's Finished comes in a CID record we cannot open: refused at once with the
+    same alert and cause as without CID."""
+    _dev, args = await _psk_device(registry)
+    wrong = [a if not a.startswith("psk=") else "psk=" + "ab" * 32 for a in args]
+    out = await ssl_client2(coap_port(node), *wrong, "cid=1", "cid_val=beef")
+    assert re.search(r"fatal alert message \(msg 51\)", out), out  # decrypt_error
+    stats = _server(node).stats
+    assert stats["cid_negotiated"] == 1
+    assert stats["closed:wrong_key"] == 1 and stats["handshakes_completed"] == 0
+
+
 async def test_client_without_cid_is_unchanged(node: Any, registry: Registry) -> None:
     out = await ssl_client2(coap_port(node), *await _psk_args(registry))
     assert len(_READ.findall(out)) == 1, out
