@@ -14,8 +14,9 @@ from typing import Any, cast
 
 from OpenSSL import SSL
 
-from corem_ingress.adapters.dtls import _binding
-from corem_ingress.adapters.dtls.records import pack_datagrams
+from corem_ingress.adapters.dtls import _binding, cid
+from corem_ingress.adapters.dtls.cid_session import CidSession
+from corem_ingress.adapters.dtls.records import pack_datagrams, pack_records, split_records
 
 
 def psk_context(identity: bytes, key: bytes, cipher: str = "PSK-AES128-CCM8") -> SSL.Context:
@@ -25,7 +26,29 @@ def psk_context(identity: bytes, key: bytes, cipher: str = "PSK-AES128-CCM8") ->
     ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
     ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
     _binding.set_psk_client_callback(ctx, lambda conn, hint: (identity, key))
+    _offer_cid(ctx)
     return ctx
+
+
+def _offer_cid(ctx: SSL.Context) -> None:
+    """The RFC 9146 extension, offered by the ``Client`` that asks for a CID."""
+
+    def add(conn: SSL.Connection) -> bytes | None:
+        client = conn.get_app_data()
+        if not isinstance(client, Client) or client.cid_request is None:
+            return None
+        return cid.cid_extension(client.cid_request)
+
+    def parse(conn: SSL.Connection, data: bytes) -> bool:
+        client = conn.get_app_data()
+        value = cid.parse_cid_extension(data)
+        if not isinstance(client, Client) or client.cid_request is None or value is None:
+            return False
+        if value or client.cid_request:
+            client.cid = CidSession(peer_cid=value, own_cid=client.cid_request)
+        return True
+
+    _binding.add_client_extension(ctx, cid.EXT_CONNECTION_ID, parse, add)
 
 
 def cert_context(
@@ -41,6 +64,7 @@ def cert_context(
     if ca_file:
         ctx.load_verify_locations(ca_file)
         ctx.set_verify(SSL.VERIFY_PEER, lambda *a: bool(a[-1]))
+    _offer_cid(ctx)
     return ctx
 
 
@@ -56,13 +80,35 @@ def failure_reason(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Client:
-    """Sans-I/O DTLS client: ``receive(datagram)``, ``outgoing()`` -> datagrams."""
+#: OpenSSL's names of the suites the server offers -> their ids (the CID record layer).
+_SUITE_IDS = {
+    "PSK-AES128-GCM-SHA256": 0x00A8,
+    "PSK-AES256-GCM-SHA384": 0x00A9,
+    "PSK-AES128-CCM": 0xC0A4,
+    "PSK-AES128-CCM8": 0xC0A8,
+    "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
+    "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+    "ECDHE-ECDSA-AES128-CCM": 0xC0AC,
+    "ECDHE-ECDSA-AES128-CCM8": 0xC0AE,
+}
 
-    def __init__(self, ctx: SSL.Context, mtu: int = 1252) -> None:
+
+class Client:
+    """Sans-I/O DTLS client: ``receive(datagram)``, ``outgoing()`` -> datagrams.
+
+    ``cid``: ask for an RFC 9146 Connection ID (these bytes; ``b""`` offers the extension
+    but asks the server to send none). Once negotiated, the client's epoch-1 records are
+    ``tls12_cid`` records (the same record layer as the server's), its session survives a
+    change of source address."""
+
+    def __init__(self, ctx: SSL.Context, mtu: int = 1252, *, cid: bytes | None = None) -> None:
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_connect_state()
+        self.conn.set_app_data(self)
         _binding.set_mtu(self.conn, mtu)
+        self.cid_request = cid
+        #: The negotiated Connection ID state (None: none was).
+        self.cid: CidSession | None = None
         self.mtu = mtu
         self.done = False
         self.failed: Exception | None = None
@@ -74,8 +120,44 @@ class Client:
         return self.outgoing()
 
     def receive(self, datagram: bytes) -> None:
+        state = self.cid
+        if state is not None and self.done:
+            self._receive_cid(state, datagram)
+            return
+        if state is not None and self._cid_keyed(state):
+            datagram = b"".join(
+                state.incoming_for_openssl(r) if r[0] == cid.CT_TLS12_CID else r
+                for r in cid.split(datagram, len(state.own_cid))
+            )
         self.conn.bio_write(datagram)
         self._step()
+
+    def _cid_keyed(self, state: CidSession) -> bool:
+        if state.keyed:
+            return True
+        master = self.conn.master_key()
+        suite = _SUITE_IDS.get(self.conn.get_cipher_name() or "")
+        if not master or suite is None:
+            return False
+        return state.set_keys(
+            suite,
+            master,
+            self.conn.client_random() or b"",
+            self.conn.server_random() or b"",
+            client=True,
+        )
+
+    def _receive_cid(self, state: CidSession, datagram: bytes) -> None:
+        """Our own record layer once the handshake is done (OpenSSL knows no CID)."""
+        for rec in cid.split(datagram, len(state.own_cid)):
+            result = state.unprotect(rec)
+            if result is None:
+                continue
+            opened, _newer = result
+            if opened.content_type == 23:
+                self.received.append(opened.payload)
+            elif opened.content_type == 21 and opened.payload[1:2] == b"\x00":
+                self.closed = True
 
     def _step(self) -> None:
         if not self.done and self.failed is None:
@@ -100,10 +182,14 @@ class Client:
                 return
 
     def send(self, data: bytes) -> list[bytes]:
+        if self.cid is not None and self.done:
+            return [self.cid.protect(23, data)]
         self.conn.send(data)
         return self.outgoing()
 
     def close(self) -> list[bytes]:
+        if self.cid is not None and self.done:
+            return [self.cid.protect(21, b"\x01\x00")]
         with contextlib.suppress(SSL.Error):
             self.conn.shutdown()
         return self.outgoing()
@@ -117,7 +203,17 @@ class Client:
                 break
             if not chunk:
                 break
-            out.extend(pack_datagrams(chunk, self.mtu))
+            state = self.cid
+            if state is not None and self._cid_keyed(state):
+                # Our Finished in a tls12_cid record (RFC 9146: from the first record
+                # under the new keys).
+                records = [
+                    r.raw if r.epoch == 0 else state.outgoing_from_openssl(r.raw)
+                    for r in split_records(chunk)
+                ]
+                out.extend(pack_records(records, self.mtu))
+            else:
+                out.extend(pack_datagrams(chunk, self.mtu))
         return out
 
 

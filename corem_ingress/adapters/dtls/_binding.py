@@ -40,6 +40,7 @@ REQUIRED_SYMBOLS = (
     "DTLSv1_listen",
     "Cryptography_HAS_PSK",
     "SSL_CTX_add_server_custom_ext",
+    "SSL_CTX_add_client_custom_ext",
     "Cryptography_HAS_CUSTOM_EXT",
 )
 
@@ -135,7 +136,27 @@ def add_server_extension(
 
     OpenSSL calls ``parse`` with the client's extension_data, then (only when the client
     sent it) ``add`` for ours. Exceptions in either refuse the handshake."""
+    _add_extension(ctx, ext_type, parse, add, _lib.SSL_CTX_add_server_custom_ext)
 
+
+def add_client_extension(
+    ctx: SSL.Context,
+    ext_type: int,
+    parse: ExtensionParseCallback,
+    add: ExtensionAddCallback,
+) -> None:
+    """Client side (the simulator's device): ``add`` for the ClientHello (None leaves it
+    out), ``parse`` for the server's answer."""
+    _add_extension(ctx, ext_type, parse, add, _lib.SSL_CTX_add_client_custom_ext)
+
+
+def _add_extension(
+    ctx: SSL.Context,
+    ext_type: int,
+    parse: ExtensionParseCallback,
+    add: ExtensionAddCallback,
+    register: Any,
+) -> None:
     # extension_data buffers handed to OpenSSL, alive until its free callback.
     buffers: dict[int, Any] = {}
 
@@ -178,7 +199,7 @@ def add_server_extension(
     )
     # Keep the cffi callbacks alive as long as the context.
     ctx._corem_ext_cbs = (*getattr(ctx, "_corem_ext_cbs", ()), handles)  # type: ignore[attr-defined]
-    if not _lib.SSL_CTX_add_server_custom_ext(
+    if not register(
         ctx._context, ext_type, handles[0], handles[1], _ffi.NULL, handles[2], _ffi.NULL
     ):
         raise RuntimeError(f"OpenSSL refused a handler for TLS extension {ext_type}")

@@ -20,9 +20,9 @@ MAX_BACKLOG = 16
 
 @dataclass(eq=False)
 class CidSession:
-    #: The CID the client asked us to put in our records (ClientHello); empty: none.
+    #: The CID the peer asked us to put in our records; empty: none.
     peer_cid: bytes
-    #: The CID we issued (ServerHello), what the client puts in its records; empty: none.
+    #: The CID we asked for, what the peer puts in its records; empty: none.
     own_cid: bytes = b""
     suite: cid.AeadSuite | None = None
     reader: cid.RecordCipher | None = None
@@ -41,16 +41,27 @@ class CidSession:
         return self.reader is not None
 
     def set_keys(
-        self, suite_id: int, master: bytes, client_random: bytes, server_random: bytes
+        self,
+        suite_id: int,
+        master: bytes,
+        client_random: bytes,
+        server_random: bytes,
+        *,
+        client: bool = False,
     ) -> bool:
-        """Derive the epoch-1 keys (RFC 5246 6.3); False for a suite we cannot protect."""
+        """Derive the epoch-1 keys (RFC 5246 6.3); False for a suite we cannot protect.
+        ``client``: we are the client (the simulator's device): we write with the client
+        key and read with the server's."""
         suite = cid.SUITES.get(suite_id)
         if suite is None or not master:
             return False
         keys = cid.KeyBlock.derive(suite, master, client_random, server_random)
+        theirs = cid.RecordCipher(suite, keys.client_key, keys.client_salt)
+        ours = cid.RecordCipher(suite, keys.server_key, keys.server_salt)
+        if client:
+            theirs, ours = ours, theirs
         self.suite = suite
-        self.reader = cid.RecordCipher(suite, keys.client_key, keys.client_salt)
-        self.writer = cid.RecordCipher(suite, keys.server_key, keys.server_salt)
+        self.reader, self.writer = theirs, ours
         return True
 
     # -- handshake: between OpenSSL's format and the wire's ---------------------------------

@@ -796,10 +796,10 @@ class DtlsServer:
                 continue
             opened, newer = result
             if addr != peer.destination or self._via != peer.via:
-                if not newer:
+                if newer:
+                    self._cid_move(peer, addr)
+                else:  # authentic but reordered: delivered, moves nothing
                     self.stats["cid_stale_elsewhere"] += 1
-                    continue
-                self._cid_move(peer, addr)
             peer.last_seen = self._now
             if opened.content_type == CT_APPLICATION_DATA:
                 self._events.append(ApplicationData(peer.addr, opened.payload))
