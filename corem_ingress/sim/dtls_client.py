@@ -220,9 +220,10 @@ class Client:
 class AsyncDtlsClient(asyncio.DatagramProtocol):
     """The in-process client over a real loopback UDP socket, with DTLS retransmission."""
 
-    def __init__(self, ctx: SSL.Context) -> None:
-        self.client = Client(ctx)
+    def __init__(self, ctx: SSL.Context, *, cid: bytes | None = None) -> None:
+        self.client = Client(ctx, cid=cid)
         self.transport: asyncio.DatagramTransport | None = None
+        self._remote: tuple[str, int] = ("127.0.0.1", 0)
         self.changed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         #: A socket error (e.g. ICMP port unreachable: nothing listens there).
@@ -237,14 +238,17 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         timeout: float = 15.0,  # noqa: ASYNC109
         host: str = "127.0.0.1",
         raise_socket_errors: bool = False,
+        cid: bytes | None = None,
     ) -> AsyncDtlsClient:
         """Handshake; returns with ``client.done`` or ``client.failed`` set (check them).
 
         On a timeout the socket is closed before ``TimeoutError`` propagates. With
         ``raise_socket_errors`` a socket error during the handshake (ICMP port unreachable:
-        nothing listens on the port) is raised at once as ``OSError``."""
+        nothing listens on the port) is raised at once as ``OSError``. ``cid``: ask for a
+        DTLS Connection ID (``Client``)."""
         loop = asyncio.get_running_loop()
-        self = cls(ctx)
+        self = cls(ctx, cid=cid)
+        self._remote = (host, port)
         await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
         self._send(self.client.start())
         self._arm()
@@ -258,6 +262,15 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
             self.close()
             raise
         return self
+
+    async def rebind(self) -> None:
+        """A NAT rebinding: go on from a new socket (a new source port), the old one closed.
+        Only a session with a Connection ID survives it."""
+        old = self.transport
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, remote_addr=self._remote)
+        if old is not None:
+            old.close()
 
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, OSError):
