@@ -1,6 +1,6 @@
 """Per-record cost of the DTLS Connection ID record layer against OpenSSL's (issue 14).
 
-    .venv/bin/python -m bench.dtls_cid [--records 20000] [--sizes 64,512]
+    .venv/bin/python -m bench.dtls_cid [--records 20000] [--sizes 64,512] [--devices 1000]
 
 Once a CID session is established the broker protects and unprotects its epoch-1 records
 itself (``adapters/dtls/cid_session.py``, ``cryptography``'s AEADs) instead of OpenSSL's
@@ -14,7 +14,17 @@ record layer. For each suite and payload size this measures, in one process on o
 Both read distinct, fresh records (a replayed record would be dropped by either). The
 keys are the same: the CID session's are derived from the OpenSSL session's master
 secret. CPU time (``process_time``) of interleaved batches, the fastest batch of each kept
-(the machine is shared: other load only adds time). Prints a table and one JSON line.
+(the machine is shared: other load only adds time).
+
+Then **rebinding devices** (``--devices N``, sans-I/O: the broker's ``DtlsServer`` and the
+simulator's OpenSSL devices in one process, no sockets): N PSK devices (CCM_8) hold a
+session; each one's NAT rebinds (a new source port) and it sends one 64-byte uplink. With
+a CID the server finds the session by its CID and moves it: one datagram. Without, the
+record from the new port has no session: the device handshakes again (cookie exchange and
+the full PSK handshake) and then sends. Measured: the server's CPU per rebinding (only its
+``receive_datagram`` calls and what they trigger), the datagrams both ways, and the memory
+of N established sessions (tracemalloc, Python side; OpenSSL's native buffers are not
+seen by it) with and without CID. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -23,11 +33,17 @@ import argparse
 import contextlib
 import json
 import time
+import tracemalloc
+from dataclasses import dataclass
+from typing import Any
 
 from OpenSSL import SSL
 
 from corem_ingress.adapters.dtls import _binding, cid
 from corem_ingress.adapters.dtls.cid_session import CidSession
+from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
+from corem_ingress.core.identity import CredentialKind, DeviceIdentity
+from corem_ingress.sim.dtls_client import Client, psk_context
 
 SUITES = {"PSK-AES128-CCM8": 0xC0A8, "PSK-AES128-GCM-SHA256": 0x00A8}
 CID = bytes.fromhex("a1b2c3d4e5f60718")
@@ -134,10 +150,111 @@ def measure(cipher: str, size: int, records: int) -> dict[str, float]:
     return {f"{name}_us": seconds * 1e6 for name, seconds in best.items()}
 
 
+@dataclass
+class _Resolved:
+    identity: DeviceIdentity
+    psk: bytes
+
+
+class _Cache:
+    """Every ``dev-N`` identity has the same key (the resolver's cache contract)."""
+
+    def cached_psk(self, identity: str) -> _Resolved:
+        return _Resolved(DeviceIdentity("bench", identity, CredentialKind.PSK, identity), KEY)
+
+    def cached_cert(self, fingerprint: str, chain: Any = None) -> None:
+        return None
+
+
+KEY = b"k" * 32
+
+
+class _Wire:
+    """Counts datagrams and the server's CPU between a DtlsServer and its devices."""
+
+    def __init__(self, server: DtlsServer) -> None:
+        self.server = server
+        self.up = self.down = 0
+        self.cpu = 0.0
+
+    def deliver(self, datagrams: list[bytes], addr: tuple[str, int], device: Client) -> None:
+        pending = datagrams
+        for _ in range(30):
+            for d in pending:
+                self.up += 1
+                t0 = time.process_time()
+                self.server.receive_datagram(d, addr, 0.0)
+                out = self.server.datagrams_to_send()
+                list(self.server.events())
+                self.cpu += time.process_time() - t0
+                for reply, _to in out:
+                    self.down += 1
+                    device.receive(reply)
+            pending = device.outgoing()
+            if not pending:
+                return
+
+
+def _server_heap() -> int:
+    """Python heap held by the server: traces with no device (simulator) frame."""
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, "*/sim/dtls_client.py", all_frames=True)]
+    )
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+def rebinding(devices: int, use_cid: bool) -> dict[str, float]:
+    server = DtlsServer(
+        cert_file=None,
+        key_file=None,
+        ca_files=[],
+        credentials=_Cache(),
+        config=DtlsConfig(
+            handshake_rate=0.0,
+            max_sessions=4 * devices + 10,
+            max_pending=devices + 10,
+            max_pending_per_source=0,
+        ),
+    )
+    wire = _Wire(server)
+    fleet = []
+    tracemalloc.start(30)
+    before = _server_heap()
+    for n in range(devices):
+        device = Client(psk_context(f"dev-{n}".encode(), KEY), cid=b"\x01" if use_cid else None)
+        addr = (f"10.0.{n // 250}.{n % 250 + 1}", 40000)
+        wire.deliver(device.start(), addr, device)
+        assert device.done, "handshake failed"
+        fleet.append((device, addr))
+    memory = (_server_heap() - before) / devices
+    tracemalloc.stop()
+    wire.up = wire.down = 0
+    wire.cpu = 0.0
+    payload = b"u" * 64
+    handshakes = server.stats["handshakes_completed"]
+    for n, (device, (ip, port)) in enumerate(fleet):
+        new_addr = (ip, port + 1)  # the NAT's new mapping
+        if use_cid:
+            wire.deliver(device.send(payload), new_addr, device)
+        else:
+            again = Client(psk_context(f"dev-{n}".encode(), KEY))
+            wire.deliver(again.start(), new_addr, again)
+            assert again.done, "handshake failed"
+            wire.deliver(again.send(payload), new_addr, again)
+    assert server.stats["handshakes_completed"] - handshakes == (0 if use_cid else devices)
+    return {
+        "server_cpu_us_per_rebinding": wire.cpu / devices * 1e6,
+        "datagrams_up_per_rebinding": wire.up / devices,
+        "datagrams_down_per_rebinding": wire.down / devices,
+        "server_python_bytes_per_session": memory,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--sizes", default="64,512")
+    parser.add_argument("--devices", type=int, default=1000)
     args = parser.parse_args()
     records = max(1, min(args.records, 200_000))  # bounded
     results = []
@@ -151,7 +268,29 @@ def main() -> None:
                 f"{cipher:<24} {size:>5} {r['openssl_out_us']:>12.1f} {r['cid_out_us']:>9.1f} "
                 f"{r['openssl_in_us']:>11.1f} {r['cid_in_us']:>8.1f}"
             )
-    print(json.dumps({"bench": "dtls_cid", "records": records, "results": results}))
+    devices = max(1, min(args.devices, 20_000))  # bounded
+    fleet = {}
+    print(f"\n{devices} devices rebinding once each (sans-I/O, PSK-AES128-CCM8, 64-byte uplink)")
+    print(f"{'':<12} {'server CPU µs':>14} {'datagrams up':>13} {'down':>6} {'B/session':>10}")
+    for label, use_cid in (("with CID", True), ("without CID", False)):
+        r = rebinding(devices, use_cid)
+        fleet[label] = r
+        print(
+            f"{label:<12} {r['server_cpu_us_per_rebinding']:>14.0f} "
+            f"{r['datagrams_up_per_rebinding']:>13.1f} {r['datagrams_down_per_rebinding']:>6.1f} "
+            f"{r['server_python_bytes_per_session']:>10.0f}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "dtls_cid",
+                "records": records,
+                "results": results,
+                "devices": devices,
+                "rebinding": fleet,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,24 +31,26 @@ def psk_context(identity: bytes, key: bytes, cipher: str = "PSK-AES128-CCM8") ->
 
 
 def _offer_cid(ctx: SSL.Context) -> None:
-    """The RFC 9146 extension, offered by the ``Client`` that asks for a CID."""
+    """The RFC 9146 extension, offered by a ``Client`` that asks for a CID (the others
+    send none: their connections carry no app data)."""
+    _binding.add_client_extension(ctx, cid.EXT_CONNECTION_ID, _cid_parse, _cid_add)
 
-    def add(conn: SSL.Connection) -> bytes | None:
-        client = conn.get_app_data()
-        if not isinstance(client, Client) or client.cid_request is None:
-            return None
-        return cid.cid_extension(client.cid_request)
 
-    def parse(conn: SSL.Connection, data: bytes) -> bool:
-        client = conn.get_app_data()
-        value = cid.parse_cid_extension(data)
-        if not isinstance(client, Client) or client.cid_request is None or value is None:
-            return False
-        if value or client.cid_request:
-            client.cid = CidSession(peer_cid=value, own_cid=client.cid_request)
-        return True
+def _cid_add(conn: SSL.Connection) -> bytes | None:
+    client = conn.get_app_data()
+    if not isinstance(client, Client) or client.cid_request is None:
+        return None
+    return cid.cid_extension(client.cid_request)
 
-    _binding.add_client_extension(ctx, cid.EXT_CONNECTION_ID, parse, add)
+
+def _cid_parse(conn: SSL.Connection, data: bytes) -> bool:
+    client = conn.get_app_data()
+    value = cid.parse_cid_extension(data)
+    if not isinstance(client, Client) or client.cid_request is None or value is None:
+        return False  # the server answered an extension we did not send
+    if value or client.cid_request:
+        client.cid = CidSession(peer_cid=value, own_cid=client.cid_request)
+    return True
 
 
 def cert_context(
@@ -104,7 +106,8 @@ class Client:
     def __init__(self, ctx: SSL.Context, mtu: int = 1252, *, cid: bytes | None = None) -> None:
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_connect_state()
-        self.conn.set_app_data(self)
+        if cid is not None:
+            self.conn.set_app_data(self)  # for the extension's callbacks
         _binding.set_mtu(self.conn, mtu)
         self.cid_request = cid
         #: The negotiated Connection ID state (None: none was).

@@ -136,7 +136,12 @@ def add_server_extension(
 
     OpenSSL calls ``parse`` with the client's extension_data, then (only when the client
     sent it) ``add`` for ours. Exceptions in either refuse the handshake."""
-    _add_extension(ctx, ext_type, parse, add, _lib.SSL_CTX_add_server_custom_ext)
+    handles = _extension_handles(parse, add)
+    _install(ctx, ext_type, handles, _lib.SSL_CTX_add_server_custom_ext)
+
+
+#: Client-side handlers by (parse, add): one set of cffi callbacks for every context.
+_client_handles: dict[tuple[Any, Any], tuple[Any, Any, Any]] = {}
 
 
 def add_client_extension(
@@ -146,17 +151,27 @@ def add_client_extension(
     add: ExtensionAddCallback,
 ) -> None:
     """Client side (the simulator's device): ``add`` for the ClientHello (None leaves it
-    out), ``parse`` for the server's answer."""
-    _add_extension(ctx, ext_type, parse, add, _lib.SSL_CTX_add_client_custom_ext)
+    out), ``parse`` for the server's answer. Pass module-level functions: their cffi
+    callbacks are made once and shared by every context (a fleet makes thousands)."""
+    handles = _client_handles.get((parse, add))
+    if handles is None:
+        handles = _client_handles[(parse, add)] = _extension_handles(parse, add)
+    _install(ctx, ext_type, handles, _lib.SSL_CTX_add_client_custom_ext)
 
 
-def _add_extension(
-    ctx: SSL.Context,
-    ext_type: int,
-    parse: ExtensionParseCallback,
-    add: ExtensionAddCallback,
-    register: Any,
-) -> None:
+def _install(ctx: SSL.Context, ext_type: int, handles: tuple[Any, Any, Any], register: Any) -> None:
+    # Keep the cffi callbacks alive as long as the context.
+    ctx._corem_ext_cbs = (*getattr(ctx, "_corem_ext_cbs", ()), handles)  # type: ignore[attr-defined]
+    if not register(
+        ctx._context, ext_type, handles[0], handles[1], _ffi.NULL, handles[2], _ffi.NULL
+    ):
+        raise RuntimeError(f"OpenSSL refused a handler for TLS extension {ext_type}")
+
+
+def _extension_handles(
+    parse: ExtensionParseCallback, add: ExtensionAddCallback
+) -> tuple[Any, Any, Any]:
+    """The cffi (add, free, parse) callbacks around ``parse`` and ``add``."""
     # extension_data buffers handed to OpenSSL, alive until its free callback.
     buffers: dict[int, Any] = {}
 
@@ -197,9 +212,4 @@ def _add_extension(
             "int(*)(SSL *, unsigned int, unsigned char *, size_t, int *, void *)", parse_cb
         ),
     )
-    # Keep the cffi callbacks alive as long as the context.
-    ctx._corem_ext_cbs = (*getattr(ctx, "_corem_ext_cbs", ()), handles)  # type: ignore[attr-defined]
-    if not register(
-        ctx._context, ext_type, handles[0], handles[1], _ffi.NULL, handles[2], _ffi.NULL
-    ):
-        raise RuntimeError(f"OpenSSL refused a handler for TLS extension {ext_type}")
+    return handles
