@@ -41,10 +41,15 @@ class CidNodeDirectory:
         if text == f"{addr[0]}:{addr[1]}":  # not a successor's entry
             await self._r.hdel(key, tag.hex())
 
-    async def lookup(self, tag: bytes) -> Address | None:
-        value = await self._r.hget(self._keys.cid_nodes, tag.hex())
-        if value is None:
-            return None
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        host, _, port = text.rpartition(":")
-        return (host, int(port)) if host and port.isdigit() else None
+    async def all(self) -> dict[bytes, Address]:
+        """Every registered node: tag -> address (malformed entries skipped)."""
+        out: dict[bytes, Address] = {}
+        for raw_tag, raw_addr in (await self._r.hgetall(self._keys.cid_nodes)).items():
+            tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
+            text = raw_addr.decode() if isinstance(raw_addr, bytes) else str(raw_addr)
+            host, _, port = text.rpartition(":")
+            try:
+                out[bytes.fromhex(tag)] = (host, int(port))
+            except ValueError:
+                continue
+        return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,11 @@ TO_OWNER = 1
 #: The owner's datagram for the device, to be sent on by the node it talks to.
 BACK = 2
 _TAG = 16
+#: The node directory is read from Redis at most this often on a miss (an unknown tag is
+#: one garbage datagram away: it must not cost a Redis call each).
+REFRESH_INTERVAL_S = 1.0
+#: Frames kept while the directory is being read.
+_MAX_WAITING = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +82,21 @@ class CidCluster:
         directory: CidNodeDirectory,
         tag: bytes,
         send: Callable[[bytes, Address], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._directory = directory
+        self._clock = clock
+        self._refreshed_at = -REFRESH_INTERVAL_S
+        self._refresh: asyncio.Task[None] | None = None
+        #: (tag, frame) forwarded while the directory is read.
+        self._waiting: list[tuple[bytes, bytes]] = []
         self.tag = tag
         self._send = send
         self._key: bytes | None = None
         self._advertised: Address | None = None
-        #: Node tag -> its address (a miss asks Redis once, in the background).
+        #: Node tag -> its address (read from Redis at start and, rate-limited, on a miss).
         self._nodes: dict[bytes, Address] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, advertise: Address) -> None:
         self._key = await self._directory.forward_key()
@@ -92,10 +104,12 @@ class CidCluster:
         if previous is not None:
             log.warning("dtls.cid_tag_reused", tag=self.tag.hex(), previous=previous)
         self._advertised = advertise
+        self._nodes = await self._directory.all()
+        self._refreshed_at = self._clock()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        if self._refresh is not None:
+            self._refresh.cancel()
         if self._advertised is not None:
             await self._directory.unregister(self.tag, self._advertised)
 
@@ -110,24 +124,32 @@ class CidCluster:
             return
         tag = cid[: len(self.tag)]
         node = self._nodes.get(tag)
-        frame = wrap(key, TO_OWNER, device, datagram)
         if node is not None:
-            self._send_to_node(frame, node)
+            if node != self._advertised:
+                self._send_to_node(wrap(key, TO_OWNER, device, datagram), node)
             return
-        task = asyncio.ensure_future(self._lookup_then_send(tag, frame))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # A node that joined since we last looked, or garbage: read the directory again,
+        # at most once per interval; the frame waits for it (bounded).
+        if self._refresh is None and self._clock() - self._refreshed_at < REFRESH_INTERVAL_S:
+            return
+        if len(self._waiting) < _MAX_WAITING:
+            self._waiting.append((tag, wrap(key, TO_OWNER, device, datagram)))
+        if self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._refresh_directory())
 
-    async def _lookup_then_send(self, tag: bytes, frame: bytes) -> None:
+    async def _refresh_directory(self) -> None:
         try:
-            node = await self._directory.lookup(tag)
+            self._nodes = await self._directory.all()
         except Exception as exc:  # Redis down: the device retransmits
-            log.debug("dtls.cid_lookup_failed", error=str(exc))
-            return
-        if node is None or node == self._advertised:
-            return  # no such node (any more): the device will handshake again
-        self._nodes[tag] = node
-        self._send_to_node(frame, node)
+            log.debug("dtls.cid_directory_unavailable", error=str(exc))
+        finally:
+            self._refreshed_at = self._clock()
+            self._refresh = None
+        waiting, self._waiting = self._waiting, []
+        for tag, frame in waiting:
+            node = self._nodes.get(tag)
+            if node is not None and node != self._advertised:
+                self._send_to_node(frame, node)
 
     def _send_to_node(self, frame: bytes, node: Address) -> None:
         metrics.cid_forwarded("out")
