@@ -30,7 +30,6 @@ seen by it) with and without CID. Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 import tracemalloc
@@ -43,57 +42,26 @@ from corem_ingress.adapters.dtls import _binding, cid
 from corem_ingress.adapters.dtls.cid_session import CidSession
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
-from corem_ingress.sim.dtls_client import Client, psk_context
+from corem_ingress.sim.dtls_client import (
+    Client,
+    connected_pair,
+    drain,
+    dtls12_context,
+    psk_context,
+)
 
-SUITES = {"PSK-AES128-CCM8": 0xC0A8, "PSK-AES128-GCM-SHA256": 0x00A8}
+SUITES = {name: cid.SUITE_IDS[name] for name in ("PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256")}
 CID = bytes.fromhex("a1b2c3d4e5f60718")
 #: The records are measured in this many interleaved batches; the fastest batch counts.
 BATCHES = 10
 
 
-def _context(method: int, cipher: str) -> SSL.Context:
-    ctx = SSL.Context(method)
-    ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
-    ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
-    ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
-    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
-    return ctx
-
-
-def _drain(conn: SSL.Connection) -> bytes:
-    out = b""
-    while True:
-        try:
-            chunk = conn.bio_read(65536)
-        except SSL.WantReadError:
-            return out
-        if not chunk:
-            return out
-        out += chunk
-
-
 def pair(cipher: str) -> tuple[SSL.Connection, SSL.Connection]:
-    server_ctx = _context(SSL.DTLS_SERVER_METHOD, cipher)
-    client_ctx = _context(SSL.DTLS_CLIENT_METHOD, cipher)
+    server_ctx = dtls12_context(SSL.DTLS_SERVER_METHOD, cipher)
+    client_ctx = dtls12_context(SSL.DTLS_CLIENT_METHOD, cipher)
     _binding.set_psk_server_callback(server_ctx, lambda _c, _i: b"k" * 32)
     _binding.set_psk_client_callback(client_ctx, lambda _c, _h: (b"bench", b"k" * 32))
-    server, client = SSL.Connection(server_ctx, None), SSL.Connection(client_ctx, None)
-    server.set_accept_state()
-    client.set_connect_state()
-    for conn in (server, client):
-        _binding.set_mtu(conn, 1400)
-    fed = {client: True, server: False}
-    for _ in range(20):
-        for conn, other in ((client, server), (server, client)):
-            if fed[conn]:
-                with contextlib.suppress(SSL.WantReadError):
-                    conn.do_handshake()
-            data = _drain(conn)
-            if data:
-                other.bio_write(data)
-                fed[other] = True
-    server.do_handshake()
-    return server, client
+    return connected_pair(server_ctx, client_ctx)
 
 
 def measure(cipher: str, size: int, records: int) -> dict[str, float]:
@@ -108,7 +76,7 @@ def measure(cipher: str, size: int, records: int) -> dict[str, float]:
     plain_in = []
     for _ in range(records):
         client.send(payload)
-        plain_in.append(_drain(client))
+        plain_in.append(drain(client))
     keys = cid.KeyBlock.derive(cid.SUITES[SUITES[cipher]], master, cr, sr)
     device = cid.RecordCipher(cid.SUITES[SUITES[cipher]], keys.client_key, keys.client_salt)
     cid_in_records = [device.seal(23, 1, seq, payload, CID) for seq in range(1, records + 1)]

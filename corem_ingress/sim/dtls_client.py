@@ -19,12 +19,56 @@ from corem_ingress.adapters.dtls.cid_session import CidSession
 from corem_ingress.adapters.dtls.records import pack_datagrams, pack_records, split_records
 
 
-def psk_context(identity: bytes, key: bytes, cipher: str = "PSK-AES128-CCM8") -> SSL.Context:
-    ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
+def dtls12_context(method: int, cipher: str) -> SSL.Context:
+    """A DTLS 1.2-only context with one suite (client or server method)."""
+    ctx = SSL.Context(method)
     ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
     ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
     ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
     ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
+    return ctx
+
+
+def drain(conn: SSL.Connection) -> bytes:
+    """All that a memory-BIO connection has written."""
+    out = b""
+    while True:
+        try:
+            chunk = conn.bio_read(65536)
+        except SSL.WantReadError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def connected_pair(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> tuple[SSL.Connection, SSL.Connection]:
+    """Two plain OpenSSL connections (server, client) with their handshake done over
+    memory BIOs: the reference the CID record layer is tested and measured against."""
+    server, client = SSL.Connection(server_ctx, None), SSL.Connection(client_ctx, None)
+    server.set_accept_state()
+    client.set_connect_state()
+    for conn in (server, client):
+        _binding.set_mtu(conn, 1252)  # a memory BIO has no MTU to query
+    fed = {client: True, server: False}  # a memory BIO read before any input is an EOF
+    for _ in range(20):  # bounded
+        for conn, other in ((client, server), (server, client)):
+            if fed[conn]:
+                with contextlib.suppress(SSL.WantReadError):
+                    conn.do_handshake()
+            data = drain(conn)
+            if data:
+                other.bio_write(data)
+                fed[other] = True
+    for conn in (client, server):
+        conn.do_handshake()  # raises if not done
+    return server, client
+
+
+def psk_context(identity: bytes, key: bytes, cipher: str = "PSK-AES128-CCM8") -> SSL.Context:
+    ctx = dtls12_context(SSL.DTLS_CLIENT_METHOD, cipher)
     _binding.set_psk_client_callback(ctx, lambda conn, hint: (identity, key))
     _offer_cid(ctx)
     return ctx
@@ -56,11 +100,7 @@ def _cid_parse(conn: SSL.Connection, data: bytes) -> bool:
 def cert_context(
     cert_file: str, key_file: str, ca_file: str | None, cipher: str = "ECDHE-ECDSA-AES128-CCM8"
 ) -> SSL.Context:
-    ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
-    ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
-    ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
-    ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
-    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
+    ctx = dtls12_context(SSL.DTLS_CLIENT_METHOD, cipher)
     ctx.use_certificate_file(cert_file)
     ctx.use_privatekey_file(key_file)
     if ca_file:
@@ -80,19 +120,6 @@ def failure_reason(exc: BaseException | None) -> str:
         if reasons:
             return "; ".join(reasons)
     return f"{type(exc).__name__}: {exc}"
-
-
-#: OpenSSL's names of the suites the server offers -> their ids (the CID record layer).
-_SUITE_IDS = {
-    "PSK-AES128-GCM-SHA256": 0x00A8,
-    "PSK-AES256-GCM-SHA384": 0x00A9,
-    "PSK-AES128-CCM": 0xC0A4,
-    "PSK-AES128-CCM8": 0xC0A8,
-    "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
-    "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
-    "ECDHE-ECDSA-AES128-CCM": 0xC0AC,
-    "ECDHE-ECDSA-AES128-CCM8": 0xC0AE,
-}
 
 
 class Client:
@@ -139,7 +166,7 @@ class Client:
         if state.keyed:
             return True
         master = self.conn.master_key()
-        suite = _SUITE_IDS.get(self.conn.get_cipher_name() or "")
+        suite = cid.SUITE_IDS.get(self.conn.get_cipher_name() or "")
         if not master or suite is None:
             return False
         return state.set_keys(

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from aiocoap import CON, Message
+from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from corem_ingress.adapters.dtls.cluster import REFRESH_INTERVAL_S, CidCluster
@@ -20,23 +20,7 @@ from corem_ingress.store.cid_nodes import CidNodeDirectory
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry import Registry
 from tests.coap.conftest import coap_listener, coap_port, provision_psk, read_uplinks
-
-_mids = iter(range(1, 60_000))
-
-
-async def request(
-    client: AsyncDtlsClient, code: Code, path: str, payload: bytes = b"", **opts: Any
-) -> Message:
-    m = Message(code=code, payload=payload)
-    m.mtype, m.mid, m.token = CON, next(_mids), os.urandom(4)
-    m.opt.uri_path = tuple(path.split("/"))
-    for k, v in opts.items():
-        setattr(m.opt, k, v)
-    client.send(m.encode())
-    while True:
-        resp = Message.decode(await client.recv(timeout=10))
-        if resp.token == m.token:
-            return resp
+from tests.coap.test_node import coap
 
 
 async def test_coap_session_with_cid_survives_a_new_source_port(
@@ -50,9 +34,9 @@ async def test_coap_session_with_cid_survives_a_new_source_port(
     )
     try:
         assert client.client.done and client.client.cid is not None
-        first = await request(client, Code.POST, "up/telemetry", b'{"t": 1}')
+        first = await coap(client, Code.POST, "up/telemetry", b'{"t": 1}')
         assert first.code == Code.CHANGED
-        watch = await request(client, Code.GET, "down", observe=0)
+        watch = await coap(client, Code.GET, "down", observe=0)
         assert watch.code == Code.CONTENT and watch.opt.observe is not None
         old_port = client.transport.get_extra_info("sockname")[1] if client.transport else 0
 
@@ -60,7 +44,7 @@ async def test_coap_session_with_cid_survives_a_new_source_port(
         new_port = client.transport.get_extra_info("sockname")[1] if client.transport else 0
         assert new_port != old_port
         # The device speaks first after a rebinding (its NAT needs outbound traffic).
-        again = await request(client, Code.POST, "up/telemetry", b'{"t": 2}')
+        again = await coap(client, Code.POST, "up/telemetry", b'{"t": 2}')
         assert again.code == Code.CHANGED
         assert server.stats["cid_address_changes"] == 1
         await node.services.downlink_publisher.publish(

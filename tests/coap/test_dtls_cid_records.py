@@ -5,7 +5,6 @@ RFC 9146 5 record and additional data, and the replay window."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from OpenSSL import SSL
 from corem_ingress import devcerts
 from corem_ingress.adapters.dtls import _binding, cid
 from corem_ingress.adapters.dtls.records import split_records
+from corem_ingress.sim.dtls_client import connected_pair, drain, dtls12_context
 
 pytestmark = pytest.mark.unit
 
@@ -53,43 +53,13 @@ def test_prf_sha384_vector() -> None:
 
 # -- against OpenSSL ----------------------------------------------------------------------------
 
-SUITES = {
-    "PSK-AES128-GCM-SHA256": 0x00A8,
-    "PSK-AES256-GCM-SHA384": 0x00A9,
-    "PSK-AES128-CCM": 0xC0A4,
-    "PSK-AES128-CCM8": 0xC0A8,
-    "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
-    "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
-    "ECDHE-ECDSA-AES128-CCM": 0xC0AC,
-    "ECDHE-ECDSA-AES128-CCM8": 0xC0AE,
-}
-
-
-def _context(method: int, cipher: str) -> SSL.Context:
-    ctx = SSL.Context(method)
-    ctx.set_min_proto_version(_binding.DTLS1_2_VERSION)
-    ctx.set_max_proto_version(_binding.DTLS1_2_VERSION)
-    ctx.set_cipher_list(f"{cipher}:@SECLEVEL=0".encode())
-    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
-    return ctx
-
-
-def _pump(src: SSL.Connection) -> bytes:
-    out = b""
-    while True:
-        try:
-            chunk = src.bio_read(65536)
-        except SSL.WantReadError:
-            return out
-        if not chunk:
-            return out
-        out += chunk
+SUITES = cid.SUITE_IDS
 
 
 def openssl_pair(cipher: str, tmp: Path) -> tuple[SSL.Connection, SSL.Connection]:
     """An OpenSSL DTLS 1.2 server and client, handshake done over memory BIOs."""
-    server_ctx = _context(SSL.DTLS_SERVER_METHOD, cipher)
-    client_ctx = _context(SSL.DTLS_CLIENT_METHOD, cipher)
+    server_ctx = dtls12_context(SSL.DTLS_SERVER_METHOD, cipher)
+    client_ctx = dtls12_context(SSL.DTLS_CLIENT_METHOD, cipher)
     if cipher.startswith("PSK"):
         _binding.set_psk_server_callback(server_ctx, lambda conn, ident: b"k" * 16)
         _binding.set_psk_client_callback(client_ctx, lambda conn, hint: (b"dev", b"k" * 16))
@@ -98,24 +68,7 @@ def openssl_pair(cipher: str, tmp: Path) -> tuple[SSL.Connection, SSL.Connection
         issued.write(tmp / "s.pem", tmp / "s.key")
         server_ctx.use_certificate_file(str(tmp / "s.pem"))
         server_ctx.use_privatekey_file(str(tmp / "s.key"))
-    server, client = SSL.Connection(server_ctx, None), SSL.Connection(client_ctx, None)
-    server.set_accept_state()
-    client.set_connect_state()
-    for conn in (server, client):
-        _binding.set_mtu(conn, 1252)  # a memory BIO has no MTU to query
-    fed = {client: True, server: False}  # a memory BIO read before any input is an EOF
-    for _ in range(20):
-        for conn, other in ((client, server), (server, client)):
-            if fed[conn]:
-                with contextlib.suppress(SSL.WantReadError):
-                    conn.do_handshake()
-            data = _pump(conn)
-            if data:
-                other.bio_write(data)
-                fed[other] = True
-    for conn in (client, server):
-        conn.do_handshake()  # raises if not done
-    return server, client
+    return connected_pair(server_ctx, client_ctx)
 
 
 def keys_of(server: SSL.Connection, suite: cid.AeadSuite) -> cid.KeyBlock:
@@ -132,7 +85,7 @@ def test_same_keys_same_bytes_as_openssl(cipher: str, tmp_path: Path) -> None:
     keys = keys_of(server, suite)
     # The client's record, as OpenSSL wrote it, is byte for byte ours with the same keys.
     client.send(b"uplink payload")
-    (record,) = split_records(_pump(client))
+    (record,) = split_records(drain(client))
     epoch, seq = cid.record_epoch_seq(record.raw)
     ours_client = cid.RecordCipher(suite, keys.client_key, keys.client_salt)
     # OpenSSL's CCM explicit nonce is the epoch and sequence number (as ours); its GCM one

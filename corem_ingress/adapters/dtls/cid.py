@@ -66,6 +66,19 @@ SUITES: dict[int, AeadSuite] = {
 }
 
 
+#: OpenSSL's names of those suites -> their ids.
+SUITE_IDS: dict[str, int] = {
+    "PSK-AES128-GCM-SHA256": 0x00A8,
+    "PSK-AES256-GCM-SHA384": 0x00A9,
+    "PSK-AES128-CCM": 0xC0A4,
+    "PSK-AES128-CCM8": 0xC0A8,
+    "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
+    "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+    "ECDHE-ECDSA-AES128-CCM": 0xC0AC,
+    "ECDHE-ECDSA-AES128-CCM8": 0xC0AE,
+}
+
+
 def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
     """The TLS 1.2 PRF (RFC 5246 5): P_hash(secret, label + seed)."""
     seed = label + seed
