@@ -8,6 +8,7 @@ memory-BIO connection, so we reach into cryptography's cffi binding
 * ``SSL_CTX_set_psk_server_callback`` (server side, PSK cipher suites);
 * ``SSL_CTX_set_psk_client_callback`` (the in-process test/bench client only);
 * ``SSL_set_mtu`` (whole DTLS records within the configured MTU);
+* ``SSL_session_reused`` (the resumption bench: did a handshake resume?);
 * ``SSL_CTX_add_server_custom_ext`` (the RFC 9146 ``connection_id`` extension, which
   OpenSSL does not implement: we parse the client's and answer in the ServerHello).
 
@@ -42,6 +43,7 @@ REQUIRED_SYMBOLS = (
     "SSL_CTX_add_server_custom_ext",
     "SSL_CTX_add_client_custom_ext",
     "Cryptography_HAS_CUSTOM_EXT",
+    "SSL_session_reused",
 )
 
 #: (connection, identity) -> PSK bytes, or None to refuse (handshake fails with an alert).
@@ -115,6 +117,12 @@ def set_psk_client_callback(ctx: SSL.Context, callback: PskClientCallback) -> No
     )
     ctx._corem_psk_client_cb = handle  # type: ignore[attr-defined]
     _lib.SSL_CTX_set_psk_client_callback(ctx._context, handle)
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """Did this handshake resume a session (abbreviated handshake)? pyOpenSSL has no
+    ``session_reused``; used by ``bench/dtls_resumption.py``."""
+    return bool(_lib.SSL_session_reused(conn._ssl))
 
 
 def set_mtu(conn: SSL.Connection, mtu: int) -> None:
