@@ -64,6 +64,7 @@ class Stores:
         """Uplink reads that block (``XREAD BLOCK``), on their own pool."""
         client = self._clients.streams or self._clients.admin
         return UplinkStore(client, self._keys, timeout_s=self.timeout_s)
+
     def cid_nodes(self) -> CidNodeDirectory:
         return CidNodeDirectory(self._redis, self._keys)
 
