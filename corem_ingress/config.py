@@ -250,6 +250,29 @@ class MqttConfig:
 
 
 @dataclass
+class ConnectionIdConfig:
+    """DTLS 1.2 Connection ID (RFC 9146): sessions that survive NAT rebinding."""
+
+    #: Answer a client's ``connection_id`` extension: its session then follows it to a new
+    #: address or port (after an authenticated, newer record) and to another node.
+    enabled: bool = True
+    #: Bytes of the CIDs we issue, which clients put in their records: 0 asks for none (we
+    #: still send a client's CID, but its address can no longer change), else 4..16 (the
+    #: first 2 name this node, for cross-node forwarding).
+    length: int = 8
+    #: The address other nodes forward this node's CID records to (its DTLS port; empty:
+    #: coap.host). Needed when coap.host is a wildcard such as 0.0.0.0.
+    advertise_host: str = ""
+
+    def validate(self) -> None:
+        _check(
+            self.length == 0 or 4 <= self.length <= 16,
+            "coap.connection_id.length",
+            "must be 0 (ask for no CID) or 4..16",
+        )
+
+
+@dataclass
 class CoapConfig:
     """CoAP and LwM2M over DTLS 1.2 (our pyOpenSSL memory-BIO server)."""
 
@@ -292,9 +315,11 @@ class CoapConfig:
     block_size: int = 512
     #: Max-Age (seconds) on 5.03 when the uplink store is unavailable.
     unavailable_max_age_s: int = 5
+    connection_id: ConnectionIdConfig = field(default_factory=ConnectionIdConfig)
 
     def validate(self) -> None:
         """Called by the CoAP adapter's build(); errors name the key."""
+        self.connection_id.validate()
         _check(0 <= self.port < 65536, "coap.port", "must be 0..65535 (0: any free port)")
         _check(256 <= self.mtu <= 65_507, "coap.mtu", "must be 256..65507")
         _check(self.handshake_timeout_s > 0, "coap.handshake_timeout_s", "must be > 0")

@@ -172,6 +172,18 @@ REDIS_ERRORS = Counter(
     ["component"],
     registry=REGISTRY,
 )
+DTLS_CID_ADDRESS_CHANGES = Counter(
+    "corem_dtls_cid_address_changes",
+    "DTLS Connection ID sessions moved to a new address (NAT rebinding, RFC 9146 6).",
+    registry=REGISTRY,
+)
+DTLS_CID_FORWARDED = Counter(
+    "corem_dtls_cid_forwarded",
+    "DTLS CID records forwarded between nodes: out (to the owning node), in (from another "
+    "node), back (its answers sent on for the owner), refused (failed authentication).",
+    ["direction"],
+    registry=REGISTRY,
+)
 
 OUTAGE_GRACE = Counter(
     "corem_resolver_outage_grace",
@@ -240,6 +252,17 @@ def connection_opened(transport: str) -> None:
 
 def session_opened(transport: str, tenant_id: str) -> None:
     SESSIONS.labels(_transport(transport), tenant_label(tenant_id)).inc()
+
+
+def cid_address_changed() -> None:
+    DTLS_CID_ADDRESS_CHANGES.inc()
+
+
+def cid_forwarded(direction: str) -> None:
+    DTLS_CID_FORWARDED.labels(_one_of(direction, _CID_DIRECTIONS)).inc()
+
+
+_CID_DIRECTIONS = frozenset({"out", "in", "back", "refused"})
 
 
 def handshake(transport: str, *, ok: bool) -> None:

@@ -16,6 +16,7 @@ from corem_ingress.core.access import AccessPolicy
 from corem_ingress.resolver import Resolver
 from corem_ingress.session_hub import SessionHub
 from corem_ingress.store.audit_log import AuditLog
+from corem_ingress.store.cid_nodes import CidNodeDirectory
 from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.device_sessions import DeviceSessions
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
@@ -64,6 +65,9 @@ class Stores:
         """Uplink reads that block (``XREAD BLOCK``), on their own pool."""
         client = self._clients.streams or self._clients.admin
         return UplinkStore(client, self._keys, timeout_s=self.timeout_s)
+
+    def cid_nodes(self) -> CidNodeDirectory:
+        return CidNodeDirectory(self._redis, self._keys)
 
     def lwm2m_store(self, *, grace_s: int, clock: Callable[[], float]) -> Lwm2mStore:
         return Lwm2mStore(self._redis, self._keys, grace_s=grace_s, clock=clock)

@@ -56,6 +56,8 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.limits_nodes,
         k.limits_connections("<node_id>"),
         k.limits_blocks,
+        k.cid_nodes,
+        k.cid_forward_key,
         k.lwm2m_registration("<registration_id>"),
         k.claim("<claim_id>"),
         k.tenant_claims("<tenant>"),

@@ -47,6 +47,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-cert", default="certs-dev/ca.pem", help="CA that signs x509 devices")
     p.add_argument("--ca-key", default="certs-dev/ca.key")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument(
+        "--cid",
+        type=int,
+        metavar="BYTES",
+        help="coap: devices ask for a DTLS Connection ID (RFC 9146) of this many bytes "
+        "(0: offer the extension, ask the server to send none); OpenSSL devices",
+    )
+    p.add_argument(
+        "--rebind-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="coap: each device's NAT rebinds (new source port) every S seconds; "
+        "without a CID the device handshakes again",
+    )
 
 
 def _target(cfg: Config, args: argparse.Namespace) -> Target:
@@ -69,9 +84,28 @@ def _target(cfg: Config, args: argparse.Namespace) -> Target:
     return Target(host, args.port or section.port, args.server_ca)
 
 
+def _dtls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CoAP devices' ``cid``/``rebind_every_s`` ({} when neither is asked for)."""
+    if args.cid is None and not args.rebind_every:
+        return {}
+    if args.transport != "coap":
+        raise SimUsageError("--cid and --rebind-every apply to --transport coap only")
+    if args.cid is not None and not 0 <= args.cid <= 32:
+        raise SimUsageError("--cid must be 0..32 bytes (RFC 9146 allows up to 255; we cap it)")
+    if args.rebind_every < 0:
+        raise SimUsageError("--rebind-every must be >= 0 seconds")
+    return {"cid": args.cid, "rebind_every_s": args.rebind_every}
+
+
 def _device_factory(
-    transport: str, kind: CredentialKind, target: Target, creds: list[SimCredential]
+    transport: str,
+    kind: CredentialKind,
+    target: Target,
+    creds: list[SimCredential],
+    dtls: dict[str, Any] | None = None,
 ) -> Any:
+    dtls = dtls or {}
+
     def make(i: int) -> SimDevice:
         c = creds[i]
         name = c.hardware_id
@@ -93,7 +127,13 @@ def _device_factory(
             from corem_ingress.sim.coap_devices import CoapCertDevice
 
             assert c.cert_path and c.key_path
-            return CoapCertDevice(name, target, c.cert_path, c.key_path)
+            return CoapCertDevice(name, target, c.cert_path, c.key_path, **_with_cid(dtls, i))
+        if transport == "coap" and dtls:
+            from corem_ingress.sim.coap_devices import CoapOpenSslPskDevice
+
+            assert c.psk_identity and c.psk_hex
+            psk = bytes.fromhex(c.psk_hex)
+            return CoapOpenSslPskDevice(name, target, c.psk_identity, psk, **_with_cid(dtls, i))
         if transport == "coap":
             from corem_ingress.sim.coap_devices import psk_device
 
@@ -116,8 +156,20 @@ def _device_factory(
     return make
 
 
-def _device_stack(transport: str, kind: CredentialKind, creds: list[SimCredential]) -> str:
+def _with_cid(dtls: dict[str, Any], i: int) -> dict[str, Any]:
+    """Device ``i``'s options: its own CID (distinct per device: index, then zeros)."""
+    if dtls.get("cid") is None:
+        return dtls
+    n = dtls["cid"]
+    return {**dtls, "cid": (i.to_bytes(8, "big")[-n:] if n <= 8 else i.to_bytes(n, "big"))}
+
+
+def _device_stack(
+    transport: str, kind: CredentialKind, creds: list[SimCredential], dtls: bool = False
+) -> str:
     """The client library the devices run (for the summary: a reader must know what spoke)."""
+    if transport == "coap" and kind is CredentialKind.PSK and dtls:
+        return "openssl (--cid/--rebind-every: the OpenSSL device)"
     if transport == "coap" and kind is CredentialKind.PSK:
         from corem_ingress.sim.coap_devices import TINYDTLS_MAX_PSK, psk_device_stack
 
@@ -153,6 +205,7 @@ async def run(cfg: Config, args: argparse.Namespace, registry: Any) -> dict[str,
     except ValueError as exc:
         raise SimUsageError(str(exc)) from None
     target = _target(cfg, args)
+    dtls = _dtls_options(args)
     ca = None
     if kind is CredentialKind.X509:
         try:
@@ -175,7 +228,7 @@ async def run(cfg: Config, args: argparse.Namespace, registry: Any) -> dict[str,
 
     fleet = Fleet(
         spec,
-        _device_factory(args.transport, kind, target, creds),
+        _device_factory(args.transport, kind, target, creds, dtls),
         revoke=revoke,
         progress=None if args.quiet else sys.stderr,
     )
@@ -184,10 +237,18 @@ async def run(cfg: Config, args: argparse.Namespace, registry: Any) -> dict[str,
         "transport": args.transport,
         "credential": kind.value,
         "devices": args.devices,
-        "device_stack": _device_stack(args.transport, kind, creds),
+        "device_stack": _device_stack(args.transport, kind, creds, bool(dtls)),
         "target": f"{target.host}:{target.port}",
         **summary,
     }
+    if dtls:
+        summary["dtls"] = {
+            "cid_bytes": args.cid,
+            "rebind_every_s": args.rebind_every,
+            "cid_sessions": sum(bool(getattr(d, "cid_negotiated", False)) for d in fleet.devices),
+            "handshakes": sum(getattr(d, "handshakes", 0) for d in fleet.devices),
+            "rebindings": sum(getattr(d, "rebindings", 0) for d in fleet.devices),
+        }
     if not args.quiet:
         sys.stderr.write("\n")
     return summary

@@ -160,14 +160,37 @@ _MAX_RETRANSMIT = 4
 
 class CoapOpenSslDevice:
     """CoAP over the in-process OpenSSL DTLS client: CON requests with retransmission,
-    an Observe on ``/down`` (notifications acknowledged), close_notify = end of session."""
+    an Observe on ``/down`` (notifications acknowledged), close_notify = end of session.
+
+    ``cid``: ask for a DTLS Connection ID (RFC 9146; these bytes, ``b""`` asks the server
+    to send none). ``rebind_every_s`` > 0: the device's NAT rebinds that often (checked
+    before each uplink). With a negotiated CID the device goes on from a new source port
+    (``AsyncDtlsClient.rebind``) in the same session; without, it does what such a device
+    must: a new handshake from the new port (and a new Observe), the old session left to
+    the server's idle timeout. ``handshakes`` and ``rebindings`` count what it did."""
 
     delivers_on_connect = False
 
-    def __init__(self, name: str, target: Target, ctx_factory: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: Target,
+        ctx_factory: Any,
+        *,
+        cid: bytes | None = None,
+        rebind_every_s: float = 0.0,
+    ) -> None:
         self.name = name
         self._target = target
         self._ctx_factory = ctx_factory
+        self._cid = cid
+        self._rebind_every_s = rebind_every_s
+        self._rebind_at = 0.0
+        self.handshakes = 0
+        self.rebindings = 0
+        #: Did the last handshake negotiate a Connection ID?
+        self.cid_negotiated = False
+        self._rebinding = False
         self._dtls: AsyncDtlsClient | None = None
         self._pump: asyncio.Task[None] | None = None
         self._waiting: dict[bytes, asyncio.Future[Message]] = {}
@@ -191,6 +214,7 @@ class CoapOpenSslDevice:
                 host=self._target.host,
                 timeout=CONNECT_TIMEOUT_S,
                 raise_socket_errors=True,
+                cid=self._cid,
             )
         except TimeoutError:
             raise DeviceError("timeout", NO_ANSWER) from None
@@ -199,6 +223,9 @@ class CoapOpenSslDevice:
         if not self._dtls.client.done:
             self._dtls.close()
             raise DeviceError("refused", failure_reason(self._dtls.client.failed))
+        self.handshakes += 1
+        self.cid_negotiated = self._dtls.client.cid is not None
+        self._rebind_at = time.monotonic() + self._rebind_every_s
         self._pump = asyncio.ensure_future(self._receive_loop())
         self._observe_token = os.urandom(4)
         try:
@@ -271,7 +298,8 @@ class CoapOpenSslDevice:
         except ConnectionError:
             pass  # close_notify (client.closed) or a fatal alert (client.failed)
         finally:
-            if not self.closed.is_set():
+            # A session being replaced (``_rebind``) has not ended.
+            if not self._rebinding and not self.closed.is_set():
                 if not self._closing:
                     self.closed_at = time.time()
                 self.closed.set()
@@ -298,7 +326,32 @@ class CoapOpenSslDevice:
         elif m.token == self._observe_token and m.opt.observe is not None:
             self.downlinks.append(m.payload)
 
+    async def _rebind(self) -> None:
+        """The NAT gave the device a new source port."""
+        dtls = self._dtls
+        assert dtls is not None
+        self.rebindings += 1
+        self._rebind_at = time.monotonic() + self._rebind_every_s
+        if dtls.client.cid is not None:
+            await dtls.rebind()
+            return
+        # No CID: the old session cannot be reached any more; handshake again.
+        self._rebinding = True
+        try:
+            if self._pump is not None:
+                self._pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._pump
+        finally:
+            self._rebinding = False
+        if dtls.transport is not None:
+            dtls.transport.close()  # no close_notify: it would not get through either
+        self._dtls, self._pump = None, None
+        await self.connect()
+
     async def send(self, seq: int) -> None:
+        if self._rebind_every_s > 0 and time.monotonic() >= self._rebind_at:
+            await self._rebind()
         payload = json.dumps({"seq": seq, "t": time.time()}).encode()
         response = await self._request(
             Code.POST, ("up", "telemetry"), payload, content_format=_CF_JSON
@@ -322,15 +375,21 @@ class CoapCertDevice(CoapOpenSslDevice):
     """A device certificate from the simulator's CA; the server's chain checked against
     ``target.server_ca``."""
 
-    def __init__(self, name: str, target: Target, cert_path: str, key_path: str) -> None:
-        super().__init__(name, target, lambda: cert_context(cert_path, key_path, target.server_ca))
+    def __init__(
+        self, name: str, target: Target, cert_path: str, key_path: str, **dtls: Any
+    ) -> None:
+        super().__init__(
+            name, target, lambda: cert_context(cert_path, key_path, target.server_ca), **dtls
+        )
 
 
 class CoapOpenSslPskDevice(CoapOpenSslDevice):
     """PSK over OpenSSL: no 16-byte cap (the broker's default 32-byte PSKs work)."""
 
-    def __init__(self, name: str, target: Target, psk_identity: str, psk: bytes) -> None:
-        super().__init__(name, target, lambda: psk_context(psk_identity.encode(), psk))
+    def __init__(
+        self, name: str, target: Target, psk_identity: str, psk: bytes, **dtls: Any
+    ) -> None:
+        super().__init__(name, target, lambda: psk_context(psk_identity.encode(), psk), **dtls)
 
 
 def psk_device_stack(psk: bytes) -> str:

@@ -171,6 +171,19 @@ class KeySchema:
         """Pub/sub: operator disconnects, routed to the node holding the session."""
         return f"{self.prefix}:sessions:disconnect"
 
+    # -- DTLS Connection ID across nodes (adapters/dtls/cluster.py) ---------------------------
+    @property
+    def cid_nodes(self) -> str:
+        """Hash: node tag (hex, the first bytes of the CIDs a node issues) -> "host:port"
+        where that node takes forwarded CID records."""
+        return f"{self._r}:dtls:cid:nodes"
+
+    @property
+    def cid_forward_key(self) -> str:
+        """String: the HMAC key that authenticates CID records forwarded between nodes
+        (32 random bytes, hex; set once by the first node)."""
+        return f"{self._r}:dtls:cid:key"
+
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"

@@ -99,12 +99,17 @@ _counter = iter(range(1, 1_000_000))
 
 
 async def provision_psk(
-    registry: Registry, tenant: str = "acme", *, identity: str | None = None
+    registry: Registry,
+    tenant: str = "acme",
+    *,
+    identity: str | None = None,
+    key_bytes: int = 40,
 ) -> tuple[str, str, bytes]:
-    """-> (device_id, psk identity, psk). The key is printable (libcoap's -k takes text)."""
+    """-> (device_id, psk identity, psk). The key is printable (libcoap's -k takes text),
+    ``key_bytes`` long (mbedTLS takes at most 32)."""
     n = next(_counter)
     ident = identity or f"{tenant}:dev-{n}-{os.getpid()}"
-    key = secrets.token_urlsafe(30).encode()  # 40 random printable bytes
+    key = secrets.token_urlsafe(30).encode()[:key_bytes]  # random printable bytes
     res = await registry.provision(
         tenant, f"hw-psk-{n}", CredentialKind.PSK, actor="test", psk_identity=ident, psk_bytes=key
     )

@@ -345,3 +345,48 @@ async def test_a_run_with_no_broker_stops_early_and_says_why(
     summary = json.loads(out.strip().splitlines()[-1])
     (error,) = summary["errors"]
     assert error.startswith("connect:io (ConnectionRefusedError"), summary["errors"]
+
+
+# -- issue 14: devices with a DTLS Connection ID whose NAT rebinds ------------------------------
+def _dtls_server(broker: dict[str, Any]) -> Any:
+    (listener,) = [x for x in broker["node"].listeners if x.name == "coap"]
+    return listener.dtls_server
+
+
+@pytest.mark.parametrize("cid", [True, False], ids=["cid", "no_cid"])
+async def test_rebinding_devices_with_and_without_cid(
+    broker: dict[str, Any], redis: aioredis.Redis, redis_url: str, tmp_path: Path, cid: bool
+) -> None:
+    """``--rebind-every``: each device's source port changes during the run. With ``--cid``
+    its one session follows it (the server moves it, no new handshake); without, each
+    rebinding costs a new handshake. Every uplink is acknowledged either way."""
+    server = _dtls_server(broker)
+    before = server.stats["handshakes_completed"]
+    moved_before = server.stats["cid_address_changes"]
+    report = tmp_path / "report.json"
+    args = ["--transport", "coap", "--credential", "psk", "--devices", "3", "--ramp", "20"]
+    args += ["--rate", "4", "--duration", "3", "--provision", "--rebind-every", "0.7"]
+    args += ["--report", str(report)] + (["--cid", "4"] if cid else [])
+    code, _out, err = await simulate(broker, redis_url, *args)
+    assert code == 0, err
+    summary = json.loads(report.read_text())
+    assert summary["errors"] == {}, summary
+    assert summary["messages_delivered"] == summary["messages_attempted"] > 0
+    dtls = summary["dtls"]
+    assert dtls["rebindings"] >= 3, dtls
+    handshakes = server.stats["handshakes_completed"] - before
+    if cid:
+        assert dtls["cid_sessions"] == 3 and dtls["handshakes"] == 3 == handshakes
+        # Each rebinding moved a session on the server (at the next uplink).
+        assert server.stats["cid_address_changes"] - moved_before == dtls["rebindings"]
+    else:
+        assert dtls["cid_sessions"] == 0
+        assert dtls["handshakes"] == 3 + dtls["rebindings"] == handshakes
+    stored = await stored_per_device(redis)
+    assert sum(stored.values()) >= summary["messages_delivered"]
+
+
+async def test_cid_options_apply_to_coap_only(broker: dict[str, Any], redis_url: str) -> None:
+    args = ["--transport", "mqtt", "--devices", "1", "--duration", "1", "--cid", "4"]
+    code, out, err = await simulate(broker, redis_url, *args)
+    assert code == 2 and out == "" and "--transport coap only" in err

@@ -20,6 +20,8 @@ from corem_ingress import metrics
 from corem_ingress.adapters.coap import provisioning
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
+from corem_ingress.adapters.dtls import cid
+from corem_ingress.adapters.dtls.cluster import CidCluster
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.adapters.dtls.transport import DtlsTransport
@@ -94,12 +96,22 @@ class CoapListener:
                 handshake_burst=float(cfg.handshake_burst),
                 max_pending=cfg.max_pending_handshakes,
                 max_pending_per_source=cfg.max_pending_handshakes_per_source,
+                cid_enabled=cfg.connection_id.enabled,
+                cid_length=cfg.connection_id.length,
+                node_tag=cid.node_tag(services.node_id),
             ),
         )
         # Timers on the monotonic clock; certificate validity and dates on the node's clock.
         self.transport = DtlsTransport(
             self.dtls_server, credentials, self, wall_clock=services.clock
         )
+        self.cluster: CidCluster | None = None
+        if cfg.connection_id.enabled and cfg.connection_id.length:
+            self.cluster = CidCluster(
+                services.stores.cid_nodes(),
+                cid.node_tag(services.node_id),
+                self.transport.send_datagram,
+            )
         self.endpoint = CoapEndpoint(
             self.transport.send,
             self._request,
@@ -120,6 +132,14 @@ class CoapListener:
         cfg = self.services.config.coap
         self.port = await self.transport.open(cfg.host, cfg.port)
         log.info("coap.listening", host=cfg.host, port=self.port)
+        if self.cluster is not None:
+            advertise = (cfg.connection_id.advertise_host or cfg.host, self.port)
+            try:
+                await self.cluster.start(advertise)
+            except Exception as exc:  # Redis down: CID sessions still work on this node
+                log.warning("coap.cid_forwarding_unavailable", error=str(exc))
+            else:
+                self.transport.use_cluster(self.cluster)
         if self.lwm2m is not None:
             await self.lwm2m.start()
 
@@ -134,6 +154,11 @@ class CoapListener:
             await asyncio.wait(list(self._background), timeout=max(0.1, deadline / 4))
         if self.lwm2m is not None:  # after the sessions: their registrations are unreachable
             await self.lwm2m.stop()
+        if self.cluster is not None and self.cluster.ready:
+            try:
+                await self.cluster.stop()
+            except Exception as exc:  # Redis down: the entry is overwritten by the next run
+                log.warning("coap.cid_unregister_failed", error=str(exc))
         self.transport.close_transport()
 
     # -- DtlsHandler ---------------------------------------------------------------------------

@@ -7,7 +7,10 @@ memory-BIO connection, so we reach into cryptography's cffi binding
 
 * ``SSL_CTX_set_psk_server_callback`` (server side, PSK cipher suites);
 * ``SSL_CTX_set_psk_client_callback`` (the in-process test/bench client only);
-* ``SSL_set_mtu`` (whole DTLS records within the configured MTU).
+* ``SSL_set_mtu`` (whole DTLS records within the configured MTU);
+* ``SSL_session_reused`` (the resumption bench: did a handshake resume?);
+* ``SSL_CTX_add_server_custom_ext`` (the RFC 9146 ``connection_id`` extension, which
+  OpenSSL does not implement: we parse the client's and answer in the ServerHello).
 
 Version ranges are pinned in pyproject.toml (``cryptography>=45,<51``,
 ``pyOpenSSL>=25,<27``); ``tests/coap/test_binding.py`` fails loudly when any of
@@ -37,10 +40,18 @@ REQUIRED_SYMBOLS = (
     "SSL_OP_NO_QUERY_MTU",
     "DTLSv1_listen",
     "Cryptography_HAS_PSK",
+    "SSL_CTX_add_server_custom_ext",
+    "SSL_CTX_add_client_custom_ext",
+    "Cryptography_HAS_CUSTOM_EXT",
+    "SSL_session_reused",
 )
 
 #: (connection, identity) -> PSK bytes, or None to refuse (handshake fails with an alert).
 PskServerCallback = Callable[[SSL.Connection, bytes], bytes | None]
+#: (connection, extension_data) -> accept it? (False: decode_error alert).
+ExtensionParseCallback = Callable[[SSL.Connection, bytes], bool]
+#: (connection) -> the extension_data for our ServerHello, or None to leave it out.
+ExtensionAddCallback = Callable[[SSL.Connection], bytes | None]
 #: (connection, hint) -> (identity, PSK).
 PskClientCallback = Callable[[SSL.Connection, bytes], tuple[bytes, bytes]]
 
@@ -108,6 +119,105 @@ def set_psk_client_callback(ctx: SSL.Context, callback: PskClientCallback) -> No
     _lib.SSL_CTX_set_psk_client_callback(ctx._context, handle)
 
 
+def session_reused(conn: SSL.Connection) -> bool:
+    """Did this handshake resume a session (abbreviated handshake)? pyOpenSSL has no
+    ``session_reused``; used by ``bench/dtls_resumption.py``."""
+    return bool(_lib.SSL_session_reused(conn._ssl))
+
+
 def set_mtu(conn: SSL.Connection, mtu: int) -> None:
     """Link MTU for a memory-BIO DTLS connection (context needs OP_NO_QUERY_MTU)."""
     _lib.SSL_set_mtu(conn._ssl, mtu)
+
+
+#: TLS alert description for a malformed extension (RFC 5246 7.2.2).
+_DECODE_ERROR = 50
+
+
+def add_server_extension(
+    ctx: SSL.Context,
+    ext_type: int,
+    parse: ExtensionParseCallback,
+    add: ExtensionAddCallback,
+) -> None:
+    """A ClientHello extension OpenSSL does not know, answered in the ServerHello.
+
+    OpenSSL calls ``parse`` with the client's extension_data, then (only when the client
+    sent it) ``add`` for ours. Exceptions in either refuse the handshake."""
+    handles = _extension_handles(parse, add)
+    _install(ctx, ext_type, handles, _lib.SSL_CTX_add_server_custom_ext)
+
+
+#: Client-side handlers by (parse, add): one set of cffi callbacks for every context.
+_client_handles: dict[tuple[Any, Any], tuple[Any, Any, Any]] = {}
+
+
+def add_client_extension(
+    ctx: SSL.Context,
+    ext_type: int,
+    parse: ExtensionParseCallback,
+    add: ExtensionAddCallback,
+) -> None:
+    """Client side (the simulator's device): ``add`` for the ClientHello (None leaves it
+    out), ``parse`` for the server's answer. Pass module-level functions: their cffi
+    callbacks are made once and shared by every context (a fleet makes thousands)."""
+    handles = _client_handles.get((parse, add))
+    if handles is None:
+        handles = _client_handles[(parse, add)] = _extension_handles(parse, add)
+    _install(ctx, ext_type, handles, _lib.SSL_CTX_add_client_custom_ext)
+
+
+def _install(ctx: SSL.Context, ext_type: int, handles: tuple[Any, Any, Any], register: Any) -> None:
+    # Keep the cffi callbacks alive as long as the context.
+    ctx._corem_ext_cbs = (*getattr(ctx, "_corem_ext_cbs", ()), handles)  # type: ignore[attr-defined]
+    if not register(
+        ctx._context, ext_type, handles[0], handles[1], _ffi.NULL, handles[2], _ffi.NULL
+    ):
+        raise RuntimeError(f"OpenSSL refused a handler for TLS extension {ext_type}")
+
+
+def _extension_handles(
+    parse: ExtensionParseCallback, add: ExtensionAddCallback
+) -> tuple[Any, Any, Any]:
+    """The cffi (add, free, parse) callbacks around ``parse`` and ``add``."""
+    # extension_data buffers handed to OpenSSL, alive until its free callback.
+    buffers: dict[int, Any] = {}
+
+    def parse_cb(ssl: Any, _type: int, data: Any, length: int, alert: Any, _arg: Any) -> int:
+        try:
+            ok = parse(_connection(ssl), bytes(_ffi.buffer(data, length)))
+        except Exception:
+            ok = False
+        if not ok:
+            alert[0] = _DECODE_ERROR
+            return 0
+        return 1
+
+    def add_cb(ssl: Any, _type: int, out: Any, outlen: Any, alert: Any, _arg: Any) -> int:
+        try:
+            value = add(_connection(ssl))
+        except Exception:
+            alert[0] = 80  # internal_error
+            return -1
+        if value is None:
+            return 0
+        buf = _ffi.new("unsigned char[]", max(1, len(value)))
+        _ffi.memmove(buf, value, len(value))
+        buffers[int(_ffi.cast("uintptr_t", buf))] = buf
+        out[0] = buf
+        outlen[0] = len(value)
+        return 1
+
+    def free_cb(_ssl: Any, _type: int, out: Any, _arg: Any) -> None:
+        buffers.pop(int(_ffi.cast("uintptr_t", out)), None)
+
+    handles = (
+        _ffi.callback(
+            "int(*)(SSL *, unsigned int, unsigned char * *, size_t *, int *, void *)", add_cb
+        ),
+        _ffi.callback("void(*)(SSL *, unsigned int, unsigned char *, void *)", free_cb),
+        _ffi.callback(
+            "int(*)(SSL *, unsigned int, unsigned char *, size_t, int *, void *)", parse_cb
+        ),
+    )
+    return handles

@@ -8,6 +8,7 @@ from enum import Enum
 
 from OpenSSL import SSL
 
+from corem_ingress.adapters.dtls.cid_session import CidSession
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.records import HandshakePeek
 from corem_ingress.core.causes import Cause
@@ -47,3 +48,16 @@ class Peer:
     #: Fingerprints of the verified chain above the leaf, by depth (the verify callback
     #: sees the top first); checked against the tenant's CAs at depth 0.
     chain_above_leaf: dict[int, str] = field(default_factory=dict)
+    #: The Connection ID state when the client offered the extension (RFC 9146).
+    cid: CidSession | None = None
+    #: Where the peer is now, when an authenticated CID record moved it (NAT rebinding);
+    #: ``addr`` stays the session's name for the layers above.
+    remote: Address | None = None
+    #: The node the peer now talks to, when its records reach us forwarded by that node
+    #: (our datagrams go back through it).
+    via: Address | None = None
+
+    @property
+    def destination(self) -> Address:
+        """Where our datagrams go."""
+        return self.remote or self.addr

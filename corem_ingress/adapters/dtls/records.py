@@ -66,13 +66,18 @@ def split_records(data: bytes) -> list[Record]:
 
 def pack_datagrams(data: bytes, mtu: int) -> list[bytes]:
     """Group whole records into datagrams of at most ``mtu`` bytes (a bigger record goes alone)."""
+    return pack_records([rec.raw for rec in split_records(data)], mtu)
+
+
+def pack_records(records: list[bytes], mtu: int) -> list[bytes]:
+    """``pack_datagrams`` for records already split (``tls12_cid`` ones among them)."""
     out: list[bytes] = []
     current = bytearray()
-    for rec in split_records(data):
-        if current and len(current) + len(rec.raw) > mtu:
+    for raw in records:
+        if current and len(current) + len(raw) > mtu:
             out.append(bytes(current))
             current = bytearray()
-        current += rec.raw
+        current += raw
     if current:
         out.append(bytes(current))
     return out

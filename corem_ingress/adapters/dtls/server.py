@@ -42,14 +42,16 @@ import collections
 import contextlib
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from OpenSSL import SSL, crypto
 
-from corem_ingress.adapters.dtls import _binding
+from corem_ingress.adapters.dtls import _binding, cid
 from corem_ingress.adapters.dtls.authn import Authenticator, CredentialCache
+from corem_ingress.adapters.dtls.cid_session import MAX_BACKLOG, CidSession
 from corem_ingress.adapters.dtls.cookies import CookieJar
 from corem_ingress.adapters.dtls.events import (
     Address,
@@ -64,6 +66,7 @@ from corem_ingress.adapters.dtls.peer import Peer, PeerState
 from corem_ingress.adapters.dtls.ratelimit import RateLimiter
 from corem_ingress.adapters.dtls.records import (
     CT_ALERT,
+    CT_APPLICATION_DATA,
     CT_CHANGE_CIPHER_SPEC,
     CT_HANDSHAKE,
     PSK_SUITES,
@@ -73,7 +76,7 @@ from corem_ingress.adapters.dtls.records import (
     alert_name,
     alert_record,
     fatal_alert,
-    pack_datagrams,
+    pack_records,
     parse_client_hello,
     server_hello_suite,
     split_records,
@@ -127,6 +130,13 @@ class DtlsConfig:
     cookie_lifetime: float = 60.0
     #: Certificates are checked against this clock (seconds since the epoch).
     check_cert_validity: bool = True
+    #: Answer a client's RFC 9146 ``connection_id`` extension (NAT rebinding survives).
+    cid_enabled: bool = True
+    #: Length of the CIDs we issue, what clients put in their records (0: we ask for none
+    #: but still send the client's CID in our records when it asks for one).
+    cid_length: int = 8
+    #: The first bytes of every CID we issue: which node owns the session.
+    node_tag: bytes = b"\x00\x00"
 
 
 class DtlsServer:
@@ -186,6 +196,18 @@ class DtlsServer:
         self.on_rate_limited: Callable[[Address], None] | None = None
         #: Told when a handshake with a valid cookie is refused by a pending-handshake cap.
         self.on_pending_refused: Callable[[Address], None] | None = None
+        #: Sessions by the CID we issued them (RFC 9146).
+        self._by_cid: dict[bytes, Peer] = {}
+        #: Told (session address, old, new) when an authenticated CID record moved a session.
+        self.on_address_changed: Callable[[Address, Address, Address], None] | None = None
+        #: A CID record for a session another node issued: (datagram, source, CID) to
+        #: forward it there; None drops it.
+        self.forward_cid: Callable[[bytes, Address, bytes], None] | None = None
+        #: (device address, datagram) -> the frame that another node sends on to the device
+        #: (cross-node CID); set with ``forward_cid``.
+        self.wrap_back: Callable[[Address, bytes], bytes] | None = None
+        #: The node that forwarded the datagram being received (None: straight from it).
+        self._via: Address | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
@@ -210,6 +232,10 @@ class DtlsServer:
         ctx.set_cookie_generate_callback(self._cookie_generate)
         ctx.set_cookie_verify_callback(self._cookie_verify)
         _binding.set_psk_server_callback(ctx, self._auth.psk)
+        if self.config.cid_enabled:
+            _binding.add_server_extension(
+                ctx, cid.EXT_CONNECTION_ID, self._cid_parse, self._cid_answer
+            )
         return ctx
 
     # -- user API --------------------------------------------------------------------------
@@ -253,6 +279,9 @@ class DtlsServer:
         peer = self._peers.get(addr)
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return False
+        if peer.cid is not None:
+            self._emit(peer, peer.cid.protect(CT_APPLICATION_DATA, data))
+            return True
         try:
             peer.conn.send(data)
         except SSL.Error:
@@ -298,8 +327,22 @@ class DtlsServer:
                 self._handshake_datagram(peer, data)
 
     # -- input -----------------------------------------------------------------------------
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_datagram(
+        self, data: bytes, addr: Address, now: float, *, via: Address | None = None
+    ) -> None:
+        """``via``: the node that forwarded this device datagram (only CID records are)."""
         self._now = now
+        if via is not None:
+            if data[:1] == b"\x19" and self.config.cid_enabled:
+                self._via = via
+                try:
+                    self._cid_datagram(data, addr)
+                finally:
+                    self._via = None
+            return
+        if data[:1] == b"\x19" and self.config.cid_enabled:  # tls12_cid
+            self._cid_datagram(data, addr)
+            return
         hello = parse_client_hello(data)
         if hello is not None:
             self._client_hello(data, addr, hello)
@@ -512,6 +555,23 @@ class DtlsServer:
 
     # -- handshake -------------------------------------------------------------------------
     def _handshake_datagram(self, peer: Peer, data: bytes) -> None:
+        state = peer.cid
+        if state is None or not state.own_cid:
+            self._feed_handshake(peer, data)
+            return
+        # The client's epoch-1 records carry our CID: OpenSSL gets them re-protected as
+        # plain records once the keys exist (after the ClientKeyExchange).
+        plain = bytearray()
+        for rec in cid.split(data, len(state.own_cid)):
+            if rec[0] != cid.CT_TLS12_CID:
+                plain += rec
+            elif len(state.backlog) < MAX_BACKLOG:
+                state.backlog.append(rec)
+        if plain:
+            self._feed_handshake(peer, bytes(plain))
+        self._cid_feed_backlog(peer)
+
+    def _feed_handshake(self, peer: Peer, data: bytes) -> None:
         needed = self._auth.needed(peer, data)
         if needed is not None:
             peer.state = PeerState.AWAITING_CREDENTIAL
@@ -540,7 +600,7 @@ class DtlsServer:
             Cause.WRONG_KEY,
             "the client's Finished did not verify: it holds another key",
         )
-        self._out.append((alert_record(cause.dtls_alert), peer.addr))
+        self._out.append((alert_record(cause.dtls_alert), peer.destination))
         self._drop(peer, cause, f"{detail}; sent {alert_name(cause.dtls_alert)}")
 
     def _advance(self, peer: Peer) -> None:
@@ -578,6 +638,11 @@ class DtlsServer:
             if old is not None:
                 self._close_peer(old, Cause.REPLACED, notify=False)
             self._peers[addr] = peer
+        if peer.cid is not None and not (peer.cid.keyed or self._cid_keys(peer)):
+            # Cannot happen (the Finished exchange needed the keys), but never run a
+            # CID session we could not protect.
+            self._close_peer(peer, Cause.HANDSHAKE_FAILED, notify=False)
+            return
         if peer.peek.finished_records > 1:
             self.stats["client_finished_split"] += 1  # a flight split mid-Finished, handled
         peer.held.clear()
@@ -602,6 +667,9 @@ class DtlsServer:
 
     # -- established -----------------------------------------------------------------------
     def _application_datagram(self, peer: Peer, data: bytes) -> None:
+        if peer.cid is not None:
+            self._cid_established(peer, data, peer.addr)
+            return
         peer.conn.bio_write(data)
         # One SSL_read per record at most: saves the WantReadError after the last one.
         self._read_application(peer, max_reads=max(1, len(split_records(data))))
@@ -628,20 +696,173 @@ class DtlsServer:
             self._events.append(ApplicationData(peer.addr, data))
         self._flush(peer)
 
+    # -- Connection ID (RFC 9146) ----------------------------------------------------------
+    def _cid_parse(self, conn: SSL.Connection, data: bytes) -> bool:
+        """The client's ``connection_id`` extension: the CID it wants in our records."""
+        peer = conn.get_app_data()
+        value = cid.parse_cid_extension(data)
+        if value is None or not isinstance(peer, Peer):
+            return False  # decode_error
+        peer.cid = CidSession(peer_cid=value)
+        return True
+
+    def _cid_answer(self, conn: SSL.Connection) -> bytes | None:
+        """Our ServerHello's ``connection_id``: the CID the client must put in its records."""
+        peer = conn.get_app_data()
+        if not isinstance(peer, Peer) or peer.cid is None:
+            return None
+        own = self._issue_cid()
+        peer.cid.own_cid = own
+        if own:
+            self._by_cid[own] = peer
+        elif not peer.cid.peer_cid:
+            peer.cid = None  # empty both ways: plain records (RFC 9146 3)
+        self.stats["cid_negotiated"] += 1
+        return cid.cid_extension(own)
+
+    def _issue_cid(self) -> bytes:
+        length = self.config.cid_length
+        while length:
+            own = cid.node_cid(self.config.node_tag, length, os.urandom(length))
+            if own not in self._by_cid:
+                return own
+        return b""
+
+    def _cid_keys(self, peer: Peer) -> bool:
+        """Derive the session's epoch-1 keys once OpenSSL has the master secret."""
+        assert peer.cid is not None
+        master = peer.conn.master_key()
+        if not master or peer.suite is None:
+            return False
+        return peer.cid.set_keys(
+            peer.suite, master, peer.conn.client_random() or b"", peer.conn.server_random() or b""
+        )
+
+    def _cid_feed_backlog(self, peer: Peer) -> None:
+        state = peer.cid
+        if state is None or not state.backlog or peer.state is not PeerState.HANDSHAKE:
+            return
+        if not self._alive(peer) or not (state.keyed or self._cid_keys(peer)):
+            return
+        records, state.backlog = state.backlog, []
+        self._feed_handshake(peer, b"".join(state.incoming_for_openssl(r) for r in records))
+
+    def _cid_outgoing(self, peer: Peer, records: list[bytes]) -> list[bytes]:
+        """OpenSSL's epoch-1 records (its Finished, an alert) as the client expects them."""
+        state = peer.cid
+        assert state is not None
+        out: list[bytes] = []
+        for raw in records:
+            if raw[3:5] == b"\0\0" or not (state.keyed or self._cid_keys(peer)):
+                out.append(raw)
+            else:
+                out.append(state.outgoing_from_openssl(raw))
+        return out
+
+    def _cid_datagram(self, data: bytes, addr: Address) -> None:
+        """A datagram that opens with a ``tls12_cid`` record: found by its CID, wherever
+        it comes from."""
+        own = cid.record_cid(data, self.config.cid_length) or b""
+        peer = self._by_cid.get(own) if own else None
+        if peer is None:
+            foreign = own[: len(self.config.node_tag)] != self.config.node_tag
+            if own and foreign and self.forward_cid is not None and self._via is None:
+                self.stats["cid_forwarded"] += 1
+                self.forward_cid(data, addr, own)
+                return
+            self.stats["dropped_unknown_cid"] += 1
+            return
+        if peer.state is PeerState.ESTABLISHED:
+            self._cid_established(peer, data, addr)
+        elif addr == peer.destination and self._via is None:
+            self._peer_datagram(peer, data)  # the client's Finished
+        else:
+            self.stats["dropped_no_session"] += 1
+
+    def _cid_established(self, peer: Peer, data: bytes, addr: Address) -> None:
+        """Our own record layer for a CID session: only an authenticated record counts,
+        and only one newer than every record before it moves the session (RFC 9146 6)."""
+        state = peer.cid
+        assert state is not None
+        resend = False
+        for rec in cid.split(data, len(state.own_cid)):
+            if rec[3:5] == b"\0\0":
+                # The client's epoch-0 flight again: our Finished was lost.
+                resend = resend or (rec[0] == CT_HANDSHAKE and addr == peer.destination)
+                continue
+            result = state.unprotect(rec)
+            if result is None:
+                self.stats["cid_dropped_records"] += 1
+                continue
+            opened, newer = result
+            if addr != peer.destination or self._via != peer.via:
+                if newer:
+                    self._cid_move(peer, addr)
+                else:  # authentic but reordered: delivered, moves nothing
+                    self.stats["cid_stale_elsewhere"] += 1
+            peer.last_seen = self._now
+            if opened.content_type == CT_APPLICATION_DATA:
+                self._events.append(ApplicationData(peer.addr, opened.payload))
+            elif opened.content_type == CT_ALERT and len(opened.payload) == 2:
+                level, description = opened.payload
+                if description == 0:  # close_notify: answer it and forget at once
+                    self._emit(peer, state.protect(CT_ALERT, b"\x01\x00"))
+                    self._drop(peer, Cause.PEER_CLOSED, "close_notify")
+                    return
+                if level == 2:
+                    detail = f"the client sent a fatal {alert_name(description)}"
+                    self._drop(peer, Cause.PEER_ABORTED, detail)
+                    return
+            elif opened.content_type == CT_HANDSHAKE:
+                resend = True  # its Finished again
+        if resend and state.last_flight:
+            for datagram in state.last_flight:
+                self._emit(peer, datagram)
+
+    def _emit(self, peer: Peer, datagram: bytes) -> None:
+        """A datagram of an established CID session: to the device, or through the node it
+        talks to now."""
+        if peer.via is not None and self.wrap_back is not None:
+            self._out.append((self.wrap_back(peer.destination, datagram), peer.via))
+        else:
+            self._out.append((datagram, peer.destination))
+
+    def _cid_move(self, peer: Peer, addr: Address) -> None:
+        """To ``addr``, through the node that forwarded the record if one did."""
+        old = peer.destination
+        peer.remote = None if addr == peer.addr else addr
+        peer.via = self._via
+        if peer.via is not None:
+            self.stats["cid_via_node"] += 1
+        if addr == old:
+            return  # the same address, now reaching us through another node
+        self.stats["cid_address_changes"] += 1
+        if self.on_address_changed is not None:
+            self.on_address_changed(peer.addr, old, addr)
+
     # -- output and teardown ---------------------------------------------------------------
     def _flush(self, peer: Peer, alert: int | None = None) -> bytes:
         """Send what OpenSSL wrote (alerts' descriptions replaced by ``alert``); re-arm the
         retransmission timer of a handshake. -> what was sent."""
-        chunk = self._send_raw(peer.conn, peer.addr, alert)
-        if peer.suite is None and chunk:
-            peer.suite = server_hello_suite(chunk)
+        if peer.suite is None:
+            chunk = self._send_raw(peer.conn, peer.destination, alert)
+            peer.suite = server_hello_suite(chunk) if chunk else None
+        else:
+            chunk = self._send_raw(peer.conn, peer.destination, alert, peer)
         if peer.state is not PeerState.ESTABLISHED and self._alive(peer):
             timeout = peer.conn.DTLSv1_get_timeout()
             if timeout is not None:
                 self._retransmits.set(peer.id, _RETRANSMIT, self._real_clock() + timeout)
         return chunk
 
-    def _send_raw(self, conn: SSL.Connection, addr: Address, alert: int | None = None) -> bytes:
+    def _send_raw(
+        self,
+        conn: SSL.Connection,
+        addr: Address,
+        alert: int | None = None,
+        peer: Peer | None = None,
+    ) -> bytes:
+        """Send what OpenSSL wrote; its epoch-1 records re-protected for a CID ``peer``."""
         mtu = self.config.mtu - 28
         sent = b""
         while True:
@@ -654,7 +875,13 @@ class DtlsServer:
             if alert is not None:
                 chunk = with_alert_description(chunk, alert)
             sent = chunk
-            self._out.extend((d, addr) for d in pack_datagrams(chunk, mtu))
+            raws = [rec.raw for rec in split_records(chunk)]
+            if peer is not None and peer.cid is not None:
+                raws = self._cid_outgoing(peer, raws)
+            datagrams = pack_records(raws, mtu)
+            if peer is not None and peer.cid is not None and any(r[3:5] != b"\0\0" for r in raws):
+                peer.cid.last_flight = datagrams
+            self._out.extend((d, addr) for d in datagrams)
             if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
                 return sent
 
@@ -671,7 +898,9 @@ class DtlsServer:
 
     def _close_peer(self, peer: Peer, cause: Cause, *, notify: bool = True) -> None:
         """close_notify (if established) and forget."""
-        if peer.state is PeerState.ESTABLISHED and notify:
+        if peer.state is PeerState.ESTABLISHED and notify and peer.cid is not None:
+            self._emit(peer, peer.cid.protect(CT_ALERT, b"\x01\x00"))
+        elif peer.state is PeerState.ESTABLISHED and notify:
             with contextlib.suppress(SSL.Error):
                 peer.conn.shutdown()
             self._flush(peer)
@@ -689,6 +918,8 @@ class DtlsServer:
             if successor is not None:  # the new connection goes on alone
                 self._peers[addr] = successor
         self._unpend(peer)
+        if peer.cid is not None and self._by_cid.get(peer.cid.own_cid) is peer:
+            del self._by_cid[peer.cid.own_cid]
         self._timers.cancel_all(peer.id, (_HANDSHAKE, _IDLE))
         self._retransmits.cancel(peer.id, _RETRANSMIT)
         established = peer.state is PeerState.ESTABLISHED

@@ -16,6 +16,8 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from corem_ingress import metrics
+from corem_ingress.adapters.dtls.cluster import MAGIC, TO_OWNER, CidCluster
 from corem_ingress.adapters.dtls.events import (
     Address,
     ApplicationData,
@@ -93,6 +95,9 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        server.on_address_changed = self._address_changed
+        #: Cross-node CID forwarding (``use_cluster``); None: a foreign CID is dropped.
+        self.cluster: CidCluster | None = None
 
     async def open(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -116,11 +121,26 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        source = (str(addr[0]), int(addr[1]))
         try:
-            self.server.receive_datagram(data, (str(addr[0]), int(addr[1])), self._clock())
+            if data[:2] == MAGIC and self.cluster is not None:
+                self._node_frame(data, source)
+            else:
+                self.server.receive_datagram(data, source, self._clock())
         except Exception:  # never let one datagram stop the listener
             log.exception("dtls.receive_failed")
         self._pump()
+
+    def _node_frame(self, data: bytes, node: Address) -> None:
+        """A frame from another node: a device's record for us, or our answer to send on."""
+        assert self.cluster is not None
+        frame = self.cluster.open(data)
+        if frame is None:
+            return
+        if frame.kind == TO_OWNER:
+            self.server.receive_datagram(frame.datagram, frame.device, self._clock(), via=node)
+        elif self._transport is not None:
+            self._transport.sendto(frame.datagram, frame.device)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dtls.socket_error", error=str(exc))
@@ -134,6 +154,17 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.server.on_max_sessions = guard.max_sessions_reached
         self.server.on_rate_limited = guard.handshake_rate_limited
         self.server.on_pending_refused = guard.pending_handshakes_refused
+
+    def send_datagram(self, datagram: bytes, addr: Address) -> None:
+        """A raw datagram from the listener's socket (frames to other nodes)."""
+        if self._transport is not None:
+            self._transport.sendto(datagram, addr)
+
+    def use_cluster(self, cluster: CidCluster) -> None:
+        """Forward CID records of other nodes' sessions to them; take theirs for ours."""
+        self.cluster = cluster
+        self.server.forward_cid = cluster.forward
+        self.server.wrap_back = cluster.back
 
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
@@ -153,11 +184,17 @@ class DtlsTransport(asyncio.DatagramProtocol):
         return self.server.keep_alive(addr, until)
 
     # -- internals -----------------------------------------------------------------------------
+    def _address_changed(self, session: Address, old: Address, new: Address) -> None:
+        metrics.cid_address_changed()
+        log.info("dtls.cid_address_changed", session=session, old=old, new=new)
+
+    def _sendto(self, datagram: bytes, addr: Address) -> None:
+        if self._transport is not None:
+            self._transport.sendto(datagram, addr)
+
     def _pump(self) -> None:
-        transport = self._transport
         for datagram, addr in self.server.datagrams_to_send():
-            if transport is not None:
-                transport.sendto(datagram, addr)
+            self._sendto(datagram, addr)
         handled = False
         while (event := self.server.next_event()) is not None:
             handled = True
@@ -184,8 +221,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
         if handled:  # handlers may have sent data
             for datagram, addr in self.server.datagrams_to_send():
-                if transport is not None:
-                    transport.sendto(datagram, addr)
+                self._sendto(datagram, addr)
         self._schedule()
 
     def _schedule(self) -> None:
