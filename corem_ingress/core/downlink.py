@@ -24,6 +24,11 @@ def check_downlink_kind(kind: str) -> str:
     return kind
 
 
+def downlink_topic(device_id: str, kind: str) -> str:
+    """The MQTT topic a downlink of ``kind`` goes to (what a device subscribes to)."""
+    return f"devices/{device_id}/down/{kind}"
+
+
 @dataclass(frozen=True, slots=True)
 class Downlink:
     tenant_id: str

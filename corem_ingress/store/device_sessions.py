@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.downlink import Downlink, downlink_topic
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry.scripts import _Script
@@ -36,7 +36,8 @@ class OpenedSession:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    #: "none" (no session), "live" (deliver over pub/sub only) or "queued".
+    #: "none" (no session), "live" (deliver over pub/sub only), "unsubscribed" (a
+    #: persistent MQTT session with no subscription matching the topic) or "queued".
     route: str
     #: The owner of the session ("node|session"), "" when the device is offline.
     owner: str = ""
@@ -118,13 +119,19 @@ class DeviceSessions:
         out = await self._call(
             self._enqueue,
             self._device_keys(downlink.device_id),
-            [downlink.encode(), downlink.qos, queue_max, now],
+            [
+                downlink.encode(),
+                downlink.qos,
+                queue_max,
+                now,
+                downlink_topic(downlink.device_id, downlink.kind),
+            ],
         )
         route = _text(out[0])
         if route == "none":
             return Enqueued("none")
-        if route == "live":
-            return Enqueued("live", _text(out[1]))
+        if route in ("live", "unsubscribed"):
+            return Enqueued(route, _text(out[1]))
         return Enqueued("queued", _text(out[1]), int(out[2]), tuple(_text(x) for x in out[3:]))
 
     async def fetch(

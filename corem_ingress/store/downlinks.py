@@ -146,6 +146,8 @@ async def deliver(
         )
     if routed.route == "none":
         result = outcome(DeliveryState.DROPPED, DropReason.NO_SESSION)
+    elif routed.route == "unsubscribed":
+        result = outcome(DeliveryState.DROPPED, DropReason.NOT_SUBSCRIBED)
     elif not routed.owner:  # offline
         if routed.route == "queued":
             result = outcome(DeliveryState.QUEUED, position=routed.position)

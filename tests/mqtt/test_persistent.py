@@ -29,14 +29,14 @@ from tests.mqtt.test_mqtt5 import Paho5
 pytestmark = pytest.mark.integration
 
 
-async def downlink(registry, dev, payload, *, qos=1, **kw):  # type: ignore[no-untyped-def]
+async def downlink(registry, dev, payload, *, qos=1, kind="config", **kw):  # type: ignore[no-untyped-def]
     """Send as the admin API and the CLI do; returns their answer."""
     kw.setdefault("reply_wait_s", 2.0)
     return await send_downlink(
         registry,
         dev.tenant,
         dev.device_id,
-        "config",
+        kind,
         payload,
         qos=qos,
         actor="test",
@@ -182,9 +182,16 @@ async def test_clean_session_discards_and_drops_are_reported(mqtt_node, registry
     never = await provision_x509(registry, pki, "acme", "hw-never")
     assert (await downlink(registry, never, "x"))["reason"] == "no_session"
     raw, _ = await raw_session(listener.port, pki, dev)
+    await raw.send(codec.encode_subscribe(1, [(f"devices/{dev.device_id}/down/config", 1)]))
+    assert await raw.read_packet() == b"\x90\x03\x00\x01\x01"
     await raw.close()
     await wait_for(lambda: listener.holder(dev.device_id) is None)
     assert (await downlink(registry, dev, "q0", qos=0))["reason"] == "qos0_offline"
+    # MQTT queues only what the stored session is subscribed to: another kind is dropped
+    # and says so (it would be dropped at the reconnect anyway).
+    other = await downlink(registry, dev, "reboot", kind="command")
+    assert (other["state"], other["reason"]) == ("dropped", "not_subscribed")
+    assert await queue_len(redis, dev) == 0
     # Queue of 2: the third pushes the oldest out, and says so.
     one = await downlink(registry, dev, "1", queue_max=2)
     await downlink(registry, dev, "2", queue_max=2)

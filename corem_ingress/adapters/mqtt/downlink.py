@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from corem_ingress.adapters.mqtt import policy
-from corem_ingress.core.downlink import Downlink
+from corem_ingress.core.downlink import Downlink, downlink_topic
 
 #: MQTT 5 Session Expiry Interval meaning "never expires".
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
@@ -109,7 +109,7 @@ class Subscriptions:
 
 def plan(subs: Subscriptions, downlink: Downlink) -> tuple[str, int] | None:
     """(topic, QoS) to publish this downlink with, or None if the device is not subscribed."""
-    topic = policy.downlink_topic(downlink.device_id, downlink.kind)
+    topic = downlink_topic(downlink.device_id, downlink.kind)
     granted = subs.qos_for(topic)
     if granted is None:
         return None

@@ -40,10 +40,6 @@ def uplink_kind(identity: DeviceIdentity, topic: str) -> UplinkKind:
         ) from None
 
 
-def downlink_topic(device_id: str, kind: str) -> str:
-    return f"devices/{device_id}/down/{kind}"
-
-
 def subscribe_allowed(identity: DeviceIdentity, topic_filter: str) -> bool:
     """True only if every topic the filter can match lies under devices/{id}/down/."""
     levels = topic_filter.split("/")
