@@ -80,3 +80,15 @@ def test_lwm2m_option_mistakes_are_usage_errors(argv: list[str]) -> None:
 
     with pytest.raises(CliError, match=r"argument|required"):
         build_parser(simulate=False).parse_args(["lwm2m", *argv])
+
+
+@pytest.mark.parametrize("transport", ["lwm2m", "http", "dtls", "smtp"])
+def test_sessions_filter_only_by_a_transport_a_session_can_have(transport: str) -> None:
+    """Before, ``--transport lwm2m`` (and http, dtls) was accepted and always listed nothing:
+    LwM2M devices' sessions are their DTLS sessions, indexed as ``coap``."""
+    from corem_ingress.cli import CliError, cmd_sessions
+
+    argv = ["sessions", "list", "--tenant", "acme", "--transport", transport]
+    args = build_parser(simulate=False).parse_args(argv)
+    with pytest.raises(CliError, match=r"mqtt, coap$"):
+        cmd_sessions(args)
