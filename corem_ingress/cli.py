@@ -804,13 +804,10 @@ async def _sessions(cfg: config_mod.Config, args: argparse.Namespace, note: str)
 def cmd_lwm2m_events(args: argparse.Namespace) -> int:
     """Follow a tenant's LwM2M events: one JSON object per line (with its ``id``)."""
     from corem_ingress.core.identity import check_device_id, check_tenant_id
-    from corem_ingress.lwm2m.events import check_event_id
 
     check_tenant_id(args.tenant)
     if args.device is not None:
         check_device_id(args.device)
-    if args.after is not None:
-        check_event_id(args.after)
     cfg = _load_config(args)
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
         asyncio.run(_lwm2m_events(cfg, args))
@@ -878,6 +875,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
+
+
+def _event_id(text: str) -> str:
+    """An LwM2M event id for ``--after`` (the API's Last-Event-ID, named as the option)."""
+    from corem_ingress.lwm2m.events import check_event_id
+
+    try:
+        return check_event_id(text)
+    except InvalidArgument:
+        raise argparse.ArgumentTypeError(
+            "must be an event id (e.g. 1700000000000-0) or 0"
+        ) from None
 
 
 def _seconds(text: str) -> float:
@@ -1211,7 +1220,9 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
     tenant(sp)
     sp.add_argument("--device", help="only this device's events")
     sp.add_argument(
-        "--after", help="resume after this event id (0: from the oldest kept); default: new only"
+        "--after",
+        type=_event_id,
+        help="resume after this event id (0: from the oldest kept); default: new only",
     )
     sp.add_argument("--count", type=_positive_int, help="exit after this many events")
     sp.set_defaults(func=cmd_lwm2m_events)

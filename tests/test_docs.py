@@ -89,3 +89,13 @@ def test_key_schema_doc_names_every_key_function() -> None:
     ] + [k.lookup(kind, "") for kind in CredentialKind]
     for key in samples:
         assert key in text or key.rstrip(":") in text, key
+
+
+def test_console_doc_lists_every_security_header_the_console_sends() -> None:
+    """docs/console.md's header block had left out Cross-Origin-Opener-Policy."""
+    from corem_ingress.adapters.http.console import SECURITY_HEADERS
+
+    text = (ROOT / "docs" / "console.md").read_text()
+    block = text.split("Console responses (`/console/`, its three files) carry:")[1]
+    lines = block.split("```")[1].strip().splitlines()
+    assert lines == [f"{name}: {value}" for name, value in SECURITY_HEADERS.items()]

@@ -108,6 +108,11 @@ async def test_a_session_on_node_b_is_listed_and_disconnected_from_node_a(
         assert await admin.sessions("?transport=mqtt&device_id=other") == []
         status, body = await admin.call("GET", "/api/v1/sessions?transport=smtp")
         assert status == 400, body
+        # LwM2M devices' sessions are listed as coap (their DTLS sessions): a filter by a
+        # transport no session ever has is refused, not answered with an empty list.
+        for never in ("lwm2m", "http", "dtls"):
+            status, body = await admin.call("GET", f"/api/v1/sessions?transport={never}")
+            assert status == 400 and "mqtt, coap" in body["error"]["message"], body
 
         # Another tenant sees nothing of it and cannot disconnect it.
         assert await admin.sessions(tenant="globex") == []

@@ -128,4 +128,4 @@ async def test_registration_events_over_sse_and_the_cli(
     assert code == 0, err
     assert out == {"id": reg["id"], **{k: v for k, v in reg["data"].items() if k != "id"}}
     code, _, err = await cli(redis_url, "events", "--tenant", "acme", "--after", "bad")
-    assert code != 0 and "Last-Event-ID" in err
+    assert code == 2 and "argument --after: must be an event id" in err

@@ -80,3 +80,28 @@ def test_lwm2m_option_mistakes_are_usage_errors(argv: list[str]) -> None:
 
     with pytest.raises(CliError, match=r"argument|required"):
         build_parser(simulate=False).parse_args(["lwm2m", *argv])
+
+
+@pytest.mark.parametrize("transport", ["lwm2m", "http", "dtls", "smtp"])
+def test_sessions_filter_only_by_a_transport_a_session_can_have(transport: str) -> None:
+    """Before, ``--transport lwm2m`` (and http, dtls) was accepted and always listed nothing:
+    LwM2M devices' sessions are their DTLS sessions, indexed as ``coap``."""
+    from corem_ingress.cli import CliError, cmd_sessions
+
+    argv = ["sessions", "list", "--tenant", "acme", "--transport", transport]
+    args = build_parser(simulate=False).parse_args(argv)
+    with pytest.raises(CliError, match=r"mqtt, coap$"):
+        cmd_sessions(args)
+
+
+def test_lwm2m_events_after_names_the_option_it_checks() -> None:
+    """Before, ``lwm2m events --after bogus`` said "Last-Event-ID is an event id": the HTTP
+    header's name, which the CLI user never typed."""
+    from corem_ingress.cli import CliError
+
+    parse = build_parser(simulate=False).parse_args
+    with pytest.raises(CliError, match=r"^argument --after: must be an event id") as err:
+        parse(["lwm2m", "events", "--tenant", "acme", "--after", "bogus"])
+    assert "Last-Event-ID" not in str(err.value)
+    for ok in ("0", "1700000000000-0"):
+        assert parse(["lwm2m", "events", "--tenant", "acme", "--after", ok]).after == ok

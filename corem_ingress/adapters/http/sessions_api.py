@@ -30,7 +30,10 @@ AUDIT = "/api/v1/audit"
 WHOAMI = "/api/v1/whoami"
 LWM2M_OBJECTS = "/api/v1/lwm2m/objects"
 
-TRANSPORTS = ("mqtt", "coap", "lwm2m", "http", "dtls")
+#: What a live session's ``transport`` can be: MQTT connections, and DTLS sessions on the CoAP
+#: port (an LwM2M device's too: LwM2M runs over those sessions). HTTP has no sessions. A
+#: filter by anything else could only ever answer an empty list, so it is refused.
+TRANSPORTS = ("mqtt", "coap")
 #: How long a disconnect waits to see the session leave the index (its node closed it).
 DISCONNECT_WAIT_S = 3.0
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -409,7 +409,7 @@
   function sessionsPage() {
     const device = h("input", { type: "search", id: "sessions-device" });
     const transport = h("select", { id: "sessions-transport" }, h("option", { value: "" }, "any"),
-      ["mqtt", "coap", "lwm2m", "http", "dtls"].map((t) => h("option", { value: t }, t)));
+      ["mqtt", "coap"].map((t) => h("option", { value: t }, t)));
     const list = h("div", { id: "sessions-list" });
     const notice = h("div", { id: "action-result", "aria-live": "polite" });
     async function refresh() {
