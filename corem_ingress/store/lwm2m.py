@@ -45,6 +45,7 @@ from corem_ingress.lwm2m.operations import (
 )
 from corem_ingress.lwm2m.registration import MethodNotAllowed, Outcome, Registration
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry.scripts import _Script
 
 log = structlog.get_logger("corem.lwm2m")
 
@@ -95,8 +96,8 @@ class Lwm2mStore:
         self._keys = keys
         self.grace_s = grace_s
         self._clock = clock
-        self._delete = redis.register_script(_DELETE)
-        self._unreachable = redis.register_script(_UNREACHABLE)
+        self._delete = _Script(redis, source=_DELETE)
+        self._unreachable = _Script(redis, source=_UNREACHABLE)
 
     def ttl_s(self, reg: Registration) -> int:
         return max(1, int(reg.expires_at - self._clock() + self.grace_s + 0.999))

@@ -31,6 +31,7 @@ from corem_ingress.core.causes import Cause
 from corem_ingress.core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from corem_ingress.lwm2m.queue import QueuedRequest
 from corem_ingress.store.keys import KeySchema
+from corem_ingress.store.registry.scripts import _Script
 
 log = structlog.get_logger("corem.lwm2m")
 
@@ -62,8 +63,8 @@ class Lwm2mQueue:
         self._r: Any = redis  # decode_responses=True
         self._keys = keys
         self._clock = clock
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._wake = redis.register_script(_WAKE)
+        self._enqueue = _Script(redis, source=_ENQUEUE)
+        self._wake = _Script(redis, source=_WAKE)
 
     async def enqueue(
         self,

@@ -23,11 +23,13 @@ def _source(name: str) -> str:
 
 
 class _Script:
-    def __init__(self, r: Any, name: str) -> None:
-        self._r = r
-        self._script = r.register_script(_source(name))
+    """A script of ``store/lua/<name>.lua``, or the ``source`` given (short inline ones)."""
 
-    async def __call__(self, keys: list[str], args: list[str]) -> Any:
+    def __init__(self, r: Any, name: str = "", *, source: str | None = None) -> None:
+        self._r = r
+        self._script = r.register_script(_source(name) if source is None else source)
+
+    async def __call__(self, keys: list[str], args: list[str | int | float]) -> Any:
         """EVALSHA, or EVAL when the server lacks the script.
 
         Both are routed by the keys, so on a cluster only the node serving the slot is asked;
