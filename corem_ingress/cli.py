@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -717,8 +717,12 @@ def cmd_lwm2m_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
-    """Follow a tenant's uplink stream: one JSON object per line, as messages arrive."""
+def _follow(
+    args: argparse.Namespace,
+    run: Callable[[config_mod.Config, argparse.Namespace], Coroutine[Any, Any, None]],
+) -> int:
+    """A command that follows a tenant's stream (``--tenant``, ``--device``) until
+    interrupted or its reader goes away."""
     from corem_ingress.core.identity import check_device_id, check_tenant_id
 
     check_tenant_id(args.tenant)
@@ -726,8 +730,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
         check_device_id(args.device)
     cfg = _load_config(args)
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        asyncio.run(_tail(cfg, args))
+        asyncio.run(run(cfg, args))
     return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow a tenant's uplink stream: one JSON object per line, as messages arrive."""
+    return _follow(args, _tail)
 
 
 async def _tail(cfg: config_mod.Config, args: argparse.Namespace) -> None:
@@ -803,15 +812,7 @@ async def _sessions(cfg: config_mod.Config, args: argparse.Namespace, note: str)
 
 def cmd_lwm2m_events(args: argparse.Namespace) -> int:
     """Follow a tenant's LwM2M events: one JSON object per line (with its ``id``)."""
-    from corem_ingress.core.identity import check_device_id, check_tenant_id
-
-    check_tenant_id(args.tenant)
-    if args.device is not None:
-        check_device_id(args.device)
-    cfg = _load_config(args)
-    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        asyncio.run(_lwm2m_events(cfg, args))
-    return 0
+    return _follow(args, _lwm2m_events)
 
 
 async def _lwm2m_events(cfg: config_mod.Config, args: argparse.Namespace) -> None:
