@@ -97,6 +97,8 @@ class UplinkStore:
         stream = self._keys.uplink_stream(tenant_id)
         last = start
         if last == "$":
+            # Pin "$" to the newest id now: a later XREAD with "$" would skip whatever
+            # arrived between two calls.
             newest = await self._r.xrevrange(stream, count=1)
             last = newest[0][0] if newest else "0-0"
         while True:
@@ -120,18 +122,6 @@ class UplinkStore:
         block_ms: int = 1000,
     ) -> AsyncIterator[tuple[str, Uplink]]:
         """Yield new entries (from ``start``: "$" for only new, "0" for all), forever."""
-        stream = self._keys.uplink_stream(tenant_id)
-        last = start
-        if last == "$":
-            # Pin "$" to the newest id now: a later XREAD with "$" would skip whatever
-            # arrived between two calls.
-            newest = await self._r.xrevrange(stream, count=1)
-            last = newest[0][0] if newest else "0-0"
-        while True:
-            result = await self._r.xread({stream: last}, block=block_ms, count=100)
-            for _name, entries in result or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    uplink = Uplink.from_fields(fields)
-                    if device_id is None or uplink.device_id == device_id:
-                        yield str(entry_id), uplink
+        async for item in self.tail(tenant_id, device_id=device_id, start=start, block_ms=block_ms):
+            if item is not None:
+                yield item
