@@ -392,14 +392,7 @@ class CoapListener:
 
         async def open_and_drain() -> None:
             try:
-                await self.services.device_sessions.open(
-                    device_id,
-                    owner,
-                    clean=False,
-                    persistent=True,
-                    expiry_s=self.services.config.downlinks.coap_session_expiry_s,
-                    transport=Transport.COAP.value,
-                )
+                await self._open_record(device_id, owner)
                 async with order.lock:
                     await drain_queue()
             except Unavailable as exc:
@@ -413,6 +406,18 @@ class CoapListener:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _open_record(self, device_id: str, owner: str) -> None:
+        """The device's downlink session record: CoAP devices always keep their queue (for
+        ``downlinks.coap_session_expiry_s`` once gone)."""
+        await self.services.device_sessions.open(
+            device_id,
+            owner,
+            clean=False,
+            persistent=True,
+            expiry_s=self.services.config.downlinks.coap_session_expiry_s,
+            transport=Transport.COAP.value,
+        )
 
     async def _close_record(self, device_id: str, owner: str) -> None:
         """The DTLS session ended: its queue is kept for ``downlinks.coap_session_expiry_s``."""
@@ -431,14 +436,7 @@ class CoapListener:
         try:
             if session.session_id not in self._owners:
                 owner = f"{self.services.node_id}|{session.session_id}|poll"
-                await store.open(
-                    device_id,
-                    owner,
-                    clean=False,
-                    persistent=True,
-                    expiry_s=self.services.config.downlinks.coap_session_expiry_s,
-                    transport=Transport.COAP.value,
-                )
+                await self._open_record(device_id, owner)
                 await store.close(device_id, owner)  # offline between polls: queue, no wake
             downlink, expired = await store.pop_oldest(device_id, now=self.services.clock())
         except Unavailable:
