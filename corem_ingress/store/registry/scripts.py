@@ -7,6 +7,7 @@ change and its event cannot diverge.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import Any
 
@@ -18,7 +19,9 @@ from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.registry.records import CredentialWrite
 
 
+@functools.cache
 def _source(name: str) -> str:
+    """Read once per process: stores are built per request in places (an admin downlink)."""
     return resources.files("corem_ingress.store").joinpath(f"lua/{name}.lua").read_text()
 
 
