@@ -1,6 +1,7 @@
 """CoAP/DTLS benchmark: our listener beside libcoap's coap-server-openssl, in one run.
 
     .venv/bin/python bench/coap.py [--handshakes N] [--requests N] [--idle N] [--seconds S]
+        [--runs 3] [--phases a,b] [--py-spy DIR --tag before|after] [--profile]
 
 Loopback only. Each server runs pinned to CPU 0 (taskset), the single load generator
 (this process, an in-process pyOpenSSL DTLS client) pinned to CPU 1; the private
@@ -9,32 +10,42 @@ redis-server for our node is pinned to CPU 1 too. Server CPU is read from
 
 * PSK handshakes/s (sequential, handshake + close_notify) and server CPU per handshake;
 * ECDHE-ECDSA (client certificate) handshakes, same figures;
-* server CPU per request on one session, 1 and 16 outstanding CON GETs
-  (ours: ``GET /down``; libcoap: ``GET /`` -- neither touches Redis), plus ours for
-  ``POST /up/telemetry`` (includes the Redis XADD);
-* memory per idle session (N sessions opened, RSS delta / N).
+* server CPU per request on one session, 1 and 16 outstanding CON GETs answered 2.05
+  without storage (ours: ``GET /down`` with Observe 1, i.e. an observation cancel, which
+  the device site answers from memory; libcoap: ``GET /``, its index), plus ours only:
+  ``GET /down`` as a poll (``poll_down_1``: the queued-downlink pop in Redis) and
+  ``POST /up/telemetry`` (``uplink_post_1``: the Redis XADD);
+* memory per idle session (N sessions opened, RSS delta / N; first run only).
 
-Targets (issue 5): PSK handshake CPU <= 2x libcoap, request CPU <= 3x libcoap,
-<= 10 KB per idle session. Prints a table and one JSON line.
+Every phase runs ``--runs`` times (default 3) on the same pair of servers, ours and
+libcoap's alternately; each figure is the median of the runs with its spread (min-max),
+each ratio computed within a run. ``--py-spy DIR`` samples our server with py-spy during
+the first run of each phase (``DIR/coap_<phase>_<tag>.svg`` flame graphs and a text
+summary ``.txt``); ``--profile`` runs it under cProfile instead (one pstats file).
+
+Targets (issue 18): PSK handshake and request CPU <= 1.5x libcoap. Prints a table and one
+JSON line (``results``: medians, ``spread``: median/min/max/n per figure, ``ratios``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench/ holds http.py and mqtt.py: never let them shadow the standard library.
@@ -105,10 +116,17 @@ class Session:
         self.sock.close()
 
 
-def request_bytes(mid: int, code: Code, path: tuple[str, ...], payload: bytes = b"") -> bytes:
+#: (code, Uri-Path, payload, Observe or None)
+Request = tuple[Code, tuple[str, ...], bytes, int | None]
+
+
+def request_bytes(mid: int, request: Request) -> bytes:
+    code, path, payload, observe = request
     m = Message(code=code, payload=payload)
     m.mtype, m.mid, m.token = CON, mid & 0xFFFF, mid.to_bytes(4, "big")
     m.opt.uri_path = path
+    if observe is not None:
+        m.opt.observe = observe
     return bytes(m.encode())
 
 
@@ -117,7 +135,8 @@ class Target:
     name: str
     pid: int
     port: int
-    request: tuple[Code, tuple[str, ...], bytes]
+    #: A request answered 2.05 without storage.
+    request: Request
 
 
 def handshakes(target: Target, ctx: SSL.Context, n: int, seconds: float) -> dict[str, float]:
@@ -137,20 +156,22 @@ def requests(
     n: int,
     window: int,
     seconds: float,
-    request: tuple[Code, tuple[str, ...], bytes] | None = None,
+    request: Request | None = None,
 ) -> dict[str, float]:
-    code, path, payload = request or target.request
+    req = request or target.request
     s = Session(ctx, target.port)
     mid = 1
     for _ in range(20):  # warm up
-        s.send(request_bytes(mid, code, path, payload))
-        s.recv()
+        s.send(request_bytes(mid, req))
+        answer = Message.decode(s.recv())
+        if not answer.code.is_successful():
+            raise RuntimeError(f"{target.name} answered {answer.code} to {req}")
         mid += 1
     sent = received = 0
     cpu0, t0 = cpu_seconds(target.pid), time.perf_counter()
     while received < n and time.perf_counter() - t0 < seconds:
         while sent - received < window and sent < n:
-            s.send(request_bytes(mid, code, path, payload))
+            s.send(request_bytes(mid, req))
             mid += 1
             sent += 1
         s.recv()
@@ -231,8 +252,89 @@ async def provision(url: str, kek: str, device_pem: bytes, ca_pem: bytes) -> Non
     await r.aclose()
 
 
-class _Done(Exception):
-    pass
+#: Ours only (no libcoap equivalent): the downlink poll and the uplink, both with Redis.
+POLL_DOWN: Request = (Code.GET, ("down",), b"", None)
+UPLINK_POST: Request = (Code.POST, ("up", "telemetry"), b'{"t":21.5}', None)
+CPU_PHASES = ("psk_handshake", "ecdsa_handshake", "request_1", "request_16")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and min-max of the runs (the form of docs/benchmarks.md's tables)."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": float(len(values)),
+    }
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, stem: Path | None) -> Iterator[None]:
+    """Sample ``pid`` with py-spy while the block runs: ``stem.svg`` (flame graph) and
+    ``stem.txt`` (the functions with most samples, inclusive). No-op when ``stem`` is None."""
+    tool = Path(sys.executable).parent / "py-spy"
+    if stem is None:
+        yield
+        return
+    if not tool.exists():
+        sys.exit("--py-spy needs py-spy in the venv: .venv/bin/pip install py-spy")
+    raw = stem.with_suffix(".collapsed")
+    outputs = (("flamegraph", stem.with_suffix(".svg")), ("raw", raw))
+    record = [
+        str(tool),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "499",
+        "--nonblocking",
+        "--function",
+    ]
+    procs = [
+        subprocess.Popen(
+            [*record, "--format", fmt, "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for fmt, out in outputs
+    ]
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        if raw.exists():
+            stem.with_suffix(".txt").write_text(summarise_stacks(raw.read_text()))
+            raw.unlink()
+
+
+IDLE_FRAMES = ("EpollSelector.select", "select (selectors.py")
+
+
+def summarise_stacks(collapsed: str, top: int = 40) -> str:
+    """py-spy's collapsed stacks -> the functions with the largest share of samples."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_FRAMES):
+            continue  # the loop waiting in epoll: idle, not work
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    out = [f"{total} samples of work (the loop's wait in epoll excluded)"]
+    for title, counter in (("inclusive", inclusive), ("self", own)):
+        out += ["", f"-- top {top} by {title} share --"]
+        out += [f"{100 * n / total:6.1f}%  {f}" for f, n in counter.most_common(top)]
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -241,7 +343,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--idle", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=20.0, help="cap per phase")
+    ap.add_argument("--runs", type=int, default=3, help="runs per phase (figures: >= 3)")
     ap.add_argument("--profile", action="store_true", help="cProfile our server process")
+    ap.add_argument("--py-spy", type=Path, default=None, help="flame graphs into this dir")
+    ap.add_argument("--tag", default="run", help="file name suffix of the py-spy profiles")
     ap.add_argument("--phases", default="", help="comma-separated subset of the phases")
     a = ap.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
@@ -250,6 +355,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found")
     os.sched_setaffinity(0, {1})
+    load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="corem-bench-coap-"))
     ca = devcerts.make_ca("bench CA")
     ca.write(tmp / "ca.pem", tmp / "ca.key")
@@ -290,41 +396,48 @@ def main() -> None:
             "0",
         ]
     )
-    results: dict[str, dict[str, Any]] = {}
+    #: phase -> server -> one result per run
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
         targets = [
-            Target("corem", ours_proc.pid, ours_port, (Code.GET, ("down",), b"")),
-            Target("libcoap", lib_proc.pid, lib_base + 1, (Code.GET, (), b"")),
+            # GET /down with Observe 1 (cancel): the site answers 2.05 from memory.
+            Target("corem", ours_proc.pid, ours_port, (Code.GET, ("down",), b"", 1)),
+            Target("libcoap", lib_proc.pid, lib_base + 1, (Code.GET, (), b"", None)),
         ]
+        corem = targets[0]
         for t in targets:
             wait_ready(t.port, psk_ctx, ours_proc if t.name == "corem" else lib_proc)
-        phases: list[tuple[str, Callable[[Target], dict[str, float]]]] = [
-            ("psk_handshake", lambda t: handshakes(t, psk_ctx, a.handshakes, a.seconds)),
-            ("ecdsa_handshake", lambda t: handshakes(t, ecdsa_ctx, a.handshakes // 2, a.seconds)),
-            ("request_1", lambda t: requests(t, psk_ctx, a.requests, 1, a.seconds)),
-            ("request_16", lambda t: requests(t, psk_ctx, a.requests, 16, a.seconds)),
-            ("idle_memory", lambda t: idle_memory(t, psk_ctx, a.idle)),
+        half = a.requests // 2
+        phases: list[tuple[str, Callable[[Target], dict[str, float]], bool]] = [
+            ("psk_handshake", lambda t: handshakes(t, psk_ctx, a.handshakes, a.seconds), True),
+            (
+                "ecdsa_handshake",
+                lambda t: handshakes(t, ecdsa_ctx, a.handshakes // 2, a.seconds),
+                True,
+            ),
+            ("request_1", lambda t: requests(t, psk_ctx, a.requests, 1, a.seconds), True),
+            ("request_16", lambda t: requests(t, psk_ctx, a.requests, 16, a.seconds), True),
+            ("poll_down_1", lambda t: requests(t, psk_ctx, half, 1, a.seconds, POLL_DOWN), False),
+            (
+                "uplink_post_1",
+                lambda t: requests(t, psk_ctx, half, 1, a.seconds, UPLINK_POST),
+                False,
+            ),
+            ("idle_memory", lambda t: idle_memory(t, psk_ctx, a.idle), True),
         ]
         wanted = set(filter(None, a.phases.split(",")))
-        for phase, fn in phases:
-            if wanted and phase not in wanted:
-                continue
-            for t in targets:
-                results.setdefault(phase, {})[t.name] = fn(t)
-        if wanted and "uplink_post_1" not in wanted:
-            raise _Done
-        results["uplink_post_1"] = {
-            "corem": requests(
-                targets[0],
-                psk_ctx,
-                a.requests // 2,
-                1,
-                a.seconds,
-                (Code.POST, ("up", "telemetry"), b'{"t":21.5}'),
-            )
-        }
-    except _Done:
-        pass
+        if a.py_spy is not None:
+            a.py_spy.mkdir(parents=True, exist_ok=True)
+        for run in range(max(1, a.runs)):
+            for phase, fn, with_peer in phases:
+                if (wanted and phase not in wanted) or (phase == "idle_memory" and run > 0):
+                    continue
+                for t in targets if with_peer else [corem]:
+                    stem = None
+                    if a.py_spy is not None and run == 0 and t is corem:
+                        stem = a.py_spy / f"coap_{phase}_{a.tag}"
+                    with py_spy(t.pid, stem):
+                        runs.setdefault(phase, {}).setdefault(t.name, []).append(fn(t))
     finally:
         for proc in (ours_proc, lib_proc):
             if proc.poll() is None:
@@ -335,28 +448,59 @@ def main() -> None:
                     proc.kill()
                     proc.wait()
         redis.close()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    spreads: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for phase, by in runs.items():
+        for name, rs in by.items():
+            keys = [k for k in rs[0] if k != "n"]
+            results.setdefault(phase, {})[name] = {
+                "n": rs[0]["n"],
+                **{k: statistics.median(r[k] for r in rs) for k in keys},
+            }
+            spreads.setdefault(phase, {})[name] = {k: spread([r[k] for r in rs]) for k in keys}
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; runs: {a.runs}")
     print(
-        f"{'phase':<16}{'server':<9}{'n':>7}{'ops/s':>10}{'server CPU/op':>16}{'bytes/session':>15}"
+        f"{'phase':<16}{'server':<9}{'n':>7}{'ops/s':>10}"
+        f"{'server CPU/op (median, min-max)':>34}{'bytes/session':>15}"
     )
     for phase, by in results.items():
         for name, r in by.items():
-            cpu = f"{r['server_cpu_us']:.0f} us" if "server_cpu_us" in r else ""
+            cpu = ""
+            if "server_cpu_us" in r:
+                s = spreads[phase][name]["server_cpu_us"]
+                cpu = f"{s['median']:.0f} us ({s['min']:.0f}-{s['max']:.0f})"
             mem = f"{r['bytes_per_session']:.0f}" if "bytes_per_session" in r else ""
             ops = f"{r['per_s']:.0f}" if "per_s" in r else ""
-            print(f"{phase:<16}{name:<9}{r['n']:>7.0f}{ops:>10}{cpu:>16}{mem:>15}")
+            print(f"{phase:<16}{name:<9}{r['n']:>7.0f}{ops:>10}{cpu:>34}{mem:>15}")
 
-    def ratio(phase: str) -> float:
-        by = results.get(phase, {})
-        if "corem" not in by or "libcoap" not in by:
-            return float("nan")
-        return float(by["corem"]["server_cpu_us"] / by["libcoap"]["server_cpu_us"])
-
-    ratios = {p: ratio(p) for p in ("psk_handshake", "ecdsa_handshake", "request_1", "request_16")}
-    for k, v in ratios.items():
-        print(f"{k} CPU x libcoap: {v:.2f}")
+    ratio_runs: dict[str, dict[str, float]] = {}
+    ratios: dict[str, float] = {}
+    for phase in CPU_PHASES:
+        by = runs.get(phase, {})
+        pairs = list(zip(by.get("corem", []), by.get("libcoap", []), strict=False))
+        per_run = [o["server_cpu_us"] / p["server_cpu_us"] for o, p in pairs if p["server_cpu_us"]]
+        if per_run:
+            ratio_runs[phase] = spread(per_run)
+            ratios[phase] = ratio_runs[phase]["median"]
+            r = ratio_runs[phase]
+            print(
+                f"{phase} CPU x libcoap: {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}),"
+                " target <= 1.5"
+            )
     if a.profile:
         print(f"profile: {prof} (python -m pstats)")
-    print(json.dumps({"results": results, "ratios": ratios}))
+    print(
+        json.dumps(
+            {
+                "results": results,
+                "spread": spreads,
+                "ratios": ratios,
+                "ratio_spread": ratio_runs,
+                "runs": a.runs,
+                "load_average": [round(x, 2) for x in load],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

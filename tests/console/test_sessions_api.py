@@ -288,3 +288,66 @@ async def test_a_late_heartbeat_writes_back_entries_that_expired(redis: Any, key
     await writer.heartbeat()
     assert await redis.hkeys(key) == ["s-7"]
     assert 0 < await redis.pttl(key) <= 150
+
+
+async def test_sessions_that_come_and_go_within_one_batch_cost_no_redis_write(
+    redis: Any, keys: Any
+) -> None:
+    """Issue 18 (handshake CPU): the writer keeps each session's last change per batch; a
+    session added and removed within one batch is never written, a removal of a session
+    written earlier still deletes it, and each tenant's hash gets one PEXPIRE per batch."""
+    writer = SessionsIndexWriter(redis, keys, "node-b", interval_s=1.0, max_entries=10)
+    await writer.heartbeat()
+    writer.added(_live(1))
+    batch, writer._pending = writer._pending, []
+    await writer._write_changes(batch)  # s-1 written
+    key = keys.node_sessions("node-b", "acme")
+    assert await redis.hkeys(key) == ["s-1"]
+    writer.added(_live(2))
+    writer.added(_live(3))
+    writer.removed("acme", "s-2")  # came and went
+    writer.removed("acme", "s-1")  # written before: deleted
+    writer.added(_live(4, tenant="globex"))
+    batch, writer._pending = writer._pending, []
+    commands: list[str] = []
+    real_pipeline = redis.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        async def execute(*a: Any, **k: Any) -> Any:
+            commands.extend(str(c[0][0]) for c in pipe.command_stack)
+            return await real_execute(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    writer._r.pipeline = counting_pipeline
+    try:
+        await writer._write_changes(batch)
+    finally:
+        del writer._r.pipeline
+    assert await redis.hkeys(key) == ["s-3"]
+    assert await redis.hkeys(keys.node_sessions("node-b", "globex")) == ["s-4"]
+    assert sorted(commands) == ["HDEL", "HSET", "HSET", "PEXPIRE", "PEXPIRE"]
+    assert writer.sessions_skipped == 1
+
+
+async def test_the_writer_lets_a_burst_gather_into_one_pipeline(redis: Any, keys: Any) -> None:
+    writer = SessionsIndexWriter(redis, keys, "node-burst", interval_s=1.0, max_entries=100)
+    await writer.heartbeat()
+    task = asyncio.ensure_future(writer.run_writer())
+    try:
+        for n in range(20):  # a burst within one loop iteration after another
+            writer.added(_live(n))
+            await asyncio.sleep(0)
+        key = keys.node_sessions("node-burst", "acme")
+        for _ in range(100):
+            if await redis.hlen(key) == 20:
+                break
+            await asyncio.sleep(0.02)
+        assert await redis.hlen(key) == 20
+        assert writer.writes == 1
+    finally:
+        task.cancel()
