@@ -1,15 +1,20 @@
 """The asyncio side of the DTLS server: it only moves bytes, runs timers and resolves.
 
-``datagram_received`` feeds the sans-I/O ``DtlsServer``; after every input the
-produced datagrams are sent and the events are handed to a ``DtlsHandler`` (the
-CoAP layer). ``CredentialNeeded`` events become resolver calls (async, they fill
-the resolver's cache) after which the held handshake continues.
+``datagram_received`` feeds the sans-I/O ``DtlsServer`` with that datagram and with every
+other one already queued on the socket (up to ``DRAIN_MAX``, read on a duplicate of the
+socket: one loop wake-up, one pump, as recvmmsg would); after the input the produced
+datagrams are sent and the events are handed to a ``DtlsHandler`` (the CoAP layer).
+What the handlers send while events are being handed out goes out with the pump's final
+flush (no nested pump). ``CredentialNeeded`` events become resolver calls (async, they
+fill the resolver's cache) after which the held handshake continues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -32,6 +37,10 @@ from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind
 
 log = structlog.get_logger("corem.dtls")
+
+#: Datagrams handled per readable event before the pump (the first one included).
+DRAIN_MAX = 32
+_RECV_SIZE = 65_536
 
 
 class DtlsHandler(Protocol):
@@ -98,12 +107,21 @@ class DtlsTransport(asyncio.DatagramProtocol):
         server.on_address_changed = self._address_changed
         #: Cross-node CID forwarding (``use_cluster``); None: a foreign CID is dropped.
         self.cluster: CidCluster | None = None
+        #: A duplicate of the listening socket, non-blocking: what else is queued is read
+        #: from it in the same wake-up (None: one datagram per wake-up).
+        self._drain: socket.socket | None = None
+        #: True while events are handed to the handlers: their sends wait for the final flush.
+        self._pumping = False
 
     async def open(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         self._transport = transport
         self.port = int(transport.get_extra_info("sockname")[1])
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._drain = socket.socket(fileno=os.dup(sock.fileno()))
+            self._drain.setblocking(False)
         return self.port
 
     def close_transport(self) -> None:
@@ -115,12 +133,30 @@ class DtlsTransport(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._drain is not None:
+            self._drain.close()
+            self._drain = None
 
     # -- asyncio callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._receive(data, addr)
+        drain = self._drain
+        if drain is not None:
+            for _ in range(DRAIN_MAX - 1):
+                try:
+                    data, addr = drain.recvfrom(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. an ICMP error queued on the socket
+                    self.error_received(exc)
+                    break
+                self._receive(data, addr)
+        self._pump()
+
+    def _receive(self, data: bytes, addr: tuple[Any, ...]) -> None:
         source = (str(addr[0]), int(addr[1]))
         try:
             if data[:2] == MAGIC and self.cluster is not None:
@@ -129,7 +165,6 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 self.server.receive_datagram(data, source, self._clock())
         except Exception:  # never let one datagram stop the listener
             log.exception("dtls.receive_failed")
-        self._pump()
 
     def _node_frame(self, data: bytes, node: Address) -> None:
         """A frame from another node: a device's record for us, or our answer to send on."""
@@ -168,12 +203,14 @@ class DtlsTransport(asyncio.DatagramProtocol):
 
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
-        self._pump()
+        if not self._pumping:  # else the pump in progress sends it
+            self._pump()
         return ok
 
     def close(self, addr: Address, cause: Cause = Cause.CLOSED_BY_SERVER) -> bool:
         ok = self.server.close(addr, cause)
-        self._pump()
+        if not self._pumping:  # else the pump in progress sends it and hands out its event
+            self._pump()
         return ok
 
     def keep_alive(self, addr: Address, until: float) -> bool:
@@ -195,34 +232,49 @@ class DtlsTransport(asyncio.DatagramProtocol):
     def _pump(self) -> None:
         for datagram, addr in self.server.datagrams_to_send():
             self._sendto(datagram, addr)
+        if self._pumping:  # a handler's own call: the pump in progress hands out the events
+            return
         handled = False
-        while (event := self.server.next_event()) is not None:
-            handled = True
-            try:
-                if isinstance(event, ApplicationData):
-                    self.handler.data_received(event.addr, event.data)
-                elif isinstance(event, HandshakeCompleted):
-                    guard = self.guard
-                    if guard is not None and not guard.admit(event.addr, event.credential):
-                        # Refused by a limit: close_notify now; its SessionClosed follows.
-                        self.server.close(event.addr, Cause.TENANT_CONNECTIONS)
-                        continue
-                    self.handler.session_started(event.addr, event.credential)
-                elif isinstance(event, SessionClosed):
-                    if self.guard is not None:
-                        self.guard.closed(event.addr, event.cause, event.established, event.detail)
-                    self.handler.session_closed(
-                        event.addr, event.cause, event.established, event.detail
-                    )
-                elif isinstance(event, CredentialNeeded):
-                    self._spawn_lookup(event)
-            except Exception:
-                # structlog's first argument is the event name: the DTLS event is "dtls_event".
-                log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
+        #: Sessions a limit refused in this pump: data that came with their handshake (in
+        #: the same drained batch) is not handed on.
+        refused: set[Address] = set()
+        self._pumping = True
+        try:
+            while (event := self.server.next_event()) is not None:
+                handled = True
+                self._dispatch(event, refused)
+        finally:
+            self._pumping = False
         if handled:  # handlers may have sent data
             for datagram, addr in self.server.datagrams_to_send():
                 self._sendto(datagram, addr)
         self._schedule()
+
+    def _dispatch(self, event: object, refused: set[Address]) -> None:
+        try:
+            if isinstance(event, ApplicationData):
+                if event.addr not in refused:
+                    self.handler.data_received(event.addr, event.data)
+            elif isinstance(event, HandshakeCompleted):
+                guard = self.guard
+                if guard is not None and not guard.admit(event.addr, event.credential):
+                    # Refused by a limit: close_notify now; its SessionClosed follows.
+                    refused.add(event.addr)
+                    self.server.close(event.addr, Cause.TENANT_CONNECTIONS)
+                    return
+                refused.discard(event.addr)
+                self.handler.session_started(event.addr, event.credential)
+            elif isinstance(event, SessionClosed):
+                if self.guard is not None:
+                    self.guard.closed(event.addr, event.cause, event.established, event.detail)
+                self.handler.session_closed(
+                    event.addr, event.cause, event.established, event.detail
+                )
+            elif isinstance(event, CredentialNeeded):
+                self._spawn_lookup(event)
+        except Exception:
+            # structlog's first argument is the event name: the DTLS event is "dtls_event".
+            log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
 
     def _schedule(self) -> None:
         now = self._clock()
