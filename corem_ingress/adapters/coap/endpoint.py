@@ -136,6 +136,13 @@ class CoapEndpoint:
         self.max_body = max_body
         self.stats: collections.Counter[str] = collections.Counter()
 
+    def _state(self, addr: Address) -> _PeerState:
+        # Not setdefault: that builds a _PeerState (seven containers) for every datagram.
+        state = self._peers.get(addr)
+        if state is None:
+            state = self._peers[addr] = _PeerState()
+        return state
+
     def _next_mid(self) -> int:
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
@@ -178,7 +185,7 @@ class CoapEndpoint:
         except (ValueError, TypeError, IndexError):  # an option value the codec cannot read
             self._reject_bad_option(addr, data)
             return
-        state = self._peers.setdefault(addr, _PeerState())
+        state = self._state(addr)
         if msg.mtype in (ACK, RST):
             self._ack_or_reset(addr, state, msg)
             return
@@ -343,7 +350,7 @@ class CoapEndpoint:
     # -- output ----------------------------------------------------------------------------
     async def _transmit_confirmable(self, addr: Address, msg: Message, token: bytes) -> bool:
         """Send CON with retransmission; True once ACKed, False on RST, timeout or close."""
-        state = self._peers.setdefault(addr, _PeerState())
+        state = self._state(addr)
         mid = self._next_mid()
         msg.mtype = CON
         msg.mid = mid
@@ -395,7 +402,7 @@ class CoapEndpoint:
         with its token (a notification) is passed to it until ``stop_observing``.
         ``token``: reuse a token (a Cancel-Observe must carry the observation's).
         """
-        state = self._peers.setdefault(addr, _PeerState())
+        state = self._state(addr)
         token = self.new_token() if token is None else token
         msg.token = token
         if on_notification is not None:
@@ -438,7 +445,7 @@ class CoapEndpoint:
         """The whole answer whose first block is ``first``: GET (without Observe) the next
         blocks of the same resource (RFC 7959 2.4, 3.4); the first block's code, Observe and
         Content-Format stand for the whole."""
-        state = self._peers.setdefault(addr, _PeerState())
+        state = self._state(addr)
         assembler = Block2Assembler(self.max_body)
         block = first
         try:

@@ -228,19 +228,20 @@ class CoapListener:
         session = self.sessions.get(addr)
         if session is None:
             session = DeviceSession(addr, "", None)  # -> 4.01
+        # aiocoap builds the Uri-Path tuple on each access: read it once.
+        path = tuple(msg.opt.uri_path)
         claim = self.claim_sessions.get(addr)
         if claim is not None:
-            if tuple(msg.opt.uri_path) == ("bs",):
+            if path == ("bs",):
                 return bootstrap_request(self, addr, claim, msg)  # LwM2M bootstrap
             return provisioning.provision(self.services, claim, msg)
-        path = msg.opt.uri_path
-        if tuple(path) == ("bs",) and session.credential is not None:
+        if path == ("bs",) and session.credential is not None:
             return certificate_bootstrap_request(self, session, msg)  # by the tenant CA
         mounted = self.mounts.get(path[0]) if path else None
         if mounted is not None and session.credential is not None:
             return mounted(session, msg)
         if (
-            tuple(path) == ("down",)
+            path == ("down",)
             and msg.code == Code.GET
             and msg.opt.observe is None
             and msg.opt.block2 is None

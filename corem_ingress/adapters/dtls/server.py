@@ -70,6 +70,7 @@ from corem_ingress.adapters.dtls.records import (
     CT_CHANGE_CIPHER_SPEC,
     CT_HANDSHAKE,
     PSK_SUITES,
+    RECORD_HEADER,
     ClientHello,
     HandshakePeek,
     aead_overhead,
@@ -671,8 +672,10 @@ class DtlsServer:
             self._cid_established(peer, data, peer.addr)
             return
         peer.conn.bio_write(data)
-        # One SSL_read per record at most: saves the WantReadError after the last one.
-        self._read_application(peer, max_reads=max(1, len(split_records(data))))
+        # One SSL_read per record at most: saves the WantReadError after the last one. A
+        # datagram that is exactly one record (the usual case) is not split to count it.
+        single = len(data) == RECORD_HEADER + int.from_bytes(data[11:13], "big")
+        self._read_application(peer, max_reads=1 if single else max(1, len(split_records(data))))
 
     def _read_application(self, peer: Peer, max_reads: int = 1_000) -> None:
         for _ in range(max_reads):
@@ -875,6 +878,12 @@ class DtlsServer:
             if alert is not None:
                 chunk = with_alert_description(chunk, alert)
             sent = chunk
+            if len(chunk) <= mtu and (peer is None or peer.cid is None):
+                # Whole records within one datagram (a response, a short flight): as they are.
+                self._out.append((chunk, addr))
+                if len(chunk) < _READ_CHUNK:
+                    return sent
+                continue
             raws = [rec.raw for rec in split_records(chunk)]
             if peer is not None and peer.cid is not None:
                 raws = self._cid_outgoing(peer, raws)
