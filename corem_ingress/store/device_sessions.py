@@ -193,6 +193,44 @@ class DeviceSessions:
         except redis.exceptions.RedisError as exc:
             raise Unavailable("session storage is unavailable", reason=str(exc)) from None
 
+    async def poll(
+        self, device_id: str, owner: str, *, expiry_s: int, transport: str, now: float
+    ) -> tuple[Downlink | None, int]:
+        """A poll of a device with no live session here (CoAP ``GET /down``): its record
+        opened and closed as ``owner`` (persistent: the queue is kept for ``expiry_s`` from
+        now), then ``pop_oldest``; the three in one round trip (a pipeline, same order)."""
+        keys = self._device_keys(device_id)
+        will = self._keys.device_will(device_id)
+        opened: list[str | int | float] = [owner, 0, 1, expiry_s, transport]
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            self._open.queue(pipe, [*keys, will], opened)
+            self._close.queue(pipe, keys, [owner])
+            pipe.lpop(self._keys.downlink_queue(device_id))
+            # Not raise_on_error: the LPOP ran whatever the scripts did; its entry is ours.
+            replies = await pipe.execute(raise_on_error=False)
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("session storage is unavailable", reason=str(exc)) from None
+        opened_reply, closed_reply, first = replies
+        if isinstance(first, Exception):
+            raise Unavailable("session storage is unavailable", reason=str(first))
+        if isinstance(opened_reply, redis.exceptions.NoScriptError):
+            # The server's script cache was flushed: the record as before, with EVAL.
+            await self._call(self._open, [*keys, will], list(opened))
+            await self._call(self._close, keys, [owner])
+        elif isinstance(opened_reply, Exception) or isinstance(closed_reply, Exception):
+            failed = opened_reply if isinstance(opened_reply, Exception) else closed_reply
+            if first is not None:  # refused like before (5.03): the entry goes back first
+                await self._r.lpush(self._keys.downlink_queue(device_id), first)
+            raise Unavailable("session storage is unavailable", reason=str(failed))
+        if first is None:
+            return None, 0
+        downlink = _unexpired(first, now)
+        if downlink is not None:
+            return downlink, 0
+        rest, expired = await self.pop_oldest(device_id, now=now)
+        return rest, expired + (0 if _undecodable(first) else 1)
+
     async def pop_oldest(self, device_id: str, *, now: float) -> tuple[Downlink | None, int]:
         """Take the oldest unexpired queued downlink off the queue (CoAP ``GET /down``);
         returns it (or None) and how many expired ones were removed on the way."""
@@ -212,6 +250,23 @@ class DeviceSessions:
             if not downlink.expired(now):
                 return downlink, expired
             expired += 1
+
+
+def _unexpired(entry: Any, now: float) -> Downlink | None:
+    """The downlink of a popped queue entry, or None when it expired or does not decode."""
+    try:
+        downlink = Downlink.decode(entry)
+    except ValueError:
+        return None
+    return None if downlink.expired(now) else downlink
+
+
+def _undecodable(entry: Any) -> bool:
+    try:
+        Downlink.decode(entry)
+    except ValueError:
+        return True
+    return False
 
 
 def _text(value: Any) -> str:

@@ -112,3 +112,55 @@ async def test_observer_that_slept_gets_the_queue_on_its_next_observe(
         pr.observation.cancel()
     finally:
         await ctx.shutdown()
+
+
+async def test_a_poll_keeps_the_queue_and_pops_in_one_round_trip(redis: Any, keys: Any) -> None:
+    """Issue 18: ``GET /down`` of a device with no session here opens and closes its record
+    and pops the queue in one pipeline (was three round trips); same effects: the queue
+    is kept for the expiry, a pending will is cancelled, expired entries are skipped and
+    counted, and after a flushed script cache the record is still written (EVAL)."""
+    from corem_ingress.core.downlink import Downlink
+    from corem_ingress.store.device_sessions import DeviceSessions
+
+    store = DeviceSessions(redis, keys)
+    device = "dev-poll"
+    now = time.time()
+    executes = 0
+    real_pipeline = redis.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal executes
+        executes += 1
+        return real_pipeline(*args, **kwargs)
+
+    redis.pipeline = counting
+    try:
+        await redis.set(keys.device_will(device), "token")
+        assert await store.poll(device, "n|s|poll", expiry_s=600, transport="coap", now=now) == (
+            None,
+            0,
+        )
+        assert executes == 1
+        record = keys.device_session(device)
+        assert await redis.hget(record, "persistent") == "1"
+        assert await redis.hget(record, "owner") is None  # closed: offline between polls
+        assert 590 <= await redis.ttl(record) <= 600
+        assert not await redis.exists(keys.device_will(device))
+
+        old = Downlink.new("acme", device, "config", "old", qos=1, now=now - 100, expiry_s=10)
+        fresh = Downlink.new("acme", device, "config", "fresh", qos=1, now=now)
+        later = Downlink.new("acme", device, "config", "later", qos=1, now=now)
+        for d in (fresh, later):
+            await store.enqueue(d, queue_max=10, now=now)
+        await redis.lpush(keys.downlink_queue(device), old.encode())  # oldest, expired since
+        assert await redis.llen(keys.downlink_queue(device)) == 3
+        got, expired = await store.poll(device, "n|s|poll", expiry_s=600, transport="coap", now=now)
+        assert got is not None and (got.payload, expired) == ("fresh", 1)
+
+        await redis.script_flush()
+        got, expired = await store.poll(device, "n|s|poll", expiry_s=300, transport="coap", now=now)
+        assert got is not None and (got.payload, expired) == ("later", 0)
+        assert await redis.hget(record, "expiry_s") == "300"  # written by the EVAL fallback
+        assert 290 <= await redis.ttl(record) <= 300
+    finally:
+        del redis.pipeline

@@ -434,12 +434,20 @@ class CoapListener:
         assert session.credential is not None
         store = self.services.device_sessions
         device_id = session.credential.identity.device_id
+        now = self.services.clock()
         try:
             if session.session_id not in self._owners:
-                owner = f"{self.services.node_id}|{session.session_id}|poll"
-                await self._open_record(device_id, owner)
-                await store.close(device_id, owner)  # offline between polls: queue, no wake
-            downlink, expired = await store.pop_oldest(device_id, now=self.services.clock())
+                # The record opened and closed (offline between polls: queue, no wake) and
+                # the pop, in one round trip.
+                downlink, expired = await store.poll(
+                    device_id,
+                    f"{self.services.node_id}|{session.session_id}|poll",
+                    expiry_s=self.services.config.downlinks.coap_session_expiry_s,
+                    transport=Transport.COAP.value,
+                    now=now,
+                )
+            else:
+                downlink, expired = await store.pop_oldest(device_id, now=now)
         except Unavailable:
             resp = Message(code=Code.SERVICE_UNAVAILABLE)
             resp.opt.max_age = self.services.config.coap.unavailable_max_age_s

@@ -44,6 +44,11 @@ class _Script:
         except redis.exceptions.NoScriptError:
             return await self._r.eval(self._script.script, len(keys), *keys, *args)
 
+    def queue(self, pipe: Any, keys: list[str], args: list[str | int | float]) -> None:
+        """EVALSHA into a pipeline (its ``execute`` raises NoScriptError when the server
+        lacks the script: the caller falls back to ``__call__``)."""
+        pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+
 
 class RegistryScripts:
     def __init__(self, r: aioredis.Redis, keys: KeySchema) -> None:
