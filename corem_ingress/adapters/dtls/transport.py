@@ -2,7 +2,8 @@
 
 ``datagram_received`` feeds the sans-I/O ``DtlsServer`` with that datagram and with every
 other one already queued on the socket (up to ``DRAIN_MAX``, read on a duplicate of the
-socket: one loop wake-up, one pump, as recvmmsg would); after the input the produced
+socket: one loop wake-up, one pump, as recvmmsg would; after a wake-up that found nothing
+more queued, the next ``DRAIN_BACKOFF`` ones skip that try); after the input the produced
 datagrams are sent and the events are handed to a ``DtlsHandler`` (the CoAP layer).
 What the handlers send while events are being handed out goes out with the pump's final
 flush (no nested pump). ``CredentialNeeded`` events become resolver calls (async, they
@@ -40,6 +41,8 @@ log = structlog.get_logger("corem.dtls")
 
 #: Datagrams handled per readable event before the pump (the first one included).
 DRAIN_MAX = 32
+#: Wake-ups that skip the drain after one that found nothing queued.
+DRAIN_BACKOFF = 3
 _RECV_SIZE = 65_536
 
 
@@ -110,6 +113,7 @@ class DtlsTransport(asyncio.DatagramProtocol):
         #: A duplicate of the listening socket, non-blocking: what else is queued is read
         #: from it in the same wake-up (None: one datagram per wake-up).
         self._drain: socket.socket | None = None
+        self._drain_skip = 0
         #: True while events are handed to the handlers: their sends wait for the final flush.
         self._pumping = False
 
@@ -144,7 +148,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self._receive(data, addr)
         drain = self._drain
-        if drain is not None:
+        if drain is not None and self._drain_skip > 0:
+            self._drain_skip -= 1
+        elif drain is not None:
+            drained = 0
             for _ in range(DRAIN_MAX - 1):
                 try:
                     data, addr = drain.recvfrom(_RECV_SIZE)
@@ -154,6 +161,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
                     self.error_received(exc)
                     break
                 self._receive(data, addr)
+                drained += 1
+            # Nothing was queued: one datagram per wake-up (light traffic) does not pay the
+            # extra recvfrom on each of the next few wake-ups.
+            self._drain_skip = 0 if drained else DRAIN_BACKOFF
         self._pump()
 
     def _receive(self, data: bytes, addr: tuple[Any, ...]) -> None:
