@@ -128,11 +128,22 @@ class Client:
     ``cid``: ask for an RFC 9146 Connection ID (these bytes; ``b""`` offers the extension
     but asks the server to send none). Once negotiated, the client's epoch-1 records are
     ``tls12_cid`` records (the same record layer as the server's), its session survives a
-    change of source address."""
+    change of source address. ``session``: an earlier connection's ``conn.get_session()``
+    to resume (OpenSSL ignores custom extensions on a resumed handshake: no CID then)."""
 
-    def __init__(self, ctx: SSL.Context, mtu: int = 1252, *, cid: bytes | None = None) -> None:
+    def __init__(
+        self,
+        ctx: SSL.Context,
+        mtu: int = 1252,
+        *,
+        cid: bytes | None = None,
+        session: SSL.Session | None = None,
+    ) -> None:
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_connect_state()
+        if session is not None:
+            # Resume (RFC 5246 session id): the ClientHello names the earlier session.
+            self.conn.set_session(session)
         if cid is not None:
             self.conn.set_app_data(self)  # for the extension's callbacks
         _binding.set_mtu(self.conn, mtu)

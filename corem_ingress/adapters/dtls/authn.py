@@ -11,6 +11,8 @@ callbacks (``psk``, ``verify``) decide from the cache: still unknown (Redis down
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from OpenSSL import SSL, crypto
 from corem_ingress.adapters.dtls.events import Credential
 from corem_ingress.adapters.dtls.peer import Peer
 from corem_ingress.adapters.dtls.records import PSK_SUITES
+from corem_ingress.adapters.dtls.resume import StoredSession
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.certs import fingerprint_der
 from corem_ingress.core.errors import IngressError
@@ -98,7 +101,35 @@ class Authenticator:
             return None
         peer.credential = Credential(CredentialKind.PSK, text, resolved.identity)
         key: bytes = resolved.psk
+        peer.secret_digest = hashlib.sha256(key).digest()  # for a later resumption's re-check
         return key
+
+    def recheck(self, peer: Peer, stored: StoredSession) -> Credential | tuple[Cause, str]:
+        """A stored session's credential, from the cache (filled by the caller's resolve):
+        still registered, not revoked, the same PSK, the certificate still valid and its
+        chain still ending in one of the tenant's CAs. -> the credential, or why not."""
+        try:
+            kind = CredentialKind(stored.kind)
+        except ValueError:
+            return Cause.MALFORMED, f"stored session of kind {stored.kind!r}"
+        try:
+            if kind is CredentialKind.PSK:
+                resolved = self._credentials.cached_psk(stored.lookup)
+                if resolved is None:
+                    return Cause.UNAVAILABLE, f"psk identity {stored.lookup!r} not vouched for"
+                digest = hashlib.sha256(resolved.psk).digest()
+                if not hmac.compare_digest(digest, stored.secret_digest):
+                    return Cause.UNKNOWN_OR_REVOKED, f"psk identity {stored.lookup!r}: key changed"
+                return Credential(kind, stored.lookup, resolved.identity)
+            if self._check_validity and stored.not_after and self._clock() > stored.not_after:
+                return Cause.CERTIFICATE_EXPIRED, "outside its validity period"
+            chain = PeerChain(stored.chain)
+            identity = self._credentials.cached_cert(stored.lookup, chain)
+        except IngressError as exc:
+            return exc.cause, f"{stored.kind} {stored.lookup[:16]}: {exc.cause.label}"
+        if identity is None:
+            return Cause.UNAVAILABLE, f"certificate {stored.lookup[:16]}… not vouched for"
+        return Credential(kind, stored.lookup, identity, chain)
 
     def verify(
         self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
@@ -119,6 +150,7 @@ class Authenticator:
             peer.refusal = (Cause.BAD_CERTIFICATE, f"certificate error {errno}")
             return False
         c = cert.to_cryptography()
+        peer.not_after = c.not_valid_after_utc.timestamp()
         if self._check_validity:
             now = datetime.fromtimestamp(self._clock(), UTC)
             if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:

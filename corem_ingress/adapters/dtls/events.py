@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corem_ingress.adapters.dtls.resume import StoredSession
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.trust import PeerChain
@@ -59,4 +60,30 @@ class SessionClosed:
     detail: str = ""
 
 
-DtlsEvent = CredentialNeeded | HandshakeCompleted | ApplicationData | SessionClosed
+@dataclass(frozen=True, slots=True)
+class SessionLookup:
+    """A ClientHello names a session id: look its stored session up (async), re-check its
+    credential with the resolver, then call ``DtlsServer.session_found(addr, session_id,
+    stored_or_None, now)`` whatever the outcome."""
+
+    addr: Address
+    session_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIssued:
+    """A full handshake issued a session id: store the session for a later resumption."""
+
+    addr: Address
+    session_id: bytes
+    session: StoredSession
+
+
+DtlsEvent = (
+    CredentialNeeded
+    | HandshakeCompleted
+    | ApplicationData
+    | SessionClosed
+    | SessionLookup
+    | SessionIssued
+)

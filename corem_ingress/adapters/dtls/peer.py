@@ -11,6 +11,7 @@ from OpenSSL import SSL
 from corem_ingress.adapters.dtls.cid_session import CidSession
 from corem_ingress.adapters.dtls.events import Address, Credential
 from corem_ingress.adapters.dtls.records import HandshakePeek
+from corem_ingress.adapters.dtls.resume import IssuedHello, ResumedHandshake
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.identity import CredentialKind
 
@@ -18,6 +19,8 @@ from corem_ingress.core.identity import CredentialKind
 class PeerState(Enum):
     HANDSHAKE = "handshake"
     AWAITING_CREDENTIAL = "awaiting_credential"
+    #: The ClientHello names a session id: its stored session is being looked up.
+    AWAITING_SESSION = "awaiting_session"
     ESTABLISHED = "established"
 
 
@@ -25,7 +28,9 @@ class PeerState(Enum):
 class Peer:
     id: int
     addr: Address
-    conn: SSL.Connection
+    #: None for a resumed session (our own abbreviated handshake and record layer) and
+    #: while its stored session is looked up.
+    conn: SSL.Connection | None
     started: float
     last_seen: float
     #: The random of the ClientHello that opened it (a new random is a new connection).
@@ -56,6 +61,19 @@ class Peer:
     #: The node the peer now talks to, when its records reach us forwarded by that node
     #: (our datagrams go back through it).
     via: Address | None = None
+
+    #: Our abbreviated handshake, while it runs (session resumption).
+    resumed: ResumedHandshake | None = None
+    #: The session id the client asked to resume (``AWAITING_SESSION``).
+    resume_id: bytes = b""
+    #: SHA-256 of the PSK the handshake used (kept for a later resumption's re-check).
+    secret_digest: bytes = b""
+    #: The leaf certificate's notAfter (seconds since the epoch), for the same.
+    not_after: float = 0.0
+    #: The ServerHello of our full handshake (its session id, suite and extensions).
+    issued: IssuedHello | None = None
+    #: The client offered the extended master secret (RFC 7627) in its ClientHello.
+    offered_ems: bool = False
 
     @property
     def destination(self) -> Address:

@@ -93,6 +93,8 @@ class ClientHello:
     random: bytes
     #: Offered cipher suites (empty if the list was cut off: a fragmented ClientHello).
     suites: tuple[int, ...]
+    #: The session the client asks to resume (``b""``: none).
+    session_id: bytes = b""
 
 
 def parse_client_hello(data: bytes) -> ClientHello | None:
@@ -109,7 +111,8 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     pos = 2 + 32  # client_version, random
     if len(body) < pos + 1:
         return None
-    pos += 1 + body[pos]  # session_id
+    session_id = body[pos + 1 : pos + 1 + body[pos]]
+    pos += 1 + body[pos]
     if len(body) < pos + 1:
         return None
     clen = body[pos]
@@ -123,7 +126,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
         raw = body[pos + 2 : pos + 2 + slen]
         if len(raw) == slen:
             suites = tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, slen - 1, 2))
-    return ClientHello(cookie, random, suites)
+    return ClientHello(cookie, random, suites, session_id)
 
 
 def client_hello_cookie(data: bytes) -> bytes | None:

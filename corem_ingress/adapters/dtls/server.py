@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from OpenSSL import SSL, crypto
 
-from corem_ingress.adapters.dtls import _binding, cid
+from corem_ingress.adapters.dtls import _binding, cid, resume
 from corem_ingress.adapters.dtls.authn import Authenticator, CredentialCache
 from corem_ingress.adapters.dtls.cid_session import MAX_BACKLOG, CidSession
 from corem_ingress.adapters.dtls.cookies import CookieJar
@@ -61,6 +61,8 @@ from corem_ingress.adapters.dtls.events import (
     DtlsEvent,
     HandshakeCompleted,
     SessionClosed,
+    SessionIssued,
+    SessionLookup,
 )
 from corem_ingress.adapters.dtls.peer import Peer, PeerState
 from corem_ingress.adapters.dtls.ratelimit import RateLimiter
@@ -138,6 +140,10 @@ class DtlsConfig:
     cid_length: int = 8
     #: The first bytes of every CID we issue: which node owns the session.
     node_tag: bytes = b"\x00\x00"
+    #: Session resumption (RFC 5246 session ids): full handshakes issue a session id
+    #: (``SessionIssued``), a ClientHello naming one is looked up (``SessionLookup``) and
+    #: resumed by our own abbreviated handshake (``resume.py``).
+    resumption: bool = False
 
 
 class DtlsServer:
@@ -222,7 +228,13 @@ class DtlsServer:
             SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
         )
         ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        if self.config.resumption:
+            # OpenSSL puts a session id in its ServerHello but never stores nor looks one
+            # up: resumption is ours (SessionLookup), shared by the nodes.
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER | SSL.SESS_CACHE_NO_INTERNAL)
+            ctx.set_session_id(b"corem-dtls")
+        else:
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if cert_file and key_file:
             ctx.use_certificate_chain_file(cert_file)
             ctx.use_privatekey_file(key_file)
@@ -259,8 +271,8 @@ class DtlsServer:
         """The certificate (DER) an established peer authenticated with, if any (read from
         the connection when asked: sessions keep no copy)."""
         peer = self._peers.get(addr)
-        if peer is None or peer.state is not PeerState.ESTABLISHED:
-            return None
+        if peer is None or peer.state is not PeerState.ESTABLISHED or peer.conn is None:
+            return None  # a resumed session keeps no certificate
         cert = peer.conn.get_peer_certificate()
         return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
@@ -283,6 +295,7 @@ class DtlsServer:
         if peer.cid is not None:
             self._emit(peer, peer.cid.protect(CT_APPLICATION_DATA, data))
             return True
+        assert peer.conn is not None  # only resumed sessions have none, and they have cid
         try:
             peer.conn.send(data)
         except SSL.Error:
@@ -365,6 +378,8 @@ class DtlsServer:
         elif peer.state is PeerState.AWAITING_CREDENTIAL:
             if len(peer.held) < _MAX_HELD:
                 peer.held.append(data)
+        elif peer.state is PeerState.AWAITING_SESSION:
+            pass  # its ClientHello again, while the session is looked up
         else:
             self._handshake_datagram(peer, data)
 
@@ -423,6 +438,9 @@ class DtlsServer:
             peer = self._by_id.get(peer_id)
             if peer is None or peer.state is not PeerState.HANDSHAKE:
                 continue
+            if peer.conn is None:
+                self._send_resumed(peer, timer=True)
+                continue
             timeout = peer.conn.DTLSv1_get_timeout()
             if timeout is not None and timeout <= 0:
                 try:
@@ -479,17 +497,22 @@ class DtlsServer:
             if self.on_pending_refused is not None:
                 self.on_pending_refused(addr)
             return
-        conn = self._new_connection(self._context_for(hello))
-        conn.bio_write(data)
-        try:
-            conn.DTLSv1_listen()
-        except SSL.Error:
-            self.stats["dropped_bad_hello"] += 1
+        # A ClientHello naming a session: looked up first (SessionLookup), OpenSSL only if
+        # it is not resumed.
+        lookup = self.config.resumption and bool(hello.session_id)
+        conn = None if lookup else self._listen(data, hello, addr)
+        if conn is None and not lookup:
             return
         if replaced is not None:
             self._drop(replaced, Cause.REPLACED)
         peer = Peer(next(self._ids), addr, conn, self._now, self._now, hello.random)
-        conn.set_app_data(peer)
+        if conn is not None:
+            conn.set_app_data(peer)
+        if self.config.resumption:
+            parsed = resume.parse_hello(data)
+            peer.offered_ems = parsed is not None and (
+                resume.EXT_EXTENDED_MASTER_SECRET in parsed.extensions
+            )
         if established is not None:
             self._successors[addr] = peer
         else:
@@ -501,7 +524,152 @@ class DtlsServer:
         self.stats["handshakes_started"] += 1
         if self.on_handshake_started is not None:
             self.on_handshake_started(addr)
+        if conn is None:
+            peer.state = PeerState.AWAITING_SESSION
+            peer.resume_id = hello.session_id
+            peer.held.append(data)
+            self._events.append(SessionLookup(addr, hello.session_id))
+            return
         self._advance(peer)
+
+    def _listen(self, data: bytes, hello: ClientHello, addr: Address) -> SSL.Connection | None:
+        """A per-peer SSL object that has read the (cookie-checked) ClientHello."""
+        self._checked_cookie = hello.cookie
+        self._listen_addr = addr
+        conn = self._new_connection(self._context_for(hello))
+        conn.bio_write(data)
+        try:
+            conn.DTLSv1_listen()
+        except SSL.Error:
+            self.stats["dropped_bad_hello"] += 1
+            return None
+        return conn
+
+    # -- session resumption (our abbreviated handshake, resume.py) ----------------------------
+    def session_found(
+        self,
+        addr: Address,
+        session_id: bytes,
+        stored: resume.StoredSession | None,
+        now: float,
+    ) -> Cause | None:
+        """The lookup asked for by ``SessionLookup`` is done: ``stored`` None (expired,
+        unknown, another cluster's) runs OpenSSL's full handshake, which issues a new id.
+        Otherwise the credential is re-checked from the resolver's cache (filled by the
+        caller) BEFORE anything is sent. -> the cause when the resumption was refused (the
+        caller deletes the stored session), else None."""
+        self._now = now
+        peer = next(
+            (
+                p
+                for p in (self._successors.get(addr), self._peers.get(addr))
+                if p is not None
+                and p.state is PeerState.AWAITING_SESSION
+                and p.resume_id == session_id
+            ),
+            None,
+        )
+        if peer is None:
+            return None
+        data = peer.held[0]
+        peer.held.clear()
+        hello = resume.parse_hello(data)
+        refusal = None
+        if stored is not None and hello is not None:
+            refusal = resume.check_hello(hello, stored)
+        if stored is None or hello is None or refusal is resume.Refusal.FULL_HANDSHAKE:
+            self.stats["resumption_full_handshake"] += 1
+            self._full_handshake(peer, data)
+            return None
+        if refusal is resume.Refusal.ABORT:  # RFC 7627 5.3
+            detail = "the session used the extended master secret, the new hello does not"
+            return self._refuse_resumption(peer, Cause.HANDSHAKE_FAILED, detail)
+        checked = self._auth.recheck(peer, stored)
+        if not isinstance(checked, Credential):
+            return self._refuse_resumption(peer, *checked)
+        peer.credential = checked
+        session = CidSession(peer_cid=b"")
+        answer = None
+        offered = hello.extensions.get(cid.EXT_CONNECTION_ID)
+        if offered is not None and self.config.cid_enabled:
+            value = cid.parse_cid_extension(offered)
+            if value is None:
+                return self._refuse_resumption(peer, Cause.MALFORMED, "bad connection_id")
+            own = self._issue_cid()
+            session = CidSession(peer_cid=value, own_cid=own)
+            answer = cid.cid_extension(own)
+            if own:
+                self._by_cid[own] = peer
+            self.stats["cid_negotiated"] += 1
+        peer.cid = session
+        peer.suite = stored.suite
+        peer.resumed = resume.ResumedHandshake(hello, stored, os.urandom(32), session, answer)
+        peer.state = PeerState.HANDSHAKE
+        self.stats["resumptions_started"] += 1
+        self._send_resumed(peer)
+        return None
+
+    def _full_handshake(self, peer: Peer, data: bytes) -> None:
+        hello = parse_client_hello(data)
+        conn = None if hello is None else self._listen(data, hello, peer.addr)
+        if conn is None:
+            self._drop(peer, Cause.MALFORMED, "a ClientHello OpenSSL could not read")
+            return
+        peer.conn = conn
+        conn.set_app_data(peer)
+        peer.state = PeerState.HANDSHAKE
+        self._advance(peer)
+
+    def _refuse_resumption(self, peer: Peer, cause: Cause, detail: str) -> Cause:
+        """Fail closed: the cause's alert (plaintext, nothing of ours sent before it)."""
+        alert = cause.dtls_alert
+        self._out.append((alert_record(alert), peer.destination))
+        self.stats["resumptions_refused"] += 1
+        self._drop(peer, cause, f"resumption refused: {detail}; sent {alert_name(alert)}")
+        return cause
+
+    def _send_resumed(self, peer: Peer, *, timer: bool = False) -> None:
+        """Our flight (again: the client's ClientHello again, or our retransmission timer,
+        1 s doubling)."""
+        handshake = peer.resumed
+        assert handshake is not None
+        if timer:
+            handshake.retransmits += 1
+            if handshake.retransmits > resume.MAX_RETRANSMITS:
+                self._drop(peer, Cause.HANDSHAKE_TIMEOUT, "no Finished for our resumed flight")
+                return
+        for datagram in pack_records(handshake.flight, self.config.mtu - 28):
+            self._out.append((datagram, peer.destination))
+        delay = float(min(60, 2**handshake.retransmits))
+        self._retransmits.set(peer.id, _RETRANSMIT, self._real_clock() + delay)
+
+    def _resumed_datagram(self, peer: Peer, data: bytes) -> None:
+        """The client's ChangeCipherSpec + Finished (or its ClientHello again)."""
+        handshake, state = peer.resumed, peer.cid
+        assert handshake is not None and state is not None
+        records = cid.split(data, len(state.own_cid))
+        for i, rec in enumerate(records):
+            if rec[3:5] == b"\0\0":
+                if rec[0] == CT_HANDSHAKE:  # its ClientHello again: our flight was lost
+                    self._send_resumed(peer)
+                continue
+            outcome = handshake.receive(rec)
+            if outcome is resume.Outcome.FAILED:
+                self.stats["resumption_finished_failed"] += 1
+                alert = Cause.WRONG_KEY.dtls_alert
+                self._out.append((alert_record(alert), peer.destination))
+                detail = "the client's Finished of a resumed session did not verify"
+                self._drop(peer, Cause.WRONG_KEY, f"{detail}; sent {alert_name(alert)}")
+                return
+            if outcome is resume.Outcome.DONE:
+                state.last_flight = pack_records(handshake.flight[2:], self.config.mtu - 28)
+                peer.resumed = None
+                self.stats["resumptions_completed"] += 1
+                self._completed(peer)
+                rest = b"".join(records[i + 1 :])
+                if rest and self._alive(peer):
+                    self._cid_established(peer, rest, peer.destination)
+                return
 
     def _hello_verify(self, data: bytes, addr: Address) -> None:
         """A ClientHello without a valid cookie: a HelloVerifyRequest, nothing kept."""
@@ -556,6 +724,9 @@ class DtlsServer:
 
     # -- handshake -------------------------------------------------------------------------
     def _handshake_datagram(self, peer: Peer, data: bytes) -> None:
+        if peer.resumed is not None:
+            self._resumed_datagram(peer, data)
+            return
         state = peer.cid
         if state is None or not state.own_cid:
             self._feed_handshake(peer, data)
@@ -584,6 +755,7 @@ class DtlsServer:
         alert = fatal_alert(data)
         if alert is not None:
             peer.client_alert = alert
+        assert peer.conn is not None
         peer.conn.bio_write(data)
         self._advance(peer)
         if peer.state is PeerState.HANDSHAKE and self._alive(peer):
@@ -605,6 +777,7 @@ class DtlsServer:
         self._drop(peer, cause, f"{detail}; sent {alert_name(cause.dtls_alert)}")
 
     def _advance(self, peer: Peer) -> None:
+        assert peer.conn is not None
         try:
             peer.conn.do_handshake()
         except SSL.WantReadError:
@@ -652,10 +825,38 @@ class DtlsServer:
         self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))
         self.stats["handshakes_completed"] += 1
         assert peer.credential is not None
-        self._events.append(
-            HandshakeCompleted(addr, peer.credential, peer.conn.get_cipher_name() or "")
+        if peer.conn is None:  # resumed: our own record layer from the start
+            cipher = _SUITE_NAMES.get(peer.suite or 0, "")
+        else:
+            cipher = peer.conn.get_cipher_name() or ""
+            self._issue_session(peer)
+        self._events.append(HandshakeCompleted(addr, peer.credential, cipher))
+        if peer.conn is not None:
+            self._read_application(peer)
+
+    def _issue_session(self, peer: Peer) -> None:
+        """A full handshake whose ServerHello carried a session id: report what a later
+        resumption needs (stored sealed by the caller, ``SessionIssued``)."""
+        issued, conn, credential = peer.issued, peer.conn, peer.credential
+        if not self.config.resumption or issued is None or not issued.session_id:
+            return
+        assert conn is not None and credential is not None
+        master = conn.master_key()
+        if not master or issued.suite not in cid.SUITES:
+            return
+        ems = resume.EXT_EXTENDED_MASTER_SECRET in issued.extensions
+        stored = resume.StoredSession(
+            suite=issued.suite,
+            master=master,
+            extended_master_secret=ems and peer.offered_ems,
+            kind=credential.kind.value,
+            lookup=credential.lookup,
+            chain=credential.chain.issuers if credential.chain is not None else (),
+            secret_digest=peer.secret_digest,
+            not_after=peer.not_after,
         )
-        self._read_application(peer)
+        self.stats["sessions_issued"] += 1
+        self._events.append(SessionIssued(peer.addr, issued.session_id, stored))
 
     @staticmethod
     def _failure(peer: Peer, exc: SSL.Error) -> tuple[Cause, str]:
@@ -671,6 +872,7 @@ class DtlsServer:
         if peer.cid is not None:
             self._cid_established(peer, data, peer.addr)
             return
+        assert peer.conn is not None  # sessions without one (resumed) carry a CidSession
         peer.conn.bio_write(data)
         # One SSL_read per record at most: saves the WantReadError after the last one. A
         # datagram that is exactly one record (the usual case) is not split to count it.
@@ -678,6 +880,7 @@ class DtlsServer:
         self._read_application(peer, max_reads=1 if single else max(1, len(split_records(data))))
 
     def _read_application(self, peer: Peer, max_reads: int = 1_000) -> None:
+        assert peer.conn is not None
         for _ in range(max_reads):
             if not self._alive(peer):
                 return
@@ -734,6 +937,8 @@ class DtlsServer:
     def _cid_keys(self, peer: Peer) -> bool:
         """Derive the session's epoch-1 keys once OpenSSL has the master secret."""
         assert peer.cid is not None
+        if peer.conn is None:
+            return peer.cid.keyed
         master = peer.conn.master_key()
         if not master or peer.suite is None:
             return False
@@ -847,9 +1052,12 @@ class DtlsServer:
     def _flush(self, peer: Peer, alert: int | None = None) -> bytes:
         """Send what OpenSSL wrote (alerts' descriptions replaced by ``alert``); re-arm the
         retransmission timer of a handshake. -> what was sent."""
+        assert peer.conn is not None
         if peer.suite is None:
             chunk = self._send_raw(peer.conn, peer.destination, alert)
             peer.suite = server_hello_suite(chunk) if chunk else None
+            if chunk and self.config.resumption:
+                peer.issued = resume.issued_hello(chunk)
         else:
             chunk = self._send_raw(peer.conn, peer.destination, alert, peer)
         if peer.state is not PeerState.ESTABLISHED and self._alive(peer):
@@ -909,7 +1117,7 @@ class DtlsServer:
         """close_notify (if established) and forget."""
         if peer.state is PeerState.ESTABLISHED and notify and peer.cid is not None:
             self._emit(peer, peer.cid.protect(CT_ALERT, b"\x01\x00"))
-        elif peer.state is PeerState.ESTABLISHED and notify:
+        elif peer.state is PeerState.ESTABLISHED and notify and peer.conn is not None:
             with contextlib.suppress(SSL.Error):
                 peer.conn.shutdown()
             self._flush(peer)
@@ -932,10 +1140,15 @@ class DtlsServer:
         self._timers.cancel_all(peer.id, (_HANDSHAKE, _IDLE))
         self._retransmits.cancel(peer.id, _RETRANSMIT)
         established = peer.state is PeerState.ESTABLISHED
-        peer.conn.set_app_data(None)
+        if peer.conn is not None:
+            peer.conn.set_app_data(None)
         peer.held.clear()
         self.stats["closed:" + cause.label] += 1
         self._events.append(SessionClosed(addr, cause, established, detail))
+
+
+#: Suite id -> OpenSSL's name (what ``HandshakeCompleted.cipher`` says of a resumed session).
+_SUITE_NAMES = {v: k for k, v in cid.SUITE_IDS.items()}
 
 
 def _ssl_reason(exc: SSL.Error) -> str:
