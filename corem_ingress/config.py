@@ -273,6 +273,25 @@ class ConnectionIdConfig:
 
 
 @dataclass
+class ResumptionConfig:
+    """DTLS 1.2 session resumption (RFC 5246 session ids), shared by the nodes in Redis."""
+
+    #: Full handshakes issue a session id; a device that lost its session (reboot, idle
+    #: close) resumes it with an abbreviated handshake on any node, after its credential is
+    #: re-checked with the resolver.
+    enabled: bool = True
+    #: How long a session can be resumed after its full handshake (its Redis TTL).
+    lifetime_s: int = 86_400
+    #: Sessions are sealed under a key that changes this often (shared by the nodes in
+    #: Redis; an old key lives as long as sessions sealed under it).
+    rotation_s: int = 3_600
+
+    def validate(self) -> None:
+        _check(self.lifetime_s >= 1, "coap.resumption.lifetime_s", "must be >= 1")
+        _check(self.rotation_s >= 60, "coap.resumption.rotation_s", "must be >= 60")
+
+
+@dataclass
 class CoapConfig:
     """CoAP and LwM2M over DTLS 1.2 (our pyOpenSSL memory-BIO server)."""
 
@@ -316,10 +335,12 @@ class CoapConfig:
     #: Max-Age (seconds) on 5.03 when the uplink store is unavailable.
     unavailable_max_age_s: int = 5
     connection_id: ConnectionIdConfig = field(default_factory=ConnectionIdConfig)
+    resumption: ResumptionConfig = field(default_factory=ResumptionConfig)
 
     def validate(self) -> None:
         """Called by the CoAP adapter's build(); errors name the key."""
         self.connection_id.validate()
+        self.resumption.validate()
         _check(0 <= self.port < 65536, "coap.port", "must be 0..65535 (0: any free port)")
         _check(256 <= self.mtu <= 65_507, "coap.mtu", "must be 256..65507")
         _check(self.handshake_timeout_s > 0, "coap.handshake_timeout_s", "must be > 0")

@@ -184,6 +184,15 @@ DTLS_CID_FORWARDED = Counter(
     ["direction"],
     registry=REGISTRY,
 )
+DTLS_RESUMPTIONS = Counter(
+    "corem_dtls_resumptions",
+    "DTLS ClientHellos naming a session id, by outcome: resumed (abbreviated handshake "
+    "completed), full_handshake (session not found or not resumable as asked), refused "
+    "(credential revoked/unknown/changed: alert), finished_failed (the client's Finished "
+    "did not verify: alert).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 OUTAGE_GRACE = Counter(
     "corem_resolver_outage_grace",
@@ -263,6 +272,11 @@ def cid_forwarded(direction: str) -> None:
 
 
 _CID_DIRECTIONS = frozenset({"out", "in", "back", "refused"})
+_RESUMPTION_OUTCOMES = frozenset({"resumed", "full_handshake", "refused", "finished_failed"})
+
+
+def dtls_resumption(outcome: str) -> None:
+    DTLS_RESUMPTIONS.labels(_one_of(outcome, _RESUMPTION_OUTCOMES)).inc()
 
 
 def handshake(transport: str, *, ok: bool) -> None:

@@ -20,6 +20,7 @@ from corem_ingress.store.cid_nodes import CidNodeDirectory
 from corem_ingress.store.clients import RedisClients
 from corem_ingress.store.device_sessions import DeviceSessions
 from corem_ingress.store.downlinks import DownlinkPublisher, DownlinkRouter
+from corem_ingress.store.dtls_sessions import DtlsSessionStore
 from corem_ingress.store.firmware import FirmwareStore
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.store.lwm2m import Handler, Lwm2mRequestServer, Lwm2mRouter, Lwm2mStore
@@ -68,6 +69,13 @@ class Stores:
 
     def cid_nodes(self) -> CidNodeDirectory:
         return CidNodeDirectory(self._redis, self._keys)
+
+    def dtls_sessions(
+        self, *, lifetime_s: int, rotation_s: int, clock: Callable[[], float]
+    ) -> DtlsSessionStore:
+        return DtlsSessionStore(
+            self._redis, self._keys, lifetime_s=lifetime_s, rotation_s=rotation_s, clock=clock
+        )
 
     def lwm2m_store(self, *, grace_s: int, clock: Callable[[], float]) -> Lwm2mStore:
         return Lwm2mStore(self._redis, self._keys, grace_s=grace_s, clock=clock)

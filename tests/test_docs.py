@@ -58,6 +58,8 @@ def test_key_schema_doc_names_every_key_function() -> None:
         k.limits_blocks,
         k.cid_nodes,
         k.cid_forward_key,
+        k.dtls_session("<session_id_hex>"),
+        k.dtls_session_keys,
         k.lwm2m_registration("<registration_id>"),
         k.claim("<claim_id>"),
         k.tenant_claims("<tenant>"),

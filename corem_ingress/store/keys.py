@@ -184,6 +184,20 @@ class KeySchema:
         (32 random bytes, hex; set once by the first node)."""
         return f"{self._r}:dtls:cid:key"
 
+    # -- DTLS session resumption (store/dtls_sessions.py) ------------------------------------
+    def dtls_session(self, session_id_hex: str) -> str:
+        """String (JSON, TTL ``coap.resumption.lifetime_s``): a session kept for resumption
+        under its RFC 5246 session id: ``kid`` (the sealing key's id), ``nonce`` and
+        ``sealed`` (AES-256-GCM of the suite, master secret, extended-master-secret flag and
+        credential reference)."""
+        return f"{self._r}:dtls:resume:s:{session_id_hex}"
+
+    @property
+    def dtls_session_keys(self) -> str:
+        """Hash: key id (the rotation period's number) -> sealing key (32 bytes, hex), set
+        once per period by the first node; deleted once no session sealed under it lives."""
+        return f"{self._r}:dtls:resume:keys"
+
     def lwm2m_reply(self, request_id: str) -> str:
         """List holding the one reply to a routed request (short TTL)."""
         return f"{self.prefix}:lwm2m:reply:{{{request_id}}}"

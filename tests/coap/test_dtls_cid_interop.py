@@ -266,21 +266,3 @@ def _forwarded() -> dict[str, float]:
         or 0.0
         for d in ("out", "in", "back", "refused")
     }
-
-
-async def test_resumption_request_gets_a_clean_full_handshake(
-    node: Any, registry: Registry
-) -> None:
-    """ssl_client2 ``tickets=1 reconnect=1`` (with CID): the listener issues no ticket and
-    no session id (resumption is not built, docs/coap-dtls.md "Session resumption"), so
-    the reconnection is a second full handshake, again with CID, and both exchanges
-    are answered."""
-    port = coap_port(node)
-    args = await _psk_args(registry)
-    handshakes = _server(node).stats["handshakes_completed"]
-    out = await ssl_client2(port, *args, "cid=1", "cid_val=beef", "tickets=1", "reconnect=1")
-    assert "Reconnecting with saved session" in out, out
-    assert len(_READ.findall(out)) == 2, out
-    stats = _server(node).stats
-    assert stats["handshakes_completed"] - handshakes == 2
-    assert stats["cid_negotiated"] >= 2

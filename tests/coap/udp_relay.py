@@ -10,6 +10,7 @@ opens with a ``tls12_cid`` record (counting from 1), so a test needs no sleeps."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -54,6 +55,12 @@ class Relay(asyncio.DatagramProtocol):
         self.drop_server_finished = False
         #: What the device sent, as forwarded.
         self.sent_up: list[bytes] = []
+        #: A device that comes back from a new port (a reconnection: a new socket) goes to
+        #: this node, from a new upstream socket (a reboot behind the load balancer); the
+        #: hook, if any, runs first (e.g. the test revokes the device in between).
+        self.reconnect_to: int | None = None
+        self.before_reconnect: Callable[[], Awaitable[None]] | None = None
+        self.reconnects = 0
 
     async def open(self) -> int:
         loop = asyncio.get_running_loop()
@@ -85,6 +92,11 @@ class Relay(asyncio.DatagramProtocol):
             self.front.close()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.device is not None and addr != self.device and self.reconnect_to is not None:
+            self.device = addr
+            self.reconnects += 1
+            asyncio.get_running_loop().create_task(self._reconnect_then_send(data))
+            return
         self.device = addr
         if data[:1] == b"\x19":
             self.cid_datagrams += 1
@@ -92,6 +104,13 @@ class Relay(asyncio.DatagramProtocol):
                 # Synchronously: the socket must exist before this datagram goes on.
                 asyncio.get_running_loop().create_task(self._rebind_then_send(data))
                 return
+        self._send_up(data)
+
+    async def _reconnect_then_send(self, data: bytes) -> None:
+        if self.before_reconnect is not None:
+            await self.before_reconnect()
+        await self.rebind(self.reconnect_to)
+        self.reconnect_to = None  # later datagrams of that connection go on as they are
         self._send_up(data)
 
     async def _rebind_then_send(self, data: bytes) -> None:

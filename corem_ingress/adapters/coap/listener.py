@@ -99,12 +99,21 @@ class CoapListener:
                 cid_enabled=cfg.connection_id.enabled,
                 cid_length=cfg.connection_id.length,
                 node_tag=cid.node_tag(services.node_id),
+                resumption=cfg.resumption.enabled,
             ),
         )
         # Timers on the monotonic clock; certificate validity and dates on the node's clock.
         self.transport = DtlsTransport(
             self.dtls_server, credentials, self, wall_clock=services.clock
         )
+        if cfg.resumption.enabled:
+            self.transport.use_resumption(
+                services.stores.dtls_sessions(
+                    lifetime_s=cfg.resumption.lifetime_s,
+                    rotation_s=cfg.resumption.rotation_s,
+                    clock=services.clock,
+                )
+            )
         self.cluster: CidCluster | None = None
         if cfg.connection_id.enabled and cfg.connection_id.length:
             self.cluster = CidCluster(

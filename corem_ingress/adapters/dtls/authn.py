@@ -22,9 +22,9 @@ from OpenSSL import SSL, crypto
 from corem_ingress.adapters.dtls.events import Credential
 from corem_ingress.adapters.dtls.peer import Peer
 from corem_ingress.adapters.dtls.records import PSK_SUITES
-from corem_ingress.adapters.dtls.resume import StoredSession
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.certs import fingerprint_der
+from corem_ingress.core.dtls_resumption import StoredSession
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.trust import PeerChain

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from corem_ingress.adapters.dtls.resume import StoredSession
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.dtls_resumption import StoredSession
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
 from corem_ingress.core.trust import PeerChain
 

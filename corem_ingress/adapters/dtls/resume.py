@@ -24,6 +24,7 @@ from enum import Enum
 
 from corem_ingress.adapters.dtls import cid
 from corem_ingress.adapters.dtls.cid_session import CidSession
+from corem_ingress.core.dtls_resumption import StoredSession
 
 CT_CHANGE_CIPHER_SPEC = 20
 CT_HANDSHAKE = 22
@@ -200,25 +201,6 @@ def plain_record(ctype: int, seq: int, payload: bytes) -> bytes:
         + seq.to_bytes(6, "big")
         + (len(payload).to_bytes(2, "big") + payload)
     )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSession:
-    """What a full handshake leaves for a later resumption (stored sealed, by session id)."""
-
-    suite: int
-    master: bytes
-    #: RFC 7627: the session's master secret is the extended one.
-    extended_master_secret: bool
-    #: "psk" or "x509" (``CredentialKind`` value) and the resolver's lookup handle.
-    kind: str
-    lookup: str
-    #: X.509: fingerprints of the verified chain above the leaf (the tenant CA re-check).
-    chain: tuple[str, ...] = ()
-    #: PSK: SHA-256 of the key it was made with (a changed key does not resume).
-    secret_digest: bytes = b""
-    #: X.509: the leaf's notAfter (seconds since the epoch; 0: none).
-    not_after: float = 0.0
 
 
 class Refusal(Enum):

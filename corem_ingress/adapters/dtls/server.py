@@ -87,6 +87,7 @@ from corem_ingress.adapters.dtls.records import (
 )
 from corem_ingress.adapters.dtls.timers import TimerHeap
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.dtls_resumption import StoredSession
 
 #: Offered to a client that offers a PSK suite (the client's preference among them).
 PSK_CIPHERS = (
@@ -215,6 +216,8 @@ class DtlsServer:
         self.wrap_back: Callable[[Address, bytes], bytes] | None = None
         #: The node that forwarded the datagram being received (None: straight from it).
         self._via: Address | None = None
+        #: Told the outcome of each ClientHello that named a session (metrics).
+        self.on_resumption: Callable[[str], None] | None = None
 
     # -- setup ----------------------------------------------------------------------------
     def _make_context(
@@ -550,7 +553,7 @@ class DtlsServer:
         self,
         addr: Address,
         session_id: bytes,
-        stored: resume.StoredSession | None,
+        stored: StoredSession | None,
         now: float,
     ) -> Cause | None:
         """The lookup asked for by ``SessionLookup`` is done: ``stored`` None (expired,
@@ -578,7 +581,7 @@ class DtlsServer:
         if stored is not None and hello is not None:
             refusal = resume.check_hello(hello, stored)
         if stored is None or hello is None or refusal is resume.Refusal.FULL_HANDSHAKE:
-            self.stats["resumption_full_handshake"] += 1
+            self._resumption("full_handshake")
             self._full_handshake(peer, data)
             return None
         if refusal is resume.Refusal.ABORT:  # RFC 7627 5.3
@@ -609,6 +612,12 @@ class DtlsServer:
         self._send_resumed(peer)
         return None
 
+    def _resumption(self, outcome: str) -> None:
+        """resumed, full_handshake, refused, finished_failed."""
+        self.stats["resumptions_" + outcome] += 1
+        if self.on_resumption is not None:
+            self.on_resumption(outcome)
+
     def _full_handshake(self, peer: Peer, data: bytes) -> None:
         hello = parse_client_hello(data)
         conn = None if hello is None else self._listen(data, hello, peer.addr)
@@ -624,7 +633,7 @@ class DtlsServer:
         """Fail closed: the cause's alert (plaintext, nothing of ours sent before it)."""
         alert = cause.dtls_alert
         self._out.append((alert_record(alert), peer.destination))
-        self.stats["resumptions_refused"] += 1
+        self._resumption("refused")
         self._drop(peer, cause, f"resumption refused: {detail}; sent {alert_name(alert)}")
         return cause
 
@@ -655,7 +664,7 @@ class DtlsServer:
                 continue
             outcome = handshake.receive(rec)
             if outcome is resume.Outcome.FAILED:
-                self.stats["resumption_finished_failed"] += 1
+                self._resumption("finished_failed")
                 alert = Cause.WRONG_KEY.dtls_alert
                 self._out.append((alert_record(alert), peer.destination))
                 detail = "the client's Finished of a resumed session did not verify"
@@ -664,7 +673,7 @@ class DtlsServer:
             if outcome is resume.Outcome.DONE:
                 state.last_flight = pack_records(handshake.flight[2:], self.config.mtu - 28)
                 peer.resumed = None
-                self.stats["resumptions_completed"] += 1
+                self._resumption("resumed")
                 self._completed(peer)
                 rest = b"".join(records[i + 1 :])
                 if rest and self._alive(peer):
@@ -845,7 +854,7 @@ class DtlsServer:
         if not master or issued.suite not in cid.SUITES:
             return
         ems = resume.EXT_EXTENDED_MASTER_SECRET in issued.extensions
-        stored = resume.StoredSession(
+        stored = StoredSession(
             suite=issued.suite,
             master=master,
             extended_master_secret=ems and peer.offered_ems,

@@ -17,7 +17,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import structlog
@@ -31,9 +31,12 @@ from corem_ingress.adapters.dtls.events import (
     CredentialNeeded,
     HandshakeCompleted,
     SessionClosed,
+    SessionIssued,
+    SessionLookup,
 )
 from corem_ingress.adapters.dtls.server import DtlsServer
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.dtls_resumption import StoredSession
 from corem_ingress.core.errors import IngressError
 from corem_ingress.core.identity import CredentialKind
 
@@ -84,6 +87,16 @@ class AsyncResolver(Protocol):
     ) -> Any: ...
 
 
+class SessionStore(Protocol):
+    """Sessions kept for resumption (``store/dtls_sessions.DtlsSessionStore``)."""
+
+    async def save(self, session_id: bytes, session: StoredSession) -> None: ...
+
+    async def load(self, session_id: bytes) -> StoredSession | None: ...
+
+    async def delete(self, session_id: bytes) -> None: ...
+
+
 class DtlsTransport(asyncio.DatagramProtocol):
     def __init__(
         self,
@@ -116,6 +129,9 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._drain_skip = 0
         #: True while events are handed to the handlers: their sends wait for the final flush.
         self._pumping = False
+        #: Sessions kept for resumption (``use_resumption``).
+        self.sessions: SessionStore | None = None
+        server.on_resumption = metrics.dtls_resumption
 
     async def open(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -212,6 +228,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.server.forward_cid = cluster.forward
         self.server.wrap_back = cluster.back
 
+    def use_resumption(self, store: SessionStore) -> None:
+        """Store the sessions full handshakes issue; resume them from there (any node)."""
+        self.sessions = store
+
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
         if not self._pumping:  # else the pump in progress sends it
@@ -282,7 +302,11 @@ class DtlsTransport(asyncio.DatagramProtocol):
                     event.addr, event.cause, event.established, event.detail
                 )
             elif isinstance(event, CredentialNeeded):
-                self._spawn_lookup(event)
+                self._spawn(self._lookup(event))
+            elif isinstance(event, SessionLookup):
+                self._spawn(self._resume(event))
+            elif isinstance(event, SessionIssued):
+                self._spawn(self._store_session(event))
         except Exception:
             # structlog's first argument is the event name: the DTLS event is "dtls_event".
             log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
@@ -306,8 +330,8 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.server.handle_timer(self._clock())
         self._pump()
 
-    def _spawn_lookup(self, event: CredentialNeeded) -> None:
-        task = asyncio.ensure_future(self._lookup(event))
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -321,3 +345,35 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 await self._resolver.resolve_cert(event.lookup, chain=None, der=event.der)
         self.server.credential_resolved(event.addr, self._clock())
         self._pump()
+
+    async def _store_session(self, event: SessionIssued) -> None:
+        if self.sessions is None:
+            return
+        try:
+            await self.sessions.save(event.session_id, event.session)
+        except Exception as exc:  # Redis down: the device pays a full handshake next time
+            log.warning("dtls.session_store_failed", error=str(exc))
+
+    async def _resume(self, event: SessionLookup) -> None:
+        """The stored session (None: not found, or Redis down -> a full handshake, whose
+        credential checks fail closed on their own), its credential resolved into the cache
+        for the server's re-check; a refused one is deleted."""
+        stored = None
+        if self.sessions is not None:
+            try:
+                stored = await self.sessions.load(event.session_id)
+            except Exception as exc:
+                log.warning("dtls.session_lookup_failed", error=str(exc))
+        if stored is not None:
+            with contextlib.suppress(IngressError):
+                if stored.kind == CredentialKind.PSK.value:
+                    await self._resolver.resolve_psk(stored.lookup)
+                else:
+                    await self._resolver.resolve_cert(stored.lookup, chain=None)
+        refused = self.server.session_found(event.addr, event.session_id, stored, self._clock())
+        self._pump()
+        if refused is not None and self.sessions is not None:
+            try:
+                await self.sessions.delete(event.session_id)
+            except Exception as exc:
+                log.warning("dtls.session_delete_failed", error=str(exc))
