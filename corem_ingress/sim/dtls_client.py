@@ -261,8 +261,10 @@ class Client:
 class AsyncDtlsClient(asyncio.DatagramProtocol):
     """The in-process client over a real loopback UDP socket, with DTLS retransmission."""
 
-    def __init__(self, ctx: SSL.Context, *, cid: bytes | None = None) -> None:
-        self.client = Client(ctx, cid=cid)
+    def __init__(
+        self, ctx: SSL.Context, *, cid: bytes | None = None, session: SSL.Session | None = None
+    ) -> None:
+        self.client = Client(ctx, cid=cid, session=session)
         self.transport: asyncio.DatagramTransport | None = None
         self._remote: tuple[str, int] = ("127.0.0.1", 0)
         self.changed = asyncio.Event()
@@ -280,15 +282,17 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         host: str = "127.0.0.1",
         raise_socket_errors: bool = False,
         cid: bytes | None = None,
+        session: SSL.Session | None = None,
     ) -> AsyncDtlsClient:
         """Handshake; returns with ``client.done`` or ``client.failed`` set (check them).
 
         On a timeout the socket is closed before ``TimeoutError`` propagates. With
         ``raise_socket_errors`` a socket error during the handshake (ICMP port unreachable:
         nothing listens on the port) is raised at once as ``OSError``. ``cid``: ask for a
-        DTLS Connection ID (``Client``)."""
+        DTLS Connection ID (``Client``); ``session``: resume an earlier connection's
+        session (``client.conn.get_session()`` of one closed with ``close()``)."""
         loop = asyncio.get_running_loop()
-        self = cls(ctx, cid=cid)
+        self = cls(ctx, cid=cid, session=session)
         self._remote = (host, port)
         await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
         self._send(self.client.start())

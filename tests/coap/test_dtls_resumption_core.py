@@ -15,7 +15,7 @@ from corem_ingress.adapters.dtls.events import (
     SessionIssued,
     SessionLookup,
 )
-from corem_ingress.adapters.dtls.server import DtlsServer
+from corem_ingress.adapters.dtls.server import DtlsConfig, DtlsServer
 from corem_ingress.core.causes import Cause
 from corem_ingress.sim.dtls_client import Client, psk_context
 from tests.coap.test_dtls_core import KEY, NOW, FakeCache, make_server, transfer
@@ -135,3 +135,66 @@ def test_a_changed_psk_cannot_resume() -> None:
     server = make_server(cache, resumption=True)
     _client, refused = resume_on(server, session, issued)
     assert refused is Cause.UNKNOWN_OR_REVOKED
+
+
+def test_our_lost_flight_is_resent_on_the_hello_again_and_on_the_timer() -> None:
+    session, issued, _ = first_session("PSK-AES128-CCM8")
+    clock = [1000.0]
+    server = DtlsServer(
+        cert_file=None,
+        key_file=None,
+        ca_files=[],
+        credentials=FakeCache(),
+        config=DtlsConfig(resumption=True),
+        real_clock=lambda: clock[0],
+    )
+    client = Client(session[0], session=session[1])
+    hello_again: list[bytes] = []
+    pending = client.start()
+    for _ in range(5):  # the cookie exchange
+        for d in pending:
+            server.receive_datagram(d, LATER, NOW)
+            hello_again = [d]
+        for d, _ in server.datagrams_to_send():
+            client.receive(d)
+        pending = client.outgoing()
+    (lookup,) = [e for e in server.events() if isinstance(e, SessionLookup)]
+    assert server.session_found(LATER, lookup.session_id, issued.session, NOW) is None
+    lost = server.datagrams_to_send()
+    assert lost  # our flight, lost on the way
+    server.receive_datagram(hello_again[0], LATER, NOW)  # the client's ClientHello again
+    assert [d for d, _ in server.datagrams_to_send()] == [d for d, _ in lost]
+    clock[0] += 1.5  # our 1 s retransmission timer
+    server.handle_timer(NOW)
+    again = server.datagrams_to_send()
+    assert [d for d, _ in again] == [d for d, _ in lost]
+    for d, _ in again:
+        client.receive(d)
+    transfer(server, client, LATER, client.outgoing())
+    assert client.done and server.stats["resumptions_resumed"] == 1
+    # Idle: closed with our close_notify on our record layer.
+    list(server.events())
+    server.handle_timer(NOW + server.config.idle_timeout + 10)
+    assert list(server.events()) == [SessionClosed(LATER, Cause.IDLE, True)]
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    assert client.closed
+
+
+def test_a_client_finished_that_does_not_verify_gets_an_alert() -> None:
+    session, issued, _ = first_session("PSK-AES128-CCM8")
+    server = make_server(resumption=True)
+    client = Client(session[0], session=session[1])
+    transfer(server, client, LATER, client.start())
+    (lookup,) = [e for e in server.events() if isinstance(e, SessionLookup)]
+    server.session_found(LATER, lookup.session_id, issued.session, NOW)
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    (finished,) = client.outgoing()  # ChangeCipherSpec + Finished, one datagram
+    forged = finished[:-1] + bytes([finished[-1] ^ 1])
+    server.receive_datagram(forged, LATER, NOW)
+    ((alert, _),) = server.datagrams_to_send()
+    assert alert[0] == 21 and alert[-2:] == b"\x02\x33"  # fatal decrypt_error
+    (closed,) = list(server.events())
+    assert isinstance(closed, SessionClosed) and closed.cause is Cause.WRONG_KEY
+    assert server.stats["resumptions_finished_failed"] == 1 and len(server) == 0
