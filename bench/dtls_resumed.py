@@ -66,10 +66,13 @@ class _Run:
         self.cpu = 0.0
         self.up = self.down = 0
         self.issued: dict[bytes, SessionIssued] = {}
+        #: CPU by the client's datagram number (1: the cookie-less ClientHello, ...).
+        self.steps: list[float] = [0.0] * 8
 
     def handshake(self, client: Client, addr: tuple[str, int]) -> None:
         """Datagrams both ways until the client is done; a lookup answered at once."""
         pending = client.start()
+        step = 0
         for _ in range(30):  # bounded
             for d in pending:
                 self.up += 1
@@ -77,7 +80,10 @@ class _Run:
                 self.server.receive_datagram(d, addr, 0.0)
                 self._answer_lookups()
                 out = self.server.datagrams_to_send()
-                self.cpu += time.thread_time() - t0
+                spent = time.thread_time() - t0
+                self.cpu += spent
+                self.steps[min(step, 7)] += spent
+                step += 1
                 for reply, _to in out:
                     self.down += 1
                     client.receive(reply)
@@ -100,6 +106,7 @@ class _Run:
 
 def measure(ctx: SSL.Context, server: DtlsServer, rounds: int) -> dict[str, float]:
     best = {"full": float("inf"), "resumed": float("inf")}
+    steps: dict[str, list[float]] = {}
     flights: dict[str, tuple[int, int]] = {}
     port = 10_000
     per_batch = max(1, rounds // BATCHES)
@@ -123,6 +130,8 @@ def measure(ctx: SSL.Context, server: DtlsServer, rounds: int) -> dict[str, floa
             list(server.events())
             full.issued.clear()
         for name, run in runs.items():
+            if run.cpu / per_batch < best[name]:
+                steps[name] = [s / per_batch * 1e6 for s in run.steps[: run.up // per_batch]]
             best[name] = min(best[name], run.cpu / per_batch)
             flights[name] = (run.up // per_batch, run.down // per_batch)
     return {
@@ -132,6 +141,8 @@ def measure(ctx: SSL.Context, server: DtlsServer, rounds: int) -> dict[str, floa
         "full_datagrams_down": flights["full"][1],
         "resumed_datagrams_up": flights["resumed"][0],
         "resumed_datagrams_down": flights["resumed"][1],
+        "full_steps_us": steps["full"],
+        "resumed_steps_us": steps["resumed"],
     }
 
 
@@ -174,6 +185,9 @@ def main() -> None:
                 f"{r['full_datagrams_up']:>7}/{r['full_datagrams_down']:<7} "
                 f"{r['resumed_datagrams_up']:>4}/{r['resumed_datagrams_down']:<4}"
             )
+            for kind in ("full", "resumed"):
+                parts = " + ".join(f"{x:.0f}" for x in r[f"{kind}_steps_us"])
+                print(f"    {kind} by client datagram (hello, hello+cookie, ...): {parts} µs")
     print(json.dumps({"bench": "dtls_resumed", "rounds": rounds, "results": results}))
 
 
