@@ -336,6 +336,10 @@ class CoapConfig:
     unavailable_max_age_s: int = 5
     connection_id: ConnectionIdConfig = field(default_factory=ConnectionIdConfig)
     resumption: ResumptionConfig = field(default_factory=ResumptionConfig)
+    #: Once a DTLS handshake completes, free its OpenSSL object and carry the session on
+    #: the broker's own record layer (keys from the master secret): ~4 KB per idle session
+    #: instead of ~70 KB.
+    detach_openssl: bool = True
 
     def validate(self) -> None:
         """Called by the CoAP adapter's build(); errors name the key."""

@@ -100,6 +100,7 @@ class CoapListener:
                 cid_length=cfg.connection_id.length,
                 node_tag=cid.node_tag(services.node_id),
                 resumption=cfg.resumption.enabled,
+                detach_openssl=cfg.detach_openssl,
             ),
         )
         # Timers on the monotonic clock; certificate validity and dates on the node's clock.

@@ -75,6 +75,13 @@ class Peer:
     #: The client offered the extended master secret (RFC 7627) in its ClientHello.
     offered_ems: bool = False
 
+    #: Our last epoch-1 flight (ChangeCipherSpec + Finished) as sent, and OpenSSL's next
+    #: epoch-1 write sequence number: what the session needs once OpenSSL is let go.
+    last_flight: list[bytes] = field(default_factory=list)
+    next_write_seq: int = 0
+    #: The client certificate (DER) of a session without its SSL object.
+    certificate_der: bytes | None = None
+
     @property
     def destination(self) -> Address:
         """Where our datagrams go."""

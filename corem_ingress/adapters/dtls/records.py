@@ -236,6 +236,11 @@ class HandshakePeek:
         return self.certificate_der is None or HT_CERTIFICATE_VERIFY in self.complete
 
     @property
+    def last_encrypted_seq(self) -> int:
+        """The highest sequence number of the client's epoch-1 handshake records (-1: none)."""
+        return max(self._encrypted, default=-1)
+
+    @property
     def finished_records(self) -> int:
         """Epoch-1 handshake records seen: more than one is a fragmented Finished (or a
         retransmitted one)."""

@@ -145,6 +145,10 @@ class DtlsConfig:
     #: (``SessionIssued``), a ClientHello naming one is looked up (``SessionLookup``) and
     #: resumed by our own abbreviated handshake (``resume.py``).
     resumption: bool = False
+    #: Once a full handshake completes, let its OpenSSL object go and carry the session on
+    #: our record layer (``CidSession``: keys from the master secret, sequence numbers where
+    #: OpenSSL left them): memory per idle session.
+    detach_openssl: bool = True
 
 
 class DtlsServer:
@@ -274,8 +278,10 @@ class DtlsServer:
         """The certificate (DER) an established peer authenticated with, if any (read from
         the connection when asked: sessions keep no copy)."""
         peer = self._peers.get(addr)
-        if peer is None or peer.state is not PeerState.ESTABLISHED or peer.conn is None:
-            return None  # a resumed session keeps no certificate
+        if peer is None or peer.state is not PeerState.ESTABLISHED:
+            return None
+        if peer.conn is None:  # detached (its certificate kept); resumed: none
+            return peer.certificate_der
         cert = peer.conn.get_peer_certificate()
         return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
@@ -828,6 +834,7 @@ class DtlsServer:
             return
         if peer.peek.finished_records > 1:
             self.stats["client_finished_split"] += 1  # a flight split mid-Finished, handled
+        client_seq = peer.peek.last_encrypted_seq
         peer.held.clear()
         peer.peek = HandshakePeek()
         peer.looked_up.clear()
@@ -842,6 +849,38 @@ class DtlsServer:
         self._events.append(HandshakeCompleted(addr, peer.credential, cipher))
         if peer.conn is not None:
             self._read_application(peer)
+        if self.config.detach_openssl and peer.conn is not None and self._alive(peer):
+            self._detach(peer, client_seq)
+
+    def _detach(self, peer: Peer, client_seq: int) -> None:
+        """Let the session's OpenSSL object go: our record layer carries it on, with the
+        keys of its master secret, our sequence numbers after OpenSSL's Finished, the
+        client's Finished in the replay window, and our last flight to resend if the
+        client sends its own again (ours was lost)."""
+        conn = peer.conn
+        assert conn is not None
+        state = peer.cid
+        if state is None:
+            if peer.next_write_seq == 0:
+                return  # OpenSSL's Finished not seen: never risk reusing its nonce
+            state = CidSession(peer_cid=b"")
+            master = conn.master_key() or b""
+            randoms = (conn.client_random() or b"", conn.server_random() or b"")
+            if peer.suite is None or not state.set_keys(peer.suite, master, *randoms):
+                return
+            state.write_seq = peer.next_write_seq
+            if client_seq >= 0:
+                state.window.accept(client_seq)
+            state.last_flight = peer.last_flight
+        cert = conn.get_peer_certificate()
+        if cert is not None:
+            peer.certificate_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        peer.last_flight = []
+        peer.issued = None
+        peer.cid = state
+        conn.set_app_data(None)
+        peer.conn = None
+        self.stats["openssl_detached"] += 1
 
     def _issue_session(self, peer: Peer) -> None:
         """A full handshake whose ServerHello carried a session id: report what a later
@@ -1095,7 +1134,10 @@ class DtlsServer:
             if alert is not None:
                 chunk = with_alert_description(chunk, alert)
             sent = chunk
-            if len(chunk) <= mtu and (peer is None or peer.cid is None):
+            # While a handshake that will be detached runs, its last flight is kept (below).
+            keep = peer is not None and self.config.detach_openssl
+            keep = keep and peer is not None and peer.state is not PeerState.ESTABLISHED
+            if len(chunk) <= mtu and (peer is None or peer.cid is None) and not keep:
                 # Whole records within one datagram (a response, a short flight): as they are.
                 self._out.append((chunk, addr))
                 if len(chunk) < _READ_CHUNK:
@@ -1105,8 +1147,13 @@ class DtlsServer:
             if peer is not None and peer.cid is not None:
                 raws = self._cid_outgoing(peer, raws)
             datagrams = pack_records(raws, mtu)
-            if peer is not None and peer.cid is not None and any(r[3:5] != b"\0\0" for r in raws):
-                peer.cid.last_flight = datagrams
+            if peer is not None and any(r[3:5] != b"\0\0" for r in raws):
+                if peer.cid is not None:
+                    peer.cid.last_flight = datagrams
+                elif self.config.detach_openssl:
+                    peer.last_flight = datagrams
+                    seqs = [int.from_bytes(r[5:11], "big") for r in raws if r[3:5] == b"\0\1"]
+                    peer.next_write_seq = max([peer.next_write_seq - 1, *seqs]) + 1
             self._out.extend((d, addr) for d in datagrams)
             if len(chunk) < _READ_CHUNK:  # a memory BIO hands out all it has
                 return sent
