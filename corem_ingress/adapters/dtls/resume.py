@@ -24,16 +24,19 @@ from enum import Enum
 
 from corem_ingress.adapters.dtls import cid
 from corem_ingress.adapters.dtls.cid_session import CidSession
+from corem_ingress.adapters.dtls.records import (
+    CT_CHANGE_CIPHER_SPEC,
+    CT_HANDSHAKE,
+    FINISHED_VERIFY_DATA,
+    HT_CLIENT_HELLO,
+    HT_SERVER_HELLO,
+)
+from corem_ingress.adapters.dtls.records import HANDSHAKE_HEADER as _HS_HEADER
+from corem_ingress.adapters.dtls.records import RECORD_HEADER as _HEADER
 from corem_ingress.core.dtls_resumption import StoredSession
 
-CT_CHANGE_CIPHER_SPEC = 20
-CT_HANDSHAKE = 22
-HT_CLIENT_HELLO = 1
-HT_SERVER_HELLO = 2
 HT_FINISHED = 20
-_HEADER = 13
-_HS_HEADER = 12
-VERIFY_DATA = 12
+VERIFY_DATA = FINISHED_VERIFY_DATA
 
 EXT_EXTENDED_MASTER_SECRET = 0x0017
 EXT_RENEGOTIATION_INFO = 0xFF01
