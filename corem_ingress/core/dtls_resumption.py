@@ -23,3 +23,5 @@ class StoredSession:
     secret_digest: bytes = b""
     #: X.509: the leaf's notAfter (seconds since the epoch; 0: none).
     not_after: float = 0.0
+    #: X.509: the client certificate (DER), for what needs it later (LwM2M bootstrap).
+    certificate: bytes = b""

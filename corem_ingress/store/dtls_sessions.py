@@ -135,6 +135,7 @@ def _plaintext(session: StoredSession) -> bytes:
             "chain": list(session.chain),
             "secret_digest": session.secret_digest.hex(),
             "not_after": session.not_after,
+            "certificate": session.certificate.hex(),
         }
     ).encode()
 
@@ -150,4 +151,5 @@ def _session(plain: bytes) -> StoredSession:
         chain=tuple(str(c) for c in d["chain"]),
         secret_digest=bytes.fromhex(d["secret_digest"]),
         not_after=float(d["not_after"]),
+        certificate=bytes.fromhex(d.get("certificate", "")),
     )

@@ -20,6 +20,7 @@ SESSION = StoredSession(
     lookup="ab" * 32,
     chain=("cd" * 32,),
     not_after=2e9,
+    certificate=b"0\x82\x01\x00 a DER certificate",
 )
 
 

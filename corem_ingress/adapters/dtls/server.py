@@ -280,7 +280,7 @@ class DtlsServer:
         peer = self._peers.get(addr)
         if peer is None or peer.state is not PeerState.ESTABLISHED:
             return None
-        if peer.conn is None:  # detached (its certificate kept); resumed: none
+        if peer.conn is None:  # detached or resumed: the certificate was kept
             return peer.certificate_der
         cert = peer.conn.get_peer_certificate()
         return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
@@ -597,6 +597,7 @@ class DtlsServer:
         if not isinstance(checked, Credential):
             return self._refuse_resumption(peer, *checked)
         peer.credential = checked
+        peer.certificate_der = stored.certificate or None
         session = CidSession(peer_cid=b"")
         answer = None
         offered = hello.extensions.get(cid.EXT_CONNECTION_ID)
@@ -893,6 +894,7 @@ class DtlsServer:
         if not master or issued.suite not in cid.SUITES:
             return
         ems = resume.EXT_EXTENDED_MASTER_SECRET in issued.extensions
+        cert = conn.get_peer_certificate()
         stored = StoredSession(
             suite=issued.suite,
             master=master,
@@ -902,6 +904,9 @@ class DtlsServer:
             chain=credential.chain.issuers if credential.chain is not None else (),
             secret_digest=peer.secret_digest,
             not_after=peer.not_after,
+            certificate=b""
+            if cert is None
+            else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert),
         )
         self.stats["sessions_issued"] += 1
         self._events.append(SessionIssued(peer.addr, issued.session_id, stored))
