@@ -133,3 +133,27 @@ async def test_a_credential_revoked_in_between_cannot_resume(
     assert two["closed:unknown_or_revoked"] == 1
     assert coap_listener(second).endpoint.stats["malformed"] == 0  # no data accepted
     assert _outcomes()["refused"] - before["refused"] == 1
+
+
+async def test_a_resumed_cid_session_follows_a_nat_rebinding(
+    coap_node: Any, registry: Registry, redis: Any, keys: KeySchema
+) -> None:
+    """Resumed on the second node (our record layer from the start), then the device's
+    NAT rebinds before its request: the authenticated CID record moves the session."""
+    first, second = await coap_node(), await coap_node()
+    args = (await _psk_device(registry))[1]
+    relay = Relay(coap_port(first))
+    front = await relay.open()
+    relay.reconnect_to = coap_port(second)
+    relay.before_reconnect = lambda: _stored(relay, redis, keys)
+    # CID datagrams: the first connection's request and close_notify, then the resumed
+    # connection's request (its Finished goes with the ChangeCipherSpec, not counted).
+    relay.rebind_before_cid_datagram = 3
+    try:
+        out = await ssl_client2(front, *args, "cid=1", "cid_val=beef", *RECONNECT)
+    finally:
+        relay.close()
+    assert out.count(RESUMED) == 1 and len(_READ.findall(out)) == 2, out
+    two = _server(second).stats
+    assert relay.rebinds == 2  # to the second node, then the NAT
+    assert two["resumptions_resumed"] == 1 and two["cid_address_changes"] == 1
