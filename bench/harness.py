@@ -7,7 +7,7 @@ it reports each figure's median with its spread (min-max), and each ratio comput
 counts for a smoke run (not for figures).
 
 Used by bench/mqtt.py and bench/http.py; bench/coap.py may use ``add_run_args``,
-``pinned``, ``pin_self`` and ``summarize_runs`` the same way.
+``pinned``, ``pin_self``, ``summarize_runs`` and ``export_rev`` the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 #: The server under test (ours and the peer, one after the other) runs on this core...
@@ -121,3 +123,15 @@ def environment() -> dict[str, Any]:
         "server_cpu": SERVER_CPU,
         "loadgen_cpu": LOADGEN_CPU,
     }
+
+
+def export_rev(rev: str, into: Path) -> Path:
+    """The package tree of git revision ``rev`` under ``into`` (``--before REV``: the old
+    broker measured in the same run; run it with ``PYTHONPATH=into`` and ``cwd=into``)."""
+    root = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "corem_ingress"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

@@ -195,9 +195,10 @@ QUICK = {"requests": 3_000, "warmup": 300}
 
 
 def start_ours(
-    redis_url: str, tmp: Path, loop: str, tag: str
+    redis_url: str, tmp: Path, loop: str, tag: str, src: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], int, int]:
-    """Our broker (HTTP listener only) pinned to the server core; (process, http, health)."""
+    """Our broker (HTTP listener only) pinned to the server core; (process, http, health).
+    ``src``: an exported older tree (``--before``) instead of this one."""
     from corem_ingress.embedded_redis import free_port
 
     http_port, health_port = free_port(), free_port()
@@ -216,10 +217,12 @@ def start_ours(
         doc["event_loop"] = loop
     cfg.write_text(json.dumps(doc))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if not k.startswith("COREM_")}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     broker = subprocess.Popen(
         harness.pinned([sys.executable, "-m", "corem_ingress", "serve", "--config", str(cfg)]),
         env=env,
-        cwd=tmp,
+        cwd=src or tmp,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -259,6 +262,7 @@ def main() -> int:
         "--loops", default="", help="run our broker once per event loop named (asyncio,uvloop)"
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy profile of our broker")
+    parser.add_argument("--before", metavar="REV", help="also run our broker of git revision REV")
     parser.add_argument("--loadgen", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -295,6 +299,13 @@ def main() -> int:
         device_id, key = asyncio.run(provision(redis_server.url))
         sides: list[tuple[str, str, dict[str, int]]] = []
         try:
+            if args.before:
+                src = harness.export_rev(args.before, Path(tmp) / "before-src")
+                broker, http_port, _ = start_ours(redis_server.url, Path(tmp), "", "before", src)
+                procs.append(broker)
+                url = f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/uplink"
+                name = f"corem_ingress@{args.before}"
+                sides.append((name, url, {"broker": broker.pid, "redis": redis_server.pid}))
             for loop in loops:
                 broker, http_port, _ = start_ours(redis_server.url, Path(tmp), loop, loop or "x")
                 procs.append(broker)
@@ -334,7 +345,8 @@ def main() -> int:
 
                 for name, url, pids in sides:
                     if name.startswith("corem_ingress"):
-                        tag = name.replace("corem_ingress", "http").replace("[", "_").strip("]")
+                        tag = name.replace("corem_ingress", "http")
+                        tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
                         with pyspy.recording(pids["broker"], Path(args.profile) / tag):
                             run_loadgen(url, key, args.connections, args.requests, args.seconds)
         finally:

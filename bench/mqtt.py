@@ -156,14 +156,16 @@ def start_ours(
     key: Path,
     name: str = "corem_ingress",
     loop: str = "",
+    src: Path | None = None,
 ) -> Broker:
+    """Our broker; ``src``: an exported older tree (``--before``) instead of this one."""
     port = free_port()
     env = {
         **os.environ,
         "COREM_REDIS_URL": redis_url,
         "COREM_PSK_KEK": kek,
-        "COREM_NODE_ID": f"bench-{loop or 'default'}",
-        "COREM_STATE_DIR": str(tmp / f"state-{loop or 'default'}"),
+        "COREM_NODE_ID": f"bench-{_tag(name)}",
+        "COREM_STATE_DIR": str(tmp / f"state-{_tag(name)}"),
         "COREM_LOGGING_FORMAT": "json",
         "COREM_LOGGING_LEVEL": "warning",
         "COREM_HEALTH_PORT": "0",
@@ -177,10 +179,13 @@ def start_ours(
     }
     if loop:
         env["COREM_EVENT_LOOP"] = loop
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         harness.pinned([sys.executable, "-m", "corem_ingress", "serve"], harness.SERVER_CPU),
         env=env,
+        cwd=src,
         stdout=log,
         stderr=log,
     )
@@ -437,6 +442,7 @@ def main() -> int:
         help="run our broker once per event loop named (e.g. asyncio,uvloop), side by side",
     )
     ap.add_argument("--profile", metavar="DIR", help="py-spy profiles of our message phases")
+    ap.add_argument("--before", metavar="REV", help="also run our broker of git revision REV")
     harness.add_run_args(ap)
     args = ap.parse_args()
     if args.quick:
@@ -470,6 +476,10 @@ def main() -> int:
         print(f"setup: {n_devices} devices in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         loops = [x for x in args.loops.split(",") if x]
         brokers: list[Broker] = []
+        if args.only != "mosquitto" and args.before:
+            src = harness.export_rev(args.before, tmp / "before-src")
+            name = f"corem_ingress@{args.before}"
+            brokers.append(start_ours(tmp, redis.url, kek, ca, srv_cert, srv_key, name, "", src))
         if args.only != "mosquitto":
             for loop in loops or [""]:
                 name = f"corem_ingress[{loop}]" if loop else "corem_ingress"
@@ -578,7 +588,7 @@ def profile_messages(
     from bench import pyspy
 
     stream_len = _stream_len(redis)
-    tag = b.name.replace("corem_ingress", "mqtt").replace("[", "_").replace("]", "")
+    tag = _tag(b.name.replace("corem_ingress", "mqtt"))
     for qos in (0, 1):
         base = stream_len()
 
@@ -589,6 +599,11 @@ def profile_messages(
 
         with pyspy.recording(b.pid, out / f"{tag}_qos{qos}"):
             bench_messages(b, ca, devices[-1], args.messages, qos, done)
+
+
+def _tag(name: str) -> str:
+    """A side's name as a file name: ``corem_ingress[uvloop]`` → ``corem_ingress_uvloop``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
 
 
 def _stream_len(redis: EmbeddedRedis) -> Callable[[], int]:
