@@ -347,6 +347,7 @@ def main() -> int:
                     if name.startswith("corem_ingress"):
                         tag = name.replace("corem_ingress", "http")
                         tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
+                        tag = tag.strip("_")
                         with pyspy.recording(pids["broker"], Path(args.profile) / tag):
                             run_loadgen(url, key, args.connections, args.requests, args.seconds)
         finally:

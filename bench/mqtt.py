@@ -504,11 +504,16 @@ def main() -> int:
                     close_all(socks)
                     time.sleep(1.0)
                 idle[b.name] = dict(b.results)
+            report(brokers, runs, idle, env_info, args)  # before the (optional) profiles
             if args.profile:
                 for b in brokers:
                     if b.name.startswith("corem_ingress"):
-                        profile_messages(b, ca, devices, args, redis, Path(args.profile))
-        report(brokers, runs, idle, env_info, args)
+                        try:
+                            profile_messages(b, ca, devices, args, redis, Path(args.profile))
+                        except (OSError, ConnectionError) as exc:
+                            print(f"profile of {b.name} failed: {exc!r}", file=sys.stderr)
+                            log = tmp / f"{b.name}.log"
+                            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
     except BaseException:
         for log in sorted(tmp.glob("*.log")):  # what the brokers said, before it goes
             tail = log.read_text(errors="replace").strip().splitlines()[-25:]
@@ -598,7 +603,8 @@ def profile_messages(
                 time.sleep(0.01)
 
         with pyspy.recording(b.pid, out / f"{tag}_qos{qos}"):
-            bench_messages(b, ca, devices[-1], args.messages, qos, done)
+            # Fewer messages: two samplers share the load generator's core.
+            bench_messages(b, ca, devices[-1], min(args.messages, 20_000), qos, done)
 
 
 def _tag(name: str) -> str:
