@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import harness
 from bench.procstat import cpu_seconds, pct
 
 BODY = json.dumps({"kind": "telemetry", "payload": {"temp": 21.5, "rh": 40}}).encode()
@@ -190,16 +191,83 @@ def measure(
     return result
 
 
+QUICK = {"requests": 3_000, "warmup": 300}
+
+
+def start_ours(
+    redis_url: str, tmp: Path, loop: str, tag: str, src: Path | None = None
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Our broker (HTTP listener only) pinned to the server core; (process, http, health).
+    ``src``: an exported older tree (``--before``) instead of this one."""
+    from corem_ingress.embedded_redis import free_port
+
+    http_port, health_port = free_port(), free_port()
+    cfg = tmp / f"bench-{tag}.yaml"
+    doc: dict[str, Any] = {
+        "node_id": f"bench-{tag}",
+        "state_dir": str(tmp / f"state-{tag}"),
+        "logging": {"format": "json", "level": "warning"},
+        "redis": {"url": redis_url},
+        "health": {"host": "127.0.0.1", "port": health_port},
+        "http": {"host": "127.0.0.1", "port": http_port, "admin_mode": "off"},
+        "mqtt": {"enabled": False},
+        "coap": {"enabled": False},
+    }
+    if loop:
+        doc["event_loop"] = loop
+    cfg.write_text(json.dumps(doc))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COREM_")}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    broker = subprocess.Popen(
+        harness.pinned([sys.executable, "-m", "corem_ingress", "serve", "--config", str(cfg)]),
+        env=env,
+        cwd=src or tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{health_port}/healthz", broker)
+    return broker, http_port, health_port
+
+
+def start_baseline() -> tuple[subprocess.Popen[bytes], str]:
+    from corem_ingress.embedded_redis import free_port
+
+    port = free_port()
+    base = subprocess.Popen(
+        harness.pinned([sys.executable, __file__, "--baseline-server", str(port)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api/v1/devices/x/uplink"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(
+                urllib.request.Request(url, data=BODY, method="POST"), timeout=1
+            ).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return base, url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=int, default=1_000)
+    parser.add_argument(
+        "--loops", default="", help="run our broker once per event loop named (asyncio,uvloop)"
+    )
+    parser.add_argument("--profile", metavar="DIR", help="py-spy profile of our broker")
+    parser.add_argument("--before", metavar="REV", help="also run our broker of git revision REV")
     parser.add_argument("--loadgen", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare aiohttp run")
+    harness.add_run_args(parser)
     args = parser.parse_args()
     if args.loadgen:
         res = asyncio.run(
@@ -210,98 +278,132 @@ def main() -> int:
     if args.baseline_server:
         baseline_server(args.baseline_server)
         return 0
+    if args.quick:
+        for k, v in QUICK.items():
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, v)
+    if not harness.can_pin():
+        print("warning: taskset or a second CPU missing: nothing is pinned", file=sys.stderr)
+    env_info = harness.environment()
+    harness.pin_self(harness.LOADGEN_CPU)  # the load generator and Redis: the other core
 
-    from corem_ingress.embedded_redis import EmbeddedRedis, free_port
+    from corem_ingress.embedded_redis import EmbeddedRedis
 
-    results = []
+    loops = [x for x in args.loops.split(",") if x] or [""]
+    runs: list[dict[str, dict[str, float]]] = []
+    details: list[dict[str, Any]] = []
+    failures: list[str] = []
+    procs: list[subprocess.Popen[bytes]] = []
     with EmbeddedRedis() as redis_server, tempfile.TemporaryDirectory() as tmp:
         assert redis_server.pid is not None
         device_id, key = asyncio.run(provision(redis_server.url))
-        http_port, health_port = free_port(), free_port()
-        cfg = Path(tmp) / "bench.yaml"
-        cfg.write_text(
-            json.dumps(  # JSON is YAML
-                {
-                    "node_id": "bench",
-                    "state_dir": str(Path(tmp) / "state"),
-                    "logging": {"format": "json", "level": "warning"},
-                    "redis": {"url": redis_server.url},
-                    "health": {"host": "127.0.0.1", "port": health_port},
-                    "http": {"host": "127.0.0.1", "port": http_port, "admin_mode": "off"},
-                    "mqtt": {"enabled": False},
-                    "coap": {"enabled": False},
-                }
-            )
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COREM_")}
-        broker = subprocess.Popen(
-            [sys.executable, "-m", "corem_ingress", "serve", "--config", str(cfg)],
-            env=env,
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        sides: list[tuple[str, str, dict[str, int]]] = []
         try:
-            wait_http(f"http://127.0.0.1:{health_port}/healthz", broker)
-            url = f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/uplink"
-            res = measure(
-                "corem_ingress", url, key, {"broker": broker.pid, "redis": redis_server.pid}, args
-            )
-            stored = asyncio.run(stream_length(redis_server.url))
-            res["stored_in_stream"] = stored
-            results.append(res)
-        finally:
-            stop(broker)
-        # Every request of both runs (warm-up included) must have been answered 202 and stored.
-        answered = res["requests"] + args.warmup
-        all_202 = res["statuses"] == {"202": res["requests"]}
-        if not all_202 or res["warmup_statuses"] != {"202": args.warmup} or stored != answered:
-            print(f"error: {stored} stored vs {res['statuses']} answered", file=sys.stderr)
-            return 1
+            if args.before:
+                src = harness.export_rev(args.before, Path(tmp) / "before-src")
+                broker, http_port, _ = start_ours(redis_server.url, Path(tmp), "", "before", src)
+                procs.append(broker)
+                url = f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/uplink"
+                name = f"corem_ingress@{args.before}"
+                sides.append((name, url, {"broker": broker.pid, "redis": redis_server.pid}))
+            for loop in loops:
+                broker, http_port, _ = start_ours(redis_server.url, Path(tmp), loop, loop or "x")
+                procs.append(broker)
+                url = f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/uplink"
+                name = f"corem_ingress[{loop}]" if loop else "corem_ingress"
+                sides.append((name, url, {"broker": broker.pid, "redis": redis_server.pid}))
+            if not args.no_baseline:
+                base, base_url = start_baseline()
+                procs.append(base)
+                sides.append(("bare aiohttp (baseline)", base_url, {"broker": base.pid}))
+            for i in range(args.runs):
+                run: dict[str, dict[str, float]] = {}
+                for name, url, pids in sides:  # ours and the peer, one after the other
+                    stored0 = asyncio.run(stream_length(redis_server.url))
+                    res = measure(name, url, key, pids, args)
+                    if name.startswith("corem_ingress"):
+                        stored = asyncio.run(stream_length(redis_server.url)) - stored0
+                        res["stored_in_stream"] = stored
+                        answered = res["requests"] + args.warmup
+                        all_202 = res["statuses"] == {"202": res["requests"]}
+                        if (
+                            not all_202
+                            or res["warmup_statuses"] != {"202": args.warmup}
+                            or stored != answered
+                        ):
+                            failures.append(f"{name}: {stored} stored vs {res['statuses']}")
+                    run[name] = {
+                        k: float(v)
+                        for k, v in res.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)
+                    }
+                    details.append(res)
+                runs.append(run)
+                print(f"run {i + 1}/{args.runs}: {json.dumps(run)}", file=sys.stderr)
+            if args.profile:
+                from bench import pyspy
 
-    if not args.no_baseline:
-        port = free_port()
-        base = subprocess.Popen(
-            [sys.executable, __file__, "--baseline-server", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}/api/v1/devices/x/uplink"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(
-                        urllib.request.Request(url, data=BODY, method="POST"), timeout=1
-                    ).read()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            results.append(measure("bare aiohttp (baseline)", url, key, {"broker": base.pid}, args))
+                for name, url, pids in sides:
+                    if name.startswith("corem_ingress"):
+                        tag = name.replace("corem_ingress", "http")
+                        tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
+                        tag = tag.strip("_")
+                        with pyspy.recording(pids["broker"], Path(args.profile) / tag):
+                            run_loadgen(url, key, args.connections, args.requests, args.seconds)
         finally:
-            stop(base)
+            for proc in procs:
+                stop(proc)
+    if failures:
+        print("error: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    report(runs, details, env_info, args)
+    return 0
 
-    print(
-        f"{'server':26} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'server CPU us/req':>18} {'redis CPU us/req':>17} {'statuses':>16}"
-    )
-    for r in results:
-        redis_us = f"{r['redis_cpu_us_per_req']:.0f}" if "redis_cpu_us_per_req" in r else "-"
+
+def report(
+    runs: list[dict[str, dict[str, float]]],
+    details: list[dict[str, Any]],
+    env_info: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    names = list(runs[0])
+    peer = "bare aiohttp (baseline)"
+    ratios = {
+        f"{n}:broker_cpu_us_per_req": ("broker_cpu_us_per_req", n, peer)
+        for n in names
+        if n != peer and peer in names
+    }
+    summary = harness.summarize_runs(runs, ratios)
+    print(f"{len(runs)} runs; median (min-max); load average at start {env_info['load_average']}")
+    print(f"{'server':26} {'req/s':>22} {'server CPU us/req':>22} {'redis CPU us/req':>22}")
+    for n in names:
+        s = summary[n]
         print(
-            f"{r['name']:26} {r['rps']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-            f"{r['broker_cpu_us_per_req']:18.0f} {redis_us:>17} {json.dumps(r['statuses']):>16}"
+            f"{n:26} {harness.fmt_spread(s.get('rps'), 0):>22} "
+            f"{harness.fmt_spread(s.get('broker_cpu_us_per_req')):>22} "
+            f"{harness.fmt_spread(s.get('redis_cpu_us_per_req')):>22}"
         )
+    for name, s in summary.get("ratios", {}).items():
+        print(f"ratio {name}: {harness.fmt_spread(s, 2)}x bare aiohttp")
+    # The last run's full records (statuses...) with each figure replaced by its median.
+    results = []
+    for n in names:
+        last = next(d for d in reversed(details) if d["name"] == n)
+        results.append({**last, **{k: v["median"] for k, v in summary[n].items()}})
     print(
         json.dumps(
             {
                 "bench": "http",
                 "connections": args.connections,
                 "cpus": os.cpu_count(),
+                "runs": len(runs),
+                "quick": args.quick,
+                "env": env_info,
+                "summary": summary,
                 "results": results,
             }
         )
     )
-    return 0
 
 
 if __name__ == "__main__":

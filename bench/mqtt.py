@@ -43,6 +43,7 @@ from typing import Any
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.*
 
+from bench import harness  # noqa: E402
 from bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
 from corem_ingress import devcerts  # noqa: E402
 from corem_ingress.adapters.mqtt import codec  # noqa: E402
@@ -53,8 +54,6 @@ from corem_ingress.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from corem_ingress.store.keys import KeySchema  # noqa: E402
 from corem_ingress.store.registry import Registry  # noqa: E402
 
-BROKER_CPU = 0
-LOADGEN_CPU = 1
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
@@ -148,14 +147,25 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise RuntimeError("broker did not start listening")
 
 
-def start_ours(tmp: Path, redis_url: str, kek: str, ca: Path, cert: Path, key: Path) -> Broker:
+def start_ours(
+    tmp: Path,
+    redis_url: str,
+    kek: str,
+    ca: Path,
+    cert: Path,
+    key: Path,
+    name: str = "corem_ingress",
+    loop: str = "",
+    src: Path | None = None,
+) -> Broker:
+    """Our broker; ``src``: an exported older tree (``--before``) instead of this one."""
     port = free_port()
     env = {
         **os.environ,
         "COREM_REDIS_URL": redis_url,
         "COREM_PSK_KEK": kek,
-        "COREM_NODE_ID": "bench",
-        "COREM_STATE_DIR": str(tmp / "state"),
+        "COREM_NODE_ID": f"bench-{_tag(name)}",
+        "COREM_STATE_DIR": str(tmp / f"state-{_tag(name)}"),
         "COREM_LOGGING_FORMAT": "json",
         "COREM_LOGGING_LEVEL": "warning",
         "COREM_HEALTH_PORT": "0",
@@ -167,15 +177,20 @@ def start_ours(tmp: Path, redis_url: str, kek: str, ca: Path, cert: Path, key: P
         "COREM_MQTT_CLIENT_CA_FILES": str(ca),
         "COREM_MQTT_BACKLOG": "4096",
     }
-    log = open(tmp / "corem.log", "wb")  # noqa: SIM115
+    if loop:
+        env["COREM_EVENT_LOOP"] = loop
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["taskset", "-c", str(BROKER_CPU), sys.executable, "-m", "corem_ingress", "serve"],
+        harness.pinned([sys.executable, "-m", "corem_ingress", "serve"], harness.SERVER_CPU),
         env=env,
+        cwd=src,
         stdout=log,
         stderr=log,
     )
     wait_port(port, proc)
-    return Broker("corem_ingress", port, proc)
+    return Broker(name, port, proc)
 
 
 def start_mosquitto(tmp: Path, ca: Path, cert: Path, key: Path) -> Broker:
@@ -198,7 +213,7 @@ tls_version tlsv1.2
 """
     )
     proc = subprocess.Popen(
-        ["taskset", "-c", str(BROKER_CPU), MOSQUITTO, "-c", str(conf)],
+        harness.pinned([MOSQUITTO, "-c", str(conf)], harness.SERVER_CPU),
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "mosquitto.log", "wb"),  # noqa: SIM115
     )
@@ -344,6 +359,47 @@ def close_all(socks: list[Any]) -> None:
             s.close()
 
 
+# -- mosquitto forwarding to one subscriber (the like-for-like peer of a stored QoS 0) -----------
+class Subscriber:
+    """One mTLS subscriber on the peer, counting forwarded bytes (QoS 0: fixed-size PUBLISHes)."""
+
+    def __init__(self, port: int, ca: Path, dev: Device, topic_filter: str) -> None:
+        self.sock = open_session(port, ca, dev)
+        self.sock.sendall(codec.encode_subscribe(1, [(topic_filter, 0)]))
+        if read_packet(self.sock)[0] != 0x90:
+            raise ConnectionError("expected SUBACK")
+        self.received = len(_BUFS.pop(id(self.sock), b""))
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        self.sock.settimeout(1.0)
+        while not self._stop:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.received += len(chunk)
+
+    def wait_for(self, n_bytes: int, timeout: float = 60.0) -> bool:
+        end = time.monotonic() + timeout
+        while self.received < n_bytes and time.monotonic() < end:
+            time.sleep(0.005)
+        return self.received >= n_bytes
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"\xe0\x00")
+            self.sock.close()
+
+
 # -- main ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def started(items: list[Broker | EmbeddedRedis]) -> Iterator[None]:
@@ -357,6 +413,21 @@ def started(items: list[Broker | EmbeddedRedis]) -> Iterator[None]:
                 item.close()
 
 
+#: Ratios reported per run (ours ÷ the peer's of the same run), then as median and spread.
+#: QoS 0 is compared with mosquitto forwarding to one subscriber (it delivers what it gets,
+#: as we store it); the parse-and-drop figure stays beside it for continuity.
+RATIOS = {
+    "cpu_us_per_connect": ("cpu_us_per_connect", "cpu_us_per_connect"),
+    "cpu_us_per_msg_qos0_vs_fwd": ("cpu_us_per_msg_qos0", "cpu_us_per_msg_qos0_fwd"),
+    "cpu_us_per_msg_qos0": ("cpu_us_per_msg_qos0", "cpu_us_per_msg_qos0"),
+    "cpu_us_per_msg_qos1": ("cpu_us_per_msg_qos1", "cpu_us_per_msg_qos1"),
+    "cpu_us_per_connect_v5": ("cpu_us_per_connect_v5", "cpu_us_per_connect_v5"),
+    "cpu_us_per_msg_qos0_v5": ("cpu_us_per_msg_qos0_v5", "cpu_us_per_msg_qos0_v5"),
+    "cpu_us_per_msg_qos1_v5": ("cpu_us_per_msg_qos1_v5", "cpu_us_per_msg_qos1_v5"),
+}
+QUICK = {"connects": 200, "messages": 10_000, "idle": "200"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--connects", type=int, default=2000)
@@ -365,19 +436,34 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--only", choices=["corem_ingress", "mosquitto"], default=None)
     ap.add_argument("--no-v5", action="store_true", help="skip the MQTT 5.0 runs")
+    ap.add_argument(
+        "--loops",
+        default="",
+        help="run our broker once per event loop named (e.g. asyncio,uvloop), side by side",
+    )
+    ap.add_argument("--profile", metavar="DIR", help="py-spy profiles of our message phases")
+    ap.add_argument("--before", metavar="REV", help="also run our broker of git revision REV")
+    harness.add_run_args(ap)
     args = ap.parse_args()
+    if args.quick:
+        for k, v in QUICK.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
     idle_counts = [int(x) for x in args.idle.split(",") if x]
-    n_devices = max([*idle_counts, args.threads * 4, 64]) + 1
+    n_devices = max([*idle_counts, args.threads * 4, 64]) + 2
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # brokers inherit it
     if hard < max(idle_counts, default=0) + 1000:
         print(f"RLIMIT_NOFILE hard limit {hard} is too low for {idle_counts}", file=sys.stderr)
         return 2
-    if not shutil.which("taskset") or not Path(MOSQUITTO).exists():
-        print("needs taskset and /usr/sbin/mosquitto", file=sys.stderr)
+    if not Path(MOSQUITTO).exists():
+        print(f"needs {MOSQUITTO}", file=sys.stderr)
         return 2
-    os.sched_setaffinity(0, {LOADGEN_CPU})  # children (redis) inherit CPU 1
+    if not harness.can_pin():
+        print("warning: taskset or a second CPU missing: nothing is pinned", file=sys.stderr)
+    env_info = harness.environment()
+    harness.pin_self(harness.LOADGEN_CPU)  # children (redis) inherit CPU 1
 
     tmp = Path(tempfile.mkdtemp(prefix="corem-bench-mqtt-"))
     try:
@@ -388,34 +474,67 @@ def main() -> int:
         ids = asyncio.run(provision(redis.url, kek, [p for _, _, p in pki], ca.read_bytes()))
         devices = [Device(i, c, k) for i, (c, k, _) in zip(ids, pki, strict=True)]
         print(f"setup: {n_devices} devices in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        loops = [x for x in args.loops.split(",") if x]
         brokers: list[Broker] = []
-        names = [args.only] if args.only else ["corem_ingress", "mosquitto"]
-        with started([redis]):
-            for name in names:
-                if name == "corem_ingress":
-                    b = start_ours(tmp, redis.url, kek, ca, srv_cert, srv_key)
-                else:
-                    b = start_mosquitto(tmp, ca, srv_cert, srv_key)
-                brokers.append(b)
-                with started([b]):
-                    run_broker(b, ca, devices, args, idle_counts, redis)
-                print(f"{name}: done {b.results}", file=sys.stderr)
-        report(brokers)
+        if args.only != "mosquitto" and args.before:
+            src = harness.export_rev(args.before, tmp / "before-src")
+            name = f"corem_ingress@{args.before}"
+            brokers.append(start_ours(tmp, redis.url, kek, ca, srv_cert, srv_key, name, "", src))
+        if args.only != "mosquitto":
+            for loop in loops or [""]:
+                name = f"corem_ingress[{loop}]" if loop else "corem_ingress"
+                brokers.append(start_ours(tmp, redis.url, kek, ca, srv_cert, srv_key, name, loop))
+        if args.only != "corem_ingress":
+            brokers.append(start_mosquitto(tmp, ca, srv_cert, srv_key))
+        runs: list[dict[str, dict[str, float]]] = []
+        with started([redis, *brokers]):
+            for i in range(args.runs):
+                run: dict[str, dict[str, float]] = {}
+                for b in brokers:  # ours and the peer, one after the other, in every run
+                    b.results = {}
+                    run_messages(b, ca, devices, args, redis)
+                    run[b.name] = dict(b.results)
+                runs.append(run)
+                print(f"run {i + 1}/{args.runs}: {json.dumps(run)}", file=sys.stderr)
+            idle = {}
+            for b in brokers:
+                b.results = {}
+                for n in idle_counts:
+                    socks = bench_idle(b, ca, devices, n, args.threads)
+                    close_all(socks)
+                    time.sleep(1.0)
+                idle[b.name] = dict(b.results)
+            report(brokers, runs, idle, env_info, args)  # before the (optional) profiles
+            if args.profile:
+                for b in brokers:
+                    if b.name.startswith("corem_ingress"):
+                        try:
+                            profile_messages(b, ca, devices, args, redis, Path(args.profile))
+                        except (OSError, ConnectionError) as exc:
+                            print(f"profile of {b.name} failed: {exc!r}", file=sys.stderr)
+                            log = tmp / f"{b.name}.log"
+                            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+    except BaseException:
+        for log in sorted(tmp.glob("*.log")):  # what the brokers said, before it goes
+            tail = log.read_text(errors="replace").strip().splitlines()[-25:]
+            print(f"{log.name}: " + "\n  ".join(tail), file=sys.stderr)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
-def run_broker(
+def run_messages(
     b: Broker,
     ca: Path,
     devices: list[Device],
     args: argparse.Namespace,
-    idle_counts: list[int],
     redis: EmbeddedRedis,
 ) -> None:
+    """One run's connects and messages on ``b`` (3.1.1, then 5.0 unless --no-v5)."""
     stream_len = _stream_len(redis)
     redis_pid = redis.pid or 0
+    ours = b.name.startswith("corem_ingress")
     for version in (4,) if args.no_v5 else (4, 5):
         suffix = "_v5" if version == 5 else ""
         bench_connects(b, ca, devices, args.connects, args.threads, version)
@@ -424,21 +543,73 @@ def run_broker(
             base = stream_len()
 
             def done(n: int, base: int = base) -> None:
-                if b.name != "corem_ingress":
+                if not ours:
                     return
                 end = time.monotonic() + 60
                 while stream_len() < base + n and time.monotonic() < end:
                     time.sleep(0.01)
 
             bench_messages(b, ca, devices[-1], args.messages, qos, done, version)
-            if b.name == "corem_ingress":
+            if ours:
                 b.results[f"redis_cpu_us_per_msg_qos{qos}{suffix}"] = (
                     (cpu_seconds(redis_pid) - r0) / args.messages * 1e6
                 )
-    for n in idle_counts:
-        socks = bench_idle(b, ca, devices, n, args.threads)
-        close_all(socks)
-        time.sleep(1.0)
+    if not ours:
+        bench_forwarding(b, ca, devices, args.messages)
+
+
+def bench_forwarding(b: Broker, ca: Path, devices: list[Device], n: int) -> None:
+    """The peer's QoS 0 PUBLISH forwarded to one subscriber: CPU per message until the
+    subscriber has received every byte of all ``n`` (nothing dropped, or it says so)."""
+    dev = devices[-1]
+    topic = f"devices/{dev.device_id}/up/telemetry"
+    size = len(codec.encode_publish(topic, b'{"temp":21.5,"hum":40}', 0))
+    sub = Subscriber(b.port, ca, devices[-2], "devices/+/up/#")
+    try:
+
+        def done(count: int) -> None:
+            sub.wait_for(count * size)
+
+        before = b.results.get("cpu_us_per_msg_qos0")
+        bench_messages(b, ca, dev, n, 0, done)
+        b.results["cpu_us_per_msg_qos0_fwd"] = b.results["cpu_us_per_msg_qos0"]
+        if before is not None:
+            b.results["cpu_us_per_msg_qos0"] = before
+        b.results["fwd_delivered_fraction"] = min(1.0, sub.received / (n * size))
+    finally:
+        sub.close()
+
+
+def profile_messages(
+    b: Broker,
+    ca: Path,
+    devices: list[Device],
+    args: argparse.Namespace,
+    redis: EmbeddedRedis,
+    out: Path,
+) -> None:
+    """py-spy (collapsed stacks, then a text summary) of our QoS 0 and QoS 1 phases, in an
+    extra pass that is not in the figures (the sampler shares the machine)."""
+    from bench import pyspy
+
+    stream_len = _stream_len(redis)
+    tag = _tag(b.name.replace("corem_ingress", "mqtt"))
+    for qos in (0, 1):
+        base = stream_len()
+
+        def done(n: int, base: int = base) -> None:
+            end = time.monotonic() + 60
+            while stream_len() < base + n and time.monotonic() < end:
+                time.sleep(0.01)
+
+        with pyspy.recording(b.pid, out / f"{tag}_qos{qos}"):
+            # Fewer messages: two samplers share the load generator's core.
+            bench_messages(b, ca, devices[-1], min(args.messages, 20_000), qos, done)
+
+
+def _tag(name: str) -> str:
+    """A side's name as a file name: ``corem_ingress[uvloop]`` → ``corem_ingress_uvloop``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
 
 
 def _stream_len(redis: EmbeddedRedis) -> Callable[[], int]:
@@ -452,26 +623,50 @@ def _stream_len(redis: EmbeddedRedis) -> Callable[[], int]:
     return length
 
 
-def report(brokers: list[Broker]) -> None:
-    keys = sorted({k for b in brokers for k in b.results})
+def report(
+    brokers: list[Broker],
+    runs: list[dict[str, dict[str, float]]],
+    idle: dict[str, dict[str, float]],
+    env_info: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    peer = next((b.name for b in brokers if b.name == "mosquitto"), None)
+    ratios = {}
+    for b in brokers:
+        if b.name.startswith("corem_ingress") and peer:
+            for key, (ours_m, peer_m) in RATIOS.items():
+                ratios[f"{b.name}:{key}"] = (ours_m, b.name, peer, peer_m)
+    summary = harness.summarize_runs(runs)
+    summary["ratios"] = {}
+    for name, (ours_m, ours, peer_name, peer_m) in ratios.items():
+        per_run = [
+            r[ours][ours_m] / r[peer_name][peer_m]
+            for r in runs
+            if r.get(ours, {}).get(ours_m) and r.get(peer_name, {}).get(peer_m)
+        ]
+        if per_run:
+            summary["ratios"][name] = harness.spread(per_run)
+    keys = sorted({k for b in brokers for k in summary.get(b.name, {})})
     width = max(len(k) for k in keys) if keys else 10
-    print(f"{'metric':<{width}}  " + "  ".join(f"{b.name:>14}" for b in brokers))
+    print(f"{len(runs)} runs; median (min-max); load average at start {env_info['load_average']}")
+    print(f"{'metric':<{width}}  " + "  ".join(f"{b.name:>26}" for b in brokers))
     for k in keys:
-        cells = "  ".join(f"{b.results.get(k, float('nan')):>14.1f}" for b in brokers)
+        cells = "  ".join(f"{harness.fmt_spread(summary[b.name].get(k)):>26}" for b in brokers)
         print(f"{k:<{width}}  {cells}")
-    if len(brokers) == 2:
-        ours, theirs = brokers
-        for k in (
-            "cpu_us_per_connect",
-            "cpu_us_per_msg_qos0",
-            "cpu_us_per_msg_qos1",
-            "cpu_us_per_connect_v5",
-            "cpu_us_per_msg_qos0_v5",
-            "cpu_us_per_msg_qos1_v5",
-        ):
-            if k in ours.results and theirs.results.get(k):
-                print(f"ratio {k}: {ours.results[k] / theirs.results[k]:.2f}x mosquitto")
-    print(json.dumps({b.name: b.results for b in brokers}, sort_keys=True))
+    for name, s in summary["ratios"].items():
+        print(f"ratio {name}: {harness.fmt_spread(s, 2)}x")
+    for name, res in idle.items():
+        for k, v in sorted(res.items()):
+            print(f"{name} {k}: {v:.1f}")
+    flat: dict[str, Any] = {}
+    for b in brokers:
+        flat[b.name] = {k: s["median"] for k, s in summary.get(b.name, {}).items()}
+        flat[b.name].update(idle.get(b.name, {}))
+    flat["summary"] = summary
+    flat["runs"] = len(runs)
+    flat["env"] = env_info
+    flat["quick"] = args.quick
+    print(json.dumps(flat, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from corem_ingress import health, metrics
+from corem_ingress import event_loop, health, metrics
 from corem_ingress.adapters import Listener
 from corem_ingress.config import Config
 from corem_ingress.core.access import AccessPolicy
@@ -280,7 +280,12 @@ class Node:
         self._spawn(self._watch_dependencies(), "dependencies")
         if self.keyring is None:
             log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
-        log.info("node.started", node=cfg.node_id, health_port=self.health_port)
+        log.info(
+            "node.started",
+            node=cfg.node_id,
+            health_port=self.health_port,
+            event_loop=event_loop.loop_name(asyncio.get_running_loop()),
+        )
 
     def _status_figures(self) -> dict[str, Any]:
         """What this node shares each sessions-index heartbeat (the console's Health page)."""

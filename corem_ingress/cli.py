@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import redis.exceptions as redis_exceptions
 
 from corem_ingress import config as config_mod
+from corem_ingress import event_loop
 from corem_ingress.core.errors import IngressError, InvalidArgument, Unavailable
 from corem_ingress.core.identity import CredentialKind
 from corem_ingress.core.psk import KeyRing, SealedPsk, generate_kek_line, parse_psk_hex
@@ -214,8 +215,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args)  # never another broker's, from the state dir
     cfg = config_mod.load(path)
     logs.configure(cfg.logging.format, cfg.logging.level, cfg.node_id)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(cfg, config_file=path))
+    try:
+        factory = event_loop.loop_factory(cfg.event_loop)
+    except event_loop.EventLoopUnavailable as exc:
+        print(f"corem-ingress: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(cfg, config_file=path))
     return 0
 
 

@@ -716,6 +716,9 @@ class Config:
     state_dir: str = ".corem"
     #: Graceful shutdown: seconds to stop listeners, tell devices to go and finish appends.
     shutdown_deadline_s: float = 10.0
+    #: The event loop: ``auto`` (uvloop when installed: the ``fast`` extra), ``asyncio``
+    #: or ``uvloop`` (required). The startup log says which one runs.
+    event_loop: str = "auto"
     redis: RedisConfig = field(default_factory=RedisConfig)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
@@ -736,6 +739,11 @@ class Config:
     def validate(self) -> None:
         _check(0 <= self.health.port < 65536, "health.port", "must be 0..65535 (0: any free port)")
         _check(self.shutdown_deadline_s > 0, "shutdown_deadline_s", "must be > 0")
+        _check(
+            self.event_loop in ("auto", "asyncio", "uvloop"),
+            "event_loop",
+            "must be auto, asyncio or uvloop",
+        )
         _check(self.resolver.cache_ttl_s > 0, "resolver.cache_ttl_s", "must be > 0")
         _check(self.resolver.negative_ttl_s >= 0, "resolver.negative_ttl_s", "must be >= 0")
         _check(self.resolver.cache_max_entries >= 1, "resolver.cache_max_entries", "must be >= 1")

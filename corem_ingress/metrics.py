@@ -323,9 +323,20 @@ def resolver_refused(kind: str, cause: Cause) -> None:
 
 
 def uplink_appended(transport: str, seconds: float) -> None:
-    t = _transport(transport)
-    UPLINKS.labels(t, "ok").inc()
-    UPLINK_APPEND_SECONDS.labels(t).observe(max(0.0, seconds))
+    # Per HTTP uplink: the labelled children are looked up once per transport, not per
+    # call (``labels()`` costs ~2 us: about 1 % of a request's CPU).
+    children = _uplink_ok.get(transport)
+    if children is None:
+        t = _transport(transport)
+        children = _uplink_ok[transport] = (
+            UPLINKS.labels(t, "ok"),
+            UPLINK_APPEND_SECONDS.labels(t),
+        )
+    children[0].inc()
+    children[1].observe(max(0.0, seconds))
+
+
+_uplink_ok: dict[str, tuple[Counter, Histogram]] = {}
 
 
 def uplink_failed(transport: str) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything corem_ingress needs on a fresh Debian machine (run as root or with sudo):
 # system packages for the broker, the real peers the tests use, and the toolchain that
-# DTLSSocket (tinydtls) compiles with; then a virtualenv with the package, its dev extra and
-# its bench extra (matplotlib, for `make bench`'s plots; the tests do not need it).
+# DTLSSocket (tinydtls) compiles with; then a virtualenv with the package, its dev extra,
+# its bench extra (matplotlib, for `make bench`'s plots; the tests do not need it) and its
+# fast extra (uvloop: the broker's event loop where installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +40,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip wheel setuptools
-.venv/bin/pip install -q -e '.[dev,bench]'
+.venv/bin/pip install -q -e '.[dev,bench,fast]'  # fast: uvloop (docs/benchmarks.md, issue 18)
 # Device-side peers the interop tests run (Wakaama LwM2M client with tinydtls, mbedTLS
 # ssl_client2, tinydtls dtls-client), built from the sources in ../shared/peers into
 # ~/.cache/corem-peers (tests/peers.py finds them there; COREM_PEERS_SRC/_DIR override).

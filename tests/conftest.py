@@ -25,6 +25,16 @@ from corem_ingress.store.registry import Registry
 KEK_LINE = generate_kek_line("test1")
 
 
+if os.environ.get("COREM_TEST_EVENT_LOOP") == "uvloop":
+
+    def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+        """``COREM_TEST_EVENT_LOOP=uvloop``: the in-process tests run on uvloop, as the
+        broker does where it is installed (``event_loop: auto``); asyncio's loop otherwise."""
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """One real redis-server for the whole run (tests flush it, see ``redis``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -13,7 +13,14 @@ from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.core.json_text import JsonValue
 
-__all__ = ["JsonValue", "Transport", "Uplink", "UplinkKind", "payload_from_bytes"]
+__all__ = [
+    "JsonValue",
+    "Transport",
+    "Uplink",
+    "UplinkKind",
+    "new_message_id",
+    "payload_from_bytes",
+]
 
 
 class UplinkKind(StrEnum):
@@ -23,10 +30,14 @@ class UplinkKind(StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> UplinkKind:
-        try:
-            return cls(str(value))
-        except ValueError:
-            raise InvalidArgument("kind must be one of: telemetry, event, state") from None
+        # A dict lookup, not ``cls(value)``: the Enum call is ~1 us per HTTP uplink.
+        kind = _KINDS.get(str(value))
+        if kind is None:
+            raise InvalidArgument("kind must be one of: telemetry, event, state")
+        return kind
+
+
+_KINDS: dict[str, UplinkKind] = {k.value: k for k in UplinkKind}
 
 
 class Transport(StrEnum):
@@ -71,7 +82,7 @@ class Uplink:
             kind=kind,
             payload=payload,
             received_at=now,
-            message_id=uuid.uuid4().hex,
+            message_id=new_message_id(),
             payload_encoding=payload_encoding,
             properties=properties,
         )
@@ -120,6 +131,15 @@ class Uplink:
         if self.properties is not None:
             out["properties"] = self.properties
         return out
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID as 32 hex digits: ``uuid.uuid4().hex`` without building
+    the UUID object, which was a tenth of the broker's CPU per MQTT QoS 0 message."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b.hex()
 
 
 def payload_from_bytes(data: bytes) -> tuple[JsonValue, str]:

@@ -221,24 +221,17 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
             count += 1 + 2 * len(fields)
             continue
         # Uplink.to_fields(), inlined (a test holds them equal): the JSON encoder is built
-        # once, not per message as json.dumps(separators=...) does.
-        v = (
-            u.message_id.encode(),
-            u.tenant_id.encode(),
-            u.device_id.encode(),
-            u.transport.encode(),
-            u.kind.encode(),
-            _JSON.encode(u.payload).encode(),
-            u.payload_encoding.encode(),
-            repr(u.received_at).encode(),
+        # once, not per message as json.dumps(separators=...) does; the four fields that are
+        # the same for every message of a device and kind are packed once (_middle).
+        mid = u.message_id.encode()
+        payload = _JSON.encode(u.payload).encode()
+        encoding = u.payload_encoding.encode()
+        received = repr(u.received_at).encode()
+        parts += (
+            _HEAD % (len(mid), mid),
+            _middle(u.tenant_id, u.device_id, u.transport, u.kind),
+            _TAIL % (len(payload), payload, len(encoding), encoding, len(received), received),
         )
-        parts.append(
-            _ENTRY
-            % (
-                len(v[0]), v[0], len(v[1]), v[1], len(v[2]), v[2], len(v[3]), v[3],
-                len(v[4]), v[4], len(v[5]), v[5], len(v[6]), v[6], len(v[7]), v[7],
-            )
-        )  # fmt: skip
         count += 1 + 2 * len(_FIELDS)
     return b"*%d\r\n%s" % (count, b"".join(parts))
 
@@ -269,7 +262,31 @@ _FIELDS = (
     "payload_encoding",
     "received_at",
 )
-#: Field count, then each name followed by a value slot.
-_ENTRY = _bulk(b"%d" % (2 * len(_FIELDS))) + b"".join(
-    _bulk(name.encode()).replace(b"%", b"%%") + b"$%d\r\n%s\r\n" for name in _FIELDS
-)
+
+
+def _slots(names: tuple[str, ...]) -> bytes:
+    """Each name followed by a value slot (``%d`` length, ``%s`` bytes)."""
+    return b"".join(_bulk(name.encode()).replace(b"%", b"%%") + b"$%d\r\n%s\r\n" for name in names)
+
+
+#: Field count, then each name followed by a value slot: the message id, the four fields
+#: a device's messages share (``_middle``), then payload, encoding and time.
+_HEAD = _bulk(b"%d" % (2 * len(_FIELDS))).replace(b"%", b"%%") + _slots(_FIELDS[:1])
+_MIDDLE = _slots(_FIELDS[1:5])
+_TAIL = _slots(_FIELDS[5:])
+_MIDDLES: dict[tuple[str, str, str, str], bytes] = {}
+_MIDDLES_KEPT = 4096
+
+
+def _middle(tenant_id: str, device_id: str, transport: str, kind: str) -> bytes:
+    """tenant_id, device_id, transport and kind packed; kept for the devices seen lately."""
+    key = (tenant_id, device_id, transport, kind)
+    packed = _MIDDLES.get(key)
+    if packed is None:
+        if len(_MIDDLES) >= _MIDDLES_KEPT:
+            _MIDDLES.clear()
+        v = [x.encode() for x in key]
+        packed = _MIDDLES[key] = _MIDDLE % (
+            len(v[0]), v[0], len(v[1]), v[1], len(v[2]), v[2], len(v[3]), v[3],
+        )  # fmt: skip
+    return packed

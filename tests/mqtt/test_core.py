@@ -365,6 +365,34 @@ def test_packed_append_is_valid_resp_with_exactly_the_envelope_fields() -> None:
         assert list(fields.items()) == list(up.to_fields().items())
 
 
+def test_packed_append_of_several_devices_and_kinds_keeps_each_ones_fields() -> None:
+    """The per-device part is packed once and reused (issue 18): interleaved devices,
+    tenants, transports and kinds each keep exactly their own ``to_fields()``."""
+    from corem_ingress.core.uplink import Transport, Uplink
+    from corem_ingress.store.uplink_batcher import pack_append
+
+    other = DeviceIdentity("beta", "e" * 32, CredentialKind.API_KEY, "k")
+    ups = [
+        Uplink.new(ident, transport, kind, {"n": i}, now=1700000000.0 + i)
+        for i, (ident, transport, kind) in enumerate(
+            [
+                (IDENTITY, Transport.MQTT, UplinkKind.EVENT),
+                (other, Transport.HTTP, UplinkKind.TELEMETRY),
+                (IDENTITY, Transport.MQTT, UplinkKind.STATE),
+                (other, Transport.HTTP, UplinkKind.TELEMETRY),
+                (IDENTITY, Transport.MQTT, UplinkKind.EVENT),
+            ]
+        )
+    ]
+    for _ in range(2):  # the second time from the kept parts
+        raw = pack_append("corem:uplink:{x}", ups)
+        args = raw.split(b"\r\n")[2::2]  # no CR LF inside these values
+        for i, up in enumerate(ups):
+            entry = args[5 + 17 * i : 5 + 17 * (i + 1)]
+            fields = {k.decode(): v.decode() for k, v in zip(entry[1::2], entry[2::2], strict=True)}
+            assert fields == up.to_fields()
+
+
 # -- conformance-probe defects (issue 13) --------------------------------------------------------
 def test_qos2_and_its_dup_in_one_read_are_reported_once() -> None:
     conn = connected()

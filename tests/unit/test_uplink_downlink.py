@@ -1,4 +1,5 @@
 import base64
+import uuid
 
 import pytest
 
@@ -33,6 +34,15 @@ def test_message_ids_are_unique() -> None:
         Uplink.new(ID, Transport.MQTT, UplinkKind.EVENT, 1, now=0).message_id for _ in range(100)
     }
     assert len(ids) == 100
+
+
+def test_message_ids_are_uuid4_hex() -> None:
+    """The same form as ``uuid.uuid4().hex`` (issue 18 builds it without the UUID object)."""
+    for _ in range(200):
+        mid = Uplink.new(ID, Transport.MQTT, UplinkKind.EVENT, 1, now=0).message_id
+        assert len(mid) == 32 and mid == mid.lower()
+        parsed = uuid.UUID(hex=mid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == mid
 
 
 def test_kind_parse() -> None:

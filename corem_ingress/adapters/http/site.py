@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import typing
 from asyncio import sslproto
 from typing import Any
 
@@ -114,7 +115,8 @@ class ProxyLayer(asyncio.Protocol):
         self._peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's TCP transport is not a subclass.
+        transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         ip, port = (str(peer[0]), int(peer[1])) if peer else ("?", 0)

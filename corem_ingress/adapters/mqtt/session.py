@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -20,7 +20,7 @@ from corem_ingress.adapters.mqtt import codec, policy
 from corem_ingress.adapters.mqtt import downlink as dl
 from corem_ingress.adapters.mqtt.admission import Admitted
 from corem_ingress.adapters.mqtt.codec import Publish, Subscribe, Unsubscribe
-from corem_ingress.adapters.mqtt.properties import Prop, Properties, Reason
+from corem_ingress.adapters.mqtt.properties import EMPTY, Prop, Properties, Reason
 from corem_ingress.core.causes import Cause
 from corem_ingress.core.downlink import DeliveryState, Downlink, DropReason
 from corem_ingress.core.errors import PermissionDenied, Unavailable
@@ -46,6 +46,10 @@ _WRITE_LIMIT = 256 * 1024
 _WRITTEN_KEPT = 256
 #: Wait before trying the queue again after Redis failed (the device waits for it).
 _RETRY_S = 0.5
+#: Allowed topics whose kind a session remembers (one per uplink kind exists).
+_KINDS_KEPT = 8
+#: Read per message: a module constant (an Enum class attribute read is slow on 3.11).
+_MQTT: Final = Transport.MQTT
 
 
 class DeviceSession:
@@ -54,6 +58,7 @@ class DeviceSession:
         "_again",
         "_conn",
         "_drain_task",
+        "_kinds",
         "_paused",
         "_queued",
         "_results",
@@ -103,6 +108,11 @@ class DeviceSession:
         self._results: dict[str, str] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._again = False
+        #: Topics this session published to and their uplink kind: the ACL decision is a
+        #: pure function of the session's identity and the topic, taken once per topic
+        #: (bounded: a device publishes to at most one topic per kind; a refused topic
+        #: closes the connection and is never kept).
+        self._kinds: dict[str, UplinkKind] = {}
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -117,19 +127,11 @@ class DeviceSession:
         conn = self._conn
         listener = conn.listener
         identity = self.identity
-        try:
-            kind = policy.uplink_kind(identity, publish.topic)
-        except PermissionDenied as exc:
-            listener.count("acl_violations")
-            log.warning(
-                "mqtt.publish_denied",
-                peer=conn.peer,
-                tenant=identity.tenant_id,
-                device=identity.device_id,
-                reason=exc.reason,
-            )
-            conn.fail(Cause.ACL_VIOLATION)
-            return
+        kind = self._kinds.get(publish.topic)
+        if kind is None:
+            kind = self._kind(identity, publish.topic)
+            if kind is None:
+                return
         if listener.gate.check_message(identity.device_id) is not None:
             # Over limits.per_device_msgs_per_s: never stored, never acknowledged. QoS 0 is
             # dropped (at most once allows it); QoS 1/2 closes the connection: an MQTT 3.1.1
@@ -147,6 +149,26 @@ class DeviceSession:
             conn.pause_reading()
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: self._stored(publish, error, started))
+
+    def _kind(self, identity: DeviceIdentity, topic: str) -> UplinkKind | None:
+        """The topic's uplink kind, remembered; None: refused (the connection closes)."""
+        conn = self._conn
+        try:
+            kind = policy.uplink_kind(identity, topic)
+        except PermissionDenied as exc:
+            conn.listener.count("acl_violations")
+            log.warning(
+                "mqtt.publish_denied",
+                peer=conn.peer,
+                tenant=identity.tenant_id,
+                device=identity.device_id,
+                reason=exc.reason,
+            )
+            conn.fail(Cause.ACL_VIOLATION)
+            return None
+        if len(self._kinds) < _KINDS_KEPT:
+            self._kinds[topic] = kind
+        return kind
 
     def _stored(self, publish: Publish, error: Unavailable | None, started: float) -> None:
         """Batcher callback: acknowledge only what Redis took."""
@@ -181,7 +203,7 @@ class DeviceSession:
         payload, encoding = payload_from_bytes(data)
         return Uplink.new(
             self.identity,
-            Transport.MQTT,
+            _MQTT,
             kind,
             payload,
             now=self._conn.listener.services.clock(),
@@ -481,6 +503,8 @@ class DeviceSession:
 def envelope_properties(p: Properties) -> dict[str, JsonValue] | None:
     """The MQTT 5 properties an uplink envelope carries (bounded by the core:
     ``connection.MAX_USER_PROPERTIES``/``MAX_PROPERTY_BYTES``); None if there are none."""
+    if p is EMPTY:  # MQTT 3.1.1, and most MQTT 5 PUBLISHes: nothing to look up
+        return None
     out: dict[str, JsonValue] = {}
     content_type = p.str(Prop.CONTENT_TYPE)
     if content_type is not None:
