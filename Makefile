@@ -16,14 +16,17 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py scripts/install-deps.sh
 	./scripts/install-deps.sh
-	touch $@ $(VENV)/.compiled
+	touch $@
 
-# Rebuild the compiled modules of the editable install when their source changed (a .so
-# older than its .py is never loaded: the package falls back to the .py and warns).
+# Rebuild the compiled modules of the editable install when their source changed and the
+# installed build is not fully compiled any more (a .so older than its .py is never
+# loaded: the package falls back to the .py and warns).
 compile: $(VENV)/.compiled
 
 $(VENV)/.compiled: $(COMPILED_SOURCES) setup.py | setup
-	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	env -u COREM_PURE $(PY) -W ignore -c "import sys; from corem_ingress import compiled as c; \
+		sys.exit(c.build() != 'compiled')" \
+		|| $(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 certs-dev/ca.pem: | setup

@@ -62,6 +62,7 @@ class MypycBuildExt(build_ext):
         super().finalize_options()
 
     def run(self) -> None:
+        self._remove_stray_extensions()
         if self._fallback is None and self.extensions:
             try:
                 super().run()
@@ -96,6 +97,19 @@ class MypycBuildExt(build_ext):
             options + paths, opt_level="3", group_name="corem_ingress._compiled"
         )
         return exts
+
+    def _remove_stray_extensions(self) -> None:
+        # An editable install's source tree keeps the .so files of earlier builds: one of a
+        # module no longer listed, or any after a failed compile, would still be imported.
+        if not (self.inplace or getattr(self, "editable_mode", False)):
+            return
+        keep = {
+            (HERE / self.get_ext_filename(self.get_ext_fullname(ext.name))).resolve()
+            for ext in self.extensions
+        }
+        for path in (HERE / "corem_ingress").rglob("*.so"):
+            if path.resolve() not in keep:
+                path.unlink()
 
     def _remove_partial_outputs(self) -> None:
         # A module shim without the shared library it calls would fail to import: remove

@@ -36,8 +36,7 @@ COMPILED_MODULES: Final = (
     "corem_ingress.adapters.mqtt.codec",
     "corem_ingress.adapters.mqtt.properties",
     "corem_ingress.adapters.dtls.records",
-    "corem_ingress.core.uplink",
-    "corem_ingress.store.uplink_batcher",
+    "corem_ingress.adapters.dtls.cid",
 )
 
 #: Environment switch: import the pure-Python modules even where compiled ones exist.
