@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from corem_ingress import event_loop, health, metrics
+from corem_ingress import __version__, compiled, event_loop, health, metrics
 from corem_ingress.adapters import Listener
 from corem_ingress.config import Config
 from corem_ingress.core.access import AccessPolicy
@@ -280,12 +280,19 @@ class Node:
         self._spawn(self._watch_dependencies(), "dependencies")
         if self.keyring is None:
             log.warning("psk.no_kek", note="PSK credentials are disabled: set COREM_PSK_KEK(_FILE)")
+        modules = compiled.build()
+        metrics.build_info(__version__, modules)
         log.info(
             "node.started",
             node=cfg.node_id,
             health_port=self.health_port,
             event_loop=event_loop.loop_name(asyncio.get_running_loop()),
+            version=__version__,
+            modules=modules,
         )
+        why_pure = compiled.why_pure()
+        if modules != "compiled" and why_pure != f"{compiled.PURE_ENV} is set":
+            log.warning("node.pure_modules", modules=modules, reason=why_pure)
 
     def _status_figures(self) -> dict[str, Any]:
         """What this node shares each sessions-index heartbeat (the console's Health page)."""
@@ -297,6 +304,7 @@ class Node:
             "accepting": self.accepting,
             "dependencies": dict(self.dependencies),
             "sessions": per_transport,
+            "modules": compiled.build(),
             **metrics.key_figures(),
         }
 

@@ -867,6 +867,17 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    from corem_ingress import __version__, compiled
+
+    modules = compiled.build()
+    why = compiled.why_pure()
+    print(f"corem_ingress {__version__} (hot modules: {modules}{f'; {why}' if why else ''})")
+    for name, kind in compiled.module_kinds().items():
+        print(f"  {name}: {kind}")
+    return 0
+
+
 def cmd_kek_generate(args: argparse.Namespace) -> int:
     # Printed for the operator to put in a secret store; it is the only copy.
     sys.stdout.write(generate_kek_line(args.id) + "\n")
@@ -1269,6 +1280,11 @@ def build_parser(*, simulate: bool = True) -> argparse.ArgumentParser:
 
         add_sim_arguments(sp)
     sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser(
+        "version", parents=[common], help="the version, and which hot modules run compiled"
+    )
+    sp.set_defaults(func=cmd_version)
 
     sp = sub.add_parser("dev-certs", parents=[common], help="write DEV ONLY certificates")
     sp.add_argument("--out", default="certs-dev")

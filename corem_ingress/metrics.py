@@ -211,6 +211,13 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+BUILD_INFO = Gauge(
+    "corem_build_info",
+    "1, labelled with the version and whether the hot modules run compiled (mypyc) or pure "
+    "(corem_ingress/compiled.py: compiled, pure or mixed).",
+    ["version", "modules"],
+    registry=REGISTRY,
+)
 
 _ACTIONS = frozenset(
     {
@@ -255,6 +262,11 @@ def tenant_label(tenant_id: str) -> str:
 
 
 # -- helpers for adapters (one line each) ----------------------------------------------------
+def build_info(version: str, modules: str) -> None:
+    BUILD_INFO.clear()
+    BUILD_INFO.labels(version=version, modules=modules).set(1)
+
+
 def connection_opened(transport: str) -> None:
     CONNECTIONS.labels(_transport(transport)).inc()
 

@@ -40,7 +40,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip wheel setuptools
+# The build compiles the hot modules with mypyc (setup.py; COREM_NO_COMPILE=1 skips it); a
+# failed compile installs the pure-Python modules: the version line below says which.
 .venv/bin/pip install -q -e '.[dev,bench,fast]'  # fast: uvloop (docs/benchmarks.md, issue 18)
+echo "install-deps: $(.venv/bin/corem-ingress version | head -1)"
 # Device-side peers the interop tests run (Wakaama LwM2M client with tinydtls, mbedTLS
 # ssl_client2, tinydtls dtls-client), built from the sources in ../shared/peers into
 # ~/.cache/corem-peers (tests/peers.py finds them there; COREM_PEERS_SRC/_DIR override).

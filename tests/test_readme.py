@@ -122,7 +122,7 @@ def user_env() -> dict[str, str]:
 def scratch_copy(dest: Path) -> Path:
     """What ``make run`` needs from a clone; the checkout's virtualenv linked in as ``.venv``
     (its pieces, so that the marker ``make setup`` leaves is the copy's own)."""
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "setup.py"):
         shutil.copy2(ROOT / name, dest / name)
     shutil.copytree(ROOT / "configs", dest / "configs")
     shutil.copytree(ROOT / "scripts", dest / "scripts")

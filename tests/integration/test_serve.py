@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from corem_ingress import compiled
 from corem_ingress.embedded_redis import free_port, is_alive
 
 
@@ -166,6 +167,8 @@ def test_readyz_reports_unreachable_redis_as_degraded_not_unready(
             text = r.read().decode()
         assert "corem_degraded 1.0" in text
         assert 'corem_dependency_up{dependency="redis"} 0.0' in text
+        # The node labels its build like this test process's (COREM_PURE is inherited).
+        assert f'corem_build_info{{modules="{compiled.build()}",version="0.1.0"}} 1.0' in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import ClassVar
 
 from corem_ingress.adapters.mqtt import properties as props
 from corem_ingress.adapters.mqtt.properties import EMPTY, Properties, ProtocolViolation
@@ -37,7 +38,7 @@ class PacketType(IntEnum):
 
 
 class PacketTooLarge(ProtocolViolation):
-    cause = Cause.MAX_SIZE
+    cause: ClassVar[Cause] = Cause.MAX_SIZE
 
 
 class UnsupportedProtocolLevel(ProtocolViolation):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import ClassVar
 
 from corem_ingress.core.causes import Cause
 
@@ -15,7 +16,9 @@ from corem_ingress.core.causes import Cause
 class ProtocolViolation(Exception):
     """The peer broke MQTT; ``reason`` is for logs (never echoes payload bytes)."""
 
-    cause = Cause.PROTOCOL_ERROR
+    #: A class attribute (ClassVar: compiled by mypyc, a plain one would be an instance
+    #: attribute that Exception.__init__ never sets).
+    cause: ClassVar[Cause] = Cause.PROTOCOL_ERROR
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
