@@ -124,6 +124,11 @@ def schemas() -> Json:
                 "description": "This tenant's live sessions on the node, per transport.",
                 "additionalProperties": {"type": "integer"},
             },
+            "modules": {
+                "type": "string",
+                "enum": ["compiled", "pure", "mixed"],
+                "description": "Which build of the hot modules the node runs (COREM_PURE).",
+            },
             "uplinks_total": _NUM,
             "auth_failures_total": _NUM,
             "revocations_total": _NUM,
