@@ -5,6 +5,7 @@ a DTLS session keeps no handshake peek and no per-instance __dict__ once establi
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,48 @@ def test_mqtt_tls_context_releases_record_buffers(tmp_path: Path) -> None:
     assert _mode(ctx) & SSL.MODE_RELEASE_BUFFERS
     assert ctx.get_session_cache_mode() == SSL.SESS_CACHE_OFF
     assert not hasattr(tls.TlsSession(ctx), "__dict__")
+
+
+def _drain(conn: SSL.Connection) -> bytes:
+    out = b""
+    while True:
+        try:
+            out += conn.bio_read(65536)
+        except SSL.WantReadError:
+            return out
+
+
+def test_mqtt_tls_session_swaps_its_handshake_bios_for_empty_ones_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    ca = devcerts.make_ca("t")
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    devcerts.issue(ca, "localhost", server=True).write(tmp_path / "s.pem", tmp_path / "s.key")
+    devcerts.issue(ca, "dev").write(tmp_path / "d.pem", tmp_path / "d.key")
+    server_ctx = tls.server_context(
+        MqttConfig(
+            server_cert=str(tmp_path / "s.pem"),
+            server_key=str(tmp_path / "s.key"),
+            client_ca_files=[str(tmp_path / "ca.pem")],
+        )
+    )
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.use_certificate_file(str(tmp_path / "d.pem"))
+    client_ctx.use_privatekey_file(str(tmp_path / "d.key"))
+    session, client = tls.TlsSession(server_ctx), SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    for _ in range(10):  # bounded
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        session.receive(_drain(client))
+        client.bio_write(session.outgoing() or b"")
+        if session.handshake_done and session._bios_renewed:
+            break
+    assert session.handshake_done and session._bios_renewed
+    assert session.peer_fingerprint() is not None
+    # Records both ways over the new BIOs.
+    client.send(b"\x10\x00")
+    assert session.receive(_drain(client)) == b"\x10\x00"
+    session.send(b"\x20\x02\x00\x00")
+    client.bio_write(session.outgoing())
+    assert client.recv(100) == b"\x20\x02\x00\x00"
