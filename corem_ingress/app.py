@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from corem_ingress import __version__, compiled, event_loop, health, metrics
+from corem_ingress import __version__, compiled, event_loop, fdlimit, health, metrics
 from corem_ingress.adapters import Listener
 from corem_ingress.config import Config
 from corem_ingress.core.access import AccessPolicy
@@ -446,7 +446,31 @@ class Node:
         log.info("node.stopped")
 
 
+def raise_open_files(wanted: int) -> fdlimit.OpenFilesLimit:
+    """Raise RLIMIT_NOFILE (``limits.open_files``) and say what the node got."""
+    got = fdlimit.raise_open_files(wanted)
+    log.info(
+        "node.open_files",
+        soft=got.soft,
+        hard=got.hard,
+        soft_before=got.soft_before,
+        hard_before=got.hard_before,
+        wanted=got.wanted,
+    )
+    if got.short or got.refused:
+        log.warning(
+            "node.open_files_short",
+            soft=got.soft,
+            wanted=got.wanted,
+            reason=got.refused or "above the hard limit",
+            note="each MQTT/HTTP connection takes one; raise LimitNOFILE / ulimit -n "
+            "(docs/operations.md)",
+        )
+    return got
+
+
 async def serve(config: Config, config_file: str | Path | None = None) -> None:
+    raise_open_files(config.limits.open_files)
     node = Node(config, config_file=config_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

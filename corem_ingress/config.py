@@ -541,8 +541,13 @@ class LimitsConfig:
     #: and the auth blocks they started, so both limits hold for the whole deployment
     #: (0: each node alone). A node that stops sharing drops out after 3 intervals.
     sync_interval_s: float = 1.0
+    #: Open files (RLIMIT_NOFILE) the node asks for at start; each MQTT/HTTP connection
+    #: takes one. 0: raise the soft limit to the hard limit. Above the hard limit the node
+    #: also tries to raise that (needs CAP_SYS_RESOURCE) and logs what it got.
+    open_files: int = 0
 
     def validate(self) -> None:
+        _check(self.open_files >= 0, "limits.open_files", "must be >= 0 (0: the hard limit)")
         _check(self.auth_fail_max >= 0, "limits.auth_fail_max", "must be >= 0 (0: off)")
         _check(self.auth_fail_window_s > 0, "limits.auth_fail_window_s", "must be > 0")
         _check(self.auth_block_s >= 0, "limits.auth_block_s", "must be >= 0")

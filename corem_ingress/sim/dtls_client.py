@@ -283,6 +283,7 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         raise_socket_errors: bool = False,
         cid: bytes | None = None,
         session: SSL.Session | None = None,
+        local_host: str | None = None,
     ) -> AsyncDtlsClient:
         """Handshake; returns with ``client.done`` or ``client.failed`` set (check them).
 
@@ -290,11 +291,16 @@ class AsyncDtlsClient(asyncio.DatagramProtocol):
         ``raise_socket_errors`` a socket error during the handshake (ICMP port unreachable:
         nothing listens on the port) is raised at once as ``OSError``. ``cid``: ask for a
         DTLS Connection ID (``Client``); ``session``: resume an earlier connection's
-        session (``client.conn.get_session()`` of one closed with ``close()``)."""
+        session (``client.conn.get_session()`` of one closed with ``close()``).
+        ``local_host``: the source address (bench.scale spreads its sessions over
+        127.0.0.N, each with its own ephemeral-port range)."""
         loop = asyncio.get_running_loop()
         self = cls(ctx, cid=cid, session=session)
         self._remote = (host, port)
-        await loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
+        local = None if local_host is None else (local_host, 0)
+        await loop.create_datagram_endpoint(
+            lambda: self, remote_addr=(host, port), local_addr=local
+        )
         self._send(self.client.start())
         self._arm()
         try:

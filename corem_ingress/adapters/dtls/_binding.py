@@ -10,7 +10,9 @@ memory-BIO connection, so we reach into cryptography's cffi binding
 * ``SSL_set_mtu`` (whole DTLS records within the configured MTU);
 * ``SSL_session_reused`` (the resumption bench: did a handshake resume?);
 * ``SSL_CTX_add_server_custom_ext`` (the RFC 9146 ``connection_id`` extension, which
-  OpenSSL does not implement: we parse the client's and answer in the ServerHello).
+  OpenSSL does not implement: we parse the client's and answer in the ServerHello);
+* ``SSL_set_bio`` with pyOpenSSL's ``Connection._into_ssl``/``_from_ssl`` (fresh memory
+  BIOs once a TLS handshake is over: ``renew_memory_bios``, used by the MQTT listener).
 
 Version ranges are pinned in pyproject.toml (``cryptography>=45,<51``,
 ``pyOpenSSL>=25,<27``); ``tests/coap/test_binding.py`` fails loudly when any of
@@ -44,6 +46,11 @@ REQUIRED_SYMBOLS = (
     "SSL_CTX_add_client_custom_ext",
     "Cryptography_HAS_CUSTOM_EXT",
     "SSL_session_reused",
+    "SSL_set_bio",
+    "BIO_get_mem_data",
+    "BIO_new",
+    "BIO_s_mem",
+    "BIO_free",
 )
 
 #: (connection, identity) -> PSK bytes, or None to refuse (handshake fails with an alert).
@@ -61,6 +68,9 @@ def check_binding() -> None:
     missing = [name for name in REQUIRED_SYMBOLS if not hasattr(_lib, name)]
     if not getattr(_lib, "Cryptography_HAS_PSK", False):
         missing.append("Cryptography_HAS_PSK (true)")
+    probe = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    if not (hasattr(probe, "_into_ssl") and hasattr(probe, "_from_ssl")):
+        missing.append("OpenSSL.SSL.Connection._into_ssl/_from_ssl")
     if not hasattr(SSL.Connection, "_reverse_mapping"):
         missing.append("OpenSSL.SSL.Connection._reverse_mapping")
     if missing:
@@ -128,6 +138,30 @@ def session_reused(conn: SSL.Connection) -> bool:
 def set_mtu(conn: SSL.Connection, mtu: int) -> None:
     """Link MTU for a memory-BIO DTLS connection (context needs OP_NO_QUERY_MTU)."""
     _lib.SSL_set_mtu(conn._ssl, mtu)
+
+
+def renew_memory_bios(conn: SSL.Connection) -> bool:
+    """Give a memory-BIO connection two fresh, empty BIOs; the old ones are freed.
+
+    A memory BIO keeps the capacity its largest write grew it to (the handshake flights:
+    2-5 KB per connection, for as long as the connection lives). Done only when both are
+    empty (nothing read ahead, nothing unsent); returns whether it was done."""
+    into, out = conn._into_ssl, conn._from_ssl
+    if into is None or out is None:
+        return False
+    data = _ffi.new("char **")
+    if _lib.BIO_get_mem_data(into, data) or _lib.BIO_get_mem_data(out, data):
+        return False
+    new_into = _lib.BIO_new(_lib.BIO_s_mem())
+    new_out = _lib.BIO_new(_lib.BIO_s_mem())
+    if new_into == _ffi.NULL or new_out == _ffi.NULL:
+        for bio in (new_into, new_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return False
+    _lib.SSL_set_bio(conn._ssl, new_into, new_out)  # frees the old pair (the SSL owns BIOs)
+    conn._into_ssl, conn._from_ssl = new_into, new_out
+    return True
 
 
 #: TLS alert description for a malformed extension (RFC 5246 7.2.2).

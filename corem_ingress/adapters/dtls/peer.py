@@ -24,7 +24,8 @@ class PeerState(Enum):
     ESTABLISHED = "established"
 
 
-@dataclass(eq=False)
+# slots: one per DTLS session, tens of thousands per node (bench.session_memory).
+@dataclass(eq=False, slots=True)
 class Peer:
     id: int
     addr: Address

@@ -104,6 +104,9 @@ CIPHERS = (
 )
 
 _MAX_HELD = 32
+#: What an established peer keeps instead of its handshake's peek (never fed again:
+#: a new handshake from the address is a new Peer).
+_SPENT_PEEK = HandshakePeek()
 _READ_CHUNK = 65_536
 #: Timer kinds: on the ``now`` clock, and OpenSSL's retransmission on the real clock.
 _HANDSHAKE, _IDLE, _RETRANSMIT = "handshake", "idle", "retransmit"
@@ -837,7 +840,7 @@ class DtlsServer:
             self.stats["client_finished_split"] += 1  # a flight split mid-Finished, handled
         client_seq = peer.peek.last_encrypted_seq
         peer.held.clear()
-        peer.peek = HandshakePeek()
+        peer.peek = _SPENT_PEEK  # an established session reads no more handshake flights
         peer.looked_up.clear()
         self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))
         self.stats["handshakes_completed"] += 1
