@@ -57,7 +57,9 @@ class MypycBuildExt(build_ext):
         if self.distribution.ext_modules and no_compile_reason() is None:
             try:
                 self.distribution.ext_modules = self._mypyc_extensions()
-            except Exception as exc:  # any failure: install pure instead
+            # mypy reports type errors with SystemExit (e.g. an isolated build env without the
+            # broker's dependencies): that is a failed compile too, never a failed install.
+            except (Exception, SystemExit) as exc:  # any failure: install pure instead
                 self._fail(exc)
         super().finalize_options()
 
@@ -68,14 +70,14 @@ class MypycBuildExt(build_ext):
                 super().run()
                 say(f"compiled {len(compiled_modules())} modules with mypyc")
                 return
-            except Exception as exc:  # any failure: install pure instead
+            except (Exception, SystemExit) as exc:  # any failure: install pure instead
                 self._remove_partial_outputs()
                 self._fail(exc)
         self.extensions = []
         self.distribution.ext_modules = []
         say(f"installing the pure-Python modules only: {self._fallback}")
 
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, exc: BaseException) -> None:
         if os.environ.get("COREM_COMPILE_VERBOSE"):
             traceback.print_exc()
         self._fallback = f"mypyc compile failed ({type(exc).__name__}: {exc})".replace("\n", " ")

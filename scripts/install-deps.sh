@@ -42,7 +42,10 @@ fi
 .venv/bin/pip install -q --upgrade pip wheel setuptools
 # The build compiles the hot modules with mypyc (setup.py; COREM_NO_COMPILE=1 skips it); a
 # failed compile installs the pure-Python modules: the version line below says which.
-.venv/bin/pip install -q -e '.[dev,bench,fast]'  # fast: uvloop (docs/benchmarks.md, issue 18)
+# mypyc type-checks what it compiles, so the dependencies go in first (pure build), then the
+# package is built again against them without build isolation: the compiled build.
+COREM_NO_COMPILE=1 .venv/bin/pip install -q -e '.[dev,bench,fast]'  # fast: uvloop (issue 18)
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 echo "install-deps: $(.venv/bin/corem-ingress version | head -1)"
 # Device-side peers the interop tests run (Wakaama LwM2M client with tinydtls, mbedTLS
 # ssl_client2, tinydtls dtls-client), built from the sources in ../shared/peers into
