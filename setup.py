@@ -80,7 +80,17 @@ class MypycBuildExt(build_ext):
     def _fail(self, exc: BaseException) -> None:
         if os.environ.get("COREM_COMPILE_VERBOSE"):
             traceback.print_exc()
-        self._fallback = f"mypyc compile failed ({type(exc).__name__}: {exc})".replace("\n", " ")
+        if isinstance(exc, SystemExit):
+            # mypy's type check failed: in pip's isolated build env the broker's
+            # dependencies are missing (their types are unknown).
+            self._fallback = (
+                "mypyc's type check failed (an isolated build env lacks the dependencies: "
+                "install them, then pip install --no-build-isolation)"
+            )
+        else:
+            self._fallback = f"mypyc compile failed ({type(exc).__name__}: {exc})".replace(
+                "\n", " "
+            )
         self.distribution.ext_modules = []
         self.extensions = []
 
