@@ -172,6 +172,13 @@ REDIS_ERRORS = Counter(
     ["component"],
     registry=REGISTRY,
 )
+DTLS_SESSIONS_NOT_STORED = Counter(
+    "corem_dtls_sessions_not_stored",
+    "DTLS sessions issued for resumption but never stored, by reason: queue_full (Redis too "
+    "slow: the oldest queued ones dropped), store_failed (the batch's write failed).",
+    ["reason"],
+    registry=REGISTRY,
+)
 DTLS_CID_ADDRESS_CHANGES = Counter(
     "corem_dtls_cid_address_changes",
     "DTLS Connection ID sessions moved to a new address (NAT rebinding, RFC 9146 6).",
@@ -285,10 +292,15 @@ def cid_forwarded(direction: str) -> None:
 
 _CID_DIRECTIONS = frozenset({"out", "in", "back", "refused"})
 _RESUMPTION_OUTCOMES = frozenset({"resumed", "full_handshake", "refused", "finished_failed"})
+_NOT_STORED_REASONS = frozenset({"queue_full", "store_failed"})
 
 
 def dtls_resumption(outcome: str) -> None:
     DTLS_RESUMPTIONS.labels(_one_of(outcome, _RESUMPTION_OUTCOMES)).inc()
+
+
+def dtls_sessions_not_stored(reason: str, n: int) -> None:
+    DTLS_SESSIONS_NOT_STORED.labels(_one_of(reason, _NOT_STORED_REASONS)).inc(n)
 
 
 def handshake(transport: str, *, ok: bool) -> None:

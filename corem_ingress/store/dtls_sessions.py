@@ -6,6 +6,15 @@ share in Redis: the key of the current period (``coap.resumption.rotation_s``) i
 by the first node that needs it (``HSETNX``), and a key is deleted once no session sealed
 under it can still live (its period's end plus the lifetime). The record names its key id;
 the additional data binds it to its session id. Keys in docs/redis-keys.md.
+
+The sessions of full handshakes are queued (``queue``: synchronous, never on Redis) and
+written by one background writer (``run_writer``) in one pipeline per ~20 ms batch
+(``store/batching.py``): one redis-py round trip per handshake was most of what issuing a
+resumable session cost (issue 18). Until its batch is written a session is resumable on
+this node only (``load`` reads the queue first). Bounded: past ``max_pending`` queued
+sessions the oldest are dropped (counted); a failed write is logged and counted, the
+devices pay a full handshake next time. ``delete`` drops a queued save and waits for a
+batch being written, so a save never lands after the delete of its session.
 """
 
 from __future__ import annotations
@@ -15,13 +24,20 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from corem_ingress import metrics
 from corem_ingress.core.dtls_resumption import StoredSession
+from corem_ingress.store.batching import GatheredWrites
 from corem_ingress.store.keys import KeySchema
 
+log = structlog.get_logger("corem.dtls")
+
 _AAD = b"corem-dtls-session|"
+#: Queued sessions beyond this drop the oldest (Redis slow or away: memory stays bounded).
+MAX_PENDING = 10_000
 
 
 def _text(value: Any) -> str:
@@ -37,6 +53,7 @@ class DtlsSessionStore:
         lifetime_s: int,
         rotation_s: int,
         clock: Callable[[], float],
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self._r = redis
         self._keys = keys
@@ -45,16 +62,73 @@ class DtlsSessionStore:
         self._clock = clock
         #: Key id -> key (a key never changes once set: cached for good, pruned with it).
         self._sealing: dict[str, bytes] = {}
+        self.max_pending = max_pending
+        #: Sessions queued for the next batch (oldest first), and the batch being written.
+        self._pending: dict[bytes, StoredSession] = {}
+        self._writing: dict[bytes, StoredSession] = {}
+        self._writes = GatheredWrites(self._take, self._write, self._write_failed)
+        #: Batches written, and sessions never stored (by reason: queue_full, store_failed).
+        self.writes = 0
+        self.not_stored: dict[str, int] = {}
 
     async def save(self, session_id: bytes, session: StoredSession) -> None:
+        """Store one session now (one round trip; the listener queues instead)."""
         kid, key = await self._current_key()
-        nonce = os.urandom(12)
-        sealed = AESGCM(key).encrypt(nonce, _plaintext(session), _aad(session_id, kid))
-        record = json.dumps({"kid": kid, "nonce": nonce.hex(), "sealed": sealed.hex()})
-        await self._r.set(self._keys.dtls_session(session_id.hex()), record, ex=self.lifetime_s)
+        await self._r.set(
+            self._keys.dtls_session(session_id.hex()),
+            _record(session_id, session, kid, key),
+            ex=self.lifetime_s,
+        )
+
+    def queue(self, session_id: bytes, session: StoredSession) -> None:
+        """Store ``session`` with the next batch (``run_writer`` writes it)."""
+        pending = self._pending
+        if len(pending) >= self.max_pending and session_id not in pending:
+            del pending[next(iter(pending))]
+            self._lost("queue_full", 1)
+        pending[session_id] = session
+        self._writes.wake()
+
+    async def run_writer(self) -> None:
+        await self._writes.run()
+
+    async def flush(self) -> None:
+        """Write the queued sessions now (a clean stop)."""
+        await self._writes.write_now()
+
+    def _take(self) -> dict[bytes, StoredSession]:
+        self._writing, self._pending = self._pending, {}
+        return self._writing
+
+    async def _write(self, batch: dict[bytes, StoredSession]) -> None:
+        try:
+            kid, key = await self._current_key()
+            pipe = self._r.pipeline(transaction=False)
+            for session_id, session in batch.items():
+                name = self._keys.dtls_session(session_id.hex())
+                pipe.set(name, _record(session_id, session, kid, key), ex=self.lifetime_s)
+            if len(pipe):  # sessions deleted meanwhile are gone from the batch
+                await pipe.execute()
+                self.writes += 1
+        finally:
+            self._writing = {}
+
+    def _write_failed(self, batch: dict[bytes, StoredSession], exc: Exception) -> None:
+        # Redis down: these devices pay a full handshake next time.
+        log.warning("dtls.session_store_failed", error=str(exc), sessions=len(batch))
+        self._lost("store_failed", len(batch))
+
+    def _lost(self, reason: str, n: int) -> None:
+        self.not_stored[reason] = self.not_stored.get(reason, 0) + n
+        metrics.dtls_sessions_not_stored(reason, n)
 
     async def load(self, session_id: bytes) -> StoredSession | None:
         """The session, or None: expired, never stored here, its key gone, or tampered."""
+        queued = self._pending.get(session_id)
+        if queued is None:
+            queued = self._writing.get(session_id)
+        if queued is not None:  # issued here moments ago, its batch not written yet
+            return queued
         raw = await self._r.get(self._keys.dtls_session(session_id.hex()))
         if raw is None:
             return None
@@ -74,7 +148,11 @@ class DtlsSessionStore:
             return None
 
     async def delete(self, session_id: bytes) -> None:
-        await self._r.delete(self._keys.dtls_session(session_id.hex()))
+        # A queued save never happens; one being written lands first, then the DEL.
+        self._pending.pop(session_id, None)
+        self._writing.pop(session_id, None)
+        async with self._writes.lock:
+            await self._r.delete(self._keys.dtls_session(session_id.hex()))
 
     async def _current_key(self) -> tuple[str, bytes]:
         now = self._clock()
@@ -118,6 +196,13 @@ class DtlsSessionStore:
     def _dead(self, kid: int, now: float) -> bool:
         """No session sealed under key ``kid`` can still live."""
         return (kid + 1) * self.rotation_s + self.lifetime_s < now
+
+
+def _record(session_id: bytes, session: StoredSession, kid: str, key: bytes) -> str:
+    """The stored value: ``session`` sealed under key ``kid``, bound to its id."""
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, _plaintext(session), _aad(session_id, kid))
+    return json.dumps({"kid": kid, "nonce": nonce.hex(), "sealed": sealed.hex()})
 
 
 def _aad(session_id: bytes, kid: str) -> bytes:

@@ -29,23 +29,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions
 import structlog
 
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.sessions import LiveSession
+from corem_ingress.store.batching import REDIS_ERRORS as _REDIS_ERRORS
+from corem_ingress.store.batching import GatheredWrites
 from corem_ingress.store.keys import KeySchema
 from corem_ingress.tasks import still_running
 
 log = structlog.get_logger("corem.sessions_index")
 
-_REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 #: Queued changes beyond this are dropped in favour of one full rewrite.
 MAX_PENDING = 10_000
-#: How long the writer lets changes gather after the first one before one pipeline writes
-#: them: far below what an operator notices (heartbeats are seconds apart), long enough that
-#: sessions opened and closed in a burst share a pipeline (CPU per handshake, issue 18).
-WRITE_DELAY_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +131,9 @@ class SessionsIndexWriter:
         self._dirty = True  # the first heartbeat writes everything
         #: Tenants this node has written a hash for (a full rewrite deletes those now empty).
         self._written: set[str] = set()
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
+        #: Changes gather for a few ms, then one pipeline (``store/batching.py``); its lock
+        #: also serialises the heartbeat's full rewrites.
+        self._writes = GatheredWrites(self._take, self._write_changes, self._write_failed)
         self._warned_full = False
         self.heartbeats = 0
         self.writes = 0
@@ -179,7 +176,7 @@ class SessionsIndexWriter:
             self._dirty = True
             return
         self._pending.append((tenant, session_id, entry))
-        self._wake.set()
+        self._writes.wake()
 
     # -- background ---------------------------------------------------------------------------
     @property
@@ -188,19 +185,15 @@ class SessionsIndexWriter:
 
     async def run_writer(self) -> None:
         """Writes queued changes as they come (one pipeline per batch)."""
-        while still_running():
-            await self._wake.wait()
-            await asyncio.sleep(WRITE_DELAY_S)  # let a burst of changes gather
-            self._wake.clear()
-            async with self._lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    continue
-                try:
-                    await self._write_changes(batch)
-                except _REDIS_ERRORS as exc:
-                    log.warning("sessions_index.write_failed", error=str(exc))
-                    self._dirty = True
+        await self._writes.run()
+
+    def _take(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _write_failed(self, batch: object, exc: Exception) -> None:
+        log.warning("sessions_index.write_failed", error=str(exc))
+        self._dirty = True
 
     async def _write_changes(self, batch: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         last, written = coalesce(batch)
@@ -233,7 +226,7 @@ class SessionsIndexWriter:
     async def heartbeat(self) -> None:
         # One write at a time: a full rewrite built from the local view must not land after
         # a change the writer made meanwhile (it would bring a gone session back).
-        async with self._lock:
+        async with self._writes.lock:
             await self._heartbeat()
 
     async def _heartbeat(self) -> None:
@@ -282,7 +275,7 @@ class SessionsIndexWriter:
     async def leave(self) -> None:
         """A clean stop: this node's entries go at once (a dead node's expire)."""
         keys = self._keys
-        async with self._lock:
+        async with self._writes.lock:
             pipe = self._r.pipeline(transaction=False)
             for tenant in self._written | self._local.keys():
                 pipe.delete(keys.node_sessions(self._node, tenant))

@@ -164,6 +164,7 @@ class CoapListener:
             await asyncio.wait(list(self._background), timeout=max(0.1, deadline / 4))
         if self.lwm2m is not None:  # after the sessions: their registrations are unreachable
             await self.lwm2m.stop()
+        await self.transport.flush_sessions(max(0.1, deadline / 4))
         if self.cluster is not None and self.cluster.ready:
             try:
                 await self.cluster.stop()

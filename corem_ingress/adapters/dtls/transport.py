@@ -90,7 +90,11 @@ class AsyncResolver(Protocol):
 class SessionStore(Protocol):
     """Sessions kept for resumption (``store/dtls_sessions.DtlsSessionStore``)."""
 
-    async def save(self, session_id: bytes, session: StoredSession) -> None: ...
+    def queue(self, session_id: bytes, session: StoredSession) -> None: ...
+
+    async def run_writer(self) -> None: ...
+
+    async def flush(self) -> None: ...
 
     async def load(self, session_id: bytes) -> StoredSession | None: ...
 
@@ -142,6 +146,8 @@ class DtlsTransport(asyncio.DatagramProtocol):
         if sock is not None:
             self._drain = socket.socket(fileno=os.dup(sock.fileno()))
             self._drain.setblocking(False)
+        if self.sessions is not None:
+            self._spawn(self.sessions.run_writer())
         return self.port
 
     def close_transport(self) -> None:
@@ -231,6 +237,16 @@ class DtlsTransport(asyncio.DatagramProtocol):
     def use_resumption(self, store: SessionStore) -> None:
         """Store the sessions full handshakes issue; resume them from there (any node)."""
         self.sessions = store
+        if self._transport is not None:  # already open: its writer starts now
+            self._spawn(store.run_writer())
+
+    async def flush_sessions(self, timeout_s: float) -> None:
+        """Store the sessions still queued (a clean stop), within ``timeout_s``."""
+        if self.sessions is not None:
+            try:
+                await asyncio.wait_for(self.sessions.flush(), timeout_s)
+            except Exception as exc:  # a timeout: Redis too slow, these are not stored
+                log.warning("dtls.session_store_failed", error=str(exc) or type(exc).__name__)
 
     def send(self, addr: Address, data: bytes) -> bool:
         ok = self.server.send(addr, data)
@@ -305,8 +321,8 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 self._spawn(self._lookup(event))
             elif isinstance(event, SessionLookup):
                 self._spawn(self._resume(event))
-            elif isinstance(event, SessionIssued):
-                self._spawn(self._store_session(event))
+            elif isinstance(event, SessionIssued) and self.sessions is not None:
+                self.sessions.queue(event.session_id, event.session)  # batched: no Redis here
         except Exception:
             # structlog's first argument is the event name: the DTLS event is "dtls_event".
             log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
@@ -345,14 +361,6 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 await self._resolver.resolve_cert(event.lookup, chain=None, der=event.der)
         self.server.credential_resolved(event.addr, self._clock())
         self._pump()
-
-    async def _store_session(self, event: SessionIssued) -> None:
-        if self.sessions is None:
-            return
-        try:
-            await self.sessions.save(event.session_id, event.session)
-        except Exception as exc:  # Redis down: the device pays a full handshake next time
-            log.warning("dtls.session_store_failed", error=str(exc))
 
     async def _resume(self, event: SessionLookup) -> None:
         """The stored session (None: not found, or Redis down -> a full handshake, whose
