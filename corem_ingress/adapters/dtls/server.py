@@ -845,18 +845,25 @@ class DtlsServer:
         self._timers.set(peer.id, _IDLE, self._idle_deadline(peer))
         self.stats["handshakes_completed"] += 1
         assert peer.credential is not None
+        master, der = b"", None
         if peer.conn is None:  # resumed: our own record layer from the start
             cipher = _SUITE_NAMES.get(peer.suite or 0, "")
         else:
-            cipher = peer.conn.get_cipher_name() or ""
-            self._issue_session(peer)
+            conn = peer.conn
+            cipher = conn.get_cipher_name() or ""
+            # Read once from OpenSSL for the stored session and the detach both.
+            master = conn.master_key() or b""
+            cert = conn.get_peer_certificate()
+            if cert is not None:
+                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            self._issue_session(peer, master, der)
         self._events.append(HandshakeCompleted(addr, peer.credential, cipher))
         if peer.conn is not None:
             self._read_application(peer)
         if self.config.detach_openssl and peer.conn is not None and self._alive(peer):
-            self._detach(peer, client_seq)
+            self._detach(peer, client_seq, master, der)
 
-    def _detach(self, peer: Peer, client_seq: int) -> None:
+    def _detach(self, peer: Peer, client_seq: int, master: bytes, der: bytes | None) -> None:
         """Let the session's OpenSSL object go: our record layer carries it on, with the
         keys of its master secret, our sequence numbers after OpenSSL's Finished, the
         client's Finished in the replay window, and our last flight to resend if the
@@ -868,7 +875,6 @@ class DtlsServer:
             if peer.next_write_seq == 0:
                 return  # OpenSSL's Finished not seen: never risk reusing its nonce
             state = CidSession(peer_cid=b"")
-            master = conn.master_key() or b""
             randoms = (conn.client_random() or b"", conn.server_random() or b"")
             if peer.suite is None or not state.set_keys(peer.suite, master, *randoms):
                 return
@@ -876,9 +882,8 @@ class DtlsServer:
             if client_seq >= 0:
                 state.window.accept(client_seq)
             state.last_flight = peer.last_flight
-        cert = conn.get_peer_certificate()
-        if cert is not None:
-            peer.certificate_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        if der is not None:
+            peer.certificate_der = der
         peer.last_flight = []
         peer.issued = None
         peer.cid = state
@@ -886,18 +891,17 @@ class DtlsServer:
         peer.conn = None
         self.stats["openssl_detached"] += 1
 
-    def _issue_session(self, peer: Peer) -> None:
+    def _issue_session(self, peer: Peer, master: bytes, der: bytes | None) -> None:
         """A full handshake whose ServerHello carried a session id: report what a later
-        resumption needs (stored sealed by the caller, ``SessionIssued``)."""
-        issued, conn, credential = peer.issued, peer.conn, peer.credential
+        resumption needs (stored sealed by the caller, ``SessionIssued``). ``master``, ``der``:
+        the session's master secret and the client's certificate (DER), read from OpenSSL."""
+        issued, credential = peer.issued, peer.credential
         if not self.config.resumption or issued is None or not issued.session_id:
             return
-        assert conn is not None and credential is not None
-        master = conn.master_key()
+        assert credential is not None
         if not master or issued.suite not in cid.SUITES:
             return
         ems = resume.EXT_EXTENDED_MASTER_SECRET in issued.extensions
-        cert = conn.get_peer_certificate()
         stored = StoredSession(
             suite=issued.suite,
             master=master,
@@ -907,9 +911,7 @@ class DtlsServer:
             chain=credential.chain.issuers if credential.chain is not None else (),
             secret_digest=peer.secret_digest,
             not_after=peer.not_after,
-            certificate=b""
-            if cert is None
-            else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert),
+            certificate=der or b"",
         )
         self.stats["sessions_issued"] += 1
         self._events.append(SessionIssued(peer.addr, issued.session_id, stored))
