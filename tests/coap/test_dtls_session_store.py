@@ -143,6 +143,7 @@ async def test_a_delete_is_never_undone_by_a_pending_or_inflight_save(redis: Any
     gate, _executed = _gated_pipelines(redis)
     try:
         store.queue(inflight, SESSION)
+        store.queue(os.urandom(32), SESSION)  # two: a pipeline (one alone is a plain SET)
         gate.clear()
         flushing = asyncio.ensure_future(store.flush())
         for _ in range(50):  # until the batch is taken and its pipeline waits on the gate
