@@ -35,11 +35,14 @@ class GatheredWrites(Generic[B]):
         failed: Callable[[B, Exception], None],
         *,
         delay_s: float = WRITE_DELAY_S,
+        errors: tuple[type[Exception], ...] = REDIS_ERRORS,
     ) -> None:
         self._take = take
         self._write = write
         self._failed = failed
         self.delay_s = delay_s
+        #: The failures handed to ``failed``; any other ends the loop (raised from ``run``).
+        self._errors = errors
         self.lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -61,5 +64,5 @@ class GatheredWrites(Generic[B]):
                 return
             try:
                 await self._write(batch)
-            except REDIS_ERRORS as exc:
+            except self._errors as exc:
                 self._failed(batch, exc)

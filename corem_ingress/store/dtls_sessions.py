@@ -66,7 +66,11 @@ class DtlsSessionStore:
         #: Sessions queued for the next batch (oldest first), and the batch being written.
         self._pending: dict[bytes, StoredSession] = {}
         self._writing: dict[bytes, StoredSession] = {}
-        self._writes = GatheredWrites(self._take, self._write, self._write_failed)
+        # Any failure is counted and logged, and the writer goes on (a session not stored
+        # costs its device a full handshake, never a failed one).
+        self._writes = GatheredWrites(
+            self._take, self._write, self._write_failed, errors=(Exception,)
+        )
         #: Batches written, and sessions never stored (by reason: queue_full, store_failed).
         self.writes = 0
         self.not_stored: dict[str, int] = {}

@@ -7,10 +7,11 @@ hashes expire after three heartbeat intervals: a node that dies drops out of the
 its own, and readers also skip nodes whose heartbeat is older than that.
 
 Changes (a session registered or gone) are queued by the ``SessionHub`` (synchronous, never
-on Redis) and written by one background writer in pipelines: it lets changes gather for
-``WRITE_DELAY_S`` after the first one, keeps each session's last change, and skips a
-session that came and went within one batch (a handshake then a close: no Redis command at
-all), so a burst of short sessions costs a few pipelines rather than two each. If a write
+on Redis) and written by one background writer in pipelines (``store/batching.py``): it
+lets changes gather for ``WRITE_DELAY_S`` after the first one, keeps each session's last
+change, and skips a session that came and went within one batch (a handshake then a close:
+no Redis command at all), so a burst of short sessions costs a few pipelines rather than
+two each. If a write
 fails or the queue overflows, the next heartbeat rewrites this node's entries in full from
 its local view, so the index converges after an outage. Bounded: at most ``max_entries``
 sessions per node.

@@ -187,3 +187,28 @@ async def test_the_queue_is_bounded_and_a_failed_write_never_raises(redis: Any) 
         assert not down._pending and not down._writing
     finally:
         await unreachable.aclose()
+
+    async def broken() -> tuple[str, bytes]:
+        raise RuntimeError("dtls session key vanished")
+
+    # Not a Redis error either: counted, and the writer goes on.
+    store._current_key = broken  # type: ignore[method-assign]
+    writer = asyncio.ensure_future(store.run_writer())
+    try:
+        store.queue(os.urandom(32), SESSION)
+        for _ in range(100):
+            if store.not_stored.get("store_failed"):
+                break
+            await asyncio.sleep(0.01)
+        assert store.not_stored == {"queue_full": 1, "store_failed": 1}
+        del store._current_key  # the key is back
+        late = os.urandom(32)
+        store.queue(late, SESSION)
+        for _ in range(100):
+            if await redis.exists(keys.dtls_session(late.hex())):
+                break
+            await asyncio.sleep(0.01)
+        assert await redis.exists(keys.dtls_session(late.hex()))
+        assert not writer.done()
+    finally:
+        writer.cancel()
