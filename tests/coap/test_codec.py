@@ -31,9 +31,9 @@ CRED = Credential(CredentialKind.PSK, "psk-id", IDENT)
 tokens = st.binary(max_size=8)
 values = st.one_of(st.binary(max_size=20), st.binary(min_size=250, max_size=300))
 #: Option lists in wire order: ascending numbers, repeats allowed, deltas of every width.
-option_lists = st.lists(
-    st.tuples(st.integers(0, 2100), values), max_size=6
-).map(lambda opts: sorted(opts, key=lambda o: o[0]))
+option_lists = st.lists(st.tuples(st.integers(0, 2100), values), max_size=6).map(
+    lambda opts: sorted(opts, key=lambda o: o[0])
+)
 
 
 def aiocoap_bytes(
