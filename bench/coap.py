@@ -1,7 +1,7 @@
 """CoAP/DTLS benchmark: our listener beside libcoap's coap-server-openssl, in one run.
 
     .venv/bin/python bench/coap.py [--handshakes N] [--requests N] [--idle N] [--seconds S]
-        [--runs 3] [--phases a,b] [--py-spy DIR --tag before|after] [--profile]
+        [--runs 3] [--phases a,b] [--py-spy DIR --tag before|after] [--profile] [--before REV]
 
 Loopback only. Each server runs pinned to CPU 0 (taskset), the single load generator
 (this process, an in-process pyOpenSSL DTLS client) pinned to CPU 1; the private
@@ -22,6 +22,8 @@ libcoap's alternately; each figure is the median of the runs with its spread (mi
 each ratio computed within a run. ``--py-spy DIR`` samples our server with py-spy during
 the first run of each phase (``DIR/coap_<phase>_<tag>.svg`` flame graphs and a text
 summary ``.txt``); ``--profile`` runs it under cProfile instead (one pstats file).
+``--before REV`` also runs our broker of git revision REV (``corem@REV``, the same build:
+compiled in place when this checkout is) in the same runs, ratios computed for both.
 
 Targets (issue 18): PSK handshake and request CPU <= 1.5x libcoap. Prints a table and one
 JSON line (``results``: medians, ``spread``: median/min/max/n per figure, ``ratios``).
