@@ -265,6 +265,13 @@ def test_the_plain_path_answers_as_the_aiocoap_path(sequence: list[bytes], fail:
     assert plain == general
 
 
+def test_a_bytearray_datagram_takes_the_general_path() -> None:
+    raw = build(codec.CON, 2, 1, b"t1", [b"up", b"telemetry"], [])
+    general, plain = run_both([raw])
+    (_, bytearray_plain) = run_both([bytearray(raw)])  # type: ignore[list-item]
+    assert plain == general == bytearray_plain
+
+
 def test_the_plain_path_answers_the_usual_requests_as_before() -> None:
     ping = b"\x40\x00\x00\x09"
     sequence = [

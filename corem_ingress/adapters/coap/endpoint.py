@@ -189,7 +189,8 @@ class CoapEndpoint:
 
     # -- input -----------------------------------------------------------------------------
     def datagram_received(self, addr: Address, data: bytes) -> None:
-        fast = codec.decode(data)
+        # The compiled codec takes bytes only (a bytearray goes the general way).
+        fast = codec.decode(data) if type(data) is bytes else None
         if fast is not None and self._fast_received(addr, fast):
             return
         try:
