@@ -1,7 +1,7 @@
 """CoAP/DTLS benchmark: our listener beside libcoap's coap-server-openssl, in one run.
 
     .venv/bin/python bench/coap.py [--handshakes N] [--requests N] [--idle N] [--seconds S]
-        [--runs 3] [--phases a,b] [--py-spy DIR --tag before|after] [--profile]
+        [--runs 3] [--phases a,b] [--py-spy DIR --tag before|after] [--profile] [--before REV]
 
 Loopback only. Each server runs pinned to CPU 0 (taskset), the single load generator
 (this process, an in-process pyOpenSSL DTLS client) pinned to CPU 1; the private
@@ -22,6 +22,8 @@ libcoap's alternately; each figure is the median of the runs with its spread (mi
 each ratio computed within a run. ``--py-spy DIR`` samples our server with py-spy during
 the first run of each phase (``DIR/coap_<phase>_<tag>.svg`` flame graphs and a text
 summary ``.txt``); ``--profile`` runs it under cProfile instead (one pstats file).
+``--before REV`` also runs our broker of git revision REV (``corem@REV``, the same build:
+compiled in place when this checkout is) in the same runs, ratios computed for both.
 
 Targets (issue 18): PSK handshake and request CPU <= 1.5x libcoap. Prints a table and one
 JSON line (``results``: medians, ``spread``: median/min/max/n per figure, ``ratios``).
@@ -192,14 +194,42 @@ def idle_memory(target: Target, ctx: SSL.Context, n: int) -> dict[str, float]:
     return {"n": n, "bytes_per_session": grown / n}
 
 
-def start_pinned(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_pinned(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["taskset", "-c", "0", *args],
         env=env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def export_built(rev: str, into: Path) -> Path:
+    """The package of git revision ``rev`` under ``into`` (``--before``), compiled with
+    mypyc in place when this checkout runs compiled (the same build on both sides)."""
+    into.mkdir(parents=True)
+    files = ["corem_ingress", "setup.py", "pyproject.toml", "README.md"]
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, *files], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    from corem_ingress import compiled
+
+    if compiled.build() == "compiled":
+        env = {k: v for k, v in os.environ.items() if k not in ("COREM_PURE", "COREM_NO_COMPILE")}
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=into,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        if not list((into / "corem_ingress").rglob("*.so")):
+            sys.exit(f"--before {rev}: the mypyc build of that revision failed")
+    return into
 
 
 def wait_ready(port: int, ctx: SSL.Context, proc: subprocess.Popen[bytes]) -> None:
@@ -348,6 +378,7 @@ def main() -> None:
     ap.add_argument("--py-spy", type=Path, default=None, help="flame graphs into this dir")
     ap.add_argument("--tag", default="run", help="file name suffix of the py-spy profiles")
     ap.add_argument("--phases", default="", help="comma-separated subset of the phases")
+    ap.add_argument("--before", metavar="REV", help="also run our broker of git revision REV")
     a = ap.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs 2 CPUs")
@@ -376,6 +407,13 @@ def main() -> None:
     if a.profile:
         cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "corem_ingress", "serve"]
     ours_proc = start_pinned(cmd, env)
+    before_proc = before_port = None
+    if a.before:
+        src = export_built(a.before, tmp / "before-src")
+        before_port = free_port()
+        benv = {**coap_broker_env(tmp, redis.url, kek, before_port), "PYTHONPATH": str(src)}
+        benv["COREM_STATE_DIR"] = str(tmp / "state-before")
+        before_proc = start_pinned([sys.executable, "-m", "corem_ingress", "serve"], benv, src)
     lib_base = free_port()
     lib_proc = start_pinned(
         [
@@ -404,9 +442,15 @@ def main() -> None:
             Target("corem", ours_proc.pid, ours_port, (Code.GET, ("down",), b"", 1)),
             Target("libcoap", lib_proc.pid, lib_base + 1, (Code.GET, (), b"", None)),
         ]
-        corem = targets[0]
+        procs = {"corem": ours_proc, "libcoap": lib_proc}
+        if before_proc is not None and before_port is not None:
+            name = f"corem@{a.before}"
+            targets.insert(0, Target(name, before_proc.pid, before_port, targets[0].request))
+            procs[name] = before_proc
+        corem = next(t for t in targets if t.name == "corem")
+        ours = [t for t in targets if t.name.startswith("corem")]
         for t in targets:
-            wait_ready(t.port, psk_ctx, ours_proc if t.name == "corem" else lib_proc)
+            wait_ready(t.port, psk_ctx, procs[t.name])
         half = a.requests // 2
         phases: list[tuple[str, Callable[[Target], dict[str, float]], bool]] = [
             ("psk_handshake", lambda t: handshakes(t, psk_ctx, a.handshakes, a.seconds), True),
@@ -432,16 +476,16 @@ def main() -> None:
             for phase, fn, with_peer in phases:
                 if (wanted and phase not in wanted) or (phase == "idle_memory" and run > 0):
                     continue
-                for t in targets if with_peer else [corem]:
+                for t in targets if with_peer else ours:
                     stem = None
                     if a.py_spy is not None and run == 0 and t is corem:
                         stem = a.py_spy / f"coap_{phase}_{a.tag}"
                     with py_spy(t.pid, stem):
                         runs.setdefault(phase, {}).setdefault(t.name, []).append(fn(t))
     finally:
-        for proc in (ours_proc, lib_proc):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGINT if proc is ours_proc else signal.SIGTERM)
+        for proc in (ours_proc, lib_proc, before_proc):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM if proc is lib_proc else signal.SIGINT)
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
@@ -477,16 +521,20 @@ def main() -> None:
     ratios: dict[str, float] = {}
     for phase in CPU_PHASES:
         by = runs.get(phase, {})
-        pairs = list(zip(by.get("corem", []), by.get("libcoap", []), strict=False))
-        per_run = [o["server_cpu_us"] / p["server_cpu_us"] for o, p in pairs if p["server_cpu_us"]]
-        if per_run:
-            ratio_runs[phase] = spread(per_run)
-            ratios[phase] = ratio_runs[phase]["median"]
-            r = ratio_runs[phase]
-            print(
-                f"{phase} CPU x libcoap: {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}),"
-                " target <= 1.5"
-            )
+        for name in [n for n in by if n.startswith("corem")]:
+            pairs = list(zip(by.get(name, []), by.get("libcoap", []), strict=False))
+            per_run = [
+                o["server_cpu_us"] / p["server_cpu_us"] for o, p in pairs if p["server_cpu_us"]
+            ]
+            if per_run:
+                key = phase if name == "corem" else f"{phase}/{name}"
+                ratio_runs[key] = spread(per_run)
+                ratios[key] = ratio_runs[key]["median"]
+                r = ratio_runs[key]
+                print(
+                    f"{phase} CPU x libcoap ({name}): {r['median']:.2f}"
+                    f" ({r['min']:.2f}-{r['max']:.2f}), target <= 1.5"
+                )
     if a.profile:
         print(f"profile: {prof} (python -m pstats)")
     print(

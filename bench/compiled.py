@@ -26,6 +26,7 @@ from pathlib import Path
 
 def _cases() -> dict[str, Callable[[], object]]:
     """name -> one operation, as the broker calls it on its hot paths."""
+    from corem_ingress.adapters.coap import codec as coap
     from corem_ingress.adapters.dtls import cid, records
     from corem_ingress.adapters.mqtt import codec
     from corem_ingress.adapters.mqtt import properties as props
@@ -100,7 +101,19 @@ def _cases() -> dict[str, Callable[[], object]]:
                 w.accept(seq)
         return w
 
+    coap_cancel = coap.encode(0, coap.GET, 7, b"\x00\x00\x00\x07", [(6, b"\x01"), (11, b"down")])
+    coap_post = coap.encode(
+        0, coap.POST, 8, b"\x00\x00\x00\x08", [(11, b"up"), (11, b"telemetry")], payload
+    )
+
+    def coap_plain(data: bytes) -> object:
+        msg = coap.decode(data)
+        return coap.plain_request(msg) if msg is not None else None
+
     return {
+        "coap: decode + plain_request (GET /down Observe 1)": lambda: coap_plain(coap_cancel),
+        "coap: decode + plain_request (POST /up/telemetry)": lambda: coap_plain(coap_post),
+        "coap: reply (ACK 2.04, 4-byte token)": lambda: coap.reply(2, 68, 8, b"\x00\x00\x00\x08"),
         "mqtt: frame + decode PUBLISH QoS 1 (3.1.1)": lambda: codec.decode(
             codec.frame(pub1, 1 << 20)[0],
             body1,

@@ -37,6 +37,7 @@ COMPILED_MODULES: Final = (
     "corem_ingress.adapters.mqtt.properties",
     "corem_ingress.adapters.dtls.records",
     "corem_ingress.adapters.dtls.cid",
+    "corem_ingress.adapters.coap.codec",
 )
 
 #: Environment switch: import the pure-Python modules even where compiled ones exist.

@@ -52,7 +52,15 @@ class Harness:
         self.fail_append = fail_append
         self.session = DeviceSession(ADDR, "s1", credential)
         self.site = DeviceSite(self._append, limits=SiteLimits(**limits))
-        self.endpoint = CoapEndpoint(self._send, self._handle, ack_timeout=0.05, max_retransmit=2)
+        # The plain requests take the listener's path around aiocoap (test_codec.py checks
+        # that both paths answer alike).
+        self.endpoint = CoapEndpoint(
+            self._send,
+            self._handle,
+            ack_timeout=0.05,
+            max_retransmit=2,
+            plain=lambda addr, req: self.site.plain(self.session, req),
+        )
 
     def _send(self, addr: Any, data: bytes) -> bool:
         self.sent.append(Message.decode(data))

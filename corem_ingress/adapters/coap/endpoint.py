@@ -19,6 +19,11 @@ listener here, LwM2M later). It owns, per peer address:
 
 Requests are handed to a ``RequestHandler`` coroutine that returns the response
 message (code, options, payload); the layer sets type, message id and token.
+
+Every datagram is first decoded by our own codec (``codec.py``): empty messages (ping,
+ACK, RST) and plain requests that the ``PlainHandler`` takes (the device site's uplinks
+and Observe cancels) are answered without building aiocoap messages; everything else
+(malformed ones included) goes through aiocoap's codec as before, with the same answers.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import structlog
 from aiocoap import ACK, CON, NON, RST, Message
 from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 
+from corem_ingress.adapters.coap import codec
 from corem_ingress.adapters.coap.blockwise import Block2Assembler, BlockError
 from corem_ingress.adapters.coap.retransmit import ACK_RANDOM_FACTOR, Retransmission
 from corem_ingress.adapters.dtls.events import Address
@@ -57,6 +64,11 @@ SendFn = Callable[[Address, bytes], bool]
 #: Returns the response, or an awaitable of it when the request needs I/O (a Redis append):
 #: answering without a task where possible saves most of the per-request overhead.
 RequestHandler = Callable[[Address, Message], Message | Awaitable[Message]]
+#: A plain request's answer: a code (no options, no payload) or a message.
+PlainReply: TypeAlias = int | Message
+#: Answers a plain request (``codec.PlainRequest``), or returns None, having done nothing,
+#: for one the ``RequestHandler`` must see.
+PlainHandler = Callable[[Address, codec.PlainRequest], PlainReply | Awaitable[PlainReply] | None]
 
 
 @dataclass
@@ -120,9 +132,11 @@ class CoapEndpoint:
         on_reset: Callable[[Address, bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_body: int = 64 * 1024,
+        plain: PlainHandler | None = None,
     ) -> None:
         self._send = send
         self._handler = handler
+        self._plain = plain
         self.ack_timeout = ack_timeout
         self.max_retransmit = max_retransmit
         self._on_reset = on_reset
@@ -175,6 +189,10 @@ class CoapEndpoint:
 
     # -- input -----------------------------------------------------------------------------
     def datagram_received(self, addr: Address, data: bytes) -> None:
+        # The compiled codec takes bytes only (a bytearray goes the general way).
+        fast = codec.decode(data) if type(data) is bytes else None
+        if fast is not None and self._fast_received(addr, fast):
+            return
         try:
             if len(data) < 4 or data[0] & 0x0F > 8:  # token lengths 9-15 are reserved
                 raise UnparsableMessage("bad header")
@@ -201,6 +219,77 @@ class CoapEndpoint:
                 self._send_reply(addr, RST, msg.mid, Message(code=Code.EMPTY))
             return
         self._request_received(addr, state, msg)
+
+    def _fast_received(self, addr: Address, msg: codec.CoapMessage) -> bool:
+        """An empty message, or a plain request the plain handler answers: handled as the
+        general path would (same replies, same dedup); False: the general path takes it."""
+        if msg.code == codec.EMPTY:
+            if msg.token or msg.options or msg.payload:
+                return False
+            state = self._state(addr)
+            if msg.mtype == codec.CON:  # CoAP ping
+                self._send(addr, codec.reply(codec.RST, codec.EMPTY, msg.mid, b""))
+            elif msg.mtype != codec.NON:
+                self._acked(addr, state, msg.mid, msg.mtype == codec.ACK)
+            return True
+        if self._plain is None or self.draining:
+            return False
+        req = codec.plain_request(msg)
+        if req is None:
+            return False
+        state = self._state(addr)
+        now = self._clock()
+        seen = state.seen.get(req.mid)
+        if seen is not None and now - seen[1] < EXCHANGE_LIFETIME:
+            self.stats["duplicates"] += 1
+            if seen[0] is not None:
+                self._send(addr, seen[0])
+            return True
+        try:
+            result = self._plain(addr, req)
+        except Exception:
+            log.exception("coap.handler_failed")
+            result = codec.INTERNAL_SERVER_ERROR
+        if result is None:
+            return False
+        state.seen[req.mid] = (None, now)
+        while len(state.seen) > DEDUP_ENTRIES:
+            state.seen.popitem(last=False)
+        if isinstance(result, (int, Message)):
+            self._plain_respond(addr, state, req, result)
+            return True
+        task = asyncio.ensure_future(self._plain_handle(addr, state, req, result))
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+        return True
+
+    async def _plain_handle(
+        self,
+        addr: Address,
+        state: _PeerState,
+        req: codec.PlainRequest,
+        pending: Awaitable[PlainReply],
+    ) -> None:
+        try:
+            resp = await pending
+        except Exception:
+            log.exception("coap.handler_failed")
+            resp = codec.INTERNAL_SERVER_ERROR
+        self._plain_respond(addr, state, req, resp)
+
+    def _plain_respond(
+        self, addr: Address, state: _PeerState, req: codec.PlainRequest, resp: PlainReply
+    ) -> None:
+        con = req.mtype == codec.CON
+        mid = req.mid if con else self._next_mid()
+        if isinstance(resp, int):
+            raw = codec.reply(codec.ACK if con else codec.NON, resp, mid, req.token)
+            self._send(addr, raw)
+        else:
+            resp.token = req.token
+            raw = self._send_reply(addr, ACK if con else NON, mid, resp)
+        if self._peers.get(addr) is state and req.mid in state.seen:
+            state.seen[req.mid] = (raw if con else None, state.seen[req.mid][1])
 
     def _reject_malformed(self, addr: Address, data: bytes) -> None:
         self.stats["malformed"] += 1
@@ -284,15 +373,19 @@ class CoapEndpoint:
         return raw
 
     def _ack_or_reset(self, addr: Address, state: _PeerState, msg: Message) -> None:
-        fut = state.outstanding.pop(msg.mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg.mtype == ACK)
+        self._acked(addr, state, msg.mid, msg.mtype == ACK)
         if msg.mtype == RST:
-            if fut is not None and self._on_reset is not None:
-                self._on_reset(addr, getattr(fut, "_corem_token", b""))
             return
         if msg.code != Code.EMPTY and msg.code.is_response():
             self._response_received(addr, state, msg, piggybacked=True)
+
+    def _acked(self, addr: Address, state: _PeerState, mid: int, ack: bool) -> None:
+        """An ACK (``ack``) or RST of our CON message ``mid``."""
+        fut = state.outstanding.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ack)
+        if not ack and fut is not None and self._on_reset is not None:
+            self._on_reset(addr, getattr(fut, "_corem_token", b""))
 
     def _response_received(
         self, addr: Address, state: _PeerState, msg: Message, *, piggybacked: bool = False

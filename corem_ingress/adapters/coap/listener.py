@@ -17,7 +17,7 @@ import structlog
 from aiocoap import Code, Message
 
 from corem_ingress import metrics
-from corem_ingress.adapters.coap import provisioning
+from corem_ingress.adapters.coap import codec, provisioning
 from corem_ingress.adapters.coap.endpoint import CoapEndpoint
 from corem_ingress.adapters.coap.site import DeviceSession, DeviceSite, SiteLimits
 from corem_ingress.adapters.dtls import cid
@@ -129,6 +129,7 @@ class CoapListener:
             max_retransmit=cfg.max_retransmit,
             on_reset=self._reset,
             max_body=cfg.max_body_bytes,
+            plain=self._plain_request,
         )
         self.site = DeviceSite(
             services.uplinks.append,
@@ -263,6 +264,25 @@ class CoapListener:
         order = self._order.get(session.session_id)
         if order is not None and not session.representations.transfer_open:
             order.transfer_closed.set()
+        return reply
+
+    def _plain_request(
+        self, addr: Address, req: codec.PlainRequest
+    ) -> int | Message | Awaitable[int | Message] | None:
+        """``_request`` for a plain request to the device site (``DeviceSite.plain``); None
+        for one of a claim or unknown session, to ``/bs`` or a mounted path (LwM2M), or one
+        the site leaves to ``_request`` (the poll, an Observe registration)."""
+        session = self.sessions.get(addr)
+        path = req.path
+        if session is None or session.credential is None or not path:
+            return None
+        if path[0] in self.mounts or path == ("bs",):
+            return None
+        reply = self.site.plain(session, req)
+        if reply is not None:
+            order = self._order.get(session.session_id)
+            if order is not None and not session.representations.transfer_open:
+                order.transfer_closed.set()
         return reply
 
     def adopt_claim_session(self, addr: Address, credential: Credential) -> bool:

@@ -15,6 +15,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
 from corem_ingress import metrics
+from corem_ingress.adapters.coap import codec
 from corem_ingress.adapters.coap.blockwise import (
     Block1Receiver,
     BlockError,
@@ -134,6 +135,57 @@ class DeviceSite:
             return self._error(exc)
         return response(Code.NOT_FOUND)
 
+    def plain(
+        self, session: DeviceSession, req: codec.PlainRequest
+    ) -> int | Message | Awaitable[int | Message] | None:
+        """``handle`` for a plain request (``codec.plain_request``: no block, size or other
+        option) of an authenticated session, answered as ``handle`` would: a code for an
+        answer without options or payload, a message else; None, having done nothing, for
+        what ``handle`` must see (an Observe registration, the poll). The listener routes
+        mounted paths and ``/bs`` elsewhere before."""
+        if session.credential is None:
+            return None
+        path = req.path
+        try:
+            if len(path) == 2 and path[0] == "up":
+                if req.code != codec.POST:
+                    return codec.METHOD_NOT_ALLOWED
+                limit = self.limits.max_body_bytes
+                kind = UplinkKind.parse(path[1])
+                if len(req.payload) > limit:
+                    return self._too_large()
+                return self._plain_store(self._new_uplink(session, kind, req.payload))
+            if path == ("down",):
+                if req.code != codec.GET:
+                    return codec.METHOD_NOT_ALLOWED
+                if req.observe <= 0:
+                    return None  # the poll, or an Observe registration
+                if req.observe == 1:
+                    session.observations.pop(req.token, None)
+                return codec.CONTENT
+        except IngressError as exc:
+            return self._error(exc)
+        return codec.NOT_FOUND
+
+    async def _plain_store(self, uplink: Uplink) -> int | Message:
+        try:
+            await self._append(uplink)
+        except IngressError as exc:  # Unavailable -> 5.03 with Max-Age, never 2.04
+            return self._error(exc)
+        return codec.CHANGED
+
+    def _new_uplink(self, session: DeviceSession, kind: UplinkKind, body: bytes) -> Uplink:
+        assert session.credential is not None
+        payload, encoding = payload_from_bytes(body)
+        return Uplink.new(
+            session.credential.identity,
+            Transport.COAP,
+            kind,
+            payload,
+            now=self._clock(),
+            payload_encoding=encoding,
+        )
+
     def limit_uplinks(
         self,
         wrap: Callable[[Callable[[Uplink], Awaitable[str]]], Callable[[Uplink], Awaitable[str]]],
@@ -173,16 +225,7 @@ class DeviceSite:
             if not isinstance(step, Complete):
                 return step
             body = step.body
-        payload, encoding = payload_from_bytes(body)
-        uplink = Uplink.new(
-            session.credential.identity,
-            Transport.COAP,
-            kind,
-            payload,
-            now=self._clock(),
-            payload_encoding=encoding,
-        )
-        return self._store(uplink, block)
+        return self._store(self._new_uplink(session, kind, body), block)
 
     async def _store(self, uplink: Uplink, block: Any) -> Message:
         try:

@@ -468,6 +468,12 @@ class DtlsServer:
         closes every session that went idle within it."""
         return max(0.05, min(5.0, self.config.idle_timeout / 4))
 
+    @property
+    def timer_changes(self) -> int:
+        """Grows whenever a deadline is set, cancelled or expires: while it stands still,
+        ``next_timer`` is where it was (the transport keeps its timer)."""
+        return self._timers.changes + self._retransmits.changes
+
     def next_timer(self, now: float) -> float | None:
         """When ``handle_timer`` should next run (absolute, on the ``now`` clock)."""
         best = self._timers.next_deadline()

@@ -26,6 +26,9 @@ class TimerHeap(Generic[K]):
         self._live: dict[tuple[K, str], int] = {}
         self._seq = itertools.count()
         self._stale = 0
+        #: Counts the changes of the live deadlines: while it stands still, the next
+        #: deadline has not moved (the transport then skips re-planning its timer).
+        self.changes = 0
 
     def __len__(self) -> int:
         """Live deadlines."""
@@ -34,6 +37,7 @@ class TimerHeap(Generic[K]):
     def set(self, key: K, kind: str, deadline: float) -> None:
         """``key``'s ``kind`` deadline is now ``deadline`` (replacing an earlier one)."""
         seq = next(self._seq)
+        self.changes += 1
         if self._live.get((key, kind)) is not None:
             self._stale += 1
         self._live[(key, kind)] = seq
@@ -42,6 +46,7 @@ class TimerHeap(Generic[K]):
 
     def cancel(self, key: K, kind: str) -> None:
         if self._live.pop((key, kind), None) is not None:
+            self.changes += 1
             self._stale += 1
             self._maybe_compact()
 
@@ -63,6 +68,7 @@ class TimerHeap(Generic[K]):
                 return due
             _deadline, _seq, key, kind = heapq.heappop(self._heap)
             del self._live[(key, kind)]
+            self.changes += 1
             due.append((key, kind))
 
     def _current(self, entry: tuple[float, int, K, str]) -> bool:

@@ -122,6 +122,8 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: ``server.timer_changes`` when the timer was last planned.
+        self._timer_changes = -1
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         server.on_address_changed = self._address_changed
@@ -328,6 +330,10 @@ class DtlsTransport(asyncio.DatagramProtocol):
             log.exception("dtls.handler_failed", dtls_event=type(event).__name__)
 
     def _schedule(self) -> None:
+        changes = self.server.timer_changes
+        if self._timer is not None and changes == self._timer_changes:
+            return  # no deadline moved since the armed timer was planned (most datagrams)
+        self._timer_changes = changes
         now = self._clock()
         at = self.server.next_timer(now)
         if at is None:
