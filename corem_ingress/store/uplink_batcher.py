@@ -24,6 +24,7 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,7 +32,7 @@ import redis.exceptions
 import structlog
 
 from corem_ingress.core.errors import Unavailable
-from corem_ingress.core.uplink import Uplink
+from corem_ingress.core.uplink import JsonValue, Uplink
 from corem_ingress.store.connection import ClientCommands, KeyedCommands, is_cluster
 from corem_ingress.store.keys import KeySchema
 
@@ -224,7 +225,7 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
         # once, not per message as json.dumps(separators=...) does; the four fields that are
         # the same for every message of a device and kind are packed once (_middle).
         mid = u.message_id.encode()
-        payload = _JSON.encode(u.payload).encode()
+        payload = _json_text(u.payload).encode()
         encoding = u.payload_encoding.encode()
         received = repr(u.received_at).encode()
         parts += (
@@ -252,6 +253,23 @@ def _bulk(data: bytes) -> bytes:
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"))
+#: ``_JSON.encode`` without building its C encoder per call (``JSONEncoder.iterencode``
+#: does): the same encoder and arguments, made once. No circular-reference markers: a
+#: payload is a parsed JSON value, which has no cycles.
+_C_ENCODER = (
+    c_make_encoder(None, _JSON.default, encode_basestring_ascii, None, ":", ",", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def _json_text(value: JsonValue) -> str:
+    """``json.dumps(value, separators=(",", ":"))``: the stream's payload text."""
+    if _C_ENCODER is None:
+        return _JSON.encode(value)
+    return "".join(_C_ENCODER(value, 0))
+
+
 _FIELDS = (
     "message_id",
     "tenant_id",
