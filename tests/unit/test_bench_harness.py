@@ -4,6 +4,8 @@ run by ``make bench`` (``--quick`` for a smoke run), never by the suite."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import harness, pyspy
@@ -53,12 +55,10 @@ def test_profile_summary_separates_the_idle_loop() -> None:
 
 
 def test_before_tree_gets_the_compiled_modules_only_when_their_sources_match(
-    tmp_path: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
     """``--before REV`` must not compare REV's pure hot modules with our compiled ones."""
-    from pathlib import Path
-
-    root = Path(str(tmp_path))
+    root = tmp_path
 
     def tree(name: str, codec_src: bytes) -> Path:
         pkg = root / name / "corem_ingress"
