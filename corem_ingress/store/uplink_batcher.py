@@ -59,6 +59,8 @@ class UplinkBatcher:
         self._task: asyncio.Task[None] | None = None
         self._on_batch_done = on_batch_done
         self._conn: Any = None
+        #: The kept connection's own socket timeout, restored when it goes back to the pool.
+        self._socket_timeout: float | None = None
         self._timeout_s = timeout_s
         #: On a cluster: one lane per stream, each EVAL routed to its slot's master.
         self._cluster = is_cluster(redis) or keyed is not None
@@ -167,12 +169,16 @@ class UplinkBatcher:
         """Send pre-packed commands on the batcher's own connection; one reply (or error) each.
 
         The connection is taken from the client's pool once and kept (batches are
-        sequential); after an error it is disconnected and handed back.
+        sequential); after an error it is disconnected and handed back. While kept, its
+        own socket timeout is off: ``_write`` bounds the whole batch (``timeout_s``), and
+        redis-py's per-call timeouts (a task for ``wait_for`` around the send, a timeout
+        context per reply) were a tenth of the broker's CPU per QoS 1 window.
         """
-        pool = self._r.connection_pool
-        if self._conn is None:
-            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            self._socket_timeout = conn.socket_timeout
+            conn.socket_timeout = None
         try:
             await conn.send_packed_command(packed, check_health=False)
             replies: list[object] = []
@@ -185,14 +191,18 @@ class UplinkBatcher:
         except BaseException:
             self._conn = None
             await conn.disconnect()
-            await pool.release(conn)
+            await self._release(conn)
             raise
+
+    async def _release(self, conn: Any) -> None:
+        conn.socket_timeout = self._socket_timeout
+        await self._r.connection_pool.release(conn)
 
     async def close(self) -> None:
         """Hand the kept connection back to the pool."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await self._r.connection_pool.release(conn)
+            await self._release(conn)
 
 
 # One EVAL per stream: XADD each entry (ARGV: field count, then field/value pairs).
