@@ -223,6 +223,10 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
     head = [b"EVAL", _APPEND_SCRIPT, b"1", key.encode(), b"%d" % len(uplinks)]
     parts = [_bulk(a) for a in head]
     count = 5
+    # The messages of one read share their time (adapters/mqtt/protocol.py): its text
+    # once per run of equal times (float repr is ~0.5 us).
+    last_time: float | None = None
+    received = b""
     for u in uplinks:
         if u.properties is not None:
             # Rare (MQTT 5 properties): the generic layout, one more field.
@@ -237,7 +241,9 @@ def pack_append(key: str, uplinks: list[Uplink]) -> bytes:
         mid = u.message_id.encode()
         payload = _json_text(u.payload).encode()
         encoding = u.payload_encoding.encode()
-        received = repr(u.received_at).encode()
+        if u.received_at != last_time:
+            last_time = u.received_at
+            received = repr(last_time).encode()
         parts += (
             _HEAD % (len(mid), mid),
             _middle(u.tenant_id, u.device_id, u.transport, u.kind),
