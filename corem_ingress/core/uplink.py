@@ -161,15 +161,19 @@ _IDS_BATCH = 256
 _ids: list[str] = []
 
 
+#: Byte maps setting the version (4) and variant (RFC 4122) bits of a UUID.
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
 def _fresh_ids() -> list[str]:
-    raw = os.urandom(16 * _IDS_BATCH)
-    out = []
-    for i in range(0, 16 * _IDS_BATCH, 16):
-        b = bytearray(raw[i : i + 16])
-        b[6] = (b[6] & 0x0F) | 0x40  # version 4
-        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-        out.append(b.hex())
-    return out
+    """``_IDS_BATCH`` version 4 UUIDs as hex: the bits set for all of them at once (byte 6
+    and byte 8 of each 16), then one hex text cut in 32-digit pieces."""
+    raw = bytearray(os.urandom(16 * _IDS_BATCH))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
+    text = raw.hex()
+    return [text[i : i + 32] for i in range(0, 32 * _IDS_BATCH, 32)]
 
 
 def new_message_id() -> str:
