@@ -17,6 +17,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -134,4 +135,26 @@ def export_rev(rev: str, into: Path) -> Path:
         ["git", "-C", str(root), "archive", rev, "corem_ingress"], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    _copy_compiled(root / "corem_ingress", into / "corem_ingress", rev)
     return into
+
+
+def _copy_compiled(ours: Path, theirs: Path, rev: str) -> None:
+    """This tree's mypyc-compiled modules, into the exported tree when their sources are the
+    same there: ``git archive`` has no ``.so``, and without them REV would run its hot
+    modules as pure Python while this tree runs them compiled (a bias in the comparison).
+    If a source differs, REV runs pure, and says so."""
+    built = sorted(p for p in ours.rglob("*.so") if p.is_file())
+    if not built:
+        return
+
+    def source(tree: Path, so: Path) -> bytes | None:
+        py = (tree / so.relative_to(ours)).with_name(so.name.split(".")[0] + ".py")
+        return py.read_bytes() if py.exists() else None
+
+    # The shared mypyc runtime (``*__mypyc*.so``) has no source of its own.
+    if any(source(theirs, so) != source(ours, so) for so in built if "__mypyc" not in so.name):
+        print(f"--before {rev}: compiled sources differ: it runs them pure", file=sys.stderr)
+        return
+    for so in built:
+        shutil.copy2(so, theirs / so.relative_to(ours))  # keeps the mtime: newer than the .py

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from corem_ingress import __version__, compiled, event_loop, fdlimit, health, metrics
+from corem_ingress import __version__, compiled, event_loop, fdlimit, gc_tuning, health, metrics
 from corem_ingress.adapters import Listener
 from corem_ingress.config import Config
 from corem_ingress.core.access import AccessPolicy
@@ -478,6 +478,7 @@ async def serve(config: Config, config_file: str | Path | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
+        log.info("gc.frozen", objects=gc_tuning.freeze_startup_objects())
         await stop.wait()
     finally:
         await node.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
@@ -44,6 +45,8 @@ def _finite_float(literal: str) -> float:
 #: One decoder (``json.loads`` with options builds a new one per call). Floats are checked
 #: as they are parsed: cheaper than scanning every text for a long exponent.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+#: Its scanner (set by JSONDecoder.__init__; not in the type stubs).
+_SCAN: Callable[[str, int], tuple[JsonValue, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads(data: str | bytes) -> JsonValue:
@@ -63,7 +66,17 @@ def loads(data: str | bytes) -> JsonValue:
 def loads_decoded(text: str) -> JsonValue:
     """``loads`` of text decoded from UTF-8 (so holding no raw surrogate)."""
     try:
-        value: JsonValue = _DECODER.decode(text)
+        value: JsonValue
+        try:
+            # The scanner alone: JSONDecoder.decode's whitespace matches around it cost
+            # more than the scan of a small payload. Text it does not consume whole
+            # (surrounding whitespace, extra data, an error) takes the full path, which
+            # accepts or refuses it exactly as before.
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            value = _DECODER.decode(text)
     except JsonTextError:
         raise
     except RecursionError:

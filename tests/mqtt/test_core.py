@@ -481,3 +481,19 @@ def test_subscription_matching_is_exact_lookup_plus_bounded_wildcards() -> None:
     assert subs.qos_for(f"{base}/config") == 0
     subs.remove(f"{base}/#")
     assert subs.qos_for(f"{base}/command") is None and subs.qos_for(f"{base}/config") == 0
+
+
+def test_publish_received_event_is_the_dataclass_one() -> None:
+    """The core builds its PUBLISH events without the frozen dataclass's __init__ (issue
+    18): the same event, still frozen."""
+    import dataclasses
+
+    from corem_ingress.adapters.mqtt.connection import _publish_received
+    from corem_ingress.adapters.mqtt.events import PublishReceived
+
+    publish = codec.Publish("devices/x/up/telemetry", b"{}", 1, packet_id=7)
+    event = _publish_received(publish)
+    assert type(event) is PublishReceived and event == PublishReceived(publish)
+    assert event.publish is publish
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.publish = publish  # type: ignore[misc]

@@ -65,3 +65,51 @@ async def test_unreachable_redis_fails_every_item(keys: KeySchema) -> None:
     await asyncio.wait_for(batcher.drain(10), 15)
     assert len(errors) == 3 and all(isinstance(e, Unavailable) for e in errors)
     await dead.aclose()
+
+
+async def test_kept_connection_has_no_socket_timeout_of_its_own_and_gets_it_back(
+    redis: aioredis.Redis, keys: KeySchema
+) -> None:
+    """The batch is bounded by ``timeout_s`` as a whole; the kept connection's own socket
+    timeout is off meanwhile (issue 18: redis-py's per-call timeouts), and back once the
+    connection returns to the pool."""
+    pool_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+    batcher = UplinkBatcher(redis, keys)
+    errors: list[Unavailable | None] = []
+    batcher.submit(uplink("acme", 0), errors.append)
+    await batcher.drain(10)
+    assert errors == [None]
+    kept = batcher._conn
+    assert kept is not None and kept.socket_timeout is None
+    await batcher.close()
+    assert kept.socket_timeout == pool_timeout
+
+
+async def test_a_redis_that_never_answers_fails_the_batch_within_timeout_s(
+    keys: KeySchema,
+) -> None:
+    """A peer that takes the connection and the EVAL but never replies: without the
+    connection's own timeout, ``timeout_s`` alone ends the batch (nothing acknowledged),
+    and the broken connection is not kept."""
+    from corem_ingress.app import redis_client
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 20)  # takes what is sent, answers nothing
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mute = redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=30.0)
+    batcher = UplinkBatcher(mute, keys, timeout_s=0.5)
+    errors: list[Unavailable | None] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(3):
+        batcher.submit(uplink("acme", i), errors.append)
+    await asyncio.wait_for(batcher.drain(10), 15)
+    assert loop.time() - started < 5
+    assert len(errors) == 3 and all(isinstance(e, Unavailable) for e in errors)
+    assert batcher._conn is None
+    await batcher.close()
+    await mute.aclose()
+    server.close()

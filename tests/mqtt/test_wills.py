@@ -130,3 +130,32 @@ async def test_will_delay_reconnect_on_another_node_cancels_else_stored_with_pro
     (entry,) = await uplinks(redis, "acme")
     assert entry["kind"] == "state" and json.loads(entry["payload"]) == {"state": "gone"}
     assert json.loads(entry["properties"]) == {"content_type": "application/json"}
+
+
+async def test_publishes_of_one_read_share_its_time_and_a_will_takes_the_clock(
+    mqtt_node, registry, pki, redis
+):  # type: ignore[no-untyped-def]
+    """``received_at`` is the wall-clock time of the read that carried the PUBLISH (one
+    clock call per read, issue 18); a will, stored at the close, takes the clock then."""
+    import time
+
+    _node, listener = await mqtt_node(wills_as_uplinks=True)
+    dev = await provision_x509(registry, pki, "acme", "hw-times")
+    topic = f"devices/{dev.device_id}/up/telemetry"
+    client = await session(listener, pki, dev, f"devices/{dev.device_id}/up/state")
+    before = time.time()
+    # One write, one TLS record: one read on the broker's side.
+    await client.send(b"".join(codec.encode_publish(topic, b'{"n":%d}' % i, 0) for i in range(3)))
+    await wait_for(lambda: listener.stats["uplinks"] == 3, what="3 stored")
+    await asyncio.sleep(0.05)
+    await client.send(codec.encode_publish(topic, b'{"n":3}', 0))
+    await wait_for(lambda: listener.stats["uplinks"] == 4, what="4 stored")
+    await asyncio.sleep(0.05)
+    client.writer.transport.abort()
+    await wait_for(lambda: listener.stats["wills_stored"] == 1, what="will stored")
+    await asyncio.sleep(0.2)  # let the batch land
+    entries = await uplinks(redis, "acme")
+    assert [json.loads(e["payload"]) for e in entries[:4]] == [{"n": i} for i in range(4)]
+    times = [float(e["received_at"]) for e in entries]
+    assert before <= times[0] == times[1] == times[2] < times[3] < times[4] <= time.time()
+    assert entries[4]["kind"] == "state"

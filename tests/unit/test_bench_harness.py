@@ -4,6 +4,8 @@ run by ``make bench`` (``--quick`` for a smoke run), never by the suite."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import harness, pyspy
@@ -50,3 +52,29 @@ def test_profile_summary_separates_the_idle_loop() -> None:
     assert text.startswith("50 busy samples")
     assert "60.0  new (core/uplink.py)" in text  # self share of the busy samples
     assert "100.0  on_publish (mqtt/session.py)" in text  # inclusive, lines merged
+
+
+def test_before_tree_gets_the_compiled_modules_only_when_their_sources_match(
+    tmp_path: Path,
+) -> None:
+    """``--before REV`` must not compare REV's pure hot modules with our compiled ones."""
+    root = tmp_path
+
+    def tree(name: str, codec_src: bytes) -> Path:
+        pkg = root / name / "corem_ingress"
+        (pkg / "mqtt").mkdir(parents=True)
+        (pkg / "mqtt" / "codec.py").write_bytes(codec_src)
+        return pkg
+
+    ours = tree("ours", b"x = 1\n")
+    (ours / "mqtt" / "codec.cpython-311-x86_64-linux-gnu.so").write_bytes(b"ELF")
+    (ours / "_compiled__mypyc.cpython-311-x86_64-linux-gnu.so").write_bytes(b"ELF")
+    same = tree("same", b"x = 1\n")
+    harness._copy_compiled(ours, same, "rev")
+    assert sorted(p.name for p in same.rglob("*.so")) == [
+        "_compiled__mypyc.cpython-311-x86_64-linux-gnu.so",
+        "codec.cpython-311-x86_64-linux-gnu.so",
+    ]
+    other = tree("other", b"x = 2\n")
+    harness._copy_compiled(ours, other, "rev")
+    assert not list(other.rglob("*.so"))  # REV runs pure (and the harness says so)

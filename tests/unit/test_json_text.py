@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
@@ -57,3 +59,59 @@ def test_lwm2m_senml_json_string_with_a_lone_surrogate_is_4_00() -> None:
     payload = b'[{"bn": "/3/0/", "n": "0", "vs": "\\ud800"}]'
     with pytest.raises(InvalidArgument, match="surrogate"):
         decode(payload, CF_SENML_JSON, "/3/0", now=0.0)
+
+
+# -- issue 18: the scanner-first parse and the prebuilt encoder keep the same results ---------
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _full_path(text: str) -> object:
+    """What ``loads_decoded`` did before: ``JSONDecoder.decode`` and the walk."""
+    try:
+        value = json_text._DECODER.decode(text)
+        json_text.check(value)
+    except (ValueError, RecursionError) as exc:
+        return type(exc)
+    return value
+
+
+def _fast_path(text: str) -> object:
+    try:
+        return json_text.loads_decoded(text)
+    except json_text.JsonTextError:
+        return ValueError  # JsonTextError is one; the full path's errors map to it
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values, st.sampled_from(["", " ", "\n", "\t "]), st.sampled_from(["", " ", "x", "1"]))
+def test_scanner_first_parse_accepts_and_refuses_as_decode(
+    value: object, before: str, after: str
+) -> None:
+    for text in (
+        json.dumps(value),
+        json.dumps(value, separators=(",", ":")),
+        before + json.dumps(value, indent=1) + after,
+    ):
+        expected = _full_path(text)
+        assert _fast_path(text) == (ValueError if isinstance(expected, type) else expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_scanner_first_parse_of_any_text(text: str) -> None:
+    if json_text._SURROGATE.search(text):
+        return  # loads_decoded's input is decoded UTF-8: never holds one
+    expected = _full_path(text)
+    assert _fast_path(text) == (ValueError if isinstance(expected, type) else expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_stream_payload_text_is_json_dumps_compact(value: object) -> None:
+    from corem_ingress.store.uplink_batcher import _json_text
+
+    assert _json_text(value) == json.dumps(value, separators=(",", ":"))  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import uuid
 
 import pytest
@@ -6,7 +7,14 @@ import pytest
 from corem_ingress.core.downlink import Downlink
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.identity import CredentialKind, DeviceIdentity
-from corem_ingress.core.uplink import Transport, Uplink, UplinkKind, payload_from_bytes
+from corem_ingress.core.uplink import (
+    JsonValue,
+    Transport,
+    Uplink,
+    UplinkKind,
+    new_message_id,
+    payload_from_bytes,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +51,43 @@ def test_message_ids_are_uuid4_hex() -> None:
         assert len(mid) == 32 and mid == mid.lower()
         parsed = uuid.UUID(hex=mid)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == mid
+
+
+def test_message_ids_unique_across_batches_and_forks() -> None:
+    """Ids are made 256 at a time: none repeats across batches, and a forked child does
+    not inherit the parent's unused ones (it would hand out the same ids)."""
+    import os
+
+    ids = [new_message_id() for _ in range(1000)]  # several batches
+    assert len(set(ids)) == len(ids)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, through the pipe
+        os.write(w, new_message_id().encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(r)
+    assert len(child) == 32 and child != new_message_id()
+
+
+def test_new_builds_the_dataclass_object() -> None:
+    """``Uplink.new`` sets the slots directly: the same object the dataclass builds, and
+    still frozen."""
+    props: dict[str, JsonValue] = {"content_type": "a/b"}
+    u = Uplink.new(
+        ID, Transport.MQTT, UplinkKind.STATE, [1], now=5.5, payload_encoding="text",
+        properties=props,
+    )  # fmt: skip
+    assert u == Uplink(
+        "t", "d", Transport.MQTT, UplinkKind.STATE, [1], 5.5, u.message_id, "text", props
+    )
+    assert dataclasses.replace(u) == u
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        u.kind = UplinkKind.EVENT  # type: ignore[misc]
+    plain = Uplink.new(ID, Transport.HTTP, UplinkKind.EVENT, None, now=0.0)
+    assert (plain.payload_encoding, plain.properties) == ("json", None)
 
 
 def test_kind_parse() -> None:

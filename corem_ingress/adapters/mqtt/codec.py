@@ -79,7 +79,10 @@ class Connect:
     will_properties: Properties = EMPTY
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the other packets: one is built per PUBLISH, and mypyc leaves a
+# frozen dataclass's __init__ to object.__setattr__ per field (~0.9 us against ~0.2 us
+# mutable: issue 18). Treat it as a value all the same (``dataclasses.replace``).
+@dataclass(slots=True)
 class Publish:
     topic: str
     payload: bytes

@@ -10,7 +10,7 @@ CONNACK first gets a DISCONNECT with the cause's reason code (``Cause.mqtt5``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Final
@@ -508,7 +508,7 @@ class MqttConnection:
                 packet = checked
             if packet.qos == 2 and not self._receive_qos2(packet.packet_id):
                 return
-            self._events.append(PublishReceived(packet))
+            self._events.append(_publish_received(packet))
         elif isinstance(packet, Ack):
             if packet.type is _PUBACK:
                 if self._inflight and packet.packet_id in self._inflight:
@@ -541,6 +541,20 @@ class MqttConnection:
             self._fail(Cause.PROTOCOL_ERROR, "AUTH without enhanced authentication")
         else:  # a second CONNECT
             self._fail(Cause.PROTOCOL_ERROR, "second CONNECT")
+
+
+_new_event = object.__new__
+_set_publish: Callable[[PublishReceived, Publish], None] = PublishReceived.__dict__[
+    "publish"
+].__set__
+
+
+def _publish_received(publish: Publish) -> PublishReceived:
+    """``PublishReceived(publish)`` without the frozen dataclass's ``__init__`` (an
+    ``object.__setattr__`` call): one per PUBLISH. A test holds them equal."""
+    event = _new_event(PublishReceived)
+    _set_publish(event, publish)
+    return event
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -63,6 +63,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         "listener",
         "mqtt",
         "peer",
+        "received_at",
         "session",
         "tls",
     )
@@ -82,6 +83,9 @@ class MqttProtocol(asyncio.BufferedProtocol):
         self._ip = ""
         #: Reads the PROXY header first when ``mqtt.proxy_protocol`` is on (None: done/off).
         self._preamble: ProxyPreamble | None = None
+        #: Wall-clock time (``services.clock``) of the latest read: the ``received_at`` of
+        #: every PUBLISH it carried (one clock call per read, not per message).
+        self.received_at = listener.services.clock()
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,6 +162,7 @@ class MqttProtocol(asyncio.BufferedProtocol):
         if handshaking and self.tls.handshake_done:
             metrics.handshake(TRANSPORT, ok=True)
         if plain:
+            self.received_at = self.listener.services.clock()
             self.mqtt.receive_data(plain, self.listener.loop.time())
             self._drain()
         if self.tls.closed:

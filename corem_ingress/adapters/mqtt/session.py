@@ -142,7 +142,9 @@ class DeviceSession:
                 log.info("mqtt.rate_limited", peer=conn.peer, device=identity.device_id)
                 conn.fail(Cause.DEVICE_RATE)
             return
-        uplink = self._uplink(kind, publish.payload, envelope_properties(publish.properties))
+        uplink = self._uplink(
+            kind, publish.payload, envelope_properties(publish.properties), conn.received_at
+        )
         self._unacked += 1
         if self._unacked > listener.config.max_inflight and not self._paused:
             self._paused = True
@@ -190,14 +192,19 @@ class DeviceSession:
             conn.fail(Cause.STORAGE_UNAVAILABLE)
             return
         listener.count("uplinks")
-        conn.mqtt.ack_publish(publish)
-        listener.mark_dirty(conn)
+        if publish.qos:  # QoS 0 has no acknowledgement to send
+            conn.mqtt.ack_publish(publish)
+            listener.mark_dirty(conn)
         if self._paused and self._unacked <= listener.config.max_inflight:
             self._paused = False
             conn.resume_reading()
 
     def _uplink(
-        self, kind: UplinkKind, data: bytes, properties: dict[str, JsonValue] | None = None
+        self,
+        kind: UplinkKind,
+        data: bytes,
+        properties: dict[str, JsonValue] | None,
+        received_at: float,
     ) -> Uplink:
         """The envelope of a message from this device (a PUBLISH or its will)."""
         payload, encoding = payload_from_bytes(data)
@@ -206,7 +213,7 @@ class DeviceSession:
             _MQTT,
             kind,
             payload,
-            now=self._conn.listener.services.clock(),
+            now=received_at,
             payload_encoding=encoding,
             properties=properties,
         )
@@ -494,7 +501,9 @@ class DeviceSession:
         except PermissionDenied:
             log.info("mqtt.will_ignored", device=self.identity.device_id, reason="foreign topic")
             return
-        uplink = self._uplink(kind, will.payload, envelope_properties(will.properties))
+        uplink = self._uplink(
+            kind, will.payload, envelope_properties(will.properties), listener.services.clock()
+        )
         listener.count("wills_stored")
         started = time.perf_counter()
         listener.batcher.submit(uplink, lambda error: _will_stored(error, started))
