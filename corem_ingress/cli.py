@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -1313,8 +1314,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{exc.code}: {exc.message}", EXIT_SERVER)
     except (IngressError, InvalidArgument) as exc:
         return _fail(f"{exc.code}: {exc.message}", exc.cli_exit)
+    except BrokenPipeError:
+        return _reader_gone()
     except (OSError, redis_exceptions.RedisError) as exc:
         return _fail(f"cannot reach Redis: {exc}", EXIT_SERVER)
+
+
+def _reader_gone() -> int:
+    """Whoever read our output closed it (``| head -1``): end quietly, as a C tool killed by
+    SIGPIPE would (128 + 13), and point stdout at /dev/null so the exit flush cannot fail too."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _fail(message: str, code: int) -> int:

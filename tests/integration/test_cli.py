@@ -479,3 +479,22 @@ def test_trust_anchor_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert [(p["fingerprint"], p["problem"]) for p in report["problems"]] == [
         (c.fingerprint, "issuing_ca_removed")
     ]
+
+
+def test_reader_closing_the_pipe_is_not_a_redis_error() -> None:
+    """`corem-ingress version | head -1`: a closed stdout is the reader leaving, not Redis
+    being unreachable (it used to print "cannot reach Redis: [Errno 32] Broken pipe")."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before we write a byte
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "corem_ingress", "version"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert out.stderr == ""
+    assert out.returncode == 141  # 128 + SIGPIPE, as a C tool killed by SIGPIPE
