@@ -260,8 +260,9 @@ class ConnectionIdConfig:
     #: still send a client's CID, but its address can no longer change), else 4..16 (the
     #: first 2 name this node, for cross-node forwarding).
     length: int = 8
-    #: The address other nodes forward this node's CID records to (its DTLS port; empty:
-    #: coap.host). Needed when coap.host is a wildcard such as 0.0.0.0.
+    #: The address other nodes forward this node's CID records to (its DTLS port, or with
+    #: ``reuse_port`` a UDP port of this process's own; empty: coap.host). Needed when
+    #: coap.host is a wildcard such as 0.0.0.0.
     advertise_host: str = ""
 
     def validate(self) -> None:
@@ -727,8 +728,8 @@ class Config:
     #: Bind the device listeners (MQTT, CoAP/DTLS, HTTP and its admin listener, LwM2M NoSec)
     #: with SO_REUSEPORT, so that several broker processes on one host share their ports
     #: and the kernel spreads connections (UDP: by address and port) over them. Each process
-    #: still needs its own ``health.port``. See docs/operations.md, "Several processes on
-    #: one port".
+    #: still needs its own ``health.port``. See docs/operations.md, "Several broker processes
+    #: on one port".
     reuse_port: bool = False
     redis: RedisConfig = field(default_factory=RedisConfig)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)

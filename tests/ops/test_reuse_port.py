@@ -252,3 +252,22 @@ async def test_held_dtls_sessions_when_a_process_joins_or_dies(
     finally:
         for cl in clients:
             cl.close()
+
+
+async def test_a_shared_health_port_or_a_missing_reuse_port_stops_the_process(
+    brokers: Callable[..., Broker],
+) -> None:
+    """The health port is never shared (its /metrics and /readyz are one process's), and a
+    process without ``reuse_port`` cannot join the others' ports: either stops at start,
+    saying it cannot listen (not that Redis is unreachable)."""
+    ports = shared_ports()
+    a = on_shared_ports(brokers, "rh-a", ports)
+    await wait_ready(a)
+    same_health = on_shared_ports(brokers, "rh-b", ports, COREM_HEALTH_PORT=str(a.health_port))
+    no_reuse = on_shared_ports(brokers, "rh-c", ports, COREM_REUSE_PORT="false")
+    for b in (same_health, no_reuse):
+        assert await asyncio.to_thread(b.proc.wait, 30) == 1
+        last = b.log.read_text().strip().splitlines()[-1]
+        assert last.startswith("corem-ingress: error: cannot listen: "), last
+        assert "address already in use" in last
+    await wait_ready(a)  # the first one serves on
