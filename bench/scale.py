@@ -1,6 +1,7 @@
 """Scale: hold 100,000 idle mTLS MQTT devices and 50,000 DTLS sessions on one node.
 
     .venv/bin/python -m bench.scale [--mqtt 10000] [--dtls 10000] [--brokers 0] [--shared-ports]
+                                    [--broker-env COREM_KEY=VALUE ...]
                                     [--idle-seconds 20] [--ping-seconds 20]
                                     [--max-seconds 360] [--json-out FILE]
     # issue 18's full scale (about 15 minutes on the 2-core machine):
@@ -425,6 +426,13 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=360.0, help="bound on the whole run")
     ap.add_argument("--json-out")
     ap.add_argument(
+        "--broker-env",
+        action="append",
+        default=[],
+        metavar="COREM_KEY=VALUE",
+        help="a setting for every broker (e.g. COREM_COAP_DETACH_OPENSSL=false); repeatable",
+    )
+    ap.add_argument(
         "--cache",
         default=str(Path.home() / ".cache" / "corem-bench-scale"),
         help="keep the provisioned devices (Redis snapshot, certificates) here for re-runs",
@@ -444,8 +452,8 @@ def main() -> int:
     per_broker = max(1000, nofile - BROKER_FD_RESERVE)
     n_brokers = args.brokers or max(1, math.ceil(args.mqtt / per_broker))
     per_client = max(1000, nofile - CLIENT_FD_RESERVE)
-    n_mqtt_gens = max(1, math.ceil(args.mqtt / per_client))
-    n_dtls_gens = max(1, math.ceil(args.dtls / per_client))
+    n_mqtt_gens = math.ceil(args.mqtt / per_client)  # 0 when the run has none
+    n_dtls_gens = math.ceil(args.dtls / per_client)
     work = Path(tempfile.mkdtemp(prefix="corem-bench-scale-"))
     # Provisioning 150,000 devices takes ~10 minutes here: keep them for the next run.
     cache = Path(args.cache) / f"{args.mqtt}-{args.dtls}" if args.cache else None
@@ -464,6 +472,7 @@ def main() -> int:
         "nofile_limit": nofile,
         "brokers": n_brokers,
         "shared_ports": args.shared_ports,
+        "broker_env": args.broker_env,
         "load_generators": {"mqtt": n_mqtt_gens, "dtls": n_dtls_gens},
         "sysctl": sysctls(),
         "mqtt": {"target": args.mqtt},
@@ -499,6 +508,9 @@ def main() -> int:
                 ports.update(shared)
             ports_of.append(ports)
             env = broker_env(redis.url, kek, work, ports, dtls_cap, shared=args.shared_ports)
+            for item in args.broker_env:
+                key, _, value = item.partition("=")
+                env[key] = value
             brokers.append(
                 subprocess.Popen(
                     ["taskset", "-c", "0", sys.executable, "-m", "corem_ingress", "serve"],
@@ -668,7 +680,7 @@ def report(result: dict[str, Any]) -> None:
             f"devices at 60 s ({ka.get('cpu_percent_per_10k_at_300s')} % at 300 s)"
         )
     print(
-        f"{result['brokers']} broker processes "
+        f"{result['brokers']} broker process(es) "
         f"({'one shared port' if result.get('shared_ports') else 'own ports'}, sessions "
         f"{result.get('sessions_per_broker')}): RSS {result.get('broker_rss_mb_start')} MB -> "
         f"{result.get('broker_rss_mb_total')} MB; CPU at idle {result.get('idle_cpu_percent')} % "
