@@ -95,13 +95,13 @@ async def test_two_processes_share_every_port(
         held = await per_broker([a, b], MQTT_LIVE)
         assert sum(held) == n_mqtt and min(held) > 0, held
 
-        # CoAP/DTLS: 16 libcoap clients (a process, a source port and a handshake each),
+        # CoAP/DTLS: 24 libcoap clients (a process, a source port and a handshake each),
         # every datagram of a handshake and its request must reach the same process.
         key = secrets.token_urlsafe(30).encode()  # printable: libcoap -k takes text
         await registry.provision(
             "rp", "SN-C", CredentialKind.PSK, actor="test", psk_identity="rp:c", psk_bytes=key
         )
-        n_coap = 16
+        n_coap = 24
         codes = await asyncio.gather(
             *(coap_post(ports["coap"], "rp:c", key, f'{{"c":{i}}}') for i in range(n_coap))
         )
@@ -114,7 +114,7 @@ async def test_two_processes_share_every_port(
         http_out = await registry.provision("rp", "SN-H", CredentialKind.API_KEY, actor="test")
         assert http_out.api_key is not None
         key_h = http_out.api_key.api_key
-        n_http = 16
+        n_http = 24
         statuses = await asyncio.gather(
             *(
                 asyncio.to_thread(http_uplink, ports["http"], http_out.device.device_id, key_h, i)
