@@ -58,6 +58,7 @@ from aiocoap import CON, Message  # noqa: E402
 from aiocoap.numbers.codes import Code  # noqa: E402
 from OpenSSL import SSL  # noqa: E402
 
+from bench.harness import spread  # noqa: E402
 from bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
 from corem_ingress import devcerts  # noqa: E402
 from corem_ingress.app import redis_client  # noqa: E402
@@ -286,16 +287,6 @@ async def provision(url: str, kek: str, device_pem: bytes, ca_pem: bytes) -> Non
 POLL_DOWN: Request = (Code.GET, ("down",), b"", None)
 UPLINK_POST: Request = (Code.POST, ("up", "telemetry"), b'{"t":21.5}', None)
 CPU_PHASES = ("psk_handshake", "ecdsa_handshake", "request_1", "request_16")
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """Median and min-max of the runs (the form of docs/benchmarks.md's tables)."""
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": float(len(values)),
-    }
 
 
 @contextlib.contextmanager

@@ -1,18 +1,21 @@
 """Scale: hold 100,000 idle mTLS MQTT devices and 50,000 DTLS sessions on one node.
 
-    .venv/bin/python -m bench.scale [--mqtt 10000] [--dtls 10000] [--brokers 0]
+    .venv/bin/python -m bench.scale [--mqtt 10000] [--dtls 10000] [--brokers 0] [--shared-ports]
+                                    [--broker-env COREM_KEY=VALUE ...]
                                     [--idle-seconds 20] [--ping-seconds 20]
                                     [--max-seconds 360] [--json-out FILE]
     # issue 18's full scale (about 15 minutes on the 2-core machine):
     .venv/bin/python -m bench.scale --mqtt 100000 --dtls 50000 --max-seconds 1800
 
 Loopback only; its own redis-server. The node is ``--brokers`` broker processes
-(``python -m corem_ingress serve``, MQTT and CoAP listeners, each on its own ports, all
-pinned to CPU 0); ``0`` picks as many as RLIMIT_NOFILE needs: a process cannot hold more
+(``python -m corem_ingress serve``, MQTT and CoAP listeners, all pinned to CPU 0), each on
+its own ports, or with ``--shared-ports`` all on one MQTT and one CoAP port (``reuse_port``:
+the kernel spreads the connections and DTLS flows; each broker's share is read from its
+``/metrics``); ``--brokers 0`` picks as many as RLIMIT_NOFILE needs: a process cannot hold more
 sockets than its hard limit (20,000 here, and raising a hard limit needs CAP_SYS_RESOURCE,
 which this machine does not grant even to root), and every MQTT connection is a socket
 (the DTLS sessions of a process share its one UDP socket). The devices are spread over
-the brokers round-robin. The client side is ``bench.scale_load`` processes pinned to
+the brokers round-robin (own ports). The client side is ``bench.scale_load`` processes pinned to
 CPU 1, each holding at most ``hard limit - 1000`` sessions from its own loopback source
 address (127.0.0.2, .3, ...: one address has 28,000 ephemeral ports towards one port).
 
@@ -347,7 +350,13 @@ def keepalive_phase(
 
 
 def broker_env(
-    redis_url: str, kek: str, work: Path, ports: dict[str, int], dtls_per_broker: int
+    redis_url: str,
+    kek: str,
+    work: Path,
+    ports: dict[str, int],
+    dtls_per_broker: int,
+    *,
+    shared: bool = False,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COREM_")}
     env.update(
@@ -376,9 +385,26 @@ def broker_env(
             "COREM_COAP_IDLE_TIMEOUT_S": "3600",
             "COREM_LOGGING_LEVEL": "warning",
             "COREM_STATE_DIR": str(work / f"state-{ports['health']}"),
+            "COREM_REUSE_PORT": "1" if shared else "0",
         }
     )
     return env
+
+
+def live_sessions(health_port: int) -> dict[str, int]:
+    """A broker's ``corem_sessions_live`` by transport (its share on shared ports)."""
+    import urllib.request
+
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        url = f"http://{HOST}:{health_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("corem_sessions_live{"):
+                    labels, _, value = line.rpartition(" ")
+                    transport = labels.partition('transport="')[2].partition('"')[0]
+                    out[transport] = out.get(transport, 0) + int(float(value))
+    return out
 
 
 def split(items: list[list[Any]], parts: int) -> list[list[list[Any]]]:
@@ -390,10 +416,22 @@ def main() -> int:
     ap.add_argument("--mqtt", type=int, default=10_000)
     ap.add_argument("--dtls", type=int, default=10_000)
     ap.add_argument("--brokers", type=int, default=0, help="0: as many as the fd limit needs")
+    ap.add_argument(
+        "--shared-ports",
+        action="store_true",
+        help="all brokers on one MQTT and one CoAP port (reuse_port)",
+    )
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--ping-seconds", type=float, default=20.0, help="0: no keep-alive phase")
     ap.add_argument("--max-seconds", type=float, default=360.0, help="bound on the whole run")
     ap.add_argument("--json-out")
+    ap.add_argument(
+        "--broker-env",
+        action="append",
+        default=[],
+        metavar="COREM_KEY=VALUE",
+        help="a setting for every broker (e.g. COREM_COAP_DETACH_OPENSSL=false); repeatable",
+    )
     ap.add_argument(
         "--cache",
         default=str(Path.home() / ".cache" / "corem-bench-scale"),
@@ -414,8 +452,8 @@ def main() -> int:
     per_broker = max(1000, nofile - BROKER_FD_RESERVE)
     n_brokers = args.brokers or max(1, math.ceil(args.mqtt / per_broker))
     per_client = max(1000, nofile - CLIENT_FD_RESERVE)
-    n_mqtt_gens = max(1, math.ceil(args.mqtt / per_client))
-    n_dtls_gens = max(1, math.ceil(args.dtls / per_client))
+    n_mqtt_gens = math.ceil(args.mqtt / per_client)  # 0 when the run has none
+    n_dtls_gens = math.ceil(args.dtls / per_client)
     work = Path(tempfile.mkdtemp(prefix="corem-bench-scale-"))
     # Provisioning 150,000 devices takes ~10 minutes here: keep them for the next run.
     cache = Path(args.cache) / f"{args.mqtt}-{args.dtls}" if args.cache else None
@@ -433,6 +471,8 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "nofile_limit": nofile,
         "brokers": n_brokers,
+        "shared_ports": args.shared_ports,
+        "broker_env": args.broker_env,
         "load_generators": {"mqtt": n_mqtt_gens, "dtls": n_dtls_gens},
         "sysctl": sysctls(),
         "mqtt": {"target": args.mqtt},
@@ -459,10 +499,18 @@ def main() -> int:
         print(f"provisioned {args.mqtt} + {args.dtls} devices in {result['provision_s']} s; "
               f"{n_brokers} broker processes", file=sys.stderr)  # fmt: skip
         ports_of: list[dict[str, int]] = []
+        shared = {"mqtt": free_port(), "coap": free_port()}
+        # Shared ports: the kernel's spread is not exactly even, leave room for it.
+        dtls_cap = math.ceil(args.dtls / n_brokers * (1.25 if args.shared_ports else 1.0))
         for _ in range(n_brokers):
             ports = {"mqtt": free_port(), "coap": free_port(), "health": free_port()}
+            if args.shared_ports:
+                ports.update(shared)
             ports_of.append(ports)
-            env = broker_env(redis.url, kek, work, ports, math.ceil(args.dtls / n_brokers))
+            env = broker_env(redis.url, kek, work, ports, dtls_cap, shared=args.shared_ports)
+            for item in args.broker_env:
+                key, _, value = item.partition("=")
+                env[key] = value
             brokers.append(
                 subprocess.Popen(
                     ["taskset", "-c", "0", sys.executable, "-m", "corem_ingress", "serve"],
@@ -489,6 +537,8 @@ def main() -> int:
 
         def start(role: str, items: list[list[Any]], parts: int, share: float) -> float:
             left = hard_deadline - time.monotonic() - reserve
+            if not items:  # this run has none of them
+                return time.monotonic()
             for k, part in enumerate(split(items, parts)):
                 spec = work / f"{role}-{k}.json"
                 spec.write_text(json.dumps(part))
@@ -528,6 +578,7 @@ def main() -> int:
         result["idle_cpu_percent"] = round(idle_rate * 100, 2)
         result["broker_rss_mb_total"] = round(total_rss(pids) / 2**20, 1)
         result["broker_rss_mb_each"] = [round(rss_bytes(p) / 2**20, 1) for p in pids]
+        result["sessions_per_broker"] = [live_sessions(ports["health"]) for ports in ports_of]
         for role in ("mqtt", "dtls"):
             for g in gens[role]:
                 g.ask("status")
@@ -540,6 +591,8 @@ def main() -> int:
         # Keep-alive cost, one transport at a time.
         if args.ping_seconds > 0:
             for role in ("mqtt", "dtls"):
+                if not gens[role]:
+                    continue
                 left = hard_deadline - time.monotonic() - 20
                 if left < args.ping_seconds + 5:
                     break
@@ -627,7 +680,9 @@ def report(result: dict[str, Any]) -> None:
             f"devices at 60 s ({ka.get('cpu_percent_per_10k_at_300s')} % at 300 s)"
         )
     print(
-        f"{result['brokers']} broker processes: RSS {result.get('broker_rss_mb_start')} MB -> "
+        f"{result['brokers']} broker process(es) "
+        f"({'one shared port' if result.get('shared_ports') else 'own ports'}, sessions "
+        f"{result.get('sessions_per_broker')}): RSS {result.get('broker_rss_mb_start')} MB -> "
         f"{result.get('broker_rss_mb_total')} MB; CPU at idle {result.get('idle_cpu_percent')} % "
         f"of one core over {result.get('idle_seconds')} s; whole run {result['wall_s']} s"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -1316,7 +1317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{exc.code}: {exc.message}", exc.cli_exit)
     except BrokenPipeError:
         return _reader_gone()
-    except (OSError, redis_exceptions.RedisError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:  # a listener's port (serve), not Redis
+            return _fail(f"cannot listen: {exc}", EXIT_SERVER)
+        return _fail(f"cannot reach Redis: {exc}", EXIT_SERVER)
+    except redis_exceptions.RedisError as exc:
         return _fail(f"cannot reach Redis: {exc}", EXIT_SERVER)
 
 

@@ -260,8 +260,9 @@ class ConnectionIdConfig:
     #: still send a client's CID, but its address can no longer change), else 4..16 (the
     #: first 2 name this node, for cross-node forwarding).
     length: int = 8
-    #: The address other nodes forward this node's CID records to (its DTLS port; empty:
-    #: coap.host). Needed when coap.host is a wildcard such as 0.0.0.0.
+    #: The address other nodes forward this node's CID records to (its DTLS port, or with
+    #: ``reuse_port`` a UDP port of this process's own; empty: coap.host). Needed when
+    #: coap.host is a wildcard such as 0.0.0.0.
     advertise_host: str = ""
 
     def validate(self) -> None:
@@ -724,6 +725,12 @@ class Config:
     #: The event loop: ``auto`` (uvloop when installed: the ``fast`` extra), ``asyncio``
     #: or ``uvloop`` (required). The startup log says which one runs.
     event_loop: str = "auto"
+    #: Bind the device listeners (MQTT, CoAP/DTLS, HTTP and its admin listener, LwM2M NoSec)
+    #: with SO_REUSEPORT, so that several broker processes on one host share their ports
+    #: and the kernel spreads connections (UDP: by address and port) over them. Each process
+    #: still needs its own ``health.port``. See docs/operations.md, "Several broker processes
+    #: on one port".
+    reuse_port: bool = False
     redis: RedisConfig = field(default_factory=RedisConfig)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
@@ -744,6 +751,11 @@ class Config:
     def validate(self) -> None:
         _check(0 <= self.health.port < 65536, "health.port", "must be 0..65535 (0: any free port)")
         _check(self.shutdown_deadline_s > 0, "shutdown_deadline_s", "must be > 0")
+        _check(
+            not self.reuse_port or hasattr(socket, "SO_REUSEPORT"),
+            "reuse_port",
+            "needs SO_REUSEPORT, which this platform lacks",
+        )
         _check(
             self.event_loop in ("auto", "asyncio", "uvloop"),
             "event_loop",

@@ -527,3 +527,39 @@ def test_lost_flight_is_retransmitted_by_the_timer() -> None:
         client.receive(d)
     transfer(server, client, ADDR, client.outgoing())
     assert client.done
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("detach", [True, False])
+def test_a_flight_repeated_while_its_credential_is_looked_up(detach: bool) -> None:
+    """The client retransmits its ClientKeyExchange/Finished flight while the PSK lookup
+    is slow (Redis under load): both copies are held; the first completes the handshake,
+    the second is a retransmission on an established session (it once reached OpenSSL's
+    handshake path after the SSL object was freed: AssertionError, seen in bench.scale)."""
+    cache = FakeCache()
+    cache.unknown_to_cache.add("dev1")
+    server = make_server(cache, detach_openssl=detach)
+    client = Client(psk_context(b"dev1", KEY))
+    pending, flight = client.start(), []
+    for _ in range(30):  # bounded
+        for d in pending:
+            server.receive_datagram(d, ADDR, NOW)
+        for d, _ in server.datagrams_to_send():
+            client.receive(d)
+        flight, pending = pending, client.outgoing()
+        if not pending:
+            break
+    (ev,) = list(server.events())
+    assert isinstance(ev, CredentialNeeded)
+    for d in flight:  # the retransmission, held too
+        server.receive_datagram(d, ADDR, NOW)
+    cache.unknown_to_cache.clear()
+    server.credential_resolved(ADDR, NOW)
+    for d, _ in server.datagrams_to_send():
+        client.receive(d)
+    assert client.done
+    assert [type(e) for e in server.events()] == [HandshakeCompleted]
+    request = client.send(b"after")
+    for d in request:
+        server.receive_datagram(d, ADDR, NOW)
+    assert list(server.events()) == [ApplicationData(ADDR, b"after")]

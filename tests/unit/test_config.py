@@ -128,3 +128,14 @@ def test_redis_url_from_a_secret_file(tmp_path: Path) -> None:
     url_file.write_text("\n")
     with pytest.raises(config.ConfigError, match="empty"):
         config.load(None, environ={"COREM_REDIS_URL_FILE": str(url_file)})
+
+
+def test_reuse_port_off_by_default_and_refused_where_the_platform_lacks_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert config.load(None, environ={}).reuse_port is False
+    assert config.load(None, environ={"COREM_REUSE_PORT": "true"}).reuse_port is True
+    monkeypatch.delattr(config.socket, "SO_REUSEPORT")
+    assert config.load(None, environ={}).reuse_port is False  # off: nothing to check
+    with pytest.raises(config.ConfigError, match="reuse_port: needs SO_REUSEPORT"):
+        config.load(None, environ={"COREM_REUSE_PORT": "true"})

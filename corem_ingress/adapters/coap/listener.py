@@ -141,10 +141,13 @@ class CoapListener:
     # -- Listener ------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.services.config.coap
-        self.port = await self.transport.open(cfg.host, cfg.port)
-        log.info("coap.listening", host=cfg.host, port=self.port)
+        reuse_port = self.services.config.reuse_port
+        self.port = await self.transport.open(cfg.host, cfg.port, reuse_port=reuse_port)
+        log.info("coap.listening", host=cfg.host, port=self.port, reuse_port=reuse_port)
         if self.cluster is not None:
-            advertise = (cfg.connection_id.advertise_host or cfg.host, self.port)
+            # Sharing the port, this process takes other nodes' frames on a port of its own.
+            node_port = await self.transport.open_node_socket(cfg.host) if reuse_port else 0
+            advertise = (cfg.connection_id.advertise_host or cfg.host, node_port or self.port)
             try:
                 await self.cluster.start(advertise)
             except Exception as exc:  # Redis down: CID sessions still work on this node

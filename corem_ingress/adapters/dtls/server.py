@@ -350,7 +350,10 @@ class DtlsServer:
             for data in held:
                 if not self._alive(peer):
                     break
-                self._handshake_datagram(peer, data)
+                if peer.state is PeerState.HANDSHAKE:
+                    self._handshake_datagram(peer, data)
+                else:  # an earlier one completed it: the rest are retransmissions
+                    self._peer_datagram(peer, data)
 
     # -- input -----------------------------------------------------------------------------
     def receive_datagram(

@@ -133,15 +133,19 @@ class DtlsTransport(asyncio.DatagramProtocol):
         #: from it in the same wake-up (None: one datagram per wake-up).
         self._drain: socket.socket | None = None
         self._drain_skip = 0
+        #: This process's own socket for other nodes' frames (``open_node_socket``).
+        self._node_transport: asyncio.DatagramTransport | None = None
         #: True while events are handed to the handlers: their sends wait for the final flush.
         self._pumping = False
         #: Sessions kept for resumption (``use_resumption``).
         self.sessions: SessionStore | None = None
         server.on_resumption = metrics.dtls_resumption
 
-    async def open(self, host: str, port: int) -> int:
+    async def open(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(host, port), reuse_port=reuse_port or None
+        )
         self._transport = transport
         self.port = int(transport.get_extra_info("sockname")[1])
         sock = transport.get_extra_info("socket")
@@ -152,7 +156,21 @@ class DtlsTransport(asyncio.DatagramProtocol):
             self._spawn(self.sessions.run_writer())
         return self.port
 
+    async def open_node_socket(self, host: str) -> int:
+        """A UDP socket of this process alone (an OS-chosen port) for the frames of other
+        nodes: with ``reuse_port`` a frame sent to the shared port would reach whichever
+        process the kernel picks, so the nodes exchange them here. -> its port."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _NodeSocket(self), local_addr=(host, 0)
+        )
+        self._node_transport = transport
+        return int(transport.get_extra_info("sockname")[1])
+
     def close_transport(self) -> None:
+        if self._node_transport is not None:
+            self._node_transport.close()
+            self._node_transport = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -201,6 +219,15 @@ class DtlsTransport(asyncio.DatagramProtocol):
         except Exception:  # never let one datagram stop the listener
             log.exception("dtls.receive_failed")
 
+    def node_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """A datagram on the node socket: only other nodes' frames are taken there."""
+        if data[:2] == MAGIC and self.cluster is not None:
+            try:
+                self._node_frame(data, (str(addr[0]), int(addr[1])))
+            except Exception:
+                log.exception("dtls.receive_failed")
+            self._pump()
+
     def _node_frame(self, data: bytes, node: Address) -> None:
         """A frame from another node: a device's record for us, or our answer to send on."""
         assert self.cluster is not None
@@ -226,9 +253,11 @@ class DtlsTransport(asyncio.DatagramProtocol):
         self.server.on_pending_refused = guard.pending_handshakes_refused
 
     def send_datagram(self, datagram: bytes, addr: Address) -> None:
-        """A raw datagram from the listener's socket (frames to other nodes)."""
-        if self._transport is not None:
-            self._transport.sendto(datagram, addr)
+        """A frame to another node, from the node socket when there is one (its answers
+        must come back to this process), else from the listener's socket."""
+        transport = self._node_transport or self._transport
+        if transport is not None:
+            transport.sendto(datagram, addr)
 
     def use_cluster(self, cluster: CidCluster) -> None:
         """Forward CID records of other nodes' sessions to them; take theirs for ours."""
@@ -391,3 +420,16 @@ class DtlsTransport(asyncio.DatagramProtocol):
                 await self.sessions.delete(event.session_id)
             except Exception as exc:
                 log.warning("dtls.session_delete_failed", error=str(exc))
+
+
+class _NodeSocket(asyncio.DatagramProtocol):
+    """The node socket's protocol: hands its datagrams to the transport."""
+
+    def __init__(self, owner: DtlsTransport) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._owner.node_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dtls.node_socket_error", error=str(exc))

@@ -170,6 +170,7 @@ class HttpListener:
                     proxy_mode=ProxyMode(cfg.http.proxy_protocol),
                     trusted=self._services.access.trusted_proxies,
                     addresses=self.addresses,
+                    reuse_port=cfg.reuse_port,
                 )
                 await site.start()
                 self._sites.append(site)

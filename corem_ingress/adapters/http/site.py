@@ -214,6 +214,7 @@ class EdgeSite(web.BaseSite):
         "_host",
         "_port",
         "_proxy_mode",
+        "_reuse_port",
         "_trusted",
     )
 
@@ -228,8 +229,10 @@ class EdgeSite(web.BaseSite):
         trusted: TrustedProxies,
         addresses: ClientAddresses,
         backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._reuse_port = reuse_port
         self._host = host
         self._port = port
         self._bound_port: int | None = None
@@ -252,6 +255,8 @@ class EdgeSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         kwargs: dict[str, Any] = {"backlog": self._backlog, "reuse_address": True}
+        if self._reuse_port:  # several processes on one port (``reuse_port``)
+            kwargs["reuse_port"] = True
         if self._proxy_mode is ProxyMode.OFF:
 
             def factory() -> asyncio.BaseProtocol:

@@ -57,7 +57,9 @@ class NoSecListener(asyncio.DatagramProtocol):
         cfg = self.server.services.config.lwm2m
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(cfg.nosec_host, cfg.nosec_port)
+            lambda: self,
+            local_addr=(cfg.nosec_host, cfg.nosec_port),
+            reuse_port=self.server.services.config.reuse_port or None,
         )
         self.transport = transport
         self.port = int(self.transport.get_extra_info("sockname")[1])

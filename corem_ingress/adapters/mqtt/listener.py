@@ -80,6 +80,7 @@ class MqttListener:
             self.config.port,
             backlog=self.config.backlog,
             reuse_address=True,
+            reuse_port=self.services.config.reuse_port or None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info(
@@ -88,6 +89,7 @@ class MqttListener:
             port=self.port,
             client_auth=self.config.client_auth,
             allow_self_signed=self.config.allow_self_signed,
+            reuse_port=self.services.config.reuse_port,
         )
 
     async def stop(self, deadline: float) -> None:
