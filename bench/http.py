@@ -183,6 +183,7 @@ def resolver_cache_counts(health_port: int) -> dict[str, float]:
     counts = {}
     for line in text.decode().splitlines():
         name, _, value = line.partition(" ")
+        name = name.removesuffix("_total")  # a counter's sample name
         if name in ("corem_resolver_cache_hits", "corem_resolver_cache_misses"):
             counts[name.removeprefix("corem_resolver_")] = float(value)
     return counts
