@@ -29,7 +29,7 @@ def client_setter(
     def with_client(request: web.Request) -> web.Request:
         remote = request.remote
         # The PROXY header's address: only connections through ``site.ProxyLayer`` have one.
-        peer = (addresses.get(request.protocol) if addresses else None) or remote or "unknown"
+        peer = addresses.get(request.protocol) or remote or "unknown"
         client = peer
         if forwarded_for:
             values = request.headers.getall(X_FORWARDED_FOR, [])
