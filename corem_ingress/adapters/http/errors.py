@@ -2,10 +2,10 @@
 
 The core's IngressError already knows its HTTP status; the few errors that exist
 only in HTTP (no such route, method not allowed, body too large, unsupported
-media type) are IngressErrors too, so one middleware renders them all; it also runs the
-request checks every route shares (client address, strict query string) before the handler. An
-unexpected exception is a 500 INTERNAL with a generic message (and a log line);
-a client's mistake must never reach that branch.
+media type) are IngressErrors too, so one middleware renders them all (it also runs the
+request checks every route shares, client address and strict query string, before the
+handler). An unexpected exception is a 500 INTERNAL with a generic message (and a log
+line); a client's mistake must never reach that branch.
 """
 
 from __future__ import annotations
