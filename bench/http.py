@@ -104,7 +104,9 @@ def run_loadgen(url: str, key: str, connections: int, total: int, seconds: float
 
 
 # -- baseline server (its own process) -----------------------------------------------------------
-def baseline_server(port: int) -> None:
+def baseline_server(port: int, loop_name: str = "asyncio") -> None:
+    """``loop_name``: ``asyncio`` (``web.run_app``'s default: the peer of every published
+    figure) or ``uvloop`` (the loop our broker runs on: ``--uvloop-baseline``)."""
     from aiohttp import web
 
     async def handler(request: web.Request) -> web.Response:
@@ -113,7 +115,12 @@ def baseline_server(port: int) -> None:
 
     app = web.Application()
     app.router.add_post("/api/v1/devices/{device_id}/uplink", handler)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    loop = None
+    if loop_name == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -169,6 +176,19 @@ async def stream_length(redis_url: str) -> int:
         await client.aclose()
 
 
+def resolver_cache_counts(health_port: int) -> dict[str, float]:
+    """Our broker's resolver cache hits and misses so far (its /metrics): every measured
+    request must be a hit (the key was resolved once, in the warm-up)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5).read()
+    counts = {}
+    for line in text.decode().splitlines():
+        name, _, value = line.partition(" ")
+        name = name.removesuffix("_total")  # a counter's sample name
+        if name in ("corem_resolver_cache_hits", "corem_resolver_cache_misses"):
+            counts[name.removeprefix("corem_resolver_")] = float(value)
+    return counts
+
+
 def measure(
     name: str,
     url: str,
@@ -177,9 +197,16 @@ def measure(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     warm = run_loadgen(url, key, args.connections, args.warmup, 30)  # cache warm
+    health = pids.get("health_port")
+    cache0 = resolver_cache_counts(health) if health else {}
+    pids = {n: p for n, p in pids.items() if n != "health_port"}
     before = {n: cpu_seconds(p) for n, p in pids.items()}
     result = run_loadgen(url, key, args.connections, args.requests, args.seconds)
     after = {n: cpu_seconds(p) for n, p in pids.items()}
+    if health:
+        cache1 = resolver_cache_counts(health)
+        for k in cache1:  # during the measured requests
+            result[k] = cache1[k] - cache0.get(k, 0.0)
     n = max(1, result["requests"])
     result["name"] = name
     result["warmup_statuses"] = warm["statuses"]
@@ -190,6 +217,9 @@ def measure(
         result[f"{proc_name}_cores"] = used / result["elapsed_s"]
     return result
 
+
+#: The bare aiohttp app on uvloop (``--uvloop-baseline``): the same loop as our broker's.
+UVLOOP_PEER = "bare aiohttp [uvloop]"
 
 QUICK = {"requests": 3_000, "warmup": 300}
 
@@ -230,12 +260,14 @@ def start_ours(
     return broker, http_port, health_port
 
 
-def start_baseline() -> tuple[subprocess.Popen[bytes], str]:
+def start_baseline(loop_name: str = "asyncio") -> tuple[subprocess.Popen[bytes], str]:
     from corem_ingress.embedded_redis import free_port
 
     port = free_port()
     base = subprocess.Popen(
-        harness.pinned([sys.executable, __file__, "--baseline-server", str(port)]),
+        harness.pinned(
+            [sys.executable, __file__, "--baseline-server", str(port), "--baseline-loop", loop_name]
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -267,6 +299,12 @@ def main() -> int:
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare aiohttp run")
+    parser.add_argument(
+        "--uvloop-baseline",
+        action="store_true",
+        help="also run the bare aiohttp app on uvloop (our broker's loop), as a second peer",
+    )
+    parser.add_argument("--baseline-loop", default="asyncio", help=argparse.SUPPRESS)
     harness.add_run_args(parser)
     args = parser.parse_args()
     if args.loadgen:
@@ -276,7 +314,7 @@ def main() -> int:
         print(json.dumps(res))
         return 0
     if args.baseline_server:
-        baseline_server(args.baseline_server)
+        baseline_server(args.baseline_server, args.baseline_loop)
         return 0
     if args.quick:
         for k, v in QUICK.items():
@@ -301,21 +339,31 @@ def main() -> int:
         try:
             if args.before:
                 src = harness.export_rev(args.before, Path(tmp) / "before-src")
-                broker, http_port, _ = start_ours(redis_server.url, Path(tmp), "", "before", src)
+                broker, http_port, health = start_ours(
+                    redis_server.url, Path(tmp), "", "before", src
+                )
                 procs.append(broker)
                 url = f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/uplink"
                 name = f"corem_ingress@{args.before}"
-                sides.append((name, url, {"broker": broker.pid, "redis": redis_server.pid}))
+                pids = {"broker": broker.pid, "redis": redis_server.pid, "health_port": health}
+                sides.append((name, url, pids))
             for loop in loops:
-                broker, http_port, _ = start_ours(redis_server.url, Path(tmp), loop, loop or "x")
+                broker, http_port, health = start_ours(
+                    redis_server.url, Path(tmp), loop, loop or "x"
+                )
                 procs.append(broker)
                 url = f"http://127.0.0.1:{http_port}/api/v1/devices/{device_id}/uplink"
                 name = f"corem_ingress[{loop}]" if loop else "corem_ingress"
-                sides.append((name, url, {"broker": broker.pid, "redis": redis_server.pid}))
+                pids = {"broker": broker.pid, "redis": redis_server.pid, "health_port": health}
+                sides.append((name, url, pids))
             if not args.no_baseline:
                 base, base_url = start_baseline()
                 procs.append(base)
                 sides.append(("bare aiohttp (baseline)", base_url, {"broker": base.pid}))
+            if args.uvloop_baseline:
+                base, base_url = start_baseline("uvloop")
+                procs.append(base)
+                sides.append((UVLOOP_PEER, base_url, {"broker": base.pid}))
             for i in range(args.runs):
                 run: dict[str, dict[str, float]] = {}
                 for name, url, pids in sides:  # ours and the peer, one after the other
@@ -368,11 +416,19 @@ def report(
 ) -> None:
     names = list(runs[0])
     peer = "bare aiohttp (baseline)"
+    ours = [n for n in names if n.startswith("corem_ingress")]
     ratios = {
         f"{n}:broker_cpu_us_per_req": ("broker_cpu_us_per_req", n, peer)
-        for n in names
-        if n != peer and peer in names
+        for n in ours
+        if peer in names
     }
+    if UVLOOP_PEER in names:
+        ratios.update(
+            {
+                f"{n}:broker_cpu_us_per_req vs uvloop": ("broker_cpu_us_per_req", n, UVLOOP_PEER)
+                for n in ours
+            }
+        )
     summary = harness.summarize_runs(runs, ratios)
     print(f"{len(runs)} runs; median (min-max); load average at start {env_info['load_average']}")
     print(f"{'server':26} {'req/s':>22} {'server CPU us/req':>22} {'redis CPU us/req':>22}")
@@ -383,6 +439,12 @@ def report(
             f"{harness.fmt_spread(s.get('broker_cpu_us_per_req')):>22} "
             f"{harness.fmt_spread(s.get('redis_cpu_us_per_req')):>22}"
         )
+    for n in names:
+        s = summary[n]
+        if "cache_hits" in s:
+            hits = harness.fmt_spread(s["cache_hits"], 0)
+            misses = harness.fmt_spread(s.get("cache_misses"), 0)
+            print(f"{n}: resolver cache per measured run: hits {hits}, misses {misses}")
     for name, s in summary.get("ratios", {}).items():
         print(f"ratio {name}: {harness.fmt_spread(s, 2)}x bare aiohttp")
     # The last run's full records (statuses...) with each figure replaced by its median.

@@ -347,3 +347,28 @@ async def test_malformed_http_is_refused_without_logging_its_bytes(
     assert "http.malformed_request" in caplog.text
     # The listener is still fine.
     assert (await api.uplink(dev["device_id"], key)).status == 202
+
+
+async def test_query_parameters_on_the_uplink_are_400_before_any_key_work(
+    api: Api, redis: aioredis.Redis
+) -> None:
+    """The strict query check (the one middleware, before the handler) on the device route:
+    it lists no parameter, so any named one is refused with its name, even without a key;
+    a bare '?' names none and is accepted."""
+    dev = await api.provision("acme", "hw-query")
+    key, device_id = dev["api_key"], dev["device_id"]
+    path = f"/api/v1/devices/{device_id}/uplink"
+    body = {"kind": "telemetry", "payload": 1}
+    for query, headers in [("?x=1", {"X-API-Key": key}), ("?b=1&a=2", {}), ("?x=1&x=2", {})]:
+        reply = await api.request("POST", path + query, headers=headers, json=body, admin=False)
+        assert reply.status == 400, query
+        assert reply.body["error"]["code"] == "INVALID_ARGUMENT"
+        names = sorted({p.split("=")[0] for p in query[1:].split("&")})
+        shown = ", ".join(repr(n) for n in names)
+        assert reply.body["error"]["message"] == f"unknown query parameter(s): {shown}"
+    assert await stored(redis, "acme") == []
+    reply = await api.request(
+        "POST", path + "?", headers={"X-API-Key": key}, json=body, admin=False
+    )
+    assert reply.status == 202
+    assert len(await stored(redis, "acme")) == 1

@@ -3,15 +3,15 @@
 The TCP peer, unless a trusted proxy said otherwise: the PROXY header read by
 ``site.ProxyLayer`` (``ClientAddresses``), then, with ``http.trust_forwarded_for``,
 ``X-Forwarded-For`` from a trusted proxy (``core/trusted_proxies.py``). Everything after
-this middleware (the throttle, logs) sees the client's address.
+it (the throttle, logs) sees the client's address.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
-from aiohttp.typedefs import Middleware
+from collections.abc import Callable
 
-from corem_ingress.adapters.http.errors import Handler
+from aiohttp import web
+
 from corem_ingress.adapters.http.site import ClientAddresses
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.trusted_proxies import TrustedProxies
@@ -19,12 +19,17 @@ from corem_ingress.core.trusted_proxies import TrustedProxies
 X_FORWARDED_FOR = "X-Forwarded-For"
 
 
-def middleware(
+def client_setter(
     addresses: ClientAddresses, trusted: TrustedProxies, *, forwarded_for: bool
-) -> Middleware:
-    @web.middleware
-    async def client_address(request: web.Request, handler: Handler) -> web.StreamResponse:
-        peer = addresses.get(request.protocol) or request.remote or "unknown"
+) -> Callable[[web.Request], web.Request]:
+    """The request with ``remote`` set to the real client (a clone only when it differs);
+    a malformed ``X-Forwarded-For`` from a trusted proxy is a 400. Runs in the one
+    middleware (``errors.middleware``), before any handler."""
+
+    def with_client(request: web.Request) -> web.Request:
+        remote = request.remote
+        # The PROXY header's address: only connections through ``site.ProxyLayer`` have one.
+        peer = addresses.get(request.protocol) or remote or "unknown"
         client = peer
         if forwarded_for:
             values = request.headers.getall(X_FORWARDED_FOR, [])
@@ -32,8 +37,8 @@ def middleware(
                 client = trusted.client_from_forwarded_for(peer, values)
             except ValueError:
                 raise InvalidArgument("X-Forwarded-For is malformed") from None
-        if client != request.remote:
-            request = request.clone(remote=client)
-        return await handler(request)
+        if client != remote:
+            return request.clone(remote=client)
+        return request
 
-    return client_address
+    return with_client

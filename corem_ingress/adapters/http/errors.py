@@ -2,9 +2,10 @@
 
 The core's IngressError already knows its HTTP status; the few errors that exist
 only in HTTP (no such route, method not allowed, body too large, unsupported
-media type) are IngressErrors too, so one middleware renders them all. An
-unexpected exception is a 500 INTERNAL with a generic message (and a log line);
-a client's mistake must never reach that branch.
+media type) are IngressErrors too, so one middleware renders them all (it also runs the
+request checks every route shares, client address and strict query string, before the
+handler). An unexpected exception is a 500 INTERNAL with a generic message (and a log
+line); a client's mistake must never reach that branch.
 """
 
 from __future__ import annotations
@@ -132,13 +133,21 @@ def _from_http_exception(exc: web.HTTPException) -> tuple[IngressError, dict[str
     return Internal(), {}
 
 
-def middleware(*, realm_for: Callable[[web.Request], str], retry_after_s: int) -> Middleware:
-    """The outermost middleware of every HTTP app here."""
+def middleware(
+    *,
+    realm_for: Callable[[web.Request], str],
+    retry_after_s: int,
+    prepare: Callable[[web.Request], web.Request] | None = None,
+) -> Middleware:
+    """The one middleware of every HTTP app here: ``prepare`` (the request checks that run
+    before any handler: the client address, the strict query string; it returns the request
+    the handler gets, and raises IngressError for a refusal), the handler, and every error
+    rendered as our JSON. One coroutine layer per request: the checks are synchronous."""
 
     @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            return await handler(request if prepare is None else prepare(request))
         except IngressError as exc:
             if isinstance(exc, PayloadTooLarge):
                 metrics.limit_refused("http", Cause.MAX_SIZE)
@@ -163,7 +172,7 @@ def middleware(*, realm_for: Callable[[web.Request], str], retry_after_s: int) -
             log.exception("http.internal_error", method=request.method, route=route_of(request))
             return error_response(Internal())
 
-    return errors
+    return edge
 
 
 def route_of(request: web.Request) -> str:

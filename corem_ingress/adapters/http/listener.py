@@ -3,7 +3,8 @@
 One listener serves the device uplink and, unless the admin API is split off
 (``http.admin_mode``/``http.admin_port``) or turned off, the admin API as well.
 Sockets go through ``site.EdgeSite`` (PROXY header, TLS, our JSON for aiohttp's own
-errors); ``client.middleware`` makes ``request.remote`` the real client's address.
+errors); ``errors.middleware``, the one middleware, makes ``request.remote`` the real
+client's address (``client.py``) and refuses unknown query parameters (``bodies.py``).
 ``stop`` stops accepting first, then lets in-flight requests (and their Redis
 appends) finish within the deadline.
 """
@@ -74,16 +75,22 @@ def _app(
     hsts: bool,
 ) -> web.Application:
     cfg = services.config.http
+    with_client = client.client_setter(
+        addresses, services.access.trusted_proxies, forwarded_for=cfg.trust_forwarded_for
+    )
+    check_query = bodies.query_checker()
+
+    def prepare(request: web.Request) -> web.Request:
+        request = with_client(request)  # first: a malformed X-Forwarded-For is the answer
+        check_query(request)
+        return request
+
     app = web.Application(
         client_max_size=cfg.max_body_bytes,
+        # One middleware (errors, client address, strict query): each layer is a coroutine
+        # and a wrapper per request (docs/benchmarks.md, issue 18, fourth session).
         middlewares=[
-            errors.middleware(realm_for=realm_for, retry_after_s=cfg.retry_after_s),
-            client.middleware(
-                addresses,
-                services.access.trusted_proxies,
-                forwarded_for=cfg.trust_forwarded_for,
-            ),
-            bodies.query_middleware(),
+            errors.middleware(realm_for=realm_for, retry_after_s=cfg.retry_after_s, prepare=prepare)
         ],
     )
 
