@@ -117,7 +117,10 @@ class Node:
         self._lwm2m_store: Lwm2mStore | None = None
         self._event_tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
+    async def start(self, before_listeners: Callable[[], None] | None = None) -> None:
+        """Start everything; ``before_listeners`` runs once the services are built and before
+        the first listener accepts (``serve`` freezes the collector there: a connection
+        accepted before the freeze would be frozen with it and never freed)."""
         cfg = self.config
         if not self.redis_url:
             self.embedded = await asyncio.to_thread(
@@ -264,6 +267,8 @@ class Node:
             self._spawn(self.limits_sync.run(), "limits-sync")
         await bootstrap_cas(registry, cfg.trust)
         await self._start_health()
+        if before_listeners is not None:
+            before_listeners()
         for factory in self._factories:
             listener = factory(self.services)
             if listener is None:
@@ -477,8 +482,11 @@ async def serve(config: Config, config_file: str | Path | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await node.start()
-        log.info("gc.frozen", objects=gc_tuning.freeze_startup_objects())
+        await node.start(
+            before_listeners=lambda: log.info(
+                "gc.frozen", objects=gc_tuning.freeze_startup_objects()
+            )
+        )
         await stop.wait()
     finally:
         await node.stop()

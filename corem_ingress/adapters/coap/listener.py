@@ -168,12 +168,13 @@ class CoapListener:
             await asyncio.wait(list(self._background), timeout=max(0.1, deadline / 4))
         if self.lwm2m is not None:  # after the sessions: their registrations are unreachable
             await self.lwm2m.stop()
-        await self.transport.flush_sessions(max(0.1, deadline / 4))
         if self.cluster is not None and self.cluster.ready:
             try:
                 await self.cluster.stop()
             except Exception as exc:  # Redis down: the entry is overwritten by the next run
                 log.warning("coap.cid_unregister_failed", error=str(exc))
+        # Last before closing: a handshake that completes after the flush is not stored.
+        await self.transport.flush_sessions(max(0.1, deadline / 4))
         self.transport.close_transport()
 
     # -- DtlsHandler ---------------------------------------------------------------------------

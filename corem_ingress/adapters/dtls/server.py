@@ -860,12 +860,13 @@ class DtlsServer:
         else:
             conn = peer.conn
             cipher = conn.get_cipher_name() or ""
-            # Read once from OpenSSL for the stored session and the detach both.
-            master = conn.master_key() or b""
-            cert = conn.get_peer_certificate()
-            if cert is not None:
-                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
-            self._issue_session(peer, master, der)
+            if self.config.resumption or self.config.detach_openssl:
+                # Read once from OpenSSL for the stored session and the detach both.
+                master = conn.master_key() or b""
+                cert = conn.get_peer_certificate()
+                if cert is not None:
+                    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+                self._issue_session(peer, master, der)
         self._events.append(HandshakeCompleted(addr, peer.credential, cipher))
         if peer.conn is not None:
             self._read_application(peer)
