@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -23,13 +22,10 @@ def generate() -> str:
 
 
 def is_well_formed(raw: str) -> bool:
-    if not isinstance(raw, str) or not _FORMAT.fullmatch(raw):
-        return False
-    try:
-        decoded = base64.urlsafe_b64decode(raw[len(PREFIX) :] + "=")
-    except (binascii.Error, ValueError):
-        return False
-    return len(decoded) == RAW_BYTES
+    """The format alone: 43 characters of the URL-safe alphabet whose last one has its two
+    low bits clear always decode to exactly 32 bytes (a unit test holds it), so no decode
+    on the request path."""
+    return isinstance(raw, str) and _FORMAT.fullmatch(raw) is not None
 
 
 def check(raw: str) -> str:

@@ -37,11 +37,8 @@ class _Batcher:
 
 
 def _appender(wait: float) -> tuple[Appender, _Batcher]:
-    appender = Appender.__new__(Appender)
     batcher = _Batcher()
-    appender._batcher = batcher  # type: ignore[assignment]
-    appender.append_wait_s = wait
-    return appender, batcher
+    return Appender(batcher, wait), batcher  # type: ignore[arg-type]
 
 
 async def test_a_batch_that_never_answers_fails_the_request_within_the_bound() -> None:
@@ -62,6 +59,27 @@ async def test_stored_before_the_bound_returns_and_a_late_report_is_ignored() ->
     await task  # stored: no error
     done(Unavailable("late"))  # type: ignore[operator]  # after the answer: no effect
     await asyncio.sleep(0.3)  # the cancelled timer never fires into a finished request
+
+
+async def test_one_timer_bounds_each_request_by_its_own_deadline() -> None:
+    """The timer is shared (armed for the oldest waiting request): a request answered in
+    time leaves it, and a later request still gets its full bound, then 503."""
+    appender, batcher = _appender(0.2)
+    first = asyncio.ensure_future(appender.append(UPLINK))
+    await asyncio.sleep(0.1)
+    second_started = time.monotonic()
+    second = asyncio.ensure_future(appender.append(UPLINK))
+    third = asyncio.ensure_future(appender.append(UPLINK))
+    await asyncio.sleep(0)
+    batcher.done[0](None)  # type: ignore[operator]  # the first is stored
+    batcher.done[2](None)  # type: ignore[operator]  # the third too, out of order
+    await first
+    await third
+    with pytest.raises(Unavailable) as exc:
+        await second
+    assert exc.value.reason == "append wait exceeded"
+    assert 0.18 <= time.monotonic() - second_started < 2.0
+    assert not appender._waiting and appender._timer is None  # nothing left armed
 
 
 @pytest.mark.parametrize("received_at", [0.0, 1700000000.123456, 1e16, 1.5e-7, 17])

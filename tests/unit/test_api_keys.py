@@ -1,4 +1,6 @@
+import base64
 import hashlib
+import string
 
 import pytest
 from hypothesis import given
@@ -7,6 +9,9 @@ from hypothesis import strategies as st
 from corem_ingress.core import api_keys
 
 pytestmark = pytest.mark.unit
+
+_ALPHABET = string.ascii_letters + string.digits + "-_"
+_LAST = "AEIMQUYcgkosw048"
 
 
 def test_generated_key_format_and_uniqueness() -> None:
@@ -54,3 +59,21 @@ def test_check_error_never_echoes_the_input() -> None:
         assert secretish not in str(exc)
     else:
         raise AssertionError("malformed key accepted")
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_every_32_byte_key_is_well_formed(raw: bytes) -> None:
+    key = "sk_live_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    assert api_keys.is_well_formed(key)
+
+
+@given(st.text(alphabet=_ALPHABET, min_size=42, max_size=42), st.sampled_from(_LAST))
+def test_the_format_alone_means_exactly_32_bytes(body: str, last: str) -> None:
+    """is_well_formed skips the decode: every string its pattern takes must decode to 32
+    bytes that encode back to it (canonical, no lost bits)."""
+    token = body + last
+    key = "sk_live_" + token
+    assert api_keys.is_well_formed(key)
+    decoded = base64.urlsafe_b64decode(token + "=")
+    assert len(decoded) == 32
+    assert base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() == token

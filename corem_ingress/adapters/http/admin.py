@@ -176,14 +176,13 @@ class AdminApi:
     # -- plumbing ----------------------------------------------------------------------------
     async def operator(self, request: web.Request) -> Operator:
         """The calling operator (throttled, 401 otherwise): the one way into every admin route."""
+        return await self._guard.authenticate(request, self._operator_of, request)
 
-        async def attempt() -> Operator:
-            values = request.headers.getall("Authorization", [])
-            if len(values) > 1:
-                raise Unauthenticated(cause=Cause.MALFORMED)
-            return self._tokens.authenticate(values[0] if values else None)
-
-        return await self._guard.authenticate(request, attempt)
+    async def _operator_of(self, request: web.Request) -> Operator:
+        values = request.headers.getall("Authorization", [])
+        if len(values) > 1:
+            raise Unauthenticated(cause=Cause.MALFORMED)
+        return self._tokens.authenticate(values[0] if values else None)
 
     async def audited_read(self, op: Operator, action: str, target: str, aw: Awaitable[T]) -> T:
         """Await a read and write its audit record (outcome OK or the error code)."""

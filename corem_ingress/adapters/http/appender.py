@@ -13,21 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 from corem_ingress import metrics
 from corem_ingress.core.errors import Unavailable
 from corem_ingress.core.uplink import Uplink
-from corem_ingress.services import Services
+from corem_ingress.store.uplink_batcher import UplinkBatcher
 
 TRANSPORT = "http"
 
+Finished = Callable[[Unavailable | None], None]
+
 
 class Appender:
-    def __init__(self, services: Services) -> None:
-        self._batcher = services.stores.uplink_batcher()
+    def __init__(self, batcher: UplinkBatcher, append_wait_s: float) -> None:
+        self._batcher = batcher
         #: The longest a request waits for its batch (the batch itself is bounded by it too).
-        self.append_wait_s = services.stores.timeout_s
+        self.append_wait_s = append_wait_s
+        #: The waiting requests' (deadline, finish, future), in submission order, so in
+        #: deadline order: one timer for all of them, armed for the oldest still waiting
+        #: (a timer per request, created and cancelled, was ~0.5 us of each).
+        self._waiting: deque[tuple[float, Finished, asyncio.Future[Unavailable | None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
     async def append(self, uplink: Uplink) -> None:
         """Return once the entry is stored; raise Unavailable if it may not be."""
@@ -40,21 +48,34 @@ class Appender:
 
         started = time.perf_counter()
         self._batcher.submit(uplink, finished)
-        # The bound is one timer that answers the future (not asyncio.wait_for, whose
-        # wrapping cost ~5 us per request); whichever comes first wins.
-        timer = loop.call_later(self.append_wait_s, _wait_exceeded, finished)
-        try:
-            error = await done
-        finally:
-            timer.cancel()
+        waiting = self._waiting
+        while waiting and waiting[0][2].done():  # answered ones leave from the front
+            waiting.popleft()
+        deadline = loop.time() + self.append_wait_s
+        waiting.append((deadline, finished, done))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire, loop)
+        error = await done
         if error is not None:
             metrics.uplink_failed(TRANSPORT)
             raise error
         metrics.uplink_appended(TRANSPORT, time.perf_counter() - started)
 
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every request past its deadline; re-arm for the next one still waiting."""
+        self._timer = None
+        now = loop.time()
+        waiting = self._waiting
+        while waiting:
+            deadline, finished, done = waiting[0]
+            if not done.done():
+                if deadline > now:
+                    self._timer = loop.call_at(deadline, self._expire, loop)
+                    return
+                finished(
+                    Unavailable("uplink storage did not answer", reason="append wait exceeded")
+                )
+            waiting.popleft()
+
     async def drain(self, within: float) -> None:
         await self._batcher.drain(within)
-
-
-def _wait_exceeded(finished: Callable[[Unavailable | None], None]) -> None:
-    finished(Unavailable("uplink storage did not answer", reason="append wait exceeded"))

@@ -24,6 +24,7 @@ from corem_ingress.core.errors import ResourceExhausted, Unauthenticated, Unavai
 from corem_ingress.services import Services
 
 T = TypeVar("T")
+C = TypeVar("C")
 TRANSPORT = "http"
 
 _MESSAGES = {
@@ -49,14 +50,19 @@ class AuthGuard:
     def peer(request: web.Request) -> str:
         return request.remote or "unknown"
 
-    async def authenticate(self, request: web.Request, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` (which raises Unauthenticated) unless the peer is throttled."""
-        peer = self.peer(request)
+    async def authenticate(
+        self, request: web.Request, resolve: Callable[[C], Awaitable[T]], credential: C
+    ) -> T:
+        """``resolve(credential)`` (which raises Unauthenticated) unless the peer is throttled.
+
+        The function and its argument rather than a closure: no function object built per
+        request on the device uplink's path."""
+        peer = request.remote or "unknown"
         refusal = self._gate.check_source(peer)
         if refusal is not None:
             raise _too_many(refusal)
         try:
-            result = await attempt()
+            result = await resolve(credential)
         except (Unauthenticated, Unavailable) as exc:
             self._gate.auth_failed(peer, exc.cause)
             raise

@@ -69,7 +69,7 @@ class ProvisioningApi:
     async def enrol(self, request: web.Request) -> web.Response:
         registry = self._s.registry
         raw = api_key_from_headers(request.headers)
-        resolved = await self._guard.authenticate(request, lambda: registry.resolve_claim_key(raw))
+        resolved = await self._guard.authenticate(request, registry.resolve_claim_key, raw)
         cfg = self._s.config.provisioning
         await registry.check_provisioning_rate(
             resolved, per_claim=cfg.claim_rate_per_minute, per_tenant=cfg.tenant_rate_per_minute

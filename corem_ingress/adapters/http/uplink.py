@@ -44,8 +44,9 @@ class DeviceApi:
     def __init__(self, services: Services) -> None:
         self._services = services
         self._guard = AuthGuard(services)
+        self._resolve_api_key = services.resolver.resolve_api_key
         self._limit = services.config.http.max_body_bytes
-        self.appender = Appender(services)
+        self.appender = Appender(services.stores.uplink_batcher(), services.stores.timeout_s)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(UPLINK_PATH, self.uplink)
@@ -53,9 +54,7 @@ class DeviceApi:
 
     async def uplink(self, request: web.Request) -> web.Response:
         raw_key = api_key_from_headers(request.headers)
-        identity = await self._guard.authenticate(
-            request, lambda: self._services.resolver.resolve_api_key(raw_key)
-        )
+        identity = await self._guard.authenticate(request, self._resolve_api_key, raw_key)
         if request.match_info["device_id"] != identity.device_id:
             raise PermissionDenied("this API key does not belong to that device")
         self._guard.uplink_allowed(identity.device_id)
