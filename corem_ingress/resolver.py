@@ -81,6 +81,15 @@ class Resolver:
         self._epoch = 0
 
     # -- async path (fills the cache) ------------------------------------------------------
+    def cached_api_key(self, raw: str) -> DeviceIdentity | None:
+        """The key's device from the cache alone, or None (not cached: ``resolve_api_key``).
+        Refuses like it (malformed, cached as unknown or revoked, expired); synchronous,
+        so a request answered from the cache builds no coroutine for it."""
+        if not api_keys.is_well_formed(raw):
+            raise self._refuse(CredentialKind.API_KEY, Cause.MALFORMED)
+        entry = self._cached(CredentialKind.API_KEY, api_keys.hash_key(raw))
+        return None if entry is None else entry.identity
+
     async def resolve_api_key(self, raw: str) -> DeviceIdentity:
         if not api_keys.is_well_formed(raw):
             raise self._refuse(CredentialKind.API_KEY, Cause.MALFORMED)

@@ -39,14 +39,28 @@ class Appender:
 
     async def append(self, uplink: Uplink) -> None:
         """Return once the entry is stored; raise Unavailable if it may not be."""
+        error = await self.submit(uplink)
+        if error is not None:
+            raise error
+
+    def submit(self, uplink: Uplink) -> asyncio.Future[Unavailable | None]:
+        """A future answered once the entry is stored (None) or may not be (the error).
+
+        The request's handler awaits it itself (``append`` is one more coroutine to build and
+        resume per request); the metrics are counted when it is answered, unless the request
+        went away first (cancelled: not counted, as before)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Unavailable | None] = loop.create_future()
+        started = time.perf_counter()
 
         def finished(error: Unavailable | None) -> None:
             if not done.done():
                 done.set_result(error)
+                if error is None:
+                    metrics.uplink_appended(TRANSPORT, time.perf_counter() - started)
+                else:
+                    metrics.uplink_failed(TRANSPORT)
 
-        started = time.perf_counter()
         self._batcher.submit(uplink, finished)
         waiting = self._waiting
         while waiting and waiting[0][2].done():  # answered ones leave from the front
@@ -55,11 +69,7 @@ class Appender:
         waiting.append((deadline, finished, done))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire, loop)
-        error = await done
-        if error is not None:
-            metrics.uplink_failed(TRANSPORT)
-            raise error
-        metrics.uplink_appended(TRANSPORT, time.perf_counter() - started)
+        return done
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail every request past its deadline; re-arm for the next one still waiting."""

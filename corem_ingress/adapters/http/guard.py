@@ -51,9 +51,14 @@ class AuthGuard:
         return request.remote or "unknown"
 
     async def authenticate(
-        self, request: web.Request, resolve: Callable[[C], Awaitable[T]], credential: C
+        self,
+        request: web.Request,
+        resolve: Callable[[C], Awaitable[T]],
+        credential: C,
+        cached: Callable[[C], T | None] | None = None,
     ) -> T:
-        """``resolve(credential)`` (which raises Unauthenticated) unless the peer is throttled.
+        """``resolve(credential)`` (which raises Unauthenticated) unless the peer is throttled;
+        ``cached(credential)`` first if given (a cache hit: no coroutine to build and await).
 
         The function and its argument rather than a closure: no function object built per
         request on the device uplink's path."""
@@ -62,7 +67,9 @@ class AuthGuard:
         if refusal is not None:
             raise _too_many(refusal)
         try:
-            result = await resolve(credential)
+            result = None if cached is None else cached(credential)
+            if result is None:
+                result = await resolve(credential)
         except (Unauthenticated, Unavailable) as exc:
             self._gate.auth_failed(peer, exc.cause)
             raise

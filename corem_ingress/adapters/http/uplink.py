@@ -45,6 +45,7 @@ class DeviceApi:
         self._services = services
         self._guard = AuthGuard(services)
         self._resolve_api_key = services.resolver.resolve_api_key
+        self._cached_api_key = services.resolver.cached_api_key
         self._limit = services.config.http.max_body_bytes
         self.appender = Appender(services.stores.uplink_batcher(), services.stores.timeout_s)
 
@@ -54,14 +55,18 @@ class DeviceApi:
 
     async def uplink(self, request: web.Request) -> web.Response:
         raw_key = api_key_from_headers(request.headers)
-        identity = await self._guard.authenticate(request, self._resolve_api_key, raw_key)
+        identity = await self._guard.authenticate(
+            request, self._resolve_api_key, raw_key, self._cached_api_key
+        )
         if request.match_info["device_id"] != identity.device_id:
             raise PermissionDenied("this API key does not belong to that device")
         self._guard.uplink_allowed(identity.device_id)
         body = await read_body(request, self._limit)
         kind, payload = parse_uplink_body(body)
         uplink = Uplink.new(identity, Transport.HTTP, kind, payload, now=self._services.clock())
-        await self.appender.append(uplink)  # Unavailable -> 503, nothing acknowledged
+        error = await self.appender.submit(uplink)
+        if error is not None:
+            raise error  # Unavailable -> 503, nothing acknowledged
         return web.Response(text=accepted_body(uplink), status=202, content_type=JSON)
 
 
