@@ -401,3 +401,25 @@ async def test_assigned_psk_with_low_entropy_is_refused_on_every_path(registry: 
     assert good.psk is not None
     with pytest.raises(InvalidArgument, match="low entropy"):
         await registry.rotate_psk("acme", good.device.device_id, actor=A, psk_bytes=b"ab" * 20)
+
+
+async def test_cached_api_key_answers_from_the_cache_only_and_refuses_alike(
+    registry: Registry, resolver: Resolver
+) -> None:
+    """The HTTP uplink's synchronous first try: None until the key is cached, then its
+    device; the same refusals as resolve_api_key (malformed, cached as revoked)."""
+    dev = await registry.provision("acme", "hw-cached", CredentialKind.API_KEY, actor=A)
+    assert dev.api_key is not None
+    raw = dev.api_key.api_key
+    resolver.drop_cache()
+    assert resolver.cached_api_key(raw) is None  # a miss: nothing read from Redis here
+    ident = await resolver.resolve_api_key(raw)
+    assert resolver.cached_api_key(raw) == ident
+    with pytest.raises(Unauthenticated):
+        resolver.cached_api_key(raw[:-1])  # malformed
+    await registry.revoke_api_key("acme", dev.api_key.key_id, actor=A)
+    resolver.drop_cache()
+    with pytest.raises(Unauthenticated):
+        await resolver.resolve_api_key(raw)  # caches it as unknown or revoked
+    with pytest.raises(Unauthenticated):
+        resolver.cached_api_key(raw)
