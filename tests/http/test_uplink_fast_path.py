@@ -2,7 +2,8 @@
 ``append_wait_s`` for its batch) and the 202 body.
 
 The batch is bounded too (``redis.socket_timeout_s``); this is the request's guard if a
-batch never reports (issue 18 replaced ``asyncio.wait_for`` by one timer per request).
+batch never reports (issue 18 replaced ``asyncio.wait_for`` by one timer per request, then by
+one shared timer armed for the oldest waiting request).
 """
 
 from __future__ import annotations
