@@ -522,11 +522,15 @@ def render_scale(e: dict[str, Any] | None) -> list[str]:
     gens = r.get("load_generators") or {}
     ports = "all on one MQTT and one CoAP port (`reuse_port`)" if r.get("shared_ports") else (
         "each on its own ports")  # fmt: skip
+    generators = (  # older results did not record how many
+        f"{fmt(gens.get('mqtt'))} + {fmt(gens.get('dtls'))} load-generator processes"
+        if gens
+        else "load-generator processes"
+    )
     lines += [
         f"{brokers} broker process{'es' if brokers > 1 else ''} (MQTT + CoAP listeners, "
-        f"CPU 0{', ' + ports if brokers > 1 else ''}), {fmt(gens.get('mqtt'))} + "
-        f"{fmt(gens.get('dtls'))} load-generator processes (CPU 1): lean mTLS MQTT clients "
-        "with a client certificate each, and the in-process pyOpenSSL DTLS client with a "
+        f"CPU 0{', ' + ports if brokers > 1 else ''}), {generators} (CPU 1): lean mTLS MQTT "
+        "clients with a client certificate each, and the in-process pyOpenSSL DTLS client with a "
         f"32-byte PSK each. RLIMIT_NOFILE is {fmt(r.get('nofile_limit'))} (hard, not "
         "raisable here): each process holds at most that many sockets.",
         "",
