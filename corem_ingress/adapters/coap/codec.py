@@ -197,8 +197,7 @@ def encode(
     payload: bytes = b"",
 ) -> bytes:
     """One message; ``options`` in ascending number order (repeats keep their order)."""
-    out = bytearray((0x40 | (mtype << 4) | len(token), code, (mid >> 8) & 0xFF, mid & 0xFF))
-    out += token
+    out = bytearray(reply(mtype, code, mid, token))
     if options:
         last = 0
         for number, value in options:

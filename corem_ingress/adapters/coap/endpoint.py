@@ -239,11 +239,7 @@ class CoapEndpoint:
             return False
         state = self._state(addr)
         now = self._clock()
-        seen = state.seen.get(req.mid)
-        if seen is not None and now - seen[1] < EXCHANGE_LIFETIME:
-            self.stats["duplicates"] += 1
-            if seen[0] is not None:
-                self._send(addr, seen[0])
+        if self._duplicate(addr, state, req.mid, now):
             return True
         try:
             result = self._plain(addr, req)
@@ -252,15 +248,11 @@ class CoapEndpoint:
             result = codec.INTERNAL_SERVER_ERROR
         if result is None:
             return False
-        state.seen[req.mid] = (None, now)
-        while len(state.seen) > DEDUP_ENTRIES:
-            state.seen.popitem(last=False)
+        self._remember(state, req.mid, now)
         if isinstance(result, (int, Message)):
             self._plain_respond(addr, state, req, result)
-            return True
-        task = asyncio.ensure_future(self._plain_handle(addr, state, req, result))
-        state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        else:
+            self._spawn(state, self._plain_handle(addr, state, req, result))
         return True
 
     async def _plain_handle(
@@ -288,8 +280,7 @@ class CoapEndpoint:
         else:
             resp.token = req.token
             raw = self._send_reply(addr, ACK if con else NON, mid, resp)
-        if self._peers.get(addr) is state and req.mid in state.seen:
-            state.seen[req.mid] = (raw if con else None, state.seen[req.mid][1])
+        self._keep_reply(addr, state, req.mid, raw if con else None)
 
     def _reject_malformed(self, addr: Address, data: bytes) -> None:
         self.stats["malformed"] += 1
@@ -312,17 +303,39 @@ class CoapEndpoint:
         reply.token = token
         self._send_reply(addr, ACK, mid, reply)
 
-    def _request_received(self, addr: Address, state: _PeerState, msg: Message) -> None:
-        now = self._clock()
-        seen = state.seen.get(msg.mid)
-        if seen is not None and now - seen[1] < EXCHANGE_LIFETIME:
-            self.stats["duplicates"] += 1
-            if seen[0] is not None:
-                self._send(addr, seen[0])
-            return
-        state.seen[msg.mid] = (None, now)
+    def _duplicate(self, addr: Address, state: _PeerState, mid: int, now: float) -> bool:
+        """A request ``mid`` seen within the exchange lifetime: counted, and its reply (if
+        one was kept: a CON's) sent again."""
+        seen = state.seen.get(mid)
+        if seen is None or now - seen[1] >= EXCHANGE_LIFETIME:
+            return False
+        self.stats["duplicates"] += 1
+        if seen[0] is not None:
+            self._send(addr, seen[0])
+        return True
+
+    @staticmethod
+    def _remember(state: _PeerState, mid: int, now: float) -> None:
+        state.seen[mid] = (None, now)
         while len(state.seen) > DEDUP_ENTRIES:
             state.seen.popitem(last=False)
+
+    def _keep_reply(self, addr: Address, state: _PeerState, mid: int, raw: bytes | None) -> None:
+        """The reply to request ``mid``, resent on a duplicate (None: a NON's, not resent)."""
+        if self._peers.get(addr) is state and mid in state.seen:
+            state.seen[mid] = (raw, state.seen[mid][1])
+
+    @staticmethod
+    def _spawn(state: _PeerState, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    def _request_received(self, addr: Address, state: _PeerState, msg: Message) -> None:
+        now = self._clock()
+        if self._duplicate(addr, state, msg.mid, now):
+            return
+        self._remember(state, msg.mid, now)
         refused = unsupported_option(msg)
         if refused is not None:
             self.stats["bad_option"] += 1
@@ -343,9 +356,7 @@ class CoapEndpoint:
         if isinstance(result, Message):
             self._respond(addr, state, msg, result)
             return
-        task = asyncio.ensure_future(self._handle(addr, state, msg, result))
-        state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        self._spawn(state, self._handle(addr, state, msg, result))
 
     async def _handle(
         self, addr: Address, state: _PeerState, msg: Message, pending: Awaitable[Message]
@@ -362,8 +373,7 @@ class CoapEndpoint:
         mid = msg.mid if msg.mtype == CON else self._next_mid()
         resp.token = msg.token
         raw = self._send_reply(addr, mtype, mid, resp)
-        if self._peers.get(addr) is state and msg.mid in state.seen:
-            state.seen[msg.mid] = (raw if msg.mtype == CON else None, state.seen[msg.mid][1])
+        self._keep_reply(addr, state, msg.mid, raw if msg.mtype == CON else None)
 
     def _send_reply(self, addr: Address, mtype: object, mid: int, msg: Message) -> bytes:
         msg.mtype = mtype
