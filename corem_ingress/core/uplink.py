@@ -5,15 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from corem_ingress.core import json_text
 from corem_ingress.core.errors import InvalidArgument
 from corem_ingress.core.identity import DeviceIdentity
 from corem_ingress.core.json_text import JsonValue
+from corem_ingress.core.slots import new_instance, slot_setter
 
 __all__ = [
     "JsonValue",
@@ -137,23 +136,17 @@ class Uplink:
         return out
 
 
-def _setter(field: str) -> Callable[[Uplink, Any], None]:
-    """The slot's own setter (a frozen dataclass refuses ``setattr``)."""
-    setter: Callable[[Uplink, Any], None] = Uplink.__dict__[field].__set__
-    return setter
-
-
 #: The same object as the dataclass __init__ builds (a test holds them equal).
-_NEW = object.__new__
-_SET_TENANT = _setter("tenant_id")
-_SET_DEVICE = _setter("device_id")
-_SET_TRANSPORT = _setter("transport")
-_SET_KIND = _setter("kind")
-_SET_PAYLOAD = _setter("payload")
-_SET_RECEIVED = _setter("received_at")
-_SET_MESSAGE_ID = _setter("message_id")
-_SET_ENCODING = _setter("payload_encoding")
-_SET_PROPERTIES = _setter("properties")
+_NEW = new_instance
+_SET_TENANT = slot_setter(Uplink, "tenant_id")
+_SET_DEVICE = slot_setter(Uplink, "device_id")
+_SET_TRANSPORT = slot_setter(Uplink, "transport")
+_SET_KIND = slot_setter(Uplink, "kind")
+_SET_PAYLOAD = slot_setter(Uplink, "payload")
+_SET_RECEIVED = slot_setter(Uplink, "received_at")
+_SET_MESSAGE_ID = slot_setter(Uplink, "message_id")
+_SET_ENCODING = slot_setter(Uplink, "payload_encoding")
+_SET_PROPERTIES = slot_setter(Uplink, "properties")
 
 #: Message ids made ahead, from one ``os.urandom`` call per batch: the syscall per id was
 #: half of ``new_message_id``'s cost. A forked child starts with none (no shared ids).

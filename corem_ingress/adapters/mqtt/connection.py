@@ -10,7 +10,7 @@ CONNACK first gets a DISCONNECT with the cause's reason code (``Cause.mqtt5``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Final
@@ -36,6 +36,7 @@ from corem_ingress.adapters.mqtt.properties import (
 )
 from corem_ingress.adapters.mqtt.properties import encode as props_encode
 from corem_ingress.core.causes import Cause
+from corem_ingress.core.slots import new_instance, slot_setter
 
 
 class State(Enum):
@@ -543,16 +544,13 @@ class MqttConnection:
             self._fail(Cause.PROTOCOL_ERROR, "second CONNECT")
 
 
-_new_event = object.__new__
-_set_publish: Callable[[PublishReceived, Publish], None] = PublishReceived.__dict__[
-    "publish"
-].__set__
+_set_publish = slot_setter(PublishReceived, "publish")
 
 
 def _publish_received(publish: Publish) -> PublishReceived:
-    """``PublishReceived(publish)`` without the frozen dataclass's ``__init__`` (an
-    ``object.__setattr__`` call): one per PUBLISH. A test holds them equal."""
-    event = _new_event(PublishReceived)
+    """``PublishReceived(publish)`` without the frozen dataclass's ``__init__`` (one per
+    PUBLISH: ``core/slots.py``). A test holds them equal."""
+    event = new_instance(PublishReceived)
     _set_publish(event, publish)
     return event
 
