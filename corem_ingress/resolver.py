@@ -85,15 +85,11 @@ class Resolver:
         """The key's device from the cache alone, or None (not cached: ``resolve_api_key``).
         Refuses like it (malformed, cached as unknown or revoked, expired); synchronous,
         so a request answered from the cache builds no coroutine for it."""
-        if not api_keys.is_well_formed(raw):
-            raise self._refuse(CredentialKind.API_KEY, Cause.MALFORMED)
-        entry = self._cached(CredentialKind.API_KEY, api_keys.hash_key(raw))
+        entry = self._cached(CredentialKind.API_KEY, self._api_key_lookup(raw))
         return None if entry is None else entry.identity
 
     async def resolve_api_key(self, raw: str) -> DeviceIdentity:
-        if not api_keys.is_well_formed(raw):
-            raise self._refuse(CredentialKind.API_KEY, Cause.MALFORMED)
-        entry = await self._resolve(CredentialKind.API_KEY, api_keys.hash_key(raw))
+        entry = await self._resolve(CredentialKind.API_KEY, self._api_key_lookup(raw))
         assert entry.identity is not None
         return entry.identity
 
@@ -211,6 +207,12 @@ class Resolver:
         if chain is not None:
             self._check_chain(entry, trust, chain)
         return entry.identity
+
+    def _api_key_lookup(self, raw: str) -> str:
+        """The key's lookup (its hash), or the refusal of a malformed key."""
+        if not api_keys.is_well_formed(raw):
+            raise self._refuse(CredentialKind.API_KEY, Cause.MALFORMED)
+        return api_keys.hash_key(raw)
 
     def _cached(self, kind: CredentialKind, lookup: str) -> CacheEntry | None:
         now = self._clock()

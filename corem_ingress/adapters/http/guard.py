@@ -62,7 +62,7 @@ class AuthGuard:
 
         The function and its argument rather than a closure: no function object built per
         request on the device uplink's path."""
-        peer = request.remote or "unknown"
+        peer = self.peer(request)
         refusal = self._gate.check_source(peer)
         if refusal is not None:
             raise _too_many(refusal)
